@@ -1,0 +1,41 @@
+"""Plain data classes for assembled programs (compile time).
+
+A `Program` is a list of lines; each line holds one or more `Instruction`s that run in parallel lanes
+(`add 1 2 3 | sub 4 5 6`). Operand fields an op does not use are 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """One instruction. `a`, `b`: input registers; `out`: output register; `imm`: immediate value or line
+    address (jump/call target, set value). Unused fields are 0."""
+
+    op: str
+    a: int = 0
+    b: int = 0
+    out: int = 0
+    imm: int = 0
+
+
+@dataclass(frozen=True)
+class Program:
+    """An assembled program: `lines[i]` is the tuple of instructions (lanes) at address i.
+
+    `labels` maps label names to line addresses; `source_lines[i]` is the 1-based source line that line i
+    came from (for error messages and decompiled listings)."""
+
+    lines: tuple[tuple[Instruction, ...], ...]
+    labels: dict[str, int] = field(default_factory=dict)
+    name: str = "program"
+    source_lines: tuple[int, ...] = ()
+
+    @property
+    def lanes(self) -> int:
+        return max((len(line) for line in self.lines), default=1)
+
+    def __len__(self) -> int:
+        return len(self.lines)
