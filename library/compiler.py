@@ -1,0 +1,101 @@
+"""Neural compiler and decompiler (paper Figure 4, Appendix E).
+
+`compile_program` turns a `Program` into probabilistic program tensors ϱ at full certainty (one-hot
+rows); `decompile` reads program tensors — compiled, trained or emitted by a controller — back as assembly,
+annotating every choice that is not certain with its probabilities. `decompile(compile_program(p))`
+assembles back to p.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dcomp_isa import OP_INDEX, OP_NAMES, OPS
+from dcomp_machine import ProgramTensors
+
+from .program import Instruction, Program
+
+_SPEC = {op.name: op for op in OPS}
+
+
+def compile_program(
+    program: Program, *, n: int = 128, num_registers: int = 16, dtype: torch.dtype = torch.float32
+) -> ProgramTensors:
+    """Program → one-hot tensors ϱ of shape `(lines, lanes, ·)`; short lines are padded with `nop`."""
+    if len(program) > n - 1:
+        raise ValueError(f"{program.name}: {len(program)} lines need n > {len(program)}; got n={n}")
+    lines, lanes = len(program), program.lanes
+    index = torch.zeros(5, lines, lanes, dtype=torch.long)  # op, a, b, out, imm
+    index[0] = OP_INDEX["nop"]
+    for i, line in enumerate(program.lines):
+        for k, instruction in enumerate(line):
+            fields = (OP_INDEX[instruction.op], instruction.a, instruction.b, instruction.out, instruction.imm)
+            for field, value in enumerate(fields):
+                index[field, i, k] = value
+    widths = (len(OPS), num_registers, num_registers, num_registers, n)
+    if int(index[1:4].max()) >= num_registers:
+        raise ValueError(f"{program.name}: a register is out of range for num_registers={num_registers}")
+    if int(index[4].max()) >= n:
+        raise ValueError(f"{program.name}: an immediate is out of range for n={n}")
+    one_hot = [torch.nn.functional.one_hot(index[f], w).to(dtype) for f, w in enumerate(widths)]
+    return ProgramTensors(*one_hot)
+
+
+def _choice(distribution: torch.Tensor, names, certain: float) -> tuple[int, str | None]:
+    """Most likely entry of a distribution, and a note listing the alternatives if it is not certain."""
+    probs, order = distribution.float().sort(descending=True)
+    best = int(order[0])
+    if float(probs[0]) >= certain:
+        return best, None
+    shown = [f"{names(int(i))} {float(p):.2f}" for p, i in zip(probs[:3], order[:3]) if float(p) >= 0.005]
+    return best, ", ".join(shown)
+
+
+def decompile(
+    tensors: ProgramTensors,
+    *,
+    labels: dict[str, int] | None = None,
+    certain: float = 0.999,
+    name: str = "program",
+) -> str:
+    """Program tensors → assembly text.
+
+    Each line takes the most likely op and operands; a choice whose probability is below `certain` gets a
+    comment with the top alternatives and their probabilities, e.g. `add r1 r2 r2  ; op: add 0.81, sub 0.19`.
+    Jump/call targets inside the program are written as labels (`labels`, or `L<line>` generated for
+    targets without one); targets past the end (which halt) as numbers.
+    A batched (contextual) program is decompiled one example at a time: index the batch first.
+    """
+    if tensors.op.dim() != 3:
+        raise ValueError("decompile takes one program of shape (lines, lanes, ·); index the batch first")
+    label_of = {line: label for label, line in (labels or {}).items()}
+    fields = {"a": tensors.a, "b": tensors.b, "o": tensors.out, "i": tensors.imm, "l": tensors.imm}
+    body = []  # (line, text, notes)
+    for i in range(tensors.lines):
+        lanes, notes = [], []
+        for k in range(tensors.lanes):
+            op_index, note = _choice(tensors.op[i, k], lambda j: OP_NAMES[j], certain)
+            op = OP_NAMES[op_index]
+            if op == "nop" and k > 0 and note is None:
+                continue  # padding of a parallel line
+            if note:
+                notes.append(f"op: {note}")
+            words = [op]
+            for letter in _SPEC[op].operands:
+                prefix = "r" if letter in "abo" else ""
+                value, operand_note = _choice(fields[letter][i, k], lambda j, p=prefix: f"{p}{j}", certain)
+                if letter == "l" and value < tensors.lines:
+                    words.append(label_of.setdefault(value, f"L{value}"))
+                else:
+                    words.append(f"{prefix}{value}")
+                if operand_note:
+                    notes.append(f"{letter}: {operand_note}")
+            lanes.append(" ".join(words))
+        body.append((i, " | ".join(lanes), notes))
+
+    out = [f"; {name}: decompiled, {tensors.lines} lines"]
+    for i, text, notes in body:
+        if i in label_of:
+            out.append(f"{label_of[i]}:")
+        out.append(f"    {text}" + (f"  ; {'; '.join(notes)}" if notes else ""))
+    return "\n".join(out) + "\n"
