@@ -1,0 +1,119 @@
+"""Circuit ALU vs table ALU at equal n, and ripple vs Kogge–Stone adders: time, memory, gradient depth.
+
+    python benchmarks/bench_circuits.py [--quick] [--threads 2] > benchmarks/results_circuits.md
+
+Times are medians over repeats on random (non-one-hot) inputs, batch 64; fwd+bwd includes the forward.
+Prints markdown tables. `--quick` (fewer repeats) finishes in under a minute on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+# PyTorch's OpenMP threads and MKL can fight on few cores (ALU-NOTES, "Threads"): idle threads must sleep.
+# Set before torch is imported, and report it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from dcomp_circuits import ADDERS, CircuitALU, gradient_path_length  # noqa: E402
+from dcomp_isa import ALU_OPS  # noqa: E402
+
+try:
+    from dcomp_alu import TableALU  # noqa: E402
+except ImportError as error:
+    sys.exit(f"bench_circuits: cannot import TableALU from dcomp_alu ({error}); it is the baseline of this benchmark.")
+
+BATCH = 64
+ALU_SIZES = (16, 64, 256, 1024)
+ADDER_BITS = (8, 16, 32)
+
+
+def median_ms(fn, repeats: int) -> float:
+    fn()  # warm-up: first-call allocations and lazily built index tables
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def forward_and_backward(module, inputs):
+    """(forward only, forward + backward) closures over fresh leaf copies of `inputs`."""
+    leaves = [x.detach().requires_grad_() for x in inputs]
+
+    def output():
+        out = module(*leaves)
+        return out[0] if isinstance(out, tuple) else out  # an adder returns (sum bits, carry)
+
+    weights = torch.rand_like(output().detach())  # a random linear loss, so every output gets a gradient
+
+    def forward():
+        with torch.no_grad():
+            output()
+
+    def forward_backward():
+        (output() * weights).sum().backward()
+
+    return forward, forward_backward
+
+
+def bench_alus(repeats: int) -> list[str]:
+    rows = [
+        "| n | ALU | table bytes | fwd ms | fwd+bwd ms |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for n in ALU_SIZES:
+        gen = torch.Generator().manual_seed(n)
+        op_probs = torch.softmax(torch.randn(BATCH, len(ALU_OPS), generator=gen), -1)
+        u, v = torch.softmax(torch.randn(2, BATCH, n, generator=gen), -1)
+        for name, alu in (("TableALU", TableALU(n)), ("CircuitALU ripple", CircuitALU(n, "ripple")),
+                          ("CircuitALU prefix", CircuitALU(n, "prefix"))):
+            forward, forward_backward = forward_and_backward(alu, (op_probs, u, v))
+            rows.append(f"| {n} | {name} | {alu.table_bytes():,} | {median_ms(forward, repeats):.2f} "
+                        f"| {median_ms(forward_backward, repeats):.2f} |")
+    return rows
+
+
+def bench_adders(repeats: int) -> list[str]:
+    rows = [
+        "| bits | adder | gradient path (autograd nodes) | fwd ms | fwd+bwd ms |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for bits in ADDER_BITS:
+        a, b = torch.rand(2, BATCH, bits, generator=torch.Generator().manual_seed(bits))
+        for name, adder in ADDERS.items():
+            depth = gradient_path_length(adder(a.detach().requires_grad_(), b)[0])
+            forward, forward_backward = forward_and_backward(adder, (a, b))
+            rows.append(f"| {bits} | {name} | {depth} | {median_ms(forward, repeats):.3f} "
+                        f"| {median_ms(forward_backward, repeats):.3f} |")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="3 repeats instead of 15 (under a minute)")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    repeats = 3 if args.quick else 15
+    print("# Circuit ALU vs table ALU\n")
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads, "
+          f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; batch {BATCH}, float32, random distributions, "
+          f"median of {repeats} runs{' (--quick)' if args.quick else ''}.\n")
+    print(f"## ALU step: all {len(ALU_OPS)} ops mixed (eq. 7)\n")
+    print("\n".join(bench_alus(repeats)))
+    print("\n## Adders alone (sum bits; gradient path = longest autograd chain)\n")
+    print("\n".join(bench_adders(repeats)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,399 @@
+"""Differentiable logic circuits on bit probabilities (paper Appendix C–D, eq. 12–13), and `CircuitALU`.
+
+A bit tensor has shape ``(..., bits)``, least-significant bit first, and holds the probability that each bit
+is 1. Every circuit here works for any width (8, 32, 64 bits ...) and broadcasts its operands' leading
+dimensions. Unit (one-hot) encodings appear only at the boundary of `CircuitALU`, through the Appendix C
+conversions `unit_to_binary` / `binary_to_unit`.
+
+What the outputs mean:
+
+* On 0/1 inputs every circuit is exact: it equals the integer semantics of `dcomp_isa.ALU_SEMANTICS` on
+  values mod 2^bits (and exactly 0/1 outputs, in every float dtype).
+* On probabilistic bits, read as *independent* coins, the gates (eq. 12–13) give the exact probability of
+  their output. Both adders, `subtract`, `less_than`, `equal` and `any_bit` give the exact per-bit marginals
+  P(result bit = 1) of the random result: each of their gates only ever combines independent quantities, or
+  mutually exclusive events through `_carry`. `multiply`, `divide`, `maximum` and `minimum` reuse correlated
+  intermediate bits as if independent, so on probabilistic bits they are approximations.
+* The result bits of a circuit are correlated even where their marginals are exact; `binary_to_unit` treats
+  them as independent, so `CircuitALU` is exact on one-hot values and an approximation elsewhere (unlike the
+  table ALU, which is exact on any independent pair of distributions).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import torch
+
+try:
+    from .dcomp_isa import ALU_OPS
+except ImportError:  # loaded as a top-level module (tests, scripts)
+    from dcomp_isa import ALU_OPS
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Gates (eq. 12–13): probabilities of the output for independent input bits; exact on 0/1.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def and_gate(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """and(a, b) = a·b (eq. 12)."""
+    return a * b
+
+
+def not_gate(a: torch.Tensor) -> torch.Tensor:
+    """not(a) = 1 − a (eq. 13)."""
+    return 1 - a
+
+
+def xor_gate(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """xor(a, b) = (1 − a)·b + a·(1 − b) (eq. 13)."""
+    return and_gate(not_gate(a), b) + and_gate(a, not_gate(b))
+
+
+def or_gate(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """or(a, b) = a·b + (1 − a)·b + a·(1 − b) (eq. 12): and(a, b) plus the two terms of xor (eq. 13)."""
+    return and_gate(a, b) + xor_gate(a, b)
+
+
+def _carry(generate: torch.Tensor, propagate: torch.Tensor, carry_in: torch.Tensor) -> torch.Tensor:
+    """P(carry out) = g + p·c of a block that generates a carry (g) or passes the incoming one on (p).
+
+    A block cannot both generate and propagate, so the two events are mutually exclusive and their
+    probabilities add: the textbook or(g, and(p, c)) (eq. 12) would subtract g·p·c as if they were
+    independent, which ALU-NOTES measured up to 0.2 off. Exact when c is independent of the block's bits.
+    """
+    return generate + and_gate(propagate, carry_in)
+
+
+def majority(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Exact carry of a full adder: P(at least two of a, b, c) = ab + ac + bc − 2abc for independent bits.
+
+    Computed as `_carry(and(a, b), xor(a, b), c)` = ab + (a + b − 2ab)·c, the same polynomial.
+    """
+    return _carry(and_gate(a, b), xor_gate(a, b), c)
+
+
+def all_bits(bits: torch.Tensor) -> torch.Tensor:
+    """(..., bits) -> (...,): and over the last axis (eq. 12 folded)."""
+    return functools.reduce(and_gate, bits.unbind(-1))
+
+
+def any_bit(bits: torch.Tensor) -> torch.Tensor:
+    """(..., bits) -> (...,): or over the last axis, as not(and(not ...)) = 1 − Π(1 − bit) (De Morgan).
+
+    Exact for independent bits (the or-fold of eq. 12 gives the same polynomial).
+    """
+    return not_gate(all_bits(not_gate(bits)))
+
+
+def mux(select: torch.Tensor, when_false: torch.Tensor, when_true: torch.Tensor) -> torch.Tensor:
+    """select (...,), values (..., bits) -> (..., bits): when_true where select = 1, else when_false.
+
+    and(not s, x) + and(s, y): the two terms are mutually exclusive, so the sum is exact when s is
+    independent of the values; exact on 0/1 always.
+    """
+    select = select[..., None]
+    return and_gate(not_gate(select), when_false) + and_gate(select, when_true)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Adders
+# ---------------------------------------------------------------------------------------------------------
+
+Adder = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+def _generate_propagate(
+    a: torch.Tensor, b: torch.Tensor, carry_in: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Broadcast the operands; return per-bit generate and(a, b), propagate xor(a, b) and the carry-in."""
+    a, b = torch.broadcast_tensors(a, b)
+    carry_in = torch.zeros_like(a[..., 0]) if carry_in is None else carry_in.expand_as(a[..., 0])
+    return and_gate(a, b), xor_gate(a, b), carry_in
+
+
+def ripple_carry_add(
+    a: torch.Tensor, b: torch.Tensor, carry_in: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """a + b + carry_in: (..., bits) twice -> (sum mod 2^bits (..., bits), carry out (...,)).
+
+    One full adder per bit; the carry is `majority` (ab + ac + bc − 2abc), not the textbook or(g, p∧c):
+    bits a_i, b_i and the carry c_i into bit i are independent (c_i depends only on lower bits), so the
+    majority gives the exact P(c_{i+1}) and xor gives the exact P(sum_i). Semantics: exact on 0/1; on
+    independent probabilistic bits, exact per-bit marginals. Gradient paths are `bits` full adders long.
+    """
+    generate, propagate, carry = _generate_propagate(a, b, carry_in)
+    carries = []  # carries[i]: carry into bit i, (...,)
+    for g, p in zip(generate.unbind(-1), propagate.unbind(-1)):
+        carries.append(carry)
+        carry = _carry(g, p, carry)  # = majority(a_i, b_i, carry), with g and p computed once for all bits
+    return xor_gate(propagate, torch.stack(carries, -1)), carry
+
+
+def parallel_prefix_add(
+    a: torch.Tensor, b: torch.Tensor, carry_in: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kogge–Stone adder: same contract as `ripple_carry_add`, critical path log2(bits) carry combines.
+
+    Level d merges every group of bits [i − 2^d + 1, i] with the adjacent lower group:
+    G = G_hi + P_hi·G_lo (`_carry`) and P = P_hi·P_lo. G_hi ("the group generates") and P_hi ("every bit
+    propagates") are mutually exclusive events of the high group's bits, independent of the low group's, so
+    this combine is exact too: on independent probabilistic bits the outputs are the exact per-bit
+    marginals, identical to the ripple adder's. (With the textbook or-combine it would not be.) The shorter
+    gradient paths are the point: depth O(log bits) instead of O(bits).
+    """
+    generate, propagate, carry_in = _generate_propagate(a, b, carry_in)
+    bits = generate.shape[-1]
+    # Fold the carry-in into bit 0: prefix G[i] is then the carry out of bits [0, i]. The P of a group that
+    # reaches bit 0 never feeds a G again (its lower group is the neutral one), so bit 0's P needs no update.
+    carry_out_0 = _carry(generate[..., :1], propagate[..., :1], carry_in[..., None])
+    group_g = torch.cat([carry_out_0, generate[..., 1:]], -1)
+    group_p = propagate
+    span = 1
+    while span < bits:
+        # The adjacent lower group of each group, shifted into place; below bit 0 lies the neutral group
+        # (generates 0, propagates 1), which leaves the groups that already reach bit 0 unchanged.
+        lower_g = torch.nn.functional.pad(group_g[..., :-span], (span, 0))
+        lower_p = torch.nn.functional.pad(group_p[..., :-span], (span, 0), value=1.0)
+        group_g, group_p = _carry(group_g, group_p, lower_g), and_gate(group_p, lower_p)
+        span *= 2
+    carries = torch.cat([carry_in[..., None], group_g[..., :-1]], -1)  # (..., bits): carry into bit i
+    return xor_gate(propagate, carries), group_g[..., -1]
+
+
+ADDERS: dict[str, Adder] = {"ripple": ripple_carry_add, "prefix": parallel_prefix_add}
+
+
+def get_adder(name: str) -> Adder:
+    """The adder called `name` ("ripple" or "prefix"); ValueError otherwise."""
+    if name not in ADDERS:
+        raise ValueError(f"unknown adder {name!r}; expected one of {sorted(ADDERS)}")
+    return ADDERS[name]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Arithmetic and comparisons (width-generic, mod 2^bits). `adder` names the adder every sum goes through.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def add(a: torch.Tensor, b: torch.Tensor, adder: str = "ripple") -> tuple[torch.Tensor, torch.Tensor]:
+    """(a + b mod 2^bits, carry out) with the named adder."""
+    return get_adder(adder)(a, b)
+
+
+def subtract(a: torch.Tensor, b: torch.Tensor, adder: str = "ripple") -> tuple[torch.Tensor, torch.Tensor]:
+    """Two's complement a + not(b) + 1: (a − b mod 2^bits (..., bits), borrow = P(a < b) (...,)).
+
+    The carry out is 1 exactly when a ≥ b, so the borrow is its negation. not(b) keeps the bits independent,
+    so semantics are those of the adder (exact marginals on independent bits).
+    """
+    b = not_gate(b)
+    difference, carry = get_adder(adder)(a, b, torch.ones_like(b[..., 0]))
+    return difference, not_gate(carry)
+
+
+def less_than(a: torch.Tensor, b: torch.Tensor, adder: str = "ripple") -> torch.Tensor:
+    """(...,) P(a < b): the borrow of `subtract` (exact for independent bits)."""
+    return subtract(a, b, adder)[1]
+
+
+def equal(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(...,) P(a == b) = Π_i not(xor(a_i, b_i)) (exact for independent bits)."""
+    return all_bits(not_gate(xor_gate(a, b)))
+
+
+def maximum(a: torch.Tensor, b: torch.Tensor, adder: str = "ripple") -> torch.Tensor:
+    """max(a, b): mux on a < b (exact on 0/1 only: the comparison is correlated with a and b)."""
+    return mux(less_than(a, b, adder), a, b)
+
+
+def minimum(a: torch.Tensor, b: torch.Tensor, adder: str = "ripple") -> torch.Tensor:
+    """min(a, b): mux on a < b (exact on 0/1 only)."""
+    return mux(less_than(a, b, adder), b, a)
+
+
+def multiply(a: torch.Tensor, b: torch.Tensor, adder: str = "ripple") -> torch.Tensor:
+    """a·b mod 2^bits by shift-and-add: add and(a, b_i)·2^i for each bit i (exact on 0/1 only)."""
+    a, b = torch.broadcast_tensors(a, b)
+    bits = a.shape[-1]
+    product = and_gate(a, b[..., :1])
+    for i in range(1, bits):
+        # Bits below i are final: the partial product a·b_i·2^i only reaches bits i and up (and is cut at bits).
+        high, _ = add(product[..., i:], and_gate(a[..., : bits - i], b[..., i : i + 1]), adder)
+        product = torch.cat([product[..., :i], high], -1)
+    return product
+
+
+def divide(a: torch.Tensor, b: torch.Tensor, adder: str = "ripple") -> tuple[torch.Tensor, torch.Tensor]:
+    """Restoring long division: (quotient a // b, remainder a mod b), both (..., bits) and 0 where b = 0.
+
+    Divisor 0 gives quotient 0 and remainder 0, as `dcomp_isa` defines div and mod. Exact on 0/1 only.
+    """
+    a, b = torch.broadcast_tensors(a, b)
+    bits = a.shape[-1]
+    # The partial remainder gets one extra bit: before a subtraction it is 2r + a_i < 2·divisor ≤ 2^(bits+1).
+    divisor = torch.cat([b, torch.zeros_like(b[..., :1])], -1)
+    remainder = torch.zeros_like(divisor)
+    quotient = []  # most significant bit first
+    for i in reversed(range(bits)):
+        # Shift the next dividend bit in (the remainder's top bit is 0, since remainder < divisor).
+        shifted = torch.cat([a[..., i : i + 1], remainder[..., :-1]], -1)
+        difference, borrow = subtract(shifted, divisor, adder)
+        remainder = mux(borrow, difference, shifted)  # keep the shifted value when the divisor does not fit
+        quotient.append(not_gate(borrow))
+    divisor_nonzero = any_bit(b)[..., None]
+    quotient = torch.stack(quotient[::-1], -1)
+    return and_gate(quotient, divisor_nonzero), and_gate(remainder[..., :bits], divisor_nonzero)
+
+
+def _flag(p: torch.Tensor, bits: int) -> torch.Tensor:
+    """(...,) probability of the value 1 -> (..., bits) the value 0/1 in binary."""
+    return torch.cat([p[..., None], p.new_zeros(p.shape + (bits - 1,))], -1)
+
+
+def alu_bits(a: torch.Tensor, b: torch.Tensor, adder: str = "ripple") -> torch.Tensor:
+    """Every ALU op on bit operands: (..., bits) twice -> (..., len(ALU_OPS), bits), in `ALU_OPS` order.
+
+    The width-generic ALU (e.g. 32 bits, no unit encodings): results mod 2^bits with `dcomp_isa` semantics;
+    inc/dec add/subtract the constant 1; and/or/not are logical on nonzero; eq/lt/and/or/not give 0/1.
+    """
+    a, b = torch.broadcast_tensors(a, b)
+    bits = a.shape[-1]
+    one = _flag(torch.ones_like(a[..., 0]), bits)
+    quotient, remainder = divide(a, b, adder)
+    a_nonzero, b_nonzero = any_bit(a), any_bit(b)
+    results = {
+        "inc": add(a, one, adder)[0],
+        "dec": subtract(a, one, adder)[0],
+        "add": add(a, b, adder)[0],
+        "sub": subtract(a, b, adder)[0],
+        "mul": multiply(a, b, adder),
+        "div": quotient,
+        "mod": remainder,
+        "max": maximum(a, b, adder),
+        "min": minimum(a, b, adder),
+        "eq": _flag(equal(a, b), bits),
+        "lt": _flag(less_than(a, b, adder), bits),
+        "and": _flag(and_gate(a_nonzero, b_nonzero), bits),
+        "or": _flag(or_gate(a_nonzero, b_nonzero), bits),
+        "not": _flag(not_gate(a_nonzero), bits),
+    }
+    return torch.stack([results[op] for op in ALU_OPS], -2)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Conversions between unit (one-hot) and binary encodings (Appendix C)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def num_bits(n: int) -> int:
+    """log2(n) for n a power of two ≥ 2; ValueError naming n otherwise."""
+    if n < 2 or n & (n - 1):
+        raise ValueError(f"n must be a power of two >= 2 to convert unit encodings to bits, got n={n}")
+    return n.bit_length() - 1
+
+
+def int_to_bits(values: torch.Tensor, bits: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Integer tensor (...,) -> (..., bits) 0/1 in `dtype`, least-significant bit first (values mod 2^bits)."""
+    shifts = torch.arange(bits, device=values.device)
+    return ((values[..., None] >> shifts) & 1).to(dtype)
+
+
+def bits_to_int(bits: torch.Tensor) -> torch.Tensor:
+    """(..., bits) -> (...,) long: the integer whose bits are `bits` rounded to 0/1 (bits ≤ 63)."""
+    shifts = torch.arange(bits.shape[-1], device=bits.device)
+    return (bits.round().long() << shifts).sum(-1)
+
+
+def unit_to_binary(p: torch.Tensor) -> torch.Tensor:
+    """(..., n) distribution over values -> (..., log2 n) per-bit marginals P(bit_i = 1) (Appendix C).
+
+    A dot product with the n × b table of binary encodings. Exact on one-hot values; a general distribution
+    keeps only its per-bit marginals.
+    """
+    n = p.shape[-1]
+    return p @ int_to_bits(torch.arange(n, device=p.device), num_bits(n), p.dtype)
+
+
+def binary_to_unit(bits: torch.Tensor) -> torch.Tensor:
+    """(..., b) bit probabilities -> (..., 2^b) distribution over values (Appendix C's closed form).
+
+    Each bit is an independent coin: P(value k) = Π_i (bit_i if bit i of k is 1 else 1 − bit_i), e.g.
+    [(1−b1)(1−b0), (1−b1)b0, b1(1−b0), b1 b0] for two bits. Built one bit at a time: the distribution over
+    the values of bits [0, i) splits into the halves "bit i = 0" and "bit i = 1" (2^(b+1) products in all,
+    not b·2^b). Sums to 1 for any bits in [0, 1].
+    """
+    dist = torch.ones_like(bits[..., :1])  # (..., 1): the empty prefix
+    for bit in bits.unbind(-1):
+        bit = bit[..., None]
+        dist = torch.cat([and_gate(dist, not_gate(bit)), and_gate(dist, bit)], -1)  # (..., 2^(i+1))
+    return dist
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The ALU
+# ---------------------------------------------------------------------------------------------------------
+
+
+class CircuitALU(torch.nn.Module):
+    """Drop-in replacement for the table ALU (eq. 7/11) built from circuits (the paper's bootstrapping, §4.1).
+
+    forward(op_probs (..., len(ALU_OPS)), u (..., n), v (..., n)) -> (..., n)
+        = Σ_op op_probs[op] · binary_to_unit(alu_bits(unit_to_binary(u), unit_to_binary(v)))[op]
+
+    Exact on one-hot u, v (equals `dcomp_isa.alu_int` for every op), linear in op_probs. On spread
+    distributions it is an approximation: u and v are reduced to per-bit marginals and the result bits are
+    recombined as independent. Holds no tables (`table_bytes() == 0`); n must be a power of two.
+    Computes in float64 for float64 inputs, else in float32, and returns the inputs' dtype.
+    """
+
+    def __init__(self, n: int, adder: str = "ripple"):
+        super().__init__()
+        self.bits = num_bits(n)
+        get_adder(adder)  # fail at construction, not at the first step
+        self.n, self.adder, self.ops = n, adder, ALU_OPS
+
+    def table_bytes(self) -> int:
+        return 0
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}, bits={self.bits}, adder={self.adder!r}"
+
+    def forward(self, op_probs: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if op_probs.shape[-1] != len(self.ops) or u.shape[-1] != self.n or v.shape[-1] != self.n:
+            raise ValueError(
+                f"expected op_probs (..., {len(self.ops)}), u and v (..., {self.n}); "
+                f"got {tuple(op_probs.shape)}, {tuple(u.shape)}, {tuple(v.shape)}"
+            )
+        dtype = torch.promote_types(torch.promote_types(op_probs.dtype, u.dtype), v.dtype)
+        compute = torch.float64 if dtype == torch.float64 else torch.float32
+        results = alu_bits(unit_to_binary(u.to(compute)), unit_to_binary(v.to(compute)), self.adder)
+        units = binary_to_unit(results)  # (..., ops, n)
+        return torch.einsum("...o,...on->...n", op_probs.to(compute), units).to(dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Diagnostics
+# ---------------------------------------------------------------------------------------------------------
+
+
+def gradient_path_length(output: torch.Tensor) -> int:
+    """Longest chain of autograd nodes behind `output`: the circuit's depth in tensor operations.
+
+    The paper's concern with circuits is their long gradient paths (Appendix D); this measures them.
+    """
+    depth: dict[object, int] = {}
+    stack = [(output.grad_fn, False)]
+    while stack:  # iterative post-order: a ripple adder's graph is deeper than Python's recursion limit
+        node, children_done = stack.pop()
+        if node is None or node in depth:
+            continue
+        children = [child for child, _ in node.next_functions if child is not None]
+        if children_done:
+            depth[node] = 1 + max((depth[child] for child in children), default=0)
+        else:
+            stack.append((node, True))
+            stack.extend((child, False) for child in children if child not in depth)
+    return depth.get(output.grad_fn, 0)
