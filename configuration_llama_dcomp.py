@@ -1,0 +1,170 @@
+"""Configuration of LlamaDComp: LLaMA with a differentiable computer and a neurally compiled library.
+
+Run-time code: it travels with a checkpoint (`save_pretrained` copies it) and imports only transformers and its
+siblings. Paper: Saldyt & Kambhampati, "Algorithmic Language Models with Neurally Compiled Libraries" (§3,
+Figure 1): an intermediate decoder layer of LLaMA *selects* a library program and *parses* its inputs, the
+differentiable computer Δ runs it, and its output is written back into the residual stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import field
+
+from huggingface_hub.dataclasses import strict
+from transformers import LlamaConfig
+
+try:
+    from .dcomp_isa import DEFAULT_CALL_DEPTH
+except ImportError:  # a checkout, where the run-time files are top-level modules
+    from dcomp_isa import DEFAULT_CALL_DEPTH
+
+
+COMPUTER_ALUS = ("table", "circuit")
+COMPUTER_OUTPUTS = ("residual_add",)
+# The classes `trust_remote_code` loads from a checkpoint's own files; every LlamaDComp config carries all three
+# (`save_pretrained` alone would record only the saved model's class).
+AUTO_MAP = {
+    "AutoConfig": "configuration_llama_dcomp.LlamaDCompConfig",
+    "AutoModel": "modeling_llama_dcomp.LlamaDCompModel",
+    "AutoModelForCausalLM": "modeling_llama_dcomp.LlamaDCompForCausalLM",
+}
+
+
+@strict
+class LlamaDCompConfig(LlamaConfig):
+    r"""
+    A [`LlamaConfig`] plus the differentiable computer Δ and its program library Λ (paper §3, Figure 1).
+
+    The library fields (`computer_program_lines`, `computer_lanes`, `library_programs`, `library_entry_points`,
+    `library_fingerprint`) describe the compiled library stored in the model's buffers; they are written by
+    `library.install.install_library` / `library.install.from_llama`, not by hand. A default config holds no
+    library (no programs): such a model builds, saves and loads, but its forward raises until a library is
+    installed.
+
+    Every field is checked when the config is built; a config that cannot work raises `ValueError` naming the
+    field.
+
+    ```python
+    >>> from configuration_llama_dcomp import LlamaDCompConfig
+    >>> config = LlamaDCompConfig(num_hidden_layers=2, computer_layer=0, computer_values=16)
+    ```"""
+
+    model_type = "llama_dcomp"
+
+    computer_layer: int = 0
+    """Index (0-based) of the decoder layer after which the computer block runs; `< num_hidden_layers`."""
+
+    computer_values: int = 128
+    """n: the number of values (one-hot width, arithmetic mod n; the paper's mod-128 calculator uses 128).
+    Line addresses are values, so `n > computer_program_lines`."""
+
+    computer_registers: int = 16
+    """Registers R of the machine; the top `computer_call_depth` of them form the return stack."""
+
+    computer_memory_size: int = 32
+    """Memory cells M (addresses are values, so at most n)."""
+
+    computer_call_depth: int = DEFAULT_CALL_DEPTH
+    """Depth of the return stack, i.e. how deep `call`s may nest; `< computer_registers`."""
+
+    computer_max_steps: int = 64
+    """Most interpreter steps per run (adaptive recurrence, eq. 17; the run exits early once halted)."""
+
+    computer_halt_threshold: float = 0.99
+    """The run stops once every position has halted with at least this probability; in (0, 1]."""
+
+    computer_alu: str = "table"
+    """ALU of eq. 7: "table" (`dcomp_alu.TableALU`, index tables) or "circuit" (`dcomp_circuits.CircuitALU`,
+    needs n a power of two)."""
+
+    computer_lanes: int = 1
+    """Parallel instruction slots per program line (the widest line of the linked library)."""
+
+    computer_program_lines: int = 1
+    """Total lines of the linked library (all programs concatenated)."""
+
+    library_programs: list[str] = field(default_factory=list)
+    """Names of the library programs, in selection order."""
+
+    library_entry_points: list[int] = field(default_factory=list)
+    """Start line of each program in the linked library (same length as `library_programs`)."""
+
+    library_input_registers: list[int] = field(default_factory=lambda: [1, 2])
+    """Registers that receive parsed inputs (a softmax over the n values each, from the hidden state)."""
+
+    library_memory_inputs: int = 0
+    """How many memory cells (from address 0) receive parsed inputs, for list tasks."""
+
+    library_output_register: int = 0
+    """Register whose final value distribution is the computer's output (r0 in the standard library's calling
+    convention: inputs r1, r2, r3, …, result r0)."""
+
+    library_fingerprint: str | None = None
+    """Hash of the compiled library (program tensors, program names, entry points), checked at load time so a
+    checkpoint whose buffers do not match its config fails loudly. Written by the installer."""
+
+    computer_output: str = "residual_add"
+    """How the output reaches the language model: "residual_add" adds `gate * W_out(p_out)` to the residual
+    stream after `computer_layer`."""
+
+    computer_gate_init: float = 0.0
+    """Initial value of the learned output gate; 0.0 leaves the base Llama's outputs exactly unchanged."""
+
+    computer_selection_temperature: float = 1.0
+    """Temperature of the softmax that selects a library program; > 0."""
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        # Keep entries already there: a config loaded from the Hub names them "<repo>--module.Class".
+        self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
+        self.check_computer()
+
+    def check_computer(self) -> None:
+        """Raises `ValueError` naming the first field that cannot work (also run after an install)."""
+        n, registers = self.computer_values, self.computer_registers
+
+        def require(condition: bool, name: str, message: str) -> None:
+            if not condition:
+                raise ValueError(f"{name}={getattr(self, name)!r}: {message}")
+
+        require(0 <= self.computer_layer < self.num_hidden_layers, "computer_layer",
+                f"must be in [0, num_hidden_layers={self.num_hidden_layers})")
+        require(n >= 2, "computer_values", "n must be at least 2")
+        require(self.computer_program_lines >= 1, "computer_program_lines", "must be at least 1")
+        require(n >= self.computer_program_lines + 1, "computer_values",
+                f"n must exceed computer_program_lines={self.computer_program_lines} (line addresses are values)")
+        require(self.computer_alu in COMPUTER_ALUS, "computer_alu", f"must be one of {COMPUTER_ALUS}")
+        require(self.computer_alu != "circuit" or n & (n - 1) == 0, "computer_values",
+                "the circuit ALU needs n a power of two")
+        require(1 <= self.computer_call_depth < registers, "computer_call_depth",
+                f"must be in [1, computer_registers={registers})")
+        require(1 <= self.computer_memory_size <= n, "computer_memory_size",
+                f"must be in [1, computer_values={n}] (addresses are values)")
+        require(self.computer_max_steps >= 1, "computer_max_steps", "must be at least 1")
+        require(0.0 < self.computer_halt_threshold <= 1.0, "computer_halt_threshold", "must be in (0, 1]")
+        require(self.computer_lanes >= 1, "computer_lanes", "must be at least 1")
+        require(len(self.library_programs) == len(self.library_entry_points), "library_entry_points",
+                f"needs one entry point per program in library_programs ({len(self.library_programs)})")
+        require(len(set(self.library_programs)) == len(self.library_programs), "library_programs",
+                "program names must be unique")
+        require(all(name for name in self.library_programs), "library_programs", "program names must be non-empty")
+        require(all(0 <= line < self.computer_program_lines for line in self.library_entry_points),
+                "library_entry_points", f"must be lines in [0, computer_program_lines={self.computer_program_lines})")
+        data_registers = registers - self.computer_call_depth  # the top call_depth registers are the return stack
+        require(len(self.library_input_registers) > 0 or self.library_memory_inputs > 0, "library_input_registers",
+                "the computer needs at least one input (a register or library_memory_inputs)")
+        require(all(0 <= r < data_registers for r in self.library_input_registers), "library_input_registers",
+                f"must be registers in [0, {data_registers}) (computer_registers - computer_call_depth)")
+        require(len(set(self.library_input_registers)) == len(self.library_input_registers),
+                "library_input_registers", "registers must be distinct")
+        require(0 <= self.library_memory_inputs <= self.computer_memory_size, "library_memory_inputs",
+                f"must be in [0, computer_memory_size={self.computer_memory_size}]")
+        require(0 <= self.library_output_register < registers, "library_output_register",
+                f"must be a register in [0, computer_registers={registers})")
+        require(self.computer_output in COMPUTER_OUTPUTS, "computer_output", f"must be one of {COMPUTER_OUTPUTS}")
+        require(self.computer_selection_temperature > 0, "computer_selection_temperature", "must be > 0")
+
+
+LlamaDCompConfig.register_for_auto_class()
+
+__all__ = ["LlamaDCompConfig"]

@@ -1,0 +1,137 @@
+"""Installing a compiled library into a LlamaDComp model, converting a Llama, and explaining computer traces.
+
+Compile time: this module may import anything in `library/`; the model's run-time files never import it. The
+model side of an install is `LlamaDCompPreTrainedModel.set_library` (buffers + config fields + fingerprint).
+
+    from library.install import from_llama, install_library, explain
+    model = from_llama(llama, computer_layer=1, library=["add", "sub", "fib"], tokenizer=tokenizer,
+                       computer_values=128)
+    print(explain(model.trace_computer(input_ids), model))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from transformers import LlamaForCausalLM
+
+from configuration_llama_dcomp import LlamaDCompConfig
+from modeling_llama_dcomp import ComputerTrace, LlamaDCompForCausalLM, LlamaDCompPreTrainedModel
+
+from .compiler import compile_program, decompile
+from .program import Program
+from .stdlib import LinkedLibrary, link
+
+LibrarySpec = LinkedLibrary | Mapping[str, str | Program] | Sequence[str]
+# Config entries of a Llama that describe its checkpoint, not its architecture: not carried into the new config.
+_NOT_CARRIED = ("quantization_config", "model_type", "architectures", "auto_map", "transformers_version", "dtype")
+
+
+def link_library(library: LibrarySpec, config: LlamaDCompConfig) -> LinkedLibrary:
+    """A `LinkedLibrary` as is, or `stdlib.link` of standard program names / `{name: source or Program}`,
+    assembled for the config's machine (n, registers, call depth)."""
+    if isinstance(library, LinkedLibrary):
+        return library
+    return link(
+        library, n=config.computer_values, num_registers=config.computer_registers,
+        call_depth=config.computer_call_depth,
+    )
+
+
+def install_library(model: LlamaDCompPreTrainedModel, library: LibrarySpec) -> LinkedLibrary:
+    """(Re)compiles `library` for the model's machine and writes it into the model: the program-tensor buffers
+    and the config's library fields (`computer_program_lines`, `computer_lanes`, `library_programs`,
+    `library_entry_points`, `library_fingerprint`). The selection head keeps its rows of programs kept by
+    name; new programs get fresh rows. Returns the linked library."""
+    config = model.config
+    linked = link_library(library, config)
+    tensors = compile_program(linked.program, n=config.computer_values, num_registers=config.computer_registers)
+    model.set_library(tensors, list(linked.entry_points), list(linked.entry_points.values()))
+    return linked
+
+
+def number_token_ids(tokenizer, n: int) -> list[list[int]]:
+    """Token ids of the numbers "0" … "n-1" (no special tokens), one list per value: a single id where the
+    tokenizer has the number as one token, several where it splits it (their embeddings are averaged)."""
+    ids = [tokenizer.encode(str(value), add_special_tokens=False) for value in range(n)]
+    empty = [value for value, tokens in enumerate(ids) if not tokens]
+    if empty:
+        raise ValueError(f"the tokenizer encodes the numbers {empty} as no tokens")
+    return ids
+
+
+def from_llama(
+    llama: LlamaForCausalLM,
+    *,
+    computer_layer: int,
+    library: LibrarySpec,
+    tokenizer=None,
+    **computer_kwargs,
+) -> LlamaDCompForCausalLM:
+    """A `LlamaDCompForCausalLM` with `llama`'s weights (copied, bit for bit; tied embeddings stay tied) and
+    `library` installed after decoder layer `computer_layer`.
+
+    `computer_kwargs` are further `LlamaDCompConfig` fields (`computer_values`, `computer_registers`,
+    `library_input_registers`, …). With a `tokenizer`, W_out starts from the embeddings of the number tokens
+    "0" … "n-1" (`init_output_from_embeddings`). The gate starts at `computer_gate_init` (0.0: the logits equal
+    the Llama's exactly). The model is built in the Llama's dtype and moved to its device; the program buffers
+    stay float32."""
+    base = {key: value for key, value in llama.config.to_dict().items() if key not in _NOT_CARRIED}
+    config = LlamaDCompConfig(**{**base, **computer_kwargs, "computer_layer": computer_layer})
+    linked = link_library(library, config)
+    tensors = compile_program(linked.program, n=config.computer_values, num_registers=config.computer_registers)
+    config.computer_program_lines, config.computer_lanes = tensors.lines, tensors.lanes
+    config.library_programs = list(linked.entry_points)
+    config.library_entry_points = list(linked.entry_points.values())
+    config.check_computer()
+
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(llama.dtype)  # parameters in the Llama's dtype; program buffers are float32 anyway
+    try:
+        model = LlamaDCompForCausalLM(config)
+    finally:
+        torch.set_default_dtype(default_dtype)
+    missing, unexpected = model.load_state_dict(llama.state_dict(), strict=False)
+    not_computer = [key for key in missing if ".computer." not in key]
+    if not_computer or unexpected:
+        raise ValueError(f"the Llama's weights do not fit: missing {not_computer}, unexpected {unexpected}")
+    model.set_library(tensors, config.library_programs, config.library_entry_points)
+    if tokenizer is not None:
+        model.init_output_from_embeddings(number_token_ids(tokenizer, config.computer_values))
+    model.generation_config = llama.generation_config
+    return model.to(llama.device)
+
+
+def explain(traces: Sequence[ComputerTrace], model: LlamaDCompPreTrainedModel) -> str:
+    """Text for `model.trace_computer(...)`: per position, the selected programs, the parsed inputs, the result,
+    halting and steps, and the decompiled listing of the most likely program (uncertain choices annotated)."""
+    program, names, entry_points = model.get_library()
+    labels = dict(zip(names, entry_points))
+    listing = decompile(program, labels=labels, name="library").splitlines()
+    blocks = []
+    for trace in traces:
+        def values(top: list[tuple[int, float]]) -> str:
+            return ", ".join(f"{value} ({p:.2f})" for value, p in top)
+
+        selected = trace.programs[0][0]
+        lines = [
+            f"[batch {trace.batch_index}, position {trace.position}] "
+            + ", ".join(f"{name} ({p:.2f})" for name, p in trace.programs),
+            *(f"  r{register} = {values(top)}" for register, top in trace.inputs.items()),
+            *(f"  M[{cell}] = {values(top)}" for cell, top in enumerate(trace.memory_inputs)),
+            f"  -> r{trace.output_register} = {values(trace.output)}; halted {trace.halted:.3f} "
+            f"after {trace.steps} steps",
+            f"  {selected} (lines {trace.program_lines[0]}..{trace.program_lines[1] - 1}):",
+            *(f"  {line}" for line in _program_listing(listing, selected, labels)),
+        ]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + ("\n" if blocks else "")
+
+
+def _program_listing(listing: list[str], name: str, labels: Mapping[str, int]) -> list[str]:
+    """The lines of `decompile`'s library listing from label `name:` up to the next program's label."""
+    starts = {f"{program}:" for program in labels}
+    start = listing.index(f"{name}:")
+    end = next((i for i in range(start + 1, len(listing)) if listing[i] in starts), len(listing))
+    return listing[start + 1 : end]

@@ -1,0 +1,611 @@
+"""LlamaDComp: LLaMA with a differentiable computer Δ and a neurally compiled program library Λ.
+
+Paper: Saldyt & Kambhampati, "Algorithmic Language Models with Neurally Compiled Libraries", §3 and Figure 1.
+After decoder layer `config.computer_layer`, every position that needs it *selects* a library program (a softmax
+over the library's entry points), *parses* the program's inputs (a softmax over the n values per input register /
+memory cell), runs the differentiable register machine (eq. 1–7, 17) on the compiled library, and adds a gated
+projection of the output register's value distribution to the residual stream:
+
+    h ← h + g · W_out p_out,        g initialised to `config.computer_gate_init` (0 → exactly the base Llama).
+
+Run-time code: it travels with a checkpoint (`save_pretrained` copies it and its siblings) and imports only torch,
+transformers and the sibling run-time files. Compiling and installing a library is compile-time work
+(`library/install.py`), which writes the compiled tensors through `LlamaDCompPreTrainedModel.set_library`.
+
+The computer lives inside decoder layer `computer_layer` (`model.layers[k].computer`), so the state-dict keys of
+every base weight are exactly those of `LlamaForCausalLM` and `LlamaModel.forward` runs unchanged (its output
+capturing decorators included): `hidden_states[k + 1]` is the residual stream after the computer.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import json
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import initialization as init
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.models.llama.modeling_llama import (
+    LlamaDecoderLayer,
+    LlamaForCausalLM,
+    LlamaModel,
+    LlamaPreTrainedModel,
+    LlamaRMSNorm,
+    LlamaRotaryEmbedding,
+)
+
+try:
+    from .configuration_llama_dcomp import LlamaDCompConfig
+    from .dcomp_alu import TableALU
+    from .dcomp_circuits import CircuitALU
+    from .dcomp_isa import OP_INDEX, OPS
+    from .dcomp_machine import MachineState, ProgramTensors, RegisterMachine, one_hot_values
+except ImportError:  # a checkout, where the run-time files are top-level modules
+    from configuration_llama_dcomp import LlamaDCompConfig
+    from dcomp_alu import TableALU
+    from dcomp_circuits import CircuitALU
+    from dcomp_isa import OP_INDEX, OPS
+    from dcomp_machine import MachineState, ProgramTensors, RegisterMachine, one_hot_values
+
+
+# Labels that the loss ignores (transformers' convention).
+IGNORE_INDEX = -100
+# Program tensors are stored and run in float32 whatever the model's dtype: the machine multiplies
+# distributions for up to `computer_max_steps` steps, and one-hot programs must stay exact.
+PROGRAM_DTYPE = torch.float32
+PROGRAM_FIELDS = ("op", "a", "b", "out", "imm")
+# Length (hex digits) of each half of `config.library_fingerprint`.
+FINGERPRINT_HEX = 32
+
+# When set (by `trace_computer`), every computer run appends a `ComputerRun` here.
+_TRACE_RECORDS: contextvars.ContextVar[list | None] = contextvars.ContextVar("llama_dcomp_trace", default=None)
+
+
+class LibraryMismatchError(ValueError):
+    """The library in a model's buffers does not match its config (a corrupted or mixed-up checkpoint)."""
+
+
+def library_fingerprint(program: ProgramTensors, programs: Sequence[str], entry_points: Sequence[int]) -> str:
+    """`tensors=<hash of the program tensors>;index=<hash of the program names and entry points>` (sha256).
+
+    The two halves let a mismatch name its cause: the weights (program tensors) or the config's index."""
+    tensors = hashlib.sha256()
+    for name in PROGRAM_FIELDS:
+        tensor = getattr(program, name).detach().to(device="cpu", dtype=PROGRAM_DTYPE).contiguous()
+        tensors.update(f"{name}{tuple(tensor.shape)}".encode())
+        tensors.update(tensor.numpy().tobytes())
+    index = hashlib.sha256(json.dumps({"programs": list(programs), "entry_points": list(entry_points)}).encode())
+    return f"tensors={tensors.hexdigest()[:FINGERPRINT_HEX]};index={index.hexdigest()[:FINGERPRINT_HEX]}"
+
+
+def halt_program(lines: int, lanes: int, num_registers: int, n: int) -> ProgramTensors:
+    """The placeholder library before one is installed: `halt` on every line (other lanes `nop`), operands
+    one-hot on register 0 / value 0 (the compiler's convention for unused operands)."""
+    op = torch.full((lines, lanes), OP_INDEX["nop"], dtype=torch.long)
+    op[:, 0] = OP_INDEX["halt"]
+    zeros = torch.zeros(lines, lanes, dtype=torch.long)
+    return ProgramTensors(
+        op=one_hot_values(op, len(OPS), PROGRAM_DTYPE),
+        a=one_hot_values(zeros, num_registers, PROGRAM_DTYPE),
+        b=one_hot_values(zeros, num_registers, PROGRAM_DTYPE),
+        out=one_hot_values(zeros, num_registers, PROGRAM_DTYPE),
+        imm=one_hot_values(zeros, n, PROGRAM_DTYPE),
+    )
+
+
+def build_alu(config) -> nn.Module:
+    """The ALU of eq. 7 named by `config.computer_alu`."""
+    if config.computer_alu == "table":
+        return TableALU(config.computer_values, mode="auto")
+    return CircuitALU(config.computer_values)
+
+
+def selection_head(hidden_size: int, programs: int, **factory_kwargs) -> nn.Linear:
+    """W_sel: hidden → one logit per library program. An empty library gives zero rows, whose initialisation
+    torch reports as a no-op (it is): that warning is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
+        return nn.Linear(hidden_size, programs, bias=False, **factory_kwargs)
+
+
+@dataclass
+class ComputerRun:
+    """What one computer block run computed for its P selected positions (`trace_computer` collects these)."""
+
+    positions: torch.Tensor  # (P, 2): (batch index, sequence index) of each row
+    program_probs: torch.Tensor  # (P, programs): program selection
+    input_probs: torch.Tensor  # (P, input registers, n): parsed register inputs
+    memory_probs: torch.Tensor  # (P, memory inputs, n): parsed memory cells
+    state: MachineState  # final machine state, batch P
+    steps: int  # interpreter steps the run took (shared by the P rows: early exit waits for all)
+
+
+@dataclass
+class ComputerTrace:
+    """The computer's work at one position, decoded for humans (plain data; `library.install.explain` renders
+    it with the decompiled program). Probabilities are floats, `(value, probability)` lists are best first."""
+
+    batch_index: int
+    position: int  # index in the sequence given to `trace_computer`
+    programs: list[tuple[str, float]]  # top-k selected programs
+    program_lines: tuple[int, int]  # [start, end) lines of the most likely program in the linked library
+    inputs: dict[int, list[tuple[int, float]]]  # input register → top-k parsed values
+    memory_inputs: list[list[tuple[int, float]]]  # per parsed memory cell, top-k values
+    registers: list[tuple[int, float]]  # final most likely value of every register, with its probability
+    memory: list[tuple[int, float]]  # final most likely value of every memory cell, with its probability
+    output: list[tuple[int, float]]  # top-k values of the output register
+    halted: float  # halting probability h at the end of the run
+    steps: int  # interpreter steps of the batched run
+    output_register: int  # the register `output` reads
+
+
+def _top_k(probs: torch.Tensor, k: int) -> list[tuple[int, float]]:
+    values, indices = probs.float().topk(min(k, probs.shape[-1]))
+    return [(int(i), float(p)) for p, i in zip(values, indices)]
+
+
+class LlamaDCompComputer(nn.Module):
+    """The computer block Δ with its library Λ (paper §3, Figure 1), run on the residual stream.
+
+    For P selected positions with hidden states `h (P, hidden)`:
+
+    1. *select* (§3.1): `π = softmax(W_sel RMSNorm(h) / τ)` over the library programs; the machine's initial
+       program counter is the mixture of their entry lines, `c_0 = π · onehot(entry_points)` `(P, lines)`;
+    2. *parse* (§3.1): `softmax(W_parse RMSNorm(h))` gives a value distribution `(P, n)` for every input register
+       and parsed memory cell, written into the initial state S_0 = (M, R, c_0, h=0) (eq. 1);
+    3. *run*: `RegisterMachine.run` on the compiled library ϱ (eq. 1–7, 17) for at most `computer_max_steps` steps,
+       exiting early once every position has halted with probability ≥ `computer_halt_threshold`;
+    4. *write back*: `p_out = R[output_register]` `(P, n)`, and `h ← h + gate · W_out p_out`.
+
+    The compiled library is stored in persistent, non-trainable float32 buffers `program_op (lines, lanes, ops)`,
+    `program_a`, `program_b`, `program_out (lines, lanes, registers)`, `program_imm (lines, lanes, n)` and the
+    long buffer `entry_points (programs,)`; the ALU's tables are buffers of `machine.alu`.
+    """
+
+    def __init__(self, config: LlamaDCompConfig):
+        super().__init__()
+        n, hidden_size = config.computer_values, config.hidden_size
+        self.n = n
+        self.program_names = list(config.library_programs)
+        self.input_registers = list(config.library_input_registers)
+        self.memory_inputs = config.library_memory_inputs
+        self.output_register = config.library_output_register
+        self.max_steps = config.computer_max_steps
+        self.temperature = config.computer_selection_temperature
+
+        self.norm = LlamaRMSNorm(hidden_size, eps=config.rms_norm_eps)
+        self.select = selection_head(hidden_size, len(self.program_names))
+        self.parse = nn.Linear(hidden_size, (len(self.input_registers) + self.memory_inputs) * n, bias=False)
+        self.machine = RegisterMachine(
+            n,
+            num_registers=config.computer_registers,
+            memory_size=config.computer_memory_size,
+            call_depth=config.computer_call_depth,
+            alu=build_alu(config),
+            halt_threshold=config.computer_halt_threshold,
+        )
+        self.output_proj = nn.Linear(n, hidden_size, bias=False)  # W_out
+        self.gate = nn.Parameter(torch.empty(()))
+        placeholder = halt_program(config.computer_program_lines, config.computer_lanes, config.computer_registers, n)
+        self._register_library(placeholder, torch.as_tensor(config.library_entry_points, dtype=torch.long))
+
+    # ------------------------------------------------------------------------------------------------ library
+    def _register_library(self, program: ProgramTensors, entry_points: torch.Tensor) -> None:
+        for name in PROGRAM_FIELDS:
+            tensor = getattr(program, name).detach().to(PROGRAM_DTYPE).clone()
+            self.register_buffer(f"program_{name}", tensor, persistent=True)
+        self.register_buffer("entry_points", entry_points.detach().to(torch.long).clone(), persistent=True)
+
+    @property
+    def program(self) -> ProgramTensors:
+        """The linked library ϱ as `ProgramTensors` (views of the buffers)."""
+        return ProgramTensors(*(getattr(self, f"program_{name}") for name in PROGRAM_FIELDS))
+
+    def program_line_range(self, program_index: int) -> tuple[int, int]:
+        """[start, end) lines of a library program: from its entry point to the next one (or the library's end)."""
+        starts = sorted(int(line) for line in self.entry_points)
+        start = int(self.entry_points[program_index])
+        return start, next((line for line in starts if line > start), self.program.lines)
+
+    def set_library(
+        self, program: ProgramTensors, programs: Sequence[str], entry_points: Sequence[int], init_std: float
+    ) -> None:
+        """Replaces the library buffers (shapes may change) and resizes the selection head: rows of programs kept
+        (by name) are kept, rows of new programs are drawn from N(0, init_std²)."""
+        old_select, old_names = self.select, self.program_names
+        select = selection_head(
+            old_select.in_features, len(programs), device=old_select.weight.device, dtype=old_select.weight.dtype
+        )
+        with torch.no_grad():
+            nn.init.normal_(select.weight, std=init_std)
+            for row, name in enumerate(programs):
+                if name in old_names:
+                    select.weight[row] = old_select.weight[old_names.index(name)]
+        self.select = select
+        self.program_names = list(programs)
+        device = self.program_op.device
+        entry = torch.as_tensor(list(entry_points), dtype=torch.long, device=device)
+        self._register_library(program.to(device), entry)
+
+    # ------------------------------------------------------------------------------------------------ forward
+    def forward(self, hidden_states: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Runs the computer on the positions where `positions` `(batch, seq)` is True (all when None) and adds
+        the gated output there; every other position is returned untouched (bit for bit)."""
+        if positions is None:
+            positions = torch.ones(hidden_states.shape[:2], dtype=torch.bool, device=hidden_states.device)
+        if not bool(positions.any()):
+            return hidden_states
+        run = self.run(hidden_states[positions], positions)  # (P, hidden) in, ComputerRun out
+        records = _TRACE_RECORDS.get()
+        if records is not None:
+            records.append(run)
+        p_out = run.state.registers[:, self.output_register]  # (P, n)
+        update = self.gate * self.output_proj(p_out.to(self.output_proj.weight.dtype))  # (P, hidden)
+        return torch.index_put(hidden_states, (positions,), update.to(hidden_states.dtype), accumulate=True)
+
+    def run(self, hidden_states: torch.Tensor, positions: torch.Tensor) -> ComputerRun:
+        """Select, parse and run (steps 1–3 of the class docstring) for `hidden_states (P, hidden)`."""
+        if not self.program_names:
+            raise RuntimeError(
+                "no library is installed in this LlamaDComp model: install one with "
+                "library.install.install_library(model, programs) or build the model with library.install.from_llama"
+            )
+        num_positions, n = hidden_states.shape[0], self.n
+        program = self.program
+        dtype = program.op.dtype
+        normed = self.norm(hidden_states)
+        selection_logits = self.select(normed).to(dtype) / self.temperature  # (P, programs)
+        program_probs = selection_logits.softmax(-1)
+        entry_lines = one_hot_values(self.entry_points, program.lines, dtype)  # (programs, lines)
+        entry = program_probs @ entry_lines  # (P, lines): c_0
+        parsed = self.parse(normed).to(dtype).view(num_positions, -1, n).softmax(-1)  # (P, inputs + cells, n)
+        input_probs = parsed[:, : len(self.input_registers)]
+        memory_probs = parsed[:, len(self.input_registers) :]
+        state = self.machine.initial_state(
+            num_positions,
+            program.lines,
+            inputs={register: input_probs[:, i] for i, register in enumerate(self.input_registers)},
+            memory=memory_probs if self.memory_inputs else None,
+            entry=entry,
+            dtype=dtype,
+            device=hidden_states.device,
+        )
+        result = self.machine.run(program, state, self.max_steps)
+        return ComputerRun(positions.nonzero(), program_probs, input_probs, memory_probs, result.state, result.steps)
+
+    def extra_repr(self) -> str:
+        return f"programs={self.program_names}, inputs={self.input_registers}, output=r{self.output_register}"
+
+
+class LlamaDCompDecoderLayer(LlamaDecoderLayer):
+    """A `LlamaDecoderLayer`; layer `config.computer_layer` also holds the computer and runs it on its output."""
+
+    def __init__(self, config: LlamaDCompConfig, layer_idx: int):
+        super().__init__(config, layer_idx)
+        self.computer = LlamaDCompComputer(config) if layer_idx == config.computer_layer else None
+
+    def forward(
+        self, hidden_states: torch.Tensor, *args, computer_positions: torch.Tensor | None = None, **kwargs
+    ) -> torch.Tensor:
+        hidden_states = super().forward(hidden_states, *args, **kwargs)  # (batch, seq, hidden)
+        if self.computer is not None:
+            hidden_states = self.computer(hidden_states, computer_positions)
+        return hidden_states
+
+
+class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
+    config: LlamaDCompConfig
+    config_class = LlamaDCompConfig
+    _no_split_modules = ["LlamaDCompDecoderLayer"]
+
+    def _init_weights(self, module):
+        """Base Llama init, plus the computer: the gate from `computer_gate_init`, the placeholder library and the
+        config's entry points in the library buffers, fresh ALU tables. Guarded (`transformers.initialization`):
+        values loaded from a checkpoint are never overwritten."""
+        super()._init_weights(module)
+        if isinstance(module, LlamaDCompComputer):
+            config = self.config
+            init.constant_(module.gate, config.computer_gate_init)
+            placeholder = halt_program(
+                config.computer_program_lines, config.computer_lanes, config.computer_registers, config.computer_values
+            )
+            for name in PROGRAM_FIELDS:
+                init.copy_(getattr(module, f"program_{name}"), getattr(placeholder, name))
+            init.copy_(module.entry_points, torch.as_tensor(config.library_entry_points, dtype=torch.long))
+            with torch.device("cpu"):  # real tables even under from_pretrained's meta-device context
+                fresh_alu = build_alu(config)
+            for name, buffer in module.machine.alu.named_buffers():
+                init.copy_(buffer, fresh_alu.get_buffer(name))
+
+    # ------------------------------------------------------------------------------------------------ library
+    @property
+    def computer(self) -> LlamaDCompComputer:
+        """The computer block (inside decoder layer `config.computer_layer`)."""
+        return self.base_model.layers[self.config.computer_layer].computer
+
+    def _computers(self) -> list[LlamaDCompComputer]:
+        """Every computer module (one, or more where an adapter keeps a trainable copy)."""
+        return [module for module in self.modules() if isinstance(module, LlamaDCompComputer)]
+
+    def get_library(self) -> tuple[ProgramTensors, list[str], list[int]]:
+        """The installed library: program tensors (buffer views), program names and entry points."""
+        computer = self._computers()[0]
+        return computer.program, list(computer.program_names), [int(line) for line in computer.entry_points]
+
+    def set_library(self, program: ProgramTensors, programs: Sequence[str], entry_points: Sequence[int]) -> None:
+        """Writes a compiled, linked library `(lines, lanes, ·)` into the buffers and the config's library fields
+        (`computer_program_lines`, `computer_lanes`, `library_programs`, `library_entry_points`,
+        `library_fingerprint`). Compile-time callers: `library.install.install_library` / `from_llama`."""
+        config = self.config
+        if program.op.dim() != 3:
+            raise ValueError("set_library takes one linked program of shape (lines, lanes, ·), not a batch")
+        expected = {"a": config.computer_registers, "b": config.computer_registers,
+                    "out": config.computer_registers, "imm": config.computer_values, "op": len(OPS)}
+        for name, width in expected.items():
+            if getattr(program, name).shape[-1] != width:
+                raise ValueError(f"program tensor {name} has width {getattr(program, name).shape[-1]}, expected {width}")
+        config.computer_program_lines, config.computer_lanes = program.lines, program.lanes
+        config.library_programs, config.library_entry_points = list(programs), [int(line) for line in entry_points]
+        config.library_fingerprint = library_fingerprint(program, config.library_programs, config.library_entry_points)
+        config.check_computer()
+        for computer in self._computers():
+            computer.set_library(
+                program, config.library_programs, config.library_entry_points, config.initializer_range
+            )
+        self.verify_library()
+
+    def verify_library(self) -> None:
+        """Raises `LibraryMismatchError` naming the mismatch when the library buffers do not match the config
+        (run by `from_pretrained` after loading)."""
+        config = self.config
+        if config.library_fingerprint is None:
+            if config.library_programs:
+                raise LibraryMismatchError(
+                    f"config.library_programs lists {config.library_programs} but config.library_fingerprint is "
+                    "missing: install libraries with library.install.install_library"
+                )
+            return
+        for computer in self._computers():
+            entry_points = [int(line) for line in computer.entry_points]
+            if entry_points != list(config.library_entry_points):
+                raise LibraryMismatchError(
+                    f"config.library_entry_points={list(config.library_entry_points)} but the checkpoint's "
+                    f"entry_points buffer holds {entry_points}"
+                )
+            if computer.program.lines != config.computer_program_lines:
+                raise LibraryMismatchError(
+                    f"config.computer_program_lines={config.computer_program_lines} but the checkpoint's program "
+                    f"tensors have {computer.program.lines} lines"
+                )
+            actual = library_fingerprint(computer.program, config.library_programs, config.library_entry_points)
+            expected_parts = dict(part.split("=") for part in config.library_fingerprint.split(";"))
+            actual_parts = dict(part.split("=") for part in actual.split(";"))
+            if actual_parts["tensors"] != expected_parts.get("tensors"):
+                raise LibraryMismatchError(
+                    "the program tensors in the weights (buffers program_op/a/b/out/imm) do not match "
+                    f"config.library_fingerprint ({config.library_fingerprint}); they hash to {actual}"
+                )
+            if actual_parts["index"] != expected_parts.get("index"):
+                raise LibraryMismatchError(
+                    f"config.library_programs={list(config.library_programs)} / library_entry_points="
+                    f"{list(config.library_entry_points)} do not match config.library_fingerprint "
+                    f"({config.library_fingerprint}); they hash to {actual}"
+                )
+            with torch.device("cpu"):
+                fresh_alu = build_alu(config)
+            for name, buffer in computer.machine.alu.named_buffers():
+                if not torch.equal(buffer.cpu(), fresh_alu.get_buffer(name)):
+                    raise LibraryMismatchError(f"the ALU table buffer machine.alu.{name} does not match its definition")
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, then `verify_library` (a mismatched checkpoint fails loudly)."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        model.verify_library()
+        return loaded
+
+    def init_output_from_embeddings(self, token_ids: Sequence[int | Sequence[int]]) -> None:
+        """Initialises W_out (n → hidden) from the input embeddings of the number tokens "0" … "n-1":
+        column v is the embedding of `token_ids[v]`, or the mean embedding when `token_ids[v]` lists several
+        tokens (a number the tokenizer splits). The output then writes "the answer token" into the residual."""
+        n = self.config.computer_values
+        if len(token_ids) != n:
+            raise ValueError(f"need the token ids of the n={n} values 0..{n - 1}, got {len(token_ids)}")
+        embeddings = self.get_input_embeddings().weight  # (vocab, hidden)
+        with torch.no_grad():
+            columns = [embeddings[torch.as_tensor(ids, device=embeddings.device)].reshape(-1, embeddings.shape[1])
+                       .mean(0) for ids in token_ids]
+            for computer in self._computers():
+                weight = computer.output_proj.weight  # (hidden, n)
+                weight.copy_(torch.stack(columns, dim=1).to(weight.dtype))
+
+    # -------------------------------------------------------------------------------------------------- trace
+    @torch.no_grad()
+    def trace_computer(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        computer_mask: torch.Tensor | None = None,
+        top_k: int = 3,
+    ) -> list[ComputerTrace]:
+        """Runs the model (up to its last layer, no LM head) and returns, for every position where the computer
+        ran (the same positions as in `forward`), what it selected, parsed and computed. Render with
+        `library.install.explain` (which decompiles the selected program)."""
+        records: list[ComputerRun] = []
+        token = _TRACE_RECORDS.set(records)
+        try:
+            self.base_model(input_ids=input_ids, attention_mask=attention_mask, computer_mask=computer_mask,
+                            use_cache=False)
+        finally:
+            _TRACE_RECORDS.reset(token)
+        computer = self.computer
+        traces = []
+        for run in records:
+            decoded = run.state.decode()
+            for row, (batch_index, position) in enumerate(run.positions.tolist()):
+                best = int(run.program_probs[row].argmax())
+                traces.append(ComputerTrace(
+                    batch_index=batch_index,
+                    position=position,
+                    programs=[(computer.program_names[i], p) for i, p in _top_k(run.program_probs[row], top_k)],
+                    program_lines=computer.program_line_range(best),
+                    inputs={register: _top_k(run.input_probs[row, i], top_k)
+                            for i, register in enumerate(computer.input_registers)},
+                    memory_inputs=[_top_k(cell, top_k) for cell in run.memory_probs[row]],
+                    registers=list(zip(decoded["registers"][row].tolist(), decoded["register_probs"][row].tolist())),
+                    memory=list(zip(decoded["memory"][row].tolist(), decoded["memory_probs"][row].tolist())),
+                    output=_top_k(run.state.registers[row, computer.output_register], top_k),
+                    halted=float(run.state.halted[row]),
+                    steps=run.steps,
+                    output_register=computer.output_register,
+                ))
+        return traces
+
+
+class LlamaDCompModel(LlamaDCompPreTrainedModel, LlamaModel):
+    """`LlamaModel` whose decoder layer `config.computer_layer` ends with the computer block.
+
+    The forward is `LlamaModel.forward` (reused through `super()`, so its decorators keep working) with one
+    extra input, `computer_mask`; it decides where the computer runs — cost only where it must be:
+
+    * by default on every non-padding position of this call's tokens (`attention_mask`, 2D); without a 2D mask
+      (none, or a prepared 4D one) on every position;
+    * with `computer_mask` `(batch, L)` (bool), only where it is True — e.g. the last prompt token, or the
+      answer position. Its columns are *absolute* positions (aligned with a full 2D `attention_mask`, cached
+      tokens included): a call that continues a KV cache of length c reads columns [c, c + seq), and positions
+      at or beyond L do not run the computer. So in `generate(..., computer_mask=prompt_mask)` the computer runs
+      at the marked prompt positions during prefill and never on generated tokens;
+    * with a KV cache, only the new tokens are computed at all, so the computer never reruns cached positions.
+    """
+
+    def __init__(self, config: LlamaDCompConfig):
+        # LlamaModel.__init__ would build plain LlamaDecoderLayers: this mirrors it with the computer's layer class.
+        LlamaPreTrainedModel.__init__(self, config)
+        self.padding_idx = config.pad_token_id
+        self.vocab_size = config.vocab_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList(
+            [LlamaDCompDecoderLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
+        )
+        self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = LlamaRotaryEmbedding(config=config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    @staticmethod
+    def computer_positions(
+        batch_size: int,
+        seq_length: int,
+        attention_mask: torch.Tensor | None,
+        computer_mask: torch.Tensor | None,
+        past_length: int,
+        device: torch.device,
+    ) -> torch.Tensor:
+        """Boolean `(batch, seq)`: where the computer runs in this call (see the class docstring)."""
+        positions = torch.ones(batch_size, seq_length, dtype=torch.bool, device=device)
+        if attention_mask is not None and attention_mask.dim() == 2:
+            positions = positions & attention_mask[:, -seq_length:].to(device=device, dtype=torch.bool)
+        if computer_mask is not None:
+            window = computer_mask[:, past_length : past_length + seq_length].to(device=device, dtype=torch.bool)
+            window = nn.functional.pad(window, (0, seq_length - window.shape[1]), value=False)  # beyond L: False
+            positions = positions & window
+        return positions
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        computer_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        reference = input_ids if input_ids is not None else inputs_embeds  # (batch, seq[, hidden])
+        if reference is not None:
+            past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+            kwargs["computer_positions"] = self.computer_positions(
+                reference.shape[0], reference.shape[1], attention_mask, computer_mask, past_length, reference.device
+            )
+        return super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+
+
+class LlamaDCompForCausalLM(LlamaDCompPreTrainedModel, LlamaForCausalLM):
+    """`LlamaForCausalLM` over `LlamaDCompModel`. Its forward is `LlamaForCausalLM.forward` plus `computer_mask`
+    (see `LlamaDCompModel`), and `logits_to_keep` may be a boolean `(batch, seq)` mask: the LM head then runs only
+    there, and with `labels` (and no `shift_labels`) the loss is taken on the same positions — pass
+    `logits_to_keep=LlamaDCompForCausalLM.labelled_positions(labels)` to compute logits only where a label is
+    predicted, with the same loss as full logits."""
+
+    def __init__(self, config: LlamaDCompConfig):
+        LlamaPreTrainedModel.__init__(self, config)
+        self.model = LlamaDCompModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    @staticmethod
+    def labelled_positions(labels: torch.LongTensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+        """Boolean `(batch, seq)`: the positions whose logits predict a label (the next token is labelled)."""
+        shifted = nn.functional.pad(labels, (0, 1), value=ignore_index)[:, 1:]
+        return shifted != ignore_index
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        computer_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        boolean_keep = isinstance(logits_to_keep, torch.Tensor) and logits_to_keep.dtype == torch.bool
+        if labels is not None and boolean_keep and kwargs.get("shift_labels") is None:
+            shifted = nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]  # (batch, seq)
+            kwargs["shift_labels"] = shifted[logits_to_keep.to(shifted.device)]  # (kept,)
+        return super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            computer_mask=computer_mask,
+            **kwargs,
+        )
+
+
+LlamaDCompModel.register_for_auto_class("AutoModel")
+LlamaDCompForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+
+__all__ = [
+    "ComputerTrace",
+    "LibraryMismatchError",
+    "LlamaDCompComputer",
+    "LlamaDCompForCausalLM",
+    "LlamaDCompModel",
+    "LlamaDCompPreTrainedModel",
+    "library_fingerprint",
+]
