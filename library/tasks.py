@@ -1,0 +1,443 @@
+"""Natural-language algorithmic tasks (paper §4.2) as deterministic `datasets.DatasetDict`s.
+
+Builders: `arithmetic_task` ("Add 3 and 4"), `fibonacci_task` ("Calculate the fibonacci function, starting
+from inputs 6 and 2, to a recursion depth of 3"), `list_task` ("Sort the list 5, 3, 9", "What is the maximum
+of 5, 3, 9?"); `load_task(name, **kwargs)` dispatches by name ("arithmetic", "fibonacci", "list").
+
+Columns of every split:
+    text         the prompt (str)
+    answer       the answer (int; list[int] for sorting)
+    answer_text  the answer as the model writes it (str: "7", "3, 5, 9")
+    operation    the task's operation (str: "add", "sub", ..., "fib", "sort", "max")
+    operands     the inputs in the operation's canonical order (list[int]): "Subtract 4 from 9" has operands
+                 [9, 4] and answer sub(9, 4) = 5; a list task's operands are the list as written
+    program      the library program the model should select (str: the ALU op name, "fib", "sort", "list_max")
+    template     id of the phrasing (int, unique within a task)
+plus `depth` (fibonacci) and `length` (lists). Answers are computed with `dcomp_isa.alu_int` (values mod n).
+
+Splits and what the test splits hold out. Each operation has several phrasings; one per operation, chosen by
+the seed, is held out. An example's operands (a Python list) are held out when a seeded hash of them falls
+below `holdout_fraction`: `int.from_bytes(blake2b(f"{seed}:{operands}".encode(), digest_size=8).digest(),
+"little") / 2**64 < holdout_fraction` (for fibonacci the operands are the pair [a, b], whatever the depth;
+arithmetic holds out the pair for every operation). Then
+    train        non-held-out phrasings and operands, training depths/lengths
+    validation   the same distribution as train; no prompt occurs in both
+    test         ONLY held-out phrasings AND held-out operands (training depths/lengths): every test prompt
+                 pairs a phrasing and operands that never occur in train or validation
+    test_long    (fibonacci, lists) training phrasings and operands with deeper recursion / longer lists than
+                 in training: only the length changes
+Splits are sampled with `random.Random(seed)` (operation, phrasing, operands, depth or length uniformly);
+prompts are distinct within and across splits.
+
+Disk cache: every builder takes `cache_dir` (default `cache_root() / "tasks"`, see `library.tokenizer`) and
+stores its result under `<cache_dir>/<key>`, where the key fingerprints the builder's name, all its arguments
+(defaults included), this module's source and `dcomp_isa`'s. A hit is loaded with `load_from_disk`; a miss
+regenerates the same data from the seed.
+
+Model input format (`tokenize_for_causal_lm`): the prompt is `text + " "` and the target `answer_text` then
+EOS, so the model reads `BOS text ␣ answer_text EOS` (LLaMA-3: "Add 3 and 4" + " " + "7" is
+[128000, 2261, 220, 18, 323, 220, 19, 220, 22, 128001]; the space before a number is a token of its own).
+Labels are -100 on the prompt (BOS and the space included) and padding, and the token ids on the answer and
+its EOS. `answer_position` is the index of the last prompt token (the space): the position whose next-token
+logits must give the first answer token, where the differentiable computer's result is needed.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import json
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import datasets
+
+import dcomp_isa
+from library.tokenizer import cache_root, fingerprint
+
+# Phrasings per operation; `{a}` and `{b}` are the operands in the op's canonical order (sub(a, b) = a - b).
+ARITHMETIC_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "add": (
+        "Add {a} and {b}",
+        "What is {a} plus {b}?",
+        "Compute the sum of {a} and {b}",
+        "Calculate {a} + {b}",
+        "What do you get when you add {b} to {a}?",
+    ),
+    "sub": (
+        "Subtract {b} from {a}",
+        "What is {a} minus {b}?",
+        "Compute the difference {a} - {b}",
+        "Take {b} away from {a}",
+        "Calculate {a} - {b}",
+    ),
+    "mul": (
+        "Multiply {a} by {b}",
+        "What is {a} times {b}?",
+        "Compute the product of {a} and {b}",
+        "Calculate {a} * {b}",
+    ),
+    "div": (
+        "Divide {a} by {b}",
+        "What is {a} divided by {b}, rounded down?",
+        "How many times does {b} go into {a}?",
+        "Calculate {a} // {b}",
+    ),
+    "mod": (
+        "What is {a} modulo {b}?",
+        "Compute the remainder of {a} divided by {b}",
+        "What is left over when {a} is divided by {b}?",
+        "Calculate {a} mod {b}",
+    ),
+    "max": (
+        "What is the larger of {a} and {b}?",
+        "Which is bigger, {a} or {b}?",
+        "Compute the maximum of {a} and {b}",
+        "Calculate max({a}, {b})",
+    ),
+    "min": (
+        "What is the smaller of {a} and {b}?",
+        "Which is smaller, {a} or {b}?",
+        "Compute the minimum of {a} and {b}",
+        "Calculate min({a}, {b})",
+    ),
+}
+# Ops whose second operand is drawn from 1..n-1 ("Divide 5 by 0" is not a sensible question).
+NONZERO_SECOND_OPERAND = frozenset({"div", "mod"})
+
+FIBONACCI_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "fib": (
+        "Calculate the fibonacci function, starting from inputs {a} and {b}, to a recursion depth of {depth}",
+        "Compute the fibonacci recurrence from {a} and {b} with a recursion depth of {depth}",
+        "Starting with {a} and {b}, apply the fibonacci step {depth} times",
+        "What is the fibonacci function of {a} and {b} at recursion depth {depth}?",
+        "Run fibonacci on the inputs {a} and {b} to depth {depth}",
+    ),
+}
+
+LIST_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "sort": (
+        "Sort the list {values}",
+        "Sort {values} in ascending order",
+        "Put the numbers {values} in increasing order",
+        "Arrange {values} from smallest to largest",
+    ),
+    "max": (
+        "What is the maximum of {values}?",
+        "Find the largest number in {values}",
+        "Which is the biggest of {values}?",
+        "Return the maximum of the list {values}",
+    ),
+}
+LIST_PROGRAMS = {"sort": "sort", "max": "list_max"}
+
+_SOURCE_KEY = fingerprint(Path(__file__).read_bytes(), Path(dcomp_isa.__file__).read_bytes())
+_METRIC_PATH = Path(__file__).parent / "metrics" / "exact_match"
+
+
+def _disk_cached(builder: Callable[..., datasets.DatasetDict]) -> Callable[..., datasets.DatasetDict]:
+    """Adds the `cache_dir` keyword and the disk cache described in the module docstring to `builder`."""
+    signature = inspect.signature(builder)
+
+    @functools.wraps(builder)
+    def cached(*args, cache_dir: str | os.PathLike | None = None, **kwargs) -> datasets.DatasetDict:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        arguments = json.dumps(bound.arguments, sort_keys=True)
+        folder = Path(cache_dir if cache_dir is not None else cache_root() / "tasks")
+        path = folder / fingerprint(builder.__name__, arguments, _SOURCE_KEY)
+        if not path.is_dir():
+            dataset = builder(*bound.args, **bound.kwargs)
+            folder.mkdir(parents=True, exist_ok=True)
+            # Save to a scratch folder, then rename, so concurrent builders never see a partial dataset.
+            scratch = tempfile.mkdtemp(dir=folder, prefix=".partial-")
+            dataset.save_to_disk(scratch, num_shards={split: 1 for split in dataset})  # 0 shards would not load
+            try:
+                os.rename(scratch, path)
+            except OSError:  # another process finished first; its copy is identical
+                shutil.rmtree(scratch)
+        return datasets.load_from_disk(str(path))
+
+    return cached
+
+
+def _held_out(operands: list[int], seed: int, fraction: float) -> bool:
+    digest = hashlib.blake2b(f"{seed}:{operands}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64 < fraction
+
+
+@dataclass(frozen=True)
+class _Split:
+    """How to sample one split: its size, which phrasings and operands it uses, and its depths/lengths."""
+
+    size: int
+    held_out: bool  # True: held-out phrasings and operands only; False: neither
+    variants: tuple[int, ...] = ()  # recursion depths or list lengths (uniform); empty for arithmetic
+
+
+def _splits(
+    train_size: int,
+    validation_size: int,
+    test_size: int,
+    variants: tuple[int, ...] = (),
+    test_long_size: int = 0,
+    long_variants: tuple[int, ...] = (),
+) -> dict[str, _Split]:
+    """train / validation / test (and test_long when `long_variants` are given), as in the module docstring."""
+    splits = {
+        "train": _Split(train_size, held_out=False, variants=tuple(variants)),
+        "validation": _Split(validation_size, held_out=False, variants=tuple(variants)),
+        "test": _Split(test_size, held_out=True, variants=tuple(variants)),
+    }
+    if long_variants:
+        splits["test_long"] = _Split(test_long_size, held_out=False, variants=tuple(long_variants))
+    return splits
+
+
+# draw(rng, operation, variant) -> (template slots, row with answer, answer_text, operands and extra columns)
+_Draw = Callable[[random.Random, str, int | None], tuple[dict, dict]]
+
+
+def _generate(
+    templates: dict[str, tuple[str, ...]],
+    splits: dict[str, _Split],
+    draw: _Draw,
+    features: datasets.Features,
+    seed: int,
+    holdout_fraction: float,
+) -> datasets.DatasetDict:
+    """Sample `splits` as described in the module docstring; `draw` makes one example of an operation."""
+    if not 0 < holdout_fraction < 1:
+        raise ValueError(f"holdout_fraction must be in (0, 1), not {holdout_fraction}")
+    rng = random.Random(seed)
+    phrasings = [(operation, phrasing) for operation, options in templates.items() for phrasing in options]
+    ids = {operation: [i for i, (op, _) in enumerate(phrasings) if op == operation] for operation in templates}
+    if any(len(options) < 2 for options in ids.values()):
+        raise ValueError("every operation needs at least two phrasings (one is held out)")
+    held_out_template = {operation: rng.choice(options) for operation, options in ids.items()}
+    training_templates = {op: [i for i in options if i != held_out_template[op]] for op, options in ids.items()}
+    operations = list(templates)
+    seen: set[str] = set()
+    result = {}
+    for name, split in splits.items():
+        rows, attempts = [], 0
+        while len(rows) < split.size:
+            attempts += 1
+            if attempts > 100 * split.size + 1000:
+                raise ValueError(
+                    f"could only draw {len(rows)} distinct {name!r} examples of {split.size}: lower the split "
+                    "sizes or raise n or holdout_fraction"
+                )
+            operation = rng.choice(operations)
+            template = held_out_template[operation] if split.held_out else rng.choice(training_templates[operation])
+            slots, row = draw(rng, operation, rng.choice(split.variants) if split.variants else None)
+            text = phrasings[template][1].format(**slots)
+            if _held_out(row["operands"], seed, holdout_fraction) != split.held_out or text in seen:
+                continue
+            seen.add(text)
+            rows.append({"text": text, "operation": operation, "template": template, **row})
+        columns = {column: [row[column] for row in rows] for column in features}  # also right for 0 rows
+        result[name] = datasets.Dataset.from_dict(columns, features=features)
+    return datasets.DatasetDict(result)
+
+
+def _features(answer: datasets.features.features.FeatureType, *extra: str) -> datasets.Features:
+    """The common columns (module docstring) plus int64 columns `extra`."""
+    integer = datasets.Value("int64")
+    return datasets.Features(
+        {
+            "text": datasets.Value("string"),
+            "answer": answer,
+            "answer_text": datasets.Value("string"),
+            "operation": datasets.Value("string"),
+            "operands": datasets.List(integer),
+            "program": datasets.Value("string"),
+            "template": integer,
+            **{column: integer for column in extra},
+        }
+    )
+
+
+@_disk_cached
+def arithmetic_task(
+    n: int = 128,
+    operations: tuple[str, ...] = ("add", "sub", "mul", "div"),
+    train_size: int = 20000,
+    validation_size: int = 1000,
+    test_size: int = 1000,
+    holdout_fraction: float = 0.1,
+    seed: int = 0,
+) -> datasets.DatasetDict:
+    """One-step arithmetic mod n in natural language ("Add 3 and 4" -> 7, "Subtract 9 from 4" -> 123 for n = 128).
+
+    operations: any of ARITHMETIC_TEMPLATES (add, sub, mul, div, mod, max, min); operands a, b are uniform in
+    [0, n), b in [1, n) for div and mod; answer = dcomp_isa.alu_int(op, a, b, n); program = op.
+    Splits train / validation / test (module docstring); `cache_dir=` sets the disk cache folder.
+    """
+    unknown = set(operations) - set(ARITHMETIC_TEMPLATES)
+    if unknown:
+        raise ValueError(f"no phrasings for {sorted(unknown)}; choose from {sorted(ARITHMETIC_TEMPLATES)}")
+
+    def draw(rng: random.Random, operation: str, variant: None) -> tuple[dict, dict]:
+        a, b = rng.randrange(n), rng.randrange(int(operation in NONZERO_SECOND_OPERAND), n)
+        answer = dcomp_isa.alu_int(operation, a, b, n)
+        row = {"answer": answer, "answer_text": str(answer), "operands": [a, b], "program": operation}
+        return {"a": a, "b": b}, row
+
+    templates = {operation: ARITHMETIC_TEMPLATES[operation] for operation in operations}
+    splits = _splits(train_size, validation_size, test_size)
+    return _generate(templates, splits, draw, _features(datasets.Value("int64")), seed, holdout_fraction)
+
+
+def fibonacci(a: int, b: int, depth: int, n: int) -> int:
+    """The fibonacci task's answer: b after `depth` steps of (a, b) -> (b, a + b mod n).
+
+    This is what the standard library's fib program leaves in r2 given r1 = a, r2 = b, r3 = depth:
+    fibonacci(6, 2, 1) = 8, (6, 2, 2) -> 10, (6, 2, 3) -> 18; depth 0 gives b."""
+    for _ in range(depth):
+        a, b = b, dcomp_isa.alu_int("add", a, b, n)
+    return b
+
+
+@_disk_cached
+def fibonacci_task(
+    n: int = 128,
+    depths: tuple[int, ...] = (1, 2, 3),
+    long_depths: tuple[int, ...] = (4, 5, 6),
+    train_size: int = 10000,
+    validation_size: int = 1000,
+    test_size: int = 1000,
+    test_long_size: int = 1000,
+    holdout_fraction: float = 0.1,
+    seed: int = 0,
+) -> datasets.DatasetDict:
+    """Recursive fibonacci from natural language ("Calculate the fibonacci function, starting from inputs 6 and
+    2, to a recursion depth of 3" -> fibonacci(6, 2, 3, n) = 18).
+
+    a, b uniform in [0, n); depth uniform in `depths` (train, validation, test) or `long_depths` (test_long).
+    operands = [a, b], column `depth`, program "fib". `cache_dir=` sets the disk cache folder.
+    """
+
+    def draw(rng: random.Random, operation: str, depth: int) -> tuple[dict, dict]:
+        a, b = rng.randrange(n), rng.randrange(n)
+        answer = fibonacci(a, b, depth, n)
+        row = {"answer": answer, "answer_text": str(answer), "operands": [a, b], "program": "fib", "depth": depth}
+        return {"a": a, "b": b, "depth": depth}, row
+
+    splits = _splits(train_size, validation_size, test_size, depths, test_long_size, long_depths)
+    features = _features(datasets.Value("int64"), "depth")
+    return _generate(FIBONACCI_TEMPLATES, splits, draw, features, seed, holdout_fraction)
+
+
+@_disk_cached
+def list_task(
+    kind: str = "sort",
+    n: int = 128,
+    lengths: tuple[int, ...] = (2, 3, 4),
+    long_lengths: tuple[int, ...] = (5, 6),
+    train_size: int = 10000,
+    validation_size: int = 1000,
+    test_size: int = 1000,
+    test_long_size: int = 1000,
+    holdout_fraction: float = 0.1,
+    seed: int = 0,
+) -> datasets.DatasetDict:
+    """List questions: kind "sort" ("Sort the list 5, 3, 9" -> [3, 5, 9], answer_text "3, 5, 9", program
+    "sort") or "max" ("What is the maximum of 5, 3, 9?" -> 9, program "list_max").
+
+    Values uniform in [0, n) (repeats allowed); length uniform in `lengths` (train, validation, test) or
+    `long_lengths` (test_long); column `length`. `cache_dir=` sets the disk cache folder.
+    """
+    if kind not in LIST_TEMPLATES:
+        raise ValueError(f"kind must be one of {sorted(LIST_TEMPLATES)}, not {kind!r}")
+
+    def draw(rng: random.Random, operation: str, length: int) -> tuple[dict, dict]:
+        values = [rng.randrange(n) for _ in range(length)]
+        if kind == "sort":
+            answer, answer_text = sorted(values), ", ".join(map(str, sorted(values)))
+        else:
+            answer = functools.reduce(functools.partial(dcomp_isa.alu_int, "max", n=n), values)
+            answer_text = str(answer)
+        row = {"answer": answer, "answer_text": answer_text, "operands": values, "program": LIST_PROGRAMS[kind]}
+        return {"values": ", ".join(map(str, values))}, {**row, "length": length}
+
+    splits = _splits(train_size, validation_size, test_size, lengths, test_long_size, long_lengths)
+    answer = datasets.List(datasets.Value("int64")) if kind == "sort" else datasets.Value("int64")
+    templates = {kind: LIST_TEMPLATES[kind]}
+    return _generate(templates, splits, draw, _features(answer, "length"), seed, holdout_fraction)
+
+
+TASKS: dict[str, Callable[..., datasets.DatasetDict]] = {
+    "arithmetic": arithmetic_task,
+    "fibonacci": fibonacci_task,
+    "list": list_task,
+}
+
+
+def load_task(name: str, **kwargs) -> datasets.DatasetDict:
+    """The task `name` ("arithmetic", "fibonacci" or "list") built with `kwargs` (see each builder)."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose from {sorted(TASKS)}")
+    return TASKS[name](**kwargs)
+
+
+def _pad(values: list[int], value: int, count: int, left: bool) -> list[int]:
+    return [value] * count + values if left else values + [value] * count
+
+
+def tokenize_for_causal_lm(
+    dataset: datasets.Dataset | datasets.DatasetDict, tokenizer, max_length: int | None = None
+) -> datasets.Dataset | datasets.DatasetDict:
+    """Adds `input_ids`, `attention_mask`, `labels` and `answer_position` to a task Dataset or DatasetDict.
+
+    Format (module docstring): prompt `text + " "` with BOS, then `answer_text` and EOS; labels -100 except on
+    the answer tokens and EOS. max_length None leaves rows unpadded (pad batches with a collator that pads
+    labels with -100 on the right, e.g. `DataCollatorForSeq2Seq`); an int pads every row to max_length with
+    `tokenizer.pad_token_id` on `tokenizer.padding_side` (answer_position counts the padding) and raises
+    ValueError for a longer row, since truncation would cut off the answer.
+    """
+
+    def encode(batch: dict) -> dict:
+        prompts = [text + " " for text in batch["text"]]
+        prompt_ids = tokenizer(prompts)["input_ids"]
+        full_ids = tokenizer([p + answer for p, answer in zip(prompts, batch["answer_text"])])["input_ids"]
+        out = {"input_ids": [], "attention_mask": [], "labels": [], "answer_position": []}
+        for prompt, full in zip(prompt_ids, full_ids):
+            if full[: len(prompt)] != prompt:
+                raise ValueError(f"the tokenizer merges the prompt {tokenizer.decode(prompt)!r} with its answer")
+            ids = full + [tokenizer.eos_token_id]
+            labels = [-100] * len(prompt) + ids[len(prompt) :]
+            padding = 0 if max_length is None else max_length - len(ids)
+            if padding < 0:
+                raise ValueError(f"{len(ids)} tokens exceed max_length = {max_length}: {tokenizer.decode(ids)!r}")
+            left = tokenizer.padding_side == "left"
+            out["input_ids"].append(_pad(ids, tokenizer.pad_token_id, padding, left))
+            out["attention_mask"].append(_pad([1] * len(ids), 0, padding, left))
+            out["labels"].append(_pad(labels, -100, padding, left))
+            out["answer_position"].append(left * padding + len(prompt) - 1)
+        return out
+
+    # `map` would fingerprint its closure, tokenizer included, twice per split (~0.3 s each): hash it once.
+    key = fingerprint(datasets.fingerprint.Hasher.hash(tokenizer), str(max_length), _SOURCE_KEY)
+
+    def apply(split: datasets.Dataset) -> datasets.Dataset:
+        new_fingerprint = fingerprint(split._fingerprint, key)
+        return split.map(encode, batched=True, new_fingerprint=new_fingerprint, desc="Tokenizing")
+
+    if isinstance(dataset, datasets.DatasetDict):
+        return datasets.DatasetDict({name: apply(split) for name, split in dataset.items()})
+    return apply(dataset)
+
+
+def exact_match_metric():
+    """The exact-match metric (library/metrics/exact_match), loaded offline with `evaluate.load` from its
+    local path. Usage: `exact_match_metric().compute(predictions=..., references=..., groups=...)`."""
+    import evaluate  # slow to import (several seconds): only when a metric is needed
+
+    return evaluate.load(str(_METRIC_PATH))

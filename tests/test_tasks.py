@@ -1,0 +1,170 @@
+"""Task datasets (library/tasks.py): determinism, held-out splits, answers, the causal-LM format."""
+
+import datasets
+import pytest
+
+from dcomp_isa import alu_int
+from library.tasks import (
+    ARITHMETIC_TEMPLATES,
+    FIBONACCI_TEMPLATES,
+    arithmetic_task,
+    fibonacci,
+    fibonacci_task,
+    list_task,
+    load_task,
+    tokenize_for_causal_lm,
+)
+
+SMALL = {"train_size": 300, "validation_size": 50, "test_size": 50}
+SMALL_LONG = {**SMALL, "test_long_size": 50}
+
+# Every phrasing of the non-commutative ops, rendered with a = 9, b = 4, and its answer worked out by hand.
+HAND_CHECKED = {
+    "Subtract 4 from 9": 5,
+    "What is 9 minus 4?": 5,
+    "Compute the difference 9 - 4": 5,
+    "Take 4 away from 9": 5,
+    "Calculate 9 - 4": 5,
+    "Divide 9 by 4": 2,
+    "What is 9 divided by 4, rounded down?": 2,
+    "How many times does 4 go into 9?": 2,
+    "Calculate 9 // 4": 2,
+    "What is 9 modulo 4?": 1,
+    "Compute the remainder of 9 divided by 4": 1,
+    "What is left over when 9 is divided by 4?": 1,
+    "Calculate 9 mod 4": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("tasks")
+
+
+@pytest.fixture(scope="module")
+def arithmetic(cache):
+    return arithmetic_task(**SMALL, cache_dir=cache)
+
+
+def rows(dataset):
+    return [dict(zip(dataset.column_names, values)) for values in zip(*dataset.to_dict().values())]
+
+
+def test_operand_order_of_phrasings():
+    for op in ("sub", "div", "mod"):
+        for template in ARITHMETIC_TEMPLATES[op]:
+            assert HAND_CHECKED[template.format(a=9, b=4)] == alu_int(op, 9, 4, 128)
+    assert ARITHMETIC_TEMPLATES["add"][0] == "Add {a} and {b}"  # the paper's prompt
+
+
+def test_deterministic_and_cached(arithmetic, cache, tmp_path):
+    again = arithmetic_task(**SMALL, cache_dir=cache)  # a cache hit
+    rebuilt = arithmetic_task(**SMALL, cache_dir=tmp_path)  # regenerated from the seed
+    other = arithmetic_task(**SMALL, seed=1, cache_dir=tmp_path)
+    for split in arithmetic:
+        assert again[split].to_dict() == rebuilt[split].to_dict() == arithmetic[split].to_dict()
+        assert other[split]["text"] != arithmetic[split]["text"]
+    assert len([path for path in tmp_path.iterdir() if not path.name.startswith(".")]) == 2
+
+
+def test_arithmetic_answers_and_columns(arithmetic):
+    assert {name: len(split) for name, split in arithmetic.items()} == {"train": 300, "validation": 50, "test": 50}
+    assert list(arithmetic["train"].features) == [
+        "text", "answer", "answer_text", "operation", "operands", "program", "template"
+    ]
+    for row in rows(arithmetic["train"]) + rows(arithmetic["test"]):
+        a, b = row["operands"]
+        assert row["answer"] == alu_int(row["operation"], a, b, 128) and row["answer_text"] == str(row["answer"])
+        assert row["program"] == row["operation"] in ("add", "sub", "mul", "div")
+        assert str(a) in row["text"] and str(b) in row["text"]
+        assert b != 0 or row["operation"] not in ("div", "mod")
+
+
+def test_arithmetic_test_split_holds_out_phrasings_and_pairs(arithmetic):
+    seen = rows(arithmetic["train"]) + rows(arithmetic["validation"])
+    test = rows(arithmetic["test"])
+    assert {r["template"] for r in seen}.isdisjoint(r["template"] for r in test)
+    assert {tuple(r["operands"]) for r in seen}.isdisjoint(tuple(r["operands"]) for r in test)
+    assert {r["text"] for r in seen}.isdisjoint(r["text"] for r in test)
+    held_out = {(r["operation"], r["template"]) for r in test}
+    assert sorted(op for op, _ in held_out) == ["add", "div", "mul", "sub"]  # one phrasing per operation
+    train_texts = arithmetic["train"]["text"]
+    assert len(set(train_texts)) == len(train_texts)
+    assert set(train_texts).isdisjoint(arithmetic["validation"]["text"])
+    assert len({r["template"] for r in seen}) == sum(len(ARITHMETIC_TEMPLATES[op]) - 1 for op in ("add", "sub", "mul", "div"))
+
+
+def test_fibonacci(cache):
+    assert fibonacci(6, 2, 1, 128) == 8 and fibonacci(6, 2, 3, 128) == 18  # the paper's prompt, depth 3
+    assert fibonacci(0, 1, 10, 1000) == 89 and fibonacci(100, 100, 1, 128) == 72 and fibonacci(5, 7, 0, 128) == 7
+    task = fibonacci_task(**SMALL_LONG, cache_dir=cache)
+    assert task["train"].features["depth"] == datasets.Value("int64")
+    for name, split in task.items():
+        for row in rows(split):
+            assert row["answer"] == fibonacci(*row["operands"], row["depth"], 128) and row["program"] == "fib"
+            assert row["depth"] in ((4, 5, 6) if name == "test_long" else (1, 2, 3))
+    train = rows(task["train"])
+    assert {r["template"] for r in train}.isdisjoint(task["test"]["template"])
+    assert {tuple(r["operands"]) for r in train}.isdisjoint(map(tuple, task["test"]["operands"]))
+    assert set(task["test_long"]["template"]) <= {r["template"] for r in train}
+    paper = "Calculate the fibonacci function, starting from inputs 6 and 2, to a recursion depth of 3"
+    assert paper in {t.format(a=6, b=2, depth=3) for t in FIBONACCI_TEMPLATES["fib"]}
+
+
+@pytest.mark.parametrize("kind", ["sort", "max"])
+def test_lists(kind, cache):
+    task = list_task(kind, **SMALL_LONG, cache_dir=cache)
+    for name, split in task.items():
+        for row in rows(split):
+            values = row["operands"]
+            assert row["length"] == len(values) in ((5, 6) if name == "test_long" else (2, 3, 4))
+            expected = sorted(values) if kind == "sort" else max(values)
+            assert row["answer"] == expected
+            assert row["answer_text"] == (", ".join(map(str, expected)) if kind == "sort" else str(expected))
+            assert ", ".join(map(str, values)) in row["text"]
+    assert set(task["train"]["template"]).isdisjoint(task["test"]["template"])
+    assert set(map(tuple, task["train"]["operands"])).isdisjoint(map(tuple, task["test"]["operands"]))
+    assert task["train"]["program"][0] == {"sort": "sort", "max": "list_max"}[kind]
+
+
+def test_load_task_and_errors(cache):
+    assert load_task("list", kind="max", **SMALL_LONG, cache_dir=cache)["test"].to_dict() == (
+        list_task("max", **SMALL_LONG, cache_dir=cache)["test"].to_dict()
+    )
+    with pytest.raises(ValueError, match="unknown task"):
+        load_task("chess")
+    with pytest.raises(ValueError, match="no phrasings"):
+        arithmetic_task(operations=("add", "pow"), cache_dir=cache)
+    empty = arithmetic_task(train_size=5, validation_size=0, test_size=0, cache_dir=cache)
+    assert len(empty["validation"]) == 0 and empty["test"].features == empty["train"].features
+    with pytest.raises(ValueError, match="could only draw"):
+        arithmetic_task(n=3, operations=("add",), train_size=2, validation_size=0, test_size=50, cache_dir=cache)
+
+
+def test_causal_lm_format(arithmetic):
+    from library.tokenizer import llama3_tokenizer
+
+    tokenizer = llama3_tokenizer()
+    one = datasets.Dataset.from_list([{"text": "Add 3 and 4", "answer_text": "7"}])
+    row = tokenize_for_causal_lm(one, tokenizer)[0]
+    assert row["input_ids"] == [128000, 2261, 220, 18, 323, 220, 19, 220, 22, 128001]
+    assert row["input_ids"][:-1] == tokenizer("Add 3 and 4 7").input_ids
+    assert row["labels"] == [-100] * 8 + [22, 128001] and row["attention_mask"] == [1] * 10
+    assert row["answer_position"] == 7  # the space after the prompt: its logits predict the answer
+
+    padded = tokenize_for_causal_lm(one, tokenizer, max_length=12)[0]
+    assert padded["input_ids"] == row["input_ids"] + [128004] * 2 and padded["answer_position"] == 7
+    assert padded["labels"] == row["labels"] + [-100] * 2 and padded["attention_mask"] == [1] * 10 + [0] * 2
+    left = tokenize_for_causal_lm(one, llama3_tokenizer("left"), max_length=12)[0]
+    assert left["input_ids"] == [128004] * 2 + row["input_ids"] and left["answer_position"] == 9
+    assert left["labels"] == [-100] * 2 + row["labels"] and left["attention_mask"] == [0] * 2 + [1] * 10
+    with pytest.raises(ValueError, match="exceed max_length"):
+        tokenize_for_causal_lm(one, tokenizer, max_length=9)
+
+    encoded = tokenize_for_causal_lm(arithmetic, tokenizer)
+    for example in rows(encoded["test"]):
+        answer = [token for token in example["labels"] if token != -100]
+        assert tokenizer.decode(answer) == example["answer_text"] + tokenizer.eos_token
+        position = example["answer_position"]
+        assert example["labels"][position] == -100 and example["labels"][position + 1] == answer[0]
+        assert example["input_ids"][position] == 220
