@@ -296,9 +296,10 @@ def arithmetic_task(
 
 
 def fibonacci(a: int, b: int, depth: int, n: int) -> int:
-    """The fibonacci task's answer: b after `depth` steps of (a, b) -> (b, a + b mod n).
+    """The fibonacci task's answer: b after `depth` steps of (a, b) -> (b, a + b mod n), i.e. F(depth + 1) for
+    F(0) = a, F(1) = b, F(k + 1) = F(k) + F(k - 1) mod n.
 
-    This is what the standard library's fib program leaves in r2 given r1 = a, r2 = b, r3 = depth:
+    This is the result r0 of the standard library's fib program given r1 = a, r2 = b, r3 = depth >= 1:
     fibonacci(6, 2, 1) = 8, (6, 2, 2) -> 10, (6, 2, 3) -> 18; depth 0 gives b."""
     for _ in range(depth):
         a, b = b, dcomp_isa.alu_int("add", a, b, n)

@@ -1,5 +1,7 @@
 """Task datasets (library/tasks.py): determinism, held-out splits, answers, the causal-LM format."""
 
+import hashlib
+
 import datasets
 import pytest
 
@@ -44,6 +46,11 @@ def cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def arithmetic(cache):
     return arithmetic_task(**SMALL, cache_dir=cache)
+
+
+def held_out_by_hash(operands, seed):
+    digest = hashlib.blake2b(f"{seed}:{operands}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64
 
 
 def rows(dataset):
@@ -91,7 +98,11 @@ def test_arithmetic_test_split_holds_out_phrasings_and_pairs(arithmetic):
     train_texts = arithmetic["train"]["text"]
     assert len(set(train_texts)) == len(train_texts)
     assert set(train_texts).isdisjoint(arithmetic["validation"]["text"])
-    assert len({r["template"] for r in seen}) == sum(len(ARITHMETIC_TEMPLATES[op]) - 1 for op in ("add", "sub", "mul", "div"))
+    ops = ("add", "sub", "mul", "div")
+    assert len({r["template"] for r in seen}) == sum(len(ARITHMETIC_TEMPLATES[op]) - 1 for op in ops)
+    # the documented rule, with the default seed 0 and holdout_fraction 0.1
+    assert all(held_out_by_hash(r["operands"], 0) < 0.1 for r in test)
+    assert all(held_out_by_hash(r["operands"], 0) >= 0.1 for r in seen)
 
 
 def test_fibonacci(cache):
@@ -125,6 +136,26 @@ def test_lists(kind, cache):
     assert set(task["train"]["template"]).isdisjoint(task["test"]["template"])
     assert set(map(tuple, task["train"]["operands"])).isdisjoint(map(tuple, task["test"]["operands"]))
     assert task["train"]["program"][0] == {"sort": "sort", "max": "list_max"}[kind]
+
+
+def test_answers_are_what_the_standard_programs_compute(arithmetic, cache):
+    """Each row's `program`, run by the reference interpreter on the row's operands, gives its answer."""
+    from library.interpreter import run_reference
+    from library.stdlib import load_program
+
+    def run(row, registers, memory=None):
+        return run_reference(load_program(row["program"]), registers=registers, memory=memory).state
+
+    for row in rows(arithmetic["test"])[:20]:
+        assert run(row, dict(enumerate(row["operands"], start=1))).registers[0] == row["answer"]
+    fib = fibonacci_task(**SMALL_LONG, cache_dir=cache)
+    for row in rows(fib["test"])[:5] + rows(fib["test_long"])[:5]:
+        a, b = row["operands"]
+        assert run(row, {1: a, 2: b, 3: row["depth"]}).registers[0] == row["answer"]
+    for kind in ("sort", "max"):
+        for row in rows(list_task(kind, **SMALL_LONG, cache_dir=cache)["test_long"])[:5]:
+            state = run(row, {1: row["length"]}, memory=row["operands"])
+            assert (list(state.memory[: row["length"]]) if kind == "sort" else state.registers[0]) == row["answer"]
 
 
 def test_load_task_and_errors(cache):
