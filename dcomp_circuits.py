@@ -345,7 +345,9 @@ class CircuitALU(torch.nn.Module):
 
     Exact on one-hot u, v (equals `dcomp_isa.alu_int` for every op), linear in op_probs. On spread
     distributions it is an approximation: u and v are reduced to per-bit marginals and the result bits are
-    recombined as independent. Holds no tables (`table_bytes() == 0`); n must be a power of two.
+    recombined as independent. u and v must be distributions (sum 1; the machine's operands are): each
+    op's result sums to 1, so the output mass is Σ op_probs (the table ALU's is Σ op_probs · Σu · Σv).
+    Holds no tables (`table_bytes() == 0`); n must be a power of two.
     Computes in float64 for float64 inputs, else in float32, and returns the inputs' dtype.
     """
 

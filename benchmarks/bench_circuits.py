@@ -108,7 +108,8 @@ def main() -> None:
     print("# Circuit ALU vs table ALU\n")
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads, "
           f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; batch {BATCH}, float32, random distributions, "
-          f"median of {repeats} runs{' (--quick)' if args.quick else ''}.\n")
+          f"median of {repeats} runs{' (--quick)' if args.quick else ''}; "
+          f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs.\n")
     print(f"## ALU step: all {len(ALU_OPS)} ops mixed (eq. 7)\n")
     print("\n".join(bench_alus(repeats)))
     print("\n## Adders alone (sum bits; gradient path = longest autograd chain)\n")
