@@ -6,8 +6,7 @@ Figure 1): an intermediate decoder layer of LLaMA *selects* a library program an
 differentiable computer Δ runs it, and its output is written back into the residual stream.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: @strict checks field types from the evaluated annotations.
 from dataclasses import field
 
 from huggingface_hub.dataclasses import strict
@@ -21,6 +20,7 @@ except ImportError:  # a checkout, where the run-time files are top-level module
 
 COMPUTER_ALUS = ("table", "circuit")
 COMPUTER_OUTPUTS = ("residual_add",)
+REAL_FIELDS = ("computer_halt_threshold", "computer_gate_init", "computer_selection_temperature")
 # The classes `trust_remote_code` loads from a checkpoint's own files; every LlamaDComp config carries all three
 # (`save_pretrained` alone would record only the saved model's class).
 AUTO_MAP = {
@@ -70,7 +70,7 @@ class LlamaDCompConfig(LlamaConfig):
     computer_max_steps: int = 64
     """Most interpreter steps per run (adaptive recurrence, eq. 17; the run exits early once halted)."""
 
-    computer_halt_threshold: float = 0.99
+    computer_halt_threshold: float | int = 0.99
     """The run stops once every position has halted with at least this probability; in (0, 1]."""
 
     computer_alu: str = "table"
@@ -107,16 +107,18 @@ class LlamaDCompConfig(LlamaConfig):
     """How the output reaches the language model: "residual_add" adds `gate * W_out(p_out)` to the residual
     stream after `computer_layer`."""
 
-    computer_gate_init: float = 0.0
+    computer_gate_init: float | int = 0.0
     """Initial value of the learned output gate; 0.0 leaves the base Llama's outputs exactly unchanged."""
 
-    computer_selection_temperature: float = 1.0
+    computer_selection_temperature: float | int = 1.0
     """Temperature of the softmax that selects a library program; > 0."""
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         # Keep entries already there: a config loaded from the Hub names them "<repo>--module.Class".
         self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
+        for name in REAL_FIELDS:  # `1` in a JSON file or a call means 1.0
+            setattr(self, name, float(getattr(self, name)))
         self.check_computer()
 
     def check_computer(self) -> None:

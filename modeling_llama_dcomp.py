@@ -118,7 +118,7 @@ def selection_head(hidden_size: int, programs: int, **factory_kwargs) -> nn.Line
 class ComputerRun:
     """What one computer block run computed for its P selected positions (`trace_computer` collects these)."""
 
-    positions: torch.Tensor  # (P, 2): (batch index, sequence index) of each row
+    positions: torch.Tensor  # (batch, seq) bool: where the P rows come from, in `positions.nonzero()` order
     program_probs: torch.Tensor  # (P, programs): program selection
     input_probs: torch.Tensor  # (P, input registers, n): parsed register inputs
     memory_probs: torch.Tensor  # (P, memory inputs, n): parsed memory cells
@@ -277,7 +277,7 @@ class LlamaDCompComputer(nn.Module):
             device=hidden_states.device,
         )
         result = self.machine.run(program, state, self.max_steps)
-        return ComputerRun(positions.nonzero(), program_probs, input_probs, memory_probs, result.state, result.steps)
+        return ComputerRun(positions, program_probs, input_probs, memory_probs, result.state, result.steps)
 
     def extra_repr(self) -> str:
         return f"programs={self.program_names}, inputs={self.input_registers}, output=r{self.output_register}"
@@ -348,12 +348,26 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
         expected = {"a": config.computer_registers, "b": config.computer_registers,
                     "out": config.computer_registers, "imm": config.computer_values, "op": len(OPS)}
         for name, width in expected.items():
-            if getattr(program, name).shape[-1] != width:
-                raise ValueError(f"program tensor {name} has width {getattr(program, name).shape[-1]}, expected {width}")
-        config.computer_program_lines, config.computer_lanes = program.lines, program.lanes
-        config.library_programs, config.library_entry_points = list(programs), [int(line) for line in entry_points]
-        config.library_fingerprint = library_fingerprint(program, config.library_programs, config.library_entry_points)
-        config.check_computer()
+            actual = getattr(program, name).shape[-1]
+            if actual != width:
+                raise ValueError(f"program tensor {name} has width {actual}, expected {width}")
+        entry_points = [int(line) for line in entry_points]
+        fields = {
+            "computer_program_lines": program.lines,
+            "computer_lanes": program.lanes,
+            "library_programs": list(programs),
+            "library_entry_points": entry_points,
+            "library_fingerprint": library_fingerprint(program, programs, entry_points),
+        }
+        previous = {name: getattr(config, name) for name in fields}
+        try:
+            for name, value in fields.items():
+                setattr(config, name, value)
+            config.check_computer()
+        except ValueError:
+            for name, value in previous.items():  # leave the model as it was
+                setattr(config, name, value)
+            raise
         for computer in self._computers():
             computer.set_library(
                 program, config.library_programs, config.library_entry_points, config.initializer_range
@@ -401,7 +415,9 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
                 fresh_alu = build_alu(config)
             for name, buffer in computer.machine.alu.named_buffers():
                 if not torch.equal(buffer.cpu(), fresh_alu.get_buffer(name)):
-                    raise LibraryMismatchError(f"the ALU table buffer machine.alu.{name} does not match its definition")
+                    raise LibraryMismatchError(
+                        f"the ALU table buffer machine.alu.{name} does not match its definition in dcomp_alu"
+                    )
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -449,7 +465,7 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
         traces = []
         for run in records:
             decoded = run.state.decode()
-            for row, (batch_index, position) in enumerate(run.positions.tolist()):
+            for row, (batch_index, position) in enumerate(run.positions.nonzero().tolist()):
                 best = int(run.program_probs[row].argmax())
                 traces.append(ComputerTrace(
                     batch_index=batch_index,

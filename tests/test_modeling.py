@@ -25,6 +25,7 @@ from modeling_llama_dcomp import (
     LlamaDCompComputer,
     LlamaDCompForCausalLM,
     LlamaDCompModel,
+    halt_program,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,10 +47,13 @@ def tiny_llama(seed: int = 0, **overrides) -> LlamaForCausalLM:
     return LlamaForCausalLM(LlamaConfig(**{**TINY_LLAMA, **overrides})).eval()
 
 
-def tiny_model(gate: float = 0.0, layer: int = 0, seed: int = 0, **computer) -> tuple[LlamaDCompForCausalLM, LlamaForCausalLM]:
+def tiny_model(
+    gate: float = 0.0, layer: int = 0, seed: int = 0, **computer
+) -> tuple[LlamaDCompForCausalLM, LlamaForCausalLM]:
     """A converted tiny Llama with the test library, and the Llama it came from."""
     llama = tiny_llama(seed)
-    model = from_llama(llama, computer_layer=layer, library=LIBRARY, **{**COMPUTER, "computer_gate_init": gate, **computer})
+    computer = {**COMPUTER, "computer_gate_init": gate, **computer}
+    model = from_llama(llama, computer_layer=layer, library=LIBRARY, **computer)
     return model.eval(), llama
 
 
@@ -335,7 +339,10 @@ def test_a_config_that_does_not_match_the_library_fails_to_load(tmp_path, change
 
 @pytest.mark.parametrize(
     ("key", "names"),
-    [("model.layers.0.computer.program_imm", "program tensors"), ("model.layers.0.computer.machine.alu.index_tables", "ALU")],
+    [
+        ("model.layers.0.computer.program_imm", "program tensors"),
+        ("model.layers.0.computer.machine.alu.index_tables", "ALU"),
+    ],
 )
 def test_a_tampered_library_buffer_fails_to_load(tmp_path, key, names):
     directory = _saved(tmp_path)
@@ -445,3 +452,25 @@ def test_set_library_keeps_selection_rows_by_name():
     assert torch.equal(computer.select.weight[0], rows["fib"]) and torch.equal(computer.select.weight[1], rows["add"])
     assert computer.program.lines == model.config.computer_program_lines
     model.verify_library()
+
+
+def test_set_library_leaves_the_model_unchanged_when_the_library_cannot_fit():
+    model, _ = tiny_model()
+    before = model.config.to_dict()
+    with pytest.raises(ValueError, match="^computer_values="):
+        model.set_library(halt_program(N, 1, REGISTERS, N), ["too_long"], [0])  # N lines need n > N
+    assert model.config.to_dict() == before
+    model.verify_library()
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model, _ = tiny_model(gate=0.5)
+    model.train()
+    ids = random_ids(2, 6)
+    model(ids, labels=ids).loss.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters() if ".computer." in name}
+    model.zero_grad()
+    model.activation_checkpointing_enable()
+    model(ids, labels=ids, use_cache=False).loss.backward()
+    for name, grad in expected.items():
+        torch.testing.assert_close(model.get_parameter(name).grad, grad, msg=name)

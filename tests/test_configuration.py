@@ -1,0 +1,120 @@
+"""LlamaDCompConfig: defaults, documented fields, serialisation, auto_map, and every invalid field."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+
+import pytest
+from transformers import LlamaConfig
+
+import configuration_llama_dcomp
+from configuration_llama_dcomp import AUTO_MAP, LlamaDCompConfig
+
+TINY = dict(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+VALID = dict(
+    TINY, computer_layer=1, computer_values=16, computer_registers=8, computer_memory_size=8, computer_call_depth=2,
+    computer_program_lines=6, computer_lanes=2, library_programs=["add", "fib"], library_entry_points=[0, 1],
+    library_input_registers=[1, 2, 3], library_memory_inputs=4, library_output_register=0,
+)
+
+
+def test_defaults_build_and_describe_an_empty_library():
+    config = LlamaDCompConfig()
+    assert isinstance(config, LlamaConfig) and config.model_type == "llama_dcomp"
+    assert config.library_programs == [] and config.library_entry_points == []
+    assert config.library_fingerprint is None and config.computer_gate_init == 0.0
+    assert config.computer_output == "residual_add" and config.computer_alu == "table"
+
+
+def test_every_computer_field_is_documented():
+    """Each `computer_*` / `library_*` field is an annotated class attribute followed by its docstring."""
+    tree = ast.parse(inspect.getsource(configuration_llama_dcomp))
+    body = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "LlamaDCompConfig").body
+    documented = {
+        statement.target.id
+        for statement, following in zip(body, body[1:])
+        if isinstance(statement, ast.AnnAssign)
+        and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+        and isinstance(following.value.value, str) and following.value.value.strip()
+    }
+    fields = {name for name in LlamaDCompConfig.__dataclass_fields__ if name.startswith(("computer_", "library_"))}
+    assert len(fields) == 19
+    assert fields <= documented, fields - documented
+
+
+def test_round_trip_through_json(tmp_path):
+    config = LlamaDCompConfig(**VALID, library_fingerprint="tensors=1;index=2", computer_gate_init=0.25)
+    config.save_pretrained(tmp_path)
+    loaded = LlamaDCompConfig.from_pretrained(tmp_path)
+    for name in LlamaDCompConfig.__dataclass_fields__:
+        if name.startswith(("computer_", "library_")):
+            assert getattr(loaded, name) == getattr(config, name), name
+    assert loaded.auto_map == AUTO_MAP
+
+
+def test_auto_map_names_config_and_both_model_classes():
+    assert set(LlamaDCompConfig().auto_map) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM"}
+    hub = {"AutoConfig": "user/repo--configuration_llama_dcomp.LlamaDCompConfig"}
+    assert LlamaDCompConfig(auto_map=hub).auto_map["AutoConfig"] == hub["AutoConfig"]  # loaded entries are kept
+
+
+def test_field_types_are_checked():
+    with pytest.raises(Exception, match="computer_values"):
+        LlamaDCompConfig(**{**VALID, "computer_values": "16"})
+    config = LlamaDCompConfig(**VALID, computer_gate_init=1, computer_selection_temperature=2)
+    assert config.computer_gate_init == 1.0 and isinstance(config.computer_gate_init, float)
+    assert isinstance(config.computer_selection_temperature, float)
+
+
+INVALID = [
+    ({"computer_layer": 2}, "computer_layer"),  # == num_hidden_layers
+    ({"computer_layer": -1}, "computer_layer"),
+    ({"computer_values": 1, "computer_program_lines": 1, "computer_memory_size": 1}, "computer_values"),
+    ({"computer_values": 6, "computer_memory_size": 6}, "computer_values"),  # n <= program lines
+    ({"computer_program_lines": 0, "library_programs": [], "library_entry_points": []}, "computer_program_lines"),
+    ({"computer_alu": "dense"}, "computer_alu"),
+    ({"computer_alu": "circuit", "computer_values": 12, "computer_memory_size": 8}, "computer_values"),
+    ({"library_entry_points": [0]}, "library_entry_points"),  # two programs, one entry point
+    ({"library_entry_points": [0, 6]}, "library_entry_points"),  # past the last line
+    ({"library_entry_points": [0, -1]}, "library_entry_points"),
+    ({"library_programs": ["add", "add"]}, "library_programs"),
+    ({"library_programs": ["add", ""]}, "library_programs"),
+    ({"library_input_registers": [1, 6]}, "library_input_registers"),  # r6 is on the return stack
+    ({"library_input_registers": [-1]}, "library_input_registers"),
+    ({"library_input_registers": [1, 1]}, "library_input_registers"),
+    ({"library_input_registers": [], "library_memory_inputs": 0}, "library_input_registers"),
+    ({"library_output_register": 8}, "library_output_register"),
+    ({"library_output_register": -1}, "library_output_register"),
+    ({"computer_memory_size": 17}, "computer_memory_size"),  # > n
+    ({"computer_memory_size": 0, "library_memory_inputs": 0}, "computer_memory_size"),
+    ({"computer_call_depth": 8}, "computer_call_depth"),  # >= registers
+    ({"computer_call_depth": 0}, "computer_call_depth"),
+    ({"library_memory_inputs": 9}, "library_memory_inputs"),  # > memory size
+    ({"library_memory_inputs": -1}, "library_memory_inputs"),
+    ({"computer_max_steps": 0}, "computer_max_steps"),
+    ({"computer_halt_threshold": 0.0}, "computer_halt_threshold"),
+    ({"computer_halt_threshold": 1.5}, "computer_halt_threshold"),
+    ({"computer_lanes": 0}, "computer_lanes"),
+    ({"computer_output": "replace"}, "computer_output"),
+    ({"computer_selection_temperature": 0.0}, "computer_selection_temperature"),
+]
+
+
+@pytest.mark.parametrize(("changes", "field"), INVALID, ids=[f"{f}-{i}" for i, (_, f) in enumerate(INVALID)])
+def test_a_config_that_cannot_work_raises_naming_the_field(changes, field):
+    LlamaDCompConfig(**VALID)  # the baseline is valid
+    with pytest.raises(ValueError, match=rf"^{field}="):
+        LlamaDCompConfig(**{**VALID, **changes})
+
+
+def test_invalid_config_json_raises_on_load():
+    with pytest.raises(ValueError, match="^computer_layer="):
+        LlamaDCompConfig.from_dict({**VALID, "computer_layer": 5})
+
+
+def test_check_computer_catches_later_edits():
+    config = LlamaDCompConfig(**VALID)
+    config.library_entry_points = [0, 9]
+    with pytest.raises(ValueError, match="^library_entry_points="):
+        config.check_computer()
