@@ -263,12 +263,20 @@ class RegisterMachine(nn.Module):
         target = target + ret_mass * return_target
         moved = nn.functional.pad(stay, (1, 0))  # (batch, lines + 1): line i → i + 1
         new_pc = moved[:, :lines] + target[:, :lines]
-        # Mass arriving at a `halt` line halts now: executing `halt` costs no step, as in the interpreter.
-        arriving_halt = new_pc * p_halt
-        new_halted = (
-            halted + moved[:, lines] + target[:, lines:].sum(-1) + (pc * p_halt).sum(-1) + arriving_halt.sum(-1)
-        )
-        return new_pc - arriving_halt, new_halted
+        new_halted = halted + moved[:, lines] + target[:, lines:].sum(-1) + (pc * p_halt).sum(-1)
+        return self._settle(program, new_pc, new_halted)
+
+    @staticmethod
+    def _settle(program: ProgramTensors, pc: torch.Tensor, halted: torch.Tensor):
+        """Mass that sits on a `halt` line halts at once, so executing `halt` costs no step (as in the
+        reference interpreter, whose `steps` counts the executed lines other than `halt`)."""
+        arriving = pc * program.op[..., OP_INDEX["halt"]].sum(-1)  # (batch, lines)
+        return pc - arriving, halted + arriving.sum(-1)
+
+    def settle(self, program: ProgramTensors, state: MachineState) -> MachineState:
+        """The state with the mass on `halt` lines moved to h; `run` starts with it (a step ends with it)."""
+        pc, halted = self._settle(program.expand(state.pc.shape[0]), state.pc, state.halted)
+        return replace(state, pc=pc, halted=halted)
 
     # ------------------------------------------------------------------------------------------------- run
     def run(
@@ -282,6 +290,7 @@ class RegisterMachine(nn.Module):
         """Adaptive recurrence: step until `max_steps`, or until every batch element has halted with
         probability ≥ `halt_threshold` (early exit)."""
         threshold = self.halt_threshold if halt_threshold is None else halt_threshold
+        state = self.settle(program, state)
         trace = [state] if return_trace else None
         steps = 0
         while steps < max_steps and not bool((state.halted >= threshold).all()):

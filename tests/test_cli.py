@@ -1,0 +1,57 @@
+"""`python -m library run/check/compile/decompile`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIB = "fib_loop:\n    write 3 2\n    add 1 2 2\n    read 3 1\n    write 3 2\n    inc 3 3\n    dec 4 4\n    jump 4 fib_loop\n"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "library", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def fib_file(tmp_path):
+    path = tmp_path / "fib.asm"
+    path.write_text(FIB)
+    return path
+
+
+@pytest.mark.parametrize("differentiable", [False, True])
+def test_run_prints_one_json_object(fib_file, differentiable):
+    args = ["run", str(fib_file), "--n", "128", "--set", "r1=6", "--set", "r2=2", "--set", "r4=3",
+            "--memory", "0,0,0,9", "--max-steps", "500", "--registers", "16", "--memory-size", "8"]
+    result = _cli(*args, *(["--differentiable"] if differentiable else []))
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout)
+    # (6, 2) -> (2, 8) -> (8, 10) -> (10, 18): r2 = 18, memory holds the sequence
+    assert output["registers"][1:5] == [10, 18, 3, 0]
+    assert output["memory"][:4] == [8, 10, 18, 9]
+    assert output["steps"] == 21 and output["halted"] is True
+    if differentiable:
+        assert min(output["register_probs"]) > 0.999 and output["halt_probability"] > 0.99
+
+
+def test_check_reports_bad_assembly_with_line_and_column(tmp_path, fib_file):
+    assert _cli("check", str(fib_file)).returncode == 0
+    bad = tmp_path / "bad.asm"
+    bad.write_text("add 1 2 3\n  mul 1 2\n")
+    result = _cli("check", str(bad))
+    assert result.returncode == 1
+    assert "bad.asm:2:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_compile_then_decompile(tmp_path, fib_file):
+    out = tmp_path / "fib.safetensors"
+    assert _cli("compile", str(fib_file), "-o", str(out), "--n", "32").returncode == 0
+    result = _cli("decompile", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "fib_loop:" in result.stdout and "jump r4 fib_loop" in result.stdout
+    assert _cli("decompile", str(fib_file)).returncode != 0  # not a safetensors file: clean error

@@ -1,0 +1,233 @@
+"""The differentiable machine against the exact reference interpreter, step by step (docs/ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from strategies import programs
+
+from dcomp_alu import TableALU
+from dcomp_circuits import CircuitALU
+from dcomp_machine import MachineState, ProgramTensors, RegisterMachine, one_hot_values
+from library.assembler import assemble
+from library.compiler import compile_program
+from library.interpreter import run_reference
+
+N, REGISTERS, MEMORY, DEPTH = 16, 8, 6, 2
+
+
+def _machine(n=N, alu=None, **kwargs) -> RegisterMachine:
+    return RegisterMachine(n, REGISTERS, MEMORY, DEPTH, alu=alu, **kwargs)
+
+
+def _initial(machine, lines, registers, memory, dtype=torch.float32):
+    """One-hot initial state for one example from plain integer registers/memory."""
+    n = machine.n
+    inputs = {i: one_hot_values(torch.tensor([v]), n, dtype) for i, v in enumerate(registers)}
+    cells = one_hot_values(torch.tensor([memory]), n, dtype)
+    return machine.initial_state(1, lines, inputs=inputs, memory=cells, dtype=dtype)
+
+
+def _assert_matches(state: MachineState, expected, where: str) -> None:
+    """Decoded state equals the interpreter's, every distribution one-hot and normalised within 1e-5."""
+    for name, tensor in (("registers", state.registers), ("memory", state.memory)):
+        assert torch.allclose(tensor.sum(-1), torch.ones(()), atol=1e-5), f"{where}: {name} not normalised"
+        top, value = tensor[0].max(-1)
+        assert value.tolist() == list(getattr(expected, name)), f"{where}: {name}"
+        assert bool((top > 1 - 1e-5).all()), f"{where}: {name} not one-hot"
+    total = float(state.pc.sum() + state.halted.sum())
+    assert abs(total - 1) < 1e-5, f"{where}: pc + h = {total}"
+    assert (float(state.halted[0]) > 0.5) == expected.halted, f"{where}: halted"
+    if not expected.halted:
+        assert int(state.pc[0].argmax()) == expected.pc, f"{where}: pc"
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    program=programs(n=N, num_registers=REGISTERS, max_lines=8, max_lanes=3, call_depth=DEPTH),
+    registers=st.lists(st.integers(0, N - 1), min_size=REGISTERS - DEPTH, max_size=REGISTERS - DEPTH),
+    memory=st.lists(st.integers(0, N - 1), min_size=MEMORY, max_size=MEMORY),
+)
+def test_every_step_equals_the_reference_interpreter(program, registers, memory):
+    steps = 12
+    expected = run_reference(
+        program, n=N, num_registers=REGISTERS, memory_size=MEMORY, call_depth=DEPTH,
+        registers=dict(enumerate(registers)), memory=memory, max_steps=steps,
+    )
+    machine = _machine()
+    tensors = compile_program(program, n=N, num_registers=REGISTERS)
+    state = machine.settle(tensors, _initial(machine, len(program), registers, memory))
+    # The interpreter's initial return stack holds n - 1, as the machine's does.
+    _assert_matches(state, expected.trace[0], "initial state")
+    for t in range(1, expected.steps + 1):
+        state = machine.step(tensors, state)
+        _assert_matches(state, expected.trace[t], f"after step {t}")
+    run = machine.run(tensors, _initial(machine, len(program), registers, memory), steps)
+    assert run.steps == expected.steps
+    _assert_matches(run.state, expected.state, "after run")
+
+
+FIB = """
+; the paper's listing (§3.2) with a counter: r1, r2 = inputs, r4 = depth
+fib_loop:
+    write 3 2
+    add   1 2 2
+    read  3 1
+    write 3 2
+    inc   3 3
+    dec   4 4
+    jump  4 fib_loop
+"""
+
+
+def _fib(a, b, depth, n):
+    for _ in range(depth):
+        a, b = b, (a + b) % n
+    return b
+
+
+@pytest.mark.parametrize("alu", ["table", "circuit"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_batched_fibonacci_float32_bfloat16_and_both_alus(alu, dtype):
+    n = 16
+    program = assemble(FIB, "fib", n=n, num_registers=REGISTERS)
+    machine = _machine(n, alu=TableALU(n) if alu == "table" else CircuitALU(n))
+    a, b, depth = torch.tensor([6, 1, 3, 0]), torch.tensor([2, 1, 5, 7]), torch.tensor([3, 1, 2, 4])
+    inputs = {1: one_hot_values(a, n, dtype), 2: one_hot_values(b, n, dtype), 4: one_hot_values(depth, n, dtype)}
+    state = machine.initial_state(4, len(program), inputs=inputs, dtype=dtype)
+    run = machine.run(compile_program(program, n=n, num_registers=REGISTERS, dtype=dtype), state, max_steps=100)
+    assert run.steps == 7 * int(depth.max())  # early exit once every element halted
+    assert run.state.registers.dtype == dtype
+    decoded = run.state.decode()
+    expected = [_fib(x, y, d, n) for x, y, d in zip(a.tolist(), b.tolist(), depth.tolist())]
+    assert decoded["registers"][:, 2].tolist() == expected
+    assert bool((run.state.halted > 0.99).all())
+
+
+def test_entry_distribution_runs_a_mixture_of_programs():
+    n = 16
+    source = "add_entry:\n add 1 2 0\n ret\nmul_entry:\n mul 1 2 0\n ret\n"
+    program = assemble(source, "lib", n=n, num_registers=REGISTERS)
+    machine = _machine(n)
+    entry = torch.zeros(1, len(program))
+    entry[0, program.labels["add_entry"]] = 0.3
+    entry[0, program.labels["mul_entry"]] = 0.7
+    inputs = {1: one_hot_values(torch.tensor([3]), n), 2: one_hot_values(torch.tensor([4]), n)}
+    state = machine.initial_state(1, len(program), inputs=inputs, entry=entry)
+    run = machine.run(compile_program(program, n=n, num_registers=REGISTERS), state, max_steps=10)
+    out = run.state.registers[0, 0]
+    assert torch.allclose(out[7], torch.tensor(0.3)) and torch.allclose(out[12], torch.tensor(0.7))
+    assert torch.allclose(run.state.halted, torch.ones(1))
+
+
+def test_nested_calls_return_in_order():
+    n = 16
+    source = """
+        call f          ; depth 1
+        set 9 r1
+        halt
+    f:  call g          ; depth 2
+        inc 2 2
+        ret
+    g:  set 5 r2
+        ret
+    """
+    program = assemble(source, "nested", n=n, num_registers=REGISTERS)
+    expected = run_reference(program, n=n, num_registers=REGISTERS, memory_size=MEMORY, call_depth=DEPTH)
+    machine = _machine(n)
+    run = machine.run(compile_program(program, n=n, num_registers=REGISTERS),
+                      machine.initial_state(1, len(program)), max_steps=20)
+    registers = run.state.decode()["registers"][0].tolist()
+    assert registers[:3] == [0, 9, 6] and list(expected.state.registers) == registers
+    assert run.steps == expected.steps == 7
+
+
+def _soft(tensors: ProgramTensors, temperature: float) -> ProgramTensors:
+    """A program in superposition: softmax of scaled one-hot rows plus noise."""
+    generator = torch.Generator().manual_seed(0)
+
+    def soften(t):
+        return torch.softmax((t * 3 + torch.randn(t.shape, generator=generator, dtype=t.dtype)) / temperature, -1)
+
+    return ProgramTensors(*(soften(t) for t in (tensors.op, tensors.a, tensors.b, tensors.out, tensors.imm)))
+
+
+def test_distributions_stay_normalised_in_superposition():
+    n = 16
+    program = assemble(FIB + "    call fib_loop\n    ret\n", "fib", n=n, num_registers=REGISTERS)
+    machine = _machine(n)
+    tensors = _soft(compile_program(program, n=n, num_registers=REGISTERS), temperature=1.0)
+    generator = torch.Generator().manual_seed(1)
+    inputs = {r: torch.distributions.Dirichlet(torch.ones(n)).sample((3,)) for r in (1, 2, 4)}
+    memory = torch.softmax(torch.randn(3, MEMORY, n, generator=generator), -1)
+    state = machine.initial_state(3, len(program), inputs=inputs, memory=memory)
+    for _ in range(30):
+        state = machine.step(tensors, state)
+        for tensor in (state.registers, state.memory):
+            assert torch.allclose(tensor.sum(-1), torch.ones(()), atol=1e-5)
+            assert float(tensor.min()) > -1e-6
+        assert torch.allclose(state.pc.sum(-1) + state.halted, torch.ones(3), atol=1e-5)
+
+
+@pytest.mark.parametrize("alu", ["table", "circuit"])
+def test_gradcheck_inputs_entry_and_program_parameters(alu):
+    n = 8
+    source = "start:\n add 1 2 2\n write 1 2 | mul 2 2 3\n jump 3 start\n call f\n halt\nf:\n read 1 0\n ret\n"
+    program = assemble(source, "g", n=n, num_registers=REGISTERS)
+    machine = _machine(n, alu=TableALU(n) if alu == "table" else CircuitALU(n))
+    tensors = compile_program(program, n=n, num_registers=REGISTERS, dtype=torch.float64)
+
+    def run(x, y, entry_logits, op_logits, imm_logits):
+        program_tensors = ProgramTensors(
+            torch.softmax(op_logits, -1), tensors.a, tensors.b, tensors.out, torch.softmax(imm_logits, -1)
+        )
+        inputs = {1: torch.softmax(x, -1), 2: torch.softmax(y, -1)}
+        state = machine.initial_state(
+            2, len(program), inputs=inputs, entry=torch.softmax(entry_logits, -1), dtype=torch.float64
+        )
+        final = machine.run(program_tensors, state, max_steps=6, halt_threshold=1.0).state
+        return final.registers, final.memory, final.halted
+
+    generator = torch.Generator().manual_seed(0)
+    args = (
+        torch.randn(2, n, dtype=torch.float64, generator=generator),
+        torch.randn(2, n, dtype=torch.float64, generator=generator),
+        torch.randn(2, len(program), dtype=torch.float64, generator=generator),
+        tensors.op * 4,
+        tensors.imm * 4,
+    )
+    args = tuple(a.clone().requires_grad_(True) for a in args)
+    assert torch.autograd.gradcheck(run, args, eps=1e-6, atol=1e-5)
+
+
+def test_contextual_program_with_a_batch_dimension():
+    n = 16
+    add = compile_program(assemble("add 1 2 0", "add", n=n, num_registers=REGISTERS), n=n, num_registers=REGISTERS)
+    sub = compile_program(assemble("sub 1 2 0", "sub", n=n, num_registers=REGISTERS), n=n, num_registers=REGISTERS)
+    batched = ProgramTensors(*(torch.stack([getattr(add, f), getattr(sub, f)]) for f in ("op", "a", "b", "out", "imm")))
+    machine = _machine(n)
+    inputs = {1: one_hot_values(torch.tensor([9, 9]), n), 2: one_hot_values(torch.tensor([4, 4]), n)}
+    run = machine.run(batched, machine.initial_state(2, 1, inputs=inputs), max_steps=5)
+    assert run.state.decode()["registers"][:, 0].tolist() == [13, 5]
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(n=1), "n"),
+        (dict(n=8, num_registers=4, call_depth=4), "call_depth"),
+        (dict(n=8, memory_size=9), "memory_size"),
+        (dict(n=8, halt_threshold=0.0), "halt_threshold"),
+    ],
+)
+def test_invalid_machine_configuration_names_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        RegisterMachine(**{"num_registers": REGISTERS, "memory_size": 4, "call_depth": 2, "alu": None, **kwargs})
+
+
+def test_program_longer_than_the_value_range_is_rejected():
+    machine = _machine(8)
+    with pytest.raises(ValueError, match="lines"):
+        machine.initial_state(1, lines=8)
