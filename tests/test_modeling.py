@@ -211,8 +211,15 @@ def test_cached_generation_equals_uncached_argmax_step_by_step(use_computer_mask
         kwargs["computer_mask"] = torch.zeros_like(ids, dtype=torch.bool)
         kwargs["computer_mask"][:, -1] = True
     steps = 5
-    out = model.generate(ids, max_new_tokens=steps, do_sample=False, eos_token_id=None, pad_token_id=PAD,
-                         output_logits=True, return_dict_in_generate=True, **kwargs)
+    ran = []  # positions the computer ran on, per forward
+    hook = model.computer.register_forward_hook(lambda module, args, output: ran.append(int(args[1].sum())))
+    try:
+        out = model.generate(ids, max_new_tokens=steps, do_sample=False, eos_token_id=None, pad_token_id=PAD,
+                             output_logits=True, return_dict_in_generate=True, **kwargs)
+    finally:
+        hook.remove()
+    # Prefill, then one forward per new token that runs on that token only (or, with the mask, nowhere).
+    assert ran == ([ids.shape[0]] + [0] * (steps - 1) if use_computer_mask else [ids.numel()] + [ids.shape[0]] * (steps - 1))
     expected, logits = _greedy_uncached(model, ids, steps, **kwargs)
     assert torch.equal(out.sequences, expected)
     for cached, full in zip(out.logits, logits):
@@ -236,6 +243,20 @@ def test_left_padded_batch_equals_unpadded_single_sequences():
             single_logits = model(sequence[None]).logits[0]
         torch.testing.assert_close(batch_logits[row, ids.shape[1] - len(sequence):], single_logits,
                                    rtol=1e-4, atol=1e-4)
+
+
+def test_right_padded_batch_equals_unpadded_single_sequences():
+    model, _ = tiny_model(gate=2.0, layer=0)
+    sequences = [random_ids(1, 7)[0], random_ids(1, 4, seed=2)[0]]
+    ids = torch.full((2, 7), PAD)
+    mask = torch.zeros(2, 7, dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        ids[row, : len(sequence)], mask[row, : len(sequence)] = sequence, 1
+    with torch.no_grad():
+        batch_logits = model(ids, attention_mask=mask).logits
+        for row, sequence in enumerate(sequences):
+            single = model(sequence[None]).logits[0]
+            torch.testing.assert_close(batch_logits[row, : len(sequence)], single, rtol=1e-4, atol=1e-4)
 
 
 # ------------------------------------------------------------------------------------- loss and logits
