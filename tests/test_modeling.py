@@ -219,7 +219,8 @@ def test_cached_generation_equals_uncached_argmax_step_by_step(use_computer_mask
     finally:
         hook.remove()
     # Prefill, then one forward per new token that runs on that token only (or, with the mask, nowhere).
-    assert ran == ([ids.shape[0]] + [0] * (steps - 1) if use_computer_mask else [ids.numel()] + [ids.shape[0]] * (steps - 1))
+    prefill = ids.shape[0] if use_computer_mask else ids.numel()
+    assert ran == [prefill] + [0 if use_computer_mask else ids.shape[0]] * (steps - 1)
     expected, logits = _greedy_uncached(model, ids, steps, **kwargs)
     assert torch.equal(out.sequences, expected)
     for cached, full in zip(out.logits, logits):
