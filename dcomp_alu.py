@@ -1,0 +1,294 @@
+"""The table ALU of the differentiable computer: eq. 7 (= eq. 11) without the dense table.
+
+Eq. 7 reads ``o_l = T_ijkl f_i u_j v_k``: ``T`` is a one-hot table over (op, a, b, result), ``f`` the op
+distribution and ``u``, ``v`` the operand distributions over the n values. Written out per op,
+
+    ALU_op(u, v)[c] = Σ_{a, b: op(a, b) = c} u_a v_b          (unary ops: Σ_a u_a [op(a) = c] · Σ_b v_b)
+    o = Σ_op f_op · ALU_op(u, v)
+
+which is bilinear in (u, v). The dense table has |A|·n³ entries (64 GiB in float32 for the 14 ops at
+n = 1024), so `TableALU` computes the same sums in two exact ways instead:
+
+* closed forms for ops with structure: add/sub are circular convolution/correlation (FFT, for n ≥ 33),
+  inc/dec a roll of u, max/min products of cumulative sums, eq/lt/and/or/not put mass on 0 and 1 only;
+* an integer index table ``idx[op, a, b] = op(a, b)`` (from `dcomp_isa.alu_index_table`) for the rest
+  (mul, div, mod; every op in ``mode="table"``), contracted by a chunked scatter whose backward is the
+  matching chunked gather.
+
+Both are the same bilinear map as the dense table, so values and gradients equal eq. 7 up to rounding;
+`dense_alu_table` and `dense_alu` are that literal baseline (for tests and benchmarks). Run-time code: imports
+only torch and the sibling `dcomp_isa`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+try:
+    from .dcomp_isa import ALU_OPS, alu_index_table
+except ImportError:
+    from dcomp_isa import ALU_OPS, alu_index_table
+
+
+MODES = ("auto", "table")
+
+# Ops with an exact closed form (`TableALU._closed_forms`); every other op goes through the index table.
+CLOSED_FORM_OPS = frozenset({"inc", "dec", "add", "sub", "max", "min", "eq", "lt", "and", "or", "not"})
+# add/sub use the FFT from this n on; below it their index table is as fast (measured: 0.3 vs 0.25 ms fwd+bwd
+# at n ≤ 32), exact on one-hot inputs, and avoids MKL's threaded FFT, which stalls ~20 ms per call at small
+# batch when the cores are oversubscribed (the default OMP wait policy of other processes spins).
+FFT_MIN_N = 33
+FFT_OPS = frozenset({"add", "sub"})
+# Closed-form ops whose result is a boolean: they only need the mass on value 1 (the rest is on value 0).
+BOOLEAN_OPS = frozenset({"eq", "lt", "and", "or", "not"})
+
+# Elements of the (rows, n, batch) outer-product slab the index-table path materialises at once (1 MiB
+# float32): measured fastest on CPU, and it bounds the path's scratch memory independently of n and batch.
+DEFAULT_CHUNK_ELEMENTS = 1 << 18
+# Index-table rows accumulated into one float32 partial sum before it is added to the total: a hot output
+# bin (div/mod put ~n²/2 products into value 0) then sums ≤ 32·n terms at a time, keeping the relative error
+# near 1e-6 at n = 1024 instead of ~2e-4 for one long running sum.
+PARTIAL_SUM_ROWS = 32
+
+
+def index_dtype(max_value: int) -> torch.dtype:
+    """The smallest integer dtype that holds every value in [0, max_value]."""
+    for dtype in (torch.uint8, torch.int16, torch.int32):
+        if max_value <= torch.iinfo(dtype).max:
+            return dtype
+    return torch.int64
+
+
+def _chunks(start: int, stop: int, step: int):
+    return ((i, min(i + step, stop)) for i in range(start, stop, step))
+
+
+def _chunk_rows(n: int, batch: int, chunk_elements: int) -> int:
+    """Index-table rows per chunk so that a (rows, n, batch) slab stays within `chunk_elements`."""
+    return max(1, min(PARTIAL_SUM_ROWS, chunk_elements // (n * batch)))
+
+
+class _IndexTableProduct(torch.autograd.Function):
+    """``R[batch, k, c] = Σ_{a, b: idx[rows[k], a, b] = c} u[batch, a] · v[batch, b]`` (eq. 7 per op).
+
+    Forward scatters the outer product u ⊗ v into the result bins a few table rows at a time; backward is the
+    matching gather, ``grad_u[a] = Σ_b v_b g[idx[a, b]]`` and ``grad_v[b] = Σ_a u_a g[idx[a, b]]``. Only
+    u and v are saved, never an outer product, and scratch memory is O(chunk_elements). Batch is the last
+    (contiguous) dimension inside: each scattered update is then a row of `batch` values, which is several
+    times faster than a scalar scatter and does not stall on the hot bins of div/mod/eq-like tables.
+    """
+
+    @staticmethod
+    def forward(ctx, u, v, index_tables, rows, chunk_elements):
+        ctx.save_for_backward(u, v, index_tables, rows)
+        ctx.chunk_elements = chunk_elements
+        batch, n = u.shape
+        u_t, v_t = u.t().contiguous(), v.t().contiguous()  # (n, batch)
+        out = u.new_zeros(len(rows), n, batch)  # (k, n, batch)
+        partial = torch.zeros_like(out)
+        step = _chunk_rows(n, batch, chunk_elements)
+        for p0, p1 in _chunks(0, n, PARTIAL_SUM_ROWS):
+            for a0, a1 in _chunks(p0, p1, step):
+                outer = (u_t[a0:a1, None, :] * v_t[None, :, :]).view(-1, batch)  # ((a1 - a0) * n, batch)
+                index = index_tables[:, a0:a1].index_select(0, rows).flatten(1).long()  # (k, (a1 - a0) * n)
+                for k in range(len(rows)):
+                    partial[k].index_add_(0, index[k], outer)
+            out += partial
+            partial.zero_()
+        return out.permute(2, 0, 1)  # (batch, k, n)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        u, v, index_tables, rows = ctx.saved_tensors
+        batch, n = u.shape
+        u_t, v_t = u.t().contiguous(), v.t().contiguous()  # (n, batch)
+        grad_t = grad_out.permute(1, 2, 0).contiguous()  # (k, n, batch)
+        grad_u_t, grad_v_t = torch.empty_like(u_t), torch.zeros_like(v_t)
+        for a0, a1 in _chunks(0, n, _chunk_rows(n, batch, ctx.chunk_elements)):
+            index = index_tables[:, a0:a1].index_select(0, rows).flatten(1).long()  # (k, (a1 - a0) * n)
+            gathered = grad_t[0].index_select(0, index[0])
+            for k in range(1, len(rows)):
+                gathered += grad_t[k].index_select(0, index[k])
+            gathered = gathered.view(a1 - a0, n, batch)  # g[idx[a, b]] summed over ops
+            grad_v_t += (gathered * u_t[a0:a1, None, :]).sum(0)
+            torch.sum(gathered.mul_(v_t), 1, out=grad_u_t[a0:a1])
+        return grad_u_t.t(), grad_v_t.t(), None, None, None
+
+
+class TableALU(torch.nn.Module):
+    """The ALU of eq. 7 / eq. 11 over `dcomp_isa.ALU_OPS`, exact and without the dense |A|·n³ table.
+
+    forward(op_probs (..., len(ALU_OPS)), u (..., n), v (..., n)) -> (..., n)
+        = Σ_op op_probs[op] · ALU_op(u, v),  ALU_op(u, v)[c] = Σ_{a, b: op(a, b) = c} u_a v_b
+
+    (unary ops: Σ_a u_a [op(a) = c] · Σ_b v_b), i.e. exactly ``T_ijkl f_i u_j v_k`` with the one-hot table of
+    `dense_alu_table`, for any u, v (not only distributions) and any broadcastable leading dims. Output mass
+    is Σ op_probs · Σu · Σv. Computes in float64 for float64 inputs, else in float32, and returns the
+    promoted input dtype.
+
+    Args:
+        n: number of values (one-hot width), ≥ 2.
+        mode: "auto" (closed forms where an op has structure, index tables for the rest) or "table" (index
+            tables for every op: the general path, competitive at small n).
+
+    Buffers:
+        index_tables (k, n, n), persistent, the smallest integer dtype holding n - 1:
+            ``index_tables[i, a, b] = table_ops[i](a, b)``; refilled in place by `reset_tables`.
+    """
+
+    def __init__(self, n: int, mode: str = "auto"):
+        super().__init__()
+        if not isinstance(n, int) or n < 2:
+            raise ValueError(f"n must be an integer >= 2, got {n!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.n, self.mode, self.ops = n, mode, ALU_OPS
+        self.chunk_elements = DEFAULT_CHUNK_ELEMENTS
+        structured = frozenset()
+        if mode == "auto":
+            structured = CLOSED_FORM_OPS if n >= FFT_MIN_N else CLOSED_FORM_OPS - FFT_OPS
+        self.closed_form_ops = tuple(op for op in ALU_OPS if op in structured)
+        self.table_ops = tuple(op for op in ALU_OPS if op not in structured)
+        self._column = {op: i for i, op in enumerate(ALU_OPS)}
+        self.register_buffer(
+            "index_tables", torch.empty(len(self.table_ops), n, n, dtype=index_dtype(n - 1)), persistent=True
+        )
+        self.reset_tables()
+
+    @torch.no_grad()
+    def reset_tables(self) -> None:
+        """(Re)fill the index tables in place from `dcomp_isa` (after meta-device construction, e.g.)."""
+        if self.index_tables.is_meta:
+            return
+        with torch.device(self.index_tables.device):
+            for i, op in enumerate(self.table_ops):
+                self.index_tables[i].copy_(alu_index_table(op, self.n))
+
+    def table_bytes(self) -> int:
+        """Bytes held in buffers (the index tables)."""
+        return sum(buffer.numel() * buffer.element_size() for buffer in self.buffers())
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}, mode={self.mode!r}, table_ops={self.table_ops}"
+
+    def forward(self, op_probs: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        n, num_ops = self.n, len(self.ops)
+        if op_probs.shape[-1] != num_ops or u.shape[-1] != n or v.shape[-1] != n:
+            raise ValueError(
+                f"expected op_probs (..., {num_ops}), u and v (..., {n}); "
+                f"got {tuple(op_probs.shape)}, {tuple(u.shape)}, {tuple(v.shape)}"
+            )
+        dtype = torch.promote_types(torch.promote_types(op_probs.dtype, u.dtype), v.dtype)
+        compute = torch.float64 if dtype == torch.float64 else torch.float32
+        batch_shape = torch.broadcast_shapes(op_probs.shape[:-1], u.shape[:-1], v.shape[:-1])
+        f = op_probs.to(compute).expand(*batch_shape, num_ops).reshape(-1, num_ops)  # (batch, |A|)
+        u_ = u.to(compute).expand(*batch_shape, n).reshape(-1, n)  # (batch, n)
+        v_ = v.to(compute).expand(*batch_shape, n).reshape(-1, n)  # (batch, n)
+
+        active = self._active_ops(f, op_probs.requires_grad)
+        full, ones = self._closed_forms(u_, v_, [op for op in self.closed_form_ops if op in active])
+        table_ops = [op for op in self.table_ops if op in active]
+        out = u_.new_zeros(u_.shape)  # (batch, n)
+        if table_ops:
+            rows = torch.tensor([self.table_ops.index(op) for op in table_ops], device=u_.device)
+            results = _IndexTableProduct.apply(u_, v_, self.index_tables, rows, self.chunk_elements)
+            out = out + torch.einsum("bkn,bk->bn", results, self._columns(f, table_ops))
+        if full:
+            results = torch.stack(list(full.values()), 1)  # (batch, k, n)
+            out = out + torch.einsum("bkn,bk->bn", results, self._columns(f, full))
+        if ones:
+            # Boolean ops: mass x1 on value 1 and Σu·Σv − x1 on value 0.
+            weights = self._columns(f, ones)  # (batch, k)
+            on_one = (weights * torch.stack(list(ones.values()), 1)).sum(1)  # (batch,)
+            on_zero = weights.sum(1) * u_.sum(1) * v_.sum(1) - on_one
+            out = out + F.pad(torch.stack((on_zero, on_one), 1), (0, n - 2))
+        return out.reshape(*batch_shape, n).to(dtype)
+
+    def _columns(self, f: torch.Tensor, ops) -> torch.Tensor:
+        """The columns of f for `ops` (index_select: advanced indexing enters a threaded region even when tiny)."""
+        return f.index_select(1, torch.tensor([self._column[op] for op in ops], device=f.device))
+
+    def _active_ops(self, f: torch.Tensor, needs_op_grad: bool) -> frozenset[str]:
+        """Ops to evaluate: all of them, or — when no gradient w.r.t. op_probs is needed — only those with a
+        nonzero probability somewhere (skipping the others changes nothing: their terms are exactly 0)."""
+        if needs_op_grad and torch.is_grad_enabled():
+            return frozenset(self.ops)
+        used = f.ne(0).any(0).tolist()
+        return frozenset(op for op, on in zip(self.ops, used) if on)
+
+    @staticmethod
+    def _closed_forms(u: torch.Tensor, v: torch.Tensor, ops) -> tuple[dict, dict]:
+        """Exact closed forms of ALU_op(u, v) (see `dense_alu_table`). Returns ``full`` (op → (batch, n)
+        result) and ``ones`` (boolean op → (batch,) mass on value 1)."""
+        n = u.shape[-1]
+        sum_v = v.sum(-1, keepdim=True)  # (batch, 1)
+        full, ones = {}, {}
+        if "inc" in ops:  # (a + 1) mod n
+            full["inc"] = u.roll(1, -1) * sum_v
+        if "dec" in ops:
+            full["dec"] = u.roll(-1, -1) * sum_v
+        if "add" in ops or "sub" in ops:
+            # Circular convolution / correlation: Σ_a u_a v_{c−a} and Σ_b u_{c+b} v_b.
+            u_hat, v_hat = torch.fft.rfft(u), torch.fft.rfft(v)  # (batch, n // 2 + 1)
+            if "add" in ops:
+                full["add"] = torch.fft.irfft(u_hat * v_hat, n)
+            if "sub" in ops:
+                full["sub"] = torch.fft.irfft(u_hat * v_hat.conj(), n)
+        if "max" in ops or "lt" in ops:
+            cdf_u = u.cumsum(-1)  # (batch, n): Σ_{a ≤ c} u_a
+        if "max" in ops:  # Σ_{max(a, b) ≤ c} = CDF_u(c) · CDF_v(c); the pmf is its difference
+            both = cdf_u * v.cumsum(-1)
+            full["max"] = both - F.pad(both[:, :-1], (1, 0))
+        if "min" in ops:  # Σ_{min(a, b) ≥ c} = tail_u(c) · tail_v(c)
+            both = u.flip(-1).cumsum(-1).flip(-1) * v.flip(-1).cumsum(-1).flip(-1)
+            full["min"] = both - F.pad(both[:, 1:], (0, 1))
+        if "eq" in ops or "lt" in ops:
+            same = (u * v).sum(-1)  # (batch,) Σ_a u_a v_a
+        if "eq" in ops:
+            ones["eq"] = same
+        if "lt" in ops:  # Σ_b v_b Σ_{a < b} u_a
+            ones["lt"] = (cdf_u * v).sum(-1) - same
+        if "and" in ops:  # (a != 0) and (b != 0)
+            ones["and"] = (u[:, 1:].sum(-1)) * (v[:, 1:].sum(-1))
+        if "or" in ops:
+            ones["or"] = u.sum(-1) * sum_v[:, 0] - u[:, 0] * v[:, 0]
+        if "not" in ops:  # a == 0
+            ones["not"] = u[:, 0] * sum_v[:, 0]
+        return full, ones
+
+
+def dense_alu_table(n: int, ops=ALU_OPS, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The literal one-hot table of eq. 7 / eq. 11, ``T[op, a, b, c] = [op(a, b) = c]``: (|ops|, n, n, n).
+
+    |ops|·n³ entries — a baseline for tests and benchmarks, not for use at scale."""
+    index = torch.stack([alu_index_table(op, n) for op in ops])  # (|ops|, n, n)
+    return torch.zeros(len(ops), n, n, n, dtype=dtype).scatter_(-1, index[..., None], 1)
+
+
+def dense_alu(
+    table: torch.Tensor, op_probs: torch.Tensor, u: torch.Tensor, v: torch.Tensor, form: str = "einsum"
+) -> torch.Tensor:
+    """Eq. 7 against the dense table (|A|, n, n, n): the baselines `TableALU` is measured and tested against.
+
+    form="einsum": ``torch.einsum('ijkl,bi,bj,bk->bl')`` contracted in the written order, op first — the
+        literal formula, with a (batch, n, n, n) intermediate.
+    form="matmul": the best dense order — the outer product u ⊗ v (batch, n²) times each op's slice of the
+        table viewed as (n², n), then weighted by op_probs (no copy of the table).
+    """
+    num_ops, n = table.shape[0], table.shape[-1]
+    batch_shape = torch.broadcast_shapes(op_probs.shape[:-1], u.shape[:-1], v.shape[:-1])
+    f = op_probs.expand(*batch_shape, num_ops).reshape(-1, num_ops)  # (batch, |A|)
+    u = u.expand(*batch_shape, n).reshape(-1, n)  # (batch, n)
+    v = v.expand(*batch_shape, n).reshape(-1, n)
+    if form == "einsum":
+        with torch.backends.opt_einsum.flags(enabled=False):  # keep the written (op-first) order
+            out = torch.einsum("ijkl,bi,bj,bk->bl", table, f, u, v)
+    elif form == "matmul":
+        outer = (u[:, :, None] * v[:, None, :]).reshape(-1, n * n)  # (batch, n²)
+        results = torch.stack([outer @ table[i].view(n * n, n) for i in range(num_ops)], 1)  # (batch, |A|, n)
+        out = torch.einsum("bkn,bk->bn", results, f)
+    else:
+        raise ValueError(f"form must be 'einsum' or 'matmul', got {form!r}")
+    return out.reshape(*batch_shape, n)
