@@ -11,6 +11,7 @@ model side of an install is `LlamaDCompPreTrainedModel.set_library` (buffers + c
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -85,6 +86,7 @@ def from_llama(
     config.library_programs = list(linked.entry_points)
     config.library_entry_points = list(linked.entry_points.values())
     config.check_computer()
+    config._attn_implementation = llama.config._attn_implementation  # the same attention kernel: the same logits
 
     default_dtype = torch.get_default_dtype()
     torch.set_default_dtype(llama.dtype)  # parameters in the Llama's dtype; program buffers are float32 anyway
@@ -99,7 +101,7 @@ def from_llama(
     model.set_library(tensors, config.library_programs, config.library_entry_points)
     if tokenizer is not None:
         model.init_output_from_embeddings(number_token_ids(tokenizer, config.computer_values))
-    model.generation_config = llama.generation_config
+    model.generation_config = copy.deepcopy(llama.generation_config)
     return model.to(llama.device)
 
 

@@ -73,9 +73,10 @@ def computed(model, program: str, inputs: dict[int, int]) -> tuple[int, float]:
 
 
 # ------------------------------------------------------------------------------------------------ from_llama
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("tied", [False, True])
-def test_from_llama_keeps_every_base_weight_and_the_logits(tied):
-    llama = tiny_llama(tie_word_embeddings=tied)
+def test_from_llama_keeps_every_base_weight_and_the_logits(tied, attention):
+    llama = tiny_llama(tie_word_embeddings=tied, attn_implementation=attention)
     model = from_llama(llama, computer_layer=1, library=LIBRARY, **COMPUTER).eval()
     base, ours = llama.state_dict(), model.state_dict()
     assert set(base) < set(ours)
@@ -85,6 +86,8 @@ def test_from_llama_keeps_every_base_weight_and_the_logits(tied):
     assert (model.lm_head.weight is model.model.embed_tokens.weight) == tied
     assert model.config.tie_word_embeddings == tied and model.config.hidden_size == TINY_LLAMA["hidden_size"]
     assert model.config.library_programs == LIBRARY and model.config.computer_layer == 1
+    assert model.config._attn_implementation == attention
+    assert model.generation_config.to_dict() == llama.generation_config.to_dict()
     ids = torch.randint(3, TINY_LLAMA["vocab_size"], (2, 6))
     with torch.no_grad():
         assert torch.equal(model(ids).logits, llama(ids).logits)
