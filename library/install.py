@@ -113,22 +113,24 @@ def explain(traces: Sequence[ComputerTrace], model: LlamaDCompPreTrainedModel) -
     listing = decompile(program, labels=labels, name="library").splitlines()
     blocks = []
     for trace in traces:
-        def values(top: list[tuple[int, float]]) -> str:
-            return ", ".join(f"{value} ({p:.2f})" for value, p in top)
-
         selected = trace.programs[0][0]
         lines = [
             f"[batch {trace.batch_index}, position {trace.position}] "
             + ", ".join(f"{name} ({p:.2f})" for name, p in trace.programs),
-            *(f"  r{register} = {values(top)}" for register, top in trace.inputs.items()),
-            *(f"  M[{cell}] = {values(top)}" for cell, top in enumerate(trace.memory_inputs)),
-            f"  -> r{trace.output_register} = {values(trace.output)}; halted {trace.halted:.3f} "
+            *(f"  r{register} = {_values(top)}" for register, top in trace.inputs.items()),
+            *(f"  M[{cell}] = {_values(top)}" for cell, top in enumerate(trace.memory_inputs)),
+            f"  -> r{trace.output_register} = {_values(trace.output)}; halted {trace.halted:.3f} "
             f"after {trace.steps} steps",
             f"  {selected} (lines {trace.program_lines[0]}..{trace.program_lines[1] - 1}):",
             *(f"  {line}" for line in _program_listing(listing, selected, labels)),
         ]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + ("\n" if blocks else "")
+
+
+def _values(top: Sequence[tuple[int, float]]) -> str:
+    """`value (probability), …` for best-first (value, probability) pairs."""
+    return ", ".join(f"{value} ({p:.2f})" for value, p in top)
 
 
 def _program_listing(listing: list[str], name: str, labels: Mapping[str, int]) -> list[str]:
