@@ -46,7 +46,7 @@ class LlamaDCompConfig(LlamaConfig):
 
     ```python
     >>> from configuration_llama_dcomp import LlamaDCompConfig
-    >>> config = LlamaDCompConfig(num_hidden_layers=2, computer_layer=0, computer_values=16)
+    >>> config = LlamaDCompConfig(num_hidden_layers=2, computer_layer=1, computer_values=16, computer_memory_size=8)
     ```"""
 
     model_type = "llama_dcomp"
