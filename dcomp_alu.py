@@ -10,7 +10,7 @@ which is bilinear in (u, v). The dense table has |A|·n³ entries (64 GiB in flo
 n = 1024), so `TableALU` computes the same sums in two exact ways instead:
 
 * closed forms for ops with structure: add/sub are circular convolution/correlation (FFT, for n ≥ 33),
-  inc/dec a roll of u, max/min products of cumulative sums, eq/lt/and/or/not put mass on 0 and 1 only;
+  inc/dec a roll of u, max/min/lt products with cumulative sums, eq/lt/and/or/not put mass on 0 and 1 only;
 * an integer index table ``idx[op, a, b] = op(a, b)`` (from `dcomp_isa.alu_index_table`) for the rest
   (mul, div, mod; every op in ``mode="table"``), contracted by a chunked scatter whose backward is the
   matching chunked gather.
@@ -35,13 +35,11 @@ MODES = ("auto", "table")
 
 # Ops with an exact closed form (`TableALU._closed_forms`); every other op goes through the index table.
 CLOSED_FORM_OPS = frozenset({"inc", "dec", "add", "sub", "max", "min", "eq", "lt", "and", "or", "not"})
-# add/sub use the FFT from this n on; below it their index table is as fast (measured: 0.3 vs 0.25 ms fwd+bwd
-# at n ≤ 32), exact on one-hot inputs, and avoids MKL's threaded FFT, which stalls ~20 ms per call at small
-# batch when the cores are oversubscribed (the default OMP wait policy of other processes spins).
+# add/sub use the FFT from this n on. Below it their index table costs about the same (measured 0.3–0.6 vs
+# 0.2–0.4 ms fwd+bwd at n ≤ 32, batch ≤ 64), is exact on one-hot inputs, and avoids MKL's threaded FFT, which
+# stalls ~20 ms per call at small batch when a 2-core machine is oversubscribed.
 FFT_MIN_N = 33
 FFT_OPS = frozenset({"add", "sub"})
-# Closed-form ops whose result is a boolean: they only need the mass on value 1 (the rest is on value 0).
-BOOLEAN_OPS = frozenset({"eq", "lt", "and", "or", "not"})
 
 # Elements of the (rows, n, batch) outer-product slab the index-table path materialises at once (1 MiB
 # float32): measured fastest on CPU, and it bounds the path's scratch memory independently of n and batch.
@@ -74,7 +72,7 @@ class _IndexTableProduct(torch.autograd.Function):
 
     Forward scatters the outer product u ⊗ v into the result bins a few table rows at a time; backward is the
     matching gather, ``grad_u[a] = Σ_b v_b g[idx[a, b]]`` and ``grad_v[b] = Σ_a u_a g[idx[a, b]]``. Only
-    u and v are saved, never an outer product, and scratch memory is O(chunk_elements). Batch is the last
+    u and v (and the table buffer) are saved, never an outer product; scratch memory is O(chunk_elements). Batch is the last
     (contiguous) dimension inside: each scattered update is then a row of `batch` values, which is several
     times faster than a scalar scatter and does not stall on the hot bins of div/mod/eq-like tables.
     """
@@ -126,15 +124,21 @@ class TableALU(torch.nn.Module):
     (unary ops: Σ_a u_a [op(a) = c] · Σ_b v_b), i.e. exactly ``T_ijkl f_i u_j v_k`` with the one-hot table of
     `dense_alu_table`, for any u, v (not only distributions) and any broadcastable leading dims. Output mass
     is Σ op_probs · Σu · Σv. Computes in float64 for float64 inputs, else in float32, and returns the
-    promoted input dtype.
+    promoted input dtype. Ops whose probability is 0 in every row are skipped when no gradient w.r.t.
+    op_probs is needed (exact: their terms are 0); otherwise every op is evaluated, since
+    d out / d op_probs[op] = ALU_op(u, v).
 
     Args:
         n: number of values (one-hot width), ≥ 2.
         mode: "auto" (closed forms where an op has structure, index tables for the rest) or "table" (index
             tables for every op: the general path, competitive at small n).
 
+    Attributes:
+        closed_form_ops, table_ops: which ops take which path (auto, n ≥ 33: mul, div, mod on tables).
+        chunk_elements: scratch size of the index-table path, in elements (tests shrink it).
+
     Buffers:
-        index_tables (k, n, n), persistent, the smallest integer dtype holding n - 1:
+        index_tables (len(table_ops), n, n), persistent, the smallest integer dtype holding n - 1:
             ``index_tables[i, a, b] = table_ops[i](a, b)``; refilled in place by `reset_tables`.
     """
 
@@ -190,14 +194,15 @@ class TableALU(torch.nn.Module):
         active = self._active_ops(f, op_probs.requires_grad)
         full, ones = self._closed_forms(u_, v_, [op for op in self.closed_form_ops if op in active])
         table_ops = [op for op in self.table_ops if op in active]
+        # Σ_op f_op · ALU_op(u, v); a broadcast product and sum beats einsum's bmm of tiny (1, k) × (k, n) here.
         out = u_.new_zeros(u_.shape)  # (batch, n)
         if table_ops:
             rows = torch.tensor([self.table_ops.index(op) for op in table_ops], device=u_.device)
-            results = _IndexTableProduct.apply(u_, v_, self.index_tables, rows, self.chunk_elements)
-            out = out + torch.einsum("bkn,bk->bn", results, self._columns(f, table_ops))
+            results = _IndexTableProduct.apply(u_, v_, self.index_tables, rows, self.chunk_elements)  # (batch, k, n)
+            out = out + (results * self._columns(f, table_ops)[..., None]).sum(1)
         if full:
             results = torch.stack(list(full.values()), 1)  # (batch, k, n)
-            out = out + torch.einsum("bkn,bk->bn", results, self._columns(f, full))
+            out = out + (results * self._columns(f, full)[..., None]).sum(1)
         if ones:
             # Boolean ops: mass x1 on value 1 and Σu·Σv − x1 on value 0.
             weights = self._columns(f, ones)  # (batch, k)
@@ -223,7 +228,7 @@ class TableALU(torch.nn.Module):
         """Exact closed forms of ALU_op(u, v) (see `dense_alu_table`). Returns ``full`` (op → (batch, n)
         result) and ``ones`` (boolean op → (batch,) mass on value 1)."""
         n = u.shape[-1]
-        sum_v = v.sum(-1, keepdim=True)  # (batch, 1)
+        sum_u, sum_v = u.sum(-1, keepdim=True), v.sum(-1, keepdim=True)  # (batch, 1)
         full, ones = {}, {}
         if "inc" in ops:  # (a + 1) mod n
             full["inc"] = u.roll(1, -1) * sum_v
@@ -236,24 +241,22 @@ class TableALU(torch.nn.Module):
                 full["add"] = torch.fft.irfft(u_hat * v_hat, n)
             if "sub" in ops:
                 full["sub"] = torch.fft.irfft(u_hat * v_hat.conj(), n)
-        if "max" in ops or "lt" in ops:
-            cdf_u = u.cumsum(-1)  # (batch, n): Σ_{a ≤ c} u_a
-        if "max" in ops:  # Σ_{max(a, b) ≤ c} = CDF_u(c) · CDF_v(c); the pmf is its difference
-            both = cdf_u * v.cumsum(-1)
-            full["max"] = both - F.pad(both[:, :-1], (1, 0))
-        if "min" in ops:  # Σ_{min(a, b) ≥ c} = tail_u(c) · tail_v(c)
-            both = u.flip(-1).cumsum(-1).flip(-1) * v.flip(-1).cumsum(-1).flip(-1)
-            full["min"] = both - F.pad(both[:, 1:], (0, 1))
-        if "eq" in ops or "lt" in ops:
-            same = (u * v).sum(-1)  # (batch,) Σ_a u_a v_a
+        if {"max", "min", "lt"} & set(ops):
+            cdf_u, cdf_v = u.cumsum(-1), v.cumsum(-1)  # (batch, n): Σ_{a ≤ c} u_a
+            below_u = F.pad(cdf_u[:, :-1], (1, 0))  # Σ_{a < c} u_a
+        # Sums of products instead of differences of CDF products: no cancellation, error ~eps relative.
+        if "max" in ops:  # [a = c, b ≤ c] + [b = c, a < c]
+            full["max"] = u * cdf_v + v * below_u
+        if "min" in ops:  # [a = c, b ≥ c] + [b = c, a > c]
+            full["min"] = u * (sum_v - cdf_v + v) + v * (sum_u - cdf_u)
         if "eq" in ops:
-            ones["eq"] = same
+            ones["eq"] = (u * v).sum(-1)
         if "lt" in ops:  # Σ_b v_b Σ_{a < b} u_a
-            ones["lt"] = (cdf_u * v).sum(-1) - same
+            ones["lt"] = (v * below_u).sum(-1)
         if "and" in ops:  # (a != 0) and (b != 0)
-            ones["and"] = (u[:, 1:].sum(-1)) * (v[:, 1:].sum(-1))
-        if "or" in ops:
-            ones["or"] = u.sum(-1) * sum_v[:, 0] - u[:, 0] * v[:, 0]
+            ones["and"] = u[:, 1:].sum(-1) * v[:, 1:].sum(-1)
+        if "or" in ops:  # everything but a = b = 0
+            ones["or"] = sum_u[:, 0] * sum_v[:, 0] - u[:, 0] * v[:, 0]
         if "not" in ops:  # a == 0
             ones["not"] = u[:, 0] * sum_v[:, 0]
         return full, ones
