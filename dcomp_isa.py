@@ -11,7 +11,7 @@ Assembly operands come inputs first and the output register last (`add 1 2 2` is
 Operand letters of `OpSpec.operands` (in assembly order):
     ``a``  first input register          ``b``  second input register
     ``o``  output register               ``i``  immediate value in [0, n)
-    ``l``  line address: a label or an immediate line number in [0, n)
+    ``l``  line address: a label or an immediate line number in [0, n); one >= len(program) halts
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ ALU_SEMANTICS: dict[str, Callable[[torch.Tensor, torch.Tensor, int], torch.Tenso
 }
 
 OPS: tuple[OpSpec, ...] = (
-    OpSpec("halt", "", "control", "stop; the machine halts (so does running past the last line)"),
+    OpSpec("halt", "", "control", "halt on reaching the line: its other lanes do not run and it costs no step"),
     OpSpec("nop", "", "nop", "do nothing (also pads the unused lanes of a parallel line)"),
     OpSpec("jump", "al", "control", "if r[a] != 0: pc = l, else pc = pc + 1"),
     OpSpec("call", "l", "control", "push pc + 1 on the return stack, pc = l"),
@@ -88,6 +88,7 @@ OPS: tuple[OpSpec, ...] = (
 
 OP_NAMES: tuple[str, ...] = tuple(op.name for op in OPS)
 OP_INDEX: dict[str, int] = {name: i for i, name in enumerate(OP_NAMES)}
+OPS_BY_NAME: dict[str, OpSpec] = {op.name: op for op in OPS}
 ALU_OPS: tuple[str, ...] = tuple(op.name for op in OPS if op.kind == "alu")
 CONTROL_OPS: tuple[str, ...] = tuple(op.name for op in OPS if op.kind == "control")
 UNARY_ALU_OPS: frozenset[str] = frozenset(op.name for op in OPS if op.kind == "alu" and "b" not in op.operands)

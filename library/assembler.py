@@ -34,7 +34,7 @@ _LABEL = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 # A well-formed operand glued to punctuation ("r3," or "2)"): reported as trailing junk at the punctuation.
 _GLUED_JUNK = re.compile(r"([rR]?[0-9]+|[A-Za-z_][A-Za-z0-9_.]*)([^A-Za-z0-9_.].*)")
 
-_OPS = {op.name: op for op in dcomp_isa.OPS}
+_OPS = dcomp_isa.OPS_BY_NAME
 _OPERAND_NAMES = {"a": "a", "b": "b", "o": "out", "i": "imm", "l": "target"}
 _CONTROL_OPS = frozenset(dcomp_isa.CONTROL_OPS)
 _STACK_OPS = frozenset({"call", "ret"})

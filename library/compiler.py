@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from dcomp_isa import OP_INDEX, OP_NAMES, OPS
+from dcomp_isa import OP_INDEX, OP_NAMES, OPS, OPS_BY_NAME
 from dcomp_machine import ProgramTensors
 
 from .program import Instruction, Program
-
-_SPEC = {op.name: op for op in OPS}
-
 
 def compile_program(
     program: Program, *, n: int = 128, num_registers: int = 16, dtype: torch.dtype = torch.float32
@@ -68,7 +65,9 @@ def decompile(
     """
     if tensors.op.dim() != 3:
         raise ValueError("decompile takes one program of shape (lines, lanes, ·); index the batch first")
-    label_of = {line: label for label, line in (labels or {}).items()}
+    names_of: dict[int, list[str]] = {}
+    for label, line in (labels or {}).items():
+        names_of.setdefault(line, []).append(label)
     fields = {"a": tensors.a, "b": tensors.b, "o": tensors.out, "i": tensors.imm, "l": tensors.imm}
     body = []  # (line, text, notes)
     for i in range(tensors.lines):
@@ -76,26 +75,30 @@ def decompile(
         for k in range(tensors.lanes):
             op_index, note = _choice(tensors.op[i, k], lambda j: OP_NAMES[j], certain)
             op = OP_NAMES[op_index]
-            if op == "nop" and k > 0 and note is None:
-                continue  # padding of a parallel line
             if note:
                 notes.append(f"op: {note}")
             words = [op]
-            for letter in _SPEC[op].operands:
+            for letter in OPS_BY_NAME[op].operands:
                 prefix = "r" if letter in "abo" else ""
                 value, operand_note = _choice(fields[letter][i, k], lambda j, p=prefix: f"{p}{j}", certain)
                 if letter == "l" and value < tensors.lines:
-                    words.append(label_of.setdefault(value, f"L{value}"))
+                    if value not in names_of:
+                        taken = {label for names in names_of.values() for label in names}
+                        names_of[value] = [next(f"L{value}{'_' * j}" for j in range(len(taken) + 1)
+                                                if f"L{value}{'_' * j}" not in taken)]
+                    words.append(names_of[value][0])
                 else:
                     words.append(f"{prefix}{value}")
                 if operand_note:
                     notes.append(f"{letter}: {operand_note}")
             lanes.append(" ".join(words))
+        while len(lanes) > 1 and lanes[-1] == "nop":
+            lanes.pop()  # padding of a parallel line (a trailing `nop` lane means the same)
         body.append((i, " | ".join(lanes), notes))
 
     out = [f"; {name}: decompiled, {tensors.lines} lines"]
     for i, text, notes in body:
-        if i in label_of:
-            out.append(f"{label_of[i]}:")
+        out.extend(f"{label}:" for label in names_of.get(i, ()))
         out.append(f"    {text}" + (f"  ; {'; '.join(notes)}" if notes else ""))
+    out.extend(f"{label}:" for label in names_of.get(tensors.lines, ()))  # a label just past the end
     return "\n".join(out) + "\n"

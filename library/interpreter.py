@@ -24,7 +24,7 @@ import dcomp_isa
 
 from .program import Program
 
-_OPS = {op.name: op for op in dcomp_isa.OPS}
+_OPS = dcomp_isa.OPS_BY_NAME
 _CONTROL_OPS = frozenset(dcomp_isa.CONTROL_OPS)
 
 

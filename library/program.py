@@ -26,12 +26,13 @@ class Program:
     """An assembled program: `lines[i]` is the tuple of instructions (lanes) at address i.
 
     `labels` maps label names to line addresses; `source_lines[i]` is the 1-based source line that line i
-    came from (for error messages and decompiled listings)."""
+    came from (for error messages and decompiled listings). Equality compares the code (lines and labels),
+    not the name or the source positions."""
 
     lines: tuple[tuple[Instruction, ...], ...]
     labels: dict[str, int] = field(default_factory=dict)
-    name: str = "program"
-    source_lines: tuple[int, ...] = ()
+    name: str = field(default="program", compare=False)
+    source_lines: tuple[int, ...] = field(default=(), compare=False)
 
     @property
     def lanes(self) -> int:

@@ -28,7 +28,7 @@ _DATA_OPS = (
 )
 _CONTROL_OPS = ("jump", "jump", "jump", "call", "call", "ret", "ret", "halt")
 _LABEL_WORDS = ("loop", "fib_loop", "body", "done", "sub_", "f", "L")
-_OPS = {spec.name: spec for spec in dcomp_isa.OPS}
+_OPS = dcomp_isa.OPS_BY_NAME
 
 
 @st.composite

@@ -7,10 +7,17 @@ from hypothesis import given, settings
 from strategies import programs
 
 from dcomp_isa import OP_INDEX
-from library.assembler import assemble, format_program
+from library.assembler import assemble
 from library.compiler import compile_program, decompile
 
 N, REGISTERS = 32, 8
+
+
+def _without_trailing_nops(line):
+    """Trailing `nop` lanes are the padding of a parallel line: the compiled tensors cannot tell them apart."""
+    while len(line) > 1 and line[-1].op == "nop":
+        line = line[:-1]
+    return line
 
 
 @settings(max_examples=200, deadline=None)
@@ -22,9 +29,9 @@ def test_decompile_of_compile_reproduces_every_program(program):
         assert width is None or t.shape[-1] == width
     text = decompile(tensors, labels=program.labels)
     again = assemble(text, "again", n=N, num_registers=REGISTERS)
-    assert again.lines == program.lines
-    # And the canonical listing is stable under the round trip.
-    assert format_program(again) == format_program(assemble(format_program(program), "p", n=N, num_registers=REGISTERS))
+    assert again.lines == tuple(_without_trailing_nops(line) for line in program.lines)
+    # Every label survives; targets without one get a generated `L<line>` label.
+    assert program.labels.items() <= again.labels.items()
 
 
 def test_the_paper_listing_round_trips_with_its_labels():

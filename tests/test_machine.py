@@ -199,7 +199,7 @@ def test_gradcheck_inputs_entry_and_program_parameters(alu):
         tensors.imm * 4,
     )
     args = tuple(a.clone().requires_grad_(True) for a in args)
-    assert torch.autograd.gradcheck(run, args, eps=1e-6, atol=1e-5)
+    assert torch.autograd.gradcheck(run, args, eps=1e-6, atol=1e-5, fast_mode=True)
 
 
 def test_contextual_program_with_a_batch_dimension():
