@@ -9,12 +9,14 @@ Prints markdown tables. `--quick` (fewer repeats) finishes in under a minute on 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 # PyTorch's OpenMP threads and MKL can fight on few cores (ALU-NOTES, "Threads"): idle threads must sleep.
 # Set before torch is imported, and report it.
@@ -36,34 +38,41 @@ ALU_SIZES = (16, 64, 256, 1024)
 ADDER_BITS = (8, 16, 32)
 
 
-def median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up: first-call allocations and lazily built index tables
-    times = []
+def median_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median wall time (ms) of each closure; repeats are interleaved round-robin so that load from other
+    processes on a shared machine falls on every compared implementation alike."""
+    for fn in fns.values():
+        fn()  # warm-up: first-call allocations and lazily built tables
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 
-def forward_and_backward(module, inputs):
-    """(forward only, forward + backward) closures over fresh leaf copies of `inputs`."""
+def time_forward_backward(modules: dict[str, Callable], inputs: tuple, repeats: int) -> dict[str, tuple[float, float]]:
+    """{name: (forward ms, forward + backward ms)} of each module on fresh leaf copies of `inputs`, under
+    a random linear loss (so every output gets a gradient)."""
     leaves = [x.detach().requires_grad_() for x in inputs]
 
-    def output():
+    def output(module):
         out = module(*leaves)
         return out[0] if isinstance(out, tuple) else out  # an adder returns (sum bits, carry)
 
-    weights = torch.rand_like(output().detach())  # a random linear loss, so every output gets a gradient
+    weights = {name: torch.rand_like(output(module).detach()) for name, module in modules.items()}
 
-    def forward():
+    def forward(module):
         with torch.no_grad():
-            output()
+            output(module)
 
-    def forward_backward():
-        (output() * weights).sum().backward()
+    def forward_backward(name):
+        (output(modules[name]) * weights[name]).sum().backward()
 
-    return forward, forward_backward
+    forward_ms = median_ms({name: functools.partial(forward, module) for name, module in modules.items()}, repeats)
+    both_ms = median_ms({name: functools.partial(forward_backward, name) for name in modules}, repeats)
+    return {name: (forward_ms[name], both_ms[name]) for name in modules}
 
 
 def bench_alus(repeats: int) -> list[str]:
@@ -75,11 +84,11 @@ def bench_alus(repeats: int) -> list[str]:
         gen = torch.Generator().manual_seed(n)
         op_probs = torch.softmax(torch.randn(BATCH, len(ALU_OPS), generator=gen), -1)
         u, v = torch.softmax(torch.randn(2, BATCH, n, generator=gen), -1)
-        for name, alu in (("TableALU", TableALU(n)), ("CircuitALU ripple", CircuitALU(n, "ripple")),
-                          ("CircuitALU prefix", CircuitALU(n, "prefix"))):
-            forward, forward_backward = forward_and_backward(alu, (op_probs, u, v))
-            rows.append(f"| {n} | {name} | {alu.table_bytes():,} | {median_ms(forward, repeats):.2f} "
-                        f"| {median_ms(forward_backward, repeats):.2f} |")
+        alus = {"TableALU": TableALU(n), "CircuitALU ripple": CircuitALU(n, "ripple"),
+                "CircuitALU prefix": CircuitALU(n, "prefix")}
+        times = time_forward_backward(alus, (op_probs, u, v), repeats)
+        for name, alu in alus.items():
+            rows.append(f"| {n} | {name} | {alu.table_bytes():,} | {times[name][0]:.2f} | {times[name][1]:.2f} |")
     return rows
 
 
@@ -90,11 +99,10 @@ def bench_adders(repeats: int) -> list[str]:
     ]
     for bits in ADDER_BITS:
         a, b = torch.rand(2, BATCH, bits, generator=torch.Generator().manual_seed(bits))
+        times = time_forward_backward(ADDERS, (a, b), repeats)
         for name, adder in ADDERS.items():
             depth = gradient_path_length(adder(a.detach().requires_grad_(), b)[0])
-            forward, forward_backward = forward_and_backward(adder, (a, b))
-            rows.append(f"| {bits} | {name} | {depth} | {median_ms(forward, repeats):.3f} "
-                        f"| {median_ms(forward_backward, repeats):.3f} |")
+            rows.append(f"| {bits} | {name} | {depth} | {times[name][0]:.3f} | {times[name][1]:.3f} |")
     return rows
 
 
