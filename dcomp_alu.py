@@ -71,10 +71,10 @@ class _IndexTableProduct(torch.autograd.Function):
     """``R[batch, k, c] = Σ_{a, b: idx[rows[k], a, b] = c} u[batch, a] · v[batch, b]`` (eq. 7 per op).
 
     Forward scatters the outer product u ⊗ v into the result bins a few table rows at a time; backward is the
-    matching gather, ``grad_u[a] = Σ_b v_b g[idx[a, b]]`` and ``grad_v[b] = Σ_a u_a g[idx[a, b]]``. Only
-    u and v (and the table buffer) are saved, never an outer product; scratch memory is O(chunk_elements). Batch is the last
-    (contiguous) dimension inside: each scattered update is then a row of `batch` values, which is several
-    times faster than a scalar scatter and does not stall on the hot bins of div/mod/eq-like tables.
+    matching gather, ``grad_u[a] = Σ_b v_b g[idx[a, b]]`` and ``grad_v[b] = Σ_a u_a g[idx[a, b]]``. Only u, v
+    (and the table buffer) are saved, never an outer product; scratch memory is O(chunk_elements). Batch is
+    the last (contiguous) dimension inside: each scattered update is then a row of `batch` values, which is
+    several times faster than a scalar scatter and does not stall on the hot bins of div/mod/eq-like tables.
     """
 
     @staticmethod

@@ -14,7 +14,7 @@ hide or inflate its memory peak. It measures:
 
 Dense baselines run only where they fit: the dense table must stay under --max-dense-gb, and the literal
 einsum's op-first (batch, n, n, n) intermediate under --max-einsum-gb; otherwise the row says
-"n/a (table X GB)" / "n/a (scratch X GB)".
+"n/a (table X GiB)" / "n/a (scratch X GiB)".
 
 Example: python benchmarks/bench_alu.py --quick
 """
@@ -48,20 +48,20 @@ def parse_args(argv=None):
             "(export OMP_WAIT_POLICY=PASSIVE for your own runs too)."
         ),
     )
-    parser.add_argument("--quick", action="store_true", help="n in {64, 128}, batch in {1, 64}, 3 repeats, 5 s cap")
+    parser.add_argument("--quick", action="store_true", help="n in {64, 128}, batch 64, 3 repeats, 3 s cap (< 2 min)")
     parser.add_argument("--ns", type=int, nargs="+", default=[64, 128, 256, 1024])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64, 512])
     parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median)")
     parser.add_argument("--max-seconds", type=float, default=20.0, help="stop repeating a measurement after this")
-    parser.add_argument("--max-dense-gb", type=float, default=2.0, help="skip dense baselines above this table size")
-    parser.add_argument("--max-einsum-gb", type=float, default=2.0, help="skip einsum above this intermediate size")
+    parser.add_argument("--max-dense-gb", type=float, default=2.0, help="skip dense baselines above this table (GiB)")
+    parser.add_argument("--max-einsum-gb", type=float, default=2.0, help="skip einsum above this intermediate (GiB)")
     parser.add_argument("--output", type=Path, help="also write the markdown report here")
     parser.add_argument("--run", nargs=3, metavar=("N", "BATCH", "IMPL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
-        args.ns, args.batches, args.repeats, args.max_seconds = [64, 128], [1, 64], 3, 5.0
+        args.ns, args.batches, args.repeats, args.max_seconds = [64, 128], [64], 3, 3.0
     return args
 
 
@@ -141,9 +141,9 @@ def run_one(n: int, batch: int, impl: str, args) -> dict:
 def skip_reason(n: int, batch: int, impl: str, args) -> str | None:
     dense_bytes, einsum_scratch = NUM_OPS * n**3 * 4, batch * n**3 * 4
     if impl.startswith("dense") and dense_bytes > args.max_dense_gb * GB:
-        return f"n/a (table {dense_bytes / GB:.1f} GB)"
+        return f"n/a (table {dense_bytes / GB:.1f} GiB)"
     if impl == "dense einsum" and einsum_scratch > args.max_einsum_gb * GB:
-        return f"n/a (scratch {einsum_scratch / GB:.1f} GB)"
+        return f"n/a (scratch {einsum_scratch / GB:.1f} GiB)"
     return None
 
 
@@ -221,7 +221,9 @@ def main(argv=None):
         f"VmHWM over VmRSS during the first fwd+bwd step in a fresh process; fwd+bwd loss = sum(out²), with "
         f"op_probs, u, v all requiring grad. Total {time.perf_counter() - start:.0f} s."
     )
-    report = f"{header}\n\n{markdown(rows)}\n"
+    command = " ".join(["python benchmarks/bench_alu.py", *(sys.argv[1:] if argv is None else argv)])
+    title = "# One ALU step (eq. 7): TableALU against the dense table"
+    report = f"{title}\n\n`{command}`\n\n{header}\n\n{markdown(rows)}\n"
     print(report)
     if args.output:
         args.output.write_text(report)

@@ -42,6 +42,16 @@ def assert_one_hot_results(alu, ops_and_pairs, expected, out):
             assert torch.equal(out[row], expected[row]), f"{op}({a}, {b}): {out[row]}"
 
 
+def test_dense_table_is_eq7_table():
+    n = 5
+    table = dense_alu_table(n)
+    assert table.shape == (len(ALU_OPS), n, n, n) and torch.equal(table.sum(-1), torch.ones(len(ALU_OPS), n, n))
+    for i, op in enumerate(ALU_OPS):
+        for a in range(n):
+            for b in range(n):
+                assert table[i, a, b, alu_int(op, a, b, n)] == 1
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("n", [2, 3, 5, 8, 16, 33])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
