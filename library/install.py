@@ -7,12 +7,15 @@ model side of an install is `LlamaDCompPreTrainedModel.set_library` (buffers + c
     model = from_llama(llama, computer_layer=1, library=["add", "sub", "fib"], tokenizer=tokenizer,
                        computer_values=128)
     print(explain(model.trace_computer(input_ids), model))
+    save_model_with_tokenizer(model, tokenizer, "checkpoint")  # the model and its tokenizer, one folder
 """
 
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 from transformers import LlamaForCausalLM
@@ -103,6 +106,30 @@ def from_llama(
         model.init_output_from_embeddings(number_token_ids(tokenizer, config.computer_values))
     model.generation_config = copy.deepcopy(llama.generation_config)
     return model.to(llama.device)
+
+
+def save_model_with_tokenizer(
+    model: LlamaDCompPreTrainedModel, tokenizer, directory: str | os.PathLike, **save_kwargs
+) -> Path:
+    """Saves `model` (`save_pretrained(directory, **save_kwargs)`: weights, config, code files) and its `tokenizer`
+    (`tokenizer.save_pretrained(directory)`: tokenizer.json and tokenizer_config.json) into one folder, so that
+    `AutoTokenizer.from_pretrained(directory)` gives the tokenizer the model was built with (e.g. the LLaMA-3
+    tokenizer given to `from_llama`, whose number tokens initialised W_out). `from_llama` does not save: call
+    this (or both `save_pretrained`s) after it. Raises ValueError, before writing anything, when the tokenizer
+    has ids beyond the model's embedding table (`len(tokenizer) > config.vocab_size`). Returns the folder.
+
+    To publish, push both to the same repository: `model.push_to_hub(repo_id)` and
+    `tokenizer.push_to_hub(repo_id)`."""
+    vocab_size = model.config.vocab_size
+    if len(tokenizer) > vocab_size:
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary has {vocab_size}: "
+            "it is not this model's tokenizer"
+        )
+    directory = Path(directory)
+    model.save_pretrained(directory, **save_kwargs)
+    tokenizer.save_pretrained(directory)
+    return directory
 
 
 def explain(traces: Sequence[ComputerTrace], model: LlamaDCompPreTrainedModel) -> str:
