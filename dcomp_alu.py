@@ -6,7 +6,7 @@ distribution and ``u``, ``v`` the operand distributions over the n values. Writt
     ALU_op(u, v)[c] = Σ_{a, b: op(a, b) = c} u_a v_b          (unary ops: Σ_a u_a [op(a) = c] · Σ_b v_b)
     o = Σ_op f_op · ALU_op(u, v)
 
-which is bilinear in (u, v). The dense table has |A|·n³ entries (64 GiB in float32 for the 14 ops at
+which is bilinear in (u, v). The dense table has |A|·n³ entries (56 GiB in float32 for the 14 ops at
 n = 1024), so `TableALU` computes the same sums in two exact ways instead:
 
 * closed forms for ops with structure: add/sub are circular convolution/correlation (FFT, for n ≥ 33),
@@ -35,9 +35,9 @@ MODES = ("auto", "table")
 
 # Ops with an exact closed form (`TableALU._closed_forms`); every other op goes through the index table.
 CLOSED_FORM_OPS = frozenset({"inc", "dec", "add", "sub", "max", "min", "eq", "lt", "and", "or", "not"})
-# add/sub use the FFT from this n on. Below it their index table costs about the same (measured 0.3–0.6 vs
-# 0.2–0.4 ms fwd+bwd at n ≤ 32, batch ≤ 64), is exact on one-hot inputs, and avoids MKL's threaded FFT, which
-# stalls ~20 ms per call at small batch when a 2-core machine is oversubscribed.
+# add/sub use the FFT from this n on. Below it their index table costs about the same (measured fwd+bwd at
+# n ≤ 32, batch ≤ 64: 0.3–0.6 ms vs 0.2–0.4 ms for the FFT), is exact on one-hot inputs, and avoids MKL's
+# threaded FFT, which stalls ~20 ms per call at small batch when a 2-core machine is oversubscribed.
 FFT_MIN_N = 33
 FFT_OPS = frozenset({"add", "sub"})
 

@@ -8,8 +8,8 @@ hide or inflate its memory peak. It measures:
   forward+backward runs. On a shared machine CPU time is the robust number (other processes inflate wall
   time, not CPU time), so the speed-up ratios use it; with --threads 1 it is the wall time of an idle machine;
 * peak memory of one forward+backward step: the rise of the process's peak resident set (VmHWM, reset through
-  /proc/self/clear_refs) over its resident set just before the first full-size step, i.e. everything the
-  step allocates beyond the inputs and the already built tables (Linux only);
+  /proc/self/clear_refs) over its resident set just before the first full-size step (after malloc_trim), i.e.
+  everything the step allocates beyond the inputs and the already built tables (Linux, glibc);
 * the bytes of the tables each implementation holds (index tables, or the dense |A|·n³ float32 table).
 
 Dense baselines run only where they fit: the dense table must stay under --max-dense-gb, and the literal
@@ -22,6 +22,7 @@ Example: python benchmarks/bench_alu.py --quick
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import re
@@ -75,7 +76,10 @@ def _status_kib(field: str) -> int:
 
 
 def peak_step_bytes(step) -> int:
-    """Peak resident memory a call of `step` adds over the resident memory before it (Linux)."""
+    """Peak resident memory a call of `step` adds over the resident memory before it (Linux, glibc)."""
+    # Hand memory that malloc keeps after earlier frees back to the OS first: the step reusing those
+    # already-resident pages would otherwise not show up in VmHWM.
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     before = _status_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current VmRSS
     step()
