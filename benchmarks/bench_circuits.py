@@ -2,7 +2,8 @@
 
     python benchmarks/bench_circuits.py [--quick] [--threads 2] > benchmarks/results_circuits.md
 
-Times are medians over repeats on random (non-one-hot) inputs, batch 64; fwd+bwd includes the forward.
+Times are medians (and minima) over repeats on random (non-one-hot) inputs, batch 64; fwd+bwd includes the
+forward.
 Prints markdown tables. `--quick` (fewer repeats) finishes in under a minute on 2 CPU cores.
 """
 
@@ -38,9 +39,10 @@ ALU_SIZES = (16, 64, 256, 1024)
 ADDER_BITS = (8, 16, 32)
 
 
-def median_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median wall time (ms) of each closure; repeats are interleaved round-robin so that load from other
-    processes on a shared machine falls on every compared implementation alike."""
+def wall_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, str]:
+    """Wall time in ms of each closure, as "median (min)". Repeats are interleaved round-robin so that load from
+    other processes on a shared machine falls on every compared implementation alike; the min is the better
+    estimate of the intrinsic cost when that load is heavy."""
     for fn in fns.values():
         fn()  # warm-up: first-call allocations and lazily built tables
     times = {name: [] for name in fns}
@@ -49,10 +51,15 @@ def median_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, f
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+    return {name: f"{_ms(statistics.median(t))} ({_ms(min(t))})" for name, t in times.items()}
 
 
-def time_forward_backward(modules: dict[str, Callable], inputs: tuple, repeats: int) -> dict[str, tuple[float, float]]:
+def _ms(seconds: float) -> str:
+    ms = 1e3 * seconds
+    return f"{ms:.3f}" if ms < 1 else f"{ms:.1f}"
+
+
+def time_forward_backward(modules: dict[str, Callable], inputs: tuple, repeats: int) -> dict[str, tuple[str, str]]:
     """{name: (forward ms, forward + backward ms)} of each module on fresh leaf copies of `inputs`, under
     a random linear loss (so every output gets a gradient)."""
     leaves = [x.detach().requires_grad_() for x in inputs]
@@ -70,14 +77,14 @@ def time_forward_backward(modules: dict[str, Callable], inputs: tuple, repeats: 
     def forward_backward(name):
         (output(modules[name]) * weights[name]).sum().backward()
 
-    forward_ms = median_ms({name: functools.partial(forward, module) for name, module in modules.items()}, repeats)
-    both_ms = median_ms({name: functools.partial(forward_backward, name) for name in modules}, repeats)
+    forward_ms = wall_ms({name: functools.partial(forward, module) for name, module in modules.items()}, repeats)
+    both_ms = wall_ms({name: functools.partial(forward_backward, name) for name in modules}, repeats)
     return {name: (forward_ms[name], both_ms[name]) for name in modules}
 
 
 def bench_alus(repeats: int) -> list[str]:
     rows = [
-        "| n | ALU | table bytes | fwd ms | fwd+bwd ms |",
+        "| n | ALU | table bytes | fwd ms, median (min) | fwd+bwd ms, median (min) |",
         "|---:|---|---:|---:|---:|",
     ]
     for n in ALU_SIZES:
@@ -88,13 +95,13 @@ def bench_alus(repeats: int) -> list[str]:
                 "CircuitALU prefix": CircuitALU(n, "prefix")}
         times = time_forward_backward(alus, (op_probs, u, v), repeats)
         for name, alu in alus.items():
-            rows.append(f"| {n} | {name} | {alu.table_bytes():,} | {times[name][0]:.2f} | {times[name][1]:.2f} |")
+            rows.append(f"| {n} | {name} | {alu.table_bytes():,} | {times[name][0]} | {times[name][1]} |")
     return rows
 
 
 def bench_adders(repeats: int) -> list[str]:
     rows = [
-        "| bits | adder | gradient path (autograd nodes) | fwd ms | fwd+bwd ms |",
+        "| bits | adder | gradient path (autograd nodes) | fwd ms, median (min) | fwd+bwd ms, median (min) |",
         "|---:|---|---:|---:|---:|",
     ]
     for bits in ADDER_BITS:
@@ -102,7 +109,7 @@ def bench_adders(repeats: int) -> list[str]:
         times = time_forward_backward(ADDERS, (a, b), repeats)
         for name, adder in ADDERS.items():
             depth = gradient_path_length(adder(a.detach().requires_grad_(), b)[0])
-            rows.append(f"| {bits} | {name} | {depth} | {times[name][0]:.3f} | {times[name][1]:.3f} |")
+            rows.append(f"| {bits} | {name} | {depth} | {times[name][0]} | {times[name][1]} |")
     return rows
 
 
@@ -116,7 +123,7 @@ def main() -> None:
     print("# Circuit ALU vs table ALU\n")
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads, "
           f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; batch {BATCH}, float32, random distributions, "
-          f"median of {repeats} runs{' (--quick)' if args.quick else ''}; "
+          f"median (min) of {repeats} runs{' (--quick)' if args.quick else ''}; "
           f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs.\n")
     print(f"## ALU step: all {len(ALU_OPS)} ops mixed (eq. 7)\n")
     print("\n".join(bench_alus(repeats)))
