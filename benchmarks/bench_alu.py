@@ -222,7 +222,8 @@ def main(argv=None):
         f"torch threads {args.threads} (OMP_NUM_THREADS={env['OMP_NUM_THREADS']}, "
         f"OMP_WAIT_POLICY={env['OMP_WAIT_POLICY']}); median of {args.repeats} runs (fewer past "
         f"{args.max_seconds:g} s); ratios = CPU time of the baseline / CPU time of this row; peak = rise of "
-        f"VmHWM over VmRSS during the first fwd+bwd step in a fresh process; fwd+bwd loss = sum(out²), with "
+        f"VmHWM over VmRSS (after malloc_trim) during the first fwd+bwd step in a fresh process; fwd+bwd loss = "
+        f"sum(out²), with "
         f"op_probs, u, v all requiring grad. Total {time.perf_counter() - start:.0f} s."
     )
     command = " ".join(["python benchmarks/bench_alu.py", *(sys.argv[1:] if argv is None else argv)])

@@ -14,6 +14,16 @@ from dcomp_isa import ALU_OPS, alu_int
 MODES = ("auto", "table")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tensors are small: threads gain nothing, and on an oversubscribed 2-core machine every threaded
+    region can stall for a scheduler tick (~20 ms)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def dirichlet(*shape, dtype=torch.float64, generator=None):
     """Random distributions over the last dim (Dirichlet(1) via normalised exponentials)."""
     x = -torch.rand(*shape, dtype=torch.float64, generator=generator).log()
