@@ -13,17 +13,8 @@ import dcomp_isa
 from library.assembler import AssemblyError, assemble, assemble_file, format_program
 from library.program import Instruction, Program
 from strategies import programs
+from listings import PAPER_FIBONACCI
 
-FIB_LISTING = """\
-inc  2 2
-fib_loop:
-    write 3 2
-    add  1 2 2
-    read 3 1
-    write 3 2
-    inc  3 3
-    jump 4 fib_loop
-"""
 
 FIB_LINES = (
     (Instruction("inc", a=2, out=2),),
@@ -41,7 +32,7 @@ def lines_of(source: str, **kwargs) -> tuple[tuple[Instruction, ...], ...]:
 
 
 def test_paper_fibonacci_listing():
-    program = assemble(FIB_LISTING, "fib")
+    program = assemble(PAPER_FIBONACCI, "fib")
     assert program.lines == FIB_LINES
     assert program.labels == {"fib_loop": 1}
     assert program.name == "fib"
@@ -241,7 +232,7 @@ def test_bad_machine_size_is_a_value_error():
 
 def test_assemble_file(tmp_path):
     path = tmp_path / "fib.asm"
-    path.write_text(FIB_LISTING)
+    path.write_text(PAPER_FIBONACCI)
     program = assemble_file(path)
     assert program.name == "fib" and program.lines == FIB_LINES
     bad = tmp_path / "bad.asm"
@@ -290,7 +281,7 @@ def test_format_program_round_trip(n, num_registers, max_lanes):
 
 
 def test_paper_listing_round_trips():
-    program = assemble(FIB_LISTING, "fib")
+    program = assemble(PAPER_FIBONACCI, "fib")
     assert assemble(format_program(program), "fib").lines == program.lines
 
 

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from listings import FIBONACCI_COUNTDOWN
 
 ROOT = Path(__file__).resolve().parents[1]
-FIB = "fib_loop:\n    write 3 2\n    add 1 2 2\n    read 3 1\n    write 3 2\n    inc 3 3\n    dec 4 4\n    jump 4 fib_loop\n"
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -20,7 +20,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture
 def fib_file(tmp_path):
     path = tmp_path / "fib.asm"
-    path.write_text(FIB)
+    path.write_text(FIBONACCI_COUNTDOWN)
     return path
 
 

@@ -21,22 +21,13 @@ from library.freezing import (
     mask_updates,
 )
 from library.stdlib import standard_library
+from listings import PAPER_FIBONACCI
 
 N, REGISTERS, MEMORY = 16, 8, 8
-FIBONACCI = """
-    inc  2 2
-fib_loop:
-    write 3 2
-    add  1 2 2
-    read 3 1
-    write 3 2
-    inc  3 3
-    jump 4 fib_loop
-"""
 
 
 def _params(confidence: float = 0.9) -> ProgramParameters:
-    program = assemble(FIBONACCI, "fibonacci", n=N, num_registers=REGISTERS)
+    program = assemble(PAPER_FIBONACCI, "fibonacci", n=N, num_registers=REGISTERS)
     return ProgramParameters.from_program(program, n=N, num_registers=REGISTERS, confidence=confidence)
 
 
@@ -62,7 +53,7 @@ def _assert_only_trainable_moved(params: ProgramParameters, before: dict[str, to
 
 
 def test_from_program_puts_confidence_on_the_compiled_choices():
-    program = assemble(FIBONACCI, "fibonacci", n=N, num_registers=REGISTERS)
+    program = assemble(PAPER_FIBONACCI, "fibonacci", n=N, num_registers=REGISTERS)
     tensors = ProgramParameters.from_program(program, n=N, num_registers=REGISTERS, confidence=0.8).tensors()
     compiled = compile_program(program, n=N, num_registers=REGISTERS)
     for name in FIELDS:

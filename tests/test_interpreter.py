@@ -9,17 +9,8 @@ from library.assembler import assemble
 from library.interpreter import Execution, ReferenceState, run_reference
 from library.program import Instruction, Program
 from strategies import programs
+from listings import PAPER_FIBONACCI
 
-FIB_LISTING = """\
-inc  2 2
-fib_loop:
-    write 3 2
-    add  1 2 2
-    read 3 1
-    write 3 2
-    inc  3 3
-    jump 4 fib_loop
-"""
 
 
 def run(source: str, **kwargs) -> Execution:
@@ -249,7 +240,7 @@ def test_registers_as_list():
 
 def test_paper_fibonacci_with_loop_flag():
     n, iterations = 128, 12
-    execution = run(FIB_LISTING, n=n, registers={4: 1}, max_steps=1 + 6 * iterations)
+    execution = run(PAPER_FIBONACCI, n=n, registers={4: 1}, max_steps=1 + 6 * iterations)
     assert not execution.halted
     a, b, expected_memory = 0, 1, []
     for _ in range(iterations):
@@ -260,7 +251,7 @@ def test_paper_fibonacci_with_loop_flag():
     assert execution.state.registers[1:5] == (a, b, iterations, 1)
     assert execution.state.pc == 1  # back at fib_loop
     # Without the flag the loop body runs once and the program falls off the end.
-    once = run(FIB_LISTING)
+    once = run(PAPER_FIBONACCI)
     assert once.halted and once.steps == 7 and once.state.memory[0] == 1
 
 

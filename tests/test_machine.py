@@ -6,6 +6,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from listings import FIBONACCI_COUNTDOWN
 from strategies import programs
 
 from dcomp_alu import TableALU
@@ -69,17 +70,6 @@ def test_every_step_equals_the_reference_interpreter(program, registers, memory)
     _assert_matches(run.state, expected.state, "after run")
 
 
-FIB = """
-; the paper's listing (§3.2) with a counter: r1, r2 = inputs, r4 = depth
-fib_loop:
-    write 3 2
-    add   1 2 2
-    read  3 1
-    write 3 2
-    inc   3 3
-    dec   4 4
-    jump  4 fib_loop
-"""
 
 
 def _fib(a, b, depth, n):
@@ -92,7 +82,7 @@ def _fib(a, b, depth, n):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_batched_fibonacci_float32_bfloat16_and_both_alus(alu, dtype):
     n = 16
-    program = assemble(FIB, "fib", n=n, num_registers=REGISTERS)
+    program = assemble(FIBONACCI_COUNTDOWN, "fib", n=n, num_registers=REGISTERS)
     machine = _machine(n, alu=TableALU(n) if alu == "table" else CircuitALU(n))
     a, b, depth = torch.tensor([6, 1, 3, 0]), torch.tensor([2, 1, 5, 7]), torch.tensor([3, 1, 2, 4])
     inputs = {1: one_hot_values(a, n, dtype), 2: one_hot_values(b, n, dtype), 4: one_hot_values(depth, n, dtype)}
@@ -156,7 +146,7 @@ def _soft(tensors: ProgramTensors, temperature: float) -> ProgramTensors:
 
 def test_distributions_stay_normalised_in_superposition():
     n = 16
-    program = assemble(FIB + "    call fib_loop\n    ret\n", "fib", n=n, num_registers=REGISTERS)
+    program = assemble(FIBONACCI_COUNTDOWN + "    call fib_loop\n    ret\n", "fib", n=n, num_registers=REGISTERS)
     machine = _machine(n)
     tensors = _soft(compile_program(program, n=n, num_registers=REGISTERS), temperature=1.0)
     generator = torch.Generator().manual_seed(1)

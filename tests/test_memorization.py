@@ -10,20 +10,12 @@ from library.assembler import assemble
 from library.compiler import compile_program, decompile
 from library.interpreter import run_reference
 from library.memorization import ProgramController, decompiles_to, least_confidence, memorize
+from listings import PAPER_FIBONACCI
 
 N, REGISTERS, MEMORY = 16, 8, 8
 PROGRAMS = {
     # The paper's Fibonacci listing (§3.2), with the loop counter in r4.
-    "fibonacci": """
-        inc  2 2
-    fib_loop:
-        write 3 2
-        add  1 2 2
-        read 3 1
-        write 3 2
-        inc  3 3
-        jump 4 fib_loop
-    """,
+    "fibonacci": PAPER_FIBONACCI,
     # The paper's calculator line (Appendix E): M[r2] = M[r0] + (r0 + 1).
     "calculator": """
         read 0 1
