@@ -158,6 +158,24 @@ def child_env(threads: int) -> dict:
     return env
 
 
+def measure_in_child(script: str, run_args: list[str], args, env: dict) -> dict:
+    """Run `script --run RUN_ARGS` in a fresh process (so no other run's allocations hide its memory peak)
+    and return the row it prints as JSON."""
+    forwarded = [f"--threads={args.threads}", f"--repeats={args.repeats}", f"--max-seconds={args.max_seconds}"]
+    cmd = [sys.executable, script, "--run", *run_args, *forwarded]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def write_report(title: str, script: str, argv, header: str, table: str, output: Path | None) -> None:
+    """Print the markdown report (title, the command that made it, the setting, the table); save it too."""
+    command = " ".join([f"python benchmarks/{script}", *(sys.argv[1:] if argv is None else argv)])
+    report = f"{title}\n\n`{command}`\n\n{header}\n\n{table}\n"
+    print(report)
+    if output:
+        output.write_text(report)
+
+
 def _ms(value: float) -> str:
     return f"{value:.3g}" if value < 100 else f"{value:.0f}"
 
@@ -201,7 +219,6 @@ def main(argv=None):
         print(json.dumps(run_one(int(n), int(batch), impl, args)))
         return
     env = child_env(args.threads)
-    forwarded = [f"--threads={args.threads}", f"--repeats={args.repeats}", f"--max-seconds={args.max_seconds}"]
     rows, start = [], time.perf_counter()
     load = os.getloadavg()[0]
     for n in args.ns:
@@ -212,9 +229,7 @@ def main(argv=None):
                 if reason:
                     row["skip"] = reason
                 else:
-                    cmd = [sys.executable, __file__, "--run", str(n), str(batch), impl, *forwarded]
-                    result = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-                    row.update(json.loads(result.stdout.strip().splitlines()[-1]))
+                    row.update(measure_in_child(__file__, [str(n), str(batch), impl], args, env))
                 rows.append(row)
             print(f"  n={n} batch={batch} done ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
     header = (
@@ -226,12 +241,8 @@ def main(argv=None):
         f"sum(out²), with "
         f"op_probs, u, v all requiring grad. Total {time.perf_counter() - start:.0f} s."
     )
-    command = " ".join(["python benchmarks/bench_alu.py", *(sys.argv[1:] if argv is None else argv)])
     title = "# One ALU step (eq. 7): TableALU against the dense table"
-    report = f"{title}\n\n`{command}`\n\n{header}\n\n{markdown(rows)}\n"
-    print(report)
-    if args.output:
-        args.output.write_text(report)
+    write_report(title, "bench_alu.py", argv, header, markdown(rows), args.output)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from bench_alu import GB, NUM_OPS, REPO, _ms, child_env, median_ms, peak_step_bytes
+from bench_alu import GB, NUM_OPS, REPO, _ms, child_env, measure_in_child, median_ms, peak_step_bytes, write_report
 
 ALUS = ("ours", "dense matmul", "dense einsum")
 WORKLOADS = ("step", "fib depth 3")
@@ -147,7 +146,6 @@ def main(argv=None):
         print(json.dumps(run_one(int(n), int(batch), alu, workload, args)))
         return
     env = child_env(args.threads)
-    forwarded = [f"--threads={args.threads}", f"--repeats={args.repeats}", f"--max-seconds={args.max_seconds}"]
     rows, start, load = [], time.perf_counter(), os.getloadavg()[0]
     for workload in WORKLOADS:
         for n in args.ns:
@@ -158,9 +156,7 @@ def main(argv=None):
                     if reason:
                         row["skip"] = reason
                     else:
-                        cmd = [sys.executable, __file__, "--run", str(n), str(batch), alu, workload, *forwarded]
-                        result = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-                        row.update(json.loads(result.stdout.strip().splitlines()[-1]))
+                        row.update(measure_in_child(__file__, [str(n), str(batch), alu, workload], args, env))
                     rows.append(row)
                 print(f"  {workload} n={n} batch={batch} done ({time.perf_counter() - start:.0f} s)",
                       file=sys.stderr, flush=True)
@@ -171,11 +167,8 @@ def main(argv=None):
         f"32 memory cells, the standard library's `fib` at depth {FIB_DEPTH} ({8 * FIB_DEPTH} steps). "
         f"Total {time.perf_counter() - start:.0f} s."
     )
-    command = " ".join(["python benchmarks/bench_machine.py", *(sys.argv[1:] if argv is None else argv)])
-    report = f"# The machine: one step and a whole Fibonacci run\n\n`{command}`\n\n{header}\n\n{markdown(rows)}\n"
-    print(report)
-    if args.output:
-        args.output.write_text(report)
+    title = "# The machine: one step and a whole Fibonacci run"
+    write_report(title, "bench_machine.py", argv, header, markdown(rows), args.output)
 
 
 if __name__ == "__main__":
