@@ -62,7 +62,7 @@ NOT_IMPORTABLE_PRELUDE = textwrap.dedent(
     import importlib, os, sys
     repo = os.path.realpath(sys.argv[1])
     sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != repo]
-    sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__module__.lower()]
+    sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "").lower()]
     for name in ("dcomp_machine", "library", "modeling_llama_dcomp", "configuration_llama_dcomp"):
         try:
             importlib.import_module(name)

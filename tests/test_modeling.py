@@ -19,6 +19,7 @@ from configuration_llama_dcomp import LlamaDCompConfig
 from library.install import from_llama, install_library
 from library.interpreter import run_reference
 from library.stdlib import load_program
+from model_fixtures import NOT_IMPORTABLE_PRELUDE
 from modeling_llama_dcomp import (
     ComputerTrace,
     LibraryMismatchError,
@@ -378,24 +379,13 @@ def test_a_tampered_library_buffer_fails_to_load(tmp_path, key, names):
 
 
 # -------------------------------------------------------------------------------------------- remote code
-_REMOTE_SCRIPT = textwrap.dedent(
+_REMOTE_SCRIPT = NOT_IMPORTABLE_PRELUDE + textwrap.dedent(
     """
-    import importlib, os, sys
-    repo = os.path.realpath(sys.argv[2])
-    sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != repo]
-    sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__module__.lower()]
-    for name in ("dcomp_machine", "library", "modeling_llama_dcomp"):
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            pass
-        else:
-            raise SystemExit(f"{name} is importable: the test would not prove remote code")
     import torch
     from safetensors.torch import load_file, save_file
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-    directory = sys.argv[1]
+    directory = sys.argv[2]
     expected = load_file(os.path.join(directory, "expected.safetensors"))
     config = AutoConfig.from_pretrained(directory, trust_remote_code=True)
     assert type(config).__name__ == "LlamaDCompConfig", type(config)
@@ -434,7 +424,7 @@ def test_auto_classes_load_the_saved_code_in_a_clean_process(tmp_path):
     workdir.mkdir()
     env = {**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
     result = subprocess.run(
-        [sys.executable, "-c", _REMOTE_SCRIPT, str(checkpoint), str(REPO)],
+        [sys.executable, "-c", _REMOTE_SCRIPT, str(REPO), str(checkpoint)],
         cwd=workdir, env=env, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
