@@ -96,6 +96,7 @@ class AnswerCollator:
                  "labels": pad("labels", -100)}
         shifted = torch.nn.functional.pad(batch["labels"][:, 1:], (0, 1), value=-100)
         batch["logits_to_keep"] = shifted != -100  # the LM head runs only where a label is predicted
+        batch["shift_labels"] = shifted[batch["logits_to_keep"]]  # (kept,): the targets of those logits
         if self.with_computer:
             computer_mask = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
             computer_mask[torch.arange(len(rows)), torch.tensor([row["answer_position"] for row in rows])] = True
@@ -189,6 +190,7 @@ def evaluate_split(model, dataset, collator, batch_size: int = 64) -> dict:
         rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         batch = collator(rows)
         labels, keep = batch.pop("labels"), batch["logits_to_keep"]
+        del batch["shift_labels"]
         logits = model(**{k: v.to(model.device) for k, v in batch.items()}).logits  # (kept, vocab): labelled only
         guess = torch.zeros_like(labels)
         guess[keep] = logits.reshape(-1, logits.shape[-1]).argmax(-1).cpu()
@@ -232,7 +234,7 @@ def train(args) -> dict:
     tokenizer = llama3_tokenizer()
     data = build_datasets(args, tokenizer)
     model = build_model(args, tokenizer)
-    if hasattr(model, "register_for_auto_class"):  # so checkpoints carry the code files and auto_map
+    if model.config.model_type == "llama_dcomp":  # so that checkpoints carry the code files and auto_map
         type(model.config).register_for_auto_class()
         type(model).register_for_auto_class("AutoModelForCausalLM")
     if args.lora:
