@@ -13,7 +13,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from library.install import from_llama
-from modeling_llama_dcomp import LlamaDCompForCausalLM
+from modeling_llama_dcomp import LlamaDCompComputer, LlamaDCompForCausalLM
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_LLAMA = dict(
@@ -48,6 +48,20 @@ def tiny_model(gate: float = 0.5, layer: int = 1, seed: int = 0, **computer) -> 
 def random_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(3, TINY_LLAMA["vocab_size"], (batch, length), generator=generator)
+
+
+def steer(computer: LlamaDCompComputer, program: str, inputs: dict[int, int], scale: float = 100.0) -> torch.Tensor:
+    """Weights that make the computer select `program` and parse `inputs` (register → value) with certainty on
+    the hidden state e_0; returns that hidden state `(1, 1, hidden)`."""
+    hidden = torch.zeros(1, 1, computer.norm.weight.shape[0])
+    hidden[..., 0] = 1.0
+    with torch.no_grad():
+        computer.select.weight.zero_()
+        computer.select.weight[computer.program_names.index(program), 0] = scale
+        computer.parse.weight.zero_()
+        for slot, register in enumerate(computer.input_registers):
+            computer.parse.weight[slot * computer.n + inputs.get(register, 0), 0] = scale
+    return hidden
 
 
 def library_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -10,29 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from library.assembler import assemble
 from library.install import explain, from_llama, install_library, number_token_ids
 from library.stdlib import LinkError, link
-from modeling_llama_dcomp import LlamaDCompComputer, LlamaDCompForCausalLM
+from model_fixtures import COMPUTER, DEPTH, LIBRARY, N, REGISTERS, TINY_LLAMA, steer, tiny_llama
+from modeling_llama_dcomp import LlamaDCompForCausalLM
 
-TINY_LLAMA = dict(
-    vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-    num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-)
-N, REGISTERS, DEPTH = 16, 8, 2
-COMPUTER = dict(
-    computer_values=N, computer_registers=REGISTERS, computer_memory_size=8, computer_call_depth=DEPTH,
-    computer_max_steps=12, library_input_registers=[1, 2, 3],
-)
-LIBRARY = ["add", "sub", "mul", "fib"]
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
-
-
-def tiny_llama(seed: int = 0, **overrides) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(**{**TINY_LLAMA, **overrides})).eval()
 
 
 def tiny_tokenizer(split_digits: bool) -> PreTrainedTokenizerFast:
@@ -46,20 +32,6 @@ def tiny_tokenizer(split_digits: bool) -> PreTrainedTokenizerFast:
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(splits)
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>",
                                    eos_token="</s>", unk_token="<unk>")
-
-
-def steer(computer: LlamaDCompComputer, program: str, inputs: dict[int, int], scale: float = 100.0) -> torch.Tensor:
-    """Weights that make the computer select `program` and parse `inputs` with certainty on the hidden state
-    e_0; returns that hidden state `(1, 1, hidden)`."""
-    hidden = torch.zeros(1, 1, computer.norm.weight.shape[0])
-    hidden[..., 0] = 1.0
-    with torch.no_grad():
-        computer.select.weight.zero_()
-        computer.select.weight[computer.program_names.index(program), 0] = scale
-        computer.parse.weight.zero_()
-        for slot, register in enumerate(computer.input_registers):
-            computer.parse.weight[slot * computer.n + inputs.get(register, 0), 0] = scale
-    return hidden
 
 
 def computed(model, program: str, inputs: dict[int, int]) -> tuple[int, float]:

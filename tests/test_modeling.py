@@ -13,13 +13,26 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from configuration_llama_dcomp import LlamaDCompConfig
 from library.install import from_llama, install_library
 from library.interpreter import run_reference
 from library.stdlib import load_program
-from model_fixtures import NOT_IMPORTABLE_PRELUDE
+from model_fixtures import (
+    COMPUTER,
+    DEPTH,
+    LIBRARY,
+    MEMORY,
+    N,
+    NOT_IMPORTABLE_PRELUDE,
+    REGISTERS,
+    REPO,
+    TINY_LLAMA,
+    random_ids,
+    steer,
+    tiny_llama,
+)
 from modeling_llama_dcomp import (
     ComputerTrace,
     LibraryMismatchError,
@@ -29,23 +42,7 @@ from modeling_llama_dcomp import (
     halt_program,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-TINY_LLAMA = dict(
-    vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-    num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-)
-N, REGISTERS, MEMORY, DEPTH = 16, 8, 8, 2
-COMPUTER = dict(
-    computer_values=N, computer_registers=REGISTERS, computer_memory_size=MEMORY, computer_call_depth=DEPTH,
-    computer_max_steps=12, library_input_registers=[1, 2, 3],
-)
-LIBRARY = ["add", "sub", "mul", "fib"]
 PAD = TINY_LLAMA["pad_token_id"]
-
-
-def tiny_llama(seed: int = 0, **overrides) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(**{**TINY_LLAMA, **overrides})).eval()
 
 
 def tiny_model(
@@ -58,11 +55,6 @@ def tiny_model(
     return model.eval(), llama
 
 
-def random_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(3, TINY_LLAMA["vocab_size"], (batch, length), generator=generator)
-
-
 def left_pad(sequences: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     length = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), length), PAD)
@@ -71,20 +63,6 @@ def left_pad(sequences: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]
         ids[row, length - len(sequence):] = sequence
         mask[row, length - len(sequence):] = 1
     return ids, mask
-
-
-def steer(computer: LlamaDCompComputer, program: str, inputs: dict[int, int], scale: float = 100.0) -> torch.Tensor:
-    """Weights that make the computer select `program` and parse `inputs` (register → value) with certainty on
-    the hidden state e_0; returns that hidden state `(1, 1, hidden)`."""
-    hidden = torch.zeros(1, 1, computer.norm.weight.shape[0])
-    hidden[..., 0] = 1.0
-    with torch.no_grad():
-        computer.select.weight.zero_()
-        computer.select.weight[computer.program_names.index(program), 0] = scale
-        computer.parse.weight.zero_()
-        for slot, register in enumerate(computer.input_registers):
-            computer.parse.weight[slot * computer.n + inputs.get(register, 0), 0] = scale
-    return hidden
 
 
 # ---------------------------------------------------------------------------------------------- exactness
