@@ -363,6 +363,7 @@ _REMOTE_SCRIPT = NOT_IMPORTABLE_PRELUDE + textwrap.dedent(
     from safetensors.torch import load_file, save_file
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
+    torch.set_num_threads(int(sys.argv[3]))  # the parent's: a different split of a matmul can change a last bit
     directory = sys.argv[2]
     expected = load_file(os.path.join(directory, "expected.safetensors"))
     config = AutoConfig.from_pretrained(directory, trust_remote_code=True)
@@ -408,7 +409,7 @@ def test_auto_classes_load_the_saved_code_in_a_clean_process(tmp_path):
     workdir.mkdir()
     env = {**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
     result = subprocess.run(
-        [sys.executable, "-c", _REMOTE_SCRIPT, str(REPO), str(checkpoint)],
+        [sys.executable, "-c", _REMOTE_SCRIPT, str(REPO), str(checkpoint), str(torch.get_num_threads())],
         cwd=workdir, env=env, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
