@@ -22,14 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
-from dcomp_machine import RegisterMachine  # noqa: E402
+from dcomp_machine import ProgramTensors, RegisterMachine  # noqa: E402
 from library.compiler import compile_program  # noqa: E402
 from library.stdlib import STANDARD_PROGRAMS, link, program_path  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-FIGURES = REPO / "docs" / "figures"
 SELECTIONS = ("soft", "hard")
 
 
@@ -46,7 +43,7 @@ class Library:
     """A linked library as one-hot program tensors, with `entries[p]` the one-hot start line of program p."""
 
     names: tuple[str, ...]
-    program: object  # ProgramTensors
+    program: ProgramTensors
     entries: torch.Tensor  # (programs, lines)
 
     @property
