@@ -179,7 +179,10 @@ class RegisterMachine(nn.Module):
         pc, registers, memory = state.pc, state.registers, state.memory
         program = program.expand(pc.shape[0])
         running = pc.sum(-1)  # (batch,) = 1 − h
-        safe_running = torch.where(running > 0, running, torch.ones_like(running))[:, None, None]
+        # Below machine epsilon the running mass carries no information, and dividing by it would blow up the
+        # gradient (1 / running²); its instruction is weighted by that mass anyway.
+        running_enough = running > torch.finfo(running.dtype).eps
+        safe_running = torch.where(running_enough, running, torch.ones_like(running))[:, None, None]
 
         # eq. 17: the instruction is the pc-weighted mixture of lines, per lane.
         op = torch.einsum("bl,blko->bko", pc, program.op)  # (batch, lanes, num_ops), mass 1 − h
@@ -195,7 +198,7 @@ class RegisterMachine(nn.Module):
         values = self._values(program, pc, op, u, v, memory)  # (batch, lanes, n), mass = write probability
 
         write_mass = values.sum(-1, keepdim=True)  # (batch, lanes, 1)
-        written = values / torch.where(write_mass > 0, write_mass, torch.ones_like(write_mass))
+        written = values / torch.where(write_mass > torch.finfo(values.dtype).eps, write_mass, torch.ones_like(write_mass))
         return_target = registers[:, -1]  # (batch, n): top of the return stack before the line
         for lane in range(program.lanes):  # lanes write in order: a later lane wins
             registers = self._write_registers(registers, write_to[:, lane], written[:, lane])
