@@ -19,11 +19,12 @@ capturing decorators included): `hidden_states[k + 1]` is the residual stream af
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import hashlib
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -63,7 +64,7 @@ PROGRAM_FIELDS = ("op", "a", "b", "out", "imm")
 # Length (hex digits) of each half of `config.library_fingerprint`.
 FINGERPRINT_HEX = 32
 
-# When set (by `trace_computer`), every computer run appends a `ComputerRun` here.
+# When set (by `record_computer_runs`), every computer run appends a `ComputerRun` here.
 _TRACE_RECORDS: contextvars.ContextVar[list | None] = contextvars.ContextVar("llama_dcomp_trace", default=None)
 
 
@@ -126,6 +127,24 @@ class ComputerRun:
     steps: int  # interpreter steps the run took (shared by the P rows: early exit waits for all)
 
 
+@contextlib.contextmanager
+def record_computer_runs() -> Iterator[list[ComputerRun]]:
+    """Collects what every computer block run inside the `with` block computed, in call order: a list of
+    `ComputerRun`s whose tensors keep their autograd graph (so a loss may be put on the computer's output, e.g. the
+    final value distribution `run.state.registers[:, output_register]`). `trace_computer` is built on it.
+
+        with record_computer_runs() as runs:
+            outputs = model(**batch)
+        p_out = runs[0].state.registers[:, model.config.library_output_register]  # (P, n), P = positions run
+    """
+    records: list[ComputerRun] = []
+    token = _TRACE_RECORDS.set(records)
+    try:
+        yield records
+    finally:
+        _TRACE_RECORDS.reset(token)
+
+
 @dataclass
 class ComputerTrace:
     """The computer's work at one position, decoded for humans (plain data; `library.install.explain` renders
@@ -167,6 +186,14 @@ class LlamaDCompComputer(nn.Module):
     `program_a`, `program_b`, `program_out (lines, lanes, registers)`, `program_imm (lines, lanes, n)` and the
     long buffer `entry_points (programs,)`; the ALU's tables are buffers of `machine.alu`.
     """
+
+    isolate_gradients: bool = False
+    """A training switch (a plain attribute: not part of the config, not saved). When True, the block's write into
+    the residual stream passes no gradient into the computer (p_out is detached there) and the residual stream at
+    the computer's positions passes none back into the base; forward values are unchanged. A language-model loss
+    then trains only the read-out (W_out, the gate and what follows), while a loss on the computer's own output
+    (see `record_computer_runs`) trains the selection/parse heads and, through them, the base: train.py's answer
+    loss."""
 
     def __init__(self, config: LlamaDCompConfig):
         super().__init__()
@@ -246,6 +273,9 @@ class LlamaDCompComputer(nn.Module):
         if records is not None:
             records.append(run)
         p_out = run.state.registers[:, self.output_register]  # (P, n)
+        if self.isolate_gradients:  # same values, gradients routed as described in `isolate_gradients`
+            p_out = p_out.detach()
+            hidden_states = torch.where(positions[..., None], hidden_states.detach(), hidden_states)
         update = self.gate * self.output_proj(p_out.to(self.output_proj.weight.dtype))  # (P, hidden)
         return torch.index_put(hidden_states, (positions,), update.to(hidden_states.dtype), accumulate=True)
 
@@ -454,13 +484,9 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
         """Runs the model (up to its last layer, no LM head) and returns, for every position where the computer
         ran (the same positions as in `forward`), what it selected, parsed and computed. Render with
         `library.install.explain` (which decompiles the selected program)."""
-        records: list[ComputerRun] = []
-        token = _TRACE_RECORDS.set(records)
-        try:
+        with record_computer_runs() as records:
             self.base_model(input_ids=input_ids, attention_mask=attention_mask, computer_mask=computer_mask,
                             use_cache=False)
-        finally:
-            _TRACE_RECORDS.reset(token)
         computer = self.computer
         traces = []
         for run in records:
@@ -624,4 +650,5 @@ __all__ = [
     "LlamaDCompModel",
     "LlamaDCompPreTrainedModel",
     "library_fingerprint",
+    "record_computer_runs",
 ]
