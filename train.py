@@ -1,288 +1,392 @@
 """The main job: teach a LlamaDComp model to use its compiled library from natural language (paper §4.2).
 
-    python train.py                                          # the calculator experiment, mod 128, on CPU
+    python train.py                                   # the paper's calculator experiment, mod 128, CPU, minutes
     python train.py --task fibonacci --output-dir runs/fib
+    python train.py --model path/to/llama --lora      # a pretrained Llama: LoRA adapters + the computer block
+    python train.py --no-computer                     # the same Llama without the computer: the baseline
+    torchrun --nproc_per_node 2 train.py ...          # data parallel, unchanged (gloo on CPU, NCCL + bf16 on CUDA)
     python train.py predict --model runs/default "Add 3 and 4"
 
-Data come from `library.tasks` (held-out phrasings and operand pairs in `test`, longer inputs in `test_long`);
-supervision is on the answer tokens only (cross-entropy), the LM head runs only at labelled positions and the
-computer only at the answer position. The output folder is Hub-ready: config with `auto_map`, the run-time
-code files, `model.safetensors`, the tokenizer and README.md rendered from `model_card.md`.
-Data parallelism comes from the standard launchers, unchanged: `torchrun --nproc_per_node N train.py ...` or
-`accelerate launch --multi_gpu --num_processes N --num_machines 1 train.py ...` (mixed precision where CUDA
-has it; gloo on CPU).
+Data come from `library.tasks`: `test` holds out phrasings AND operand pairs, `test_long` longer inputs; this
+script adds `test_pairs`, the test split's held-out operand pairs written in training phrasings. Supervision is
+on the answer only (labels -100 elsewhere, cross-entropy); the LM head runs only at labelled positions (boolean
+`logits_to_keep`) and the computer only at the answer position (`computer_mask`). Accuracy is the exact match of
+greedy decoding, computed in one teacher-forced pass: greedy decoding writes exactly the answer and EOS if and
+only if the argmax at every labelled position is its label.
+
+How the default run learns in minutes (measurements in docs/results_train.md):
+
+* the computer follows the LAST decoder layer, so both attention layers parse for it;
+* the answer loss: the cross-entropy of the computer's output register against the answer value, next to the LM
+  loss (the same answer, read where the computer writes it). Through the LM head alone the signal reaching the
+  machine is weak and the base learns the answer prior instead: the computer's parse collapses within ~50 steps.
+  With `isolate_gradients` the LM loss trains the read-out (W_out, gate, LM head) and the answer loss trains the
+  parse/selection heads and, through them, the base;
+* the parse heads start as linear probes, fitted on the untrained model's hidden states, of the prompt's numbers
+  in the order written (input text only, no answers): with near-uniform parsed inputs the gradient through e.g.
+  `add` (a circular convolution) carries no information, with the prompt's numbers likely it does;
+* W_out starts at the LM-head rows of the number tokens (the computer writes what the LM head reads), rows given
+  norm `--number-row-norm` so that a confident number is expressible from the first step;
+* one learning rate per part: fast computer heads, slower embeddings, slowest decoder layers (whose drift would
+  otherwise outrun the heads that read them).
 """
 
 from __future__ import annotations
 
+import time
+
+PROCESS_START = time.time()  # wall time is measured from here: imports, data and tokenizer included
+
 import argparse
+import dataclasses
+import hashlib
+import inspect
 import json
 import os
+import random
+import re
+import shlex
 import string
 import sys
-import time
 from pathlib import Path
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
+from transformers.trainer_utils import get_last_checkpoint
 
-TASK_PROGRAMS = {
-    "arithmetic": ("add", "sub", "mul", "div"),
-    "fibonacci": ("fib",),
-    "sort": ("sort",),
-    "max": ("list_max",),
-}
+from library import tasks as task_library
+from library.install import explain, from_llama, number_token_ids
+from library.tokenizer import llama3_tokenizer
+from modeling_llama_dcomp import IGNORE_INDEX, record_computer_runs
+
+REPO = Path(__file__).resolve().parent
+MODEL_CARD = REPO / "model_card.md"
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-MODEL_CARD = Path(__file__).resolve().parent / "model_card.md"
+NUMBER = re.compile(r"\d+")
 
 
+# ----------------------------------------------------------------------------------------------------- options
 def build_parser() -> argparse.ArgumentParser:
+    """The training command line (`python train.py predict ...` has its own, see `build_predict_parser`)."""
     parser = argparse.ArgumentParser(
-        prog="train.py", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Prediction: python train.py predict --model DIR PROMPT [PROMPT ...] (see `train.py predict -h`).",
     )
-    parser.add_argument("--task", choices=sorted(TASK_PROGRAMS), default="arithmetic", help="training task")
-    parser.add_argument("--n", type=int, default=128, help="number of values: arithmetic is mod n")
-    parser.add_argument("--train-size", type=int, default=30000, help="training examples")
-    parser.add_argument("--eval-size", type=int, default=1000, help="examples per validation/test split")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data and of the model")
-    parser.add_argument("--model", type=Path, default=None, help="start from this Llama checkpoint folder")
-    parser.add_argument("--gguf", type=Path, default=None, help="start from this GGUF file of a Llama model")
-    parser.add_argument("--hidden-size", type=int, default=128, help="hidden size of a from-scratch model")
-    parser.add_argument("--layers", type=int, default=2, help="decoder layers of a from-scratch model")
-    parser.add_argument("--computer-layer", type=int, default=None,
-                        help="decoder layer the computer follows (default: the last one)")
-    parser.add_argument("--no-computer", action="store_true", help="the same model without the computer (baseline)")
-    parser.add_argument("--lora", action="store_true", help="LoRA adapters on the base weights; the block trains fully")
-    parser.add_argument("--epochs", type=float, default=1.0, help="training epochs")
-    parser.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (-1: --epochs decides)")
-    parser.add_argument("--batch-size", type=int, default=32, help="per-device batch size")
-    parser.add_argument("--learning-rate", type=float, default=1e-3, help="peak learning rate of the base weights")
-    parser.add_argument("--computer-learning-rate", type=float, default=1e-2,
-                        help="peak learning rate of the computer block (its heads are small and start far off)")
-    parser.add_argument("--warmup-steps", type=int, default=50, help="linear warm-up steps")
-    parser.add_argument("--output-dir", type=Path, default=Path("runs/default"), help="checkpoints and the final model")
-    parser.add_argument("--save-steps", type=int, default=250, help="checkpoint every this many steps")
-    parser.add_argument("--logging-steps", type=int, default=25, help="log every this many steps")
-    parser.add_argument("--resume", action="store_true", help="resume from the last checkpoint in --output-dir")
-    parser.add_argument("--push-to-hub", action="store_true", help="push the final model to the Hub (Trainer)")
-    parser.add_argument("--hub-model-id", default=None, help="repository id for --push-to-hub")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads per process (default: CPU cores / processes)")
+    default = "(default: %(default)s)"
+
+    def add(group, *names, help, **kwargs):
+        group.add_argument(*names, help=f"{help} {default}", **kwargs)
+
+    task = parser.add_argument_group("task")
+    add(task, "--task", choices=("arithmetic", "fibonacci", "sort", "max"), default="arithmetic",
+        help="library.tasks task")
+    add(task, "--n", type=int, default=128, help="values of the machine: arithmetic is mod n")
+    add(task, "--operations", default="add,sub,mul,div", help="arithmetic operations, comma-separated")
+    add(task, "--train-size", type=int, default=20000, help="training examples")
+    add(task, "--validation-size", type=int, default=500, help="validation examples (learning curve)")
+    add(task, "--test-size", type=int, default=1000, help="test examples (also the size of test_pairs)")
+    add(task, "--test-long-size", type=int, default=1000, help="test_long examples (fibonacci, sort, max)")
+    add(task, "--seed", type=int, default=0, help="seed of the data split, the model and the data order")
+
+    model = parser.add_argument_group("model")
+    add(model, "--model", type=Path, default=None, help="start from this Llama checkpoint folder")
+    add(model, "--gguf", type=Path, default=None, help="start from this GGUF file of a Llama model")
+    add(model, "--no-computer", action="store_true", default=False,
+        help="train the same Llama without the computer block (the baseline)")
+    add(model, "--lora", action="store_true", default=False,
+        help="PEFT LoRA adapters on the base attention/MLP weights; the computer block trains in full")
+    add(model, "--lora-rank", type=int, default=8, help="LoRA rank")
+    add(model, "--library", default=None, help="standard programs to install, comma-separated; None: the task's")
+    add(model, "--hidden-size", type=int, default=128, help="hidden size of a from-scratch model")
+    add(model, "--layers", type=int, default=2, help="decoder layers of a from-scratch model")
+    add(model, "--heads", type=int, default=4, help="attention heads of a from-scratch model")
+    add(model, "--computer-layer", type=int, default=-1, help="decoder layer the computer follows (-1: the last)")
+    add(model, "--gate-init", type=float, default=1.0, help="initial gate of the computer's residual write")
+    add(model, "--selection-temperature", type=float, default=1.0, help="temperature of the program selection")
+
+    recipe = parser.add_argument_group("training recipe")
+    add(recipe, "--answer-loss-weight", type=float, default=1.0,
+        help="weight of the answer loss on the computer's output register (0: LM loss only, end to end)")
+    add(recipe, "--parse-init-scale", type=float, default=5.0,
+        help="logit scale of the probe that initialises the parse heads (0: random parse heads)")
+    add(recipe, "--probe-examples", type=int, default=1024, help="training prompts the probe is fitted on")
+    add(recipe, "--number-row-norm", type=float, default=1.5,
+        help="norm of the number tokens' LM-head rows of a from-scratch model (0: leave)")
+    add(recipe, "--learning-rate", type=float, default=1e-4, help="peak learning rate of the decoder layers")
+    add(recipe, "--embedding-learning-rate", type=float, default=3e-4,
+        help="peak learning rate of the embeddings, LM head, final norm and W_out")
+    add(recipe, "--computer-learning-rate", type=float, default=3e-3,
+        help="peak learning rate of the computer's selection/parse heads, norm and gate")
+    add(recipe, "--warmup-steps", type=int, default=20, help="linear warm-up steps")
+    add(recipe, "--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    add(recipe, "--epochs", type=float, default=1.0, help="training epochs")
+    add(recipe, "--max-steps", type=int, default=-1, help="stop after this many steps (-1: --epochs decides)")
+    add(recipe, "--batch-size", type=int, default=32, help="training batch size per process")
+    add(recipe, "--eval-batch-size", type=int, default=128, help="evaluation batch size per process")
+
+    run = parser.add_argument_group("run")
+    add(run, "--output-dir", type=Path, default=Path("runs/default"), help="checkpoints and the final model")
+    add(run, "--eval-steps", type=int, default=100, help="validation accuracy every this many steps")
+    add(run, "--save-steps", type=int, default=200, help="checkpoint every this many steps")
+    add(run, "--logging-steps", type=int, default=20, help="log the loss every this many steps")
+    add(run, "--resume", action="store_true", default=False, help="resume from the last checkpoint in --output-dir")
+    add(run, "--threads", type=int, default=1,
+        help="torch CPU threads per process (more threads than free cores is much slower)")
+    add(run, "--push-to-hub", action="store_true", default=False, help="push the final model to the Hub (Trainer)")
+    add(run, "--hub-model-id", default=None, help="Hub repository of --push-to-hub")
     return parser
 
 
-# ------------------------------------------------------------------------------------------------------ data
-def build_datasets(args, tokenizer):
-    """Tokenized train/validation/test/test_long splits; labels only on the answer (paper §4.2)."""
-    from library.tasks import load_task, tokenize_for_causal_lm
-
-    name, kwargs = ("list", {"kind": args.task}) if args.task in ("sort", "max") else (args.task, {})
-    sizes = {"train_size": args.train_size, "validation_size": args.eval_size, "test_size": args.eval_size}
-    raw = load_task(name, n=args.n, seed=args.seed, **sizes, **kwargs)
-    return tokenize_for_causal_lm(raw, tokenizer)
+def build_predict_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="train.py predict", description=predict.__doc__)
+    parser.add_argument("--model", type=Path, required=True, help="a folder written by train.py")
+    parser.add_argument("--max-new-tokens", type=int, default=16, help="most answer tokens (default: %(default)s)")
+    parser.add_argument("prompts", nargs="+", help='questions, e.g. "Add 3 and 4"')
+    return parser
 
 
+# ------------------------------------------------------------------------------------------------------- tasks
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """How a `--task` maps onto `library.tasks` and onto the computer block."""
+
+    builder: str  # library.tasks.load_task name
+    builder_kwargs: dict
+    library: tuple[str, ...]  # standard programs installed by default
+    input_registers: tuple[int, ...]  # registers the block parses (see the library/programs/*.asm headers)
+    memory_inputs: int  # memory cells the block parses (list tasks)
+    templates: dict[str, tuple[str, ...]]  # phrasings per operation
+    group_column: str  # per-group accuracy: operation, depth or length
+    answer_in_register: bool  # the answer is the final value of the output register (the answer loss applies)
+
+
+def task_spec(args) -> TaskSpec:
+    """The TaskSpec of `args.task` (arithmetic, fibonacci, sort or max)."""
+    sizes = {"train_size": args.train_size, "validation_size": args.validation_size, "test_size": args.test_size}
+    if args.task == "arithmetic":
+        operations = tuple(args.operations.split(","))
+        templates = {op: task_library.ARITHMETIC_TEMPLATES[op] for op in operations}
+        return TaskSpec("arithmetic", {**sizes, "operations": operations}, operations, (1, 2), 0, templates,
+                        "operation", True)
+    sizes["test_long_size"] = args.test_long_size
+    if args.task == "fibonacci":
+        return TaskSpec("fibonacci", sizes, ("fib",), (1, 2, 3), 0, task_library.FIBONACCI_TEMPLATES, "depth", True)
+    # sort / max: the list in memory cells 0.., its length in r1; sort's result is the memory, max's is r0
+    longest = max(inspect.signature(task_library.list_task).parameters["long_lengths"].default)
+    return TaskSpec("list", {**sizes, "kind": args.task}, (task_library.LIST_PROGRAMS[args.task],), (1,), longest,
+                    {args.task: task_library.LIST_TEMPLATES[args.task]}, "length", args.task == "max")
+
+
+def template_slots(task: str, row: dict) -> dict:
+    """The values a phrasing of `task` is formatted with, from a dataset row."""
+    a_b = dict(zip("ab", row["operands"]))
+    if task == "arithmetic":
+        return a_b
+    if task == "fibonacci":
+        return {**a_b, "depth": row["depth"]}
+    return {"values": ", ".join(map(str, row["operands"]))}
+
+
+def test_pairs_split(spec: TaskSpec, train, test, seed: int):
+    """The test split's examples (held-out operand pairs) rewritten in phrasings seen in training.
+
+    `test` pairs held-out operands with held-out phrasings; a model trained from scratch has never seen the words
+    of a held-out phrasing (e.g. "Multiply", "+"), so its `test` accuracy measures vocabulary it could not learn
+    as much as computation. This split keeps the unseen operands and uses the training phrasings: it measures
+    parsing and computing on numbers never trained on. A phrasing counts as seen when a training prompt is it,
+    formatted with that row's values."""
+    seen: dict[str, list[str]] = {}
+    for row in train.select(range(min(len(train), 2000))):
+        slots = template_slots(spec.builder, row)
+        for phrasing in spec.templates[row["operation"]]:
+            if phrasing.format(**slots) == row["text"] and phrasing not in seen.setdefault(row["operation"], []):
+                seen[row["operation"]].append(phrasing)
+    rng = random.Random(seed)
+
+    def rephrase(row: dict) -> dict:
+        return {"text": rng.choice(seen[row["operation"]]).format(**template_slots(spec.builder, row))}
+
+    return test.map(rephrase, desc="test_pairs")
+
+
+def build_datasets(args, spec: TaskSpec, tokenizer):
+    """Tokenized splits: train, validation, test, test_pairs (and test_long for fibonacci and lists)."""
+    raw = task_library.load_task(spec.builder, n=args.n, seed=args.seed, **spec.builder_kwargs)
+    raw["test_pairs"] = test_pairs_split(spec, raw["train"], raw["test"], args.seed)
+    return task_library.tokenize_for_causal_lm(raw, tokenizer)
+
+
+@dataclasses.dataclass
 class AnswerCollator:
-    """Pads a batch and marks where the computer runs (`answer_position`) and where logits are needed (labels)."""
+    """Pads a batch on the right and adds what the forward needs: `logits_to_keep` (the positions whose next
+    token is labelled) with `shift_labels` (those labels), the computer's `computer_mask` (the answer position)
+    and, for the answer loss, `computer_targets` (the answer value). Other columns are dropped."""
 
-    def __init__(self, pad_token_id: int, with_computer: bool):
-        self.pad_token_id, self.with_computer = pad_token_id, with_computer
+    pad_token_id: int
+    with_computer: bool
+    with_targets: bool
 
     def __call__(self, rows: list[dict]) -> dict:
-        def pad(key, value):
+        def pad(key: str, value: int) -> torch.Tensor:
             return pad_sequence([torch.tensor(row[key]) for row in rows], batch_first=True, padding_value=value)
 
         batch = {"input_ids": pad("input_ids", self.pad_token_id), "attention_mask": pad("attention_mask", 0),
-                 "labels": pad("labels", -100)}
-        shifted = torch.nn.functional.pad(batch["labels"][:, 1:], (0, 1), value=-100)
-        batch["logits_to_keep"] = shifted != -100  # the LM head runs only where a label is predicted
-        batch["shift_labels"] = shifted[batch["logits_to_keep"]]  # (kept,): the targets of those logits
+                 "labels": pad("labels", IGNORE_INDEX)}
+        shifted = torch.nn.functional.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)
+        batch["logits_to_keep"] = shifted != IGNORE_INDEX
+        batch["shift_labels"] = shifted[batch["logits_to_keep"]]
         if self.with_computer:
-            computer_mask = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
-            computer_mask[torch.arange(len(rows)), torch.tensor([row["answer_position"] for row in rows])] = True
-            batch["computer_mask"] = computer_mask
+            mask = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
+            mask[torch.arange(len(rows)), torch.tensor([row["answer_position"] for row in rows])] = True
+            batch["computer_mask"] = mask
+        if self.with_targets:
+            batch["computer_targets"] = torch.tensor([row["answer"] for row in rows])
         return batch
 
 
-# ----------------------------------------------------------------------------------------------------- model
-def build_model(args, tokenizer):
-    """A from-scratch LlamaDComp in the paper's shape, or a given Llama (folder or GGUF) with a library installed;
-    `--no-computer` gives the same Llama without the block."""
-    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+# ------------------------------------------------------------------------------------------------------- model
+def build_tokenizer(args):
+    """The model's own tokenizer (`--model` folder or `--gguf` file), else the LLaMA-3 tokenizer."""
+    if args.gguf is not None:
+        tokenizer = AutoTokenizer.from_pretrained(args.gguf.parent, gguf_file=args.gguf.name)
+    elif args.model is not None and (args.model / "tokenizer_config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+    else:
+        return llama3_tokenizer()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
-    from library.install import from_llama, number_token_ids
 
+def build_llama(args, tokenizer) -> LlamaForCausalLM:
+    """The given Llama (`--model` / `--gguf`), or a from-scratch one in the paper's shape (§4.2: hidden 128-256,
+    two layers, the 128,256-token LLaMA-3 vocabulary; untied embeddings, ~33 M parameters at hidden 128)."""
     if args.gguf is not None:
         llama = AutoModelForCausalLM.from_pretrained(args.gguf.parent, gguf_file=args.gguf.name)
-        llama.config.quantization_config = None
-    elif args.model is not None:
-        llama = LlamaForCausalLM.from_pretrained(args.model)
-    else:
-        torch.manual_seed(args.seed)
-        llama = LlamaForCausalLM(LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=args.hidden_size, intermediate_size=4 * args.hidden_size,
-            num_hidden_layers=args.layers, num_attention_heads=4, num_key_value_heads=4,
-            max_position_embeddings=256, tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        ))
+        llama.config.quantization_config = None  # save_pretrained refuses a "gguf-quantized" config
+        return llama
+    if args.model is not None:
+        return LlamaForCausalLM.from_pretrained(args.model)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=args.hidden_size, intermediate_size=4 * args.hidden_size,
+        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.heads,
+        max_position_embeddings=256, tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlamaForCausalLM(config)
+
+
+def build_model(args, spec: TaskSpec, tokenizer):
+    """`build_llama`, converted with `from_llama` and the task's library installed after `--computer-layer`."""
+    llama = build_llama(args, tokenizer)
     if args.no_computer:
         return llama
-    layer = llama.config.num_hidden_layers - 1 if args.computer_layer is None else args.computer_layer
-    model = from_llama(llama, computer_layer=layer, library=list(TASK_PROGRAMS[args.task]), tokenizer=tokenizer,
-                       computer_values=args.n, computer_gate_init=1.0, **_computer_inputs(args.task))
-    init_parse_from_embeddings(model, number_token_ids(tokenizer, args.n))
-    return model
+    layers = llama.config.num_hidden_layers
+    return from_llama(
+        llama, computer_layer=args.computer_layer % layers,
+        library=args.library.split(",") if args.library else list(spec.library),
+        computer_values=args.n, computer_gate_init=args.gate_init,
+        computer_selection_temperature=args.selection_temperature,
+        library_input_registers=list(spec.input_registers), library_memory_inputs=spec.memory_inputs,
+    )
 
 
-def _computer_inputs(task: str) -> dict:
-    """Which registers / memory cells the block parses for a task's programs (library/programs headers)."""
-    if task == "arithmetic":
-        return {"library_input_registers": [1, 2]}
-    if task == "fibonacci":
-        return {"library_input_registers": [1, 2, 3], "computer_max_steps": 64}
-    return {"library_input_registers": [1], "library_memory_inputs": 8, "computer_max_steps": 128}
-
-
-def init_parse_from_embeddings(model, token_ids: list[list[int]], scale: float = 4.0) -> None:
-    """Start every parse head at the (normalised) number-token embeddings.
-
-    With near-uniform parsed inputs the gradient through e.g. `add` (a circular convolution) carries no
-    information about either operand; the hidden state at the answer position, however, starts as a mix of the
-    prompt's token embeddings, so h·E_v already favours the numbers present in the prompt. The machine's output
-    then holds the right answer with large probability from the first step, and training only has to learn
-    which number goes to which register (the paper's parsing problem)."""
-    embeddings = model.get_input_embeddings().weight  # (vocab, hidden)
+def init_read_out(model, tokenizer, row_norm: float) -> None:
+    """W_out column v := the LM-head row of the token of value v (the computer writes what the LM head reads);
+    with `row_norm` > 0 those rows are first rescaled to that norm (a from-scratch head starts too small to
+    express a confident number: max logit ~2.5 against 128k tokens)."""
+    ids = number_token_ids(tokenizer, model.config.computer_values)
+    head = model.get_output_embeddings().weight  # (vocab, hidden)
     with torch.no_grad():
-        numbers = torch.stack([embeddings[torch.as_tensor(ids)].mean(0) for ids in token_ids])  # (n, hidden)
-        numbers = scale * numbers / numbers.norm(dim=-1, keepdim=True)
+        if row_norm > 0:
+            single = torch.tensor([token[0] for token in ids if len(token) == 1])
+            head[single] = row_norm * head[single] / head[single].norm(dim=-1, keepdim=True)
+        columns = torch.stack([head[torch.tensor(token)].mean(0) for token in ids], dim=1)  # (hidden, n)
         for computer in model._computers():
-            weight = computer.parse.weight  # (inputs · n, hidden)
-            weight.copy_(numbers.repeat(weight.shape[0] // len(token_ids), 1).to(weight.dtype))
+            computer.output_proj.weight.copy_(columns.to(computer.output_proj.weight.dtype))
 
 
-def add_lora(model):
+def slot_values(spec: TaskSpec, text: str, n: int) -> list[int]:
+    """What each parse slot (input registers, then memory cells) should read for a prompt, from the prompt text
+    alone: the numbers in the order written (`Subtract 4 from 9` -> [4, 9]: right for most phrasings, not for
+    this one), or for list tasks the list's length (r1) and then its elements (the cells)."""
+    numbers = [int(value) for value in NUMBER.findall(text) if int(value) < n]
+    return [len(numbers), *numbers] if spec.memory_inputs else numbers
+
+
+@torch.no_grad()
+def init_parse_from_probe(model, spec: TaskSpec, dataset, collator, examples: int, scale: float,
+                          batch_size: int = 128) -> float:
+    """Parse heads := ridge-regression probes, fitted on the untrained model, from the computer's normalised input
+    at the answer position to what each slot should read according to `slot_values` (prompt text only, no
+    answers). The random network already encodes the order of the prompt's numbers (~0.8 of registers right at
+    step 0 for arithmetic), so the machine's output holds the answer with large probability from the first step
+    and its gradient is informative. Returns the probes' mean top-1 accuracy on the prompts they were fitted on."""
+    computer, n = model.computer, model.config.computer_values
+    features: list[torch.Tensor] = []
+    hook = computer.register_forward_pre_hook(lambda module, inputs: features.append(inputs[0][inputs[1]]))
+    rows = dataset.select(range(min(examples, len(dataset))))
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(rows), batch_size):
+            batch = collator([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
+            model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                        computer_mask=batch["computer_mask"])
+    finally:
+        hook.remove()
+        model.train(was_training)
+    x = computer.norm(torch.cat(features)).double()  # (N, hidden)
+    ridge = torch.linalg.solve(x.T @ x + 1e-2 * len(x) * torch.eye(x.shape[1], dtype=x.dtype), x.T)  # (hidden, N)
+    wanted = [slot_values(spec, text, n) for text in rows["text"]]
+    slots = computer.parse.weight.shape[0] // n
+    accuracies = []
+    for slot in range(slots):
+        targets = torch.zeros(len(x), n, dtype=x.dtype)
+        for i, values in enumerate(wanted):
+            if slot < len(values) and values[slot] < n:
+                targets[i, values[slot]] = 1.0
+        probe = ridge @ targets  # (hidden, n)
+        probe = probe / probe.norm(dim=0, keepdim=True).clamp_min(1e-12)
+        for module in model._computers():
+            module.parse.weight[slot * n:(slot + 1) * n] = (scale * probe.T).to(module.parse.weight.dtype)
+        labelled = targets.sum(1) > 0
+        accuracies.append(float((targets[labelled].argmax(1) == (x[labelled] @ probe).argmax(1)).double().mean()))
+    return sum(accuracies) / len(accuracies)
+
+
+def add_lora(model, rank: int):
+    """LoRA adapters on the base attention/MLP weights; the computer block is trained and saved in full."""
     from peft import LoraConfig, get_peft_model
 
-    modules_to_save = [] if not hasattr(model, "_computers") else ["computer"]
-    config = LoraConfig(r=8, lora_alpha=16, target_modules=LORA_TARGETS, modules_to_save=modules_to_save)
+    modules_to_save = ["computer"] if hasattr(model, "_computers") else None
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=LORA_TARGETS, modules_to_save=modules_to_save,
+                        task_type="CAUSAL_LM")
     return get_peft_model(model, config)
 
 
-def optimizer_groups(model, args) -> list[dict]:
-    """The computer block learns faster than the base weights (its heads start far from a solution)."""
-    computer = [p for name, p in model.named_parameters() if p.requires_grad and ".computer." in name]
-    base = [p for name, p in model.named_parameters() if p.requires_grad and ".computer." not in name]
-    return [{"params": base, "lr": args.learning_rate}, {"params": computer, "lr": args.computer_learning_rate}]
-
-
-# ------------------------------------------------------------------------------------------------ evaluation
-@torch.no_grad()
-def evaluate_split(model, dataset, collator, batch_size: int = 64) -> dict:
-    """Exact match of the answer and per-operation accuracy, with the local `evaluate` metric module.
-
-    The answer counts as right only if every answer token (the number and EOS) is the argmax at its position
-    given the prompt and the previous answer tokens, which is exactly what greedy decoding would produce."""
-    from library.tasks import exact_match_metric
-
-    model.eval()
-    predictions, references = [], []
-    for start in range(0, len(dataset), batch_size):
-        rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        batch = collator(rows)
-        labels, keep = batch.pop("labels"), batch["logits_to_keep"]
-        del batch["shift_labels"]
-        logits = model(**{k: v.to(model.device) for k, v in batch.items()}).logits  # (kept, vocab): labelled only
-        guess = torch.zeros_like(labels)
-        guess[keep] = logits.reshape(-1, logits.shape[-1]).argmax(-1).cpu()
-        targets = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
-        for row in range(len(rows)):
-            predictions.append(guess[row][keep[row]].tolist())
-            references.append(targets[row][keep[row]].tolist())
-    groups = [row.get("operation", row.get("program")) for row in dataset]
-    model.train()
-    return exact_match_metric().compute(predictions=predictions, references=references, groups=groups)
-
-
-def render_model_card(args, model, results: dict, seconds: float) -> str:
-    """README.md of the output folder, from the `model_card.md` template."""
-    config = model.config
-    library = ", ".join(f"`{name}` (line {entry})" for name, entry in
-                        zip(getattr(config, "library_programs", []), getattr(config, "library_entry_points", [])))
-    rows = "\n".join(f"| {split} | {result['exact_match']:.2%} | "
-                     + ", ".join(f"{group} {acc:.1%}" for group, acc in result.get("per_group", {}).items()) + " |"
-                     for split, result in results.items())
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "command"}
-    return string.Template(MODEL_CARD.read_text()).substitute(
-        task=args.task, n=args.n, library=library or "none (`--no-computer` baseline)",
-        architecture=f"{type(model).__name__}, hidden {config.hidden_size}, {config.num_hidden_layers} layers, "
-                     f"vocabulary {config.vocab_size:,}",
-        computer_layer=getattr(config, "computer_layer", "—"), results=rows,
-        settings=json.dumps(settings, indent=2), seconds=f"{seconds:.0f}",
-        command="python train.py " + " ".join(sys.argv[1:]),
-    )
-
-
-# ------------------------------------------------------------------------------------------------------ main
-def train(args) -> dict:
-    from transformers import Trainer, TrainingArguments
-
-    from library.tokenizer import llama3_tokenizer
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // world))
-    started = time.perf_counter()
-    tokenizer = llama3_tokenizer()
-    data = build_datasets(args, tokenizer)
-    model = build_model(args, tokenizer)
-    if model.config.model_type == "llama_dcomp":  # so that checkpoints carry the code files and auto_map
-        type(model.config).register_for_auto_class()
-        type(model).register_for_auto_class("AutoModelForCausalLM")
-    if args.lora:
-        model = add_lora(model)
-    print(f"initial parameter digest: {parameter_digest(model)}", flush=True)
-    collator = AnswerCollator(tokenizer.pad_token_id, with_computer=not args.no_computer)
-    cuda = torch.cuda.is_available()
-    training_args = TrainingArguments(
-        output_dir=str(args.output_dir), num_train_epochs=args.epochs, max_steps=args.max_steps,
-        per_device_train_batch_size=args.batch_size, learning_rate=args.learning_rate,
-        lr_scheduler_type="linear", warmup_steps=args.warmup_steps, weight_decay=0.0, max_grad_norm=1.0,
-        logging_steps=args.logging_steps, save_steps=args.save_steps, save_total_limit=2,
-        report_to=["tensorboard"], seed=args.seed,
-        remove_unused_columns=False, dataloader_drop_last=False, use_cpu=not cuda,
-        bf16=cuda and torch.cuda.is_bf16_supported(),
-        ddp_backend="gloo" if world > 1 and not cuda else None,
-        push_to_hub=args.push_to_hub, hub_model_id=args.hub_model_id,
-    )
-    optimizer = torch.optim.AdamW(optimizer_groups(model, args), weight_decay=0.0)
-    columns = ["input_ids", "attention_mask", "labels", "answer_position"]
-    train_set = data["train"].select_columns(columns)
-    trainer = Trainer(model=model, args=training_args, train_dataset=train_set, data_collator=collator,
-                      optimizers=(optimizer, None))
-    trainer.train(resume_from_checkpoint=True if args.resume else None)
-
-    results = {split: evaluate_split(model, data[split], collator) for split in ("test", "test_long") if split in data
-               and len(data[split])}
-    seconds = time.perf_counter() - started
-    # Every process prints the digest of its weights: after data-parallel training all of them must agree.
-    print(f"rank {training_args.process_index} parameter digest: {parameter_digest(model)}", flush=True)
-    if trainer.is_world_process_zero():
-        final = model.merge_and_unload() if args.lora else model
-        final.save_pretrained(args.output_dir)
-        tokenizer.save_pretrained(args.output_dir)
-        (args.output_dir / "README.md").write_text(render_model_card(args, final, results, seconds))
-        (args.output_dir / "test_results.json").write_text(json.dumps(results, indent=2))
-        for split, result in results.items():
-            print(f"{split} exact match: {result['exact_match']:.2%}  per operation: {result.get('per_group')}")
-        print(f"wall time: {seconds:.0f} s")
-    if args.push_to_hub:
-        trainer.push_to_hub()
-    return results
+def parameter_group(name: str) -> str:
+    """"computer" (selection/parse heads, norm, gate), "embeddings" (embeddings, LM head, final norm, W_out) or
+    "layers" (everything else: the decoder layers, LoRA adapters included)."""
+    if ".computer." in name and ".output_proj." not in name:
+        return "computer"
+    if any(part in name for part in ("embed_tokens", "lm_head", ".output_proj.")) or name.endswith("model.norm.weight"):
+        return "embeddings"
+    return "layers"
 
 
 def parameter_digest(model) -> str:
-    """sha256 over every parameter, in name order: equal digests mean equal models."""
-    import hashlib
-
+    """sha256 over every parameter in name order: equal digests, equal models."""
     digest = hashlib.sha256()
     for name, parameter in sorted(model.named_parameters()):
         digest.update(name.encode())
@@ -290,35 +394,252 @@ def parameter_digest(model) -> str:
     return digest.hexdigest()
 
 
+# -------------------------------------------------------------------------------------------------- training
+class DCompTrainer(Trainer):
+    """The Trainer with one learning rate per parameter group, the answer loss on the computer's output register,
+    and our model card for `push_to_hub`."""
+
+    def __init__(self, *args, learning_rates: dict[str, float], answer_loss_weight: float, model_card: str = "",
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self.learning_rates = learning_rates
+        self.answer_loss_weight = answer_loss_weight
+        self.model_card = model_card
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            groups: dict[str, list] = {}
+            for name, parameter in (model or self.model).named_parameters():
+                if parameter.requires_grad:
+                    groups.setdefault(parameter_group(name), []).append(parameter)
+            self.optimizer = torch.optim.AdamW(
+                [{"params": params, "lr": self.learning_rates[group]} for group, params in sorted(groups.items())],
+                betas=(self.args.adam_beta1, self.args.adam_beta2), eps=self.args.adam_epsilon,
+                weight_decay=self.args.weight_decay,
+            )
+        return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        targets = inputs.pop("computer_targets", None)
+        with record_computer_runs() as runs:
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                                 num_items_in_batch=num_items_in_batch)
+        if targets is not None and self.answer_loss_weight:
+            register = runs[-1].state.registers[:, self.model.config.library_output_register]  # (batch, n)
+            answer_loss = torch.nn.functional.nll_loss(register.clamp_min(1e-12).log(), targets.to(register.device))
+            loss = loss + self.answer_loss_weight * answer_loss
+        return (loss, outputs) if return_outputs else loss
+
+    def create_model_card(self, **kwargs):
+        if self.is_world_process_zero() and self.model_card:
+            Path(self.args.output_dir, "README.md").write_text(self.model_card)
+
+
+def answer_predictions(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """`preprocess_logits_for_metrics`: the argmax token at every labelled position `(batch, seq)` (-100 elsewhere),
+    from the logits of the labelled positions only `(kept, vocab)`."""
+    keep = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX) != IGNORE_INDEX
+    predictions = torch.full_like(labels, IGNORE_INDEX)
+    predictions[keep] = logits.reshape(-1, logits.shape[-1]).argmax(-1)
+    return predictions
+
+
+@dataclasses.dataclass
+class ExactMatch:
+    """`compute_metrics` for one split: exact match of the whole answer (every answer token and EOS), overall and
+    per group (operation, depth or length), with the local `evaluate` metric module."""
+
+    metric: object  # library.tasks.exact_match_metric()
+    groups: list
+
+    def __call__(self, prediction) -> dict:
+        predictions, labels = prediction.predictions, prediction.label_ids
+        targets = [row[1:][row[1:] != IGNORE_INDEX].tolist() for row in labels]
+        guesses = [guess[:-1][label[1:] != IGNORE_INDEX].tolist() for guess, label in zip(predictions, labels)]
+        result = self.metric.compute(predictions=guesses, references=targets, groups=self.groups)
+        return {"exact_match": result["exact_match"],
+                **{f"exact_match_{group}": value for group, value in result["per_group"].items()}}
+
+
+class LearningCurve(TrainerCallback):
+    """Records (step, seconds since the process started, validation exact match) at every evaluation."""
+
+    def __init__(self, started: float):
+        self.started, self.points = started, []
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if metrics and "eval_exact_match" in metrics:
+            self.points.append((state.global_step, time.time() - self.started, metrics["eval_exact_match"]))
+
+    def save(self, output_dir: Path) -> None:
+        """learning_curve.json and, where matplotlib is installed, learning_curve.png."""
+        (output_dir / "learning_curve.json").write_text(json.dumps(
+            [{"step": s, "seconds": t, "validation_exact_match": a} for s, t, a in self.points], indent=1))
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            from matplotlib import pyplot
+        except ImportError:
+            return
+        figure, axis = pyplot.subplots(figsize=(6, 3.5))
+        axis.plot([t / 60 for _, t, _ in self.points], [100 * a for _, _, a in self.points], marker="o")
+        axis.set(xlabel="wall time (minutes, from process start)", ylabel="validation exact match (%)", ylim=(0, 100))
+        axis.grid(alpha=0.3)
+        figure.tight_layout()
+        figure.savefig(output_dir / "learning_curve.png", dpi=120)
+        pyplot.close(figure)
+
+
+def training_arguments(args) -> TrainingArguments:
+    """TrainingArguments for this machine and launcher: CPU (gloo when distributed) or CUDA (bf16/fp16)."""
+    cuda = torch.cuda.is_available()
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return TrainingArguments(
+        output_dir=str(args.output_dir), num_train_epochs=args.epochs, max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.eval_batch_size,
+        learning_rate=args.learning_rate, lr_scheduler_type="linear", warmup_steps=args.warmup_steps,
+        weight_decay=args.weight_decay, max_grad_norm=1.0, seed=args.seed, data_seed=args.seed,
+        eval_strategy="steps", eval_steps=args.eval_steps, save_strategy="steps", save_steps=args.save_steps,
+        save_total_limit=2, logging_steps=args.logging_steps, report_to=["tensorboard"], disable_tqdm=False,
+        remove_unused_columns=False, use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
+        fp16=cuda and not torch.cuda.is_bf16_supported(), ddp_backend="gloo" if distributed and not cuda else None,
+        # Every trainable parameter gets a gradient each step; searching the graph for unused ones would also
+        # misjudge the computer's heads, which the answer loss reaches from outside the forward's outputs.
+        ddp_find_unused_parameters=False,
+        push_to_hub=args.push_to_hub, hub_model_id=args.hub_model_id,
+    )
+
+
+def evaluate_split(trainer: Trainer, metric, dataset, name: str, group_column: str) -> dict:
+    """Exact match on one split (greedy decoding, see the module docstring), logged with prefix `name`."""
+    trainer.compute_metrics = ExactMatch(metric, dataset[group_column])
+    metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix=name)
+    return {key.removeprefix(f"{name}_"): value for key, value in metrics.items() if "exact_match" in key}
+
+
+# ------------------------------------------------------------------------------------------------- model card
+def render_model_card(args, model, results: dict, seconds: float, steps: int) -> str:
+    """README.md of the output folder, from the `model_card.md` template (string.Template)."""
+    config = model.config
+    programs = getattr(config, "library_programs", [])
+    library = "\n".join(f"| `{name}` | {line} |" for name, line in zip(programs, config.library_entry_points)) \
+        if programs else "| (none: `--no-computer` baseline) | |"
+    results_rows = "\n".join(
+        f"| {split} | {values['exact_match']:.2%} | "
+        + ", ".join(f"{key.removeprefix('exact_match_')} {value:.1%}" for key, value in values.items()
+                    if key != "exact_match") + " |"
+        for split, values in results.items())
+    settings = "\n".join(f"| `--{key.replace('_', '-')}` | `{value}` |" for key, value in sorted(vars(args).items()))
+    base = args.gguf or args.model or "none (from scratch)"
+    return string.Template(MODEL_CARD.read_text()).substitute(
+        task=args.task, n=args.n, base=base,
+        model_class=type(model).__name__, hidden=config.hidden_size, layers=config.num_hidden_layers,
+        vocab=f"{config.vocab_size:,}", parameters=f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}",
+        computer_layer=getattr(config, "computer_layer", "none"), library=library, results=results_rows,
+        settings=settings, seconds=f"{seconds:.0f}", steps=steps,
+        command=shlex.join(["python", "train.py", *sys.argv[1:]]),
+        repo=args.hub_model_id or args.output_dir.name,
+    )
+
+
+# -------------------------------------------------------------------------------------------------------- main
+def train(args) -> dict:
+    """Build data and model, train (resuming with `--resume`), evaluate every test split, write the Hub-ready
+    output folder; returns {split: metrics}."""
+    torch.set_num_threads(args.threads)
+    set_seed(args.seed)
+    spec = task_spec(args)
+    tokenizer = build_tokenizer(args)
+    data = build_datasets(args, spec, tokenizer)
+    model = build_model(args, spec, tokenizer)
+    with_computer = not args.no_computer
+    answer_loss = with_computer and spec.answer_in_register and args.answer_loss_weight > 0
+    collator = AnswerCollator(tokenizer.pad_token_id, with_computer, with_targets=answer_loss)
+    resume = get_last_checkpoint(str(args.output_dir)) if args.resume and args.output_dir.is_dir() else None
+    if with_computer and resume is None:  # a resumed run loads all of this from its checkpoint
+        from_scratch = args.model is None and args.gguf is None
+        init_read_out(model, tokenizer, args.number_row_norm if from_scratch else 0.0)
+        if args.parse_init_scale > 0:
+            accuracy = init_parse_from_probe(model, spec, data["train"], collator, args.probe_examples,
+                                             args.parse_init_scale)
+            print(f"parse heads: probes of the prompt's numbers, {accuracy:.2f} of slots right at step 0", flush=True)
+    if answer_loss:
+        for computer in model._computers():
+            computer.isolate_gradients = True
+    if args.lora:
+        model = add_lora(model, args.lora_rank)
+    print(f"initial parameter digest: {parameter_digest(model)}", flush=True)
+
+    from library.tasks import exact_match_metric  # imports `evaluate` (seconds): only once data and model exist
+
+    metric = exact_match_metric()
+    curve = LearningCurve(PROCESS_START)
+    trainer = DCompTrainer(
+        model=model, args=training_arguments(args), train_dataset=data["train"], eval_dataset=data["validation"],
+        data_collator=collator, processing_class=tokenizer, callbacks=[curve],
+        compute_metrics=ExactMatch(metric, data["validation"][spec.group_column]),
+        preprocess_logits_for_metrics=answer_predictions,
+        learning_rates={"computer": args.computer_learning_rate, "embeddings": args.embedding_learning_rate,
+                        "layers": args.learning_rate},
+        answer_loss_weight=args.answer_loss_weight if answer_loss else 0.0,
+    )
+    if resume:
+        print(f"resuming from {resume}", flush=True)
+    trainer.train(resume_from_checkpoint=resume)
+    splits = [name for name in ("test", "test_pairs", "test_long") if name in data and len(data[name])]
+    results = {name: evaluate_split(trainer, metric, data[name], name, spec.group_column) for name in splits}
+    # Every process prints the digest of its weights: after data-parallel training they must all agree.
+    print(f"rank {trainer.args.process_index} parameter digest: {parameter_digest(trainer.model)}", flush=True)
+
+    if args.lora:
+        trainer.model = trainer.model.merge_and_unload()
+    trainer.save_model(str(args.output_dir))  # model.safetensors, config (auto_map), code files, tokenizer
+    seconds = time.time() - PROCESS_START
+    trainer.model_card = render_model_card(args, trainer.model, results, seconds, trainer.state.global_step)
+    trainer.create_model_card()
+    if trainer.is_world_process_zero():
+        (args.output_dir / "test_results.json").write_text(json.dumps(results, indent=2))
+        curve.save(args.output_dir)
+        for name, values in results.items():
+            groups = ", ".join(f"{key.removeprefix('exact_match_')} {value:.1%}" for key, value in values.items()
+                               if key != "exact_match")
+            print(f"{name} exact match: {values['exact_match']:.2%} ({groups})")
+        print(f"wall time {seconds:.0f} s, {trainer.state.global_step} steps; model in {args.output_dir}")
+    if args.push_to_hub:
+        trainer.push_to_hub()
+    return results
+
+
+# ----------------------------------------------------------------------------------------------------- predict
+@torch.no_grad()
 def predict(argv: list[str]) -> None:
-    """`python train.py predict --model DIR "Add 3 and 4"`: the answer and the computer's trace."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from library.install import explain
-
-    parser = argparse.ArgumentParser(prog="train.py predict", description=predict.__doc__)
-    parser.add_argument("--model", type=Path, required=True, help="a folder written by train.py")
-    parser.add_argument("prompt", help='e.g. "Add 3 and 4"')
-    args = parser.parse_args(argv)
+    """Answer questions with a model written by train.py and show the computer's work: the selected program,
+    the parsed inputs with their probabilities, the result and the decompiled program."""
+    args = build_predict_parser().parse_args(argv)
     tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
     model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True).eval()
-    inputs = tokenizer(args.prompt.rstrip() + " ", return_tensors="pt")
-    computer_mask = torch.zeros_like(inputs["input_ids"], dtype=torch.bool)
-    computer_mask[:, -1] = True  # the answer position: the space before the answer
-    extra = {"computer_mask": computer_mask} if hasattr(model, "trace_computer") else {}
-    output = model.generate(**inputs, **extra, max_new_tokens=8, do_sample=False)
-    answer = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
-    print(f"answer: {answer}")
-    if extra:
-        print(explain(model.trace_computer(**inputs, computer_mask=computer_mask), model))
+    for prompt in args.prompts:
+        inputs = tokenizer(prompt.rstrip() + " ", return_tensors="pt")  # the task format: the answer follows a space
+        extra = {}
+        if hasattr(model, "trace_computer"):
+            computer_mask = torch.zeros_like(inputs["input_ids"], dtype=torch.bool)
+            computer_mask[:, -1] = True  # the answer position
+            extra["computer_mask"] = computer_mask
+        output = model.generate(**inputs, **extra, max_new_tokens=args.max_new_tokens, do_sample=False,
+                                pad_token_id=tokenizer.pad_token_id)
+        answer = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        print(f"{prompt}\nanswer: {answer}")
+        if extra:
+            print(explain(model.trace_computer(**inputs, **extra), model))
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "predict":
+    if argv[:1] == ["predict"]:
         predict(argv[1:])
-        return
-    train(build_parser().parse_args(argv))
+    else:
+        train(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

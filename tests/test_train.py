@@ -1,8 +1,10 @@
-"""train.py end to end on tiny configurations: CLI, Hub-ready output, resume after a kill, baseline, LoRA,
-predict, and 2-process data-parallel training."""
+"""train.py end to end on tiny configurations (CPU): the command line, a Hub-ready output folder that loads as
+remote code, resuming after a kill, the baseline without the computer, LoRA on a Llama checkpoint, predict, and a
+2-process data-parallel run that trains one and the same model."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -16,20 +18,34 @@ import pytest
 from model_fixtures import NOT_IMPORTABLE_PRELUDE
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--train-size", "96", "--eval-size", "16", "--hidden-size", "32", "--batch-size", "8", "--logging-steps", "1"]
+TINY = ["--train-size", "96", "--validation-size", "16", "--test-size", "16", "--hidden-size", "32",
+        "--batch-size", "8", "--probe-examples", "32", "--logging-steps", "1", "--eval-steps", "1000"]
+CODE_FILES = ("modeling_llama_dcomp.py", "configuration_llama_dcomp.py", "dcomp_machine.py", "dcomp_alu.py",
+              "dcomp_isa.py", "dcomp_circuits.py")
 
 
-def _env(tmp_path) -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    env["LLAMA_DCOMP_CACHE"] = str(tmp_path / "cache")
-    return env
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict:
+    """Offline, one thread per process, caches (tokenizer, tasks, HF modules) in a fresh folder for this file."""
+    caches = tmp_path_factory.mktemp("caches")
+    return dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+                LLAMA_DCOMP_CACHE=str(caches / "llama_dcomp"), HF_HOME=str(caches / "hf"))
 
 
-def _train(tmp_path, *args: str, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
-    command = (launcher or [sys.executable]) + [str(REPO / "train.py"), *args]
-    result = subprocess.run(command, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
+def run_train(env: dict, cwd: Path, *args: str, launcher: tuple[str, ...] = (sys.executable,)) -> str:
+    """Runs train.py to completion; returns stdout + stderr."""
+    result = subprocess.run([*launcher, str(REPO / "train.py"), *args], cwd=cwd, env=env, capture_output=True,
+                            text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    return output
+
+
+@pytest.fixture(scope="module")
+def tiny_run(env, tmp_path_factory) -> tuple[Path, str]:
+    """A tiny LlamaDComp trained for 4 steps: (output folder, output text)."""
+    out = tmp_path_factory.mktemp("tiny") / "out"
+    return out, run_train(env, out.parent, *TINY, "--max-steps", "4", "--output-dir", str(out))
 
 
 def test_help_lists_every_option_with_its_default():
@@ -37,68 +53,84 @@ def test_help_lists_every_option_with_its_default():
     from train import build_parser
 
     parser = build_parser()
-    text = parser.format_help()
-    for action in parser._actions:
-        if action.option_strings and action.dest != "help":
-            assert action.option_strings[-1] in text
-            assert action.help and "%(default)s" not in action.help
-    assert text.count("(default:") >= len([a for a in parser._actions if a.option_strings]) - 1
+    text = " ".join(parser.format_help().split())  # argparse wraps lines
+    options = [action for action in parser._actions if action.option_strings and action.dest != "help"]
+    assert len(options) > 30
+    for action in options:
+        assert f"{action.option_strings[0]} " in text, action.option_strings
+        assert f"(default: {action.default})" in text, action.option_strings
 
 
-def test_tiny_run_writes_a_hub_ready_folder_that_loads_by_remote_code(tmp_path):
-    out = tmp_path / "out"
-    result = _train(tmp_path, *TINY, "--max-steps", "4", "--output-dir", str(out))
-    assert re.search(r"test exact match: \d+\.\d+%", result.stdout)
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "README.md", "modeling_llama_dcomp.py",
-                 "configuration_llama_dcomp.py", "dcomp_machine.py", "dcomp_alu.py", "dcomp_isa.py"):
+def test_tiny_run_writes_a_hub_ready_folder_that_loads_by_remote_code(tiny_run, env, tmp_path):
+    out, output = tiny_run
+    assert re.search(r"^test exact match: \d+\.\d+%", output, re.MULTILINE), output[-2000:]
+    assert re.search(r"^test_pairs exact match: \d+\.\d+%", output, re.MULTILINE)
+    for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                 "tokenizer_config.json", "README.md", *CODE_FILES):
         assert (out / name).is_file(), name
+    config = json.loads((out / "config.json").read_text())
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM"}
     card = (out / "README.md").read_text()
-    assert "$" not in card.split("```json")[0] and "| test |" in card and "`add`" in card
-    assert list((out / "runs").rglob("events.out.tfevents.*")), "no TensorBoard log"
+    assert not re.search(r"\$\{?[A-Za-z_]", card), "unrendered placeholder"
+    results = json.loads((out / "test_results.json").read_text())
+    assert f"| test | {results['test']['exact_match']:.2%} |" in card and "| `add` | 0 |" in card
+    assert "`--max-steps` | `4`" in card
+    assert list((out / "runs").rglob("events.out.tfevents.*")), "no TensorBoard log under the output folder"
     script = NOT_IMPORTABLE_PRELUDE + (
         "from transformers import AutoModelForCausalLM\n"
         "model = AutoModelForCausalLM.from_pretrained(sys.argv[2], trust_remote_code=True)\n"
-        "assert type(model).__name__ == 'LlamaDCompForCausalLM'\n"
-        "print('loaded', model.config.auto_map)\n"
+        "print(type(model).__name__, model.config.library_programs)\n"
     )
-    loaded = subprocess.run([sys.executable, "-c", script, str(REPO), str(out)], cwd=tmp_path, env=_env(tmp_path),
+    env = {**env, "PYTHONPATH": "", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    loaded = subprocess.run([sys.executable, "-c", script, str(REPO), str(out)], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=300)
     assert loaded.returncode == 0, loaded.stderr[-3000:]
-    assert "AutoModelForCausalLM" in loaded.stdout
+    assert "LlamaDCompForCausalLM ['add', 'sub', 'mul', 'div']" in loaded.stdout
 
 
-def test_resume_continues_from_the_last_checkpoint_after_a_kill(tmp_path):
+def test_predict_prints_the_answer_and_the_trace(tiny_run, env):
+    out, _ = tiny_run
+    output = run_train(env, out.parent, "predict", "--model", str(out), "Add 3 and 4")
+    assert re.search(r"^answer: ", output, re.MULTILINE), output[-2000:]
+    assert re.search(r"^  r1 = \d+ \(\d\.\d\d\)", output, re.MULTILINE)  # parsed inputs with probabilities
+    assert re.search(r"-> r0 = \d+ \(\d\.\d\d\)", output)  # the result
+    assert re.search(r"^ +(add|sub|mul|div) r1 r2 r0 \| ret$", output, re.MULTILINE)  # the selected program
+
+
+def test_resume_continues_from_the_last_checkpoint_after_a_kill(env, tmp_path):
     out = tmp_path / "out"
-    args = [str(REPO / "train.py"), *TINY, "--max-steps", "30", "--save-steps", "3", "--output-dir", str(out)]
-    process = subprocess.Popen([sys.executable, *args], cwd=tmp_path, env=_env(tmp_path),
+    args = [*TINY, "--max-steps", "24", "--save-steps", "4", "--output-dir", str(out)]
+    process = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 400
-    while not (out / "checkpoint-6" / "trainer_state.json").exists():
+    deadline = time.time() + 240
+    while not (out / "checkpoint-8" / "trainer_state.json").exists():
         assert process.poll() is None and time.time() < deadline, "the run ended before its checkpoint"
-        time.sleep(0.5)
+        time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert not (out / "checkpoint-30").exists()
-    checkpoints = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
-    result = _train(tmp_path, *TINY, "--max-steps", "30", "--save-steps", "3", "--output-dir", str(out), "--resume")
-    # The first logged step of the resumed run comes after the last checkpoint, not at step 1.
-    first_epoch = float(re.search(r"'epoch': '([0-9.e-]+)'", result.stdout + result.stderr).group(1))
-    steps_per_epoch = 96 / 8
-    assert first_epoch * steps_per_epoch > max(checkpoints) - 0.5
-    assert (out / "checkpoint-30").exists() and (out / "model.safetensors").exists()
+    assert not (out / "checkpoint-24").exists() and not (out / "model.safetensors").exists()
+    last = max(int(path.name.split("-")[1]) for path in out.glob("checkpoint-*")
+               if (path / "trainer_state.json").exists())
+
+    output = run_train(env, tmp_path, *args, "--resume")
+    assert f"resuming from {out / f'checkpoint-{last}'}" in output
+    state = json.loads((out / "checkpoint-24" / "trainer_state.json").read_text())
+    steps = [entry["step"] for entry in state["log_history"] if "loss" in entry]
+    # One loss per step, 1..24: the steps up to the checkpoint come from the killed run, the rest from the resumed
+    # one. A run that restarted from step 0 would have logged steps 1..last again.
+    assert steps == list(range(1, 25)) and state["global_step"] == 24
+    assert (out / "model.safetensors").is_file()
 
 
-def test_baseline_without_the_computer_and_predict(tmp_path):
+def test_baseline_without_the_computer(env, tmp_path):
     out = tmp_path / "baseline"
-    _train(tmp_path, *TINY, "--max-steps", "2", "--no-computer", "--output-dir", str(out))
-    assert "llama_dcomp" not in (out / "config.json").read_text()
-    model = tmp_path / "model"
-    _train(tmp_path, *TINY, "--max-steps", "2", "--output-dir", str(model))
-    result = _train(tmp_path, "predict", "--model", str(model), "Add 3 and 4")
-    assert "answer:" in result.stdout and "r1 =" in result.stdout and "add" in result.stdout
+    output = run_train(env, tmp_path, *TINY, "--max-steps", "2", "--no-computer", "--output-dir", str(out))
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "llama" and "auto_map" not in config
+    assert re.search(r"^test exact match: ", output, re.MULTILINE)
 
 
-def test_lora_on_a_llama_checkpoint(tmp_path):
+def test_lora_on_a_llama_checkpoint(env, tmp_path):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -106,17 +138,49 @@ def test_lora_on_a_llama_checkpoint(tmp_path):
     llama = LlamaForCausalLM(LlamaConfig(vocab_size=128256, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64))
     llama.save_pretrained(tmp_path / "llama")
-    result = _train(tmp_path, *TINY, "--max-steps", "2", "--model", str(tmp_path / "llama"), "--lora",
-                    "--output-dir", str(tmp_path / "lora"))
-    assert "test exact match" in result.stdout and (tmp_path / "lora" / "model.safetensors").exists()
+    out = tmp_path / "lora"
+    output = run_train(env, tmp_path, *TINY, "--max-steps", "2", "--model", str(tmp_path / "llama"), "--lora",
+                       "--output-dir", str(out))
+    assert re.search(r"^test exact match: ", output, re.MULTILINE), output[-2000:]
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "llama_dcomp" and config["hidden_size"] == 16
+    assert not (out / "adapter_config.json").exists()  # the adapters are merged into the saved model
 
 
-def test_two_process_data_parallel_run_trains_one_model(tmp_path):
-    pytest.importorskip("torch.distributed.run")
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
-    result = _train(tmp_path, *TINY, "--max-steps", "3", "--output-dir", str(tmp_path / "ddp"), launcher=launcher)
-    text = result.stdout + result.stderr
-    digests = dict(re.findall(r"rank (\d) parameter digest: ([0-9a-f]{64})", text))
-    initial = set(re.findall(r"initial parameter digest: ([0-9a-f]{64})", text))
-    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"], text[-2000:]
-    assert len(initial) == 1 and digests["0"] not in initial  # both started equal and both trained
+def test_two_process_data_parallel_run_trains_one_model(env, tmp_path):
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531")
+    output = run_train(env, tmp_path, *TINY, "--max-steps", "3", "--output-dir", str(tmp_path / "ddp"),
+                       launcher=launcher)
+    final = dict(re.findall(r"rank (\d) parameter digest: ([0-9a-f]{64})", output))
+    initial = set(re.findall(r"initial parameter digest: ([0-9a-f]{64})", output))
+    assert set(final) == {"0", "1"} and final["0"] == final["1"], output[-3000:]
+    assert len(initial) == 1 and final["0"] not in initial  # both ranks started equal, trained, and agree
+    assert (tmp_path / "ddp" / "model.safetensors").is_file()
+
+
+def test_isolated_gradients_route_the_lm_loss_to_the_read_out_and_the_answer_loss_to_the_heads():
+    """`isolate_gradients` leaves the forward values alone; the LM loss then reaches only the read-out, a loss on
+    the recorded output register reaches the selection/parse heads and the base."""
+    import torch
+
+    from model_fixtures import random_ids, tiny_model
+    from modeling_llama_dcomp import record_computer_runs
+
+    model = tiny_model(gate=1.0).train()
+    ids = random_ids(2, 6)
+    with torch.no_grad():
+        expected = model(ids).logits
+    computer = model.computer
+    computer.isolate_gradients = True
+    with record_computer_runs() as runs:
+        outputs = model(ids, labels=ids)
+    torch.testing.assert_close(outputs.logits, expected, rtol=0, atol=0)
+    outputs.loss.backward(retain_graph=True)
+    assert computer.parse.weight.grad is None and computer.select.weight.grad is None
+    assert computer.output_proj.weight.grad.abs().sum() > 0 and computer.gate.grad.abs().sum() > 0
+    base = model.model.layers[0].self_attn.q_proj.weight
+    from_lm_loss = base.grad.clone()
+    register = torch.cat([run.state.registers[:, 0] for run in runs])
+    register.clamp_min(1e-12).log()[:, 3].sum().neg().backward()
+    assert computer.parse.weight.grad.abs().sum() > 0 and computer.select.weight.grad.abs().sum() > 0
+    assert not torch.equal(base.grad, from_lm_loss)  # the answer loss reaches the base through the heads
