@@ -15,8 +15,10 @@ Columns of every split:
     template     id of the phrasing (int, unique within a task)
 plus `depth` (fibonacci) and `length` (lists). Answers are computed with `dcomp_isa.alu_int` (values mod n).
 
-Splits and what the test splits hold out. Each operation has several phrasings; one per operation, chosen by
-the seed, is held out. An example's operands (a Python list) are held out when a seeded hash of them falls
+Splits and what the test splits hold out. Each operation has several phrasings, every frame ("Can you …?")
+around every expression ("add {a} and {b}", `compose`); one per operation, chosen by the seed among those whose
+words all occur in the operation's other phrasings (`composable`), is held out. An example's operands (a Python
+list) are held out when a seeded hash of them falls
 below `holdout_fraction`: `int.from_bytes(blake2b(f"{seed}:{operands}".encode(), digest_size=8).digest(),
 "little") / 2**64 < holdout_fraction` (for fibonacci the operands are the pair [a, b], whatever the depth;
 arithmetic holds out the pair for every operation). Then
@@ -50,6 +52,7 @@ import inspect
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -61,80 +64,69 @@ import datasets
 import dcomp_isa
 from library.tokenizer import cache_root, fingerprint
 
-# Phrasings per operation; `{a}` and `{b}` are the operands in the op's canonical order (sub(a, b) = a - b).
-ARITHMETIC_TEMPLATES: dict[str, tuple[str, ...]] = {
-    "add": (
-        "Add {a} and {b}",
-        "What is {a} plus {b}?",
-        "Compute the sum of {a} and {b}",
-        "Calculate {a} + {b}",
-        "What do you get when you add {b} to {a}?",
-    ),
-    "sub": (
-        "Subtract {b} from {a}",
-        "What is {a} minus {b}?",
-        "Compute the difference {a} - {b}",
-        "Take {b} away from {a}",
-        "Calculate {a} - {b}",
-    ),
-    "mul": (
-        "Multiply {a} by {b}",
-        "What is {a} times {b}?",
-        "Compute the product of {a} and {b}",
-        "Calculate {a} * {b}",
-    ),
-    "div": (
-        "Divide {a} by {b}",
-        "What is {a} divided by {b}, rounded down?",
-        "How many times does {b} go into {a}?",
-        "Calculate {a} // {b}",
-    ),
-    "mod": (
-        "What is {a} modulo {b}?",
-        "Compute the remainder of {a} divided by {b}",
-        "What is left over when {a} is divided by {b}?",
-        "Calculate {a} mod {b}",
-    ),
-    "max": (
-        "What is the larger of {a} and {b}?",
-        "Which is bigger, {a} or {b}?",
-        "Compute the maximum of {a} and {b}",
-        "Calculate max({a}, {b})",
-    ),
-    "min": (
-        "What is the smaller of {a} and {b}?",
-        "Which is smaller, {a} or {b}?",
-        "Compute the minimum of {a} and {b}",
-        "Calculate min({a}, {b})",
-    ),
+# Phrasings are composed: a frame (how the question is asked) around an expression (what is asked). Every frame
+# goes with every expression, so a held-out combination is made of words the training phrasings use (the test
+# split measures systematic generalisation to a new combination, not guessing the meaning of unseen words).
+FRAMES: tuple[str, ...] = ("{Expr}", "Please {expr}", "Can you {expr}?", "What do you get when you {expr}?")
+
+# Expressions per operation; `{a}` and `{b}` are the operands in the op's canonical order (sub(a, b) = a - b).
+ARITHMETIC_EXPRESSIONS: dict[str, tuple[str, ...]] = {
+    "add": ("add {a} and {b}", "add {b} to {a}", "compute the sum of {a} and {b}", "calculate {a} + {b}",
+            "work out {a} plus {b}"),
+    "sub": ("subtract {b} from {a}", "take {b} away from {a}", "compute the difference {a} - {b}",
+            "calculate {a} - {b}", "work out {a} minus {b}"),
+    "mul": ("multiply {a} by {b}", "multiply {a} and {b}", "compute the product of {a} and {b}",
+            "calculate {a} * {b}", "work out {a} times {b}"),
+    "div": ("divide {a} by {b}", "compute how many times {b} goes into {a}", "calculate {a} // {b}",
+            "work out {a} divided by {b}, rounded down"),
+    "mod": ("compute the remainder of {a} divided by {b}", "calculate {a} mod {b}", "work out {a} modulo {b}",
+            "find what is left over when {a} is divided by {b}"),
+    "max": ("compute the maximum of {a} and {b}", "calculate max({a}, {b})", "work out the larger of {a} and {b}",
+            "find the bigger of {a} and {b}"),
+    "min": ("compute the minimum of {a} and {b}", "calculate min({a}, {b})", "work out the smaller of {a} and {b}",
+            "find the smaller of {a} and {b}"),
 }
 # Ops whose second operand is drawn from 1..n-1 ("Divide 5 by 0" is not a sensible question).
 NONZERO_SECOND_OPERAND = frozenset({"div", "mod"})
 
-FIBONACCI_TEMPLATES: dict[str, tuple[str, ...]] = {
+FIBONACCI_EXPRESSIONS: dict[str, tuple[str, ...]] = {
     "fib": (
-        "Calculate the fibonacci function, starting from inputs {a} and {b}, to a recursion depth of {depth}",
-        "Compute the fibonacci recurrence from {a} and {b} with a recursion depth of {depth}",
-        "Starting with {a} and {b}, apply the fibonacci step {depth} times",
-        "What is the fibonacci function of {a} and {b} at recursion depth {depth}?",
-        "Run fibonacci on the inputs {a} and {b} to depth {depth}",
+        "calculate the fibonacci function, starting from inputs {a} and {b}, to a recursion depth of {depth}",
+        "compute the fibonacci recurrence from {a} and {b} with a recursion depth of {depth}",
+        "run the fibonacci function on the inputs {a} and {b} to depth {depth}",
+        "apply the fibonacci step to {a} and {b}, {depth} times",
     ),
 }
 
-LIST_TEMPLATES: dict[str, tuple[str, ...]] = {
+LIST_EXPRESSIONS: dict[str, tuple[str, ...]] = {
     "sort": (
-        "Sort the list {values}",
-        "Sort {values} in ascending order",
-        "Put the numbers {values} in increasing order",
-        "Arrange {values} from smallest to largest",
+        "sort the list {values}",
+        "sort {values} in ascending order",
+        "put the numbers {values} in increasing order",
+        "arrange the list {values} from smallest to largest",
     ),
     "max": (
-        "What is the maximum of {values}?",
-        "Find the largest number in {values}",
-        "Which is the biggest of {values}?",
-        "Return the maximum of the list {values}",
+        "find the maximum of {values}",
+        "find the largest number in {values}",
+        "return the maximum of the list {values}",
+        "pick the largest of the numbers {values}",
     ),
 }
+
+
+def compose(expressions: dict[str, tuple[str, ...]], frames: tuple[str, ...] = FRAMES) -> dict[str, tuple[str, ...]]:
+    """Every frame around every expression, per operation; `{Expr}` is the expression capitalised."""
+
+    def frame(template: str, expression: str) -> str:
+        capitalised = expression[:1].upper() + expression[1:]
+        return template.replace("{Expr}", capitalised).replace("{expr}", expression)
+
+    return {op: tuple(frame(f, e) for e in options for f in frames) for op, options in expressions.items()}
+
+
+ARITHMETIC_TEMPLATES = compose(ARITHMETIC_EXPRESSIONS)
+FIBONACCI_TEMPLATES = compose(FIBONACCI_EXPRESSIONS)
+LIST_TEMPLATES = compose(LIST_EXPRESSIONS)
 LIST_PROGRAMS = {"sort": "sort", "max": "list_max"}
 
 _SOURCE_KEY = fingerprint(Path(__file__).read_bytes(), Path(dcomp_isa.__file__).read_bytes())
@@ -165,6 +157,22 @@ def _disk_cached(builder: Callable[..., datasets.DatasetDict]) -> Callable[..., 
         return datasets.load_from_disk(str(path))
 
     return cached
+
+
+def words(phrasing: str) -> set[str]:
+    """The pieces a phrasing is made of as a BPE tokenizer sees them: words, placeholders and punctuation, each
+    with its leading space ("Add" at the start and " add" inside are different tokens)."""
+    return set(re.findall(r"\s?(?:\{\w+\}|\w+|[^\s\w])", phrasing))
+
+
+def composable(ids: list[int], phrasings: list[tuple[str, str]]) -> list[int]:
+    """The phrasings among `ids` (one operation's) that can be held out: every word of one also occurs in the
+    operation's other phrasings. Raises if there is none."""
+    found = [i for i in ids if words(phrasings[i][1]) <= set().union(*(words(phrasings[j][1]) for j in ids if j != i))]
+    if not found:
+        operation = phrasings[ids[0]][0]
+        raise ValueError(f"no phrasing of {operation!r} can be held out: each one has a word no other one uses")
+    return found
 
 
 def _held_out(operands: list[int], seed: int, fraction: float) -> bool:
@@ -220,7 +228,7 @@ def _generate(
     ids = {operation: [i for i, (op, _) in enumerate(phrasings) if op == operation] for operation in templates}
     if any(len(options) < 2 for options in ids.values()):
         raise ValueError("every operation needs at least two phrasings (one is held out)")
-    held_out_template = {operation: rng.choice(options) for operation, options in ids.items()}
+    held_out_template = {operation: rng.choice(composable(options, phrasings)) for operation, options in ids.items()}
     training_templates = {op: [i for i in options if i != held_out_template[op]] for op, options in ids.items()}
     operations = list(templates)
     seen: set[str] = set()

@@ -7,34 +7,40 @@ import pytest
 
 from dcomp_isa import alu_int
 from library.tasks import (
+    ARITHMETIC_EXPRESSIONS,
     ARITHMETIC_TEMPLATES,
     FIBONACCI_TEMPLATES,
+    FRAMES,
+    LIST_TEMPLATES,
+    compose,
+    composable,
     arithmetic_task,
     fibonacci,
     fibonacci_task,
     list_task,
     load_task,
     tokenize_for_causal_lm,
+    words,
 )
 
 SMALL = {"train_size": 300, "validation_size": 50, "test_size": 50}
 SMALL_LONG = {**SMALL, "test_long_size": 50}
 
-# Every phrasing of the non-commutative ops, rendered with a = 9, b = 4, and its answer worked out by hand.
+# Every expression of the non-commutative ops, rendered with a = 9, b = 4, and its answer worked out by hand.
 HAND_CHECKED = {
-    "Subtract 4 from 9": 5,
-    "What is 9 minus 4?": 5,
-    "Compute the difference 9 - 4": 5,
-    "Take 4 away from 9": 5,
-    "Calculate 9 - 4": 5,
-    "Divide 9 by 4": 2,
-    "What is 9 divided by 4, rounded down?": 2,
-    "How many times does 4 go into 9?": 2,
-    "Calculate 9 // 4": 2,
-    "What is 9 modulo 4?": 1,
-    "Compute the remainder of 9 divided by 4": 1,
-    "What is left over when 9 is divided by 4?": 1,
-    "Calculate 9 mod 4": 1,
+    "subtract 4 from 9": 5,
+    "take 4 away from 9": 5,
+    "compute the difference 9 - 4": 5,
+    "calculate 9 - 4": 5,
+    "work out 9 minus 4": 5,
+    "divide 9 by 4": 2,
+    "compute how many times 4 goes into 9": 2,
+    "calculate 9 // 4": 2,
+    "work out 9 divided by 4, rounded down": 2,
+    "compute the remainder of 9 divided by 4": 1,
+    "calculate 9 mod 4": 1,
+    "work out 9 modulo 4": 1,
+    "find what is left over when 9 is divided by 4": 1,
 }
 
 
@@ -59,9 +65,47 @@ def rows(dataset):
 
 def test_operand_order_of_phrasings():
     for op in ("sub", "div", "mod"):
-        for template in ARITHMETIC_TEMPLATES[op]:
-            assert HAND_CHECKED[template.format(a=9, b=4)] == alu_int(op, 9, 4, 128)
+        for expression in ARITHMETIC_EXPRESSIONS[op]:
+            assert HAND_CHECKED[expression.format(a=9, b=4)] == alu_int(op, 9, 4, 128)
     assert ARITHMETIC_TEMPLATES["add"][0] == "Add {a} and {b}"  # the paper's prompt
+
+
+def test_phrasings_are_every_frame_around_every_expression():
+    for op, expressions in ARITHMETIC_EXPRESSIONS.items():
+        assert len(ARITHMETIC_TEMPLATES[op]) == len(expressions) * len(FRAMES) == len(set(ARITHMETIC_TEMPLATES[op]))
+        for expression in expressions:
+            assert f"Can you {expression}?" in ARITHMETIC_TEMPLATES[op]
+    assert compose({"x": ("add {a}",)}, ("{Expr}", "Please {expr}")) == {"x": ("Add {a}", "Please add {a}")}
+
+
+TASKS_AND_PHRASINGS = {
+    "arithmetic": (lambda **kwargs: arithmetic_task(operations=tuple(ARITHMETIC_TEMPLATES), **kwargs),
+                   ARITHMETIC_TEMPLATES),
+    "fibonacci": (fibonacci_task, FIBONACCI_TEMPLATES),
+    "sort": (lambda **kwargs: list_task("sort", **kwargs), {"sort": LIST_TEMPLATES["sort"]}),
+    "max": (lambda **kwargs: list_task("max", **kwargs), {"max": LIST_TEMPLATES["max"]}),
+}
+
+
+@pytest.mark.parametrize("task", TASKS_AND_PHRASINGS)
+@pytest.mark.parametrize("seed", range(4))
+def test_held_out_phrasings_use_only_words_of_training_phrasings(task, seed, cache):
+    """The test split's phrasing is new as a whole, never word by word (a model trained from scratch could not
+    know a word it never saw). Checked on the datasets themselves."""
+    builder, templates = TASKS_AND_PHRASINGS[task]
+    phrasings = [phrasing for options in templates.values() for phrasing in options]  # `template` indexes this
+    data = builder(train_size=1000, validation_size=10, test_size=50, seed=seed, cache_dir=cache)
+    train_words: dict[str, set[str]] = {}
+    for row in rows(data["train"]):
+        train_words.setdefault(row["operation"], set()).update(words(phrasings[row["template"]]))
+    for row in rows(data["test"]):
+        assert words(phrasings[row["template"]]) <= train_words[row["operation"]], row["text"]
+
+
+def test_words_and_an_operation_whose_phrasings_cannot_be_held_out():
+    assert words("Add {a} and {b}?") == {"Add", " {a}", " and", " {b}", "?"}
+    with pytest.raises(ValueError, match="no phrasing of 'x' can be held out"):
+        composable([0, 1], [("x", "Add {a}"), ("x", "Sum {a}")])
 
 
 def test_deterministic_and_cached(arithmetic, cache, tmp_path):
