@@ -37,7 +37,7 @@ PROGRAMS_DIR = Path(__file__).with_name("programs")
 # One calculator program per ALU op, named after it: `add` is `add r1 r2 r0 | ret` (unary ops read r1 only).
 CALCULATOR: tuple[str, ...] = dcomp_isa.ALU_OPS
 STANDARD_PROGRAMS: tuple[str, ...] = (
-    *CALCULATOR, "fib", "sum", "list_max", "sort", "sort_parallel", "gcd", "mul_repeated",
+    *CALCULATOR, "fib", "sum", "list_max", "sort", "sort_parallel", "sort_select", "gcd", "mul_repeated",
 )
 
 _ADDRESS_OPERAND = {op.name: op.operands.index("l") for op in dcomp_isa.OPS if "l" in op.operands}
