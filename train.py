@@ -10,7 +10,8 @@
 Data come from `library.tasks`: `test` holds out phrasings AND operand pairs, `test_long` longer inputs; this
 script adds `test_pairs`, the test split's held-out operand pairs written in training phrasings. Supervision is
 on the answer only (labels -100 elsewhere, cross-entropy); the LM head runs only at labelled positions (boolean
-`logits_to_keep`) and the computer only at the answer position (`computer_mask`). Accuracy is the exact match of
+`logits_to_keep`) and the computer only where a number of the answer is written next (`computer_mask`: the
+answer position; for sort also the token after each comma). Accuracy is the exact match of
 greedy decoding, computed in one teacher-forced pass: greedy decoding writes exactly the answer and EOS if and
 only if the argmax at every labelled position is its label.
 
@@ -25,10 +26,23 @@ How the default run learns in minutes (measurements in docs/results_train.md):
 * the parse heads start as linear probes, fitted on the untrained model's hidden states, of the prompt's numbers
   in the order written (input text only, no answers): with near-uniform parsed inputs the gradient through e.g.
   `add` (a circular convolution) carries no information, with the prompt's numbers likely it does;
+* the arithmetic library also holds the non-commutative operations with swapped inputs (`rsub`, `rdiv`): a
+  phrasing that names the operands in reverse ("Subtract 4 from 9") is then a matter of selecting a program, which
+  the model learns in ~100 steps. Without them the registers, started in reading order, are confidently wrong
+  for that phrasing and the answer's gradient has no component towards the swap (validation `sub` stays at 75 %);
 * W_out starts at the LM-head rows of the number tokens (the computer writes what the LM head reads), rows given
   norm `--number-row-norm` so that a confident number is expressible from the first step;
-* one learning rate per part: fast computer heads, slower embeddings, slowest decoder layers (whose drift would
-  otherwise outrun the heads that read them).
+* one learning rate per part: a fast selection head, slower parse heads (the probe's parse is right from the start;
+  at the selection's rate the answer's gradient, noisy while the selection is still spread, unlearns it), slower
+  embeddings, slowest decoder layers (whose drift would otherwise outrun the heads that read them);
+* 2.5 epochs: the last errors are prompts whose two operands the parse has not yet told apart (docs/results_train.md).
+
+Sort writes a list ("3, 5, 9"): before its j-th number the computer runs `sort_select` (r1 = length, r2 = j, the
+list in memory; r0 = the j-th smallest), with that number as the answer loss's target. The parse then needs the
+whole list at every such position, which the untrained network does not encode linearly (held-out probes get
+20-60 % of cells right) and the answer loss alone does not teach (the cells collapse: any cell may supply the min), so
+`--parse-loss-weight` (opt-in, default 0: supervision stays on the answer only, as in the paper) adds the parse
+heads' cross-entropy against the slot values read from the prompt text (docs/RESULTS.md: sort).
 """
 
 from __future__ import annotations
@@ -50,6 +64,7 @@ import string
 import sys
 from pathlib import Path
 
+import datasets
 import torch
 from torch.nn.utils.rnn import pad_sequence
 from transformers import (
@@ -66,13 +81,16 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from library import tasks as task_library
 from library.install import explain, from_llama, number_token_ids
-from library.tokenizer import llama3_tokenizer
+from library.stdlib import STANDARD_PROGRAMS, program_path
+from library.tokenizer import fingerprint, llama3_tokenizer
 from modeling_llama_dcomp import IGNORE_INDEX, record_computer_runs
 
 REPO = Path(__file__).resolve().parent
 MODEL_CARD = REPO / "model_card.md"
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 NUMBER = re.compile(r"\d+")
+# Arithmetic operations whose inputs cannot be swapped: the default library also holds them reversed (`rsub`).
+NOT_COMMUTATIVE = ("sub", "div", "mod")
 
 
 # ----------------------------------------------------------------------------------------------------- options
@@ -106,7 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     add(model, "--lora", action="store_true", default=False,
         help="PEFT LoRA adapters on the base attention/MLP weights; the computer block trains in full")
     add(model, "--lora-rank", type=int, default=8, help="LoRA rank")
-    add(model, "--library", default=None, help="standard programs to install, comma-separated; None: the task's")
+    add(model, "--library", default=None,
+        help="programs to install, comma-separated: standard ones or rsub/rdiv/rmod (swapped inputs); None: the task's")
+    model.add_argument("--reversed-programs", action=argparse.BooleanOptionalAction, default=True,
+                       help="arithmetic: the library also holds the non-commutative operations with swapped inputs "
+                            "(rsub, rdiv, rmod), so operand order is a selection (default: %(default)s)")
     add(model, "--hidden-size", type=int, default=128, help="hidden size of a from-scratch model")
     add(model, "--layers", type=int, default=2, help="decoder layers of a from-scratch model")
     add(model, "--heads", type=int, default=4, help="attention heads of a from-scratch model")
@@ -117,19 +139,31 @@ def build_parser() -> argparse.ArgumentParser:
     recipe = parser.add_argument_group("training recipe")
     add(recipe, "--answer-loss-weight", type=float, default=1.0,
         help="weight of the answer loss on the computer's output register (0: LM loss only, end to end)")
+    add(recipe, "--parse-loss-weight", type=float, default=0.0,
+        help="sort: weight of the parse loss (0: answer-only supervision), the parse heads' cross-entropy against "
+             "what `slot_values` reads from "
+             "the prompt text (list, length, index of the number written); unused by the other tasks")
     add(recipe, "--parse-init-scale", type=float, default=5.0,
         help="logit scale of the probe that initialises the parse heads (0: random parse heads)")
     add(recipe, "--probe-examples", type=int, default=1024, help="training prompts the probe is fitted on")
+    add(recipe, "--probe-targets", choices=("values", "digits"), default="values",
+        help="what the probe regresses on: each value one-hot (columns rescaled to norm 1), or the decimal digits "
+             "of the value and its length, a value's column the sum of its digits' (for tokenizers that write "
+             "numbers digit by digit: SmolLM2)")
+    add(recipe, "--probe-ridge", type=float, default=1e-2,
+        help="ridge penalty of the probe fit, per example (times the number of prompts)")
     add(recipe, "--number-row-norm", type=float, default=1.5,
         help="norm of the number tokens' LM-head rows of a from-scratch model (0: leave)")
     add(recipe, "--learning-rate", type=float, default=1e-4, help="peak learning rate of the decoder layers")
     add(recipe, "--embedding-learning-rate", type=float, default=3e-4,
         help="peak learning rate of the embeddings, LM head, final norm and W_out")
     add(recipe, "--computer-learning-rate", type=float, default=3e-3,
-        help="peak learning rate of the computer's selection/parse heads, norm and gate")
+        help="peak learning rate of the computer's selection head, norm and gate")
+    add(recipe, "--parse-learning-rate", type=float, default=1e-3,
+        help="peak learning rate of the computer's parse heads")
     add(recipe, "--warmup-steps", type=int, default=20, help="linear warm-up steps")
     add(recipe, "--weight-decay", type=float, default=0.0, help="AdamW weight decay")
-    add(recipe, "--epochs", type=float, default=1.0, help="training epochs")
+    add(recipe, "--epochs", type=float, default=2.5, help="training epochs")
     add(recipe, "--max-steps", type=int, default=-1, help="stop after this many steps (-1: --epochs decides)")
     add(recipe, "--batch-size", type=int, default=32, help="training batch size per process")
     add(recipe, "--eval-batch-size", type=int, default=128, help="evaluation batch size per process")
@@ -168,6 +202,8 @@ class TaskSpec:
     templates: dict[str, tuple[str, ...]]  # phrasings per operation
     group_column: str  # per-group accuracy: operation, depth or length
     answer_in_register: bool  # the answer is the final value of the output register (the answer loss applies)
+    # The answer is a list: the computer runs before each of its numbers, with r2 = how many are already written.
+    answer_per_number: bool = False
 
 
 def task_spec(args) -> TaskSpec:
@@ -176,15 +212,37 @@ def task_spec(args) -> TaskSpec:
     if args.task == "arithmetic":
         operations = tuple(args.operations.split(","))
         templates = {op: task_library.ARITHMETIC_TEMPLATES[op] for op in operations}
-        return TaskSpec("arithmetic", {**sizes, "operations": operations}, operations, (1, 2), 0, templates,
-                        "operation", True)
+        reversed_ops = tuple(f"r{op}" for op in operations if op in NOT_COMMUTATIVE) if args.reversed_programs else ()
+        return TaskSpec("arithmetic", {**sizes, "operations": operations}, operations + reversed_ops, (1, 2), 0,
+                        templates, "operation", True)
     sizes["test_long_size"] = args.test_long_size
     if args.task == "fibonacci":
         return TaskSpec("fibonacci", sizes, ("fib",), (1, 2, 3), 0, task_library.FIBONACCI_TEMPLATES, "depth", True)
-    # sort / max: the list in memory cells 0.., its length in r1; sort's result is the memory, max's is r0
+    # sort / max: the list in memory cells 0.., its length in r1. max: r0 is the answer. sort: the answer's j-th
+    # number is `sort_select` with r2 = j (the whole sort in the memory could not be read out by the LM head)
     longest = max(inspect.signature(task_library.list_task).parameters["long_lengths"].default)
-    return TaskSpec("list", {**sizes, "kind": args.task}, (task_library.LIST_PROGRAMS[args.task],), (1,), longest,
-                    {args.task: task_library.LIST_TEMPLATES[args.task]}, "length", args.task == "max")
+    templates = {args.task: task_library.LIST_TEMPLATES[args.task]}
+    if args.task == "sort":
+        return TaskSpec("list", {**sizes, "kind": "sort"}, ("sort_select",), (1, 2), longest, templates, "length",
+                        True, answer_per_number=True)
+    return TaskSpec("list", {**sizes, "kind": "max"}, (task_library.LIST_PROGRAMS["max"],), (1,), longest, templates,
+                    "length", True)
+
+
+def library_sources(names: list[str]) -> dict[str, str]:
+    """Assembly source of each library program: a standard program (library/programs/*.asm), or `r<op>`, the
+    calculator's `<op>` with its two inputs swapped (`rsub`: r0 = r2 - r1)."""
+    sources = {}
+    for name in names:
+        if name in STANDARD_PROGRAMS:
+            sources[name] = program_path(name).read_text()
+        elif name.startswith("r") and name[1:] in NOT_COMMUTATIVE:
+            op = name[1:]
+            sources[name] = f"; {name}: r0 = {op}(r2, r1), {op} with its inputs swapped\n    {op} r2 r1 r0 | ret\n"
+        else:
+            raise ValueError(f"unknown program {name!r}: a standard program ({', '.join(STANDARD_PROGRAMS)}) or "
+                             f"r<op> for op in {NOT_COMMUTATIVE}")
+    return sources
 
 
 def template_slots(task: str, row: dict) -> dict:
@@ -200,10 +258,9 @@ def template_slots(task: str, row: dict) -> dict:
 def test_pairs_split(spec: TaskSpec, train, test, seed: int):
     """The test split's examples (held-out operand pairs) rewritten in phrasings seen in training.
 
-    `test` pairs held-out operands with held-out phrasings; a model trained from scratch has never seen the words
-    of a held-out phrasing (e.g. "Multiply", "+"), so its `test` accuracy measures vocabulary it could not learn
-    as much as computation. This split keeps the unseen operands and uses the training phrasings: it measures
-    parsing and computing on numbers never trained on. A phrasing counts as seen when a training prompt is it,
+    `test` pairs held-out operands with held-out phrasings (new combinations of words seen in training); this
+    split keeps the unseen operands and uses the training phrasings, so it separates generalisation to new
+    numbers from generalisation to new phrasings. A phrasing counts as seen when a training prompt is it,
     formatted with that row's values."""
     seen: dict[str, list[str]] = {}
     for row in train.select(range(min(len(train), 2000))):
@@ -223,18 +280,50 @@ def build_datasets(args, spec: TaskSpec, tokenizer):
     """Tokenized splits: train, validation, test, test_pairs (and test_long for fibonacci and lists)."""
     raw = task_library.load_task(spec.builder, n=args.n, seed=args.seed, **spec.builder_kwargs)
     raw["test_pairs"] = test_pairs_split(spec, raw["train"], raw["test"], args.seed)
-    return task_library.tokenize_for_causal_lm(raw, tokenizer)
+    data = task_library.tokenize_for_causal_lm(raw, tokenizer)
+    return add_number_positions(data, tokenizer, spec, args.n) if spec.answer_per_number else data
+
+
+def add_number_positions(data, tokenizer, spec: TaskSpec, n: int):
+    """Adds `number_positions` to every split of a list task: for each number of the answer, the position whose
+    next token starts it (the answer position, then the token after each comma), found by tokenizing the
+    answer's prefixes `text + " " + "3, 5, "`; raises ValueError where a prefix does not tokenize as the start
+    of the example. Also `slot_targets`: per position, `slot_values` padded with -100 to every parse slot."""
+    slots = len(spec.input_registers) + spec.memory_inputs
+
+    def positions(batch: dict) -> dict:
+        prefixes = [f"{text} " + "".join(f"{value}, " for value in answer[:j])
+                    for text, answer in zip(batch["text"], batch["answer"]) for j in range(len(answer))]
+        encoded = iter(tokenizer(prefixes)["input_ids"])
+        out = []
+        for ids, answer in zip(batch["input_ids"], batch["answer"]):
+            prefix_ids = [next(encoded) for _ in answer]
+            if any(ids[:len(prefix)] != prefix for prefix in prefix_ids):
+                raise ValueError(
+                    f"the tokenizer merges an answer prefix with its next number: {tokenizer.decode(ids)!r}")
+            out.append([len(prefix) - 1 for prefix in prefix_ids])
+        targets = [[values + [IGNORE_INDEX] * (slots - len(values)) for values in slot_values(spec, text, n)]
+                   for text in batch["text"]]
+        return {"number_positions": out, "slot_targets": targets}
+
+    # The cache key: the split's fingerprint (which covers the tokenizer, slow to hash) and this script's source.
+    source = Path(__file__).read_bytes()
+    return datasets.DatasetDict({name: split.map(positions, batched=True, desc="Number positions",
+                                                 new_fingerprint=fingerprint(split._fingerprint, source))
+                                 for name, split in data.items()})
 
 
 @dataclasses.dataclass
 class AnswerCollator:
     """Pads a batch on the right and adds what the forward needs: `logits_to_keep` (the positions whose next
-    token is labelled) with `shift_labels` (those labels), the computer's `computer_mask` (the answer position)
-    and, for the answer loss, `computer_targets` (the answer value). Other columns are dropped."""
+    token is labelled) with `shift_labels` (those labels), the computer's `computer_mask` (the answer position,
+    or every `number_positions` of a list answer) and, for the answer loss, `computer_targets` (the answer value
+    at each of them, in `computer_mask.nonzero()` order). Other columns are dropped."""
 
     pad_token_id: int
     with_computer: bool
     with_targets: bool
+    with_slot_targets: bool = False  # the parse loss: `slot_targets` (computer positions, slots)
 
     def __call__(self, rows: list[dict]) -> dict:
         def pad(key: str, value: int) -> torch.Tensor:
@@ -246,11 +335,16 @@ class AnswerCollator:
         batch["logits_to_keep"] = shifted != IGNORE_INDEX
         batch["shift_labels"] = shifted[batch["logits_to_keep"]]
         if self.with_computer:
+            positions = [row.get("number_positions", [row["answer_position"]]) for row in rows]
             mask = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
-            mask[torch.arange(len(rows)), torch.tensor([row["answer_position"] for row in rows])] = True
+            rows_index = [i for i, row in enumerate(positions) for _ in row]
+            mask[torch.tensor(rows_index), torch.tensor(sum(positions, []))] = True
             batch["computer_mask"] = mask
         if self.with_targets:
-            batch["computer_targets"] = torch.tensor([row["answer"] for row in rows])
+            answers = [row["answer"] if isinstance(row["answer"], list) else [row["answer"]] for row in rows]
+            batch["computer_targets"] = torch.tensor(sum(answers, []))
+        if self.with_slot_targets:
+            batch["slot_targets"] = torch.tensor(sum((row["slot_targets"] for row in rows), []))
         return batch
 
 
@@ -274,6 +368,9 @@ def build_llama(args, tokenizer) -> LlamaForCausalLM:
     if args.gguf is not None:
         llama = AutoModelForCausalLM.from_pretrained(args.gguf.parent, gguf_file=args.gguf.name)
         llama.config.quantization_config = None  # save_pretrained refuses a "gguf-quantized" config
+        # The weights are dequantized to float32; without this the Trainer refuses to train the Llama itself
+        # ("quantized with GGUF", as in the --no-computer baseline; `from_llama` builds a new model anyway).
+        llama.hf_quantizer, llama.is_quantized = None, False
         return llama
     if args.model is not None:
         return LlamaForCausalLM.from_pretrained(args.model)
@@ -294,7 +391,7 @@ def build_model(args, spec: TaskSpec, tokenizer):
     layers = llama.config.num_hidden_layers
     return from_llama(
         llama, computer_layer=args.computer_layer % layers,
-        library=args.library.split(",") if args.library else list(spec.library),
+        library=library_sources(args.library.split(",") if args.library else list(spec.library)),
         computer_values=args.n, computer_gate_init=args.gate_init,
         computer_selection_temperature=args.selection_temperature,
         library_input_registers=list(spec.input_registers), library_memory_inputs=spec.memory_inputs,
@@ -316,22 +413,38 @@ def init_read_out(model, tokenizer, row_norm: float) -> None:
             computer.output_proj.weight.copy_(columns.to(computer.output_proj.weight.dtype))
 
 
-def slot_values(spec: TaskSpec, text: str, n: int) -> list[int]:
+def slot_values(spec: TaskSpec, text: str, n: int) -> list[list[int]]:
     """What each parse slot (input registers, then memory cells) should read for a prompt, from the prompt text
-    alone: the numbers in the order written (`Subtract 4 from 9` -> [4, 9]: right for most phrasings, not for
-    this one), or for list tasks the list's length (r1) and then its elements (the cells)."""
+    alone, at each position the computer runs: the numbers in the order written (`Subtract 4 from 9` -> [4, 9]:
+    right for most phrasings, not for this one), or for list tasks the list's length (r1), for sort the index
+    of the answer's number (r2: 0, 1, ...), then the list's elements (the cells)."""
     numbers = [int(value) for value in NUMBER.findall(text) if int(value) < n]
-    return [len(numbers), *numbers] if spec.memory_inputs else numbers
+    if spec.answer_per_number:
+        return [[len(numbers), j, *numbers] for j in range(len(numbers))]
+    return [[len(numbers), *numbers] if spec.memory_inputs else numbers]
+
+
+def digit_classes(values: torch.Tensor, n: int) -> torch.Tensor:
+    """(len(values), digits + 1) class indices into `digits * 10 + digits` columns: each decimal digit of the
+    value (units, tens, ...; 10 columns each), then its length in digits (`digits` = the digits of n - 1)."""
+    digits = len(str(n - 1))
+    columns = [10 * k + (values // 10 ** k) % 10 for k in range(digits)]
+    length = sum((values >= 10 ** k).long() for k in range(1, digits))
+    return torch.stack([*columns, 10 * digits + length], dim=1)
 
 
 @torch.no_grad()
 def init_parse_from_probe(model, spec: TaskSpec, dataset, collator, examples: int, scale: float,
-                          batch_size: int = 128) -> float:
+                          batch_size: int = 128, targets_kind: str = "values", ridge_penalty: float = 1e-2) -> float:
     """Parse heads := ridge-regression probes, fitted on the untrained model, from the computer's normalised input
     at the answer position to what each slot should read according to `slot_values` (prompt text only, no
     answers). The random network already encodes the order of the prompt's numbers (~0.8 of registers right at
     step 0 for arithmetic), so the machine's output holds the answer with large probability from the first step
-    and its gradient is informative. Returns the probes' mean top-1 accuracy on the prompts they were fitted on."""
+    and its gradient is informative. With `targets_kind="digits"` the probe regresses on the value's decimal
+    digits and length (`digit_classes`) and a value's logit is the sum of its digits' (scaled by `scale`, not
+    normalised): far fewer classes to fit, which on SmolLM2 (numbers written digit by digit) turns 0.3 of
+    held-out slots right into 0.9 (docs/results_pretrained_base.md). Returns the probes' mean top-1 accuracy on
+    the prompts they were fitted on."""
     computer, n = model.computer, model.config.computer_values
     features: list[torch.Tensor] = []
     hook = computer.register_forward_pre_hook(lambda module, inputs: features.append(inputs[0][inputs[1]]))
@@ -347,8 +460,8 @@ def init_parse_from_probe(model, spec: TaskSpec, dataset, collator, examples: in
         hook.remove()
         model.train(was_training)
     x = computer.norm(torch.cat(features)).double()  # (N, hidden)
-    ridge = torch.linalg.solve(x.T @ x + 1e-2 * len(x) * torch.eye(x.shape[1], dtype=x.dtype), x.T)  # (hidden, N)
-    wanted = [slot_values(spec, text, n) for text in rows["text"]]
+    ridge = torch.linalg.solve(x.T @ x + ridge_penalty * len(x) * torch.eye(x.shape[1], dtype=x.dtype), x.T)
+    wanted = [values for text in rows["text"] for values in slot_values(spec, text, n)]  # one per feature row
     slots = computer.parse.weight.shape[0] // n
     accuracies = []
     for slot in range(slots):
@@ -356,12 +469,19 @@ def init_parse_from_probe(model, spec: TaskSpec, dataset, collator, examples: in
         for i, values in enumerate(wanted):
             if slot < len(values) and values[slot] < n:
                 targets[i, values[slot]] = 1.0
-        probe = ridge @ targets  # (hidden, n)
-        probe = probe / probe.norm(dim=0, keepdim=True).clamp_min(1e-12)
+        if targets_kind == "digits":
+            classes = digit_classes(torch.arange(n), n)  # (n, digits + 1)
+            factors = torch.zeros(n, int(classes.max()) + 1, dtype=x.dtype)
+            factors.scatter_(1, classes, 1.0)  # (n, digit columns): value -> its digits and length
+            probe = ridge @ (targets @ factors) @ factors.T  # (hidden, n): a value's column = sum of its digits'
+        else:
+            probe = ridge @ targets  # (hidden, n)
+            probe = probe / probe.norm(dim=0, keepdim=True).clamp_min(1e-12)
         for module in model._computers():
             module.parse.weight[slot * n:(slot + 1) * n] = (scale * probe.T).to(module.parse.weight.dtype)
         labelled = targets.sum(1) > 0
-        accuracies.append(float((targets[labelled].argmax(1) == (x[labelled] @ probe).argmax(1)).double().mean()))
+        if labelled.any():  # cells past the training lists are never labelled (their probe is zero: uniform)
+            accuracies.append(float((targets[labelled].argmax(1) == (x[labelled] @ probe).argmax(1)).double().mean()))
     return sum(accuracies) / len(accuracies)
 
 
@@ -376,8 +496,10 @@ def add_lora(model, rank: int):
 
 
 def parameter_group(name: str) -> str:
-    """"computer" (selection/parse heads, norm, gate), "embeddings" (embeddings, LM head, final norm, W_out) or
-    "layers" (everything else: the decoder layers, LoRA adapters included)."""
+    """"parse" (the computer's parse heads), "computer" (its selection head, norm, gate), "embeddings"
+    (embeddings, LM head, final norm, W_out) or "layers" (everything else: the decoder layers, LoRA adapters)."""
+    if ".computer.parse." in name:
+        return "parse"
     if ".computer." in name and ".output_proj." not in name:
         return "computer"
     if any(part in name for part in ("embed_tokens", "lm_head", ".output_proj.")) or name.endswith("model.norm.weight"):
@@ -399,11 +521,12 @@ class DCompTrainer(Trainer):
     """The Trainer with one learning rate per parameter group, the answer loss on the computer's output register,
     and our model card for `push_to_hub`."""
 
-    def __init__(self, *args, learning_rates: dict[str, float], answer_loss_weight: float, model_card: str = "",
-                 **kwargs):
+    def __init__(self, *args, learning_rates: dict[str, float], answer_loss_weight: float,
+                 parse_loss_weight: float = 0.0, model_card: str = "", **kwargs):
         super().__init__(*args, **kwargs)
         self.learning_rates = learning_rates
         self.answer_loss_weight = answer_loss_weight
+        self.parse_loss_weight = parse_loss_weight
         self.model_card = model_card
 
     def create_optimizer(self, model=None):
@@ -421,6 +544,7 @@ class DCompTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         targets = inputs.pop("computer_targets", None)
+        slot_targets = inputs.pop("slot_targets", None)
         with record_computer_runs() as runs:
             loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
                                                  num_items_in_batch=num_items_in_batch)
@@ -428,6 +552,11 @@ class DCompTrainer(Trainer):
             register = runs[-1].state.registers[:, self.model.config.library_output_register]  # (batch, n)
             answer_loss = torch.nn.functional.nll_loss(register.clamp_min(1e-12).log(), targets.to(register.device))
             loss = loss + self.answer_loss_weight * answer_loss
+        if slot_targets is not None and self.parse_loss_weight:
+            parsed = torch.cat([runs[-1].input_probs, runs[-1].memory_probs], dim=1)  # (positions, slots, n)
+            parse_loss = torch.nn.functional.nll_loss(parsed.clamp_min(1e-12).log().flatten(0, 1),
+                                                      slot_targets.flatten().to(parsed.device))
+            loss = loss + self.parse_loss_weight * parse_loss
         return (loss, outputs) if return_outputs else loss
 
     def create_model_card(self, **kwargs):
@@ -555,14 +684,17 @@ def train(args) -> dict:
     model = build_model(args, spec, tokenizer)
     with_computer = not args.no_computer
     answer_loss = with_computer and spec.answer_in_register and args.answer_loss_weight > 0
-    collator = AnswerCollator(tokenizer.pad_token_id, with_computer, with_targets=answer_loss)
+    parse_loss = with_computer and spec.answer_per_number and args.parse_loss_weight > 0
+    collator = AnswerCollator(tokenizer.pad_token_id, with_computer, with_targets=answer_loss,
+                              with_slot_targets=parse_loss)
     resume = get_last_checkpoint(str(args.output_dir)) if args.resume and args.output_dir.is_dir() else None
     if with_computer and resume is None:  # a resumed run loads all of this from its checkpoint
         from_scratch = args.model is None and args.gguf is None
         init_read_out(model, tokenizer, args.number_row_norm if from_scratch else 0.0)
         if args.parse_init_scale > 0:
             accuracy = init_parse_from_probe(model, spec, data["train"], collator, args.probe_examples,
-                                             args.parse_init_scale)
+                                             args.parse_init_scale, targets_kind=args.probe_targets,
+                                             ridge_penalty=args.probe_ridge)
             print(f"parse heads: probes of the prompt's numbers, {accuracy:.2f} of slots right at step 0", flush=True)
     if answer_loss:
         for computer in model._computers():
@@ -580,9 +712,11 @@ def train(args) -> dict:
         data_collator=collator, processing_class=tokenizer, callbacks=[curve],
         compute_metrics=ExactMatch(metric, data["validation"][spec.group_column]),
         preprocess_logits_for_metrics=answer_predictions,
-        learning_rates={"computer": args.computer_learning_rate, "embeddings": args.embedding_learning_rate,
+        learning_rates={"computer": args.computer_learning_rate, "parse": args.parse_learning_rate,
+                        "embeddings": args.embedding_learning_rate,
                         "layers": args.learning_rate},
         answer_loss_weight=args.answer_loss_weight if answer_loss else 0.0,
+        parse_loss_weight=args.parse_loss_weight if parse_loss else 0.0,
     )
     if resume:
         print(f"resuming from {resume}", flush=True)

@@ -61,6 +61,56 @@ def test_help_lists_every_option_with_its_default():
         assert f"(default: {action.default})" in text, action.option_strings
 
 
+def test_reversed_programs_swap_the_inputs_and_link_with_the_standard_ones():
+    sys.path.insert(0, str(REPO))
+    from library.interpreter import run_reference
+    from library.stdlib import link
+    from train import library_sources
+
+    linked = link(library_sources(["sub", "div", "rsub", "rdiv"]))
+    for name, expected in {"sub": 5, "div": 2, "rsub": (4 - 9) % 128, "rdiv": 0}.items():
+        run = run_reference(linked.program, registers={1: 9, 2: 4}, entry=linked.entry_points[name])
+        assert run.halted and run.state.registers[0] == expected, name
+    with pytest.raises(ValueError, match="unknown program 'radd'"):
+        library_sources(["radd"])
+
+
+def test_sort_runs_the_computer_before_every_number_of_the_answer(env, monkeypatch):
+    """sort: the computer runs where the next token starts a number of the answer, with that number as its target;
+    the parse targets (length, the number's index, the list) make `sort_select` compute it."""
+    monkeypatch.setenv("LLAMA_DCOMP_CACHE", env["LLAMA_DCOMP_CACHE"])
+    sys.path.insert(0, str(REPO))
+    import train
+    from library.interpreter import run_reference
+    from library.stdlib import load_program
+
+    args = train.build_parser().parse_args(["--task", "sort", "--train-size", "8", "--validation-size", "2",
+                                            "--test-size", "2", "--test-long-size", "4"])
+    spec = train.task_spec(args)
+    tokenizer = train.build_tokenizer(args)
+    data = train.build_datasets(args, spec, tokenizer)
+    collator = train.AnswerCollator(tokenizer.pad_token_id, True, True, with_slot_targets=True)
+    program = load_program("sort_select")
+    for split in ("train", "test_long"):
+        rows = list(data[split])
+        batch = collator(rows)
+        answers = [value for row in rows for value in row["answer"]]
+        marked = batch["computer_mask"].nonzero().tolist()
+        following = [tokenizer.decode(batch["input_ids"][i, p + 1]) for i, p in marked]
+        assert following == [str(value) for value in answers] and batch["computer_targets"].tolist() == answers
+        for (length, index, *cells), answer in zip(batch["slot_targets"].tolist(), answers):
+            assert cells[length:] == [-100] * (spec.memory_inputs - length)
+            run = run_reference(program, registers={1: length, 2: index}, memory=cells[:length])
+            assert run.state.registers[0] == answer
+
+
+def test_tiny_sort_run_reports_the_longer_lists(env, tmp_path):
+    output = run_train(env, tmp_path, *TINY, "--task", "sort", "--parse-loss-weight", "1", "--test-long-size", "16",
+                       "--max-steps", "2", "--output-dir", str(tmp_path / "sort"))
+    assert re.search(r"^test exact match: \d+\.\d+% \(2 ", output, re.MULTILINE), output[-2000:]
+    assert re.search(r"^test_long exact match: \d+\.\d+% \(5 \d+\.\d+%, 6 ", output, re.MULTILINE)
+
+
 def test_tiny_run_writes_a_hub_ready_folder_that_loads_by_remote_code(tiny_run, env, tmp_path):
     out, output = tiny_run
     assert re.search(r"^test exact match: \d+\.\d+%", output, re.MULTILINE), output[-2000:]
@@ -85,7 +135,7 @@ def test_tiny_run_writes_a_hub_ready_folder_that_loads_by_remote_code(tiny_run, 
     loaded = subprocess.run([sys.executable, "-c", script, str(REPO), str(out)], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=300)
     assert loaded.returncode == 0, loaded.stderr[-3000:]
-    assert "LlamaDCompForCausalLM ['add', 'sub', 'mul', 'div']" in loaded.stdout
+    assert "LlamaDCompForCausalLM ['add', 'sub', 'mul', 'div', 'rsub', 'rdiv']" in loaded.stdout
 
 
 def test_predict_prints_the_answer_and_the_trace(tiny_run, env):
@@ -94,7 +144,7 @@ def test_predict_prints_the_answer_and_the_trace(tiny_run, env):
     assert re.search(r"^answer: ", output, re.MULTILINE), output[-2000:]
     assert re.search(r"^  r1 = \d+ \(\d\.\d\d\)", output, re.MULTILINE)  # parsed inputs with probabilities
     assert re.search(r"-> r0 = \d+ \(\d\.\d\d\)", output)  # the result
-    assert re.search(r"^ +(add|sub|mul|div) r1 r2 r0 \| ret$", output, re.MULTILINE)  # the selected program
+    assert re.search(r"^ +(add|sub|mul|div) r[12] r[12] r0 \| ret$", output, re.MULTILINE)  # the selected program
 
 
 def test_resume_continues_from_the_last_checkpoint_after_a_kill(env, tmp_path):
