@@ -141,8 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="weight of the answer loss on the computer's output register (0: LM loss only, end to end)")
     add(recipe, "--parse-loss-weight", type=float, default=0.0,
         help="sort: weight of the parse loss (0: answer-only supervision), the parse heads' cross-entropy against "
-             "what `slot_values` reads from "
-             "the prompt text (list, length, index of the number written); unused by the other tasks")
+             "what `slot_values` reads from the prompt text (list, length, index of the number written); unused by "
+             "the other tasks")
     add(recipe, "--parse-init-scale", type=float, default=5.0,
         help="logit scale of the probe that initialises the parse heads (0: random parse heads)")
     add(recipe, "--probe-examples", type=int, default=1024, help="training prompts the probe is fitted on")
@@ -517,6 +517,13 @@ def parameter_digest(model) -> str:
 
 
 # -------------------------------------------------------------------------------------------------- training
+def distribution_cross_entropy(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of value distributions `probs (..., n)` (the machine's, already normalised) against
+    `targets (...)`; targets equal to -100 are ignored."""
+    log_probs = probs.clamp_min(1e-12).log().flatten(0, -2)  # (items, n)
+    return torch.nn.functional.nll_loss(log_probs, targets.flatten().to(probs.device))
+
+
 class DCompTrainer(Trainer):
     """The Trainer with one learning rate per parameter group, the answer loss on the computer's output register,
     and our model card for `push_to_hub`."""
@@ -550,13 +557,10 @@ class DCompTrainer(Trainer):
                                                  num_items_in_batch=num_items_in_batch)
         if targets is not None and self.answer_loss_weight:
             register = runs[-1].state.registers[:, self.model.config.library_output_register]  # (batch, n)
-            answer_loss = torch.nn.functional.nll_loss(register.clamp_min(1e-12).log(), targets.to(register.device))
-            loss = loss + self.answer_loss_weight * answer_loss
+            loss = loss + self.answer_loss_weight * distribution_cross_entropy(register, targets)
         if slot_targets is not None and self.parse_loss_weight:
             parsed = torch.cat([runs[-1].input_probs, runs[-1].memory_probs], dim=1)  # (positions, slots, n)
-            parse_loss = torch.nn.functional.nll_loss(parsed.clamp_min(1e-12).log().flatten(0, 1),
-                                                      slot_targets.flatten().to(parsed.device))
-            loss = loss + self.parse_loss_weight * parse_loss
+            loss = loss + self.parse_loss_weight * distribution_cross_entropy(parsed, slot_targets)
         return (loss, outputs) if return_outputs else loss
 
     def create_model_card(self, **kwargs):

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from model_fixtures import NOT_IMPORTABLE_PRELUDE
 
@@ -234,3 +235,16 @@ def test_isolated_gradients_route_the_lm_loss_to_the_read_out_and_the_answer_los
     register.clamp_min(1e-12).log()[:, 3].sum().neg().backward()
     assert computer.parse.weight.grad.abs().sum() > 0 and computer.select.weight.grad.abs().sum() > 0
     assert not torch.equal(base.grad, from_lm_loss)  # the answer loss reaches the base through the heads
+
+
+def test_digit_classes_and_the_cross_entropy_of_distributions():
+    sys.path.insert(0, str(REPO))
+    from train import digit_classes, distribution_cross_entropy
+
+    classes = digit_classes(torch.tensor([0, 7, 42, 127]), 128)  # units, tens, hundreds (10 columns each), length
+    assert classes.tolist() == [[0, 10, 20, 30], [7, 10, 20, 30], [2, 14, 20, 31], [7, 12, 21, 32]]
+    probs = torch.tensor([[[0.5, 0.5, 0.0], [0.0, 0.25, 0.75]]])  # (1, 2 slots, n = 3)
+    loss = distribution_cross_entropy(probs, torch.tensor([[0, -100]]))  # the second slot ignored
+    assert torch.allclose(loss, torch.tensor(0.5).log().neg())
+    assert torch.allclose(distribution_cross_entropy(probs[0], torch.tensor([1, 2])),
+                          -(torch.tensor(0.5).log() + torch.tensor(0.75).log()) / 2)
