@@ -20,6 +20,7 @@ except ImportError:  # a checkout, where the run-time files are top-level module
 
 COMPUTER_ALUS = ("table", "circuit")
 COMPUTER_OUTPUTS = ("residual_add",)
+COMPUTER_PARSES = ("linear", "copy")
 REAL_FIELDS = ("computer_halt_threshold", "computer_gate_init", "computer_selection_temperature")
 # The classes `trust_remote_code` loads from a checkpoint's own files; every LlamaDComp config carries all three
 # (`save_pretrained` alone would record only the saved model's class).
@@ -113,6 +114,27 @@ class LlamaDCompConfig(LlamaConfig):
     computer_selection_temperature: float | int = 1.0
     """Temperature of the softmax that selects a library program; > 0."""
 
+    computer_parse: str = "linear"
+    """How the parse reads a program's inputs (§3.1). "linear": a softmax over the n values from the hidden state
+    at the position (`W_parse`). "copy": also a pointer over the number tokens of the sequence up to the
+    position, whose keys carry each number's ordinal (first number, second, …); each slot copies the value of
+    the token it attends to, and a learned gate per slot mixes the copy with the linear parse (for inputs that
+    are no token of the prompt, such as a list's length). Copied values need no classifier trained on them, so
+    they generalise to values and positions unseen in training. It reads the tokens of the same forward call:
+    run the computer in the prefill (`computer_mask`), not on tokens continuing a KV cache. Needs
+    `computer_number_token_ids`."""
+
+    computer_number_token_ids: list[int] = field(default_factory=list)
+    """For the copy parse: the token id of each value 0..n-1 written as one token (-1 where the tokenizer splits
+    the number: that value is never copied)."""
+
+    computer_copy_ordinals: int = 16
+    """Ordinal embeddings of the copy parse: the k-th number token of a sequence gets embedding k (numbers past
+    the last share it)."""
+
+    computer_copy_dim: int = 32
+    """Width of the copy parse's queries and keys."""
+
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         # Keep entries already there: a config loaded from the Hub names them "<repo>--module.Class".
@@ -165,6 +187,12 @@ class LlamaDCompConfig(LlamaConfig):
                 f"must be a register in [0, computer_registers={registers})")
         require(self.computer_output in COMPUTER_OUTPUTS, "computer_output", f"must be one of {COMPUTER_OUTPUTS}")
         require(self.computer_selection_temperature > 0, "computer_selection_temperature", "must be > 0")
+        require(self.computer_parse in COMPUTER_PARSES, "computer_parse", f"must be one of {COMPUTER_PARSES}")
+        require(self.computer_parse != "copy" or len(self.computer_number_token_ids) == n,
+                "computer_number_token_ids", f"the copy parse needs one token id per value (n={n}), got "
+                f"{len(self.computer_number_token_ids)}")
+        require(self.computer_copy_ordinals >= 1, "computer_copy_ordinals", "must be at least 1")
+        require(self.computer_copy_dim >= 1, "computer_copy_dim", "must be at least 1")
 
 
 LlamaDCompConfig.register_for_auto_class()

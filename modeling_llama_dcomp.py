@@ -169,6 +169,54 @@ def _top_k(probs: torch.Tensor, k: int) -> list[tuple[int, float]]:
     return [(int(i), float(p)) for p, i in zip(values, indices)]
 
 
+class CopyParse(nn.Module):
+    """The copy parse (`config.computer_parse = "copy"`): a pointer from each parse slot to a number token.
+
+    For a position i with normalised hidden state h_i, the sequence's normalised hidden states h_t and its number
+    tokens x_t (value v(x_t), ordinal o_t: 0 for the first number token, 1 for the second, …), per slot s:
+
+        α_{s,t} = softmax over number tokens t ≤ i of  q_s(h_i) · (W_k h_t + E_ord[o_t]) / √d
+        copy_s  = Σ_t α_{s,t} onehot(v(x_t))                                   (n,)
+        p_s     = γ_s copy_s + (1 − γ_s) linear_s,   γ_s = σ(W_γ h_i)_s        (0 where no number precedes i)
+
+    where `linear_s` is the linear parse of §3.1. A copied value is the token's own, so it needs no classifier
+    trained on it: a depth or a list element unseen in training is read as well as a seen one."""
+
+    def __init__(self, config: LlamaDCompConfig, slots: int):
+        super().__init__()
+        self.slots, self.dim = slots, config.computer_copy_dim
+        self.number_token_ids = list(config.computer_number_token_ids)  # value v's token, -1: none
+        self.query = nn.Linear(config.hidden_size, slots * self.dim)  # the bias is each slot's prior over ordinals
+        self.key = nn.Linear(config.hidden_size, self.dim, bias=False)
+        self.ordinal = nn.Embedding(config.computer_copy_ordinals, self.dim)
+        self.mix = nn.Linear(config.hidden_size, slots)  # γ: copy vs linear, per slot
+
+    def token_values(self, input_ids: torch.LongTensor) -> torch.Tensor:
+        """`(batch, seq, n)`: one-hot value of each number token, zeros for every other token."""
+        ids = torch.as_tensor(self.number_token_ids, device=input_ids.device)
+        return (input_ids[..., None] == ids).to(self.query.weight.dtype)
+
+    def forward(self, normed: torch.Tensor, positions: torch.Tensor, input_ids: torch.LongTensor,
+                linear: torch.Tensor) -> torch.Tensor:
+        """`normed (batch, seq, hidden)`, `positions (batch, seq)` bool (P True), `input_ids (batch, seq)`,
+        `linear (P, slots, n)` → the slots' value distributions `(P, slots, n)`."""
+        values = self.token_values(input_ids)  # (batch, seq, n)
+        is_number = values.sum(-1) > 0  # (batch, seq)
+        ordinals = (is_number.long().cumsum(-1) - 1).clamp(0, self.ordinal.num_embeddings - 1)  # (batch, seq)
+        keys = self.key(normed) + self.ordinal(ordinals)  # (batch, seq, d)
+        rows, columns = positions.nonzero(as_tuple=True)  # (P,), (P,)
+        here = normed[rows, columns]  # (P, hidden)
+        queries = self.query(here).view(len(rows), self.slots, self.dim)  # (P, slots, d)
+        scores = torch.einsum("psd,ptd->pst", queries, keys[rows]) / self.dim**0.5  # (P, slots, seq)
+        before = torch.arange(input_ids.shape[1], device=input_ids.device) <= columns[:, None]  # (P, seq)
+        allowed = is_number[rows] & before  # (P, seq): number tokens up to the position itself
+        weights = scores.masked_fill(~allowed[:, None], float("-inf")).softmax(-1).nan_to_num(0.0)
+        copied = weights @ values[rows]  # (P, slots, n)
+        mix = torch.sigmoid(self.mix(here)) * allowed.any(-1, keepdim=True)  # (P, slots)
+        mix = mix[..., None].to(linear.dtype)  # (P, slots, 1)
+        return mix * copied.to(linear.dtype) + (1 - mix) * linear
+
+
 class LlamaDCompComputer(nn.Module):
     """The computer block Δ with its library Λ (paper §3, Figure 1), run on the residual stream.
 
@@ -177,7 +225,8 @@ class LlamaDCompComputer(nn.Module):
     1. *select* (§3.1): `π = softmax(W_sel RMSNorm(h) / τ)` over the library programs; the machine's initial
        program counter is the mixture of their entry lines, `c_0 = π · onehot(entry_points)` `(P, lines)`;
     2. *parse* (§3.1): `softmax(W_parse RMSNorm(h))` gives a value distribution `(P, n)` for every input register
-       and parsed memory cell, written into the initial state S_0 = (M, R, c_0, h=0) (eq. 1);
+       and parsed memory cell (mixed with a copy of a number token by `CopyParse` when `computer_parse` is
+       "copy"), written into the initial state S_0 = (M, R, c_0, h=0) (eq. 1);
     3. *run*: `RegisterMachine.run` on the compiled library ϱ (eq. 1–7, 17) for at most `computer_max_steps` steps,
        exiting early once every position has halted with probability ≥ `computer_halt_threshold`;
     4. *write back*: `p_out = R[output_register]` `(P, n)`, and `h ← h + gate · W_out p_out`.
@@ -208,7 +257,9 @@ class LlamaDCompComputer(nn.Module):
 
         self.norm = LlamaRMSNorm(hidden_size, eps=config.rms_norm_eps)
         self.select = selection_head(hidden_size, len(self.program_names))
-        self.parse = nn.Linear(hidden_size, (len(self.input_registers) + self.memory_inputs) * n, bias=False)
+        slots = len(self.input_registers) + self.memory_inputs
+        self.parse = nn.Linear(hidden_size, slots * n, bias=False)
+        self.copy_parse = CopyParse(config, slots) if config.computer_parse == "copy" else None
         self.machine = RegisterMachine(
             n,
             num_registers=config.computer_registers,
@@ -261,14 +312,16 @@ class LlamaDCompComputer(nn.Module):
         self._register_library(program.to(device), entry)
 
     # ------------------------------------------------------------------------------------------------ forward
-    def forward(self, hidden_states: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, positions: torch.Tensor | None = None,
+                input_ids: torch.LongTensor | None = None) -> torch.Tensor:
         """Runs the computer on the positions where `positions` `(batch, seq)` is True (all when None) and adds
-        the gated output there; every other position is returned untouched (bit for bit)."""
+        the gated output there; every other position is returned untouched (bit for bit). The copy parse reads
+        the number tokens of `input_ids` `(batch, seq)`."""
         if positions is None:
             positions = torch.ones(hidden_states.shape[:2], dtype=torch.bool, device=hidden_states.device)
         if not bool(positions.any()):
             return hidden_states
-        run = self.run(hidden_states[positions], positions)  # (P, hidden) in, ComputerRun out
+        run = self.run(hidden_states, positions, input_ids)
         records = _TRACE_RECORDS.get()
         if records is not None:
             records.append(run)
@@ -279,22 +332,30 @@ class LlamaDCompComputer(nn.Module):
         update = self.gate * self.output_proj(p_out.to(self.output_proj.weight.dtype))  # (P, hidden)
         return torch.index_put(hidden_states, (positions,), update.to(hidden_states.dtype), accumulate=True)
 
-    def run(self, hidden_states: torch.Tensor, positions: torch.Tensor) -> ComputerRun:
-        """Select, parse and run (steps 1–3 of the class docstring) for `hidden_states (P, hidden)`."""
+    def run(self, hidden_states: torch.Tensor, positions: torch.Tensor,
+            input_ids: torch.LongTensor | None = None) -> ComputerRun:
+        """Select, parse and run (steps 1–3 of the class docstring) at the P positions where `positions`
+        `(batch, seq)` is True, from `hidden_states (batch, seq, hidden)`."""
         if not self.program_names:
             raise RuntimeError(
                 "no library is installed in this LlamaDComp model: install one with "
                 "library.install.install_library(model, programs) or build the model with library.install.from_llama"
             )
-        num_positions, n = hidden_states.shape[0], self.n
+        if self.copy_parse is not None and input_ids is None:
+            raise ValueError('computer_parse="copy" reads the number tokens: call the model with input_ids, '
+                             "not inputs_embeds")
+        num_positions, n = int(positions.sum()), self.n
         program = self.program
         dtype = program.op.dtype
-        normed = self.norm(hidden_states)
+        normed_all = self.norm(hidden_states)  # (batch, seq, hidden)
+        normed = normed_all[positions]  # (P, hidden)
         selection_logits = self.select(normed).to(dtype) / self.temperature  # (P, programs)
         program_probs = selection_logits.softmax(-1)
         entry_lines = one_hot_values(self.entry_points, program.lines, dtype)  # (programs, lines)
         entry = program_probs @ entry_lines  # (P, lines): c_0
         parsed = self.parse(normed).to(dtype).view(num_positions, -1, n).softmax(-1)  # (P, inputs + cells, n)
+        if self.copy_parse is not None:
+            parsed = self.copy_parse(normed_all, positions, input_ids, parsed)
         input_probs = parsed[:, : len(self.input_registers)]
         memory_probs = parsed[:, len(self.input_registers) :]
         state = self.machine.initial_state(
@@ -321,11 +382,16 @@ class LlamaDCompDecoderLayer(LlamaDecoderLayer):
         self.computer = LlamaDCompComputer(config) if layer_idx == config.computer_layer else None
 
     def forward(
-        self, hidden_states: torch.Tensor, *args, computer_positions: torch.Tensor | None = None, **kwargs
+        self,
+        hidden_states: torch.Tensor,
+        *args,
+        computer_positions: torch.Tensor | None = None,
+        computer_input_ids: torch.LongTensor | None = None,
+        **kwargs,
     ) -> torch.Tensor:
         hidden_states = super().forward(hidden_states, *args, **kwargs)  # (batch, seq, hidden)
         if self.computer is not None:
-            hidden_states = self.computer(hidden_states, computer_positions)
+            hidden_states = self.computer(hidden_states, computer_positions, computer_input_ids)
         return hidden_states
 
 
@@ -577,6 +643,7 @@ class LlamaDCompModel(LlamaDCompPreTrainedModel, LlamaModel):
             kwargs["computer_positions"] = self.computer_positions(
                 reference.shape[0], reference.shape[1], attention_mask, computer_mask, past_length, reference.device
             )
+            kwargs["computer_input_ids"] = input_ids  # what the copy parse reads
         return super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,

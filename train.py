@@ -26,6 +26,13 @@ How the default run learns in minutes (measurements in docs/results_train.md):
 * the parse heads start as linear probes, fitted on the untrained model's hidden states, of the prompt's numbers
   in the order written (input text only, no answers): with near-uniform parsed inputs the gradient through e.g.
   `add` (a circular convolution) carries no information, with the prompt's numbers likely it does;
+* the parse copies (`--parse auto`: "copy" wherever the tokenizer writes every value 0..n-1 as one token, as
+  LLaMA-3 does): each register also has a pointer over the prompt's number tokens, whose keys carry the number's
+  ordinal, mixed with the linear parse by a learned gate (`CopyParse` in the modeling file). It starts pointing
+  each register at the number that register reads in the prompt text (`init_copy_parse`: input text only, the
+  same information as the probe). A copied value needs no classifier trained on it, so Fibonacci depth 4-6,
+  never seen in training, is read exactly; the linear parse alone must learn a 128-way classifier per register
+  through the machine, and its Fibonacci depth 3 stalls near 60 % (docs/RESULTS.md §3);
 * the arithmetic library also holds the non-commutative operations with swapped inputs (`rsub`, `rdiv`): a
   phrasing that names the operands in reverse ("Subtract 4 from 9") is then a matter of selecting a program, which
   the model learns in ~100 steps. Without them the registers, started in reading order, are confidently wrong
@@ -135,14 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
     add(model, "--computer-layer", type=int, default=-1, help="decoder layer the computer follows (-1: the last)")
     add(model, "--gate-init", type=float, default=1.0, help="initial gate of the computer's residual write")
     add(model, "--selection-temperature", type=float, default=1.0, help="temperature of the program selection")
+    add(model, "--parse", choices=("auto", "linear", "copy"), default="auto",
+        help="the computer's parse (config computer_parse): a classifier over the n values, or that mixed with a "
+             "pointer that copies a number token of the prompt; auto: copy when the tokenizer writes each value "
+             "0..n-1 as one token (LLaMA-3), else linear (SmolLM2 writes digits)")
 
     recipe = parser.add_argument_group("training recipe")
     add(recipe, "--answer-loss-weight", type=float, default=1.0,
         help="weight of the answer loss on the computer's output register (0: LM loss only, end to end)")
     add(recipe, "--parse-loss-weight", type=float, default=0.0,
-        help="sort: weight of the parse loss (0: answer-only supervision), the parse heads' cross-entropy against "
-             "what `slot_values` reads from the prompt text (list, length, index of the number written); unused by "
-             "the other tasks")
+        help="weight of the parse loss (0: answer-only supervision), the parse heads' cross-entropy against what "
+             "`slot_values` reads from the prompt text alone (never the answer): the numbers in the order written; "
+             "for lists the length, the index of the number being written and the list")
     add(recipe, "--parse-init-scale", type=float, default=5.0,
         help="logit scale of the probe that initialises the parse heads (0: random parse heads)")
     add(recipe, "--probe-examples", type=int, default=1024, help="training prompts the probe is fitted on")
@@ -281,15 +292,24 @@ def build_datasets(args, spec: TaskSpec, tokenizer):
     raw = task_library.load_task(spec.builder, n=args.n, seed=args.seed, **spec.builder_kwargs)
     raw["test_pairs"] = test_pairs_split(spec, raw["train"], raw["test"], args.seed)
     data = task_library.tokenize_for_causal_lm(raw, tokenizer)
-    return add_number_positions(data, tokenizer, spec, args.n) if spec.answer_per_number else data
+    data = add_number_positions(data, tokenizer, spec) if spec.answer_per_number else data
+    return add_slot_targets(data, spec, args.n)
 
 
-def add_number_positions(data, tokenizer, spec: TaskSpec, n: int):
+def _mapped(data, function, description: str, batched: bool = False):
+    """`data.map(function)` per split, cached under the split's fingerprint (which covers the tokenizer, slow to
+    hash) and this script's source."""
+    source = Path(__file__).read_bytes()
+    return datasets.DatasetDict({name: split.map(function, batched=batched, desc=description,
+                                                 new_fingerprint=fingerprint(split._fingerprint, source))
+                                 for name, split in data.items()})
+
+
+def add_number_positions(data, tokenizer, spec: TaskSpec):
     """Adds `number_positions` to every split of a list task: for each number of the answer, the position whose
     next token starts it (the answer position, then the token after each comma), found by tokenizing the
     answer's prefixes `text + " " + "3, 5, "`; raises ValueError where a prefix does not tokenize as the start
-    of the example. Also `slot_targets`: per position, `slot_values` padded with -100 to every parse slot."""
-    slots = len(spec.input_registers) + spec.memory_inputs
+    of the example."""
 
     def positions(batch: dict) -> dict:
         prefixes = [f"{text} " + "".join(f"{value}, " for value in answer[:j])
@@ -302,15 +322,21 @@ def add_number_positions(data, tokenizer, spec: TaskSpec, n: int):
                 raise ValueError(
                     f"the tokenizer merges an answer prefix with its next number: {tokenizer.decode(ids)!r}")
             out.append([len(prefix) - 1 for prefix in prefix_ids])
-        targets = [[values + [IGNORE_INDEX] * (slots - len(values)) for values in slot_values(spec, text, n)]
-                   for text in batch["text"]]
-        return {"number_positions": out, "slot_targets": targets}
+        return {"number_positions": out}
 
-    # The cache key: the split's fingerprint (which covers the tokenizer, slow to hash) and this script's source.
-    source = Path(__file__).read_bytes()
-    return datasets.DatasetDict({name: split.map(positions, batched=True, desc="Number positions",
-                                                 new_fingerprint=fingerprint(split._fingerprint, source))
-                                 for name, split in data.items()})
+    return _mapped(data, positions, "Number positions", batched=True)
+
+
+def add_slot_targets(data, spec: TaskSpec, n: int):
+    """Adds `slot_targets` (the parse loss's targets) to every split: per position the computer runs at,
+    `slot_values` padded with -100 to every parse slot."""
+    slots = len(spec.input_registers) + spec.memory_inputs
+
+    def targets(row: dict) -> dict:
+        return {"slot_targets": [values + [IGNORE_INDEX] * (slots - len(values))
+                                 for values in slot_values(spec, row["text"], n)]}
+
+    return _mapped(data, targets, "Slot targets")
 
 
 @dataclasses.dataclass
@@ -389,13 +415,22 @@ def build_model(args, spec: TaskSpec, tokenizer):
     if args.no_computer:
         return llama
     layers = llama.config.num_hidden_layers
+    number_ids = [ids[0] if len(ids) == 1 else -1 for ids in number_token_ids(tokenizer, args.n)]
     return from_llama(
         llama, computer_layer=args.computer_layer % layers,
         library=library_sources(args.library.split(",") if args.library else list(spec.library)),
         computer_values=args.n, computer_gate_init=args.gate_init,
         computer_selection_temperature=args.selection_temperature,
         library_input_registers=list(spec.input_registers), library_memory_inputs=spec.memory_inputs,
+        computer_parse=parse_kind(args.parse, number_ids), computer_number_token_ids=number_ids,
     )
+
+
+def parse_kind(choice: str, number_ids: list[int]) -> str:
+    """`--parse`: "auto" is "copy" when every value is one token (`number_ids` has no -1), else "linear"."""
+    if choice != "auto":
+        return choice
+    return "copy" if min(number_ids) >= 0 else "linear"
 
 
 def init_read_out(model, tokenizer, row_norm: float) -> None:
@@ -415,9 +450,9 @@ def init_read_out(model, tokenizer, row_norm: float) -> None:
 
 def slot_values(spec: TaskSpec, text: str, n: int) -> list[list[int]]:
     """What each parse slot (input registers, then memory cells) should read for a prompt, from the prompt text
-    alone, at each position the computer runs: the numbers in the order written (`Subtract 4 from 9` -> [4, 9]:
-    right for most phrasings, not for this one), or for list tasks the list's length (r1), for sort the index
-    of the answer's number (r2: 0, 1, ...), then the list's elements (the cells)."""
+    alone, at each position the computer runs: the numbers in the order written (`Subtract 4 from 9` -> [4, 9],
+    which `rsub` turns into 9 - 4: the order is the selection's job), or for list tasks the list's length (r1),
+    for sort the index of the answer's number (r2: 0, 1, ...), then the list's elements (the cells)."""
     numbers = [int(value) for value in NUMBER.findall(text) if int(value) < n]
     if spec.answer_per_number:
         return [[len(numbers), j, *numbers] for j in range(len(numbers))]
@@ -485,6 +520,38 @@ def init_parse_from_probe(model, spec: TaskSpec, dataset, collator, examples: in
     return sum(accuracies) / len(accuracies)
 
 
+@torch.no_grad()
+def init_copy_parse(model, spec: TaskSpec, texts: list[str], scale: float, min_agreement: float = 0.9) -> dict:
+    """Copy parse prior, from the prompt text alone (like the probe): a slot whose `slot_values` target is the
+    k-th number of the prompt in at least `min_agreement` of `texts` starts attending to ordinal k (query bias
+    `scale * sqrt(d)` times ordinal k's embedding, the ordinal embeddings orthonormal) and copying (mix logit
+    +scale); any other slot (a list's length, say) starts on the linear parse (mix logit -scale). Returns
+    {slot: ordinal} of the copying slots."""
+    n = model.config.computer_values
+    copy = model.computer.copy_parse
+    agreement = torch.zeros(copy.slots, copy.ordinal.num_embeddings)
+    labelled = torch.zeros(copy.slots)
+    for text in texts:
+        numbers = [int(value) for value in NUMBER.findall(text) if int(value) < n]
+        for values in slot_values(spec, text, n):
+            for slot, value in enumerate(values[:copy.slots]):
+                labelled[slot] += 1
+                for k, number in enumerate(numbers[:copy.ordinal.num_embeddings]):
+                    agreement[slot, k] += number == value
+    share, ordinal = (agreement / labelled.clamp_min(1)[:, None]).max(1)  # (slots,)
+    copying = {slot: int(ordinal[slot]) for slot in range(copy.slots) if share[slot] >= min_agreement}
+    for module in model._computers():
+        module = module.copy_parse
+        torch.nn.init.orthogonal_(module.ordinal.weight)  # orthonormal rows (ordinals <= dim)
+        bias = module.query.bias.view(module.slots, module.dim)
+        bias.zero_()
+        module.mix.bias.fill_(-scale)
+        for slot, k in copying.items():
+            bias[slot] = scale * module.dim**0.5 * module.ordinal.weight[k]
+            module.mix.bias[slot] = scale
+    return copying
+
+
 def add_lora(model, rank: int):
     """LoRA adapters on the base attention/MLP weights; the computer block is trained and saved in full."""
     from peft import LoraConfig, get_peft_model
@@ -498,7 +565,7 @@ def add_lora(model, rank: int):
 def parameter_group(name: str) -> str:
     """"parse" (the computer's parse heads), "computer" (its selection head, norm, gate), "embeddings"
     (embeddings, LM head, final norm, W_out) or "layers" (everything else: the decoder layers, LoRA adapters)."""
-    if ".computer.parse." in name:
+    if ".computer.parse." in name or ".computer.copy_parse." in name:
         return "parse"
     if ".computer." in name and ".output_proj." not in name:
         return "computer"
@@ -688,7 +755,7 @@ def train(args) -> dict:
     model = build_model(args, spec, tokenizer)
     with_computer = not args.no_computer
     answer_loss = with_computer and spec.answer_in_register and args.answer_loss_weight > 0
-    parse_loss = with_computer and spec.answer_per_number and args.parse_loss_weight > 0
+    parse_loss = with_computer and args.parse_loss_weight > 0
     collator = AnswerCollator(tokenizer.pad_token_id, with_computer, with_targets=answer_loss,
                               with_slot_targets=parse_loss)
     resume = get_last_checkpoint(str(args.output_dir)) if args.resume and args.output_dir.is_dir() else None
@@ -700,6 +767,10 @@ def train(args) -> dict:
                                              args.parse_init_scale, targets_kind=args.probe_targets,
                                              ridge_penalty=args.probe_ridge)
             print(f"parse heads: probes of the prompt's numbers, {accuracy:.2f} of slots right at step 0", flush=True)
+            if model.config.computer_parse == "copy":
+                copying = init_copy_parse(model, spec, data["train"][:args.probe_examples]["text"],
+                                          args.parse_init_scale)
+                print(f"copy parse: slot -> ordinal of the number it starts copying {copying}", flush=True)
     if answer_loss:
         for computer in model._computers():
             computer.isolate_gradients = True

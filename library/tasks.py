@@ -78,7 +78,7 @@ ARITHMETIC_EXPRESSIONS: dict[str, tuple[str, ...]] = {
     "mul": ("multiply {a} by {b}", "multiply {a} and {b}", "compute the product of {a} and {b}",
             "calculate {a} * {b}", "work out {a} times {b}"),
     "div": ("divide {a} by {b}", "compute how many times {b} goes into {a}", "calculate {a} // {b}",
-            "work out {a} divided by {b}, rounded down"),
+            "work out {a} divided by {b}, rounded down", "work out how many times {b} fits into {a}"),
     "mod": ("compute the remainder of {a} divided by {b}", "calculate {a} mod {b}", "work out {a} modulo {b}",
             "find what is left over when {a} is divided by {b}"),
     "max": ("compute the maximum of {a} and {b}", "calculate max({a}, {b})", "work out the larger of {a} and {b}",

@@ -39,7 +39,7 @@ def test_every_computer_field_is_documented():
         and isinstance(following.value.value, str) and following.value.value.strip()
     }
     fields = {name for name in LlamaDCompConfig.__dataclass_fields__ if name.startswith(("computer_", "library_"))}
-    assert len(fields) == 19
+    assert len(fields) == 23
     assert fields <= documented, fields - documented
 
 
@@ -98,6 +98,11 @@ INVALID = [
     ({"computer_lanes": 0}, "computer_lanes"),
     ({"computer_output": "replace"}, "computer_output"),
     ({"computer_selection_temperature": 0.0}, "computer_selection_temperature"),
+    ({"computer_parse": "pointer"}, "computer_parse"),
+    ({"computer_parse": "copy"}, "computer_number_token_ids"),  # one token id per value is needed
+    ({"computer_parse": "copy", "computer_number_token_ids": [5, 6]}, "computer_number_token_ids"),
+    ({"computer_copy_ordinals": 0}, "computer_copy_ordinals"),
+    ({"computer_copy_dim": 0}, "computer_copy_dim"),
 ]
 
 

@@ -39,7 +39,7 @@ def computed(model, program: str, inputs: dict[int, int]) -> tuple[int, float]:
     computer = model.computer
     hidden = steer(computer, program, inputs)
     with torch.no_grad():
-        run = computer.run(hidden[0], torch.ones(1, 1, dtype=torch.bool))
+        run = computer.run(hidden, torch.ones(1, 1, dtype=torch.bool))  # (batch, seq, hidden)
     p_out = run.state.registers[0, computer.output_register]
     return int(p_out.argmax()), float(p_out.max())
 

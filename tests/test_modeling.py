@@ -40,6 +40,7 @@ from modeling_llama_dcomp import (
     LlamaDCompForCausalLM,
     LlamaDCompModel,
     halt_program,
+    record_computer_runs,
 )
 
 PAD = TINY_LLAMA["pad_token_id"]
@@ -471,3 +472,91 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     model(ids, labels=ids, use_cache=False).loss.backward()
     for name, grad in expected.items():
         torch.testing.assert_close(model.get_parameter(name).grad, grad, msg=name)
+
+
+# ------------------------------------------------------------------------------------------------- copy parse
+NUMBER_IDS = list(range(200, 200 + N))  # in the tiny vocabulary, token 200 + v is the number v
+
+
+def copy_model() -> LlamaDCompForCausalLM:
+    return tiny_model(gate=1.0, computer_parse="copy", computer_number_token_ids=NUMBER_IDS)[0]
+
+
+def point(computer: LlamaDCompComputer, ordinals: dict[int, int], scale: float = 50.0) -> None:
+    """Copy-parse weights under which slot s copies the `ordinals[s]`-th number token with certainty and every
+    other slot keeps the linear parse."""
+    copy = computer.copy_parse
+    with torch.no_grad():
+        for weight in (copy.query.weight, copy.key.weight, copy.mix.weight, copy.query.bias):
+            weight.zero_()
+        torch.nn.init.eye_(copy.ordinal.weight)  # ordinal k is unit vector k
+        copy.mix.bias.fill_(-scale)
+        for slot, k in ordinals.items():
+            copy.query.bias.view(copy.slots, copy.dim)[slot, k] = scale
+            copy.mix.bias[slot] = scale
+
+
+def test_copy_parse_copies_the_kth_number_token_up_to_the_position():
+    model = copy_model()
+    computer = model.computer
+    point(computer, {0: 1, 1: 0})  # r1 := the second number, r2 := the first; r3 is parsed linearly
+    ids = torch.tensor([[5, 200 + 9, 6, 200 + 4, 7, 200 + 3]])  # the numbers 9, 4, 3
+    with torch.no_grad(), record_computer_runs() as runs:
+        model(ids)
+    parsed = runs[0].input_probs  # (positions, registers, n), every position
+    linear = computer.parse(computer.norm(runs_hidden(model, ids))).view(6, -1, N).softmax(-1)
+    torch.testing.assert_close(parsed[0], linear[0])  # no number yet: the linear parse
+    assert parsed[2, :2].argmax(-1).tolist() == [9, 9]  # one number so far: both pointers find it
+    for position in (3, 4, 5):  # a number written later is never read
+        assert parsed[position, :2].argmax(-1).tolist() == [4, 9] and parsed[position, :2].max() > 0.99
+    torch.testing.assert_close(parsed[:, 2], linear[:, 2], atol=1e-6, rtol=0)
+
+
+def runs_hidden(model: LlamaDCompForCausalLM, ids: torch.Tensor) -> torch.Tensor:
+    """The hidden states `(seq, hidden)` entering the computer (the output of its decoder layer) for one row."""
+    captured = []
+    handle = model.computer.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+    try:
+        with torch.no_grad():
+            model(ids)
+    finally:
+        handle.remove()
+    return captured[0][0]
+
+
+def test_copy_parse_feeds_the_machine_and_trains_the_base():
+    model = copy_model()
+    computer = model.computer
+    steered = steer(computer, "sub", {})  # certain `sub`
+    point(computer, {0: 0, 1: 1})  # r1, r2 := the first and second numbers
+    with torch.no_grad():
+        computer.copy_parse.mix.bias[:2] = 8.0  # certain enough, and not saturated: the mix gets a gradient
+        computer.copy_parse.key.weight.normal_(std=0.01)  # keys that depend on the base's hidden states
+    handle = computer.register_forward_pre_hook(lambda module, args: (args[0] + steered, *args[1:]))
+    ids = torch.tensor([[5, 200 + 3, 6, 200 + 10, 7]])
+    try:
+        with record_computer_runs() as runs:
+            model(ids, computer_mask=torch.tensor([[0, 0, 0, 0, 1]]))
+    finally:
+        handle.remove()
+    output = runs[0].state.registers[0, 0]  # (n,)
+    assert int(output.argmax()) == (3 - 10) % N and output.max() > 0.99
+    loss = -output[(3 - 10) % N].log() - runs[0].input_probs[0, 0, 3].log()
+    loss.backward()
+    copy = computer.copy_parse
+    for name, parameter in (("query", copy.query.weight), ("key", copy.key.weight), ("ordinal", copy.ordinal.weight),
+                            ("mix", copy.mix.weight), ("number embedding", model.model.embed_tokens.weight)):
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_copy_parse_needs_input_ids_and_round_trips(tmp_path):
+    model = copy_model()
+    ids = torch.tensor([[5, 200 + 9, 6, 200 + 4, 7]])
+    with pytest.raises(ValueError, match="input_ids"):
+        model(inputs_embeds=model.get_input_embeddings()(ids))
+    model.save_pretrained(tmp_path)
+    loaded = LlamaDCompForCausalLM.from_pretrained(tmp_path).eval()
+    assert loaded.config.computer_parse == "copy" and loaded.config.computer_number_token_ids == NUMBER_IDS
+    assert any(".copy_parse." in key for key in loaded.state_dict())
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, loaded(ids).logits)

@@ -23,7 +23,7 @@ from library.tasks import (
     words,
 )
 
-SMALL = {"train_size": 300, "validation_size": 50, "test_size": 50}
+SMALL = {"train_size": 600, "validation_size": 50, "test_size": 50}
 SMALL_LONG = {**SMALL, "test_long_size": 50}
 
 # Every expression of the non-commutative ops, rendered with a = 9, b = 4, and its answer worked out by hand.
@@ -35,6 +35,7 @@ HAND_CHECKED = {
     "work out 9 minus 4": 5,
     "divide 9 by 4": 2,
     "compute how many times 4 goes into 9": 2,
+    "work out how many times 4 fits into 9": 2,
     "calculate 9 // 4": 2,
     "work out 9 divided by 4, rounded down": 2,
     "compute the remainder of 9 divided by 4": 1,
@@ -119,7 +120,7 @@ def test_deterministic_and_cached(arithmetic, cache, tmp_path):
 
 
 def test_arithmetic_answers_and_columns(arithmetic):
-    assert {name: len(split) for name, split in arithmetic.items()} == {"train": 300, "validation": 50, "test": 50}
+    assert {name: len(split) for name, split in arithmetic.items()} == {"train": SMALL["train_size"], "validation": 50, "test": 50}
     assert list(arithmetic["train"].features) == [
         "text", "answer", "answer_text", "operation", "operands", "program", "template"
     ]

@@ -105,6 +105,85 @@ def test_sort_runs_the_computer_before_every_number_of_the_answer(env, monkeypat
             assert run.state.registers[0] == answer
 
 
+def test_parse_loss_is_the_parse_heads_cross_entropy_against_the_prompt_numbers(env, monkeypatch, tmp_path):
+    """fibonacci: the parse targets are a, b and the depth as written; the loss adds their cross-entropy under the
+    parse heads, times its weight, to the LM loss; a few steps on it make the parse read the prompt's numbers."""
+    monkeypatch.setenv("LLAMA_DCOMP_CACHE", env["LLAMA_DCOMP_CACHE"])
+    sys.path.insert(0, str(REPO))
+    import train
+    from transformers import TrainingArguments
+
+    from modeling_llama_dcomp import record_computer_runs
+
+    args = train.build_parser().parse_args(["--task", "fibonacci", "--train-size", "16", "--validation-size", "2",
+                                            "--test-size", "2", "--test-long-size", "2", "--hidden-size", "32",
+                                            "--heads", "2"])
+    spec = train.task_spec(args)
+    tokenizer = train.build_tokenizer(args)
+    data = train.build_datasets(args, spec, tokenizer)
+    rows = list(data["train"])
+    assert [row["slot_targets"] for row in rows] == [[[*row["operands"], row["depth"]]] for row in rows]
+    torch.manual_seed(0)
+    model = train.build_model(args, spec, tokenizer)
+    collator = train.AnswerCollator(tokenizer.pad_token_id, True, False, with_slot_targets=True)
+    batch = collator(rows)
+    targets = batch["slot_targets"]  # (rows, slots)
+
+    def trainer(weight: float):
+        arguments = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+        return train.DCompTrainer(model=model, args=arguments, learning_rates={}, answer_loss_weight=0.0,
+                                  parse_loss_weight=weight)
+
+    def parse_cross_entropy() -> torch.Tensor:
+        with record_computer_runs() as runs:
+            model(**{key: value for key, value in batch.items() if key != "slot_targets"})
+        probs = runs[-1].input_probs  # (rows, slots, n)
+        return -probs.gather(2, targets[..., None]).log().mean()
+
+    with torch.no_grad():
+        without = trainer(0.0).compute_loss(model, dict(batch))
+        with_loss = trainer(2.0).compute_loss(model, dict(batch))
+        before = parse_cross_entropy()
+    torch.testing.assert_close(with_loss - without, 2.0 * before, rtol=1e-4, atol=1e-4)
+    optimizer = torch.optim.Adam(model.computer.parse.parameters(), lr=1e-2)
+    for _ in range(20):
+        optimizer.zero_grad()
+        trainer(1.0).compute_loss(model, dict(batch)).backward()
+        optimizer.step()
+    with torch.no_grad():
+        assert parse_cross_entropy() < 0.5 * before
+
+
+@pytest.mark.parametrize(("task", "copying"), [("fibonacci", {0: 0, 1: 1, 2: 2}),  # a, b, depth as written
+                                               ("sort", {2: 0, 3: 1, 4: 2, 5: 3})])  # cells; not length, index
+def test_copy_parse_prior_points_each_slot_at_the_number_it_reads(env, monkeypatch, task, copying):
+    monkeypatch.setenv("LLAMA_DCOMP_CACHE", env["LLAMA_DCOMP_CACHE"])
+    sys.path.insert(0, str(REPO))
+    import train
+
+    from modeling_llama_dcomp import record_computer_runs
+
+    args = train.build_parser().parse_args(["--task", task, "--parse", "copy", "--train-size", "32",
+                                            "--validation-size", "2", "--test-size", "2", "--test-long-size", "2",
+                                            "--hidden-size", "32", "--heads", "2"])
+    spec = train.task_spec(args)
+    tokenizer = train.build_tokenizer(args)
+    data = train.build_datasets(args, spec, tokenizer)
+    torch.manual_seed(0)
+    model = train.build_model(args, spec, tokenizer)
+    assert train.init_copy_parse(model, spec, data["train"]["text"], scale=5.0) == copying
+    rows = list(data["train"])
+    batch = train.AnswerCollator(tokenizer.pad_token_id, True, False, with_slot_targets=True)(rows)
+    with torch.no_grad(), record_computer_runs() as runs:
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+              computer_mask=batch["computer_mask"])
+    parsed = torch.cat([runs[0].input_probs, runs[0].memory_probs], dim=1).argmax(-1)  # (positions, slots)
+    slots = list(copying)
+    targets = batch["slot_targets"][:, slots]
+    labelled = targets >= 0
+    assert (parsed[:, slots] == targets)[labelled].float().mean() > 0.95  # right from step 0, before any training
+
+
 def test_tiny_sort_run_reports_the_longer_lists(env, tmp_path):
     output = run_train(env, tmp_path, *TINY, "--task", "sort", "--parse-loss-weight", "1", "--test-long-size", "16",
                        "--max-steps", "2", "--output-dir", str(tmp_path / "sort"))
