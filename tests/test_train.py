@@ -145,7 +145,8 @@ def test_parse_loss_is_the_parse_heads_cross_entropy_against_the_prompt_numbers(
         with_loss = trainer(2.0).compute_loss(model, dict(batch))
         before = parse_cross_entropy()
     torch.testing.assert_close(with_loss - without, 2.0 * before, rtol=1e-4, atol=1e-4)
-    optimizer = torch.optim.Adam(model.computer.parse.parameters(), lr=1e-2)
+    parse_heads = [*model.computer.parse.parameters(), *model.computer.copy_parse.parameters()]  # linear + copy
+    optimizer = torch.optim.Adam(parse_heads, lr=1e-2)
     for _ in range(20):
         optimizer.zero_grad()
         trainer(1.0).compute_loss(model, dict(batch)).backward()
@@ -184,11 +185,31 @@ def test_copy_parse_prior_points_each_slot_at_the_number_it_reads(env, monkeypat
     assert (parsed[:, slots] == targets)[labelled].float().mean() > 0.95  # right from step 0, before any training
 
 
-def test_tiny_sort_run_reports_the_longer_lists(env, tmp_path):
+def test_tiny_sort_run_reports_the_longer_lists_and_predicts_with_a_trace(env, tmp_path):
     output = run_train(env, tmp_path, *TINY, "--task", "sort", "--parse-loss-weight", "1", "--test-long-size", "16",
                        "--max-steps", "2", "--output-dir", str(tmp_path / "sort"))
     assert re.search(r"^test exact match: \d+\.\d+% \(2 ", output, re.MULTILINE), output[-2000:]
     assert re.search(r"^test_long exact match: \d+\.\d+% \(5 \d+\.\d+%, 6 ", output, re.MULTILINE)
+    output = run_train(env, tmp_path, "predict", "--model", str(tmp_path / "sort"), "--max-new-tokens", "4",
+                       "Sort the list 5, 3, 9")
+    assert re.search(r"^answer: ", output, re.MULTILINE), output[-2000:]
+    assert re.search(r"sort_select \(1\.00\)", output)  # the trace of the computer at the answer position
+
+
+def test_number_starts_are_the_training_positions_of_the_computer(env, monkeypatch):
+    """predict runs the computer where training did (`add_number_positions`): before each number of a list."""
+    monkeypatch.setenv("LLAMA_DCOMP_CACHE", env["LLAMA_DCOMP_CACHE"])
+    sys.path.insert(0, str(REPO))
+    import train
+
+    args = train.build_parser().parse_args(["--task", "sort", "--train-size", "8", "--validation-size", "2",
+                                            "--test-size", "2", "--test-long-size", "4"])
+    tokenizer = train.build_tokenizer(args)
+    data = train.build_datasets(args, train.task_spec(args), tokenizer)
+    for row in data["test_long"]:
+        start = row["answer_position"] + 1
+        ids = [token for token in row["input_ids"] if token != tokenizer.eos_token_id]  # prompt + answer
+        assert train.number_starts(tokenizer, ids, start) == row["number_positions"]
 
 
 def test_tiny_run_writes_a_hub_ready_folder_that_loads_by_remote_code(tiny_run, env, tmp_path):
