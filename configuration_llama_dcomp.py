@@ -126,7 +126,7 @@ class LlamaDCompConfig(LlamaConfig):
 
     computer_number_token_ids: list[int] = field(default_factory=list)
     """For the copy parse: the token id of each value 0..n-1 written as one token (-1 where the tokenizer splits
-    the number: that value is never copied)."""
+    it). A run of such tokens is read as one number, digit group by digit group ("1", "2", "7" is 127)."""
 
     computer_copy_ordinals: int = 16
     """Ordinal embeddings of the copy parse: the k-th number token of a sequence gets embedding k (numbers past

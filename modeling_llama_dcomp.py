@@ -172,11 +172,13 @@ def _top_k(probs: torch.Tensor, k: int) -> list[tuple[int, float]]:
 class CopyParse(nn.Module):
     """The copy parse (`config.computer_parse = "copy"`): a pointer from each parse slot to a number token.
 
-    For a position i with normalised hidden state h_i, the sequence's normalised hidden states h_t and its number
-    tokens x_t (value v(x_t), ordinal o_t: 0 for the first number token, 1 for the second, …), per slot s:
+    For a position i with normalised hidden state h_i, the sequence's normalised hidden states h_t and the numbers
+    written in it (`read_numbers`: the number ending at token t has value v_t and ordinal o_t, 0 for the first
+    number, 1 for the second, …), per slot s:
 
-        α_{s,t} = softmax over number tokens t ≤ i of  q_s(h_i) · (W_k h_t + E_ord[o_t]) / √d
-        copy_s  = Σ_t α_{s,t} onehot(v(x_t))                                   (n,)
+        α_{s,t} = softmax_t  q_s(h_i) · (W_k h_t + E_ord[o_t]) / √d     over numbers ending at t < i (or read so
+                                                                       far at t = i: never a later token)
+        copy_s  = Σ_t α_{s,t} onehot(v_t)                                       (n,)
         p_s     = γ_s copy_s + (1 − γ_s) linear_s,   γ_s = σ(W_γ h_i)_s        (0 where no number precedes i)
 
     where `linear_s` is the linear parse of §3.1. A copied value is the token's own, so it needs no classifier
@@ -184,34 +186,53 @@ class CopyParse(nn.Module):
 
     def __init__(self, config: LlamaDCompConfig, slots: int):
         super().__init__()
-        self.slots, self.dim = slots, config.computer_copy_dim
+        self.slots, self.dim, self.n = slots, config.computer_copy_dim, config.computer_values
         self.number_token_ids = list(config.computer_number_token_ids)  # value v's token, -1: none
+        self.number_digits = [len(str(value)) for value in range(self.n)]  # decimal digits of value v's token
         self.query = nn.Linear(config.hidden_size, slots * self.dim)  # the bias is each slot's prior over ordinals
         self.key = nn.Linear(config.hidden_size, self.dim, bias=False)
         self.ordinal = nn.Embedding(config.computer_copy_ordinals, self.dim)
         self.mix = nn.Linear(config.hidden_size, slots)  # γ: copy vs linear, per slot
 
-    def token_values(self, input_ids: torch.LongTensor) -> torch.Tensor:
-        """`(batch, seq, n)`: one-hot value of each number token, zeros for every other token."""
-        ids = torch.as_tensor(self.number_token_ids, device=input_ids.device)
-        return (input_ids[..., None] == ids).to(self.query.weight.dtype)
+    def read_numbers(self, input_ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The numbers written in `input_ids (batch, seq)`. A number is a maximal run of number tokens read as
+        decimal digits: one token ("115" in LLaMA-3) or several ("1", "1", "5" in SmolLM2; "100", "0" is 1000).
+        Returns `value (batch, seq)`, at each number token the value of the run's digits up to it (capped at n);
+        `is_number (batch, seq)`, the number tokens; `is_last (batch, seq)`, the tokens that end a run."""
+        ids = torch.as_tensor(self.number_token_ids, device=input_ids.device)  # (n,)
+        matches = input_ids[..., None] == ids  # (batch, seq, n)
+        is_number = matches.any(-1)
+        token_value = matches.long().argmax(-1)  # (batch, seq): meaningful where is_number
+        shift = torch.as_tensor(self.number_digits, device=input_ids.device)[token_value]  # digits of the token
+        shift = torch.pow(torch.full_like(shift, 10), shift)
+        run = torch.zeros_like(input_ids[:, 0])  # (batch,)
+        values = []
+        for t in range(input_ids.shape[1]):  # a scan over the sequence: a number spans a few tokens
+            run = torch.where(is_number[:, t], (run * shift[:, t] + token_value[:, t]).clamp(max=self.n), 0)
+            values.append(run)
+        is_last = is_number & ~nn.functional.pad(is_number[:, 1:], (0, 1), value=False)
+        return torch.stack(values, dim=1), is_number, is_last
 
     def forward(self, normed: torch.Tensor, positions: torch.Tensor, input_ids: torch.LongTensor,
                 linear: torch.Tensor) -> torch.Tensor:
         """`normed (batch, seq, hidden)`, `positions (batch, seq)` bool (P True), `input_ids (batch, seq)`,
         `linear (P, slots, n)` → the slots' value distributions `(P, slots, n)`."""
-        values = self.token_values(input_ids)  # (batch, seq, n)
-        is_number = values.sum(-1) > 0  # (batch, seq)
-        ordinals = (is_number.long().cumsum(-1) - 1).clamp(0, self.ordinal.num_embeddings - 1)  # (batch, seq)
+        value, is_number, is_last = self.read_numbers(input_ids)  # (batch, seq) each
+        starts = is_number & ~nn.functional.pad(is_number[:, :-1], (1, 0), value=False)
+        ordinals = (starts.long().cumsum(-1) - 1).clamp(0, self.ordinal.num_embeddings - 1)  # (batch, seq)
         keys = self.key(normed) + self.ordinal(ordinals)  # (batch, seq, d)
         rows, columns = positions.nonzero(as_tuple=True)  # (P,), (P,)
         here = normed[rows, columns]  # (P, hidden)
         queries = self.query(here).view(len(rows), self.slots, self.dim)  # (P, slots, d)
         scores = torch.einsum("psd,ptd->pst", queries, keys[rows]) / self.dim**0.5  # (P, slots, seq)
-        before = torch.arange(input_ids.shape[1], device=input_ids.device) <= columns[:, None]  # (P, seq)
-        allowed = is_number[rows] & before  # (P, seq): number tokens up to the position itself
+        steps = torch.arange(input_ids.shape[1], device=input_ids.device)
+        # A number that ends before the position, or the digits read so far at the position itself: nothing
+        # after the position is looked at (a causal LM), and a number >= n is never copied.
+        readable = (is_last[rows] & (steps < columns[:, None])) | (steps == columns[:, None])  # (P, seq)
+        allowed = readable & is_number[rows] & (value[rows] < self.n)
         weights = scores.masked_fill(~allowed[:, None], float("-inf")).softmax(-1).nan_to_num(0.0)
-        copied = weights @ values[rows]  # (P, slots, n)
+        one_hot = nn.functional.one_hot(value[rows].clamp(max=self.n - 1), self.n).to(weights.dtype)  # (P, seq, n)
+        copied = weights @ one_hot  # (P, slots, n)
         mix = torch.sigmoid(self.mix(here)) * allowed.any(-1, keepdim=True)  # (P, slots)
         mix = mix[..., None].to(linear.dtype)  # (P, slots, 1)
         return mix * copied.to(linear.dtype) + (1 - mix) * linear

@@ -144,8 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(model, "--selection-temperature", type=float, default=1.0, help="temperature of the program selection")
     add(model, "--parse", choices=("auto", "linear", "copy"), default="auto",
         help="the computer's parse (config computer_parse): a classifier over the n values, or that mixed with a "
-             "pointer that copies a number token of the prompt; auto: copy when the tokenizer writes each value "
-             "0..n-1 as one token (LLaMA-3), else linear (SmolLM2 writes digits)")
+             "pointer that copies a number of the prompt; auto: copy when the numbers 0..n-1 can be read back "
+             "from their tokens (LLaMA-3: one token each; SmolLM2: one per digit), else linear")
 
     recipe = parser.add_argument_group("training recipe")
     add(recipe, "--answer-loss-weight", type=float, default=1.0,
@@ -422,15 +422,21 @@ def build_model(args, spec: TaskSpec, tokenizer):
         computer_values=args.n, computer_gate_init=args.gate_init,
         computer_selection_temperature=args.selection_temperature,
         library_input_registers=list(spec.input_registers), library_memory_inputs=spec.memory_inputs,
-        computer_parse=parse_kind(args.parse, number_ids), computer_number_token_ids=number_ids,
+        computer_parse=parse_kind(args.parse, tokenizer, args.n), computer_number_token_ids=number_ids,
     )
 
 
-def parse_kind(choice: str, number_ids: list[int]) -> str:
-    """`--parse`: "auto" is "copy" when every value is one token (`number_ids` has no -1), else "linear"."""
+def parse_kind(choice: str, tokenizer, n: int) -> str:
+    """`--parse`: "auto" is "copy" when the copy parse reads every value 0..n-1 back from its tokens (each token
+    of it is a value's single token, and their digits concatenate to the value: LLaMA-3's "127", SmolLM2's "1",
+    "2", "7"), else "linear"."""
     if choice != "auto":
         return choice
-    return "copy" if min(number_ids) >= 0 else "linear"
+    tokens = number_token_ids(tokenizer, n)
+    single = {ids[0]: str(value) for value, ids in enumerate(tokens) if len(ids) == 1}
+    readable = all(all(token in single for token in ids) and "".join(single[token] for token in ids) == str(value)
+                   for value, ids in enumerate(tokens))
+    return "copy" if readable else "linear"
 
 
 def init_read_out(model, tokenizer, row_norm: float) -> None:

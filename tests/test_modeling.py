@@ -560,3 +560,22 @@ def test_copy_parse_needs_input_ids_and_round_trips(tmp_path):
     assert any(".copy_parse." in key for key in loaded.state_dict())
     with torch.no_grad():
         assert torch.equal(model(ids).logits, loaded(ids).logits)
+
+
+def test_copy_parse_reads_numbers_of_several_tokens_without_looking_ahead():
+    """A run of number tokens is one number ("1", "2" is 12, as SmolLM2 writes it); at a position inside a run the
+    pointer sees the digits so far, never the token after it; a number >= n is never copied."""
+    model = copy_model()
+    point(model.computer, {0: 0, 1: 1})
+
+    def parsed(ids: list[int]) -> torch.Tensor:
+        with torch.no_grad(), record_computer_runs() as runs:
+            model(torch.tensor([ids]))
+        return runs[0].input_probs[:, :2].argmax(-1)  # (positions, 2): r1, r2 at every position
+
+    twelve_then_three = parsed([5, 200 + 1, 200 + 2, 6, 200 + 3, 7])
+    assert twelve_then_three[5].tolist() == [12, 3]
+    assert twelve_then_three[1].tolist() == [1, 1]  # inside "12": only "1" has been read
+    assert torch.equal(parsed([5, 200 + 1, 200 + 9, 6, 200 + 3, 7])[1], twelve_then_three[1])  # no look-ahead
+    too_big = parsed([5, 200 + 9, 200 + 9, 6, 200 + 3, 7])  # 99 >= n = 16: only 3 is there to copy
+    assert too_big[5].tolist() == [3, 3]
