@@ -42,7 +42,9 @@ How the default run learns in minutes (measurements in docs/results_train.md):
 * one learning rate per part: a fast selection head, slower parse heads (the probe's parse is right from the start;
   at the selection's rate the answer's gradient, noisy while the selection is still spread, unlearns it), slower
   embeddings, slowest decoder layers (whose drift would otherwise outrun the heads that read them);
-* 2.5 epochs: the last errors are prompts whose two operands the parse has not yet told apart (docs/results_train.md).
+* 1 epoch: with the copy parse, validation is 100 % by step 100 (with the linear parse alone it took 2.5 epochs to
+  reach 99.9 %: the last errors were prompts whose two operands the parse had not yet told apart;
+  docs/results_train.md).
 
 Sort writes a list ("3, 5, 9"): before its j-th number the computer runs `sort_select` (r1 = length, r2 = j, the
 list in memory; r0 = the j-th smallest), with that number as the answer loss's target. The parse then needs the
@@ -174,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="peak learning rate of the computer's parse heads")
     add(recipe, "--warmup-steps", type=int, default=20, help="linear warm-up steps")
     add(recipe, "--weight-decay", type=float, default=0.0, help="AdamW weight decay")
-    add(recipe, "--epochs", type=float, default=2.5, help="training epochs")
+    add(recipe, "--epochs", type=float, default=1.0, help="training epochs")
     add(recipe, "--max-steps", type=int, default=-1, help="stop after this many steps (-1: --epochs decides)")
     add(recipe, "--batch-size", type=int, default=32, help="training batch size per process")
     add(recipe, "--eval-batch-size", type=int, default=128, help="evaluation batch size per process")
