@@ -745,6 +745,7 @@ def render_model_card(args, model, results: dict, seconds: float, steps: int) ->
         model_class=type(model).__name__, hidden=config.hidden_size, layers=config.num_hidden_layers,
         vocab=f"{config.vocab_size:,}", parameters=f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}",
         computer_layer=getattr(config, "computer_layer", "none"), library=library, results=results_rows,
+        parse=f'the "{getattr(config, "computer_parse", "none")}"',
         settings=settings, seconds=f"{seconds:.0f}", steps=steps,
         command=shlex.join(["python", "train.py", *sys.argv[1:]]),
         repo=args.hub_model_id or args.output_dir.name,
