@@ -186,12 +186,14 @@ def groups_of(runs: Sequence[dict], split: str) -> list[str]:
 NOTES = """\
 Setup. Both arms fine-tune the same pretrained base with the same LoRA adapters (rank 8 on every attention and MLP
 projection; embeddings and LM head frozen) on the same data in the same order; the computer arm also trains the
-computer block in full (selection and parse heads, norm, gate, W_out) with train.py's recipe: parse heads
-initialised as ridge probes of the prompt's numbers, W_out at the LM-head rows of the number tokens, the answer
-loss on the computer's output register next to the LM loss, gradients isolated between the two. The tokenizer
-writes each digit as a token, so the computer (at the answer position only) follows an early decoder layer (see
-the settings below) and the layers after it carry its result to the later digits; the parse probes are fitted on
-the decimal digits of each number (train.py `--probe-targets digits`). `test` holds out phrasings and operand pairs,
+computer block in full (selection and parse heads, norm, gate, W_out) with train.py's recipe: the copy parse
+(`--parse auto`: each register also points at a number of the prompt, its digit tokens read as one number, and
+starts on the number it reads in the prompt text) mixed with linear parse heads initialised as ridge probes of the
+prompt's numbers, W_out at the LM-head rows of the number tokens, the answer loss on the computer's output
+register next to the LM loss, gradients isolated between the two. The tokenizer writes each digit as a token, so
+the computer (at the answer position only) follows an early decoder layer (see the settings below) and the layers
+after it carry its result to the later digits; the parse probes are fitted on the decimal digits of each number
+(train.py `--probe-targets digits`). `test` holds out phrasings and operand pairs,
 `test_pairs` only operand pairs (training phrasings). Exact match: every answer token and EOS right under
 teacher forcing (= greedy decoding)."""
 
