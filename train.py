@@ -47,11 +47,12 @@ How the default run learns in minutes (measurements in docs/results_train.md):
   docs/results_train.md).
 
 Sort writes a list ("3, 5, 9"): before its j-th number the computer runs `sort_select` (r1 = length, r2 = j, the
-list in memory; r0 = the j-th smallest), with that number as the answer loss's target. The parse then needs the
-whole list at every such position, which the untrained network does not encode linearly (held-out probes get
-20-60 % of cells right) and the answer loss alone does not teach (the cells collapse: any cell may supply the min), so
+list in memory; r0 = the j-th smallest), with that number as the answer loss's target. The copy parse reads the
+list into memory exactly; r1 and r2 are no token of the prompt and stay with the linear parse.
 `--parse-loss-weight` (opt-in, default 0: supervision stays on the answer only, as in the paper) adds the parse
-heads' cross-entropy against the slot values read from the prompt text (docs/RESULTS.md: sort).
+heads' cross-entropy against the slot values read from the prompt text: with it sort reaches 100.0 ± 0.1 % on
+lists of the training lengths (docs/RESULTS.md: sort; with the copy parse and the answer loss alone sort was not
+measured, with the linear parse alone it got 0.7 %).
 """
 
 from __future__ import annotations
