@@ -368,15 +368,14 @@ class LlamaDCompComputer(nn.Module):
         num_positions, n = int(positions.sum()), self.n
         program = self.program
         dtype = program.op.dtype
-        normed_all = self.norm(hidden_states)  # (batch, seq, hidden)
-        normed = normed_all[positions]  # (P, hidden)
+        normed = self.norm(hidden_states[positions])  # (P, hidden)
         selection_logits = self.select(normed).to(dtype) / self.temperature  # (P, programs)
         program_probs = selection_logits.softmax(-1)
         entry_lines = one_hot_values(self.entry_points, program.lines, dtype)  # (programs, lines)
         entry = program_probs @ entry_lines  # (P, lines): c_0
         parsed = self.parse(normed).to(dtype).view(num_positions, -1, n).softmax(-1)  # (P, inputs + cells, n)
         if self.copy_parse is not None:
-            parsed = self.copy_parse(normed_all, positions, input_ids, parsed)
+            parsed = self.copy_parse(self.norm(hidden_states), positions, input_ids, parsed)  # reads every position
         input_probs = parsed[:, : len(self.input_registers)]
         memory_probs = parsed[:, len(self.input_registers) :]
         state = self.machine.initial_state(
