@@ -13,7 +13,8 @@ import torch
 from dcomp_isa import OP_INDEX, OP_NAMES, OPS, OPS_BY_NAME
 from dcomp_machine import ProgramTensors
 
-from .program import Instruction, Program
+from .program import Program
+
 
 def compile_program(
     program: Program, *, n: int = 128, num_registers: int = 16, dtype: torch.dtype = torch.float32
