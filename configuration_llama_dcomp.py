@@ -191,6 +191,8 @@ class LlamaDCompConfig(LlamaConfig):
         require(self.computer_parse != "copy" or len(self.computer_number_token_ids) == n,
                 "computer_number_token_ids", f"the copy parse needs one token id per value (n={n}), got "
                 f"{len(self.computer_number_token_ids)}")
+        require(all(-1 <= token < self.vocab_size for token in self.computer_number_token_ids),
+                "computer_number_token_ids", f"must be token ids in [0, vocab_size={self.vocab_size}) or -1 (none)")
         require(self.computer_copy_ordinals >= 1, "computer_copy_ordinals", "must be at least 1")
         require(self.computer_copy_dim >= 1, "computer_copy_dim", "must be at least 1")
 

@@ -194,32 +194,38 @@ class CopyParse(nn.Module):
         self.ordinal = nn.Embedding(config.computer_copy_ordinals, self.dim)
         self.mix = nn.Linear(config.hidden_size, slots)  # γ: copy vs linear, per slot
 
-    def read_numbers(self, input_ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def read_numbers(self, input_ids: torch.LongTensor) -> tuple[torch.Tensor, ...]:
         """The numbers written in `input_ids (batch, seq)`. A number is a maximal run of number tokens read as
         decimal digits: one token ("115" in LLaMA-3) or several ("1", "1", "5" in SmolLM2; "100", "0" is 1000).
-        Returns `value (batch, seq)`, at each number token the value of the run's digits up to it (capped at n);
-        `is_number (batch, seq)`, the number tokens; `is_last (batch, seq)`, the tokens that end a run."""
+        Returns, each `(batch, seq)`: `value`, at each number token the value of the run's digits up to it
+        (capped at n); `is_number`, the number tokens; `is_first` and `is_last`, the tokens that start / end a run."""
         ids = torch.as_tensor(self.number_token_ids, device=input_ids.device)  # (n,)
         matches = input_ids[..., None] == ids  # (batch, seq, n)
         is_number = matches.any(-1)
         token_value = matches.long().argmax(-1)  # (batch, seq): meaningful where is_number
         shift = torch.as_tensor(self.number_digits, device=input_ids.device)[token_value]  # digits of the token
-        shift = torch.pow(torch.full_like(shift, 10), shift)
-        run = torch.zeros_like(input_ids[:, 0])  # (batch,)
-        values = []
-        for t in range(input_ids.shape[1]):  # a scan over the sequence: a number spans a few tokens
-            run = torch.where(is_number[:, t], (run * shift[:, t] + token_value[:, t]).clamp(max=self.n), 0)
-            values.append(run)
+        shift = torch.pow(torch.full_like(shift, 10), shift)  # (batch, seq): 10 ** digits
+        steps = torch.arange(input_ids.shape[1], device=input_ids.device)
+        is_first = is_number & ~nn.functional.pad(is_number[:, :-1], (1, 0), value=False)
+        run_start = torch.where(is_first, steps, 0).cummax(-1).values  # (batch, seq): where the current run began
+        place = steps - run_start  # (batch, seq): index of the token within its run
+        # value_t = sum over k of token_value_{t-k} * (10 ** the digits of tokens t-k+1 .. t), k up to the
+        # longest run (a few tokens), not a scan over the sequence; past n only "is it >= n" matters, so the
+        # place value is capped at n
+        value, scale = torch.zeros_like(token_value), torch.ones_like(token_value)
+        for k in range(int(place[is_number].max()) + 1 if bool(is_number.any()) else 0):
+            earlier = nn.functional.pad(token_value[:, : token_value.shape[1] - k], (k, 0))  # token_value_{t-k}
+            value = torch.where(is_number & (place >= k), value + earlier * scale, value).clamp(max=self.n)
+            scale = (scale * nn.functional.pad(shift[:, : shift.shape[1] - k], (k, 0), value=1)).clamp(max=self.n)
         is_last = is_number & ~nn.functional.pad(is_number[:, 1:], (0, 1), value=False)
-        return torch.stack(values, dim=1), is_number, is_last
+        return value, is_number, is_first, is_last  # value stays 0 off the number tokens
 
     def forward(self, normed: torch.Tensor, positions: torch.Tensor, input_ids: torch.LongTensor,
                 linear: torch.Tensor) -> torch.Tensor:
         """`normed (batch, seq, hidden)`, `positions (batch, seq)` bool (P True), `input_ids (batch, seq)`,
         `linear (P, slots, n)` → the slots' value distributions `(P, slots, n)`."""
-        value, is_number, is_last = self.read_numbers(input_ids)  # (batch, seq) each
-        starts = is_number & ~nn.functional.pad(is_number[:, :-1], (1, 0), value=False)
-        ordinals = (starts.long().cumsum(-1) - 1).clamp(0, self.ordinal.num_embeddings - 1)  # (batch, seq)
+        value, is_number, is_first, is_last = self.read_numbers(input_ids)  # (batch, seq) each
+        ordinals = (is_first.long().cumsum(-1) - 1).clamp(0, self.ordinal.num_embeddings - 1)  # (batch, seq)
         keys = self.key(normed) + self.ordinal(ordinals)  # (batch, seq, d)
         rows, columns = positions.nonzero(as_tuple=True)  # (P,), (P,)
         here = normed[rows, columns]  # (P, hidden)
@@ -230,9 +236,10 @@ class CopyParse(nn.Module):
         # after the position is looked at (a causal LM), and a number >= n is never copied.
         readable = (is_last[rows] & (steps < columns[:, None])) | (steps == columns[:, None])  # (P, seq)
         allowed = readable & is_number[rows] & (value[rows] < self.n)
-        weights = scores.masked_fill(~allowed[:, None], float("-inf")).softmax(-1).nan_to_num(0.0)
-        one_hot = nn.functional.one_hot(value[rows].clamp(max=self.n - 1), self.n).to(weights.dtype)  # (P, seq, n)
-        copied = weights @ one_hot  # (P, slots, n)
+        weights = scores.masked_fill(~allowed[:, None], float("-inf")).softmax(-1).nan_to_num(0.0)  # (P, slots, seq)
+        # copy_s = Σ_t α_{s,t} onehot(v_t): each weight added at its token's value (no (P, seq, n) one-hots)
+        indices = value[rows].clamp(max=self.n - 1)[:, None].expand_as(weights)  # (P, slots, seq)
+        copied = weights.new_zeros(*weights.shape[:2], self.n).scatter_add(-1, indices, weights)  # (P, slots, n)
         mix = torch.sigmoid(self.mix(here)) * allowed.any(-1, keepdim=True)  # (P, slots)
         mix = mix[..., None].to(linear.dtype)  # (P, slots, 1)
         return mix * copied.to(linear.dtype) + (1 - mix) * linear

@@ -418,24 +418,24 @@ def build_model(args, spec: TaskSpec, tokenizer):
     if args.no_computer:
         return llama
     layers = llama.config.num_hidden_layers
-    number_ids = [ids[0] if len(ids) == 1 else -1 for ids in number_token_ids(tokenizer, args.n)]
+    tokens = number_token_ids(tokenizer, args.n)
+    number_ids = [ids[0] if len(ids) == 1 else -1 for ids in tokens]
     return from_llama(
         llama, computer_layer=args.computer_layer % layers,
         library=library_sources(args.library.split(",") if args.library else list(spec.library)),
         computer_values=args.n, computer_gate_init=args.gate_init,
         computer_selection_temperature=args.selection_temperature,
         library_input_registers=list(spec.input_registers), library_memory_inputs=spec.memory_inputs,
-        computer_parse=parse_kind(args.parse, tokenizer, args.n), computer_number_token_ids=number_ids,
+        computer_parse=parse_kind(args.parse, tokens), computer_number_token_ids=number_ids,
     )
 
 
-def parse_kind(choice: str, tokenizer, n: int) -> str:
-    """`--parse`: "auto" is "copy" when the copy parse reads every value 0..n-1 back from its tokens (each token
-    of it is a value's single token, and their digits concatenate to the value: LLaMA-3's "127", SmolLM2's "1",
-    "2", "7"), else "linear"."""
+def parse_kind(choice: str, tokens: list[list[int]]) -> str:
+    """`--parse`: "auto" is "copy" when the copy parse reads every value 0..n-1 back from its tokens (`tokens`,
+    from `number_token_ids`: each token of a value is some value's single token, and their digits concatenate to
+    the value: LLaMA-3's "127", SmolLM2's "1", "2", "7"), else "linear"."""
     if choice != "auto":
         return choice
-    tokens = number_token_ids(tokenizer, n)
     single = {ids[0]: str(value) for value, ids in enumerate(tokens) if len(ids) == 1}
     readable = all(all(token in single for token in ids) and "".join(single[token] for token in ids) == str(value)
                    for value, ids in enumerate(tokens))
@@ -457,12 +457,17 @@ def init_read_out(model, tokenizer, row_norm: float) -> None:
             computer.output_proj.weight.copy_(columns.to(computer.output_proj.weight.dtype))
 
 
+def written_numbers(text: str) -> list[int]:
+    """The numbers written in a prompt, in order (the copy parse's ordinals count the same numbers)."""
+    return [int(value) for value in NUMBER.findall(text)]
+
+
 def slot_values(spec: TaskSpec, text: str, n: int) -> list[list[int]]:
     """What each parse slot (input registers, then memory cells) should read for a prompt, from the prompt text
     alone, at each position the computer runs: the numbers in the order written (`Subtract 4 from 9` -> [4, 9],
     which `rsub` turns into 9 - 4: the order is the selection's job), or for list tasks the list's length (r1),
     for sort the index of the answer's number (r2: 0, 1, ...), then the list's elements (the cells)."""
-    numbers = [int(value) for value in NUMBER.findall(text) if int(value) < n]
+    numbers = [value for value in written_numbers(text) if value < n]
     if spec.answer_per_number:
         return [[len(numbers), j, *numbers] for j in range(len(numbers))]
     return [[len(numbers), *numbers] if spec.memory_inputs else numbers]
@@ -541,7 +546,7 @@ def init_copy_parse(model, spec: TaskSpec, texts: list[str], scale: float, min_a
     agreement = torch.zeros(copy.slots, copy.ordinal.num_embeddings)
     labelled = torch.zeros(copy.slots)
     for text in texts:
-        numbers = [int(value) for value in NUMBER.findall(text) if int(value) < n]
+        numbers = written_numbers(text)  # ordinal k: the k-th of them, as in `CopyParse`
         for values in slot_values(spec, text, n):
             for slot, value in enumerate(values[:copy.slots]):
                 labelled[slot] += 1
@@ -831,7 +836,6 @@ def train(args) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------- predict
-@torch.no_grad()
 def number_starts(tokenizer, input_ids: list[int], answer_start: int) -> list[int]:
     """Where the computer runs while an answer is written (as in training, `add_number_positions`): the answer
     position (`answer_start - 1`, the prompt's last token) and every later position after which the answer
@@ -841,8 +845,9 @@ def number_starts(tokenizer, input_ids: list[int], answer_start: int) -> list[in
 
 
 @torch.no_grad()
-def greedy_answer(model, tokenizer, prompt: str, max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Greedy decoding of the answer to `prompt`: `(ids (1, seq) of prompt + answer, computer_mask or None)`.
+def greedy_answer(model, tokenizer, prompt: str, max_new_tokens: int) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+    """Greedy decoding of the answer to `prompt`: `(ids (1, seq) of prompt + answer, where the answer starts,
+    computer_mask or None)`.
     A LlamaDComp model decodes without a KV cache, re-running the computer at every `number_starts` position
     over the whole sequence (its copy parse reads the prompt's number tokens, which a cached step does not
     see); a plain Llama uses `generate`."""
@@ -850,7 +855,7 @@ def greedy_answer(model, tokenizer, prompt: str, max_new_tokens: int) -> tuple[t
     start = ids.shape[1]
     if not hasattr(model, "trace_computer"):
         return model.generate(input_ids=ids, max_new_tokens=max_new_tokens, do_sample=False,
-                              pad_token_id=tokenizer.pad_token_id), None
+                              pad_token_id=tokenizer.pad_token_id), start, None
 
     def computer_mask(ids: torch.Tensor) -> torch.Tensor:
         mask = torch.zeros_like(ids, dtype=torch.bool)  # (1, seq)
@@ -862,7 +867,7 @@ def greedy_answer(model, tokenizer, prompt: str, max_new_tokens: int) -> tuple[t
         if int(token) == tokenizer.eos_token_id:
             break
         ids = torch.cat([ids, token.view(1, 1)], dim=1)
-    return ids, computer_mask(ids)
+    return ids, start, computer_mask(ids)
 
 
 def predict(argv: list[str]) -> None:
@@ -873,9 +878,8 @@ def predict(argv: list[str]) -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
     model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True).eval()
     for prompt in args.prompts:
-        ids, mask = greedy_answer(model, tokenizer, prompt, args.max_new_tokens)
-        prompt_length = len(tokenizer(prompt.rstrip() + " ")["input_ids"])
-        answer = tokenizer.decode(ids[0, prompt_length:], skip_special_tokens=True).strip()
+        ids, start, mask = greedy_answer(model, tokenizer, prompt, args.max_new_tokens)
+        answer = tokenizer.decode(ids[0, start:], skip_special_tokens=True).strip()
         print(f"{prompt}\nanswer: {answer}")
         if mask is not None:
             print(explain(model.trace_computer(input_ids=ids, computer_mask=mask), model))

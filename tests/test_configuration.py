@@ -101,6 +101,8 @@ INVALID = [
     ({"computer_parse": "pointer"}, "computer_parse"),
     ({"computer_parse": "copy"}, "computer_number_token_ids"),  # one token id per value is needed
     ({"computer_parse": "copy", "computer_number_token_ids": [5, 6]}, "computer_number_token_ids"),
+    ({"computer_number_token_ids": [-2]}, "computer_number_token_ids"),
+    ({"computer_number_token_ids": [10**9]}, "computer_number_token_ids"),  # >= vocab_size
     ({"computer_copy_ordinals": 0}, "computer_copy_ordinals"),
     ({"computer_copy_dim": 0}, "computer_copy_dim"),
 ]

@@ -579,3 +579,24 @@ def test_copy_parse_reads_numbers_of_several_tokens_without_looking_ahead():
     assert torch.equal(parsed([5, 200 + 1, 200 + 9, 6, 200 + 3, 7])[1], twelve_then_three[1])  # no look-ahead
     too_big = parsed([5, 200 + 9, 200 + 9, 6, 200 + 3, 7])  # 99 >= n = 16: only 3 is there to copy
     assert too_big[5].tolist() == [3, 3]
+    assert parsed([5, 200 + 0, 200 + 7, 6, 200 + 1, 200 + 0, 200 + 5, 7])[7].tolist() == [7, 7]  # "07"; 105 >= n
+
+
+def test_read_numbers_matches_a_token_by_token_scan():
+    """`CopyParse.read_numbers` (vectorised over the runs) against the definition: scan the tokens, a number token
+    extends the current number by its digits (capped at n), any other token ends it."""
+    computer = copy_model().computer
+    values_of = {token: value for value, token in enumerate(NUMBER_IDS)}
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(196, 200 + N, (6, 30), generator=generator)  # a quarter of the tokens are no numbers
+    value, is_number, is_first, is_last = computer.copy_parse.read_numbers(ids)
+    for row in range(ids.shape[0]):
+        run, previous = 0, False
+        for t, token in enumerate(ids[row].tolist()):
+            number = token in values_of
+            run = min(run * 10 ** len(str(values_of[token])) + values_of[token], N) if number else 0
+            following = t + 1 < ids.shape[1] and int(ids[row, t + 1]) in values_of
+            assert (bool(is_number[row, t]), int(value[row, t])) == (number, run), (row, t)
+            assert bool(is_first[row, t]) == (number and not previous), (row, t)
+            assert bool(is_last[row, t]) == (number and not following), (row, t)
+            previous = number

@@ -76,6 +76,19 @@ def test_reversed_programs_swap_the_inputs_and_link_with_the_standard_ones():
         library_sources(["radd"])
 
 
+def test_parse_auto_copies_where_every_value_reads_back_from_its_tokens():
+    sys.path.insert(0, str(REPO))
+    from train import parse_kind
+
+    one_token_each = [[100 + value] for value in range(12)]  # LLaMA-3: "0" .. "11" are tokens
+    digit_tokens = [[100 + value] for value in range(10)] + [[101, 100], [101, 101]]  # SmolLM2: "1", "0"
+    unreadable = [[100 + value] for value in range(10)] + [[101, 100], [101, 555]]  # 555 is no value's token
+    swapped = [[100 + value] for value in range(10)] + [[100, 101], [101, 101]]  # "10" written as "0", "1"
+    assert parse_kind("auto", one_token_each) == parse_kind("auto", digit_tokens) == "copy"
+    assert parse_kind("auto", unreadable) == parse_kind("auto", swapped) == "linear"
+    assert parse_kind("linear", one_token_each) == "linear" and parse_kind("copy", unreadable) == "copy"
+
+
 def test_sort_runs_the_computer_before_every_number_of_the_answer(env, monkeypatch):
     """sort: the computer runs where the next token starts a number of the answer, with that number as its target;
     the parse targets (length, the number's index, the list) make `sort_select` compute it."""
