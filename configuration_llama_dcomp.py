@@ -151,48 +151,92 @@ class LlamaDCompConfig(LlamaConfig):
             if not condition:
                 raise ValueError(f"{name}={getattr(self, name)!r}: {message}")
 
-        require(0 <= self.computer_layer < self.num_hidden_layers, "computer_layer",
-                f"must be in [0, num_hidden_layers={self.num_hidden_layers})")
+        require(
+            0 <= self.computer_layer < self.num_hidden_layers,
+            "computer_layer",
+            f"must be in [0, num_hidden_layers={self.num_hidden_layers})",
+        )
         require(n >= 2, "computer_values", "n must be at least 2")
         require(self.computer_program_lines >= 1, "computer_program_lines", "must be at least 1")
-        require(n >= self.computer_program_lines + 1, "computer_values",
-                f"n must exceed computer_program_lines={self.computer_program_lines} (line addresses are values)")
+        require(
+            n >= self.computer_program_lines + 1,
+            "computer_values",
+            f"n must exceed computer_program_lines={self.computer_program_lines} (line addresses are values)",
+        )
         require(self.computer_alu in COMPUTER_ALUS, "computer_alu", f"must be one of {COMPUTER_ALUS}")
-        require(self.computer_alu != "circuit" or n & (n - 1) == 0, "computer_values",
-                "the circuit ALU needs n a power of two")
-        require(1 <= self.computer_call_depth < registers, "computer_call_depth",
-                f"must be in [1, computer_registers={registers})")
-        require(1 <= self.computer_memory_size <= n, "computer_memory_size",
-                f"must be in [1, computer_values={n}] (addresses are values)")
+        require(
+            self.computer_alu != "circuit" or n & (n - 1) == 0,
+            "computer_values",
+            "the circuit ALU needs n a power of two",
+        )
+        require(
+            1 <= self.computer_call_depth < registers,
+            "computer_call_depth",
+            f"must be in [1, computer_registers={registers})",
+        )
+        require(
+            1 <= self.computer_memory_size <= n,
+            "computer_memory_size",
+            f"must be in [1, computer_values={n}] (addresses are values)",
+        )
         require(self.computer_max_steps >= 1, "computer_max_steps", "must be at least 1")
         require(0.0 < self.computer_halt_threshold <= 1.0, "computer_halt_threshold", "must be in (0, 1]")
         require(self.computer_lanes >= 1, "computer_lanes", "must be at least 1")
-        require(len(self.library_programs) == len(self.library_entry_points), "library_entry_points",
-                f"needs one entry point per program in library_programs ({len(self.library_programs)})")
-        require(len(set(self.library_programs)) == len(self.library_programs), "library_programs",
-                "program names must be unique")
+        require(
+            len(self.library_programs) == len(self.library_entry_points),
+            "library_entry_points",
+            f"needs one entry point per program in library_programs ({len(self.library_programs)})",
+        )
+        require(
+            len(set(self.library_programs)) == len(self.library_programs),
+            "library_programs",
+            "program names must be unique",
+        )
         require(all(name for name in self.library_programs), "library_programs", "program names must be non-empty")
-        require(all(0 <= line < self.computer_program_lines for line in self.library_entry_points),
-                "library_entry_points", f"must be lines in [0, computer_program_lines={self.computer_program_lines})")
+        require(
+            all(0 <= line < self.computer_program_lines for line in self.library_entry_points),
+            "library_entry_points",
+            f"must be lines in [0, computer_program_lines={self.computer_program_lines})",
+        )
         data_registers = registers - self.computer_call_depth  # the top call_depth registers are the return stack
-        require(len(self.library_input_registers) > 0 or self.library_memory_inputs > 0, "library_input_registers",
-                "the computer needs at least one input (a register or library_memory_inputs)")
-        require(all(0 <= r < data_registers for r in self.library_input_registers), "library_input_registers",
-                f"must be registers in [0, {data_registers}) (computer_registers - computer_call_depth)")
-        require(len(set(self.library_input_registers)) == len(self.library_input_registers),
-                "library_input_registers", "registers must be distinct")
-        require(0 <= self.library_memory_inputs <= self.computer_memory_size, "library_memory_inputs",
-                f"must be in [0, computer_memory_size={self.computer_memory_size}]")
-        require(0 <= self.library_output_register < registers, "library_output_register",
-                f"must be a register in [0, computer_registers={registers})")
+        require(
+            len(self.library_input_registers) > 0 or self.library_memory_inputs > 0,
+            "library_input_registers",
+            "the computer needs at least one input (a register or library_memory_inputs)",
+        )
+        require(
+            all(0 <= r < data_registers for r in self.library_input_registers),
+            "library_input_registers",
+            f"must be registers in [0, {data_registers}) (computer_registers - computer_call_depth)",
+        )
+        require(
+            len(set(self.library_input_registers)) == len(self.library_input_registers),
+            "library_input_registers",
+            "registers must be distinct",
+        )
+        require(
+            0 <= self.library_memory_inputs <= self.computer_memory_size,
+            "library_memory_inputs",
+            f"must be in [0, computer_memory_size={self.computer_memory_size}]",
+        )
+        require(
+            0 <= self.library_output_register < registers,
+            "library_output_register",
+            f"must be a register in [0, computer_registers={registers})",
+        )
         require(self.computer_output in COMPUTER_OUTPUTS, "computer_output", f"must be one of {COMPUTER_OUTPUTS}")
         require(self.computer_selection_temperature > 0, "computer_selection_temperature", "must be > 0")
         require(self.computer_parse in COMPUTER_PARSES, "computer_parse", f"must be one of {COMPUTER_PARSES}")
-        require(self.computer_parse != "copy" or len(self.computer_number_token_ids) == n,
-                "computer_number_token_ids", f"the copy parse needs one token id per value (n={n}), got "
-                f"{len(self.computer_number_token_ids)}")
-        require(all(-1 <= token < self.vocab_size for token in self.computer_number_token_ids),
-                "computer_number_token_ids", f"must be token ids in [0, vocab_size={self.vocab_size}) or -1 (none)")
+        require(
+            self.computer_parse != "copy" or len(self.computer_number_token_ids) == n,
+            "computer_number_token_ids",
+            f"the copy parse needs one token id per value (n={n}), got {len(self.computer_number_token_ids)}",
+        )
+        require(
+            all(-1 <= token < self.vocab_size for token in self.computer_number_token_ids),
+            "computer_number_token_ids",
+            f"must be token ids in [0, vocab_size={self.vocab_size}) or -1 (none)",
+        )
         require(self.computer_copy_ordinals >= 1, "computer_copy_ordinals", "must be at least 1")
         require(self.computer_copy_dim >= 1, "computer_copy_dim", "must be at least 1")
 

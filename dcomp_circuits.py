@@ -22,7 +22,7 @@ What the outputs mean:
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -16,8 +16,8 @@ Operand letters of `OpSpec.operands` (in assembly order):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -106,6 +106,7 @@ def alu_index_table(op: str, n: int) -> torch.Tensor:
     """(n, n) long tensor T with T[a, b] = op(a, b): the index form of one slice of eq. 7's table."""
     values = torch.arange(n)
     return ALU_SEMANTICS[op](values[:, None], values[None, :], n).expand(n, n).contiguous()
+
 
 # Depth of the return stack when a config or command line does not say: calls nest this deep.
 DEFAULT_CALL_DEPTH = 4

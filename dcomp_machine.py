@@ -51,10 +51,10 @@ class ProgramTensors:
     def lanes(self) -> int:
         return self.op.shape[-2]
 
-    def to(self, *args, **kwargs) -> "ProgramTensors":
+    def to(self, *args, **kwargs) -> ProgramTensors:
         return ProgramTensors(*(getattr(self, f.name).to(*args, **kwargs) for f in fields(self)))
 
-    def expand(self, batch_size: int) -> "ProgramTensors":
+    def expand(self, batch_size: int) -> ProgramTensors:
         """The program with a leading batch dimension of `batch_size` (a view when it had none)."""
         tensors = (getattr(self, f.name) for f in fields(self))
         return ProgramTensors(*(t.expand(batch_size, *t.shape[-3:]) for t in tensors))
@@ -122,7 +122,9 @@ class RegisterMachine(nn.Module):
         if n < 2:
             raise ValueError(f"n must be at least 2, got {n}")
         if not 1 <= call_depth < num_registers:
-            raise ValueError(f"call_depth must be in [1, num_registers), got {call_depth} with {num_registers} registers")
+            raise ValueError(
+                f"call_depth must be in [1, num_registers), got {call_depth} with {num_registers} registers"
+            )
         if not 1 <= memory_size <= n:
             raise ValueError(f"memory_size must be in [1, n={n}] (addresses are values), got {memory_size}")
         if not 0.0 < halt_threshold <= 1.0:
@@ -198,7 +200,9 @@ class RegisterMachine(nn.Module):
         values = self._values(program, pc, op, u, v, memory)  # (batch, lanes, n), mass = write probability
 
         write_mass = values.sum(-1, keepdim=True)  # (batch, lanes, 1)
-        written = values / torch.where(write_mass > torch.finfo(values.dtype).eps, write_mass, torch.ones_like(write_mass))
+        written = values / torch.where(
+            write_mass > torch.finfo(values.dtype).eps, write_mass, torch.ones_like(write_mass)
+        )
         return_target = registers[:, -1]  # (batch, n): top of the return stack before the line
         for lane in range(program.lanes):  # lanes write in order: a later lane wins
             registers = self._write_registers(registers, write_to[:, lane], written[:, lane])
@@ -217,7 +221,7 @@ class RegisterMachine(nn.Module):
         values = values + op[..., OP_INDEX["copy"], None] * u
         # eq. 2: r_j = M_ij a_i, where address mass beyond the memory reads 0.
         address = u[..., : self.memory_size]  # (batch, lanes, memory_size)
-        unmapped = (1 - address.sum(-1, keepdim=True))  # (batch, lanes, 1)
+        unmapped = 1 - address.sum(-1, keepdim=True)  # (batch, lanes, 1)
         read = torch.einsum("bkm,bmn->bkn", address, memory) + nn.functional.pad(unmapped, (0, n - 1))
         values = values + op[..., OP_INDEX["read"], None] * read
         # store: the address of the line itself, as a value.

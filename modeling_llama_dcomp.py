@@ -220,8 +220,9 @@ class CopyParse(nn.Module):
         is_last = is_number & ~nn.functional.pad(is_number[:, 1:], (0, 1), value=False)
         return value, is_number, is_first, is_last  # value stays 0 off the number tokens
 
-    def forward(self, normed: torch.Tensor, positions: torch.Tensor, input_ids: torch.LongTensor,
-                linear: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, normed: torch.Tensor, positions: torch.Tensor, input_ids: torch.LongTensor, linear: torch.Tensor
+    ) -> torch.Tensor:
         """`normed (batch, seq, hidden)`, `positions (batch, seq)` bool (P True), `input_ids (batch, seq)`,
         `linear (P, slots, n)` → the slots' value distributions `(P, slots, n)`."""
         value, is_number, is_first, is_last = self.read_numbers(input_ids)  # (batch, seq) each
@@ -340,8 +341,12 @@ class LlamaDCompComputer(nn.Module):
         self._register_library(program.to(device), entry)
 
     # ------------------------------------------------------------------------------------------------ forward
-    def forward(self, hidden_states: torch.Tensor, positions: torch.Tensor | None = None,
-                input_ids: torch.LongTensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+    ) -> torch.Tensor:
         """Runs the computer on the positions where `positions` `(batch, seq)` is True (all when None) and adds
         the gated output there; every other position is returned untouched (bit for bit). The copy parse reads
         the number tokens of `input_ids` `(batch, seq)`."""
@@ -360,8 +365,9 @@ class LlamaDCompComputer(nn.Module):
         update = self.gate * self.output_proj(p_out.to(self.output_proj.weight.dtype))  # (P, hidden)
         return torch.index_put(hidden_states, (positions,), update.to(hidden_states.dtype), accumulate=True)
 
-    def run(self, hidden_states: torch.Tensor, positions: torch.Tensor,
-            input_ids: torch.LongTensor | None = None) -> ComputerRun:
+    def run(
+        self, hidden_states: torch.Tensor, positions: torch.Tensor, input_ids: torch.LongTensor | None = None
+    ) -> ComputerRun:
         """Select, parse and run (steps 1–3 of the class docstring) at the P positions where `positions`
         `(batch, seq)` is True, from `hidden_states (batch, seq, hidden)`."""
         if not self.program_names:
@@ -370,8 +376,9 @@ class LlamaDCompComputer(nn.Module):
                 "library.install.install_library(model, programs) or build the model with library.install.from_llama"
             )
         if self.copy_parse is not None and input_ids is None:
-            raise ValueError('computer_parse="copy" reads the number tokens: call the model with input_ids, '
-                             "not inputs_embeds")
+            raise ValueError(
+                'computer_parse="copy" reads the number tokens: call the model with input_ids, not inputs_embeds'
+            )
         num_positions, n = int(positions.sum()), self.n
         program = self.program
         dtype = program.op.dtype
@@ -468,8 +475,13 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
         config = self.config
         if program.op.dim() != 3:
             raise ValueError("set_library takes one linked program of shape (lines, lanes, ·), not a batch")
-        expected = {"a": config.computer_registers, "b": config.computer_registers,
-                    "out": config.computer_registers, "imm": config.computer_values, "op": len(OPS)}
+        expected = {
+            "a": config.computer_registers,
+            "b": config.computer_registers,
+            "out": config.computer_registers,
+            "imm": config.computer_values,
+            "op": len(OPS),
+        }
         for name, width in expected.items():
             actual = getattr(program, name).shape[-1]
             if actual != width:
@@ -559,8 +571,10 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
             raise ValueError(f"need the token ids of the n={n} values 0..{n - 1}, got {len(token_ids)}")
         embeddings = self.get_input_embeddings().weight  # (vocab, hidden)
         with torch.no_grad():
-            columns = [embeddings[torch.as_tensor(ids, device=embeddings.device)].reshape(-1, embeddings.shape[1])
-                       .mean(0) for ids in token_ids]
+            columns = [
+                embeddings[torch.as_tensor(ids, device=embeddings.device)].reshape(-1, embeddings.shape[1]).mean(0)
+                for ids in token_ids
+            ]
             for computer in self._computers():
                 weight = computer.output_proj.weight  # (hidden, n)
                 weight.copy_(torch.stack(columns, dim=1).to(weight.dtype))
@@ -578,29 +592,36 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
         ran (the same positions as in `forward`), what it selected, parsed and computed. Render with
         `library.install.explain` (which decompiles the selected program)."""
         with record_computer_runs() as records:
-            self.base_model(input_ids=input_ids, attention_mask=attention_mask, computer_mask=computer_mask,
-                            use_cache=False)
+            self.base_model(
+                input_ids=input_ids, attention_mask=attention_mask, computer_mask=computer_mask, use_cache=False
+            )
         computer = self.computer
         traces = []
         for run in records:
             decoded = run.state.decode()
             for row, (batch_index, position) in enumerate(run.positions.nonzero().tolist()):
                 best = int(run.program_probs[row].argmax())
-                traces.append(ComputerTrace(
-                    batch_index=batch_index,
-                    position=position,
-                    programs=[(computer.program_names[i], p) for i, p in _top_k(run.program_probs[row], top_k)],
-                    program_lines=computer.program_line_range(best),
-                    inputs={register: _top_k(run.input_probs[row, i], top_k)
-                            for i, register in enumerate(computer.input_registers)},
-                    memory_inputs=[_top_k(cell, top_k) for cell in run.memory_probs[row]],
-                    registers=list(zip(decoded["registers"][row].tolist(), decoded["register_probs"][row].tolist())),
-                    memory=list(zip(decoded["memory"][row].tolist(), decoded["memory_probs"][row].tolist())),
-                    output=_top_k(run.state.registers[row, computer.output_register], top_k),
-                    halted=float(run.state.halted[row]),
-                    steps=run.steps,
-                    output_register=computer.output_register,
-                ))
+                traces.append(
+                    ComputerTrace(
+                        batch_index=batch_index,
+                        position=position,
+                        programs=[(computer.program_names[i], p) for i, p in _top_k(run.program_probs[row], top_k)],
+                        program_lines=computer.program_line_range(best),
+                        inputs={
+                            register: _top_k(run.input_probs[row, i], top_k)
+                            for i, register in enumerate(computer.input_registers)
+                        },
+                        memory_inputs=[_top_k(cell, top_k) for cell in run.memory_probs[row]],
+                        registers=list(
+                            zip(decoded["registers"][row].tolist(), decoded["register_probs"][row].tolist())
+                        ),
+                        memory=list(zip(decoded["memory"][row].tolist(), decoded["memory_probs"][row].tolist())),
+                        output=_top_k(run.state.registers[row, computer.output_register], top_k),
+                        halted=float(run.state.halted[row]),
+                        steps=run.steps,
+                        output_register=computer.output_register,
+                    )
+                )
         return traces
 
 

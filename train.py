@@ -107,7 +107,9 @@ NOT_COMMUTATIVE = ("sub", "div", "mod")
 def build_parser() -> argparse.ArgumentParser:
     """The training command line (`python train.py predict ...` has its own, see `build_predict_parser`)."""
     parser = argparse.ArgumentParser(
-        prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="train.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Prediction: python train.py predict --model DIR PROMPT [PROMPT ...] (see `train.py predict -h`).",
     )
     default = "(default: %(default)s)"
@@ -116,8 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
         group.add_argument(*names, help=f"{help} {default}", **kwargs)
 
     task = parser.add_argument_group("task")
-    add(task, "--task", choices=("arithmetic", "fibonacci", "sort", "max"), default="arithmetic",
-        help="library.tasks task")
+    add(
+        task,
+        "--task",
+        choices=("arithmetic", "fibonacci", "sort", "max"),
+        default="arithmetic",
+        help="library.tasks task",
+    )
     add(task, "--n", type=int, default=128, help="values of the machine: arithmetic is mod n")
     add(task, "--operations", default="add,sub,mul,div", help="arithmetic operations, comma-separated")
     add(task, "--train-size", type=int, default=20000, help="training examples")
@@ -129,52 +136,120 @@ def build_parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group("model")
     add(model, "--model", type=Path, default=None, help="start from this Llama checkpoint folder")
     add(model, "--gguf", type=Path, default=None, help="start from this GGUF file of a Llama model")
-    add(model, "--no-computer", action="store_true", default=False,
-        help="train the same Llama without the computer block (the baseline)")
-    add(model, "--lora", action="store_true", default=False,
-        help="PEFT LoRA adapters on the base attention/MLP weights; the computer block trains in full")
+    add(
+        model,
+        "--no-computer",
+        action="store_true",
+        default=False,
+        help="train the same Llama without the computer block (the baseline)",
+    )
+    add(
+        model,
+        "--lora",
+        action="store_true",
+        default=False,
+        help="PEFT LoRA adapters on the base attention/MLP weights; the computer block trains in full",
+    )
     add(model, "--lora-rank", type=int, default=8, help="LoRA rank")
-    add(model, "--library", default=None,
-        help="programs to install, comma-separated: standard ones or rsub/rdiv/rmod (swapped inputs); None: the task's")
-    model.add_argument("--reversed-programs", action=argparse.BooleanOptionalAction, default=True,
-                       help="arithmetic: the library also holds the non-commutative operations with swapped inputs "
-                            "(rsub, rdiv, rmod), so operand order is a selection (default: %(default)s)")
+    add(
+        model,
+        "--library",
+        default=None,
+        help="programs to install, comma-separated: standard ones or rsub/rdiv/rmod (swapped inputs); None: the task's",
+    )
+    model.add_argument(
+        "--reversed-programs",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="arithmetic: the library also holds the non-commutative operations with swapped inputs "
+        "(rsub, rdiv, rmod), so operand order is a selection (default: %(default)s)",
+    )
     add(model, "--hidden-size", type=int, default=128, help="hidden size of a from-scratch model")
     add(model, "--layers", type=int, default=2, help="decoder layers of a from-scratch model")
     add(model, "--heads", type=int, default=4, help="attention heads of a from-scratch model")
     add(model, "--computer-layer", type=int, default=-1, help="decoder layer the computer follows (-1: the last)")
     add(model, "--gate-init", type=float, default=1.0, help="initial gate of the computer's residual write")
     add(model, "--selection-temperature", type=float, default=1.0, help="temperature of the program selection")
-    add(model, "--parse", choices=("auto", "linear", "copy"), default="auto",
+    add(
+        model,
+        "--parse",
+        choices=("auto", "linear", "copy"),
+        default="auto",
         help="the computer's parse (config computer_parse): a classifier over the n values, or that mixed with a "
-             "pointer that copies a number of the prompt; auto: copy when the numbers 0..n-1 can be read back "
-             "from their tokens (LLaMA-3: one token each; SmolLM2: one per digit), else linear")
+        "pointer that copies a number of the prompt; auto: copy when the numbers 0..n-1 can be read back "
+        "from their tokens (LLaMA-3: one token each; SmolLM2: one per digit), else linear",
+    )
 
     recipe = parser.add_argument_group("training recipe")
-    add(recipe, "--answer-loss-weight", type=float, default=1.0,
-        help="weight of the answer loss on the computer's output register (0: LM loss only, end to end)")
-    add(recipe, "--parse-loss-weight", type=float, default=0.0,
+    add(
+        recipe,
+        "--answer-loss-weight",
+        type=float,
+        default=1.0,
+        help="weight of the answer loss on the computer's output register (0: LM loss only, end to end)",
+    )
+    add(
+        recipe,
+        "--parse-loss-weight",
+        type=float,
+        default=0.0,
         help="weight of the parse loss (0: answer-only supervision), the parse heads' cross-entropy against what "
-             "`slot_values` reads from the prompt text alone (never the answer): the numbers in the order written; "
-             "for lists the length, the index of the number being written and the list")
-    add(recipe, "--parse-init-scale", type=float, default=5.0,
-        help="logit scale of the probe that initialises the parse heads (0: random parse heads)")
+        "`slot_values` reads from the prompt text alone (never the answer): the numbers in the order written; "
+        "for lists the length, the index of the number being written and the list",
+    )
+    add(
+        recipe,
+        "--parse-init-scale",
+        type=float,
+        default=5.0,
+        help="logit scale of the probe that initialises the parse heads (0: random parse heads)",
+    )
     add(recipe, "--probe-examples", type=int, default=1024, help="training prompts the probe is fitted on")
-    add(recipe, "--probe-targets", choices=("values", "digits"), default="values",
+    add(
+        recipe,
+        "--probe-targets",
+        choices=("values", "digits"),
+        default="values",
         help="what the probe regresses on: each value one-hot (columns rescaled to norm 1), or the decimal digits "
-             "of the value and its length, a value's column the sum of its digits' (for tokenizers that write "
-             "numbers digit by digit: SmolLM2)")
-    add(recipe, "--probe-ridge", type=float, default=1e-2,
-        help="ridge penalty of the probe fit, per example (times the number of prompts)")
-    add(recipe, "--number-row-norm", type=float, default=1.5,
-        help="norm of the number tokens' LM-head rows of a from-scratch model (0: leave)")
+        "of the value and its length, a value's column the sum of its digits' (for tokenizers that write "
+        "numbers digit by digit: SmolLM2)",
+    )
+    add(
+        recipe,
+        "--probe-ridge",
+        type=float,
+        default=1e-2,
+        help="ridge penalty of the probe fit, per example (times the number of prompts)",
+    )
+    add(
+        recipe,
+        "--number-row-norm",
+        type=float,
+        default=1.5,
+        help="norm of the number tokens' LM-head rows of a from-scratch model (0: leave)",
+    )
     add(recipe, "--learning-rate", type=float, default=1e-4, help="peak learning rate of the decoder layers")
-    add(recipe, "--embedding-learning-rate", type=float, default=3e-4,
-        help="peak learning rate of the embeddings, LM head, final norm and W_out")
-    add(recipe, "--computer-learning-rate", type=float, default=3e-3,
-        help="peak learning rate of the computer's selection head, norm and gate")
-    add(recipe, "--parse-learning-rate", type=float, default=1e-3,
-        help="peak learning rate of the computer's parse heads")
+    add(
+        recipe,
+        "--embedding-learning-rate",
+        type=float,
+        default=3e-4,
+        help="peak learning rate of the embeddings, LM head, final norm and W_out",
+    )
+    add(
+        recipe,
+        "--computer-learning-rate",
+        type=float,
+        default=3e-3,
+        help="peak learning rate of the computer's selection head, norm and gate",
+    )
+    add(
+        recipe,
+        "--parse-learning-rate",
+        type=float,
+        default=1e-3,
+        help="peak learning rate of the computer's parse heads",
+    )
     add(recipe, "--warmup-steps", type=int, default=20, help="linear warm-up steps")
     add(recipe, "--weight-decay", type=float, default=0.0, help="AdamW weight decay")
     add(recipe, "--epochs", type=float, default=1.0, help="training epochs")
@@ -188,8 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     add(run, "--save-steps", type=int, default=200, help="checkpoint every this many steps")
     add(run, "--logging-steps", type=int, default=20, help="log the loss every this many steps")
     add(run, "--resume", action="store_true", default=False, help="resume from the last checkpoint in --output-dir")
-    add(run, "--threads", type=int, default=1,
-        help="torch CPU threads per process (more threads than free cores is much slower)")
+    add(
+        run,
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads per process (more threads than free cores is much slower)",
+    )
     add(run, "--push-to-hub", action="store_true", default=False, help="push the final model to the Hub (Trainer)")
     add(run, "--hub-model-id", default=None, help="Hub repository of --push-to-hub")
     return parser
@@ -227,8 +307,16 @@ def task_spec(args) -> TaskSpec:
         operations = tuple(args.operations.split(","))
         templates = {op: task_library.ARITHMETIC_TEMPLATES[op] for op in operations}
         reversed_ops = tuple(f"r{op}" for op in operations if op in NOT_COMMUTATIVE) if args.reversed_programs else ()
-        return TaskSpec("arithmetic", {**sizes, "operations": operations}, operations + reversed_ops, (1, 2), 0,
-                        templates, "operation", True)
+        return TaskSpec(
+            "arithmetic",
+            {**sizes, "operations": operations},
+            operations + reversed_ops,
+            (1, 2),
+            0,
+            templates,
+            "operation",
+            True,
+        )
     sizes["test_long_size"] = args.test_long_size
     if args.task == "fibonacci":
         return TaskSpec("fibonacci", sizes, ("fib",), (1, 2, 3), 0, task_library.FIBONACCI_TEMPLATES, "depth", True)
@@ -237,10 +325,20 @@ def task_spec(args) -> TaskSpec:
     longest = max(inspect.signature(task_library.list_task).parameters["long_lengths"].default)
     templates = {args.task: task_library.LIST_TEMPLATES[args.task]}
     if args.task == "sort":
-        return TaskSpec("list", {**sizes, "kind": "sort"}, ("sort_select",), (1, 2), longest, templates, "length",
-                        True, answer_per_number=True)
-    return TaskSpec("list", {**sizes, "kind": "max"}, (task_library.LIST_PROGRAMS["max"],), (1,), longest, templates,
-                    "length", True)
+        return TaskSpec(
+            "list",
+            {**sizes, "kind": "sort"},
+            ("sort_select",),
+            (1, 2),
+            longest,
+            templates,
+            "length",
+            True,
+            answer_per_number=True,
+        )
+    return TaskSpec(
+        "list", {**sizes, "kind": "max"}, (task_library.LIST_PROGRAMS["max"],), (1,), longest, templates, "length", True
+    )
 
 
 def library_sources(names: list[str]) -> dict[str, str]:
@@ -254,8 +352,10 @@ def library_sources(names: list[str]) -> dict[str, str]:
             op = name[1:]
             sources[name] = f"; {name}: r0 = {op}(r2, r1), {op} with its inputs swapped\n    {op} r2 r1 r0 | ret\n"
         else:
-            raise ValueError(f"unknown program {name!r}: a standard program ({', '.join(STANDARD_PROGRAMS)}) or "
-                             f"r<op> for op in {NOT_COMMUTATIVE}")
+            raise ValueError(
+                f"unknown program {name!r}: a standard program ({', '.join(STANDARD_PROGRAMS)}) or "
+                f"r<op> for op in {NOT_COMMUTATIVE}"
+            )
     return sources
 
 
@@ -303,9 +403,14 @@ def _mapped(data, function, description: str, batched: bool = False):
     """`data.map(function)` per split, cached under the split's fingerprint (which covers the tokenizer, slow to
     hash) and this script's source."""
     source = Path(__file__).read_bytes()
-    return datasets.DatasetDict({name: split.map(function, batched=batched, desc=description,
-                                                 new_fingerprint=fingerprint(split._fingerprint, source))
-                                 for name, split in data.items()})
+    return datasets.DatasetDict(
+        {
+            name: split.map(
+                function, batched=batched, desc=description, new_fingerprint=fingerprint(split._fingerprint, source)
+            )
+            for name, split in data.items()
+        }
+    )
 
 
 def add_number_positions(data, tokenizer, spec: TaskSpec):
@@ -315,15 +420,19 @@ def add_number_positions(data, tokenizer, spec: TaskSpec):
     of the example."""
 
     def positions(batch: dict) -> dict:
-        prefixes = [f"{text} " + "".join(f"{value}, " for value in answer[:j])
-                    for text, answer in zip(batch["text"], batch["answer"]) for j in range(len(answer))]
+        prefixes = [
+            f"{text} " + "".join(f"{value}, " for value in answer[:j])
+            for text, answer in zip(batch["text"], batch["answer"])
+            for j in range(len(answer))
+        ]
         encoded = iter(tokenizer(prefixes)["input_ids"])
         out = []
         for ids, answer in zip(batch["input_ids"], batch["answer"]):
             prefix_ids = [next(encoded) for _ in answer]
-            if any(ids[:len(prefix)] != prefix for prefix in prefix_ids):
+            if any(ids[: len(prefix)] != prefix for prefix in prefix_ids):
                 raise ValueError(
-                    f"the tokenizer merges an answer prefix with its next number: {tokenizer.decode(ids)!r}")
+                    f"the tokenizer merges an answer prefix with its next number: {tokenizer.decode(ids)!r}"
+                )
             out.append([len(prefix) - 1 for prefix in prefix_ids])
         return {"number_positions": out}
 
@@ -336,8 +445,11 @@ def add_slot_targets(data, spec: TaskSpec, n: int):
     slots = len(spec.input_registers) + spec.memory_inputs
 
     def targets(row: dict) -> dict:
-        return {"slot_targets": [values + [IGNORE_INDEX] * (slots - len(values))
-                                 for values in slot_values(spec, row["text"], n)]}
+        return {
+            "slot_targets": [
+                values + [IGNORE_INDEX] * (slots - len(values)) for values in slot_values(spec, row["text"], n)
+            ]
+        }
 
     return _mapped(data, targets, "Slot targets")
 
@@ -358,8 +470,11 @@ class AnswerCollator:
         def pad(key: str, value: int) -> torch.Tensor:
             return pad_sequence([torch.tensor(row[key]) for row in rows], batch_first=True, padding_value=value)
 
-        batch = {"input_ids": pad("input_ids", self.pad_token_id), "attention_mask": pad("attention_mask", 0),
-                 "labels": pad("labels", IGNORE_INDEX)}
+        batch = {
+            "input_ids": pad("input_ids", self.pad_token_id),
+            "attention_mask": pad("attention_mask", 0),
+            "labels": pad("labels", IGNORE_INDEX),
+        }
         shifted = torch.nn.functional.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)
         batch["logits_to_keep"] = shifted != IGNORE_INDEX
         batch["shift_labels"] = shifted[batch["logits_to_keep"]]
@@ -404,10 +519,17 @@ def build_llama(args, tokenizer) -> LlamaForCausalLM:
     if args.model is not None:
         return LlamaForCausalLM.from_pretrained(args.model)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=args.hidden_size, intermediate_size=4 * args.hidden_size,
-        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.heads,
-        max_position_embeddings=256, tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=args.hidden_size,
+        intermediate_size=4 * args.hidden_size,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.heads,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     return LlamaForCausalLM(config)
 
@@ -421,12 +543,16 @@ def build_model(args, spec: TaskSpec, tokenizer):
     tokens = number_token_ids(tokenizer, args.n)
     number_ids = [ids[0] if len(ids) == 1 else -1 for ids in tokens]
     return from_llama(
-        llama, computer_layer=args.computer_layer % layers,
+        llama,
+        computer_layer=args.computer_layer % layers,
         library=library_sources(args.library.split(",") if args.library else list(spec.library)),
-        computer_values=args.n, computer_gate_init=args.gate_init,
+        computer_values=args.n,
+        computer_gate_init=args.gate_init,
         computer_selection_temperature=args.selection_temperature,
-        library_input_registers=list(spec.input_registers), library_memory_inputs=spec.memory_inputs,
-        computer_parse=parse_kind(args.parse, tokens), computer_number_token_ids=number_ids,
+        library_input_registers=list(spec.input_registers),
+        library_memory_inputs=spec.memory_inputs,
+        computer_parse=parse_kind(args.parse, tokens),
+        computer_number_token_ids=number_ids,
     )
 
 
@@ -437,8 +563,10 @@ def parse_kind(choice: str, tokens: list[list[int]]) -> str:
     if choice != "auto":
         return choice
     single = {ids[0]: str(value) for value, ids in enumerate(tokens) if len(ids) == 1}
-    readable = all(all(token in single for token in ids) and "".join(single[token] for token in ids) == str(value)
-                   for value, ids in enumerate(tokens))
+    readable = all(
+        all(token in single for token in ids) and "".join(single[token] for token in ids) == str(value)
+        for value, ids in enumerate(tokens)
+    )
     return "copy" if readable else "linear"
 
 
@@ -477,14 +605,23 @@ def digit_classes(values: torch.Tensor, n: int) -> torch.Tensor:
     """(len(values), digits + 1) class indices into `digits * 10 + digits` columns: each decimal digit of the
     value (units, tens, ...; 10 columns each), then its length in digits (`digits` = the digits of n - 1)."""
     digits = len(str(n - 1))
-    columns = [10 * k + (values // 10 ** k) % 10 for k in range(digits)]
-    length = sum((values >= 10 ** k).long() for k in range(1, digits))
+    columns = [10 * k + (values // 10**k) % 10 for k in range(digits)]
+    length = sum((values >= 10**k).long() for k in range(1, digits))
     return torch.stack([*columns, 10 * digits + length], dim=1)
 
 
 @torch.no_grad()
-def init_parse_from_probe(model, spec: TaskSpec, dataset, collator, examples: int, scale: float,
-                          batch_size: int = 128, targets_kind: str = "values", ridge_penalty: float = 1e-2) -> float:
+def init_parse_from_probe(
+    model,
+    spec: TaskSpec,
+    dataset,
+    collator,
+    examples: int,
+    scale: float,
+    batch_size: int = 128,
+    targets_kind: str = "values",
+    ridge_penalty: float = 1e-2,
+) -> float:
     """Parse heads := ridge-regression probes, fitted on the untrained model, from the computer's normalised input
     at the answer position to what each slot should read according to `slot_values` (prompt text only, no
     answers). The random network already encodes the order of the prompt's numbers (~0.8 of registers right at
@@ -503,8 +640,11 @@ def init_parse_from_probe(model, spec: TaskSpec, dataset, collator, examples: in
     try:
         for start in range(0, len(rows), batch_size):
             batch = collator([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
-            model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                        computer_mask=batch["computer_mask"])
+            model.model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                computer_mask=batch["computer_mask"],
+            )
     finally:
         hook.remove()
         model.train(was_training)
@@ -527,7 +667,7 @@ def init_parse_from_probe(model, spec: TaskSpec, dataset, collator, examples: in
             probe = ridge @ targets  # (hidden, n)
             probe = probe / probe.norm(dim=0, keepdim=True).clamp_min(1e-12)
         for module in model._computers():
-            module.parse.weight[slot * n:(slot + 1) * n] = (scale * probe.T).to(module.parse.weight.dtype)
+            module.parse.weight[slot * n : (slot + 1) * n] = (scale * probe.T).to(module.parse.weight.dtype)
         labelled = targets.sum(1) > 0
         if labelled.any():  # cells past the training lists are never labelled (their probe is zero: uniform)
             accuracies.append(float((targets[labelled].argmax(1) == (x[labelled] @ probe).argmax(1)).double().mean()))
@@ -548,9 +688,9 @@ def init_copy_parse(model, spec: TaskSpec, texts: list[str], scale: float, min_a
     for text in texts:
         numbers = written_numbers(text)  # ordinal k: the k-th of them, as in `CopyParse`
         for values in slot_values(spec, text, n):
-            for slot, value in enumerate(values[:copy.slots]):
+            for slot, value in enumerate(values[: copy.slots]):
                 labelled[slot] += 1
-                for k, number in enumerate(numbers[:copy.ordinal.num_embeddings]):
+                for k, number in enumerate(numbers[: copy.ordinal.num_embeddings]):
                     agreement[slot, k] += number == value
     share, ordinal = (agreement / labelled.clamp_min(1)[:, None]).max(1)  # (slots,)
     copying = {slot: int(ordinal[slot]) for slot in range(copy.slots) if share[slot] >= min_agreement}
@@ -571,13 +711,14 @@ def add_lora(model, rank: int):
     from peft import LoraConfig, get_peft_model
 
     modules_to_save = ["computer"] if hasattr(model, "_computers") else None
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=LORA_TARGETS, modules_to_save=modules_to_save,
-                        task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=rank, lora_alpha=2 * rank, target_modules=LORA_TARGETS, modules_to_save=modules_to_save, task_type="CAUSAL_LM"
+    )
     return get_peft_model(model, config)
 
 
 def parameter_group(name: str) -> str:
-    """"parse" (the computer's parse heads), "computer" (its selection head, norm, gate), "embeddings"
+    """ "parse" (the computer's parse heads), "computer" (its selection head, norm, gate), "embeddings"
     (embeddings, LM head, final norm, W_out) or "layers" (everything else: the decoder layers, LoRA adapters)."""
     if ".computer.parse." in name or ".computer.copy_parse." in name:
         return "parse"
@@ -609,8 +750,15 @@ class DCompTrainer(Trainer):
     """The Trainer with one learning rate per parameter group, the answer loss on the computer's output register,
     and our model card for `push_to_hub`."""
 
-    def __init__(self, *args, learning_rates: dict[str, float], answer_loss_weight: float,
-                 parse_loss_weight: float = 0.0, model_card: str = "", **kwargs):
+    def __init__(
+        self,
+        *args,
+        learning_rates: dict[str, float],
+        answer_loss_weight: float,
+        parse_loss_weight: float = 0.0,
+        model_card: str = "",
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.learning_rates = learning_rates
         self.answer_loss_weight = answer_loss_weight
@@ -625,7 +773,8 @@ class DCompTrainer(Trainer):
                     groups.setdefault(parameter_group(name), []).append(parameter)
             self.optimizer = torch.optim.AdamW(
                 [{"params": params, "lr": self.learning_rates[group]} for group, params in sorted(groups.items())],
-                betas=(self.args.adam_beta1, self.args.adam_beta2), eps=self.args.adam_epsilon,
+                betas=(self.args.adam_beta1, self.args.adam_beta2),
+                eps=self.args.adam_epsilon,
                 weight_decay=self.args.weight_decay,
             )
         return self.optimizer
@@ -634,8 +783,9 @@ class DCompTrainer(Trainer):
         targets = inputs.pop("computer_targets", None)
         slot_targets = inputs.pop("slot_targets", None)
         with record_computer_runs() as runs:
-            loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
-                                                 num_items_in_batch=num_items_in_batch)
+            loss, outputs = super().compute_loss(
+                model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+            )
         if targets is not None and self.answer_loss_weight:
             register = runs[-1].state.registers[:, self.model.config.library_output_register]  # (batch, n)
             loss = loss + self.answer_loss_weight * distribution_cross_entropy(register, targets)
@@ -671,8 +821,10 @@ class ExactMatch:
         targets = [row[1:][row[1:] != IGNORE_INDEX].tolist() for row in labels]
         guesses = [guess[:-1][label[1:] != IGNORE_INDEX].tolist() for guess, label in zip(predictions, labels)]
         result = self.metric.compute(predictions=guesses, references=targets, groups=self.groups)
-        return {"exact_match": result["exact_match"],
-                **{f"exact_match_{group}": value for group, value in result["per_group"].items()}}
+        return {
+            "exact_match": result["exact_match"],
+            **{f"exact_match_{group}": value for group, value in result["per_group"].items()},
+        }
 
 
 class LearningCurve(TrainerCallback):
@@ -687,8 +839,9 @@ class LearningCurve(TrainerCallback):
 
     def save(self, output_dir: Path) -> None:
         """learning_curve.json and, where matplotlib is installed, learning_curve.png."""
-        (output_dir / "learning_curve.json").write_text(json.dumps(
-            [{"step": s, "seconds": t, "validation_exact_match": a} for s, t, a in self.points], indent=1))
+        (output_dir / "learning_curve.json").write_text(
+            json.dumps([{"step": s, "seconds": t, "validation_exact_match": a} for s, t, a in self.points], indent=1)
+        )
         try:
             import matplotlib
 
@@ -710,18 +863,36 @@ def training_arguments(args) -> TrainingArguments:
     cuda = torch.cuda.is_available()
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     return TrainingArguments(
-        output_dir=str(args.output_dir), num_train_epochs=args.epochs, max_steps=args.max_steps,
-        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.eval_batch_size,
-        learning_rate=args.learning_rate, lr_scheduler_type="linear", warmup_steps=args.warmup_steps,
-        weight_decay=args.weight_decay, max_grad_norm=1.0, seed=args.seed, data_seed=args.seed,
-        eval_strategy="steps", eval_steps=args.eval_steps, save_strategy="steps", save_steps=args.save_steps,
-        save_total_limit=2, logging_steps=args.logging_steps, report_to=["tensorboard"], disable_tqdm=False,
-        remove_unused_columns=False, use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
-        fp16=cuda and not torch.cuda.is_bf16_supported(), ddp_backend="gloo" if distributed and not cuda else None,
+        output_dir=str(args.output_dir),
+        num_train_epochs=args.epochs,
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.eval_batch_size,
+        learning_rate=args.learning_rate,
+        lr_scheduler_type="linear",
+        warmup_steps=args.warmup_steps,
+        weight_decay=args.weight_decay,
+        max_grad_norm=1.0,
+        seed=args.seed,
+        data_seed=args.seed,
+        eval_strategy="steps",
+        eval_steps=args.eval_steps,
+        save_strategy="steps",
+        save_steps=args.save_steps,
+        save_total_limit=2,
+        logging_steps=args.logging_steps,
+        report_to=["tensorboard"],
+        disable_tqdm=False,
+        remove_unused_columns=False,
+        use_cpu=not cuda,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        fp16=cuda and not torch.cuda.is_bf16_supported(),
+        ddp_backend="gloo" if distributed and not cuda else None,
         # Every trainable parameter gets a gradient each step; searching the graph for unused ones would also
         # misjudge the computer's heads, which the answer loss reaches from outside the forward's outputs.
         ddp_find_unused_parameters=False,
-        push_to_hub=args.push_to_hub, hub_model_id=args.hub_model_id,
+        push_to_hub=args.push_to_hub,
+        hub_model_id=args.hub_model_id,
     )
 
 
@@ -737,22 +908,37 @@ def render_model_card(args, model, results: dict, seconds: float, steps: int) ->
     """README.md of the output folder, from the `model_card.md` template (string.Template)."""
     config = model.config
     programs = getattr(config, "library_programs", [])
-    library = "\n".join(f"| `{name}` | {line} |" for name, line in zip(programs, config.library_entry_points)) \
-        if programs else "| (none: `--no-computer` baseline) | |"
+    library = (
+        "\n".join(f"| `{name}` | {line} |" for name, line in zip(programs, config.library_entry_points))
+        if programs
+        else "| (none: `--no-computer` baseline) | |"
+    )
     results_rows = "\n".join(
         f"| {split} | {values['exact_match']:.2%} | "
-        + ", ".join(f"{key.removeprefix('exact_match_')} {value:.1%}" for key, value in values.items()
-                    if key != "exact_match") + " |"
-        for split, values in results.items())
+        + ", ".join(
+            f"{key.removeprefix('exact_match_')} {value:.1%}" for key, value in values.items() if key != "exact_match"
+        )
+        + " |"
+        for split, values in results.items()
+    )
     settings = "\n".join(f"| `--{key.replace('_', '-')}` | `{value}` |" for key, value in sorted(vars(args).items()))
     base = args.gguf or args.model or "none (from scratch)"
     return string.Template(MODEL_CARD.read_text()).substitute(
-        task=args.task, n=args.n, base=base,
-        model_class=type(model).__name__, hidden=config.hidden_size, layers=config.num_hidden_layers,
-        vocab=f"{config.vocab_size:,}", parameters=f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}",
-        computer_layer=getattr(config, "computer_layer", "none"), library=library, results=results_rows,
+        task=args.task,
+        n=args.n,
+        base=base,
+        model_class=type(model).__name__,
+        hidden=config.hidden_size,
+        layers=config.num_hidden_layers,
+        vocab=f"{config.vocab_size:,}",
+        parameters=f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}",
+        computer_layer=getattr(config, "computer_layer", "none"),
+        library=library,
+        results=results_rows,
         parse=f'the "{getattr(config, "computer_parse", "none")}"',
-        settings=settings, seconds=f"{seconds:.0f}", steps=steps,
+        settings=settings,
+        seconds=f"{seconds:.0f}",
+        steps=steps,
         command=shlex.join(["python", "train.py", *sys.argv[1:]]),
         repo=args.hub_model_id or args.output_dir.name,
     )
@@ -771,20 +957,29 @@ def train(args) -> dict:
     with_computer = not args.no_computer
     answer_loss = with_computer and spec.answer_in_register and args.answer_loss_weight > 0
     parse_loss = with_computer and args.parse_loss_weight > 0
-    collator = AnswerCollator(tokenizer.pad_token_id, with_computer, with_targets=answer_loss,
-                              with_slot_targets=parse_loss)
+    collator = AnswerCollator(
+        tokenizer.pad_token_id, with_computer, with_targets=answer_loss, with_slot_targets=parse_loss
+    )
     resume = get_last_checkpoint(str(args.output_dir)) if args.resume and args.output_dir.is_dir() else None
     if with_computer and resume is None:  # a resumed run loads all of this from its checkpoint
         from_scratch = args.model is None and args.gguf is None
         init_read_out(model, tokenizer, args.number_row_norm if from_scratch else 0.0)
         if args.parse_init_scale > 0:
-            accuracy = init_parse_from_probe(model, spec, data["train"], collator, args.probe_examples,
-                                             args.parse_init_scale, targets_kind=args.probe_targets,
-                                             ridge_penalty=args.probe_ridge)
+            accuracy = init_parse_from_probe(
+                model,
+                spec,
+                data["train"],
+                collator,
+                args.probe_examples,
+                args.parse_init_scale,
+                targets_kind=args.probe_targets,
+                ridge_penalty=args.probe_ridge,
+            )
             print(f"parse heads: probes of the prompt's numbers, {accuracy:.2f} of slots right at step 0", flush=True)
             if model.config.computer_parse == "copy":
-                copying = init_copy_parse(model, spec, data["train"][:args.probe_examples]["text"],
-                                          args.parse_init_scale)
+                copying = init_copy_parse(
+                    model, spec, data["train"][: args.probe_examples]["text"], args.parse_init_scale
+                )
                 print(f"copy parse: slot -> ordinal of the number it starts copying {copying}", flush=True)
     if answer_loss:
         for computer in model._computers():
@@ -798,13 +993,21 @@ def train(args) -> dict:
     metric = exact_match_metric()
     curve = LearningCurve(PROCESS_START)
     trainer = DCompTrainer(
-        model=model, args=training_arguments(args), train_dataset=data["train"], eval_dataset=data["validation"],
-        data_collator=collator, processing_class=tokenizer, callbacks=[curve],
+        model=model,
+        args=training_arguments(args),
+        train_dataset=data["train"],
+        eval_dataset=data["validation"],
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=[curve],
         compute_metrics=ExactMatch(metric, data["validation"][spec.group_column]),
         preprocess_logits_for_metrics=answer_predictions,
-        learning_rates={"computer": args.computer_learning_rate, "parse": args.parse_learning_rate,
-                        "embeddings": args.embedding_learning_rate,
-                        "layers": args.learning_rate},
+        learning_rates={
+            "computer": args.computer_learning_rate,
+            "parse": args.parse_learning_rate,
+            "embeddings": args.embedding_learning_rate,
+            "layers": args.learning_rate,
+        },
         answer_loss_weight=args.answer_loss_weight if answer_loss else 0.0,
         parse_loss_weight=args.parse_loss_weight if parse_loss else 0.0,
     )
@@ -826,8 +1029,11 @@ def train(args) -> dict:
         (args.output_dir / "test_results.json").write_text(json.dumps(results, indent=2))
         curve.save(args.output_dir)
         for name, values in results.items():
-            groups = ", ".join(f"{key.removeprefix('exact_match_')} {value:.1%}" for key, value in values.items()
-                               if key != "exact_match")
+            groups = ", ".join(
+                f"{key.removeprefix('exact_match_')} {value:.1%}"
+                for key, value in values.items()
+                if key != "exact_match"
+            )
             print(f"{name} exact match: {values['exact_match']:.2%} ({groups})")
         print(f"wall time {seconds:.0f} s, {trainer.state.global_step} steps; model in {args.output_dir}")
     if args.push_to_hub:
@@ -840,8 +1046,11 @@ def number_starts(tokenizer, input_ids: list[int], answer_start: int) -> list[in
     """Where the computer runs while an answer is written (as in training, `add_number_positions`): the answer
     position (`answer_start - 1`, the prompt's last token) and every later position after which the answer
     written so far ends with ", " (a list's next number follows)."""
-    return [answer_start - 1] + [position for position in range(answer_start, len(input_ids))
-                                 if tokenizer.decode(input_ids[answer_start:position + 1]).endswith(", ")]
+    return [answer_start - 1] + [
+        position
+        for position in range(answer_start, len(input_ids))
+        if tokenizer.decode(input_ids[answer_start : position + 1]).endswith(", ")
+    ]
 
 
 @torch.no_grad()
@@ -854,8 +1063,13 @@ def greedy_answer(model, tokenizer, prompt: str, max_new_tokens: int) -> tuple[t
     ids = tokenizer(prompt.rstrip() + " ", return_tensors="pt")["input_ids"]  # the answer follows a space
     start = ids.shape[1]
     if not hasattr(model, "trace_computer"):
-        return model.generate(input_ids=ids, max_new_tokens=max_new_tokens, do_sample=False,
-                              pad_token_id=tokenizer.pad_token_id), start, None
+        return (
+            model.generate(
+                input_ids=ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            ),
+            start,
+            None,
+        )
 
     def computer_mask(ids: torch.Tensor) -> torch.Tensor:
         mask = torch.zeros_like(ids, dtype=torch.bool)  # (1, seq)

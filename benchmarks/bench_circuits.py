@@ -16,21 +16,21 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 # PyTorch's OpenMP threads and MKL can fight on few cores (ALU-NOTES, "Threads"): idle threads must sleep.
 # Set before torch is imported, and report it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import torch  # noqa: E402
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from dcomp_circuits import ADDERS, CircuitALU, gradient_path_length  # noqa: E402
-from dcomp_isa import ALU_OPS  # noqa: E402
+from dcomp_circuits import ADDERS, CircuitALU, gradient_path_length
+from dcomp_isa import ALU_OPS
 
 try:
-    from dcomp_alu import TableALU  # noqa: E402
+    from dcomp_alu import TableALU
 except ImportError as error:
     sys.exit(f"bench_circuits: cannot import TableALU from dcomp_alu ({error}); it is the baseline of this benchmark.")
 
@@ -91,8 +91,11 @@ def bench_alus(repeats: int) -> list[str]:
         gen = torch.Generator().manual_seed(n)
         op_probs = torch.softmax(torch.randn(BATCH, len(ALU_OPS), generator=gen), -1)
         u, v = torch.softmax(torch.randn(2, BATCH, n, generator=gen), -1)
-        alus = {"TableALU": TableALU(n), "CircuitALU ripple": CircuitALU(n, "ripple"),
-                "CircuitALU prefix": CircuitALU(n, "prefix")}
+        alus = {
+            "TableALU": TableALU(n),
+            "CircuitALU ripple": CircuitALU(n, "ripple"),
+            "CircuitALU prefix": CircuitALU(n, "prefix"),
+        }
         times = time_forward_backward(alus, (op_probs, u, v), repeats)
         for name, alu in alus.items():
             rows.append(f"| {n} | {name} | {alu.table_bytes():,} | {times[name][0]} | {times[name][1]} |")
@@ -121,10 +124,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     repeats = 3 if args.quick else 15
     print("# Circuit ALU vs table ALU\n")
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads, "
-          f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; batch {BATCH}, float32, random distributions, "
-          f"median (min) of {repeats} runs{' (--quick)' if args.quick else ''}; "
-          f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs.\n")
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads, "
+        f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; batch {BATCH}, float32, random distributions, "
+        f"median (min) of {repeats} runs{' (--quick)' if args.quick else ''}; "
+        f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs.\n"
+    )
     print(f"## ALU step: all {len(ALU_OPS)} ops mixed (eq. 7)\n")
     print("\n".join(bench_alus(repeats)))
     print("\n## Adders alone (sum bits; gradient path = longest autograd chain)\n")

@@ -38,8 +38,12 @@ def parse_args(argv=None):
     parser.add_argument("--max-seconds", type=float, default=30.0, help="stop repeating a measurement after this")
     parser.add_argument("--max-dense-gb", type=float, default=2.0, help="skip dense baselines above this table size")
     parser.add_argument("--max-einsum-gb", type=float, default=1.0, help="skip einsum above this scratch size")
-    parser.add_argument("--max-einsum-work", type=float, default=2e9,
-                        help="skip the einsum fib run above batch·n³·steps multiply-adds (it would take minutes)")
+    parser.add_argument(
+        "--max-einsum-work",
+        type=float,
+        default=2e9,
+        help="skip the einsum fib run above batch·n³·steps multiply-adds (it would take minutes)",
+    )
     parser.add_argument("--output", type=Path, help="also write the markdown report here")
     parser.add_argument("--run", nargs=4, metavar=("N", "BATCH", "ALU", "WORKLOAD"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -70,8 +74,11 @@ def run_one(n: int, batch: int, alu_name: str, workload: str, args) -> dict:
             return dense_alu(self.table, op_probs, u, v, form=self.form)
 
     alu = TableALU(n) if alu_name == "ours" else DenseALU(alu_name.split()[1])
-    table_bytes = sum(b.numel() * b.element_size() for b in alu.buffers()) if alu_name == "ours" else (
-        alu.table.numel() * alu.table.element_size())
+    table_bytes = (
+        sum(b.numel() * b.element_size() for b in alu.buffers())
+        if alu_name == "ours"
+        else (alu.table.numel() * alu.table.element_size())
+    )
     machine = RegisterMachine(n, 16, 32, alu=alu)
     program = load_program("fib", n=n, num_registers=16)
     tensors = compile_program(program, n=n, num_registers=16)
@@ -158,8 +165,11 @@ def main(argv=None):
                     else:
                         row.update(measure_in_child(__file__, [str(n), str(batch), alu, workload], args, env))
                     rows.append(row)
-                print(f"  {workload} n={n} batch={batch} done ({time.perf_counter() - start:.0f} s)",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"  {workload} n={n} batch={batch} done ({time.perf_counter() - start:.0f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
     header = (
         f"{os.cpu_count()} CPUs, load average {load:.1f} at start and {os.getloadavg()[0]:.1f} at the end; torch "
         f"threads {args.threads} (OMP_WAIT_POLICY={env['OMP_WAIT_POLICY']}); median of {args.repeats} runs "

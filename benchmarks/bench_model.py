@@ -82,11 +82,20 @@ def parse_args(argv=None):
     parser.add_argument("--intermediate", type=int, default=512)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--computer-layer", type=int, default=0, help="decoder layer after which the computer runs")
-    parser.add_argument("--library", nargs="+", default=["add", "sub", "mul", "div"],
-                        help="programs (default: the arithmetic task's calculator)")
+    parser.add_argument(
+        "--library",
+        nargs="+",
+        default=["add", "sub", "mul", "div"],
+        help="programs (default: the arithmetic task's calculator)",
+    )
     parser.add_argument("--max-steps", type=int, default=16, help="computer_max_steps (the run exits once halted)")
-    parser.add_argument("--input-registers", type=int, nargs="+", default=[1, 2],
-                        help="library_input_registers (parsed from the hidden state)")
+    parser.add_argument(
+        "--input-registers",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="library_input_registers (parsed from the hidden state)",
+    )
     parser.add_argument("--tie-embeddings", action="store_true", help="tie the LM head to the input embeddings")
     parser.add_argument("--output", type=Path, help="also write the markdown report here")
     args = parser.parse_args(argv)
@@ -128,9 +137,14 @@ def prepare_batches(args) -> tuple[list[dict], dict]:
             answer[row, position] = True
         batches.append({"input_ids": ids, "attention_mask": mask, "labels": labels, "answer_mask": answer})
     lengths = [len(ids) for ids in rows["input_ids"]]
-    info = {"vocab": len(tokenizer), "prompts": count, "tokens_min": min(lengths), "tokens_max": max(lengths),
-            "example": rows[0]["text"] + " " + rows[0]["answer_text"],
-            "special": (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)}
+    info = {
+        "vocab": len(tokenizer),
+        "prompts": count,
+        "tokens_min": min(lengths),
+        "tokens_max": max(lengths),
+        "example": rows[0]["text"] + " " + rows[0]["answer_text"],
+        "special": (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id),
+    }
     return batches, info
 
 
@@ -191,17 +205,30 @@ def build_model(name: str, args, special: tuple[int, int, int]):
     torch.manual_seed(0)
     bos, eos, pad = special
     config = LlamaConfig(
-        vocab_size=128_256, hidden_size=args.hidden, intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.heads,
-        max_position_embeddings=256, tie_word_embeddings=args.tie_embeddings,
-        bos_token_id=bos, eos_token_id=eos, pad_token_id=pad,
+        vocab_size=128_256,
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.heads,
+        max_position_embeddings=256,
+        tie_word_embeddings=args.tie_embeddings,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=pad,
     )
     llama = LlamaForCausalLM(config)
     if CONFIGS[name][0] == "Llama":
         return llama
     # W_out keeps its random init (from_llama without a tokenizer): its values do not change the cost.
-    return from_llama(llama, computer_layer=args.computer_layer, library=args.library, computer_values=128,
-                      computer_max_steps=args.max_steps, library_input_registers=args.input_registers)
+    return from_llama(
+        llama,
+        computer_layer=args.computer_layer,
+        library=args.library,
+        computer_values=128,
+        computer_max_steps=args.max_steps,
+        library_input_registers=args.input_registers,
+    )
 
 
 def run_one(name: str, args, batches: list[dict], special: tuple[int, int, int]) -> dict:
@@ -267,7 +294,11 @@ def run_one(name: str, args, batches: list[dict], special: tuple[int, int, int])
             tokens.append(int(batch["attention_mask"].sum()))
     peaks.start_step()  # records the last step's optimizer peak
     return {
-        "wall_s": wall, "cpu_s": cpu, "phases_s": phases, "tokens": tokens, "first_loss": losses[0],
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "phases_s": phases,
+        "tokens": tokens,
+        "first_loss": losses[0],
         "last_loss": losses[-1],
         "process_peak_mib": peaks.process / 1024 if peaks.works else None,
         "built_mib": peaks.built / 1024,
@@ -282,7 +313,7 @@ def run_one(name: str, args, batches: list[dict], special: tuple[int, int, int])
 def _child(name, args, batches, special, connection) -> None:
     try:
         connection.send(run_one(name, args, batches, special))
-    except BaseException:  # noqa: BLE001 - reported by the driver
+    except BaseException:
         connection.send({"error": traceback.format_exc()})
     finally:
         connection.close()
@@ -318,6 +349,7 @@ def run_forked(name: str, args, batches: list[dict], special) -> dict:
 
 def summarize(runs: list[dict]) -> dict:
     """Pools the rounds: medians over all timed steps, peaks as the largest of the rounds (step peaks: median)."""
+
     def largest(key):
         values = [run[key] for run in runs if run[key] is not None]
         return max(values) if values else None
@@ -327,16 +359,21 @@ def summarize(runs: list[dict]) -> dict:
     phases = [phase for run in runs for phase in run["phases_s"]]
     step_peaks = [run["step_peak_mib"] for run in runs if run["step_peak_mib"] is not None]
     return {
-        "step_ms": statistics.median(wall) * 1e3, "step_cpu_ms": statistics.median(cpu) * 1e3,
+        "step_ms": statistics.median(wall) * 1e3,
+        "step_cpu_ms": statistics.median(cpu) * 1e3,
         "phase_cpu_ms": [statistics.median(phase[i] for phase in phases) * 1e3 for i in range(3)],
         "tokens_per_s": statistics.median(t / s for run in runs for t, s in zip(run["tokens"], run["wall_s"])),
         "tokens_per_cpu_s": statistics.median(t / s for run in runs for t, s in zip(run["tokens"], run["cpu_s"])),
         "tokens": statistics.median(t for run in runs for t in run["tokens"]),
-        "process_peak_mib": largest("process_peak_mib"), "built_mib": largest("built_mib"),
+        "process_peak_mib": largest("process_peak_mib"),
+        "built_mib": largest("built_mib"),
         "training_peak_mib": largest("training_peak_mib"),
         "step_peak_mib": statistics.median(step_peaks) if step_peaks else None,
-        "first_loss": runs[0]["first_loss"], "parameters": runs[0]["parameters"],
-        "machine_steps": runs[0]["machine_steps"], "threads": runs[0]["threads"], "samples": len(wall),
+        "first_loss": runs[0]["first_loss"],
+        "parameters": runs[0]["parameters"],
+        "machine_steps": runs[0]["machine_steps"],
+        "threads": runs[0]["threads"],
+        "samples": len(wall),
     }
 
 
@@ -344,17 +381,25 @@ def first_loss_check(rows: dict[str, dict]) -> str:
     """LlamaDComp at gate 0 computes the Llama's function: its first-step loss must equal the Llama's (with the
     same logits setting) exactly; labelled-only logits give the full-logits loss up to rounding."""
     llama = {CONFIGS[name][2]: row["first_loss"] for name, row in rows.items() if CONFIGS[name][0] == "Llama"}
-    problems = [f"{name}: {row['first_loss']!r} != Llama {llama[CONFIGS[name][2]]!r}" for name, row in rows.items()
-                if CONFIGS[name][2] in llama and row["first_loss"] != llama[CONFIGS[name][2]]]
+    problems = [
+        f"{name}: {row['first_loss']!r} != Llama {llama[CONFIGS[name][2]]!r}"
+        for name, row in rows.items()
+        if CONFIGS[name][2] in llama and row["first_loss"] != llama[CONFIGS[name][2]]
+    ]
     values = [row["first_loss"] for row in rows.values()]
     if max(values) - min(values) > 1e-4 * abs(values[0]):
         problems.append(f"losses spread from {min(values)!r} to {max(values)!r}")
     if problems:
         return "FAILED: " + "; ".join(problems)
-    compared = ("LlamaDComp's bit-equal to the Llama's with the same logits setting (gate 0)" if llama
-                else "no Llama row to compare with")
-    return (f"first-step loss {values[0]:.6f} in every configuration, {compared}; spread "
-            f"{max(values) - min(values):.1g} (labelled-only vs full logits: rounding)")
+    compared = (
+        "LlamaDComp's bit-equal to the Llama's with the same logits setting (gate 0)"
+        if llama
+        else "no Llama row to compare with"
+    )
+    return (
+        f"first-step loss {values[0]:.6f} in every configuration, {compared}; spread "
+        f"{max(values) - min(values):.1g} (labelled-only vs full logits: rounding)"
+    )
 
 
 def rows_extra(rows: dict[str, dict]) -> str:
@@ -380,8 +425,7 @@ def markdown(rows: dict[str, dict]) -> str:
         kind, computer_at, logits_at = CONFIGS[name]
         baseline = rows.get("llama-full" if logits_at == "all positions" else "llama-labelled")
         ratio = f"{row['tokens_per_cpu_s'] / baseline['tokens_per_cpu_s']:.2f}" if baseline else "—"
-        model_ratio = (f"{sum(baseline['phase_cpu_ms'][:2]) / sum(row['phase_cpu_ms'][:2]):.2f}" if baseline
-                       else "—")
+        model_ratio = f"{sum(baseline['phase_cpu_ms'][:2]) / sum(row['phase_cpu_ms'][:2]):.2f}" if baseline else "—"
         steps = f"{row['machine_steps']:g}" if row["machine_steps"] is not None else "—"
         lines.append(
             f"| {kind} | {computer_at} | {logits_at} | {row['parameters'] / 1e6:.2f} M | {row['step_ms']:.0f} | "
@@ -411,8 +455,11 @@ def main(argv=None):
     for round_index in range(args.rounds):
         for name in args.configs:
             runs[name].append(run_forked(name, args, batches, data["special"]))
-            print(f"  round {round_index + 1} {name} done ({time.perf_counter() - start:.0f} s)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"  round {round_index + 1} {name} done ({time.perf_counter() - start:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
     rows = {name: summarize(runs[name]) for name in args.configs}
     loss_note = first_loss_check(rows)
     threads = sorted({row["threads"] for row in rows.values()})
@@ -422,7 +469,7 @@ def main(argv=None):
         f"embeddings; computer after layer {args.computer_layer}, n = 128, library {', '.join(args.library)}, "
         f"computer_max_steps {args.max_steps}, inputs parsed into r{', r'.join(map(str, args.input_registers))}. "
         f"Data: {data['prompts']} arithmetic prompts "
-        f"({data['tokens_min']}–{data['tokens_max']} tokens with BOS, answer and EOS; e.g. \"{data['example']}\"), "
+        f'({data["tokens_min"]}–{data["tokens_max"]} tokens with BOS, answer and EOS; e.g. "{data["example"]}"), '
         f"batch {args.batch}, right-padded. Step = forward + loss + backward + AdamW over all parameters.\n\n"
         f"{os.cpu_count()} CPUs, load average {load:.1f} at start and {os.getloadavg()[0]:.1f} at the end; torch "
         f"threads {', '.join(map(str, threads))} (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, "

@@ -35,9 +35,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from torch import nn
-from tqdm import tqdm
-
 from common import (
     MachineTool,
     Timer,
@@ -50,11 +47,14 @@ from common import (
     split_indices,
     train_epoch,
 )
+from minimal_network import MinimalNetwork, derangement
+from torch import nn
+from tqdm import tqdm
+
 from dcomp_alu import TableALU
 from dcomp_circuits import CircuitALU
 from dcomp_isa import ALU_OPS, alu_index_table
 from dcomp_machine import RegisterMachine, one_hot_values
-from minimal_network import MinimalNetwork, derangement
 
 TASK_OPS = ("add", "sub", "mul", "max")
 SLOTS = 3  # x, y and a distractor z
@@ -87,7 +87,7 @@ class Data:
     slots: torch.Tensor
     answers: torch.Tensor
 
-    def __getitem__(self, index: torch.Tensor) -> "Data":
+    def __getitem__(self, index: torch.Tensor) -> Data:
         return Data(self.ops[index], self.slots[index], self.answers[index])
 
     def __len__(self) -> int:
@@ -101,8 +101,9 @@ def answers_for(ops: torch.Tensor, x: torch.Tensor, y: torch.Tensor, n: int) -> 
     return tables[ops, x, y]
 
 
-def make_data(ops: torch.Tensor, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, order: Sequence[int],
-              n: int) -> Data:
+def make_data(
+    ops: torch.Tensor, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, order: Sequence[int], n: int
+) -> Data:
     """Slots hold (x, y, z) permuted by `order`; the answer is op(x, y) mod n."""
     return Data(ops, torch.stack([x, y, z], 1)[:, order], answers_for(ops, x, y, n))
 
@@ -205,8 +206,9 @@ def train_arm(network: str, arm: str, seed: int, settings: Settings) -> dict:
                 record()
 
         for _ in range(epochs):
-            train_epoch(lambda i: model(train[i], tool), train.answers, optimizer, settings.batch_size,
-                        generator, on_step)
+            train_epoch(
+                lambda i: model(train[i], tool), train.answers, optimizer, settings.batch_size, generator, on_step
+            )
 
     label = f"{network} {arm} seed={seed}"
     with tqdm(total=settings.epochs * steps_per_epoch, desc=label, leave=False) as progress:
@@ -286,10 +288,10 @@ def first_epoch_reaching(curve: Sequence[tuple[float, float]], level: float) -> 
     return next((f"{epoch:.1f}" for epoch, value in curve if value >= level), "never")
 
 
-def report(results: dict, networks: Sequence[str], seeds: Sequence[int], settings: Settings,
-           timer: Timer) -> str:
+def report(results: dict, networks: Sequence[str], seeds: Sequence[int], settings: Settings, timer: Timer) -> str:
     """Markdown: per network and arm, the test accuracy after the first epoch and at the end, when it reached
     99 %, the swap; then the tied network's large-range results."""
+
     def runs(network: str, arm: str) -> list[dict]:
         return [results[f"{network}/{arm}/{seed}"] for seed in seeds]
 
@@ -300,33 +302,65 @@ def report(results: dict, networks: Sequence[str], seeds: Sequence[int], setting
     def after_epoch(epoch: float) -> Callable[[dict], float]:
         return lambda r: next(value for point, value in r["curve"] if abs(point - epoch) < 1e-9)
 
-    header = ["network", "tool during training", "test after epoch 1", f"test after {settings.epochs}",
-              "epochs to ≥ 99 % (per seed)", "before swap", "right after swap", "wall time, all seeds (s)"]
-    rows = [[network, arm, cell(network, arm, after_epoch(1.0)), cell(network, arm, "test"),
-             ", ".join(first_epoch_reaching(r["curve"], 99.0) for r in runs(network, arm)),
-             cell(network, arm, "before_swap"), cell(network, arm, "after_swap"),
-             f"{sum(r['seconds'] for r in runs(network, arm)):.0f}"]
-            for network in networks for arm in ARMS]
+    header = [
+        "network",
+        "tool during training",
+        "test after epoch 1",
+        f"test after {settings.epochs}",
+        "epochs to ≥ 99 % (per seed)",
+        "before swap",
+        "right after swap",
+        "wall time, all seeds (s)",
+    ]
+    rows = [
+        [
+            network,
+            arm,
+            cell(network, arm, after_epoch(1.0)),
+            cell(network, arm, "test"),
+            ", ".join(first_epoch_reaching(r["curve"], 99.0) for r in runs(network, arm)),
+            cell(network, arm, "before_swap"),
+            cell(network, arm, "after_swap"),
+            f"{sum(r['seconds'] for r in runs(network, arm)):.0f}",
+        ]
+        for network in networks
+        for arm in ARMS
+    ]
     tables = [markdown_table(header, rows)]
     if "tied" in networks:
         in_range = mean_spread([r["large_in_range"] for r in runs("tied", ARMS[0])])
-        large_header = ["tied network trained with", f"circuit at n = {settings.large_n}",
-                        f"table rebuilt at n = {settings.large_n}",
-                        f"the n = {settings.n} table (encodes {in_range} % of the examples)"]
-        tables.append(markdown_table(large_header, [
-            [arm, cell("tied", arm, "large_circuit"), cell("tied", arm, "large_table"),
-             cell("tied", arm, "large_small_table")] for arm in ARMS]))
-    sizes = (f"ops {', '.join(TASK_OPS)}; train n = {settings.n}: {len(TASK_OPS)} × {settings.n}² examples, "
-             f"{settings.test_fraction:.0%} of the (x, y) pairs held out; large-range test: "
-             f"{settings.large_examples} random examples with numbers < {settings.large_n}; {settings.epochs} "
-             f"epochs (table→circuit: swap after {settings.swap_epochs}), batch {settings.batch_size}, Adam lr "
-             f"{settings.lr}; seeds {list(seeds)}; total wall time {timer.seconds:.0f} s "
-             f"(CPU {timer.cpu_seconds:.0f} s)")
+        large_header = [
+            "tied network trained with",
+            f"circuit at n = {settings.large_n}",
+            f"table rebuilt at n = {settings.large_n}",
+            f"the n = {settings.n} table (encodes {in_range} % of the examples)",
+        ]
+        tables.append(
+            markdown_table(
+                large_header,
+                [
+                    [
+                        arm,
+                        cell("tied", arm, "large_circuit"),
+                        cell("tied", arm, "large_table"),
+                        cell("tied", arm, "large_small_table"),
+                    ]
+                    for arm in ARMS
+                ],
+            )
+        )
+    sizes = (
+        f"ops {', '.join(TASK_OPS)}; train n = {settings.n}: {len(TASK_OPS)} × {settings.n}² examples, "
+        f"{settings.test_fraction:.0%} of the (x, y) pairs held out; large-range test: "
+        f"{settings.large_examples} random examples with numbers < {settings.large_n}; {settings.epochs} "
+        f"epochs (table→circuit: swap after {settings.swap_epochs}), batch {settings.batch_size}, Adam lr "
+        f"{settings.lr}; seeds {list(seeds)}; total wall time {timer.seconds:.0f} s "
+        f"(CPU {timer.cpu_seconds:.0f} s)"
+    )
     return "\n\n".join([*tables, sizes])
 
 
-def plot_curves(results: dict, networks: Sequence[str], seeds: Sequence[int], settings: Settings,
-                path: Path) -> None:
+def plot_curves(results: dict, networks: Sequence[str], seeds: Sequence[int], settings: Settings, path: Path) -> None:
     """Test accuracy against epochs, one panel per network, one colour per arm: mean over seeds (thick) and
     single seeds (thin)."""
     import matplotlib
@@ -342,8 +376,12 @@ def plot_curves(results: dict, networks: Sequence[str], seeds: Sequence[int], se
                 ax.plot(curve[:, 0], curve[:, 1], color=color, linewidth=0.6, alpha=0.35)
             ax.plot(curves[0, :, 0], curves[:, :, 1].mean(0), color=color, linewidth=2, label=arm)
         ax.axvline(settings.swap_epochs, color="gray", linestyle=":", linewidth=1)
-        ax.set(xlabel="epoch", ylabel=f"test accuracy (%), n = {settings.n}", ylim=(0, 101),
-               title=f"{network} network (dotted: the swap)")
+        ax.set(
+            xlabel="epoch",
+            ylabel=f"test accuracy (%), n = {settings.n}",
+            ylim=(0, 101),
+            title=f"{network} network (dotted: the swap)",
+        )
         ax.legend(loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

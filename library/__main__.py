@@ -56,12 +56,22 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a program on the reference interpreter or the differentiable machine")
     run.add_argument("program", type=Path)
     _machine_options(run)
-    run.add_argument("--set", dest="assignments", action="append", type=_parse_assignment, default=[],
-                     metavar="rK=V", help="initial register value (repeatable)")
+    run.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        type=_parse_assignment,
+        default=[],
+        metavar="rK=V",
+        help="initial register value (repeatable)",
+    )
     run.add_argument("--memory", type=_parse_memory, default=[], help="initial memory cells, e.g. 3,1,2")
     run.add_argument("--max-steps", type=int, default=500, help="step limit (default: 500)")
-    run.add_argument("--differentiable", action="store_true",
-                     help="run the compiled program on the differentiable machine instead of the interpreter")
+    run.add_argument(
+        "--differentiable",
+        action="store_true",
+        help="run the compiled program on the differentiable machine instead of the interpreter",
+    )
 
     check = commands.add_parser("check", help="assemble a program and report the first error")
     check.add_argument("program", type=Path)
@@ -74,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     decompile_ = commands.add_parser("decompile", help="print the assembly of program tensors in a safetensors file")
     decompile_.add_argument("tensors", type=Path)
-    decompile_.add_argument("--certain", type=float, default=0.999,
-                            help="annotate choices less probable than this (default: 0.999)")
+    decompile_.add_argument(
+        "--certain", type=float, default=0.999, help="annotate choices less probable than this (default: 0.999)"
+    )
     return parser
 
 
@@ -86,12 +97,22 @@ def _run(args) -> dict:
         from .interpreter import run_reference
 
         execution = run_reference(
-            program, n=args.n, num_registers=args.registers, memory_size=args.memory_size,
-            call_depth=args.call_depth, registers=registers, memory=args.memory, max_steps=args.max_steps,
+            program,
+            n=args.n,
+            num_registers=args.registers,
+            memory_size=args.memory_size,
+            call_depth=args.call_depth,
+            registers=registers,
+            memory=args.memory,
+            max_steps=args.max_steps,
         )
         state = execution.state
-        return {"registers": list(state.registers), "memory": list(state.memory),
-                "steps": execution.steps, "halted": execution.halted}
+        return {
+            "registers": list(state.registers),
+            "memory": list(state.memory),
+            "steps": execution.steps,
+            "halted": execution.halted,
+        }
 
     import torch
 
@@ -129,8 +150,11 @@ def _compile(args) -> None:
     tensors = compile_program(program, n=args.n, num_registers=args.registers)
     output = args.output or args.program.with_suffix(".safetensors")
     labels = json.dumps(program.labels)
-    save_file({k: getattr(tensors, k).contiguous() for k in ("op", "a", "b", "out", "imm")}, str(output),
-              metadata={"name": program.name, "labels": labels, "n": str(args.n)})
+    save_file(
+        {k: getattr(tensors, k).contiguous() for k in ("op", "a", "b", "out", "imm")},
+        str(output),
+        metadata={"name": program.name, "labels": labels, "n": str(args.n)},
+    )
     print(f"compiled {program.name}: {len(program)} lines x {program.lanes} lanes -> {output}")
 
 

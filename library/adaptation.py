@@ -34,7 +34,6 @@ from .freezing import ProgramParameters
 from .interpreter import Execution, run_reference
 from .program import Program
 
-
 _N = 16  # values of the tasks' machine; also its memory size, so every value may be an address
 
 
@@ -60,8 +59,12 @@ class Task:
     def run(self, program: Program, memory: list[int]) -> Execution:
         """The reference interpreter's `Execution` of `program` on one input."""
         return run_reference(
-            program, n=self.n, num_registers=self.num_registers, memory_size=self.memory_size,
-            memory=memory, max_steps=self.max_steps,
+            program,
+            n=self.n,
+            num_registers=self.num_registers,
+            memory_size=self.memory_size,
+            memory=memory,
+            max_steps=self.max_steps,
         )
 
     def answers(self, memories: list[list[int]]) -> torch.Tensor:
@@ -183,7 +186,7 @@ class Evaluator:
     unbiased_answers: torch.Tensor
 
     @classmethod
-    def for_task(cls, task: Task, *, size: int, seed: int) -> "Evaluator":
+    def for_task(cls, task: Task, *, size: int, seed: int) -> Evaluator:
         biased = task.inputs(size, biased=True, seed=seed + 1)
         unbiased = task.inputs(size, biased=False, seed=seed + 2)
         general = task.program()

@@ -102,7 +102,8 @@ class _Assembler:
         if len(self.lines) > self.n - 1:
             index = self.n - 1
             raise self.error(
-                self.source_lines[index], self.first_columns[index],
+                self.source_lines[index],
+                self.first_columns[index],
                 f"program too long: {len(self.lines)} lines, at most n - 1 = {self.n - 1} "
                 f"(line addresses are values in [0, n) and n - 1 means 'no caller')",
             )
@@ -136,13 +137,15 @@ class _Assembler:
         label = token.text[:-1]
         if not _LABEL.fullmatch(label) or _NAMED_REGISTER.fullmatch(label) or label.lower() in _OPS:
             raise self.error(
-                line_no, token.column,
+                line_no,
+                token.column,
                 f"invalid label name '{label}' (a label is a letter or '_' then letters, digits, '_' or '.', "
                 f"and not an op name or a register like r3)",
             )
         if label in self.labels:
             raise self.error(
-                line_no, token.column,
+                line_no,
+                token.column,
                 f"duplicate label '{label}' (first defined on line {self.label_lines[label]})",
             )
         self.labels[label] = len(self.lines)
@@ -158,7 +161,8 @@ class _Assembler:
             if op_token.text.endswith(":"):
                 raise self.error(line_no, op_token.column, f"label '{op_token.text}' must start the line")
             raise self.error(
-                line_no, op_token.column,
+                line_no,
+                op_token.column,
                 f"unknown op '{op_token.text}' (expected one of: {', '.join(dcomp_isa.OP_NAMES)})",
             )
         spec = _OPS[op]
@@ -188,7 +192,8 @@ class _Assembler:
         control = [(instruction, token) for instruction, token, _ in parsed if instruction.op in _CONTROL_OPS]
         if len(control) > 1:
             raise self.error(
-                line_no, control[1][1].column,
+                line_no,
+                control[1][1].column,
                 f"at most one control instruction ({', '.join(dcomp_isa.CONTROL_OPS)}) per line: "
                 f"'{control[1][0].op}' follows '{control[0][0].op}'",
             )
@@ -207,7 +212,8 @@ class _Assembler:
             if stack_op and register in self.stack_registers:
                 first, last = self.stack_registers.start, self.num_registers - 1
                 raise self.error(
-                    line_no, out_token.column,
+                    line_no,
+                    out_token.column,
                     f"r{register} is a return-stack register (r{first}..r{last}) "
                     f"and this line's '{stack_op}' rewrites the return stack",
                 )
@@ -219,7 +225,8 @@ class _Assembler:
         index = int(match.group(1))
         if index >= self.num_registers:
             raise self.error(
-                line_no, token.column,
+                line_no,
+                token.column,
                 f"register {token.text} out of range "
                 f"(num_registers = {self.num_registers}: r0..r{self.num_registers - 1})",
             )
@@ -245,9 +252,7 @@ class _Assembler:
                 raise self.error(line_no, token.column, f"line address {value} out of range [0, {self.n})")
             return value
         if _NAMED_REGISTER.fullmatch(token.text):
-            raise self.error(
-                line_no, token.column, f"expected a label or line address, got register '{token.text}'"
-            )
+            raise self.error(line_no, token.column, f"expected a label or line address, got register '{token.text}'")
         if _LABEL.fullmatch(token.text):
             self.label_refs.append((len(self.lines), lane, token.text, line_no, token.column))
             return 0
@@ -263,7 +268,8 @@ class _Assembler:
         if glued:
             column = token.column + glued.start(2)
             raise self.error(
-                line_no, column,
+                line_no,
+                column,
                 f"trailing junk '{glued.group(2)}' after '{glued.group(1)}' (operands are separated by spaces)",
             )
         raise self.error(line_no, token.column, message)
@@ -300,7 +306,9 @@ def assemble(
         hint = " (decode bytes first, e.g. source.decode('utf-8'))" if isinstance(source, (bytes, bytearray)) else ""
         raise AssemblyError(
             f"expected assembly source text (str), got {type(source).__name__}{hint}",
-            line=0, column=0, source_name=source_name,
+            line=0,
+            column=0,
+            source_name=source_name,
         )
     return _Assembler(source_name, n, num_registers, call_depth).run(source, name)
 

@@ -85,8 +85,11 @@ def decompile(
                 if letter == "l" and value < tensors.lines:
                     if value not in names_of:
                         taken = {label for names in names_of.values() for label in names}
-                        names_of[value] = [next(f"L{value}{'_' * j}" for j in range(len(taken) + 1)
-                                                if f"L{value}{'_' * j}" not in taken)]
+                        names_of[value] = [
+                            next(
+                                f"L{value}{'_' * j}" for j in range(len(taken) + 1) if f"L{value}{'_' * j}" not in taken
+                            )
+                        ]
                     words.append(names_of[value][0])
                 else:
                     words.append(f"{prefix}{value}")

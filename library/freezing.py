@@ -73,15 +73,17 @@ class ProgramParameters(nn.Module):
         n: int,
         num_registers: int,
         confidence: float = 0.99,
-    ) -> "ProgramParameters":
+    ) -> ProgramParameters:
         """Logits whose softmax puts probability `confidence` on every compiled choice and spreads the rest
         evenly: a one-hot program (a `Program`, or compiled/linked `ProgramTensors`) made trainable.
         `confidence` < 1 keeps the gradients finite; the decoded program is the original at any value
         above 1/width."""
         if not 0.0 < confidence < 1.0:
             raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
-        tensors = program if isinstance(program, ProgramTensors) else compile_program(
-            program, n=n, num_registers=num_registers
+        tensors = (
+            program
+            if isinstance(program, ProgramTensors)
+            else compile_program(program, n=n, num_registers=num_registers)
         )
 
         def logits(one_hot: torch.Tensor) -> torch.Tensor:
@@ -124,9 +126,7 @@ def freeze_lines(
         params.mask(name)[lines] = not frozen
 
 
-def freeze_program(
-    params: ProgramParameters, lines: range | Iterable[int], *, keep: Iterable[str] = FIELDS
-) -> None:
+def freeze_program(params: ProgramParameters, lines: range | Iterable[int], *, keep: Iterable[str] = FIELDS) -> None:
     """Freezes everything except the `keep` fields of `lines` (one program of a linked library, given by its
     line range): eq. 9's "freezing all but one library program"."""
     freeze_all(params)

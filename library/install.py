@@ -38,7 +38,9 @@ def link_library(library: LibrarySpec, config: LlamaDCompConfig) -> LinkedLibrar
     if isinstance(library, LinkedLibrary):
         return library
     return link(
-        library, n=config.computer_values, num_registers=config.computer_registers,
+        library,
+        n=config.computer_values,
+        num_registers=config.computer_registers,
         call_depth=config.computer_call_depth,
     )
 

@@ -50,7 +50,7 @@ class Execution:
     halted: bool
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _alu_table(op: str, n: int) -> tuple[tuple[int, ...], ...]:
     """table[a][b] = op(a, b) as nested tuples: dcomp_isa's semantics, indexed without building tensors."""
     return tuple(map(tuple, dcomp_isa.alu_index_table(op, n).tolist()))

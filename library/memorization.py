@@ -28,9 +28,7 @@ class ProgramController(nn.Module):
     line's op, a, b, out and imm in every lane. `forward` returns ϱ = softmax of them as `ProgramTensors`,
     `(lines, lanes, ·)`, or `(batch, lines, lanes, ·)` for a batch of contexts (contextual programs)."""
 
-    def __init__(
-        self, lines: int, lanes: int, *, n: int, num_registers: int, hidden: int = 64, context: int = 0
-    ):
+    def __init__(self, lines: int, lanes: int, *, n: int, num_registers: int, hidden: int = 64, context: int = 0):
         super().__init__()
         self.lines, self.lanes = lines, lanes
         self.widths = (len(OPS), num_registers, num_registers, num_registers, n)

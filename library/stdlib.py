@@ -37,7 +37,15 @@ PROGRAMS_DIR = Path(__file__).with_name("programs")
 # One calculator program per ALU op, named after it: `add` is `add r1 r2 r0 | ret` (unary ops read r1 only).
 CALCULATOR: tuple[str, ...] = dcomp_isa.ALU_OPS
 STANDARD_PROGRAMS: tuple[str, ...] = (
-    *CALCULATOR, "fib", "sum", "list_max", "sort", "sort_parallel", "sort_select", "gcd", "mul_repeated",
+    *CALCULATOR,
+    "fib",
+    "sum",
+    "list_max",
+    "sort",
+    "sort_parallel",
+    "sort_select",
+    "gcd",
+    "mul_repeated",
 )
 
 _ADDRESS_OPERAND = {op.name: op.operands.index("l") for op in dcomp_isa.OPS if "l" in op.operands}
@@ -182,8 +190,9 @@ def _unit(name: str, item: str | Path | Program, n: int, num_registers: int, cal
         if not isinstance(source, str):
             raise LinkError(f"{name}: expected assembly source text or a Program, got {type(source).__name__}")
         source, open_references = _open_references(source, source_name)
-        program = assemble(source, name, n=n, num_registers=num_registers, call_depth=call_depth,
-                           source_name=source_name)
+        program = assemble(
+            source, name, n=n, num_registers=num_registers, call_depth=call_depth, source_name=source_name
+        )
         references = tuple(
             _Reference(target, program.source_lines.index(line_no), lane, where)
             for target, line_no, lane, where in open_references

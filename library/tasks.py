@@ -55,9 +55,9 @@ import random
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import datasets
 
@@ -71,20 +71,52 @@ FRAMES: tuple[str, ...] = ("{Expr}", "Please {expr}", "Can you {expr}?", "What d
 
 # Expressions per operation; `{a}` and `{b}` are the operands in the op's canonical order (sub(a, b) = a - b).
 ARITHMETIC_EXPRESSIONS: dict[str, tuple[str, ...]] = {
-    "add": ("add {a} and {b}", "add {b} to {a}", "compute the sum of {a} and {b}", "calculate {a} + {b}",
-            "work out {a} plus {b}"),
-    "sub": ("subtract {b} from {a}", "take {b} away from {a}", "compute the difference {a} - {b}",
-            "calculate {a} - {b}", "work out {a} minus {b}"),
-    "mul": ("multiply {a} by {b}", "multiply {a} and {b}", "compute the product of {a} and {b}",
-            "calculate {a} * {b}", "work out {a} times {b}"),
-    "div": ("divide {a} by {b}", "compute how many times {b} goes into {a}", "calculate {a} // {b}",
-            "work out {a} divided by {b}, rounded down", "work out how many times {b} fits into {a}"),
-    "mod": ("compute the remainder of {a} divided by {b}", "calculate {a} mod {b}", "work out {a} modulo {b}",
-            "find what is left over when {a} is divided by {b}"),
-    "max": ("compute the maximum of {a} and {b}", "calculate max({a}, {b})", "work out the larger of {a} and {b}",
-            "find the bigger of {a} and {b}"),
-    "min": ("compute the minimum of {a} and {b}", "calculate min({a}, {b})", "work out the smaller of {a} and {b}",
-            "find the smaller of {a} and {b}"),
+    "add": (
+        "add {a} and {b}",
+        "add {b} to {a}",
+        "compute the sum of {a} and {b}",
+        "calculate {a} + {b}",
+        "work out {a} plus {b}",
+    ),
+    "sub": (
+        "subtract {b} from {a}",
+        "take {b} away from {a}",
+        "compute the difference {a} - {b}",
+        "calculate {a} - {b}",
+        "work out {a} minus {b}",
+    ),
+    "mul": (
+        "multiply {a} by {b}",
+        "multiply {a} and {b}",
+        "compute the product of {a} and {b}",
+        "calculate {a} * {b}",
+        "work out {a} times {b}",
+    ),
+    "div": (
+        "divide {a} by {b}",
+        "compute how many times {b} goes into {a}",
+        "calculate {a} // {b}",
+        "work out {a} divided by {b}, rounded down",
+        "work out how many times {b} fits into {a}",
+    ),
+    "mod": (
+        "compute the remainder of {a} divided by {b}",
+        "calculate {a} mod {b}",
+        "work out {a} modulo {b}",
+        "find what is left over when {a} is divided by {b}",
+    ),
+    "max": (
+        "compute the maximum of {a} and {b}",
+        "calculate max({a}, {b})",
+        "work out the larger of {a} and {b}",
+        "find the bigger of {a} and {b}",
+    ),
+    "min": (
+        "compute the minimum of {a} and {b}",
+        "calculate min({a}, {b})",
+        "work out the smaller of {a} and {b}",
+        "find the smaller of {a} and {b}",
+    ),
 }
 # Ops whose second operand is drawn from 1..n-1 ("Divide 5 by 0" is not a sensible question).
 NONZERO_SECOND_OPERAND = frozenset({"div", "mod"})

@@ -117,7 +117,7 @@ def _convert(model_path: Path) -> tokenizers.Tokenizer:
     return backend
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def llama3_tokenizer(
     padding_side: str = "right", cache_dir: str | os.PathLike | None = None
 ) -> PreTrainedTokenizerFast:

@@ -17,18 +17,34 @@ from modeling_llama_dcomp import LlamaDCompComputer, LlamaDCompForCausalLM
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_LLAMA = dict(
-    vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-    num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    vocab_size=300,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
 )
 N, REGISTERS, MEMORY, DEPTH = 16, 8, 8, 2
 COMPUTER = dict(
-    computer_values=N, computer_registers=REGISTERS, computer_memory_size=MEMORY, computer_call_depth=DEPTH,
-    computer_max_steps=12, library_input_registers=[1, 2, 3],
+    computer_values=N,
+    computer_registers=REGISTERS,
+    computer_memory_size=MEMORY,
+    computer_call_depth=DEPTH,
+    computer_max_steps=12,
+    library_input_registers=[1, 2, 3],
 )
 LIBRARY = ["add", "sub", "mul", "fib"]
 # Every runtime file a checkpoint carries (`save_pretrained` copies them for trust_remote_code).
 CODE_FILES = (
-    "configuration_llama_dcomp.py", "modeling_llama_dcomp.py", "dcomp_machine.py", "dcomp_alu.py", "dcomp_isa.py",
+    "configuration_llama_dcomp.py",
+    "modeling_llama_dcomp.py",
+    "dcomp_machine.py",
+    "dcomp_alu.py",
+    "dcomp_isa.py",
     "dcomp_circuits.py",
 )
 
@@ -41,8 +57,9 @@ def tiny_llama(seed: int = 0, **overrides) -> LlamaForCausalLM:
 def tiny_model(gate: float = 0.5, layer: int = 1, seed: int = 0, **computer) -> LlamaDCompForCausalLM:
     """A converted tiny Llama with the test library (gate 0.5 by default, so the computer reaches the logits)."""
     llama = tiny_llama(seed)
-    return from_llama(llama, computer_layer=layer, library=LIBRARY,
-                      **{**COMPUTER, "computer_gate_init": gate, **computer}).eval()
+    return from_llama(
+        llama, computer_layer=layer, library=LIBRARY, **{**COMPUTER, "computer_gate_init": gate, **computer}
+    ).eval()
 
 
 def random_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:

@@ -23,8 +23,25 @@ from library.program import Instruction, Program
 # Repetition weights the draw: plain data movement and memory are common, every ALU op appears.
 _DATA_OPS = (
     *dcomp_isa.ALU_OPS,
-    "add", "add", "inc", "sub", "lt", "eq",
-    "set", "set", "set", "copy", "copy", "read", "read", "read", "write", "write", "write", "store", "nop",
+    "add",
+    "add",
+    "inc",
+    "sub",
+    "lt",
+    "eq",
+    "set",
+    "set",
+    "set",
+    "copy",
+    "copy",
+    "read",
+    "read",
+    "read",
+    "write",
+    "write",
+    "write",
+    "store",
+    "nop",
 )
 _CONTROL_OPS = ("jump", "jump", "jump", "call", "call", "ret", "ret", "halt")
 _LABEL_WORDS = ("loop", "fib_loop", "body", "done", "sub_", "f", "L")

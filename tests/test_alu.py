@@ -30,7 +30,7 @@ def dirichlet(*shape, dtype=torch.float64, generator=None):
     return (x / x.sum(-1, keepdim=True)).to(dtype)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def alu_for(n, mode):
     return TableALU(n, mode)
 

@@ -8,13 +8,12 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from listings import PAPER_FIBONACCI
+from strategies import programs
 
 import dcomp_isa
 from library.assembler import AssemblyError, assemble, assemble_file, format_program
 from library.program import Instruction, Program
-from strategies import programs
-from listings import PAPER_FIBONACCI
-
 
 FIB_LINES = (
     (Instruction("inc", a=2, out=2),),
@@ -46,10 +45,22 @@ def test_appendix_listing_with_numeric_target_is_the_same_program():
 
 
 def test_every_op_with_its_operand_order():
-    source = "\n".join([
-        "halt", "nop", "jump r1 5", "call 6", "ret", "store r7", "set 3 r8", "copy r9 r2",
-        "read 3 1", "write 3 2", "add 1 2 3", "not 4 5",
-    ])
+    source = "\n".join(
+        [
+            "halt",
+            "nop",
+            "jump r1 5",
+            "call 6",
+            "ret",
+            "store r7",
+            "set 3 r8",
+            "copy r9 r2",
+            "read 3 1",
+            "write 3 2",
+            "add 1 2 3",
+            "not 4 5",
+        ]
+    )
     assert lines_of(source) == (
         (Instruction("halt"),),
         (Instruction("nop"),),
@@ -156,11 +167,19 @@ ALL_OPS = ", ".join(dcomp_isa.OP_NAMES)
         ("nop || nop", 1, 6, "empty lane: expected an instruction before '|'"),
         ("min 1 2 1 | max 1 2 1", 1, 21, "lanes 1 and 2 both write r1"),
         ("inc 3 | nop | dec 3", 1, 19, "lanes 1 and 3 both write r3"),
-        ("call 0 | jump 1 0", 1, 10,
-         "at most one control instruction (halt, jump, call, ret) per line: 'jump' follows 'call'"),
+        (
+            "call 0 | jump 1 0",
+            1,
+            10,
+            "at most one control instruction (halt, jump, call, ret) per line: 'jump' follows 'call'",
+        ),
         ("halt | ret", 1, 8, "at most one control instruction"),
-        ("call 0 | set 1 r15", 1, 16,
-         "r15 is a return-stack register (r12..r15) and this line's 'call' rewrites the return stack"),
+        (
+            "call 0 | set 1 r15",
+            1,
+            16,
+            "r15 is a return-stack register (r12..r15) and this line's 'call' rewrites the return stack",
+        ),
         ("store r12 | ret", 1, 7, "r12 is a return-stack register"),
         # empty programs
         ("", 1, 1, "empty program: no instructions"),

@@ -174,7 +174,7 @@ def test_adders_exact_marginals_on_independent_bits(adder):
     carry_in = torch.rand(20, dtype=F64)
     total, carry = ADDERS[adder](pa, pb, carry_in)
     # the carry-in is an independent coin: mix the enumerations for carry-in 0 and 1
-    exact_0, exact_1 = (_exact_marginals(lambda x, y: x + y + c, pa, pb, bits, bits + 1) for c in (0, 1))
+    exact_0, exact_1 = (_exact_marginals(lambda x, y, c=c: x + y + c, pa, pb, bits, bits + 1) for c in (0, 1))
     exact = (1 - carry_in[:, None]) * exact_0 + carry_in[:, None] * exact_1
     torch.testing.assert_close(torch.cat([total, carry[:, None]], -1), exact, rtol=0, atol=1e-10)
 

@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "library", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "library", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.fixture
@@ -26,8 +28,26 @@ def fib_file(tmp_path):
 
 @pytest.mark.parametrize("differentiable", [False, True])
 def test_run_prints_one_json_object(fib_file, differentiable):
-    args = ["run", str(fib_file), "--n", "128", "--set", "r1=6", "--set", "r2=2", "--set", "r4=3",
-            "--memory", "0,0,0,9", "--max-steps", "500", "--registers", "16", "--memory-size", "8"]
+    args = [
+        "run",
+        str(fib_file),
+        "--n",
+        "128",
+        "--set",
+        "r1=6",
+        "--set",
+        "r2=2",
+        "--set",
+        "r4=3",
+        "--memory",
+        "0,0,0,9",
+        "--max-steps",
+        "500",
+        "--registers",
+        "16",
+        "--memory-size",
+        "8",
+    ]
     result = _cli(*args, *(["--differentiable"] if differentiable else []))
     assert result.returncode == 0, result.stderr
     output = json.loads(result.stdout)

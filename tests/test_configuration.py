@@ -13,9 +13,19 @@ from configuration_llama_dcomp import AUTO_MAP, LlamaDCompConfig
 
 TINY = dict(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
 VALID = dict(
-    TINY, computer_layer=1, computer_values=16, computer_registers=8, computer_memory_size=8, computer_call_depth=2,
-    computer_program_lines=6, computer_lanes=2, library_programs=["add", "fib"], library_entry_points=[0, 1],
-    library_input_registers=[1, 2, 3], library_memory_inputs=4, library_output_register=0,
+    TINY,
+    computer_layer=1,
+    computer_values=16,
+    computer_registers=8,
+    computer_memory_size=8,
+    computer_call_depth=2,
+    computer_program_lines=6,
+    computer_lanes=2,
+    library_programs=["add", "fib"],
+    library_entry_points=[0, 1],
+    library_input_registers=[1, 2, 3],
+    library_memory_inputs=4,
+    library_output_register=0,
 )
 
 
@@ -35,8 +45,10 @@ def test_every_computer_field_is_documented():
         statement.target.id
         for statement, following in zip(body, body[1:])
         if isinstance(statement, ast.AnnAssign)
-        and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
-        and isinstance(following.value.value, str) and following.value.value.strip()
+        and isinstance(following, ast.Expr)
+        and isinstance(following.value, ast.Constant)
+        and isinstance(following.value.value, str)
+        and following.value.value.strip()
     }
     fields = {name for name in LlamaDCompConfig.__dataclass_fields__ if name.startswith(("computer_", "library_"))}
     assert len(fields) == 23

@@ -13,7 +13,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 
-import diagnostics as dg  # noqa: E402
+import diagnostics as dg
 
 torch.set_num_threads(1)  # as the experiments do: tiny tensors, and two threads stall on a shared machine
 
@@ -27,8 +27,12 @@ def results(tmp_path_factory):
 
 
 def test_every_case_and_softness_ran(results):
-    expected = {f"{name}/{label}/{eps}" for name, labels in (("fib", dg.QUICK.fib_depths), ("gcd", dg.QUICK.gcd_steps))
-                for label in labels for eps in dg.QUICK.softness}
+    expected = {
+        f"{name}/{label}/{eps}"
+        for name, labels in (("fib", dg.QUICK.fib_depths), ("gcd", dg.QUICK.gcd_steps))
+        for label in labels
+        for eps in dg.QUICK.softness
+    }
     assert set(results) == expected
 
 

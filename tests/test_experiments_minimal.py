@@ -11,10 +11,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 
-import circuits_vs_tables as cvt  # noqa: E402
-import minimal_network as mn  # noqa: E402
-from common import MachineTool, select  # noqa: E402
-from dcomp_machine import RegisterMachine, one_hot_values  # noqa: E402
+import circuits_vs_tables as cvt
+import minimal_network as mn
+from common import MachineTool, select
+
+from dcomp_machine import RegisterMachine, one_hot_values
 
 N = 16
 PROGRAMS = ("add", "sub", "fib")

@@ -12,16 +12,25 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 
-import pretrained_base as pb  # noqa: E402
+import pretrained_base as pb
 
 
 def fake_run(arm: str, seed: int, accuracy: float) -> dict:
     split = {"exact_match": accuracy, **{f"exact_match_{op}": accuracy for op in ("add", "div", "mul", "sub")}}
-    return {"arm": arm, "seed": seed, "results": {"test": split, "test_pairs": split},
-            "curve": [{"step": 10, "seconds": 60.0, "validation_exact_match": accuracy / 2},
-                      {"step": 20, "seconds": 90.0, "validation_exact_match": accuracy}],
-            "steps": 20, "train_seconds": 40.0, "seconds_per_step": 2.0, "seconds": 100.0,
-            "command": f"python train.py --seed {seed}"}
+    return {
+        "arm": arm,
+        "seed": seed,
+        "results": {"test": split, "test_pairs": split},
+        "curve": [
+            {"step": 10, "seconds": 60.0, "validation_exact_match": accuracy / 2},
+            {"step": 20, "seconds": 90.0, "validation_exact_match": accuracy},
+        ],
+        "steps": 20,
+        "train_seconds": 40.0,
+        "seconds_per_step": 2.0,
+        "seconds": 100.0,
+        "command": f"python train.py --seed {seed}",
+    }
 
 
 def test_the_arms_differ_only_by_the_computer(tmp_path):
@@ -29,14 +38,18 @@ def test_the_arms_differ_only_by_the_computer(tmp_path):
     computer, baseline = (pb.train_argv(args, arm, 0) for arm in ("computer", "baseline"))
     assert baseline[-1] == "--no-computer" and "--no-computer" not in computer
     out = computer.index("--output-dir") + 1
-    assert computer[:out] + computer[out + 1:] == baseline[:out] + baseline[out + 1:-1]
+    assert computer[:out] + computer[out + 1 :] == baseline[:out] + baseline[out + 1 : -1]
     assert "--lora" in computer and computer[-2:] == ["--hidden-size", "32"]
 
 
 def test_report_and_plot_from_the_runs(tmp_path):
     args = pb.parse_args(["--model", str(tmp_path), "--seeds", "0", "1"])
-    runs = [fake_run("computer", 0, 0.5), fake_run("computer", 1, 0.7), fake_run("baseline", 0, 0.1),
-            fake_run("baseline", 1, 0.1)]
+    runs = [
+        fake_run("computer", 0, 0.5),
+        fake_run("computer", 1, 0.7),
+        fake_run("baseline", 0, 0.1),
+        fake_run("baseline", 1, 0.1),
+    ]
     text = pb.report(runs, args, 123.0)
     header = "| arm | split | all | add | sub | mul | div |"
     assert header in text
@@ -53,14 +66,48 @@ def test_tiny_llama_end_to_end(tmp_path, monkeypatch):
 
     monkeypatch.setenv("LLAMA_DCOMP_CACHE", str(tmp_path / "cache"))
     torch.manual_seed(0)
-    llama = LlamaForCausalLM(LlamaConfig(vocab_size=128256, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64))
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=128256,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+        )
+    )
     llama.save_pretrained(tmp_path / "llama")
-    runs = pb.main(["--model", str(tmp_path / "llama"), "--train-size", "64", "--validation-size", "16",
-                    "--test-size", "16", "--max-steps", "2", "--batch-size", "8", "--eval-steps", "1",
-                    "--probe-examples", "32", "--computer-layer", "-1", "--output-root", str(tmp_path / "runs"),
-                    "--report", str(tmp_path / "report.md"), "--plot", str(tmp_path / "curves.png"),
-                    "--json", str(tmp_path / "runs.json")])
+    runs = pb.main(
+        [
+            "--model",
+            str(tmp_path / "llama"),
+            "--train-size",
+            "64",
+            "--validation-size",
+            "16",
+            "--test-size",
+            "16",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--eval-steps",
+            "1",
+            "--probe-examples",
+            "32",
+            "--computer-layer",
+            "-1",
+            "--output-root",
+            str(tmp_path / "runs"),
+            "--report",
+            str(tmp_path / "report.md"),
+            "--plot",
+            str(tmp_path / "curves.png"),
+            "--json",
+            str(tmp_path / "runs.json"),
+        ]
+    )
     assert [run["arm"] for run in runs] == ["computer", "baseline"]
     for run in runs:
         assert run["steps"] == 2 and run["seconds_per_step"] > 0 and len(run["curve"]) == 2

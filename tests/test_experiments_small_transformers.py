@@ -8,14 +8,23 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 
-import small_transformers  # noqa: E402
+import small_transformers
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     root = tmp_path_factory.mktemp("small_transformers")
-    argv = ["--quick", "--task", "fibonacci", "--runs", str(root / "runs"), "--results", str(root / "results.md"),
-            "--plot", str(root / "curves.png")]
+    argv = [
+        "--quick",
+        "--task",
+        "fibonacci",
+        "--runs",
+        str(root / "runs"),
+        "--results",
+        str(root / "results.md"),
+        "--plot",
+        str(root / "curves.png"),
+    ]
     return root, argv, small_transformers.main(argv)
 
 

@@ -7,6 +7,7 @@ import pickle
 
 import pytest
 import torch
+from listings import PAPER_FIBONACCI
 
 from dcomp_machine import RegisterMachine, one_hot_values
 from library.assembler import assemble
@@ -21,7 +22,6 @@ from library.freezing import (
     mask_updates,
 )
 from library.stdlib import standard_library
-from listings import PAPER_FIBONACCI
 
 N, REGISTERS, MEMORY = 16, 8, 8
 

@@ -30,10 +30,10 @@ import pytest
 import torch
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, RepoUrl
 from huggingface_hub.errors import EntryNotFoundError
+from model_fixtures import CODE_FILES, COMPUTER, LIBRARY, NOT_IMPORTABLE_PRELUDE, REPO, tiny_llama
 from safetensors.torch import save_file
 
 from library.install import from_llama, save_model_with_tokenizer
-from model_fixtures import CODE_FILES, COMPUTER, LIBRARY, NOT_IMPORTABLE_PRELUDE, REPO, tiny_llama
 from modeling_llama_dcomp import LlamaDCompForCausalLM
 
 pytest.importorskip("llama_models", reason="pip install --no-deps llama-models==0.3.0")
@@ -61,8 +61,20 @@ class HubRecorder:
             recorder.files.setdefault(repo_id, {})
             return RepoUrl(f"{ENDPOINT}/{repo_id}", endpoint=ENDPOINT)
 
-        def create_commit(api, repo_id, operations, *, commit_message, commit_description=None, token=None,
-                          repo_type=None, revision=None, create_pr=None, parent_commit=None, **kwargs):
+        def create_commit(
+            api,
+            repo_id,
+            operations,
+            *,
+            commit_message,
+            commit_description=None,
+            token=None,
+            repo_type=None,
+            revision=None,
+            create_pr=None,
+            parent_commit=None,
+            **kwargs,
+        ):
             assert repo_id in recorder.files, "commit to a repo that was never created"
             assert repo_type in (None, "model") and revision is None and not create_pr
             added = {}
@@ -75,14 +87,23 @@ class HubRecorder:
                 added[operation.path_in_repo] = data
             repo = recorder.files[repo_id]
             repo.update(added)
-            oid = hashlib.sha1(json.dumps(
-                [recorder.heads.get(repo_id, ""), commit_message,
-                 *sorted((path, hashlib.sha256(data).hexdigest()) for path, data in repo.items())]
-            ).encode()).hexdigest()
+            oid = hashlib.sha1(
+                json.dumps(
+                    [
+                        recorder.heads.get(repo_id, ""),
+                        commit_message,
+                        *sorted((path, hashlib.sha256(data).hexdigest()) for path, data in repo.items()),
+                    ]
+                ).encode()
+            ).hexdigest()
             recorder.heads[repo_id] = oid
             recorder.commits.append({"repo_id": repo_id, "message": commit_message, "files": added, "oid": oid})
-            return CommitInfo(commit_url=f"{ENDPOINT}/{repo_id}/commit/{oid}", commit_message=commit_message,
-                              commit_description=commit_description or "", oid=oid)
+            return CommitInfo(
+                commit_url=f"{ENDPOINT}/{repo_id}/commit/{oid}",
+                commit_message=commit_message,
+                commit_description=commit_description or "",
+                oid=oid,
+            )
 
         def download(repo_id, filename, *, repo_type=None, **kwargs):
             """`ModelCard.load`'s README.md lookup: the pushed file, else what a new repo answers."""
@@ -97,6 +118,7 @@ class HubRecorder:
         def unexpected(name):
             def fail(*args, **kwargs):
                 raise AssertionError(f"push_to_hub called HfApi.{name}: teach the recorder about it")
+
             return fail
 
         monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # any other request raises
@@ -134,10 +156,16 @@ def tokenizer():
 def model(tokenizer):
     """A tiny LlamaDComp with LLaMA-3's vocabulary, the computer after layer 1 with gate 0.5 (it changes the
     logits), W_out from the LLaMA-3 number tokens."""
-    llama = tiny_llama(vocab_size=len(tokenizer), tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
-                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    return from_llama(llama, computer_layer=1, library=LIBRARY, tokenizer=tokenizer,
-                      **{**COMPUTER, "computer_gate_init": 0.5}).eval()
+    llama = tiny_llama(
+        vocab_size=len(tokenizer),
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return from_llama(
+        llama, computer_layer=1, library=LIBRARY, tokenizer=tokenizer, **{**COMPUTER, "computer_gate_init": 0.5}
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -156,8 +184,9 @@ def test_push_creates_the_repo_and_commits_model_code_card_and_tokenizer(pushed,
     assert [created["repo_id"] for created in pushed.created] == [REPO_ID, REPO_ID]
     model_commit, tokenizer_commit = pushed.commits
     assert model_commit["message"].startswith("Upload") and tokenizer_commit["message"].startswith("Upload")
-    assert {"config.json", "model.safetensors", "generation_config.json", "README.md", *CODE_FILES} \
-        == set(model_commit["files"])
+    assert {"config.json", "model.safetensors", "generation_config.json", "README.md", *CODE_FILES} == set(
+        model_commit["files"]
+    )
     assert {"tokenizer.json", "tokenizer_config.json"} <= set(tokenizer_commit["files"])
 
     files = pushed.files[REPO_ID]
@@ -253,12 +282,21 @@ def test_the_pushed_repo_loads_by_id_offline_in_a_clean_process(pushed, model, t
 
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
-    env = {**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache),
-           "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": "",
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(cache),
+        "HF_MODULES_CACHE": str(tmp_path / "modules"),
+    }
     env.pop("HF_HOME", None)
     result = subprocess.run(
         [sys.executable, "-c", _LOAD_SCRIPT, str(REPO), REPO_ID, str(expected_path), str(torch.get_num_threads())],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=300,
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "hub load OK" in result.stdout

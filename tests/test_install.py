@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_fixtures import COMPUTER, DEPTH, LIBRARY, REGISTERS, TINY_LLAMA, N, steer, tiny_llama
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from library.assembler import assemble
 from library.install import explain, from_llama, install_library, number_token_ids
 from library.stdlib import LinkError, link
-from model_fixtures import COMPUTER, DEPTH, LIBRARY, N, REGISTERS, TINY_LLAMA, steer, tiny_llama
 from modeling_llama_dcomp import LlamaDCompForCausalLM
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
@@ -30,8 +30,9 @@ def tiny_tokenizer(split_digits: bool) -> PreTrainedTokenizerFast:
     if split_digits:
         splits.append(pre_tokenizers.Digits(individual_digits=True))
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(splits)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>",
-                                   eos_token="</s>", unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
 
 
 def computed(model, program: str, inputs: dict[int, int]) -> tuple[int, float]:
@@ -169,8 +170,15 @@ def test_smollm2_converts_with_unchanged_weights_and_logits(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=SMOLLM2_GGUF)
     assert llama.config.tie_word_embeddings
     model = from_llama(
-        llama, computer_layer=15, library=LIBRARY, tokenizer=tokenizer, computer_values=32,
-        computer_registers=REGISTERS, computer_call_depth=DEPTH, computer_memory_size=8, computer_max_steps=16,
+        llama,
+        computer_layer=15,
+        library=LIBRARY,
+        tokenizer=tokenizer,
+        computer_values=32,
+        computer_registers=REGISTERS,
+        computer_call_depth=DEPTH,
+        computer_memory_size=8,
+        computer_max_steps=16,
         library_input_registers=[1, 2, 3],
     ).eval()
     assert isinstance(model, LlamaDCompForCausalLM) and model.lm_head.weight is model.model.embed_tokens.weight

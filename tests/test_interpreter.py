@@ -3,14 +3,13 @@ and invariants over random programs."""
 
 import pytest
 from hypothesis import given, settings
+from listings import PAPER_FIBONACCI
+from strategies import programs
 
 import dcomp_isa
 from library.assembler import assemble
 from library.interpreter import Execution, ReferenceState, run_reference
 from library.program import Instruction, Program
-from strategies import programs
-from listings import PAPER_FIBONACCI
-
 
 
 def run(source: str, **kwargs) -> Execution:
@@ -33,12 +32,35 @@ def test_default_return_stack_is_top_four_registers():
 
 # (op, a, b, expected) with n = 10: wrap-around, division and modulo by zero, booleans.
 ALU_CASES = [
-    ("inc", 9, 0, 0), ("inc", 3, 0, 4), ("dec", 0, 0, 9), ("dec", 5, 0, 4),
-    ("add", 7, 5, 2), ("add", 2, 3, 5), ("sub", 3, 5, 8), ("sub", 5, 3, 2),
-    ("mul", 4, 3, 2), ("mul", 3, 3, 9), ("div", 7, 2, 3), ("div", 7, 0, 0), ("div", 0, 0, 0),
-    ("mod", 7, 3, 1), ("mod", 7, 0, 0), ("mod", 2, 9, 2), ("max", 3, 8, 8), ("min", 3, 8, 3),
-    ("eq", 4, 4, 1), ("eq", 4, 5, 0), ("lt", 4, 5, 1), ("lt", 5, 4, 0), ("lt", 5, 5, 0),
-    ("and", 2, 3, 1), ("and", 2, 0, 0), ("or", 0, 7, 1), ("or", 0, 0, 0), ("not", 0, 0, 1), ("not", 6, 0, 0),
+    ("inc", 9, 0, 0),
+    ("inc", 3, 0, 4),
+    ("dec", 0, 0, 9),
+    ("dec", 5, 0, 4),
+    ("add", 7, 5, 2),
+    ("add", 2, 3, 5),
+    ("sub", 3, 5, 8),
+    ("sub", 5, 3, 2),
+    ("mul", 4, 3, 2),
+    ("mul", 3, 3, 9),
+    ("div", 7, 2, 3),
+    ("div", 7, 0, 0),
+    ("div", 0, 0, 0),
+    ("mod", 7, 3, 1),
+    ("mod", 7, 0, 0),
+    ("mod", 2, 9, 2),
+    ("max", 3, 8, 8),
+    ("min", 3, 8, 3),
+    ("eq", 4, 4, 1),
+    ("eq", 4, 5, 0),
+    ("lt", 4, 5, 1),
+    ("lt", 5, 4, 0),
+    ("lt", 5, 5, 0),
+    ("and", 2, 3, 1),
+    ("and", 2, 0, 0),
+    ("or", 0, 7, 1),
+    ("or", 0, 0, 0),
+    ("not", 0, 0, 1),
+    ("not", 6, 0, 0),
 ]
 
 

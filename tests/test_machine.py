@@ -54,8 +54,14 @@ def _assert_matches(state: MachineState, expected, where: str) -> None:
 def test_every_step_equals_the_reference_interpreter(program, registers, memory):
     steps = 12
     expected = run_reference(
-        program, n=N, num_registers=REGISTERS, memory_size=MEMORY, call_depth=DEPTH,
-        registers=dict(enumerate(registers)), memory=memory, max_steps=steps,
+        program,
+        n=N,
+        num_registers=REGISTERS,
+        memory_size=MEMORY,
+        call_depth=DEPTH,
+        registers=dict(enumerate(registers)),
+        memory=memory,
+        max_steps=steps,
     )
     machine = _machine()
     tensors = compile_program(program, n=N, num_registers=REGISTERS)
@@ -68,8 +74,6 @@ def test_every_step_equals_the_reference_interpreter(program, registers, memory)
     run = machine.run(tensors, _initial(machine, len(program), registers, memory), steps)
     assert run.steps == expected.steps
     _assert_matches(run.state, expected.state, "after run")
-
-
 
 
 def _fib(a, b, depth, n):
@@ -127,8 +131,9 @@ def test_nested_calls_return_in_order():
     program = assemble(source, "nested", n=n, num_registers=REGISTERS)
     expected = run_reference(program, n=n, num_registers=REGISTERS, memory_size=MEMORY, call_depth=DEPTH)
     machine = _machine(n)
-    run = machine.run(compile_program(program, n=n, num_registers=REGISTERS),
-                      machine.initial_state(1, len(program)), max_steps=20)
+    run = machine.run(
+        compile_program(program, n=n, num_registers=REGISTERS), machine.initial_state(1, len(program)), max_steps=20
+    )
     registers = run.state.decode()["registers"][0].tolist()
     assert registers[:3] == [0, 9, 6] and list(expected.state.registers) == registers
     assert run.steps == expected.steps == 7

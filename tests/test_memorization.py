@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from listings import PAPER_FIBONACCI
 
 from dcomp_machine import RegisterMachine, one_hot_values
 from library.assembler import assemble
 from library.compiler import compile_program, decompile
 from library.interpreter import run_reference
 from library.memorization import ProgramController, decompiles_to, least_confidence, memorize
-from listings import PAPER_FIBONACCI
 
 N, REGISTERS, MEMORY = 16, 8, 8
 PROGRAMS = {
@@ -47,11 +47,17 @@ def _machine_matches_reference(tensors, program, steps: int = 12) -> bool:
     state = machine.initial_state(1, tensors.lines, inputs=inputs, memory=one_hot_values(torch.tensor([MEMORY_IN]), N))
     final = machine.run(tensors, state, max_steps=steps).state.decode()
     expected = run_reference(
-        program, n=N, num_registers=REGISTERS, memory_size=MEMORY, registers=REGISTERS_IN, memory=MEMORY_IN,
+        program,
+        n=N,
+        num_registers=REGISTERS,
+        memory_size=MEMORY,
+        registers=REGISTERS_IN,
+        memory=MEMORY_IN,
         max_steps=steps,
     ).state
     return (final["registers"][0].tolist(), final["memory"][0].tolist()) == (
-        list(expected.registers), list(expected.memory)
+        list(expected.registers),
+        list(expected.memory),
     )
 
 
@@ -86,8 +92,9 @@ def test_memorization_is_seeded():
 
 def test_decompiles_to_rejects_another_program():
     program = _program("calculator")
-    other = compile_program(assemble("read 0 1\ninc 0\nsub 0 1 2\nwrite 2 3", n=N, num_registers=REGISTERS),
-                            n=N, num_registers=REGISTERS)
+    other = compile_program(
+        assemble("read 0 1\ninc 0\nsub 0 1 2\nwrite 2 3", n=N, num_registers=REGISTERS), n=N, num_registers=REGISTERS
+    )
     assert not decompiles_to(other, program, n=N, num_registers=REGISTERS)
     assert decompiles_to(compile_program(program, n=N, num_registers=REGISTERS), program, n=N, num_registers=REGISTERS)
 

@@ -12,6 +12,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_fixtures import (
+    COMPUTER,
+    DEPTH,
+    LIBRARY,
+    MEMORY,
+    NOT_IMPORTABLE_PRELUDE,
+    REGISTERS,
+    REPO,
+    TINY_LLAMA,
+    N,
+    random_ids,
+    steer,
+    tiny_llama,
+)
 from safetensors.torch import load_file, save_file
 from transformers import LlamaForCausalLM
 
@@ -19,20 +33,6 @@ from configuration_llama_dcomp import LlamaDCompConfig
 from library.install import from_llama, install_library
 from library.interpreter import run_reference
 from library.stdlib import load_program
-from model_fixtures import (
-    COMPUTER,
-    DEPTH,
-    LIBRARY,
-    MEMORY,
-    N,
-    NOT_IMPORTABLE_PRELUDE,
-    REGISTERS,
-    REPO,
-    TINY_LLAMA,
-    random_ids,
-    steer,
-    tiny_llama,
-)
 from modeling_llama_dcomp import (
     ComputerTrace,
     LibraryMismatchError,
@@ -61,8 +61,8 @@ def left_pad(sequences: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]
     ids = torch.full((len(sequences), length), PAD)
     mask = torch.zeros(len(sequences), length, dtype=torch.long)
     for row, sequence in enumerate(sequences):
-        ids[row, length - len(sequence):] = sequence
-        mask[row, length - len(sequence):] = 1
+        ids[row, length - len(sequence) :] = sequence
+        mask[row, length - len(sequence) :] = 1
     return ids, mask
 
 
@@ -103,8 +103,13 @@ def test_computer_runs_the_selected_program_exactly(program, inputs):
         out = computer(hidden)
     registers = dict.fromkeys(range(REGISTERS - DEPTH), 0) | inputs
     expected = run_reference(
-        load_program(program, n=N, num_registers=REGISTERS, call_depth=DEPTH), n=N, num_registers=REGISTERS,
-        memory_size=MEMORY, call_depth=DEPTH, registers=registers, max_steps=COMPUTER["computer_max_steps"],
+        load_program(program, n=N, num_registers=REGISTERS, call_depth=DEPTH),
+        n=N,
+        num_registers=REGISTERS,
+        memory_size=MEMORY,
+        call_depth=DEPTH,
+        registers=registers,
+        max_steps=COMPUTER["computer_max_steps"],
     )
     p_out = (out - hidden)[0, 0, :N]
     assert expected.halted and int(p_out.argmax()) == expected.state.registers[0]
@@ -194,8 +199,16 @@ def test_cached_generation_equals_uncached_argmax_step_by_step(use_computer_mask
     ran = []  # positions the computer ran on, per forward
     hook = model.computer.register_forward_hook(lambda module, args, output: ran.append(int(args[1].sum())))
     try:
-        out = model.generate(ids, max_new_tokens=steps, do_sample=False, eos_token_id=None, pad_token_id=PAD,
-                             output_logits=True, return_dict_in_generate=True, **kwargs)
+        out = model.generate(
+            ids,
+            max_new_tokens=steps,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=PAD,
+            output_logits=True,
+            return_dict_in_generate=True,
+            **kwargs,
+        )
     finally:
         hook.remove()
     # Prefill, then one forward per new token that runs on that token only (or, with the mask, nowhere).
@@ -211,19 +224,20 @@ def test_left_padded_batch_equals_unpadded_single_sequences():
     model, _ = tiny_model(gate=2.0, layer=0)
     sequences = [random_ids(1, 7)[0], random_ids(1, 4, seed=2)[0]]
     ids, mask = left_pad(sequences)
-    batch = model.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False, eos_token_id=None,
-                           pad_token_id=PAD)
+    batch = model.generate(
+        ids, attention_mask=mask, max_new_tokens=4, do_sample=False, eos_token_id=None, pad_token_id=PAD
+    )
     position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
     with torch.no_grad():
         batch_logits = model(ids, attention_mask=mask, position_ids=position_ids).logits
     for row, sequence in enumerate(sequences):
-        single = model.generate(sequence[None], max_new_tokens=4, do_sample=False, eos_token_id=None,
-                                pad_token_id=PAD)
-        assert torch.equal(batch[row, ids.shape[1] - len(sequence):], single[0])
+        single = model.generate(sequence[None], max_new_tokens=4, do_sample=False, eos_token_id=None, pad_token_id=PAD)
+        assert torch.equal(batch[row, ids.shape[1] - len(sequence) :], single[0])
         with torch.no_grad():
             single_logits = model(sequence[None]).logits[0]
-        torch.testing.assert_close(batch_logits[row, ids.shape[1] - len(sequence):], single_logits,
-                                   rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            batch_logits[row, ids.shape[1] - len(sequence) :], single_logits, rtol=1e-4, atol=1e-4
+        )
 
 
 def test_right_padded_batch_equals_unpadded_single_sequences():
@@ -388,8 +402,14 @@ def test_auto_classes_load_the_saved_code_in_a_clean_process(tmp_path):
     model.save_pretrained(checkpoint)
     config = json.loads((checkpoint / "config.json").read_text())
     assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM"}
-    for name in ("modeling_llama_dcomp.py", "configuration_llama_dcomp.py", "dcomp_machine.py", "dcomp_alu.py",
-                 "dcomp_isa.py", "dcomp_circuits.py"):
+    for name in (
+        "modeling_llama_dcomp.py",
+        "configuration_llama_dcomp.py",
+        "dcomp_machine.py",
+        "dcomp_alu.py",
+        "dcomp_isa.py",
+        "dcomp_circuits.py",
+    ):
         assert (checkpoint / name).is_file(), name
     ids = random_ids(2, 5)
     # The reference is this repository's class loading the same file: from_pretrained memory-maps the weights
@@ -411,7 +431,11 @@ def test_auto_classes_load_the_saved_code_in_a_clean_process(tmp_path):
     env = {**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
     result = subprocess.run(
         [sys.executable, "-c", _REMOTE_SCRIPT, str(REPO), str(checkpoint), str(torch.get_num_threads())],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=120,
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "remote code OK" in result.stdout
@@ -544,8 +568,13 @@ def test_copy_parse_feeds_the_machine_and_trains_the_base():
     loss = -output[(3 - 10) % N].log() - runs[0].input_probs[0, 0, 3].log()
     loss.backward()
     copy = computer.copy_parse
-    for name, parameter in (("query", copy.query.weight), ("key", copy.key.weight), ("ordinal", copy.ordinal.weight),
-                            ("mix", copy.mix.weight), ("number embedding", model.model.embed_tokens.weight)):
+    for name, parameter in (
+        ("query", copy.query.weight),
+        ("key", copy.key.weight),
+        ("ordinal", copy.ordinal.weight),
+        ("mix", copy.mix.weight),
+        ("number embedding", model.model.embed_tokens.weight),
+    ):
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
 

@@ -8,9 +8,9 @@ import json
 
 import pytest
 import torch
+from model_fixtures import library_buffers, random_ids, tiny_model
 from safetensors.torch import load_file
 
-from model_fixtures import library_buffers, random_ids, tiny_model
 from modeling_llama_dcomp import LlamaDCompComputer, LlamaDCompForCausalLM
 
 peft = pytest.importorskip("peft")
@@ -32,15 +32,18 @@ def batch() -> dict[str, torch.Tensor]:
     labels[:, 5:] = ids[:, 5:]
     computer_mask = torch.zeros_like(ids, dtype=torch.bool)
     computer_mask[:, 4] = True
-    return {"input_ids": ids, "labels": labels, "computer_mask": computer_mask,
-            "logits_to_keep": LlamaDCompForCausalLM.labelled_positions(labels)}
+    return {
+        "input_ids": ids,
+        "labels": labels,
+        "computer_mask": computer_mask,
+        "logits_to_keep": LlamaDCompForCausalLM.labelled_positions(labels),
+    }
 
 
 def train(peft_model, steps: int = STEPS) -> torch.optim.Optimizer:
     """A few AdamW steps (no weight decay: a parameter changes only through its gradient)."""
     peft_model.train()
-    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2,
-                                  weight_decay=0.0)
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
     inputs = batch()
     for _ in range(steps):
         optimizer.zero_grad()
@@ -78,8 +81,9 @@ def test_lora_trains_adapters_and_computer_but_no_base_weight_or_library_buffer(
     before_parameters = {name: p.detach().clone() for name, p in peft_model.named_parameters()}
     before_buffers = library_buffers(peft_model)
     # The original computer and its trainable copy both hold the library: 7 buffers each.
-    assert len(before_buffers) == 2 * 7 and all("index_tables" in n or "program_" in n or "entry_points" in n
-                                                for n in before_buffers)
+    assert len(before_buffers) == 2 * 7 and all(
+        "index_tables" in n or "program_" in n or "entry_points" in n for n in before_buffers
+    )
     optimizer = train(peft_model)
 
     optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
@@ -129,15 +133,20 @@ def test_merge_and_unload_returns_a_llama_dcomp_model_with_the_same_logits_and_l
     original = library_buffers(LlamaDCompForCausalLM.from_pretrained(base_checkpoint))
     peft_model = get_peft_model(LlamaDCompForCausalLM.from_pretrained(base_checkpoint), lora_config())
     train(peft_model)
-    trained_computer = {name: p.detach().clone() for name, p in peft_model.named_parameters()
-                        if ".computer.modules_to_save.default." in name}
+    trained_computer = {
+        name: p.detach().clone()
+        for name, p in peft_model.named_parameters()
+        if ".computer.modules_to_save.default." in name
+    }
     ids = random_ids(2, 7, seed=5)
     expected = logits(peft_model, ids)
 
     merged = peft_model.merge_and_unload()
     assert type(merged) is LlamaDCompForCausalLM
-    assert not any("lora_" in name or "modules_to_save" in name or "original_module" in name
-                   for name, _ in merged.named_parameters())
+    assert not any(
+        "lora_" in name or "modules_to_save" in name or "original_module" in name
+        for name, _ in merged.named_parameters()
+    )
     assert isinstance(merged.computer, LlamaDCompComputer) and len(merged._computers()) == 1
     torch.testing.assert_close(logits(merged, ids), expected, rtol=1e-5, atol=1e-5)
     for name, p in trained_computer.items():  # the trained copy of the computer is the merged model's computer

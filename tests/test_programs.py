@@ -84,8 +84,9 @@ def _fib(rng: random.Random, n: int, size: int) -> Case:
     terms = [a, b]
     for _ in range(depth):
         terms.append((terms[-1] + terms[-2]) % n)
-    return Case({1: a, 2: b, 3: depth, 4: base}, result=terms[-1], output=(0,) * base + tuple(terms[2:]),
-                steps=8 * depth)
+    return Case(
+        {1: a, 2: b, 3: depth, 4: base}, result=terms[-1], output=(0,) * base + tuple(terms[2:]), steps=8 * depth
+    )
 
 
 def _random_list(rng: random.Random, n: int, size: int) -> list[int]:
@@ -151,8 +152,16 @@ def cases(name: str, count: int, *, n: int = N, size: int) -> list[Case]:
 
 # ------------------------------------------------------------------------------------------------ runners
 def interpret(program: Program, case: Case, *, n: int = N, entry: int = 0):
-    return run_reference(program, n=n, num_registers=REGISTERS, memory_size=MEMORY_SIZE,
-                         registers=case.registers, memory=list(case.memory), max_steps=2000, entry=entry)
+    return run_reference(
+        program,
+        n=n,
+        num_registers=REGISTERS,
+        memory_size=MEMORY_SIZE,
+        registers=case.registers,
+        memory=list(case.memory),
+        max_steps=2000,
+        entry=entry,
+    )
 
 
 def check_execution(execution, case: Case, where: str) -> None:
@@ -172,8 +181,9 @@ def run_machine(program: Program, batch: list[Case], *, n: int = N, alu=None, en
     cells = [list(case.memory) + [0] * (MEMORY_SIZE - len(case.memory)) for case in batch]
     if entry is not None:
         entry = entry.expand(len(batch), -1)
-    state = machine.initial_state(len(batch), tensors.lines, inputs=inputs,
-                                  memory=one_hot_values(torch.tensor(cells), n), entry=entry)
+    state = machine.initial_state(
+        len(batch), tensors.lines, inputs=inputs, memory=one_hot_values(torch.tensor(cells), n), entry=entry
+    )
     with torch.no_grad():
         return machine.run(tensors, state, max_steps=max(case.steps for case in batch) + 2)
 
@@ -215,8 +225,9 @@ def test_program_on_the_differentiable_machine(name):
     check_machine(run_machine(load_program(name), batch), batch, name)
 
 
-@pytest.mark.parametrize("name", ["add", "sub", "mul", "div", "mod", "lt", "fib", "sum", "sort_parallel", "sort_select",
-                                  "gcd"])
+@pytest.mark.parametrize(
+    "name", ["add", "sub", "mul", "div", "mod", "lt", "fib", "sum", "sort_parallel", "sort_select", "gcd"]
+)
 def test_program_on_the_machine_with_circuits(name):
     n = 64
     batch = cases(name, 24, n=n, size=3)

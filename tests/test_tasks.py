@@ -12,9 +12,9 @@ from library.tasks import (
     FIBONACCI_TEMPLATES,
     FRAMES,
     LIST_TEMPLATES,
-    compose,
-    composable,
     arithmetic_task,
+    composable,
+    compose,
     fibonacci,
     fibonacci_task,
     list_task,
@@ -80,8 +80,10 @@ def test_phrasings_are_every_frame_around_every_expression():
 
 
 TASKS_AND_PHRASINGS = {
-    "arithmetic": (lambda **kwargs: arithmetic_task(operations=tuple(ARITHMETIC_TEMPLATES), **kwargs),
-                   ARITHMETIC_TEMPLATES),
+    "arithmetic": (
+        lambda **kwargs: arithmetic_task(operations=tuple(ARITHMETIC_TEMPLATES), **kwargs),
+        ARITHMETIC_TEMPLATES,
+    ),
     "fibonacci": (fibonacci_task, FIBONACCI_TEMPLATES),
     "sort": (lambda **kwargs: list_task("sort", **kwargs), {"sort": LIST_TEMPLATES["sort"]}),
     "max": (lambda **kwargs: list_task("max", **kwargs), {"max": LIST_TEMPLATES["max"]}),
@@ -120,9 +122,19 @@ def test_deterministic_and_cached(arithmetic, cache, tmp_path):
 
 
 def test_arithmetic_answers_and_columns(arithmetic):
-    assert {name: len(split) for name, split in arithmetic.items()} == {"train": SMALL["train_size"], "validation": 50, "test": 50}
+    assert {name: len(split) for name, split in arithmetic.items()} == {
+        "train": SMALL["train_size"],
+        "validation": 50,
+        "test": 50,
+    }
     assert list(arithmetic["train"].features) == [
-        "text", "answer", "answer_text", "operation", "operands", "program", "template"
+        "text",
+        "answer",
+        "answer_text",
+        "operation",
+        "operands",
+        "program",
+        "template",
     ]
     for row in rows(arithmetic["train"]) + rows(arithmetic["test"]):
         a, b = row["operands"]

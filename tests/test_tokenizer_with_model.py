@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_fixtures import CODE_FILES, COMPUTER, LIBRARY, TINY_LLAMA, tiny_llama
 from transformers import AutoTokenizer
 
 from library import tokenizer as llama3
 from library.install import from_llama, number_token_ids, save_model_with_tokenizer
 from library.tasks import tokenize_for_causal_lm
-from model_fixtures import CODE_FILES, COMPUTER, LIBRARY, TINY_LLAMA, tiny_llama
 from modeling_llama_dcomp import LlamaDCompForCausalLM
 
 pytest.importorskip("llama_models", reason="pip install --no-deps llama-models==0.3.0")
@@ -30,10 +30,20 @@ def tokenizer():
 def model(tokenizer):
     """A tiny Llama with LLaMA-3's vocabulary and special-token ids, converted with the tokenizer (W_out from the
     number-token embeddings)."""
-    llama = tiny_llama(vocab_size=VOCAB, tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
-                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    return from_llama(llama, computer_layer=1, library=LIBRARY, tokenizer=tokenizer,
-                      **{**COMPUTER, "computer_values": N, "computer_gate_init": 1.0}).eval()
+    llama = tiny_llama(
+        vocab_size=VOCAB,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return from_llama(
+        llama,
+        computer_layer=1,
+        library=LIBRARY,
+        tokenizer=tokenizer,
+        **{**COMPUTER, "computer_values": N, "computer_gate_init": 1.0},
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +53,14 @@ def saved(model, tokenizer, tmp_path_factory):
 
 def test_the_folder_holds_model_code_and_tokenizer(saved):
     names = {path.name for path in saved.iterdir()}
-    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
-            "tokenizer_config.json", *CODE_FILES} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        *CODE_FILES,
+    } <= names
 
 
 def test_auto_tokenizer_reloads_the_llama3_tokenizer(saved, tokenizer):
@@ -88,8 +104,12 @@ def test_a_task_prompt_tokenized_by_the_reloaded_tokenizer_gives_the_same_logits
     # file offsets that are not 64-byte aligned, and the CPU matmul kernels round the last bit differently for
     # such data than for the in-memory model's aligned copies (seen at the computer's n = 128 matmuls).
     with torch.no_grad():
-        torch.testing.assert_close(loaded(ids, computer_mask=computer_mask).logits,
-                                   model(ids, computer_mask=computer_mask).logits, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(
+            loaded(ids, computer_mask=computer_mask).logits,
+            model(ids, computer_mask=computer_mask).logits,
+            rtol=1e-6,
+            atol=1e-6,
+        )
 
 
 def test_a_tokenizer_larger_than_the_vocabulary_is_refused_before_writing(tokenizer, tmp_path):

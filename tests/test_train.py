@@ -15,28 +15,56 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from model_fixtures import NOT_IMPORTABLE_PRELUDE
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--train-size", "96", "--validation-size", "16", "--test-size", "16", "--hidden-size", "32",
-        "--batch-size", "8", "--probe-examples", "32", "--logging-steps", "1", "--eval-steps", "1000"]
-CODE_FILES = ("modeling_llama_dcomp.py", "configuration_llama_dcomp.py", "dcomp_machine.py", "dcomp_alu.py",
-              "dcomp_isa.py", "dcomp_circuits.py")
+TINY = [
+    "--train-size",
+    "96",
+    "--validation-size",
+    "16",
+    "--test-size",
+    "16",
+    "--hidden-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--probe-examples",
+    "32",
+    "--logging-steps",
+    "1",
+    "--eval-steps",
+    "1000",
+]
+CODE_FILES = (
+    "modeling_llama_dcomp.py",
+    "configuration_llama_dcomp.py",
+    "dcomp_machine.py",
+    "dcomp_alu.py",
+    "dcomp_isa.py",
+    "dcomp_circuits.py",
+)
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict:
     """Offline, one thread per process, caches (tokenizer, tasks, HF modules) in a fresh folder for this file."""
     caches = tmp_path_factory.mktemp("caches")
-    return dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-                LLAMA_DCOMP_CACHE=str(caches / "llama_dcomp"), HF_HOME=str(caches / "hf"))
+    return dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        LLAMA_DCOMP_CACHE=str(caches / "llama_dcomp"),
+        HF_HOME=str(caches / "hf"),
+    )
 
 
 def run_train(env: dict, cwd: Path, *args: str, launcher: tuple[str, ...] = (sys.executable,)) -> str:
     """Runs train.py to completion; returns stdout + stderr."""
-    result = subprocess.run([*launcher, str(REPO / "train.py"), *args], cwd=cwd, env=env, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [*launcher, str(REPO / "train.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     return output
@@ -98,8 +126,9 @@ def test_sort_runs_the_computer_before_every_number_of_the_answer(env, monkeypat
     from library.interpreter import run_reference
     from library.stdlib import load_program
 
-    args = train.build_parser().parse_args(["--task", "sort", "--train-size", "8", "--validation-size", "2",
-                                            "--test-size", "2", "--test-long-size", "4"])
+    args = train.build_parser().parse_args(
+        ["--task", "sort", "--train-size", "8", "--validation-size", "2", "--test-size", "2", "--test-long-size", "4"]
+    )
     spec = train.task_spec(args)
     tokenizer = train.build_tokenizer(args)
     data = train.build_datasets(args, spec, tokenizer)
@@ -123,14 +152,29 @@ def test_parse_loss_is_the_parse_heads_cross_entropy_against_the_prompt_numbers(
     parse heads, times its weight, to the LM loss; a few steps on it make the parse read the prompt's numbers."""
     monkeypatch.setenv("LLAMA_DCOMP_CACHE", env["LLAMA_DCOMP_CACHE"])
     sys.path.insert(0, str(REPO))
-    import train
     from transformers import TrainingArguments
 
+    import train
     from modeling_llama_dcomp import record_computer_runs
 
-    args = train.build_parser().parse_args(["--task", "fibonacci", "--train-size", "16", "--validation-size", "2",
-                                            "--test-size", "2", "--test-long-size", "2", "--hidden-size", "32",
-                                            "--heads", "2"])
+    args = train.build_parser().parse_args(
+        [
+            "--task",
+            "fibonacci",
+            "--train-size",
+            "16",
+            "--validation-size",
+            "2",
+            "--test-size",
+            "2",
+            "--test-long-size",
+            "2",
+            "--hidden-size",
+            "32",
+            "--heads",
+            "2",
+        ]
+    )
     spec = train.task_spec(args)
     tokenizer = train.build_tokenizer(args)
     data = train.build_datasets(args, spec, tokenizer)
@@ -144,8 +188,9 @@ def test_parse_loss_is_the_parse_heads_cross_entropy_against_the_prompt_numbers(
 
     def trainer(weight: float):
         arguments = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
-        return train.DCompTrainer(model=model, args=arguments, learning_rates={}, answer_loss_weight=0.0,
-                                  parse_loss_weight=weight)
+        return train.DCompTrainer(
+            model=model, args=arguments, learning_rates={}, answer_loss_weight=0.0, parse_loss_weight=weight
+        )
 
     def parse_cross_entropy() -> torch.Tensor:
         with record_computer_runs() as runs:
@@ -168,18 +213,39 @@ def test_parse_loss_is_the_parse_heads_cross_entropy_against_the_prompt_numbers(
         assert parse_cross_entropy() < 0.5 * before
 
 
-@pytest.mark.parametrize(("task", "copying"), [("fibonacci", {0: 0, 1: 1, 2: 2}),  # a, b, depth as written
-                                               ("sort", {2: 0, 3: 1, 4: 2, 5: 3})])  # cells; not length, index
+@pytest.mark.parametrize(
+    ("task", "copying"),
+    [
+        ("fibonacci", {0: 0, 1: 1, 2: 2}),  # a, b, depth as written
+        ("sort", {2: 0, 3: 1, 4: 2, 5: 3}),
+    ],
+)  # cells; not length, index
 def test_copy_parse_prior_points_each_slot_at_the_number_it_reads(env, monkeypatch, task, copying):
     monkeypatch.setenv("LLAMA_DCOMP_CACHE", env["LLAMA_DCOMP_CACHE"])
     sys.path.insert(0, str(REPO))
     import train
-
     from modeling_llama_dcomp import record_computer_runs
 
-    args = train.build_parser().parse_args(["--task", task, "--parse", "copy", "--train-size", "32",
-                                            "--validation-size", "2", "--test-size", "2", "--test-long-size", "2",
-                                            "--hidden-size", "32", "--heads", "2"])
+    args = train.build_parser().parse_args(
+        [
+            "--task",
+            task,
+            "--parse",
+            "copy",
+            "--train-size",
+            "32",
+            "--validation-size",
+            "2",
+            "--test-size",
+            "2",
+            "--test-long-size",
+            "2",
+            "--hidden-size",
+            "32",
+            "--heads",
+            "2",
+        ]
+    )
     spec = train.task_spec(args)
     tokenizer = train.build_tokenizer(args)
     data = train.build_datasets(args, spec, tokenizer)
@@ -189,8 +255,9 @@ def test_copy_parse_prior_points_each_slot_at_the_number_it_reads(env, monkeypat
     rows = list(data["train"])
     batch = train.AnswerCollator(tokenizer.pad_token_id, True, False, with_slot_targets=True)(rows)
     with torch.no_grad(), record_computer_runs() as runs:
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-              computer_mask=batch["computer_mask"])
+        model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], computer_mask=batch["computer_mask"]
+        )
     parsed = torch.cat([runs[0].input_probs, runs[0].memory_probs], dim=1).argmax(-1)  # (positions, slots)
     slots = list(copying)
     targets = batch["slot_targets"][:, slots]
@@ -199,12 +266,26 @@ def test_copy_parse_prior_points_each_slot_at_the_number_it_reads(env, monkeypat
 
 
 def test_tiny_sort_run_reports_the_longer_lists_and_predicts_with_a_trace(env, tmp_path):
-    output = run_train(env, tmp_path, *TINY, "--task", "sort", "--parse-loss-weight", "1", "--test-long-size", "16",
-                       "--max-steps", "2", "--output-dir", str(tmp_path / "sort"))
+    output = run_train(
+        env,
+        tmp_path,
+        *TINY,
+        "--task",
+        "sort",
+        "--parse-loss-weight",
+        "1",
+        "--test-long-size",
+        "16",
+        "--max-steps",
+        "2",
+        "--output-dir",
+        str(tmp_path / "sort"),
+    )
     assert re.search(r"^test exact match: \d+\.\d+% \(2 ", output, re.MULTILINE), output[-2000:]
     assert re.search(r"^test_long exact match: \d+\.\d+% \(5 \d+\.\d+%, 6 ", output, re.MULTILINE)
-    output = run_train(env, tmp_path, "predict", "--model", str(tmp_path / "sort"), "--max-new-tokens", "4",
-                       "Sort the list 5, 3, 9")
+    output = run_train(
+        env, tmp_path, "predict", "--model", str(tmp_path / "sort"), "--max-new-tokens", "4", "Sort the list 5, 3, 9"
+    )
     assert re.search(r"^answer: ", output, re.MULTILINE), output[-2000:]
     assert re.search(r"sort_select \(1\.00\)", output)  # the trace of the computer at the answer position
 
@@ -215,8 +296,9 @@ def test_number_starts_are_the_training_positions_of_the_computer(env, monkeypat
     sys.path.insert(0, str(REPO))
     import train
 
-    args = train.build_parser().parse_args(["--task", "sort", "--train-size", "8", "--validation-size", "2",
-                                            "--test-size", "2", "--test-long-size", "4"])
+    args = train.build_parser().parse_args(
+        ["--task", "sort", "--train-size", "8", "--validation-size", "2", "--test-size", "2", "--test-long-size", "4"]
+    )
     tokenizer = train.build_tokenizer(args)
     data = train.build_datasets(args, train.task_spec(args), tokenizer)
     for row in data["test_long"]:
@@ -229,8 +311,15 @@ def test_tiny_run_writes_a_hub_ready_folder_that_loads_by_remote_code(tiny_run, 
     out, output = tiny_run
     assert re.search(r"^test exact match: \d+\.\d+%", output, re.MULTILINE), output[-2000:]
     assert re.search(r"^test_pairs exact match: \d+\.\d+%", output, re.MULTILINE)
-    for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-                 "tokenizer_config.json", "README.md", *CODE_FILES):
+    for name in (
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "README.md",
+        *CODE_FILES,
+    ):
         assert (out / name).is_file(), name
     config = json.loads((out / "config.json").read_text())
     assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM"}
@@ -246,8 +335,14 @@ def test_tiny_run_writes_a_hub_ready_folder_that_loads_by_remote_code(tiny_run, 
         "print(type(model).__name__, model.config.library_programs)\n"
     )
     env = {**env, "PYTHONPATH": "", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    loaded = subprocess.run([sys.executable, "-c", script, str(REPO), str(out)], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=300)
+    loaded = subprocess.run(
+        [sys.executable, "-c", script, str(REPO), str(out)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     assert "LlamaDCompForCausalLM ['add', 'sub', 'mul', 'div', 'rsub', 'rdiv']" in loaded.stdout
 
@@ -264,8 +359,14 @@ def test_predict_prints_the_answer_and_the_trace(tiny_run, env):
 def test_resume_continues_from_the_last_checkpoint_after_a_kill(env, tmp_path):
     out = tmp_path / "out"
     args = [*TINY, "--max-steps", "24", "--save-steps", "4", "--output-dir", str(out)]
-    process = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 240
     while not (out / "checkpoint-8" / "trainer_state.json").exists():
         assert process.poll() is None and time.time() < deadline, "the run ended before its checkpoint"
@@ -273,8 +374,9 @@ def test_resume_continues_from_the_last_checkpoint_after_a_kill(env, tmp_path):
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert not (out / "checkpoint-24").exists() and not (out / "model.safetensors").exists()
-    last = max(int(path.name.split("-")[1]) for path in out.glob("checkpoint-*")
-               if (path / "trainer_state.json").exists())
+    last = max(
+        int(path.name.split("-")[1]) for path in out.glob("checkpoint-*") if (path / "trainer_state.json").exists()
+    )
 
     output = run_train(env, tmp_path, *args, "--resume")
     assert f"resuming from {out / f'checkpoint-{last}'}" in output
@@ -299,12 +401,22 @@ def test_lora_on_a_llama_checkpoint(env, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    llama = LlamaForCausalLM(LlamaConfig(vocab_size=128256, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64))
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=128256,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+        )
+    )
     llama.save_pretrained(tmp_path / "llama")
     out = tmp_path / "lora"
-    output = run_train(env, tmp_path, *TINY, "--max-steps", "2", "--model", str(tmp_path / "llama"), "--lora",
-                       "--output-dir", str(out))
+    output = run_train(
+        env, tmp_path, *TINY, "--max-steps", "2", "--model", str(tmp_path / "llama"), "--lora", "--output-dir", str(out)
+    )
     assert re.search(r"^test exact match: ", output, re.MULTILINE), output[-2000:]
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "llama_dcomp" and config["hidden_size"] == 16
@@ -313,8 +425,9 @@ def test_lora_on_a_llama_checkpoint(env, tmp_path):
 
 def test_two_process_data_parallel_run_trains_one_model(env, tmp_path):
     launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531")
-    output = run_train(env, tmp_path, *TINY, "--max-steps", "3", "--output-dir", str(tmp_path / "ddp"),
-                       launcher=launcher)
+    output = run_train(
+        env, tmp_path, *TINY, "--max-steps", "3", "--output-dir", str(tmp_path / "ddp"), launcher=launcher
+    )
     final = dict(re.findall(r"rank (\d) parameter digest: ([0-9a-f]{64})", output))
     initial = set(re.findall(r"initial parameter digest: ([0-9a-f]{64})", output))
     assert set(final) == {"0", "1"} and final["0"] == final["1"], output[-3000:]
@@ -326,8 +439,8 @@ def test_isolated_gradients_route_the_lm_loss_to_the_read_out_and_the_answer_los
     """`isolate_gradients` leaves the forward values alone; the LM loss then reaches only the read-out, a loss on
     the recorded output register reaches the selection/parse heads and the base."""
     import torch
-
     from model_fixtures import random_ids, tiny_model
+
     from modeling_llama_dcomp import record_computer_runs
 
     model = tiny_model(gate=1.0).train()
@@ -359,5 +472,7 @@ def test_digit_classes_and_the_cross_entropy_of_distributions():
     probs = torch.tensor([[[0.5, 0.5, 0.0], [0.0, 0.25, 0.75]]])  # (1, 2 slots, n = 3)
     loss = distribution_cross_entropy(probs, torch.tensor([[0, -100]]))  # the second slot ignored
     assert torch.allclose(loss, torch.tensor(0.5).log().neg())
-    assert torch.allclose(distribution_cross_entropy(probs[0], torch.tensor([1, 2])),
-                          -(torch.tensor(0.5).log() + torch.tensor(0.75).log()) / 2)
+    assert torch.allclose(
+        distribution_cross_entropy(probs[0], torch.tensor([1, 2])),
+        -(torch.tensor(0.5).log() + torch.tensor(0.75).log()) / 2,
+    )
