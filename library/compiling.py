@@ -24,7 +24,7 @@ from dcomp_machine import ProgramTensors, one_hot_values
 from .assembler import assemble_file
 from .compiler import compile_program
 from .program import Program
-from .stdlib import LinkedLibrary, link, standard_source
+from .stdlib import LinkedLibrary, link, standard_source, unique_names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +77,9 @@ def compile_library(
     else:
         if not isinstance(programs, Mapping) and not isinstance(programs, str):
             extra = dict(sources or {})
-            programs = {name: extra[name] if name in extra else standard_source(name) for name in programs}
+            programs = {
+                name: extra[name] if name in extra else standard_source(name) for name in unique_names(programs)
+            }
         linked = link(programs, n=n, num_registers=num_registers, call_depth=call_depth)
     return CompiledLibrary(linked, compile_program(linked.program, n=n, num_registers=num_registers, dtype=dtype))
 

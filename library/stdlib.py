@@ -83,6 +83,15 @@ class LinkedLibrary:
         return distribution
 
 
+def unique_names(names: Sequence[str]) -> list[str]:
+    """`names` as a list; LinkError naming any that occur twice."""
+    names = list(names)
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise LinkError(f"duplicate program name(s): {', '.join(duplicates)}")
+    return names
+
+
 def calculator_source(op: str) -> str:
     """The calculator program of ALU op `op`, generated from its ISA entry: `op r1 r2 r0 | ret` (unary: r1)."""
     spec = dcomp_isa.OPS_BY_NAME[op]
@@ -147,20 +156,17 @@ def link(
     """Links programs into one `LinkedLibrary`, laid out in the order given.
 
     `programs` is a sequence of standard program names, or a mapping from name to assembly source text (or
-    `(text, name its errors give)`, as `standard_source` returns) or an assembled `Program` (which cannot call other programs by name: its targets are already numbers). Source
-    text may `call` (or `jump` to) any program of the library by name. Raises `LinkError` for duplicate, bad
-    or unknown names, references to undefined programs, a program that may run past its end, and a library
-    longer than n - 1 lines; assembly mistakes raise `AssemblyError` at their line and column."""
+    `(text, name its errors give)`, as `standard_source` returns) or an assembled `Program`. A jump/call target
+    naming no label of its own source names another program of the library (the assembler leaves it as a
+    `Symbol`). Raises `LinkError` for duplicate, bad or unknown names, references to undefined programs, a
+    program that may run past its end, and a library longer than n - 1 lines; assembly mistakes raise
+    `AssemblyError` at their line and column."""
     if isinstance(programs, Mapping):
         items = list(programs.items())
     elif isinstance(programs, str):
         raise LinkError(f"expected a sequence of program names, got the string {programs!r}")
     else:
-        names = list(programs)
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise LinkError(f"duplicate program name(s): {', '.join(duplicates)}")
-        items = [(name, standard_source(name)) for name in names]
+        items = [(name, standard_source(name)) for name in unique_names(programs)]
     if not items:
         raise LinkError("nothing to link: no programs given")
     units = [_unit(name, item, n, num_registers, call_depth) for name, item in items]
