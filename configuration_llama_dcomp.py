@@ -13,9 +13,9 @@ from huggingface_hub.dataclasses import strict
 from transformers import LlamaConfig
 
 try:
-    from .dcomp_isa import DEFAULT_CALL_DEPTH
+    from .dcomp_isa import DEFAULT_CALL_DEPTH, OP_NAMES
 except ImportError:  # a checkout, where the run-time files are top-level modules
-    from dcomp_isa import DEFAULT_CALL_DEPTH
+    from dcomp_isa import DEFAULT_CALL_DEPTH, OP_NAMES
 
 
 COMPUTER_ALUS = ("table", "circuit")
@@ -135,6 +135,10 @@ class LlamaDCompConfig(LlamaConfig):
     computer_copy_dim: int = 32
     """Width of the copy parse's queries and keys."""
 
+    computer_ops: list[str] = field(default_factory=lambda: list(OP_NAMES))
+    """The instruction set the program tensors index, in order (dcomp_isa.OP_NAMES when the model was built): a
+    checkpoint from another instruction set fails to load with a message naming the ops that differ."""
+
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         # Keep entries already there: a config loaded from the Hub names them "<repo>--module.Class".
@@ -239,6 +243,21 @@ class LlamaDCompConfig(LlamaConfig):
         )
         require(self.computer_copy_ordinals >= 1, "computer_copy_ordinals", "must be at least 1")
         require(self.computer_copy_dim >= 1, "computer_copy_dim", "must be at least 1")
+        require(
+            list(self.computer_ops) == list(OP_NAMES),
+            "computer_ops",
+            f"the checkpoint's instruction set differs from dcomp_isa's ({_isa_difference(self.computer_ops)})",
+        )
+
+
+def _isa_difference(ops) -> str:
+    """What a checkpoint's op list has that dcomp_isa.OP_NAMES has not, and the other way round."""
+    ops = list(ops)
+    missing = [op for op in OP_NAMES if op not in ops]
+    extra = [op for op in ops if op not in OP_NAMES]
+    parts = [f"not in the checkpoint: {', '.join(missing)}"] if missing else []
+    parts += [f"unknown to this code: {', '.join(extra)}"] if extra else []
+    return "; ".join(parts) or f"the same ops in another order; this code has {', '.join(OP_NAMES)}"
 
 
 LlamaDCompConfig.register_for_auto_class()

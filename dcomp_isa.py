@@ -110,3 +110,18 @@ def alu_index_table(op: str, n: int) -> torch.Tensor:
 
 # Depth of the return stack when a config or command line does not say: calls nest this deep.
 DEFAULT_CALL_DEPTH = 4
+
+
+def check_machine_sizes(n: int, num_registers: int, memory_size: int, call_depth: int) -> None:
+    """The one rule for a machine's sizes, which the reference interpreter and the command line apply as the
+    differentiable machine does: n >= 2 values; a return stack of 1 <= call_depth < num_registers registers
+    (at least one data register stays); 1 <= memory_size <= n cells (addresses are values). Raises ValueError."""
+    if n < 2:
+        raise ValueError(f"n = {n}: need n >= 2 values")
+    if not 1 <= call_depth < num_registers:
+        raise ValueError(
+            f"call_depth = {call_depth} must lie in [1, num_registers = {num_registers}) "
+            "(the return stack is the top call_depth registers; one data register at least)"
+        )
+    if not 1 <= memory_size <= n:
+        raise ValueError(f"memory_size = {memory_size} must lie in [1, n = {n}] (addresses are values)")

@@ -11,7 +11,9 @@ See docs/ARCHITECTURE.md for the full semantics of one step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -35,13 +37,21 @@ class ProgramTensors:
 
     Shapes: `op (..., lines, lanes, num_ops)`, `a`/`b`/`out (..., lines, lanes, num_registers)`,
     `imm (..., lines, lanes, n)`; an optional leading batch dimension gives one program per example
-    (a contextual program from a controller δ(θ, z), eq. 16)."""
+    (a contextual program from a controller δ(θ, z), eq. 16). `FIELDS` and `widths` name the fields and
+    their last dimensions once, for every module that builds, stores or checks program tensors."""
 
     op: torch.Tensor
     a: torch.Tensor
     b: torch.Tensor
     out: torch.Tensor
     imm: torch.Tensor
+
+    FIELDS: ClassVar[tuple[str, ...]] = ("op", "a", "b", "out", "imm")
+
+    @staticmethod
+    def widths(n: int, num_registers: int) -> tuple[int, ...]:
+        """The last dimension of each field, in `FIELDS` order, for a machine with n values."""
+        return (len(OPS), num_registers, num_registers, num_registers, n)
 
     @property
     def lines(self) -> int:
@@ -51,13 +61,67 @@ class ProgramTensors:
     def lanes(self) -> int:
         return self.op.shape[-2]
 
+    def fields(self) -> dict[str, torch.Tensor]:
+        """`{field name: tensor}` in `FIELDS` order."""
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+    def map(self, function) -> ProgramTensors:
+        """A ProgramTensors of `function(tensor)` applied to every field."""
+        return ProgramTensors(*(function(tensor) for tensor in self.fields().values()))
+
     def to(self, *args, **kwargs) -> ProgramTensors:
-        return ProgramTensors(*(getattr(self, f.name).to(*args, **kwargs) for f in fields(self)))
+        return self.map(lambda tensor: tensor.to(*args, **kwargs))
 
     def expand(self, batch_size: int) -> ProgramTensors:
         """The program with a leading batch dimension of `batch_size` (a view when it had none)."""
-        tensors = (getattr(self, f.name) for f in fields(self))
-        return ProgramTensors(*(t.expand(batch_size, *t.shape[-3:]) for t in tensors))
+        return self.map(lambda tensor: tensor.expand(batch_size, *tensor.shape[-3:]))
+
+    def check(self, n: int | None = None, num_registers: int | None = None, *, where: str = "program tensors") -> None:
+        """Raises ValueError naming the field when the tensors are not one program of shape `(..., lines, lanes,
+        width)`: equal leading dimensions, the widths of `widths(n, num_registers)` (inferred from `imm` and `a`
+        when not given), floating point, finite, and non-negative (rows are distributions)."""
+        n = self.imm.shape[-1] if n is None else n
+        num_registers = self.a.shape[-1] if num_registers is None else num_registers
+        leading = tuple(self.op.shape[:-1])
+        for (name, tensor), width in zip(self.fields().items(), self.widths(n, num_registers)):
+            if tensor.dim() < 3 or tuple(tensor.shape[:-1]) != leading or tensor.shape[-1] != width:
+                raise ValueError(
+                    f"{where}: field {name!r} has shape {tuple(tensor.shape)}, expected {(*leading, width)} "
+                    f"(lines, lanes, width) with n={n} and num_registers={num_registers}"
+                )
+            if not tensor.is_floating_point():
+                raise ValueError(f"{where}: field {name!r} has dtype {tensor.dtype}, expected a floating dtype")
+            if not bool(torch.isfinite(tensor).all()):
+                raise ValueError(f"{where}: field {name!r} holds NaN or infinite values")
+            if bool((tensor < 0).any()):
+                raise ValueError(f"{where}: field {name!r} holds negative probabilities")
+
+    def save(self, path, metadata: dict[str, str] | None = None) -> None:
+        """Writes the fields to a safetensors file (no pickle), with string `metadata`."""
+        from safetensors.torch import save_file
+
+        save_file({name: t.detach().contiguous() for name, t in self.fields().items()}, str(path), metadata=metadata)
+
+    @classmethod
+    def load(cls, path) -> tuple[ProgramTensors, dict[str, str]]:
+        """Reads a file written by `save`: the tensors (checked with `check`) and the file's metadata. Raises
+        ValueError naming the file when it is not a safetensors file of program tensors."""
+        from safetensors import SafetensorError, safe_open
+
+        if Path(path).is_dir():
+            raise ValueError(f"{path}: is a directory, not a file of program tensors")
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                names = set(handle.keys())  # safe_open has no `in`
+                missing = [name for name in cls.FIELDS if name not in names]
+                if missing:
+                    raise ValueError(f"{path}: not compiled program tensors (missing tensors: {', '.join(missing)})")
+                tensors = cls(*(handle.get_tensor(name) for name in cls.FIELDS))
+        except SafetensorError as error:
+            raise ValueError(f"{path}: not a safetensors file ({error})") from None
+        tensors.check(where=str(path))
+        return tensors, metadata
 
 
 @dataclass

@@ -45,14 +45,14 @@ try:
     from .configuration_llama_dcomp import LlamaDCompConfig
     from .dcomp_alu import TableALU
     from .dcomp_circuits import CircuitALU
-    from .dcomp_isa import OP_INDEX, OPS
-    from .dcomp_machine import MachineState, ProgramTensors, RegisterMachine, one_hot_values
+    from .dcomp_isa import OP_INDEX, OP_NAMES
+    from .dcomp_machine import MachineRun, MachineState, ProgramTensors, RegisterMachine, one_hot_values
 except ImportError:  # a checkout, where the run-time files are top-level modules
     from configuration_llama_dcomp import LlamaDCompConfig
     from dcomp_alu import TableALU
     from dcomp_circuits import CircuitALU
-    from dcomp_isa import OP_INDEX, OPS
-    from dcomp_machine import MachineState, ProgramTensors, RegisterMachine, one_hot_values
+    from dcomp_isa import OP_INDEX, OP_NAMES
+    from dcomp_machine import MachineRun, MachineState, ProgramTensors, RegisterMachine, one_hot_values
 
 
 # Labels that the loss ignores (transformers' convention).
@@ -60,7 +60,7 @@ IGNORE_INDEX = -100
 # Program tensors are stored and run in float32 whatever the model's dtype: the machine multiplies
 # distributions for up to `computer_max_steps` steps, and one-hot programs must stay exact.
 PROGRAM_DTYPE = torch.float32
-PROGRAM_FIELDS = ("op", "a", "b", "out", "imm")
+PROGRAM_FIELDS = ProgramTensors.FIELDS
 # Length (hex digits) of each half of `config.library_fingerprint`.
 FINGERPRINT_HEX = 32
 
@@ -73,7 +73,8 @@ class LibraryMismatchError(ValueError):
 
 
 def library_fingerprint(program: ProgramTensors, programs: Sequence[str], entry_points: Sequence[int]) -> str:
-    """`tensors=<hash of the program tensors>;index=<hash of the program names and entry points>` (sha256).
+    """`tensors=<hash of the program tensors>;index=<hash of the program names, entry points and op names>`
+    (sha256).
 
     The two halves let a mismatch name its cause: the weights (program tensors) or the config's index."""
     tensors = hashlib.sha256()
@@ -81,7 +82,9 @@ def library_fingerprint(program: ProgramTensors, programs: Sequence[str], entry_
         tensor = getattr(program, name).detach().to(device="cpu", dtype=PROGRAM_DTYPE).contiguous()
         tensors.update(f"{name}{tuple(tensor.shape)}".encode())
         tensors.update(tensor.numpy().tobytes())
-    index = hashlib.sha256(json.dumps({"programs": list(programs), "entry_points": list(entry_points)}).encode())
+    # The op names too: the same one-hot tensors mean another program under another instruction set.
+    index = {"programs": list(programs), "entry_points": list(entry_points), "ops": list(OP_NAMES)}
+    index = hashlib.sha256(json.dumps(index).encode())
     return f"tensors={tensors.hexdigest()[:FINGERPRINT_HEX]};index={index.hexdigest()[:FINGERPRINT_HEX]}"
 
 
@@ -91,13 +94,37 @@ def halt_program(lines: int, lanes: int, num_registers: int, n: int) -> ProgramT
     op = torch.full((lines, lanes), OP_INDEX["nop"], dtype=torch.long)
     op[:, 0] = OP_INDEX["halt"]
     zeros = torch.zeros(lines, lanes, dtype=torch.long)
+    widths = ProgramTensors.widths(n, num_registers)
     return ProgramTensors(
-        op=one_hot_values(op, len(OPS), PROGRAM_DTYPE),
-        a=one_hot_values(zeros, num_registers, PROGRAM_DTYPE),
-        b=one_hot_values(zeros, num_registers, PROGRAM_DTYPE),
-        out=one_hot_values(zeros, num_registers, PROGRAM_DTYPE),
-        imm=one_hot_values(zeros, n, PROGRAM_DTYPE),
+        *(one_hot_values(index, width, PROGRAM_DTYPE) for index, width in zip((op,) + (zeros,) * 4, widths))
     )
+
+
+def run_selected(
+    machine: RegisterMachine,
+    program: ProgramTensors,
+    entry_points: torch.Tensor,
+    selection: torch.Tensor,
+    *,
+    inputs: dict[int, torch.Tensor],
+    memory: torch.Tensor | None = None,
+    max_steps: int,
+) -> MachineRun:
+    """Select, then run: the library `program` started at the mixture of its programs' entry lines,
+    c_0 = π · onehot(entry_points) `(P, lines)` for the selection π `(P, programs)`, with register `inputs`
+    `{register: (P, n)}` and the first memory cells `memory (P, cells, n)`, for up to `max_steps` steps."""
+    dtype = program.op.dtype
+    entry = selection.to(dtype) @ one_hot_values(entry_points, program.lines, dtype)  # (P, lines)
+    state = machine.initial_state(
+        selection.shape[0],
+        program.lines,
+        inputs=inputs,
+        memory=memory,
+        entry=entry,
+        dtype=dtype,
+        device=selection.device,
+    )
+    return machine.run(program, state, max_steps)
 
 
 def build_alu(config) -> nn.Module:
@@ -385,23 +412,20 @@ class LlamaDCompComputer(nn.Module):
         normed = self.norm(hidden_states[positions])  # (P, hidden)
         selection_logits = self.select(normed).to(dtype) / self.temperature  # (P, programs)
         program_probs = selection_logits.softmax(-1)
-        entry_lines = one_hot_values(self.entry_points, program.lines, dtype)  # (programs, lines)
-        entry = program_probs @ entry_lines  # (P, lines): c_0
         parsed = self.parse(normed).to(dtype).view(num_positions, -1, n).softmax(-1)  # (P, inputs + cells, n)
         if self.copy_parse is not None:
             parsed = self.copy_parse(self.norm(hidden_states), positions, input_ids, parsed)  # reads every position
         input_probs = parsed[:, : len(self.input_registers)]
         memory_probs = parsed[:, len(self.input_registers) :]
-        state = self.machine.initial_state(
-            num_positions,
-            program.lines,
+        result = run_selected(
+            self.machine,
+            program,
+            self.entry_points,
+            program_probs,
             inputs={register: input_probs[:, i] for i, register in enumerate(self.input_registers)},
             memory=memory_probs if self.memory_inputs else None,
-            entry=entry,
-            dtype=dtype,
-            device=hidden_states.device,
+            max_steps=self.max_steps,
         )
-        result = self.machine.run(program, state, self.max_steps)
         return ComputerRun(positions, program_probs, input_probs, memory_probs, result.state, result.steps)
 
     def extra_repr(self) -> str:
@@ -475,17 +499,7 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
         config = self.config
         if program.op.dim() != 3:
             raise ValueError("set_library takes one linked program of shape (lines, lanes, ·), not a batch")
-        expected = {
-            "a": config.computer_registers,
-            "b": config.computer_registers,
-            "out": config.computer_registers,
-            "imm": config.computer_values,
-            "op": len(OPS),
-        }
-        for name, width in expected.items():
-            actual = getattr(program, name).shape[-1]
-            if actual != width:
-                raise ValueError(f"program tensor {name} has width {actual}, expected {width}")
+        program.check(config.computer_values, config.computer_registers, where="set_library")
         entry_points = [int(line) for line in entry_points]
         fields = {
             "computer_program_lines": program.lines,

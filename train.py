@@ -91,7 +91,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from library import tasks as task_library
 from library.install import explain, from_llama, number_token_ids
-from library.stdlib import STANDARD_PROGRAMS, program_path
+from library.stdlib import STANDARD_PROGRAMS, standard_source
 from library.tokenizer import fingerprint, llama3_tokenizer
 from modeling_llama_dcomp import IGNORE_INDEX, record_computer_runs
 
@@ -347,7 +347,7 @@ def library_sources(names: list[str]) -> dict[str, str]:
     sources = {}
     for name in names:
         if name in STANDARD_PROGRAMS:
-            sources[name] = program_path(name).read_text()
+            sources[name] = standard_source(name)[0]
         elif name.startswith("r") and name[1:] in NOT_COMMUTATIVE:
             op = name[1:]
             sources[name] = f"; {name}: r0 = {op}(r2, r1), {op} with its inputs swapped\n    {op} r2 r1 r0 | ret\n"

@@ -16,26 +16,32 @@ Dense baselines run only where they fit: the dense table must stay under --max-d
 einsum's op-first (batch, n, n, n) intermediate under --max-einsum-gb; otherwise the row says
 "n/a (table X GiB)" / "n/a (scratch X GiB)".
 
-Example: python benchmarks/bench_alu.py --quick
+Example: python -m benchmarks.bench_alu --quick
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
-import re
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.harness import (
+    GB,
+    load_note,
+    measure_in_child,
+    ms,
+    peak_step_bytes,
+    thread_environment,
+    time_interleaved,
+    write_report,
+)
+from dcomp_isa import ALU_OPS
+
 IMPLS = ("auto", "table", "dense matmul", "dense einsum")
-NUM_OPS = 14  # len(dcomp_isa.ALU_OPS); the driver does not import torch
-GB = 1 << 30
+NUM_OPS = len(ALU_OPS)
 
 
 def parse_args(argv=None):
@@ -71,38 +77,10 @@ def parse_args(argv=None):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _status_kib(field: str) -> int:
-    return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
-
-
-def peak_step_bytes(step) -> int:
-    """Peak resident memory a call of `step` adds over the resident memory before it (Linux, glibc)."""
-    # Hand memory that malloc keeps after earlier frees back to the OS first: the step reusing those
-    # already-resident pages would otherwise not show up in VmHWM.
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    before = _status_kib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current VmRSS
-    step()
-    return max(0, _status_kib("VmHWM") - before) * 1024
-
-
-def median_ms(step, repeats: int, max_seconds: float) -> tuple[float, float]:
-    """Median wall and CPU milliseconds of `step` over `repeats` runs (fewer once max_seconds have passed)."""
-    wall, cpu, start = [], [], time.perf_counter()
-    while len(wall) < repeats and (not wall or time.perf_counter() - start < max_seconds):
-        t0, c0 = time.perf_counter(), time.process_time()
-        step()
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return statistics.median(wall) * 1e3, statistics.median(cpu) * 1e3
-
-
 def run_one(n: int, batch: int, impl: str, args) -> dict:
     import torch
 
-    sys.path.insert(0, str(REPO))
     from dcomp_alu import TableALU, dense_alu, dense_alu_table
-    from dcomp_isa import ALU_OPS
 
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
@@ -132,8 +110,11 @@ def run_one(n: int, batch: int, impl: str, args) -> dict:
         alu(op_probs, u, v).square().sum().backward()
 
     row = {"table_bytes": table_bytes, "peak_bytes": peak_step_bytes(forward_backward)}  # also the warm-up
-    row["fwd_ms"], _ = median_ms(forward, args.repeats, args.max_seconds)
-    row["fwd_bwd_ms"], row["fwd_bwd_cpu_ms"] = median_ms(forward_backward, args.repeats, args.max_seconds)
+    timings = time_interleaved(
+        {"fwd": forward, "fwd_bwd": forward_backward}, args.repeats, args.max_seconds, warmup=False
+    )
+    row["fwd_ms"] = timings["fwd"].wall_ms
+    row["fwd_bwd_ms"], row["fwd_bwd_cpu_ms"] = timings["fwd_bwd"].wall_ms, timings["fwd_bwd"].cpu_ms
     return row
 
 
@@ -149,35 +130,6 @@ def skip_reason(n: int, batch: int, impl: str, args) -> str | None:
     if impl == "dense einsum" and einsum_scratch > args.max_einsum_gb * GB:
         return f"n/a (scratch {einsum_scratch / GB:.1f} GiB)"
     return None
-
-
-def child_env(threads: int) -> dict:
-    env = dict(os.environ)
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-    return env
-
-
-def measure_in_child(script: str, run_args: list[str], args, env: dict) -> dict:
-    """Run `script --run RUN_ARGS` in a fresh process (so no other run's allocations hide its memory peak)
-    and return the row it prints as JSON."""
-    forwarded = [f"--threads={args.threads}", f"--repeats={args.repeats}", f"--max-seconds={args.max_seconds}"]
-    cmd = [sys.executable, script, "--run", *run_args, *forwarded]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def write_report(title: str, script: str, argv, header: str, table: str, output: Path | None) -> None:
-    """Print the markdown report (title, the command that made it, the setting, the table); save it too."""
-    command = " ".join([f"python benchmarks/{script}", *(sys.argv[1:] if argv is None else argv)])
-    report = f"{title}\n\n`{command}`\n\n{header}\n\n{table}\n"
-    print(report)
-    if output:
-        output.write_text(report)
-
-
-def _ms(value: float) -> str:
-    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
 
 
 def _ratio(baseline: dict | None, row: dict) -> str:
@@ -205,8 +157,8 @@ def markdown(rows: list[dict]) -> str:
             matmul = _ratio(cell.get("dense matmul"), row) if ours else "—"
             einsum = _ratio(cell.get("dense einsum"), row) if ours else "—"
             lines.append(
-                f"| {n} | {batch} | {impl} | {row['table_bytes']:,} | {_ms(row['fwd_ms'])} | "
-                f"{_ms(row['fwd_bwd_ms'])} | {_ms(row['fwd_bwd_cpu_ms'])} | {row['peak_bytes'] / (1 << 20):.1f} | "
+                f"| {n} | {batch} | {impl} | {row['table_bytes']:,} | {ms(row['fwd_ms'])} | "
+                f"{ms(row['fwd_bwd_ms'])} | {ms(row['fwd_bwd_cpu_ms'])} | {row['peak_bytes'] / (1 << 20):.1f} | "
                 f"{matmul} | {einsum} |"
             )
     return "\n".join(lines)
@@ -218,7 +170,8 @@ def main(argv=None):
         n, batch, impl = args.run
         print(json.dumps(run_one(int(n), int(batch), impl, args)))
         return
-    env = child_env(args.threads)
+    env = thread_environment(args.threads)
+    forwarded = [f"--threads={args.threads}", f"--repeats={args.repeats}", f"--max-seconds={args.max_seconds}"]
     rows, start = [], time.perf_counter()
     load = os.getloadavg()[0]
     for n in args.ns:
@@ -229,20 +182,18 @@ def main(argv=None):
                 if reason:
                     row["skip"] = reason
                 else:
-                    row.update(measure_in_child(__file__, [str(n), str(batch), impl], args, env))
+                    row.update(measure_in_child(__spec__.name, [str(n), str(batch), impl], forwarded, env))
                 rows.append(row)
             print(f"  n={n} batch={batch} done ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
     header = (
-        f"{os.cpu_count()} CPUs, load average {load:.1f} at start and {os.getloadavg()[0]:.1f} at the end; "
-        f"torch threads {args.threads} (OMP_NUM_THREADS={env['OMP_NUM_THREADS']}, "
-        f"OMP_WAIT_POLICY={env['OMP_WAIT_POLICY']}); median of {args.repeats} runs (fewer past "
+        f"{load_note(load, args.threads)}; median of {args.repeats} interleaved runs (fewer past "
         f"{args.max_seconds:g} s); ratios = CPU time of the baseline / CPU time of this row; peak = rise of "
         f"VmHWM over VmRSS (after malloc_trim) during the first fwd+bwd step in a fresh process; fwd+bwd loss = "
         f"sum(out²), with "
         f"op_probs, u, v all requiring grad. Total {time.perf_counter() - start:.0f} s."
     )
     title = "# One ALU step (eq. 7): TableALU against the dense table"
-    write_report(title, "bench_alu.py", argv, header, markdown(rows), args.output)
+    write_report(title, __spec__.name, argv, f"{header}\n\n{markdown(rows)}", args.output)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Circuit ALU vs table ALU at equal n, and ripple vs Kogge–Stone adders: time, memory, gradient depth.
 
-    python benchmarks/bench_circuits.py [--quick] [--threads 2] > benchmarks/results_circuits.md
+    python -m benchmarks.bench_circuits [--quick] [--threads 2] [--output benchmarks/results_circuits.md]
 
 Times are medians (and minima) over repeats on random (non-one-hot) inputs, batch 64; fwd+bwd includes the
 forward.
@@ -13,11 +13,11 @@ import argparse
 import functools
 import os
 import platform
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
+
+from benchmarks.harness import Timing, time_interleaved, write_report
 
 # PyTorch's OpenMP threads and MKL can fight on few cores (ALU-NOTES, "Threads"): idle threads must sleep.
 # Set before torch is imported, and report it.
@@ -25,7 +25,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dcomp_circuits import ADDERS, CircuitALU, gradient_path_length
 from dcomp_isa import ALU_OPS
 
@@ -39,27 +38,9 @@ ALU_SIZES = (16, 64, 256, 1024)
 ADDER_BITS = (8, 16, 32)
 
 
-def wall_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, str]:
-    """Wall time in ms of each closure, as "median (min)". Repeats are interleaved round-robin so that load from
-    other processes on a shared machine falls on every compared implementation alike; the min is the better
-    estimate of the intrinsic cost when that load is heavy."""
-    for fn in fns.values():
-        fn()  # warm-up: first-call allocations and lazily built tables
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: f"{_ms(statistics.median(t))} ({_ms(min(t))})" for name, t in times.items()}
-
-
-def _ms(seconds: float) -> str:
-    ms = 1e3 * seconds
-    return f"{ms:.3f}" if ms < 1 else f"{ms:.1f}"
-
-
-def time_forward_backward(modules: dict[str, Callable], inputs: tuple, repeats: int) -> dict[str, tuple[str, str]]:
+def time_forward_backward(
+    modules: dict[str, Callable], inputs: tuple, repeats: int
+) -> dict[str, tuple[Timing, Timing]]:
     """{name: (forward ms, forward + backward ms)} of each module on fresh leaf copies of `inputs`, under
     a random linear loss (so every output gets a gradient)."""
     leaves = [x.detach().requires_grad_() for x in inputs]
@@ -77,8 +58,12 @@ def time_forward_backward(modules: dict[str, Callable], inputs: tuple, repeats: 
     def forward_backward(name):
         (output(modules[name]) * weights[name]).sum().backward()
 
-    forward_ms = wall_ms({name: functools.partial(forward, module) for name, module in modules.items()}, repeats)
-    both_ms = wall_ms({name: functools.partial(forward_backward, name) for name in modules}, repeats)
+    # Repeats interleaved round-robin: load from other processes falls on every compared implementation alike; the
+    # min is the better estimate of the intrinsic cost when that load is heavy.
+    forward_ms = time_interleaved(
+        {name: functools.partial(forward, module) for name, module in modules.items()}, repeats
+    )
+    both_ms = time_interleaved({name: functools.partial(forward_backward, name) for name in modules}, repeats)
     return {name: (forward_ms[name], both_ms[name]) for name in modules}
 
 
@@ -116,24 +101,30 @@ def bench_adders(repeats: int) -> list[str]:
     return rows
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 repeats instead of 15 (under a minute)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
-    args = parser.parse_args()
+    parser.add_argument("--output", type=Path, help="also write the markdown report here")
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     repeats = 3 if args.quick else 15
-    print("# Circuit ALU vs table ALU\n")
-    print(
+    setting = (
         f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads, "
         f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; batch {BATCH}, float32, random distributions, "
         f"median (min) of {repeats} runs{' (--quick)' if args.quick else ''}; "
-        f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs.\n"
+        f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs."
     )
-    print(f"## ALU step: all {len(ALU_OPS)} ops mixed (eq. 7)\n")
-    print("\n".join(bench_alus(repeats)))
-    print("\n## Adders alone (sum bits; gradient path = longest autograd chain)\n")
-    print("\n".join(bench_adders(repeats)))
+    body = "\n\n".join(
+        [
+            setting,
+            f"## ALU step: all {len(ALU_OPS)} ops mixed (eq. 7)",
+            "\n".join(bench_alus(repeats)),
+            "## Adders alone (sum bits; gradient path = longest autograd chain)",
+            "\n".join(bench_adders(repeats)),
+        ]
+    )
+    write_report("# Circuit ALU vs table ALU", __spec__.name, argv, body, args.output)
 
 
 if __name__ == "__main__":

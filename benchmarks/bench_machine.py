@@ -1,6 +1,6 @@
 """Time the whole differentiable machine: one interpreter step, and a whole Fibonacci depth-3 run (24 steps).
 
-Same method as bench_alu.py (whose helpers this reuses): every (n, batch, ALU, workload) runs in a fresh child
+Same method as bench_alu (benchmarks/harness.py): every (n, batch, ALU, workload) runs in a fresh child
 process; forward under torch.no_grad and forward+backward (the input distributions require grad; loss =
 sum(r0²)); median wall and CPU time; peak memory = rise of VmHWM over VmRSS during the first forward+backward.
 The machine runs the standard library's `fib` with the full instruction set (every op is evaluated each step,
@@ -8,7 +8,7 @@ since gradients w.r.t. the program would need them all), with three ALUs: ours (
 index tables) and the two dense baselines of eq. 7 (the literal einsum, and the dense table as one matrix
 product), each only where its table/scratch fits.
 
-Example: python benchmarks/bench_machine.py --quick
+Example: python -m benchmarks.bench_machine --quick
 """
 
 from __future__ import annotations
@@ -20,7 +20,17 @@ import sys
 import time
 from pathlib import Path
 
-from bench_alu import GB, NUM_OPS, REPO, _ms, child_env, measure_in_child, median_ms, peak_step_bytes, write_report
+from benchmarks.bench_alu import NUM_OPS
+from benchmarks.harness import (
+    GB,
+    load_note,
+    measure_in_child,
+    ms,
+    peak_step_bytes,
+    thread_environment,
+    time_interleaved,
+    write_report,
+)
 
 ALUS = ("ours", "dense matmul", "dense einsum")
 WORKLOADS = ("step", "fib depth 3")
@@ -55,11 +65,9 @@ def parse_args(argv=None):
 def run_one(n: int, batch: int, alu_name: str, workload: str, args) -> dict:
     import torch
 
-    sys.path.insert(0, str(REPO))
     from dcomp_alu import TableALU, dense_alu, dense_alu_table
     from dcomp_machine import RegisterMachine
-    from library.compiler import compile_program
-    from library.stdlib import load_program
+    from library.compiling import compile_library
 
     torch.set_num_threads(args.threads)
 
@@ -80,8 +88,7 @@ def run_one(n: int, batch: int, alu_name: str, workload: str, args) -> dict:
         else (alu.table.numel() * alu.table.element_size())
     )
     machine = RegisterMachine(n, 16, 32, alu=alu)
-    program = load_program("fib", n=n, num_registers=16)
-    tensors = compile_program(program, n=n, num_registers=16)
+    fib = compile_library(["fib"], n=n, num_registers=16)
     gen = torch.Generator().manual_seed(0)
     logits = {r: torch.randn(batch, n, generator=gen).requires_grad_() for r in (1, 2)}
     depth = torch.zeros(batch, n)
@@ -90,8 +97,8 @@ def run_one(n: int, batch: int, alu_name: str, workload: str, args) -> dict:
 
     def run():
         inputs = {1: torch.softmax(logits[1], -1), 2: torch.softmax(logits[2], -1), 3: depth}
-        state = machine.initial_state(batch, len(program), inputs=inputs)
-        return machine.run(tensors, state, max_steps=steps).state.registers[:, 0]
+        state = machine.initial_state(batch, fib.lines, inputs=inputs)
+        return machine.run(fib.tensors, state, max_steps=steps).state.registers[:, 0]
 
     def forward():
         with torch.no_grad():
@@ -102,8 +109,11 @@ def run_one(n: int, batch: int, alu_name: str, workload: str, args) -> dict:
 
     forward_backward()  # one-time lazy initialisation (autograd engine, FFT plans) is not part of a run
     row = {"table_bytes": table_bytes, "peak_bytes": peak_step_bytes(forward_backward)}
-    row["fwd_ms"], _ = median_ms(forward, args.repeats, args.max_seconds)
-    row["fwd_bwd_ms"], row["fwd_bwd_cpu_ms"] = median_ms(forward_backward, args.repeats, args.max_seconds)
+    timings = time_interleaved(
+        {"fwd": forward, "fwd_bwd": forward_backward}, args.repeats, args.max_seconds, warmup=False
+    )
+    row["fwd_ms"] = timings["fwd"].wall_ms
+    row["fwd_bwd_ms"], row["fwd_bwd_cpu_ms"] = timings["fwd_bwd"].wall_ms, timings["fwd_bwd"].cpu_ms
     return row
 
 
@@ -139,8 +149,8 @@ def markdown(rows: list[dict]) -> str:
                 ok = alu == "ours" and base and "skip" not in base
                 ratios.append(f"{base['fwd_bwd_cpu_ms'] / row['fwd_bwd_cpu_ms']:.1f}×" if ok else "—")
             lines.append(
-                f"| {workload} | {n} | {batch} | {alu} | {row['table_bytes']:,} | {_ms(row['fwd_ms'])} | "
-                f"{_ms(row['fwd_bwd_ms'])} | {_ms(row['fwd_bwd_cpu_ms'])} | {row['peak_bytes'] / (1 << 20):.1f} | "
+                f"| {workload} | {n} | {batch} | {alu} | {row['table_bytes']:,} | {ms(row['fwd_ms'])} | "
+                f"{ms(row['fwd_bwd_ms'])} | {ms(row['fwd_bwd_cpu_ms'])} | {row['peak_bytes'] / (1 << 20):.1f} | "
                 f"{ratios[0]} | {ratios[1]} |"
             )
     return "\n".join(lines)
@@ -152,7 +162,8 @@ def main(argv=None):
         n, batch, alu, workload = args.run
         print(json.dumps(run_one(int(n), int(batch), alu, workload, args)))
         return
-    env = child_env(args.threads)
+    env = thread_environment(args.threads)
+    forwarded = [f"--threads={args.threads}", f"--repeats={args.repeats}", f"--max-seconds={args.max_seconds}"]
     rows, start, load = [], time.perf_counter(), os.getloadavg()[0]
     for workload in WORKLOADS:
         for n in args.ns:
@@ -163,7 +174,7 @@ def main(argv=None):
                     if reason:
                         row["skip"] = reason
                     else:
-                        row.update(measure_in_child(__file__, [str(n), str(batch), alu, workload], args, env))
+                        row.update(measure_in_child(__spec__.name, [str(n), str(batch), alu, workload], forwarded, env))
                     rows.append(row)
                 print(
                     f"  {workload} n={n} batch={batch} done ({time.perf_counter() - start:.0f} s)",
@@ -171,14 +182,13 @@ def main(argv=None):
                     flush=True,
                 )
     header = (
-        f"{os.cpu_count()} CPUs, load average {load:.1f} at start and {os.getloadavg()[0]:.1f} at the end; torch "
-        f"threads {args.threads} (OMP_WAIT_POLICY={env['OMP_WAIT_POLICY']}); median of {args.repeats} runs "
+        f"{load_note(load, args.threads)}; median of {args.repeats} interleaved runs "
         f"(fewer past {args.max_seconds:g} s); ratios = CPU time of the baseline / ours (fwd+bwd); 16 registers, "
         f"32 memory cells, the standard library's `fib` at depth {FIB_DEPTH} ({8 * FIB_DEPTH} steps). "
         f"Total {time.perf_counter() - start:.0f} s."
     )
     title = "# The machine: one step and a whole Fibonacci run"
-    write_report(title, "bench_machine.py", argv, header, markdown(rows), args.output)
+    write_report(title, __spec__.name, argv, f"{header}\n\n{markdown(rows)}", args.output)
 
 
 if __name__ == "__main__":

@@ -39,23 +39,21 @@ OMP_WAIT_POLICY=PASSIVE (unless set) before torch is imported: spinning OpenMP t
 make steps many times slower. With --rounds > 1 the configurations run interleaved (round-robin) and the medians pool
 all rounds.
 
-Example: python benchmarks/bench_model.py --quick
+Example: python -m benchmarks.bench_model --quick
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
-import multiprocessing
 import os
-import re
 import statistics
 import sys
 import time
-import traceback
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.harness import reset_peak, run_forked, set_thread_environment, status_kib, write_report
+
 # name: (model, computer runs at, logits at)
 CONFIGS = {
     "llama-full": ("Llama", "—", "all positions"),
@@ -153,43 +151,31 @@ def prepare_batches(args) -> tuple[list[dict], dict]:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _status_kib(field: str) -> int:
-    return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
-
-
 class PeakTracker:
     """Peak resident-set figures from VmHWM, which writing 5 to /proc/self/clear_refs resets to the current VmRSS."""
 
     def __init__(self):
-        self.works = self._reset()
-        self.process = _status_kib("VmRSS")
+        self.works = reset_peak()
+        self.process = status_kib("VmRSS")
         self.built = self.step_start = self.process
         self.training = 0
 
-    @staticmethod
-    def _reset() -> bool:
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-            return True
-        except OSError:
-            return False
-
     def _record(self) -> int:
         """Peak since the last reset; updates the process and training peaks; resets. Returns the peak (KiB)."""
-        peak = _status_kib("VmHWM")
+        peak = status_kib("VmHWM")
         self.process = max(self.process, peak)
         self.training = max(self.training, peak - self.built)
-        self._reset()
+        reset_peak()
         return peak
 
     def model_built(self) -> None:
         self._record()
-        self.built = _status_kib("VmRSS")
+        self.built = status_kib("VmRSS")
         self.training = 0
 
     def start_step(self) -> None:
         self._record()
-        self.step_start = _status_kib("VmRSS")
+        self.step_start = status_kib("VmRSS")
 
     def rise(self) -> int:
         """Peak since the start of the step over the resident set at its start (KiB)."""
@@ -310,41 +296,9 @@ def run_one(name: str, args, batches: list[dict], special: tuple[int, int, int])
     }
 
 
-def _child(name, args, batches, special, connection) -> None:
-    try:
-        connection.send(run_one(name, args, batches, special))
-    except BaseException:
-        connection.send({"error": traceback.format_exc()})
-    finally:
-        connection.close()
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Driver
 # ---------------------------------------------------------------------------------------------------------
-
-
-def set_thread_environment(threads: int) -> None:
-    """Before torch is imported: OpenMP / MKL threads and a passive wait policy."""
-    if "torch" in sys.modules:
-        raise RuntimeError("set the thread environment before importing torch")
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the children are forked after tokenizing
-    os.environ["HF_HUB_OFFLINE"] = "1"
-
-
-def run_forked(name: str, args, batches: list[dict], special) -> dict:
-    context = multiprocessing.get_context("fork")
-    receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(name, args, batches, special, send))
-    process.start()
-    send.close()
-    result = receive.recv()
-    process.join()
-    if "error" in result:
-        raise SystemExit(f"{name} failed:\n{result['error']}")
-    return result
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -440,7 +394,8 @@ def markdown(rows: dict[str, dict]) -> str:
 def main(argv=None):
     args = parse_args(argv)
     set_thread_environment(args.threads)
-    sys.path.insert(0, str(REPO))
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the children are forked after tokenizing
+    os.environ["HF_HUB_OFFLINE"] = "1"
     start = time.perf_counter()
     load = os.getloadavg()[0]
     import torch  # noqa: F401  (imported once here; the forked children share it)
@@ -454,7 +409,7 @@ def main(argv=None):
     runs: dict[str, list[dict]] = {name: [] for name in args.configs}
     for round_index in range(args.rounds):
         for name in args.configs:
-            runs[name].append(run_forked(name, args, batches, data["special"]))
+            runs[name].append(run_forked(run_one, name, args, batches, data["special"]))
             print(
                 f"  round {round_index + 1} {name} done ({time.perf_counter() - start:.0f} s)",
                 file=sys.stderr,
@@ -488,12 +443,8 @@ def main(argv=None):
         f"interpreter steps per computer run (early exit once halted).\n\n"
         f"Check: {loss_note}. Total {time.perf_counter() - start:.0f} s."
     )
-    command = " ".join(["python benchmarks/bench_model.py", *(sys.argv[1:] if argv is None else argv)])
     title = "# Training cost of the computer block: LlamaDComp vs the same Llama"
-    report = f"{title}\n\n`{command}`\n\n{header}\n\n{markdown(rows)}\n"
-    print(report)
-    if args.output:
-        args.output.write_text(report)
+    write_report(title, __spec__.name, argv, f"{header}\n\n{markdown(rows)}", args.output)
 
 
 if __name__ == "__main__":

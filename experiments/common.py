@@ -11,7 +11,6 @@ trained network can swap one for another (the paper's bootstrapping, §4.1).
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 import sys
 import time
@@ -23,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from torch import nn
 
-from dcomp_machine import ProgramTensors, RegisterMachine
-from library.compiler import compile_program
-from library.stdlib import STANDARD_PROGRAMS, link, program_path
+from dcomp_machine import RegisterMachine
+from library.compiling import CompiledLibrary, compile_library
+from modeling_llama_dcomp import run_selected
 
 SELECTIONS = ("soft", "hard")
 
@@ -38,47 +37,24 @@ def setup(seed: int) -> torch.Generator:
 
 
 # ------------------------------------------------------------------------------------------------ library
-@dataclasses.dataclass(frozen=True)
-class Library:
-    """A linked library as one-hot program tensors, with `entries[p]` the one-hot start line of program p."""
-
-    names: tuple[str, ...]
-    program: ProgramTensors
-    entries: torch.Tensor  # (programs, lines)
-
-    @property
-    def lines(self) -> int:
-        return self.entries.shape[1]
-
-
-def build_library(names: Sequence[str], n: int, sources: Mapping[str, str] | None = None) -> Library:
-    """Links `names` in order: standard programs from `library/programs`, others from `sources` (assembly)."""
-    sources = dict(sources or {})
-    texts = {name: sources[name] if name in sources else _standard_source(name) for name in names}
-    linked = link(texts, n=n)
-    entries = torch.zeros(len(names), len(linked.program))
-    for p, name in enumerate(names):
-        entries[p, linked.entry_points[name]] = 1.0
-    return Library(tuple(names), compile_program(linked.program, n=n), entries)
-
-
-def _standard_source(name: str) -> str:
-    if name not in STANDARD_PROGRAMS:
-        raise KeyError(f"{name!r} is neither a standard program nor given as source")
-    return program_path(name).read_text(encoding="utf-8")
+def build_library(names: Sequence[str], n: int, sources: Mapping[str, str] | None = None) -> CompiledLibrary:
+    """Links `names` in order: standard programs, others from `sources` (assembly)."""
+    return compile_library(names, n=n, sources=sources)
 
 
 class MachineTool(nn.Module):
     """The library run on the differentiable register machine for `max_steps` steps; returns r0."""
 
-    def __init__(self, library: Library, machine: RegisterMachine, max_steps: int):
+    def __init__(self, library: CompiledLibrary, machine: RegisterMachine, max_steps: int):
         super().__init__()
         self.library, self.machine, self.max_steps = library, machine, max_steps
+        self.entry_points = torch.tensor(list(library.entry_points.values()))
 
     def forward(self, registers: Mapping[int, torch.Tensor], selection: torch.Tensor) -> torch.Tensor:
-        entry = selection @ self.library.entries
-        state = self.machine.initial_state(selection.shape[0], self.library.lines, inputs=registers, entry=entry)
-        return self.machine.run(self.library.program, state, max_steps=self.max_steps).state.registers[:, 0]
+        run = run_selected(
+            self.machine, self.library.tensors, self.entry_points, selection, inputs=registers, max_steps=self.max_steps
+        )
+        return run.state.registers[:, 0]
 
 
 # ---------------------------------------------------------------------------------------------- selection

@@ -35,10 +35,9 @@ import torch
 from common import Timer, markdown_table, setup
 
 from dcomp_machine import MachineState, ProgramTensors, RegisterMachine, one_hot_values
-from library.compiler import compile_program
+from library.compiling import compile_library
 from library.interpreter import run_reference
 from library.program import Program
-from library.stdlib import link, program_path
 
 INPUT_REGISTERS = {"fib": (1, 2, 3), "gcd": (1, 2)}  # fib: r1 = a, r2 = b, r3 = d; gcd: r1 = a, r2 = b
 LABELS = {"fib": "depth d", "gcd": "Euclid steps k"}
@@ -72,8 +71,8 @@ class Case:
 # ------------------------------------------------------------------------------------------------ cases
 def compile_alone(name: str, n: int) -> tuple[Program, ProgramTensors]:
     """A standard program linked on its own: the interpreter's `Program` and the machine's one-hot tensors."""
-    program = link({name: program_path(name).read_text(encoding="utf-8")}, n=n).program
-    return program, compile_program(program, n=n, dtype=DTYPE)
+    compiled = compile_library([name], n=n, dtype=DTYPE)
+    return compiled.program, compiled.tensors
 
 
 def fib_values(n: int, depth: int, examples: int, generator: torch.Generator) -> torch.Tensor:

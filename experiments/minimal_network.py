@@ -33,7 +33,6 @@ from pathlib import Path
 
 import torch
 from common import (
-    Library,
     MachineTool,
     Timer,
     accuracy,
@@ -50,6 +49,7 @@ from tqdm import tqdm
 
 from dcomp_isa import ALU_OPS
 from dcomp_machine import RegisterMachine, one_hot_values
+from library.compiling import CompiledLibrary
 
 PAPER_TABLE_1 = {1: 73.21, 2: 70.52, 3: 7.07}
 N = 32  # values; the library below has 30 lines, and line addresses are values (n > lines)
@@ -132,7 +132,7 @@ def fibonacci_data(n: int, depth: int, order: Sequence[int]) -> tuple[torch.Tens
 
 
 # ----------------------------------------------------------------------------------------------- tools
-def library_for(variant: Variant, programs: Sequence[str], n: int) -> Library:
+def library_for(variant: Variant, programs: Sequence[str], n: int) -> CompiledLibrary:
     """The library the network selects from (with `fib_parallel` in place of `fib` for `parallel`)."""
     if variant.parallel:
         programs = tuple("fib_parallel" if name == "fib" else name for name in programs)
@@ -148,7 +148,7 @@ _TABLES: dict[tuple, dict[int, torch.Tensor]] = {}
 
 
 def program_tables(
-    library: Library, sources: Mapping[str, str], n: int, step_counts: Sequence[int]
+    library: CompiledLibrary, sources: Mapping[str, str], n: int, step_counts: Sequence[int]
 ) -> dict[int, torch.Tensor]:
     """{steps: `(programs, n, n, n)` long}: r0 after running each library program from r1 = a, r2 = b, r3 = d
     (one-hot) for `steps` steps — every program as a lookup table of its whole input→output map. Exact (the
@@ -173,7 +173,7 @@ def _compute_tables(
             registers = {r: one_hot_values(inputs[chunk, i], n) for i, r in enumerate(INPUT_REGISTERS)}
             state, done = machine.initial_state(len(chunk), alone.lines, inputs=registers), 0
             for steps in step_counts:
-                state, done = machine.run(alone.program, state, max_steps=steps - done).state, steps
+                state, done = machine.run(alone.tensors, state, max_steps=steps - done).state, steps
                 r0 = state.registers[:, 0]
                 if not bool((r0.max(-1).values > 1 - 1e-4).all()):
                     raise RuntimeError(f"{name}: a one-hot run did not end in a one-hot r0")
@@ -327,7 +327,7 @@ def decoded_accuracy(model: MinimalNetwork, slots: torch.Tensor, answers: torch.
 
 
 @torch.no_grad()
-def selected_program(model: MinimalNetwork, slots: torch.Tensor, library: Library) -> str:
+def selected_program(model: MinimalNetwork, slots: torch.Tensor, library: CompiledLibrary) -> str:
     """The program most often selected, with its share of the examples."""
     chosen = model.route(slots)[1].argmax(-1)
     top = int(chosen.mode().values)

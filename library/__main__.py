@@ -1,51 +1,88 @@
 """Command line for the compile-time toolchain: `python -m library {run,check,compile,decompile} ...`.
 
     python -m library run PROGRAM.asm --n 128 --set r1=6 --set r2=2 --memory 3,1,2 --max-steps 500 \
-        [--registers 16] [--memory-size 32] [--differentiable]
+        [--registers 16] [--memory-size 32] [--call-depth 4] [--differentiable]
     python -m library check PROGRAM.asm
     python -m library compile PROGRAM.asm -o PROGRAM.safetensors --n 128
     python -m library decompile PROGRAM.safetensors
 
 `run` prints one JSON object: `registers`, `memory`, `steps`, `halted` (and, with `--differentiable`, the
-probability of every decoded value). Bad assembly exits with status 1 and a `file:line:column: message`.
+probability of every decoded value). Bad assembly exits with status 1 and a `file:line:column: message`; bad
+arguments, files and tensors exit with status 2 and a message naming what is wrong.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
-from dcomp_isa import DEFAULT_CALL_DEPTH
+from dcomp_isa import DEFAULT_CALL_DEPTH, check_machine_sizes
 
-from .assembler import AssemblyError, assemble_file
+from .assembler import AssemblyError, show
+
+# Stated bounds, checked before anything is built: a machine of MAX_VALUES values holds (n, n) ALU tables,
+# and MAX_STEPS steps bound a run's time.
+MAX_VALUES = 4096
+MAX_REGISTERS = 256
+MAX_STEPS = 100_000
+_REGISTER = re.compile(r"[rR]?([0-9]+)")
+_VALUE = re.compile(r"[0-9]+")  # ASCII digits only: no `1_0`, no other scripts' digits
+
+
+def _bounded(low: int, high: int):
+    """An argparse type: a decimal integer in [low, high]."""
+
+    def parse(text: str) -> int:
+        if not re.fullmatch(r"-?[0-9]+", text.strip()) or len(text) > 12:
+            raise argparse.ArgumentTypeError(f"expected an integer in [{low}, {high}], got {show(text)}")
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range [{low}, {high}]")
+        return value
+
+    return parse
 
 
 def _parse_assignment(text: str) -> tuple[int, int]:
-    """`r1=6` or `1=6` → (1, 6)."""
-    register, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected REGISTER=VALUE such as r1=6, got {text!r}")
-    try:
-        return int(register.strip().removeprefix("r")), int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected REGISTER=VALUE such as r1=6, got {text!r}") from None
+    """`r1=6`, `R1=6` or `1=6` → (1, 6); registers are written as the assembler reads them."""
+    register, sep, value = (part.strip() for part in text.partition("="))
+    match = _REGISTER.fullmatch(register)
+    if not sep or match is None or not _VALUE.fullmatch(value) or len(register) + len(value) > 24:
+        raise argparse.ArgumentTypeError(f"expected REGISTER=VALUE such as r1=6 (decimal digits), got {show(text)}")
+    return int(match.group(1)), int(value)
 
 
 def _parse_memory(text: str) -> list[int]:
-    try:
-        return [int(cell) for cell in text.split(",") if cell.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 3,1,2, got {text!r}") from None
+    """`3,1,2` → [3, 1, 2]: every cell a decimal value, none left empty."""
+    cells = [cell.strip() for cell in text.split(",")]
+    for position, cell in enumerate(cells, start=1):
+        if not _VALUE.fullmatch(cell) or len(cell) > 12:
+            what = "is empty" if not cell else f"is {show(cell)}, not a non-negative decimal integer"
+            raise argparse.ArgumentTypeError(f"memory cell {position} of {show(text)} {what}")
+    return [int(cell) for cell in cells]
 
 
 def _machine_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n", type=int, default=128, help="number of values; arithmetic is mod n (default: 128)")
-    parser.add_argument("--registers", type=int, default=16, help="number of registers (default: 16)")
-    parser.add_argument("--memory-size", type=int, default=32, help="number of memory cells (default: 32)")
     parser.add_argument(
-        "--call-depth", type=int, default=DEFAULT_CALL_DEPTH, help=f"return-stack depth (default: {DEFAULT_CALL_DEPTH})"
+        "--n",
+        type=_bounded(2, MAX_VALUES),
+        default=128,
+        help=f"values, arithmetic mod n (default 128, <= {MAX_VALUES})",
+    )
+    parser.add_argument(
+        "--registers", type=_bounded(2, MAX_REGISTERS), default=16, help=f"registers (default 16, <= {MAX_REGISTERS})"
+    )
+    parser.add_argument(
+        "--memory-size", type=_bounded(1, MAX_VALUES), default=32, help="memory cells, <= n (default 32)"
+    )
+    parser.add_argument(
+        "--call-depth",
+        type=_bounded(1, MAX_REGISTERS),
+        default=DEFAULT_CALL_DEPTH,
+        help=f"return-stack depth, < registers (default: {DEFAULT_CALL_DEPTH})",
     )
 
 
@@ -63,10 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_parse_assignment,
         default=[],
         metavar="rK=V",
-        help="initial register value (repeatable)",
+        help="initial register value (repeatable, once per register)",
     )
     run.add_argument("--memory", type=_parse_memory, default=[], help="initial memory cells, e.g. 3,1,2")
-    run.add_argument("--max-steps", type=int, default=500, help="step limit (default: 500)")
+    run.add_argument(
+        "--max-steps", type=_bounded(0, MAX_STEPS), default=500, help=f"step limit (default: 500, <= {MAX_STEPS})"
+    )
     run.add_argument(
         "--differentiable",
         action="store_true",
@@ -90,12 +129,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_arguments(args, parser: argparse.ArgumentParser) -> None:
+    """Cross-argument checks, before anything is assembled or allocated (argparse's exit 2 on failure)."""
+    if hasattr(args, "call_depth"):
+        try:
+            check_machine_sizes(args.n, args.registers, args.memory_size, args.call_depth)
+        except ValueError as error:
+            parser.error(str(error).replace("num_registers", "--registers").replace("memory_size", "--memory-size"))
+    if args.command == "run":
+        seen = set()
+        for register, value in args.assignments:
+            if register >= args.registers or value >= args.n:
+                parser.error(
+                    f"--set r{register}={value}: need a register < --registers {args.registers} "
+                    f"and a value < --n {args.n}"
+                )
+            if register in seen:
+                parser.error(f"--set r{register} is given twice")
+            seen.add(register)
+        if len(args.memory) > args.memory_size:
+            parser.error(f"--memory has {len(args.memory)} cells, more than --memory-size {args.memory_size}")
+        for position, value in enumerate(args.memory, start=1):
+            if value >= args.n:
+                parser.error(f"--memory cell {position} = {value} is out of range [0, --n {args.n})")
+    if args.command == "compile" and args.output is not None and not args.output.parent.is_dir():
+        parser.error(f"-o {args.output}: the folder {args.output.parent} does not exist")
+    if args.command == "decompile" and not 0.0 <= args.certain <= 1.0:
+        parser.error(f"--certain {args.certain} must lie in [0, 1]")
+
+
+def _compile_file(args):
+    from .compiling import compile_file
+
+    return compile_file(args.program, n=args.n, num_registers=args.registers, call_depth=args.call_depth)
+
+
 def _run(args) -> dict:
-    program = assemble_file(args.program, n=args.n, num_registers=args.registers)
     registers = dict(args.assignments)
     if not args.differentiable:
+        from .assembler import assemble_file
         from .interpreter import run_reference
 
+        program = assemble_file(args.program, n=args.n, num_registers=args.registers, call_depth=args.call_depth)
         execution = run_reference(
             program,
             n=args.n,
@@ -118,17 +193,13 @@ def _run(args) -> dict:
 
     from dcomp_machine import RegisterMachine, one_hot_values
 
-    from .compiler import compile_program
-
+    compiled = _compile_file(args)
     machine = RegisterMachine(args.n, args.registers, args.memory_size, args.call_depth)
-    for index, value in registers.items():
-        if not (0 <= index < args.registers and 0 <= value < args.n):
-            raise ValueError(f"--set r{index}={value}: register must be < {args.registers} and value < {args.n}")
     inputs = {index: one_hot_values(torch.tensor([value]), args.n) for index, value in registers.items()}
     memory = one_hot_values(torch.tensor([args.memory]), args.n) if args.memory else None
-    state = machine.initial_state(1, len(program), inputs=inputs, memory=memory)
+    state = machine.initial_state(1, compiled.lines, inputs=inputs, memory=memory)
     with torch.no_grad():
-        result = machine.run(compile_program(program, n=args.n, num_registers=args.registers), state, args.max_steps)
+        result = machine.run(compiled.tensors, state, args.max_steps)
     decoded = result.state.decode()
     return {
         "registers": decoded["registers"][0].tolist(),
@@ -142,46 +213,40 @@ def _run(args) -> dict:
 
 
 def _compile(args) -> None:
-    from safetensors.torch import save_file
-
-    from .compiler import compile_program
-
-    program = assemble_file(args.program, n=args.n, num_registers=args.registers)
-    tensors = compile_program(program, n=args.n, num_registers=args.registers)
+    compiled = _compile_file(args)
+    program = compiled.program
     output = args.output or args.program.with_suffix(".safetensors")
-    labels = json.dumps(program.labels)
-    save_file(
-        {k: getattr(tensors, k).contiguous() for k in ("op", "a", "b", "out", "imm")},
-        str(output),
-        metadata={"name": program.name, "labels": labels, "n": str(args.n)},
-    )
+    metadata = {"name": program.name, "labels": json.dumps(program.labels), "n": str(args.n)}
+    compiled.tensors.save(output, metadata=metadata)
     print(f"compiled {program.name}: {len(program)} lines x {program.lanes} lanes -> {output}")
 
 
 def _decompile(args) -> None:
-    from safetensors import safe_open
-
     from dcomp_machine import ProgramTensors
 
     from .compiler import decompile
 
-    with safe_open(str(args.tensors), framework="pt") as f:
-        metadata = f.metadata() or {}
-        missing = {"op", "a", "b", "out", "imm"} - set(f.keys())
-        if missing:
-            raise ValueError(f"{args.tensors}: not a compiled program (missing tensors: {', '.join(sorted(missing))})")
-        tensors = ProgramTensors(*(f.get_tensor(k) for k in ("op", "a", "b", "out", "imm")))
-    labels = json.loads(metadata.get("labels", "{}"))
-    print(decompile(tensors, labels=labels, certain=args.certain, name=metadata.get("name", args.tensors.stem)), end="")
+    tensors, metadata = ProgramTensors.load(args.tensors)
+    try:
+        labels = json.loads(metadata.get("labels", "{}"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{args.tensors}: the 'labels' metadata is not JSON ({error})") from None
+    try:
+        text = decompile(tensors, labels=labels, certain=args.certain, name=metadata.get("name", args.tensors.stem))
+    except ValueError as error:
+        raise ValueError(f"{args.tensors}: {error}") from None
+    print(text, end="")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_arguments(args, parser)
     try:
         if args.command == "run":
             print(json.dumps(_run(args)))
         elif args.command == "check":
-            program = assemble_file(args.program, n=args.n, num_registers=args.registers)
+            program = _compile_file(args).program
             print(f"{args.program}: ok, {len(program)} lines, {program.lanes} lane(s)")
         elif args.command == "compile":
             _compile(args)

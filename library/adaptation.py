@@ -29,7 +29,7 @@ import torch
 from dcomp_machine import ProgramTensors, RegisterMachine, one_hot_values
 
 from .assembler import assemble
-from .compiler import decompile
+from .compiler import decode
 from .freezing import ProgramParameters
 from .interpreter import Execution, run_reference
 from .program import Program
@@ -168,9 +168,9 @@ def _reference_score(task: Task, program: Program, memories: list[list[int]], an
 
 
 @torch.no_grad()
-def decode(params: ProgramParameters, task: Task) -> Program:
-    """The argmax program of `params`, through its decompiled text."""
-    return assemble(decompile(params.tensors(), name=task.name), task.name, n=task.n, num_registers=task.num_registers)
+def argmax_program(params: ProgramParameters, task: Task) -> Program:
+    """The argmax program of `params` (`compiler.decode`)."""
+    return decode(params.tensors(), name=task.name)
 
 
 @dataclass
@@ -197,7 +197,7 @@ class Evaluator:
 
     @torch.no_grad()
     def __call__(self, params: ProgramParameters) -> Evaluation:
-        program = decode(params, self.task)
+        program = argmax_program(params, self.task)
         run = run_on_machine(self.machine, params.tensors(), self.biased, self.horizon)
         machine_correct = (run.memory.argmax(-1) == self.biased_answers).all(-1)
         return Evaluation(
@@ -250,4 +250,4 @@ def adapt(
         optimizer.step()
         losses.append(loss.item())
     seconds = time.perf_counter() - start
-    return AdaptationResult(params, decode(params, task), before, evaluate(params), iterations, seconds, losses)
+    return AdaptationResult(params, argmax_program(params, task), before, evaluate(params), iterations, seconds, losses)

@@ -8,7 +8,9 @@
         jump 4 fib_loop       ; a line address: a label or an integer
 
 docs/ISA.md is the full reference for the syntax and the error list. Every mistake in the source raises
-`AssemblyError` with the 1-based line and column of the offending token.
+`AssemblyError` with the 1-based line and column of the offending token; echoed tokens are escaped and cut
+short (`show`), and text that is not UTF-8 assembly (UTF-16, undecodable bytes, control characters) is refused
+at its position.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
+import unicodedata
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
 import dcomp_isa
 
-from .program import Instruction, Program
+from .program import Instruction, Program, Symbol
 
 # Tokens: a lane separator, a label definition ("name:"), or any other run of non-space characters.
 _TOKEN = re.compile(r"\||[^\s|:]*:|[^\s|:]+")
@@ -30,7 +34,7 @@ _NUMBER = re.compile(r"[0-9]+")
 _NEGATIVE = re.compile(r"-[0-9]+")
 _REGISTER = re.compile(r"[rR]?([0-9]+)")
 _NAMED_REGISTER = re.compile(r"[rR][0-9]+")
-_LABEL = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+LABEL = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 # A well-formed operand glued to punctuation ("r3," or "2)"): reported as trailing junk at the punctuation.
 _GLUED_JUNK = re.compile(r"([rR]?[0-9]+|[A-Za-z_][A-Za-z0-9_.]*)([^A-Za-z0-9_.].*)")
 
@@ -38,6 +42,10 @@ _OPS = dcomp_isa.OPS_BY_NAME
 _OPERAND_NAMES = {"a": "a", "b": "b", "o": "out", "i": "imm", "l": "target"}
 _CONTROL_OPS = frozenset(dcomp_isa.CONTROL_OPS)
 _STACK_OPS = frozenset({"call", "ret"})
+# Echoed source text is cut to this many characters; digit strings longer than this are out of any range.
+_SHOW_CHARS = 40
+_MAX_DIGITS = 18
+_BOMS = {b"\xff\xfe": "UTF-16 (little-endian)", b"\xfe\xff": "UTF-16 (big-endian)"}
 
 
 class AssemblyError(ValueError):
@@ -56,6 +64,19 @@ class AssemblyError(ValueError):
         # Keyword-only fields: pickle (multiprocessing, pytest-xdist) needs to be told how to rebuild.
         rebuild = functools.partial(AssemblyError, line=self.line, column=self.column, source_name=self.source_name)
         return rebuild, (self.message,)
+
+
+def show(text: str, quote: str = "'") -> str:
+    """`text` quoted for an error message: control and invisible characters escaped, cut to a readable length."""
+    escaped = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text[:_SHOW_CHARS])
+    more = f"… ({len(text)} characters)" if len(text) > _SHOW_CHARS else ""
+    return f"{quote}{escaped}{quote}{more}"
+
+
+def _digits(text: str) -> int:
+    """The value of a decimal digit string; one past any machine's range when it is too long for `int` to be
+    worth calling (Python refuses over 4300 digits)."""
+    return int(text) if len(text.lstrip("0")) <= _MAX_DIGITS else 10**_MAX_DIGITS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +99,10 @@ def _signature(spec: dcomp_isa.OpSpec) -> str:
 class _Assembler:
     """One assembly pass over a source text; `run` returns the Program or raises AssemblyError."""
 
-    def __init__(self, source_name: str, n: int, num_registers: int, call_depth: int):
+    def __init__(self, source_name: str, n: int, num_registers: int, call_depth: int, allow_undefined: bool):
         self.source_name = source_name
+        self.allow_undefined = allow_undefined
+        self.symbols: list[Symbol] = []
         self.n = n
         self.num_registers = num_registers
         self.stack_registers = range(num_registers - call_depth, num_registers)
@@ -95,7 +118,8 @@ class _Assembler:
         return AssemblyError(message, line=line_no, column=column, source_name=self.source_name)
 
     def run(self, source: str, name: str) -> Program:
-        for line_no, text in enumerate(source.split("\n"), start=1):
+        for line_no, text in enumerate(source.removeprefix("\ufeff").split("\n"), start=1):
+            self.check_characters(line_no, text)
             self.parse_line(line_no, text)
         if not self.lines:
             raise self.error(1, 1, "empty program: no instructions")
@@ -108,7 +132,14 @@ class _Assembler:
                 f"(line addresses are values in [0, n) and n - 1 means 'no caller')",
             )
         self.resolve_labels()
-        return Program(tuple(self.lines), dict(self.labels), name, tuple(self.source_lines))
+        return Program(tuple(self.lines), dict(self.labels), name, tuple(self.source_lines), tuple(self.symbols))
+
+    def check_characters(self, line_no: int, text: str) -> None:
+        """Control and invisible characters (NUL, zero-width space, …) are refused where they stand."""
+        for column, char in enumerate(text.rstrip("\r"), start=1):
+            if not char.isprintable() and char != "\t":
+                described = unicodedata.name(char, "a control character")
+                raise self.error(line_no, column, f"invalid character U+{ord(char):04X} ({described}) in the source")
 
     def parse_line(self, line_no: int, text: str) -> None:
         code = re.split(r"[;#]", text.rstrip("\r"), maxsplit=1)[0]
@@ -135,18 +166,18 @@ class _Assembler:
 
     def define_label(self, line_no: int, token: _Token) -> None:
         label = token.text[:-1]
-        if not _LABEL.fullmatch(label) or _NAMED_REGISTER.fullmatch(label) or label.lower() in _OPS:
+        if not LABEL.fullmatch(label) or _NAMED_REGISTER.fullmatch(label) or label.lower() in _OPS:
             raise self.error(
                 line_no,
                 token.column,
-                f"invalid label name '{label}' (a label is a letter or '_' then letters, digits, '_' or '.', "
+                f"invalid label name {show(label)} (a label is a letter or '_' then letters, digits, '_' or '.', "
                 f"and not an op name or a register like r3)",
             )
         if label in self.labels:
             raise self.error(
                 line_no,
                 token.column,
-                f"duplicate label '{label}' (first defined on line {self.label_lines[label]})",
+                f"duplicate label {show(label)} (first defined on line {self.label_lines[label]})",
             )
         self.labels[label] = len(self.lines)
         self.label_lines[label] = line_no
@@ -159,11 +190,11 @@ class _Assembler:
         op = op_token.text.lower()
         if op not in _OPS:
             if op_token.text.endswith(":"):
-                raise self.error(line_no, op_token.column, f"label '{op_token.text}' must start the line")
+                raise self.error(line_no, op_token.column, f"label {show(op_token.text)} must start the line")
             raise self.error(
                 line_no,
                 op_token.column,
-                f"unknown op '{op_token.text}' (expected one of: {', '.join(dcomp_isa.OP_NAMES)})",
+                f"unknown op {show(op_token.text)} (expected one of: {', '.join(dcomp_isa.OP_NAMES)})",
             )
         spec = _OPS[op]
         letters = spec.operands
@@ -176,7 +207,7 @@ class _Assembler:
         out_token = None
         for letter, token in zip(letters, operands):
             if token.text.endswith(":"):
-                raise self.error(line_no, token.column, f"label '{token.text}' must start the line")
+                raise self.error(line_no, token.column, f"label {show(token.text)} must start the line")
             if letter in "abo":
                 fields[_OPERAND_NAMES[letter]] = self.parse_register(line_no, token)
                 if letter == "o":
@@ -221,63 +252,74 @@ class _Assembler:
     def parse_register(self, line_no: int, token: _Token) -> int:
         match = _REGISTER.fullmatch(token.text)
         if match is None:
-            self.raise_malformed(line_no, token, f"malformed register '{token.text}' (expected rK or K)")
-        index = int(match.group(1))
+            self.raise_malformed(line_no, token, f"malformed register {show(token.text)} (expected rK or K)")
+        index = _digits(match.group(1))
         if index >= self.num_registers:
             raise self.error(
                 line_no,
                 token.column,
-                f"register {token.text} out of range "
+                f"register {show(token.text, quote='')} out of range "
                 f"(num_registers = {self.num_registers}: r0..r{self.num_registers - 1})",
             )
         return index
 
     def parse_immediate(self, line_no: int, token: _Token) -> int:
         if _NAMED_REGISTER.fullmatch(token.text):
-            raise self.error(line_no, token.column, f"expected an immediate value, got register '{token.text}'")
+            raise self.error(line_no, token.column, f"expected an immediate value, got register {show(token.text)}")
         if not _NUMBER.fullmatch(token.text):
             self.raise_malformed(
-                line_no, token, f"malformed number '{token.text}' (expected a decimal integer in [0, {self.n}))"
+                line_no, token, f"malformed number {show(token.text)} (expected a decimal integer in [0, {self.n}))"
             )
-        value = int(token.text)
+        value = _digits(token.text)
         if value >= self.n:
-            raise self.error(line_no, token.column, f"immediate {value} out of range [0, {self.n})")
+            raise self.error(
+                line_no, token.column, f"immediate {show(token.text, quote='')} out of range [0, {self.n})"
+            )
         return value
 
     def parse_address(self, line_no: int, token: _Token, lane: int) -> int:
         """A line address: an integer now, or a label resolved once every label is known (returns 0 then)."""
         if _NUMBER.fullmatch(token.text):
-            value = int(token.text)
+            value = _digits(token.text)
             if value >= self.n:
-                raise self.error(line_no, token.column, f"line address {value} out of range [0, {self.n})")
+                raise self.error(
+                    line_no, token.column, f"line address {show(token.text, quote='')} out of range [0, {self.n})"
+                )
             return value
         if _NAMED_REGISTER.fullmatch(token.text):
-            raise self.error(line_no, token.column, f"expected a label or line address, got register '{token.text}'")
-        if _LABEL.fullmatch(token.text):
+            raise self.error(
+                line_no, token.column, f"expected a label or line address, got register {show(token.text)}"
+            )
+        if LABEL.fullmatch(token.text):
             self.label_refs.append((len(self.lines), lane, token.text, line_no, token.column))
             return 0
         self.raise_malformed(
-            line_no, token, f"malformed line address '{token.text}' (expected a label or an integer in [0, {self.n}))"
+            line_no,
+            token,
+            f"malformed line address {show(token.text)} (expected a label or an integer in [0, {self.n}))",
         )
 
     def raise_malformed(self, line_no: int, token: _Token, message: str) -> NoReturn:
         """Raises the most specific error for a bad operand token: negative, glued junk, else `message`."""
         if _NEGATIVE.fullmatch(token.text):
-            raise self.error(line_no, token.column, f"negative number '{token.text}': values are in [0, {self.n})")
+            raise self.error(line_no, token.column, f"negative number {show(token.text)}: values are in [0, {self.n})")
         glued = _GLUED_JUNK.fullmatch(token.text)
         if glued:
             column = token.column + glued.start(2)
             raise self.error(
                 line_no,
                 column,
-                f"trailing junk '{glued.group(2)}' after '{glued.group(1)}' (operands are separated by spaces)",
+                f"trailing junk {show(glued.group(2))} after {show(glued.group(1))} (operands are separated by spaces)",
             )
         raise self.error(line_no, token.column, message)
 
     def resolve_labels(self) -> None:
         for index, lane, label, line_no, column in self.label_refs:
+            if label not in self.labels and self.allow_undefined:
+                self.symbols.append(Symbol(label, index, lane, f"{self.source_name}:{line_no}:{column}"))
+                continue
             if label not in self.labels:
-                raise self.error(line_no, column, f"undefined label '{label}'")
+                raise self.error(line_no, column, f"undefined label {show(label)}")
             line = list(self.lines[index])
             line[lane] = dataclasses.replace(line[lane], imm=self.labels[label])
             self.lines[index] = tuple(line)
@@ -291,11 +333,14 @@ def assemble(
     num_registers: int = 16,
     call_depth: int = dcomp_isa.DEFAULT_CALL_DEPTH,
     source_name: str | None = None,
+    allow_undefined: bool = False,
 ) -> Program:
     """Assembles `source` into a Program for a machine with `n` values and `num_registers` registers.
 
     `call_depth` names the return-stack registers (the top `call_depth`), which a lane may not write on a line
-    whose `call`/`ret` rewrites them. Errors name `source_name` (default: `name`)."""
+    whose `call`/`ret` rewrites them. Errors name `source_name` (default: `name`). With `allow_undefined`, a
+    jump/call target naming no label of this source is not an error but one of the Program's `symbols`, for
+    the linker (`stdlib.link`) to resolve."""
     if n < 2 or num_registers < 1 or not 1 <= call_depth <= num_registers:
         raise ValueError(
             f"need n >= 2, num_registers >= 1 and 1 <= call_depth <= num_registers; "
@@ -310,14 +355,35 @@ def assemble(
             column=0,
             source_name=source_name,
         )
-    return _Assembler(source_name, n, num_registers, call_depth).run(source, name)
+    return _Assembler(source_name, n, num_registers, call_depth, allow_undefined).run(source, name)
+
+
+def decode_source(data: bytes, source_name: str) -> str:
+    """The text of an assembly file's bytes: UTF-8, with or without a byte-order mark. UTF-16 and bytes that
+    are not UTF-8 raise `AssemblyError` at the line and column where they stand."""
+    for bom, encoding in _BOMS.items():
+        if data.startswith(bom):
+            raise AssemblyError(f"the file is {encoding}: save it as UTF-8", line=1, column=1, source_name=source_name)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        before = data[: error.start].decode("utf-8")
+        line = before.count("\n") + 1
+        column = len(before) - (before.rfind("\n") + 1) + 1
+        raise AssemblyError(
+            f"not UTF-8 text: byte 0x{data[error.start]:02x} cannot start or continue a character",
+            line=line,
+            column=column,
+            source_name=source_name,
+        ) from None
 
 
 def assemble_file(path: str | Path, **kwargs) -> Program:
     """Assembles a `.asm` file; the Program is named after the file's stem and errors name the path."""
     path = Path(path)
     kwargs.setdefault("source_name", str(path))
-    return assemble(path.read_text(encoding="utf-8"), kwargs.pop("name", path.stem), **kwargs)
+    source = decode_source(path.read_bytes(), kwargs["source_name"])
+    return assemble(source, kwargs.pop("name", path.stem), **kwargs)
 
 
 def _format_instruction(instruction: Instruction, labels_at: dict[int, list[str]]) -> str:
@@ -335,22 +401,27 @@ def _format_instruction(instruction: Instruction, labels_at: dict[int, list[str]
     return f"{spec.name:<5} {' '.join(operands)}" if operands else spec.name
 
 
-def format_program(program: Program) -> str:
+def format_program(program: Program, *, comments: Sequence[str] = (), title: str | None = None) -> str:
     """Canonical assembly text: `assemble(format_program(p))` has p's lines and labels.
 
     Labels sit on their own lines; registers are written rK; jump/call targets use a label where one names
-    the address."""
+    the address. `comments[i]` (if non-empty) ends line i as `; comment`; `title` is a first comment line."""
     labels_at: dict[int, list[str]] = defaultdict(list)
     for label, address in program.labels.items():
         if not 0 <= address <= len(program.lines):
             raise ValueError(f"label {label!r} points at line {address}, outside 0..{len(program.lines)}")
         labels_at[address].append(label)
     indent = "    " if program.labels else ""
-    text = []
+    text = [] if title is None else [f"; {title}"]
     for address, line in enumerate(program.lines):
         if not line:
             raise ValueError(f"line {address} of program {program.name!r} has no instructions")
         text.extend(f"{label}:" for label in labels_at.get(address, ()))
-        text.append(indent + " | ".join(_format_instruction(instruction, labels_at) for instruction in line))
+        comment = comments[address] if address < len(comments) else ""
+        text.append(
+            indent
+            + " | ".join(_format_instruction(instruction, labels_at) for instruction in line)
+            + (f"  ; {comment}" if comment else "")
+        )
     text.extend(f"{label}:" for label in labels_at.get(len(program.lines), ()))
     return "\n".join(text) + "\n"

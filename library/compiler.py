@@ -1,19 +1,25 @@
-"""Neural compiler and decompiler (paper Figure 4, Appendix E).
+"""Neural compiler and decoder (paper Figure 4, Appendix E).
 
-`compile_program` turns a `Program` into probabilistic program tensors ϱ at full certainty (one-hot
-rows); `decompile` reads program tensors — compiled, trained or emitted by a controller — back as assembly,
-annotating every choice that is not certain with its probabilities. `decompile(compile_program(p))`
-assembles back to p.
+`compile_program` turns a `Program` into probabilistic program tensors ϱ at full certainty (one-hot rows);
+`decode` turns program tensors — compiled, trained or emitted by a controller — back into the `Program` of
+their most likely choices; `decompile` is `decode` + `format_program`, annotating every choice that is not
+certain with its probabilities. `decode(compile_program(p))` has p's lines (less `nop` padding lanes).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
-from dcomp_isa import OP_INDEX, OP_NAMES, OPS, OPS_BY_NAME
+from dcomp_isa import OP_INDEX, OP_NAMES, OPS_BY_NAME
 from dcomp_machine import ProgramTensors
 
-from .program import Program
+from .assembler import LABEL, format_program
+from .program import Instruction, Program
+
+# The Instruction field that each operand letter of dcomp_isa fills, and how a decompiled note names it.
+_OPERAND_FIELDS = {"a": "a", "b": "b", "o": "out", "i": "imm", "l": "imm"}
 
 
 def compile_program(
@@ -22,21 +28,23 @@ def compile_program(
     """Program → one-hot tensors ϱ of shape `(lines, lanes, ·)`; short lines are padded with `nop`."""
     if len(program) > n - 1:
         raise ValueError(f"{program.name}: {len(program)} lines need n > {len(program)}; got n={n}")
+    if program.symbols:
+        where = ", ".join(f"'{symbol.name}' ({symbol.where})" for symbol in program.symbols)
+        raise ValueError(f"{program.name}: unresolved symbols {where}: link the program first (stdlib.link)")
     lines, lanes = len(program), program.lanes
-    index = torch.zeros(5, lines, lanes, dtype=torch.long)  # op, a, b, out, imm
+    index = torch.zeros(len(ProgramTensors.FIELDS), lines, lanes, dtype=torch.long)  # op, a, b, out, imm
     index[0] = OP_INDEX["nop"]
     for i, line in enumerate(program.lines):
         for k, instruction in enumerate(line):
             fields = (OP_INDEX[instruction.op], instruction.a, instruction.b, instruction.out, instruction.imm)
             for field, value in enumerate(fields):
                 index[field, i, k] = value
-    widths = (len(OPS), num_registers, num_registers, num_registers, n)
     if int(index[1:4].max()) >= num_registers:
         raise ValueError(f"{program.name}: a register is out of range for num_registers={num_registers}")
     if int(index[4].max()) >= n:
         raise ValueError(f"{program.name}: an immediate is out of range for n={n}")
-    one_hot = [torch.nn.functional.one_hot(index[f], w).to(dtype) for f, w in enumerate(widths)]
-    return ProgramTensors(*one_hot)
+    widths = ProgramTensors.widths(n, num_registers)
+    return ProgramTensors(*(torch.nn.functional.one_hot(index[f], w).to(dtype) for f, w in enumerate(widths)))
 
 
 def _choice(distribution: torch.Tensor, names, certain: float) -> tuple[int, str | None]:
@@ -49,60 +57,75 @@ def _choice(distribution: torch.Tensor, names, certain: float) -> tuple[int, str
     return best, ", ".join(shown)
 
 
-def decompile(
-    tensors: ProgramTensors,
-    *,
-    labels: dict[str, int] | None = None,
-    certain: float = 0.999,
-    name: str = "program",
-) -> str:
-    """Program tensors → assembly text.
+def _check_labels(labels: Mapping[str, int], lines: int) -> dict[str, int]:
+    if not isinstance(labels, Mapping):
+        raise ValueError(f"labels must map label names to line addresses, got {type(labels).__name__}")
+    for label, address in labels.items():
+        if not isinstance(label, str) or not LABEL.fullmatch(label):
+            raise ValueError(f"bad label name {label!r} (a letter or '_', then letters, digits, '_' or '.')")
+        if isinstance(address, bool) or not isinstance(address, int) or not 0 <= address <= lines:
+            raise ValueError(f"label {label!r} points at {address!r}, not a line address in 0..{lines}")
+    return dict(labels)
 
-    Each line takes the most likely op and operands; a choice whose probability is below `certain` gets a
-    comment with the top alternatives and their probabilities, e.g. `add r1 r2 r2  ; op: add 0.81, sub 0.19`.
-    Jump/call targets inside the program are written as labels (`labels`, or `L<line>` generated for
-    targets without one); targets past the end (which halt) as numbers.
-    A batched (contextual) program is decompiled one example at a time: index the batch first.
-    """
+
+def _decode(
+    tensors: ProgramTensors, labels: Mapping[str, int] | None, name: str, certain: float
+) -> tuple[Program, list[str]]:
+    """The argmax Program (trailing `nop` lanes dropped, `L<line>` labels for unnamed in-program targets) and,
+    per line, a note on the choices less probable than `certain`."""
     if tensors.op.dim() != 3:
-        raise ValueError("decompile takes one program of shape (lines, lanes, ·); index the batch first")
-    names_of: dict[int, list[str]] = {}
-    for label, line in (labels or {}).items():
-        names_of.setdefault(line, []).append(label)
-    fields = {"a": tensors.a, "b": tensors.b, "o": tensors.out, "i": tensors.imm, "l": tensors.imm}
-    body = []  # (line, text, notes)
+        raise ValueError("decode takes one program of shape (lines, lanes, ·); index the batch first")
+    tensors.check()
+    labels = _check_labels(labels or {}, tensors.lines)
+    named = set(labels.values())
+    fields = tensors.fields()
+    lines, notes = [], []
     for i in range(tensors.lines):
-        lanes, notes = [], []
+        lanes, line_notes = [], []
         for k in range(tensors.lanes):
             op_index, note = _choice(tensors.op[i, k], lambda j: OP_NAMES[j], certain)
             op = OP_NAMES[op_index]
             if note:
-                notes.append(f"op: {note}")
-            words = [op]
+                line_notes.append(f"op: {note}")
+            values = {}
             for letter in OPS_BY_NAME[op].operands:
                 prefix = "r" if letter in "abo" else ""
-                value, operand_note = _choice(fields[letter][i, k], lambda j, p=prefix: f"{p}{j}", certain)
-                if letter == "l" and value < tensors.lines:
-                    if value not in names_of:
-                        taken = {label for names in names_of.values() for label in names}
-                        names_of[value] = [
-                            next(
-                                f"L{value}{'_' * j}" for j in range(len(taken) + 1) if f"L{value}{'_' * j}" not in taken
-                            )
-                        ]
-                    words.append(names_of[value][0])
-                else:
-                    words.append(f"{prefix}{value}")
+                field = _OPERAND_FIELDS[letter]
+                values[field], operand_note = _choice(fields[field][i, k], lambda j, p=prefix: f"{p}{j}", certain)
                 if operand_note:
-                    notes.append(f"{letter}: {operand_note}")
-            lanes.append(" ".join(words))
-        while len(lanes) > 1 and lanes[-1] == "nop":
+                    line_notes.append(f"{letter}: {operand_note}")
+                if letter == "l" and values[field] < tensors.lines and values[field] not in named:
+                    target = values[field]
+                    label = next(
+                        f"L{target}{'_' * j}" for j in range(len(labels) + 1) if f"L{target}{'_' * j}" not in labels
+                    )
+                    labels[label] = target
+                    named.add(target)
+            lanes.append(Instruction(op, **values))
+        while len(lanes) > 1 and lanes[-1].op == "nop":
             lanes.pop()  # padding of a parallel line (a trailing `nop` lane means the same)
-        body.append((i, " | ".join(lanes), notes))
+        lines.append(tuple(lanes))
+        notes.append("; ".join(line_notes))
+    return Program(tuple(lines), labels, name), notes
 
-    out = [f"; {name}: decompiled, {tensors.lines} lines"]
-    for i, text, notes in body:
-        out.extend(f"{label}:" for label in names_of.get(i, ()))
-        out.append(f"    {text}" + (f"  ; {'; '.join(notes)}" if notes else ""))
-    out.extend(f"{label}:" for label in names_of.get(tensors.lines, ()))  # a label just past the end
-    return "\n".join(out) + "\n"
+
+def decode(tensors: ProgramTensors, *, labels: Mapping[str, int] | None = None, name: str = "program") -> Program:
+    """Program tensors `(lines, lanes, ·)` → the `Program` of their most likely choices, with `labels` (a
+    label per address for unnamed jump/call targets inside the program is added). Raises ValueError for
+    tensors that are not one finite program (`ProgramTensors.check`) and for bad labels."""
+    return _decode(tensors, labels, name, certain=0.0)[0]
+
+
+def decompile(
+    tensors: ProgramTensors,
+    *,
+    labels: Mapping[str, int] | None = None,
+    certain: float = 0.999,
+    name: str = "program",
+) -> str:
+    """Program tensors → assembly text: `format_program(decode(tensors))`, where a choice whose probability is
+    below `certain` gets a comment with the top alternatives and their probabilities, e.g.
+    `add r1 r2 r2  ; op: add 0.81, sub 0.19`. Targets past the end (which halt) are written as numbers.
+    A batched (contextual) program is decompiled one example at a time: index the batch first."""
+    program, notes = _decode(tensors, labels, name, certain)
+    return format_program(program, comments=notes, title=f"{name}: decompiled, {len(program)} lines")

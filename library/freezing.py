@@ -22,7 +22,6 @@ the library stays fixed while one entry is fine-tuned).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Iterable
 
@@ -35,7 +34,7 @@ from .compiler import compile_program
 from .program import Program
 from .stdlib import LinkedLibrary
 
-FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ProgramTensors))  # op, a, b, out, imm
+FIELDS: tuple[str, ...] = ProgramTensors.FIELDS  # op, a, b, out, imm
 
 
 def softmax_program(logits: ProgramTensors) -> ProgramTensors:

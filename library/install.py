@@ -23,21 +23,20 @@ from transformers import LlamaForCausalLM
 from configuration_llama_dcomp import LlamaDCompConfig
 from modeling_llama_dcomp import ComputerTrace, LlamaDCompForCausalLM, LlamaDCompPreTrainedModel
 
-from .compiler import compile_program, decompile
+from .compiler import decompile
+from .compiling import CompiledLibrary, compile_library
 from .program import Program
-from .stdlib import LinkedLibrary, link
+from .stdlib import LinkedLibrary
 
 LibrarySpec = LinkedLibrary | Mapping[str, str | Program] | Sequence[str]
 # Config entries of a Llama that describe its checkpoint, not its architecture: not carried into the new config.
 _NOT_CARRIED = ("quantization_config", "model_type", "architectures", "auto_map", "transformers_version", "dtype")
 
 
-def link_library(library: LibrarySpec, config: LlamaDCompConfig) -> LinkedLibrary:
-    """A `LinkedLibrary` as is, or `stdlib.link` of standard program names / `{name: source or Program}`,
-    assembled for the config's machine (n, registers, call depth)."""
-    if isinstance(library, LinkedLibrary):
-        return library
-    return link(
+def compile_for(library: LibrarySpec, config: LlamaDCompConfig) -> CompiledLibrary:
+    """`compiling.compile_library` of a `LinkedLibrary`, standard program names or `{name: source or Program}`,
+    for the config's machine (n, registers, call depth)."""
+    return compile_library(
         library,
         n=config.computer_values,
         num_registers=config.computer_registers,
@@ -50,11 +49,9 @@ def install_library(model: LlamaDCompPreTrainedModel, library: LibrarySpec) -> L
     and the config's library fields (`computer_program_lines`, `computer_lanes`, `library_programs`,
     `library_entry_points`, `library_fingerprint`). The selection head keeps its rows of programs kept by
     name; new programs get fresh rows. Returns the linked library."""
-    config = model.config
-    linked = link_library(library, config)
-    tensors = compile_program(linked.program, n=config.computer_values, num_registers=config.computer_registers)
-    model.set_library(tensors, list(linked.entry_points), list(linked.entry_points.values()))
-    return linked
+    compiled = compile_for(library, model.config)
+    model.set_library(compiled.tensors, list(compiled.names), list(compiled.entry_points.values()))
+    return compiled.linked
 
 
 def number_token_ids(tokenizer, n: int) -> list[list[int]]:
@@ -85,11 +82,11 @@ def from_llama(
     stay float32."""
     base = {key: value for key, value in llama.config.to_dict().items() if key not in _NOT_CARRIED}
     config = LlamaDCompConfig(**{**base, **computer_kwargs, "computer_layer": computer_layer})
-    linked = link_library(library, config)
-    tensors = compile_program(linked.program, n=config.computer_values, num_registers=config.computer_registers)
+    compiled = compile_for(library, config)
+    tensors = compiled.tensors
     config.computer_program_lines, config.computer_lanes = tensors.lines, tensors.lanes
-    config.library_programs = list(linked.entry_points)
-    config.library_entry_points = list(linked.entry_points.values())
+    config.library_programs = list(compiled.names)
+    config.library_entry_points = list(compiled.entry_points.values())
     config.check_computer()
     config._attn_implementation = llama.config._attn_implementation  # the same attention kernel: the same logits
 

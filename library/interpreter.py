@@ -91,7 +91,7 @@ def run_reference(
     *,
     n: int = 128,
     num_registers: int = 16,
-    memory_size: int = 32,
+    memory_size: int | None = None,
     call_depth: int = dcomp_isa.DEFAULT_CALL_DEPTH,
     registers: dict[int, int] | list[int] | None = None,
     memory: list[int] | None = None,
@@ -101,14 +101,12 @@ def run_reference(
     """Runs `program` from line `entry` until it halts or has executed `max_steps` steps.
 
     `registers` overrides initial register values (a dict {index: value}, or a list for r0, r1, ...);
-    `memory` overrides the first cells. Every value must lie in [0, n)."""
-    if n < 2 or num_registers < 1 or memory_size < 1 or max_steps < 0:
-        raise ValueError(
-            f"need n >= 2, num_registers >= 1, memory_size >= 1 and max_steps >= 0; got n={n}, "
-            f"num_registers={num_registers}, memory_size={memory_size}, max_steps={max_steps}"
-        )
-    if not 1 <= call_depth <= num_registers:
-        raise ValueError(f"call_depth = {call_depth} must lie in [1, num_registers = {num_registers}]")
+    `memory` overrides the first cells. Every value must lie in [0, n). `memory_size` defaults to 32 cells (n if
+    fewer); the sizes follow the differentiable machine's rule, `dcomp_isa.check_machine_sizes`."""
+    if max_steps < 0:
+        raise ValueError(f"need max_steps >= 0, got {max_steps}")
+    memory_size = min(32, n) if memory_size is None else memory_size  # the default: 32 cells, or n if fewer
+    dcomp_isa.check_machine_sizes(n, num_registers, memory_size, call_depth)
     _check_program(program, n, num_registers)
     entry = _check_value("entry", entry, n)
 

@@ -14,11 +14,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dcomp_isa import OPS
 from dcomp_machine import ProgramTensors
 
-from .assembler import AssemblyError, assemble
-from .compiler import compile_program, decompile
+from .compiler import compile_program, decode
 from .freezing import FIELDS, softmax_program
 from .program import Program
 
@@ -31,7 +29,7 @@ class ProgramController(nn.Module):
     def __init__(self, lines: int, lanes: int, *, n: int, num_registers: int, hidden: int = 64, context: int = 0):
         super().__init__()
         self.lines, self.lanes = lines, lanes
-        self.widths = (len(OPS), num_registers, num_registers, num_registers, n)
+        self.widths = ProgramTensors.widths(n, num_registers)
         self.mlp = nn.Sequential(
             nn.Linear(lines + context, hidden), nn.ReLU(), nn.Linear(hidden, lanes * sum(self.widths))
         )
@@ -66,13 +64,9 @@ def _instructions(program: Program) -> tuple:
     return tuple(tuple(i for i in line if i.op != "nop") or line[:1] for line in program.lines)
 
 
-def decompiles_to(tensors: ProgramTensors, program: Program, *, n: int, num_registers: int) -> bool:
-    """Whether `decompile(tensors)` assembles to exactly `program`'s instructions."""
-    try:
-        decoded = assemble(decompile(tensors), n=n, num_registers=num_registers)
-    except AssemblyError:  # an argmax that is not even a valid program (e.g. two control ops on a line)
-        return False
-    return _instructions(decoded) == _instructions(program)
+def decompiles_to(tensors: ProgramTensors, program: Program) -> bool:
+    """Whether the argmax of `tensors` (`decode`) is exactly `program`'s instructions."""
+    return _instructions(decode(tensors)) == _instructions(program)
 
 
 def least_confidence(tensors: ProgramTensors, target: ProgramTensors) -> float:
@@ -118,7 +112,7 @@ def memorize(
         losses.append(loss.item())
         with torch.no_grad():
             tensors = controller()
-            if steps_to_exact is None and decompiles_to(tensors, program, n=n, num_registers=num_registers):
+            if steps_to_exact is None and decompiles_to(tensors, program):
                 steps_to_exact = step
             if steps_to_exact is None:
                 continue

@@ -22,17 +22,30 @@ class Instruction:
 
 
 @dataclass(frozen=True)
+class Symbol:
+    """A jump/call operand that names no label of its own source: left for the linker to resolve (another
+    program's entry point). It sits at lane `lane` of line `line`; `where` is its `source:line:column`."""
+
+    name: str
+    line: int
+    lane: int
+    where: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True)
 class Program:
     """An assembled program: `lines[i]` is the tuple of instructions (lanes) at address i.
 
     `labels` maps label names to line addresses; `source_lines[i]` is the 1-based source line that line i
-    came from (for error messages and decompiled listings). Equality compares the code (lines and labels),
-    not the name or the source positions."""
+    came from (for error messages and decompiled listings); `symbols` are the operands still to be resolved by
+    the linker (their `imm` is 0 until then). Equality compares the code (lines, labels and symbols), not the
+    name or the source positions."""
 
     lines: tuple[tuple[Instruction, ...], ...]
     labels: dict[str, int] = field(default_factory=dict)
     name: str = field(default="program", compare=False)
     source_lines: tuple[int, ...] = field(default=(), compare=False)
+    symbols: tuple[Symbol, ...] = ()
 
     @property
     def lanes(self) -> int:

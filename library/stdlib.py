@@ -1,4 +1,8 @@
-"""The standard library of programs (`library/programs/*.asm`) and the linker that joins programs into one.
+"""The standard library of programs and the linker that joins programs into one.
+
+The standard programs are the calculator, one program per ALU op generated from the ISA table
+(`calculator_source`: a new ALU op in dcomp_isa is a new standard program), and the hand-written
+`library/programs/*.asm`.
 
 Calling convention of every standard program: inputs in r1, r2, r3 (r4, ... for extras) or in memory, the
 result in r0 (the read-out register), and a final `ret`, so that a `call` reaches any of them and a
@@ -10,8 +14,9 @@ entry distribution over lines):
 
 * each program's jump and call targets are relocated by its offset; a target past its own end (which halts
   a program run alone) becomes n - 1, which halts the library too;
-* a jump or call operand that names no label of its own program names another program of the library and
-  is resolved to that program's entry point (`call mul`), so programs call each other by name;
+* a jump or call operand that names no label of its own program names another program of the library: the
+  assembler leaves it as a `Symbol`, resolved here to that program's entry point (`call mul`), so programs
+  call each other by name;
 * the labels of program P become `P.label`, and `P.entry` names its first line.
 
 A program must not run past its last line (in a library that would run into the next program): its last
@@ -29,31 +34,22 @@ import torch
 
 import dcomp_isa
 
-from .assembler import assemble, assemble_file
+from .assembler import assemble, decode_source
 from .program import Instruction, Program
 
 PROGRAMS_DIR = Path(__file__).with_name("programs")
 
 # One calculator program per ALU op, named after it: `add` is `add r1 r2 r0 | ret` (unary ops read r1 only).
 CALCULATOR: tuple[str, ...] = dcomp_isa.ALU_OPS
-STANDARD_PROGRAMS: tuple[str, ...] = (
-    *CALCULATOR,
-    "fib",
-    "sum",
-    "list_max",
-    "sort",
-    "sort_parallel",
-    "sort_select",
-    "gcd",
-    "mul_repeated",
-)
+# The hand-written programs, one `library/programs/<name>.asm` each.
+WRITTEN: tuple[str, ...] = ("fib", "sum", "list_max", "sort", "sort_parallel", "sort_select", "gcd", "mul_repeated")
+STANDARD_PROGRAMS: tuple[str, ...] = (*CALCULATOR, *WRITTEN)
 
 _ADDRESS_OPERAND = {op.name: op.operands.index("l") for op in dcomp_isa.OPS if "l" in op.operands}
 _LAST_LINE_OPS = frozenset({"ret", "halt", "jump"})
 _PROGRAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
-# The assembler's tokens: a lane separator, a label definition ("name:"), or any other run of non-space.
-_TOKEN = re.compile(r"\||[^\s|:]*:|[^\s|:]+")
+# The calculator's registers for the ISA's operand names: inputs r1, r2, result r0.
+_CALCULATOR_REGISTERS = {"r[a]": "r1", "r[b]": "r2", "r[o]": "r0"}
 
 
 class LinkError(ValueError):
@@ -87,37 +83,57 @@ class LinkedLibrary:
         return distribution
 
 
-@dataclasses.dataclass(frozen=True)
-class _Reference:
-    """A jump/call operand naming another program: at (line index, lane) of the assembled program."""
+def unique_names(names: Sequence[str]) -> list[str]:
+    """`names` as a list; LinkError naming any that occur twice."""
+    names = list(names)
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise LinkError(f"duplicate program name(s): {', '.join(duplicates)}")
+    return names
 
-    target: str
-    line: int
-    lane: int
-    where: str  # "source:line:column", for errors
 
-
-@dataclasses.dataclass(frozen=True)
-class _Unit:
-    """One program ready to link: assembled with its references to other programs still open."""
-
-    name: str
-    program: Program
-    references: tuple[_Reference, ...]
+def calculator_source(op: str) -> str:
+    """The calculator program of ALU op `op`, generated from its ISA entry: `op r1 r2 r0 | ret` (unary: r1)."""
+    spec = dcomp_isa.OPS_BY_NAME[op]
+    if spec.kind != "alu":
+        raise LinkError(f"no calculator program for {op!r}: not an ALU op ({', '.join(CALCULATOR)})")
+    meaning = spec.doc
+    for operand, register in _CALCULATOR_REGISTERS.items():
+        meaning = meaning.replace(operand, register)
+    inputs = ["r1", "r2"] if "b" in spec.operands else ["r1"]
+    plural = "inputs" if len(inputs) > 1 else "input"
+    return (
+        f"; {op}: calculator, {meaning}.\n"
+        ";\n"
+        f"; Calling convention: {plural} {', '.join(inputs)}; result r0; no other register or memory cell is written.\n"
+        "; Steps: 1 (the `ret` runs in a parallel lane of the same line).\n"
+        f"    {op} {' '.join(inputs)} r0 | ret\n"
+    )
 
 
 def program_path(name: str) -> Path:
-    """The `.asm` file of a standard program."""
+    """The `.asm` file of a hand-written standard program."""
+    if name not in WRITTEN:
+        raise LinkError(f"no file for {name!r}: the hand-written standard programs are {', '.join(WRITTEN)}")
+    return PROGRAMS_DIR / f"{name}.asm"
+
+
+def standard_source(name: str) -> tuple[str, str]:
+    """The assembly source of a standard program and the name its errors give: the file, or the ISA table."""
+    if name in CALCULATOR:
+        return calculator_source(name), f"<calculator {name}, generated from dcomp_isa>"
     if name not in STANDARD_PROGRAMS:
         raise LinkError(f"unknown standard program {name!r} (standard: {', '.join(STANDARD_PROGRAMS)})")
-    return PROGRAMS_DIR / f"{name}.asm"
+    path = program_path(name)
+    return decode_source(path.read_bytes(), str(path)), str(path)
 
 
 def load_program(
     name: str, *, n: int = 128, num_registers: int = 16, call_depth: int = dcomp_isa.DEFAULT_CALL_DEPTH
 ) -> Program:
     """A standard program assembled on its own (entry at line 0), e.g. `load_program("fib", n=128)`."""
-    return assemble_file(program_path(name), n=n, num_registers=num_registers, call_depth=call_depth)
+    source, source_name = standard_source(name)
+    return assemble(source, name, n=n, num_registers=num_registers, call_depth=call_depth, source_name=source_name)
 
 
 def standard_library(
@@ -131,7 +147,7 @@ def standard_library(
 
 
 def link(
-    programs: Mapping[str, str | Program] | Sequence[str],
+    programs: Mapping[str, str | tuple[str, str] | Program] | Sequence[str],
     *,
     n: int = 128,
     num_registers: int = 16,
@@ -139,21 +155,18 @@ def link(
 ) -> LinkedLibrary:
     """Links programs into one `LinkedLibrary`, laid out in the order given.
 
-    `programs` is a sequence of standard program names, or a mapping from name to assembly source text or an
-    assembled `Program` (which cannot call other programs by name: its targets are already numbers). Source
-    text may `call` (or `jump` to) any program of the library by name. Raises `LinkError` for duplicate, bad
-    or unknown names, references to undefined programs, a program that may run past its end, and a library
-    longer than n - 1 lines; assembly mistakes raise `AssemblyError` at their line and column."""
+    `programs` is a sequence of standard program names, or a mapping from name to assembly source text (or
+    `(text, name its errors give)`, as `standard_source` returns) or an assembled `Program`. A jump/call target
+    naming no label of its own source names another program of the library (the assembler leaves it as a
+    `Symbol`). Raises `LinkError` for duplicate, bad or unknown names, references to undefined programs, a
+    program that may run past its end, and a library longer than n - 1 lines; assembly mistakes raise
+    `AssemblyError` at their line and column."""
     if isinstance(programs, Mapping):
         items = list(programs.items())
     elif isinstance(programs, str):
         raise LinkError(f"expected a sequence of program names, got the string {programs!r}")
     else:
-        names = list(programs)
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise LinkError(f"duplicate program name(s): {', '.join(duplicates)}")
-        items = [(name, program_path(name)) for name in names]
+        items = [(name, standard_source(name)) for name in unique_names(programs)]
     if not items:
         raise LinkError("nothing to link: no programs given")
     units = [_unit(name, item, n, num_registers, call_depth) for name, item in items]
@@ -162,9 +175,9 @@ def link(
     total = 0
     for unit in units:
         entry_points[unit.name] = total
-        total += len(unit.program)
+        total += len(unit)
     if total > n - 1:
-        sizes = ", ".join(f"{unit.name} {len(unit.program)}" for unit in units)
+        sizes = ", ".join(f"{unit.name} {len(unit)}" for unit in units)
         raise LinkError(f"the library has {total} lines but at most n - 1 = {n - 1} fit ({sizes})")
 
     lines: list[tuple[Instruction, ...]] = []
@@ -174,78 +187,50 @@ def link(
         offset = entry_points[unit.name]
         lines.extend(_relocate(unit, offset, entry_points, halt_address=n - 1))
         labels.update(_namespaced_labels(unit, offset))
-        source_lines.extend(unit.program.source_lines)
+        source_lines.extend(unit.source_lines)
     return LinkedLibrary(Program(tuple(lines), labels, "library", tuple(source_lines)), entry_points)
 
 
-def _unit(name: str, item: str | Path | Program, n: int, num_registers: int, call_depth: int) -> _Unit:
-    """Assembles one program of a library, leaving its references to other programs open."""
+def _unit(name: str, item: str | tuple[str, str] | Program, n: int, num_registers: int, call_depth: int) -> Program:
+    """Assembles one program of a library (source text, or (source, source name)), leaving its references to
+    other programs as the Program's `symbols`."""
     if not isinstance(name, str) or not _PROGRAM_NAME.fullmatch(name):
         raise LinkError(f"bad program name {name!r}: a letter or '_', then letters, digits or '_'")
     if isinstance(item, Program):
-        program, references = item, ()
+        program = item
     else:
-        source_name = str(item) if isinstance(item, Path) else name
-        source = item.read_text(encoding="utf-8") if isinstance(item, Path) else item
+        source, source_name = item if isinstance(item, tuple) else (item, name)
         if not isinstance(source, str):
             raise LinkError(f"{name}: expected assembly source text or a Program, got {type(source).__name__}")
-        source, open_references = _open_references(source, source_name)
         program = assemble(
-            source, name, n=n, num_registers=num_registers, call_depth=call_depth, source_name=source_name
-        )
-        references = tuple(
-            _Reference(target, program.source_lines.index(line_no), lane, where)
-            for target, line_no, lane, where in open_references
+            source,
+            name,
+            n=n,
+            num_registers=num_registers,
+            call_depth=call_depth,
+            source_name=source_name,
+            allow_undefined=True,
         )
     if not program.lines or not any(instruction.op in _LAST_LINE_OPS for instruction in program.lines[-1]):
         raise LinkError(
             f"{name}: the last line may run past the end of the program (into the next one in a library); "
             f"end it with ret, halt or a jump"
         )
-    return _Unit(name, program, references)
+    return dataclasses.replace(program, name=name)
 
 
-def _open_references(source: str, source_name: str) -> tuple[str, list[tuple[str, int, int, str]]]:
-    """Finds jump/call operands that name no label of this source, i.e. other programs.
-
-    Returns the source with each of them replaced by the address 0, padded to the same width so that
-    assembly errors keep their columns, and the references as (name, 1-based line, lane, location)."""
-    texts = source.split("\n")
-    codes = [re.split(r"[;#]", text, maxsplit=1)[0] for text in texts]
-    defined = {token[:-1] for code in codes for token in _TOKEN.findall(code) if token.endswith(":")}
-    references = []
-    for line_no, code in enumerate(codes, start=1):
-        lane, position, op = 0, 0, None  # position: index of the token in its lane, labels left out
-        for match in _TOKEN.finditer(code):
-            token = match.group()
-            if token == "|":
-                lane, position = lane + 1, 0
-                continue
-            if token.endswith(":"):
-                continue
-            if position == 0:
-                op = token.lower()
-            elif position - 1 == _ADDRESS_OPERAND.get(op) and _IDENTIFIER.fullmatch(token) and token not in defined:
-                references.append((token, line_no, lane, f"{source_name}:{line_no}:{match.start() + 1}"))
-                start, end = match.span()
-                code = code[:start] + "0".ljust(end - start) + code[end:]
-            position += 1
-        texts[line_no - 1] = code
-    return "\n".join(texts), references
-
-
-def _relocate(unit: _Unit, offset: int, entry_points: dict[str, int], halt_address: int):
+def _relocate(unit: Program, offset: int, entry_points: dict[str, int], halt_address: int):
     """The unit's lines with every jump/call target made absolute in the library."""
     resolved = {}
-    for reference in unit.references:
-        if reference.target not in entry_points:
+    for symbol in unit.symbols:
+        if symbol.name not in entry_points:
             raise LinkError(
-                f"{reference.where}: undefined label or program '{reference.target}' in program {unit.name} "
+                f"{symbol.where}: undefined label or program '{symbol.name}' in program {unit.name} "
                 f"(linked programs: {', '.join(entry_points)})"
             )
-        resolved[reference.line, reference.lane] = entry_points[reference.target]
-    size = len(unit.program)
-    for index, line in enumerate(unit.program.lines):
+        resolved[symbol.line, symbol.lane] = entry_points[symbol.name]
+    size = len(unit)
+    for index, line in enumerate(unit.lines):
         relocated = []
         for lane, instruction in enumerate(line):
             if instruction.op in _ADDRESS_OPERAND:
@@ -258,11 +243,11 @@ def _relocate(unit: _Unit, offset: int, entry_points: dict[str, int], halt_addre
         yield tuple(relocated)
 
 
-def _namespaced_labels(unit: _Unit, offset: int) -> dict[str, int]:
+def _namespaced_labels(unit: Program, offset: int) -> dict[str, int]:
     """`P.entry` for the first line and `P.label` for each label inside program P (end labels dropped)."""
     labels = {f"{unit.name}.entry": offset}
-    for label, address in unit.program.labels.items():
-        if address < len(unit.program):
+    for label, address in unit.labels.items():
+        if address < len(unit):
             key = f"{unit.name}.{label}"
             if labels.setdefault(key, offset + address) != offset + address:
                 raise LinkError(f"{unit.name}: the label 'entry' is reserved for the program's first line")

@@ -339,3 +339,76 @@ def test_isa_doc_covers_every_op_and_its_example_assembles():
         assert syntax.split() == [op, *(DOC_OPERAND_NAMES[letter] for letter in operands)]
     example = re.search(r"```\n(.*?)```", text, flags=re.DOTALL).group(1)
     assert assemble(example).lines[:6] == FIB_LINES[:6]
+
+
+# ------------------------------------------------------------------------------------- what files hold
+def test_a_utf8_byte_order_mark_is_skipped(tmp_path):
+    path = tmp_path / "bom.asm"
+    path.write_bytes(b"\xef\xbb\xbfset 3 r1\nhalt\n")
+    assert assemble_file(path).lines == assemble("set 3 r1\nhalt").lines
+    assert assemble("\ufeffset 3 r1\nhalt").lines == assemble("set 3 r1\nhalt").lines
+
+
+@pytest.mark.parametrize(
+    ("data", "line", "column", "message"),
+    [
+        ("set 3 r1\nhalt\n".encode("utf-16"), 1, 1, "the file is UTF-16 (little-endian): save it as UTF-8"),
+        (b"\xfe\xffset", 1, 1, "UTF-16 (big-endian)"),
+        (b"nop\nset \xff 1\n", 2, 5, "not UTF-8 text: byte 0xff"),
+        ("nop\n  inc é\xe9".encode("latin-1"), 2, 7, "not UTF-8 text: byte 0xe9"),
+    ],
+)
+def test_files_that_are_not_utf8_are_refused_where_they_go_wrong(tmp_path, data, line, column, message):
+    path = tmp_path / "p.asm"
+    path.write_bytes(data)
+    with pytest.raises(AssemblyError) as info:
+        assemble_file(path)
+    assert (info.value.line, info.value.column) == (line, column) and message in info.value.message
+    assert str(info.value).startswith(f"{path}:{line}:{column}: ")
+
+
+@pytest.mark.parametrize(
+    ("source", "column", "shown"),
+    [("nop\nadd 1\x00 2 3", 6, "U+0000"), ("nop\nadd\u200b 1 2 3", 4, "U+200B (ZERO WIDTH SPACE)")],
+)
+def test_invisible_characters_are_refused_and_never_echoed_raw(source, column, shown):
+    with pytest.raises(AssemblyError) as info:
+        assemble(source)
+    assert (info.value.line, info.value.column) == (2, column) and shown in info.value.message
+    assert str(info.value).isprintable()
+
+
+def test_a_huge_token_is_echoed_short():
+    with pytest.raises(AssemblyError) as info:
+        assemble("nop\n" + "x" * 5_000_000)
+    assert (info.value.line, info.value.column) == (2, 1) and "(5000000 characters)" in info.value.message
+    assert len(str(info.value)) < 300
+
+
+@pytest.mark.parametrize(("operand", "what"), [("set {} r1", "immediate"), ("jump 1 {}", "line address")])
+def test_a_5000_digit_number_is_out_of_range_at_its_position(operand, what):
+    with pytest.raises(AssemblyError) as info:
+        assemble("nop\n" + operand.format("9" * 5000))
+    assert info.value.line == 2 and f"{what} 999" in info.value.message and "(5000 characters)" in info.value.message
+    with pytest.raises(AssemblyError, match="register r999.*out of range"):
+        assemble(f"inc r{'9' * 5000}")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_any_bytes_assemble_or_raise_a_located_assembly_error(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("fuzz") / "f.asm"
+    path.write_bytes(data)
+    try:
+        assemble_file(path, n=16, num_registers=8, call_depth=2)
+    except AssemblyError as error:
+        assert error.line >= 1 and error.column >= 1 and str(error).isprintable() and len(str(error)) < 400
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=80))
+def test_any_unicode_text_assembles_or_raises_an_assembly_error(source):
+    try:
+        assemble(source, n=16, num_registers=8, call_depth=2)
+    except AssemblyError as error:
+        assert error.line >= 1 and error.column >= 1 and str(error).isprintable()

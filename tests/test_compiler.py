@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from strategies import programs
 
 from dcomp_isa import OP_INDEX
 from library.assembler import assemble
-from library.compiler import compile_program, decompile
+from library.compiler import compile_program, decode, decompile
 
 N, REGISTERS = 32, 8
 
@@ -38,7 +39,9 @@ def test_the_paper_listing_round_trips_with_its_labels():
     source = "inc 2 2\nfib_loop:\n write 3 2\n add 1 2 2\n read 3 1\n write 3 2\n inc 3 3\n jump 4 fib_loop\n"
     program = assemble(source, "fib", n=128, num_registers=16)
     text = decompile(compile_program(program), labels=program.labels, name="fib")
-    assert "fib_loop:" in text and "jump r4 fib_loop" in text
+    assert "fib_loop:" in text.splitlines() and ["jump", "r4", "fib_loop"] in [
+        line.split() for line in text.splitlines()
+    ]
     assert assemble(text, "fib", n=128, num_registers=16).lines == program.lines
 
 
@@ -64,3 +67,35 @@ def test_compiled_program_is_too_long_for_n():
         assert "n" in str(error) and "long" in str(error)
     else:
         raise AssertionError("expected a ValueError")
+
+
+@settings(max_examples=100, deadline=None)
+@given(programs(n=N, num_registers=REGISTERS, max_lines=8, max_lanes=3))
+def test_decode_of_compile_is_the_program(program):
+    decoded = decode(compile_program(program, n=N, num_registers=REGISTERS), labels=program.labels)
+    assert decoded.lines == tuple(_without_trailing_nops(line) for line in program.lines)
+    assert program.labels.items() <= decoded.labels.items()
+
+
+def test_decode_refuses_what_is_not_one_finite_program():
+    tensors = compile_program(assemble("add 1 2 3\njump 1 0", n=16, num_registers=8), n=16, num_registers=8)
+    tensors.imm[1, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="field 'imm' holds NaN"):
+        decode(tensors)
+    tensors.imm[1, 0, 0] = 1.0
+    with pytest.raises(ValueError, match="index the batch first"):
+        decode(tensors.expand(2))
+    for labels, message in (({"r1 x": 0}, "bad label name"), ({"x": 9}, "not a line address"), ([1], "must map")):
+        with pytest.raises(ValueError, match=message):
+            decode(tensors, labels=labels)
+    short = compile_program(assemble("nop", n=16, num_registers=8), n=16, num_registers=8)
+    tensors.a = short.a
+    with pytest.raises(ValueError, match="field 'a' has shape"):
+        decode(tensors)
+
+
+def test_compile_refuses_unresolved_symbols():
+    program = assemble("call elsewhere\nret", n=16, num_registers=8, allow_undefined=True)
+    assert [symbol.name for symbol in program.symbols] == ["elsewhere"]
+    with pytest.raises(ValueError, match="unresolved"):
+        compile_program(program, n=16, num_registers=8)

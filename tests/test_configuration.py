@@ -51,7 +51,7 @@ def test_every_computer_field_is_documented():
         and following.value.value.strip()
     }
     fields = {name for name in LlamaDCompConfig.__dataclass_fields__ if name.startswith(("computer_", "library_"))}
-    assert len(fields) == 23
+    assert len(fields) == 24
     assert fields <= documented, fields - documented
 
 
@@ -137,3 +137,13 @@ def test_check_computer_catches_later_edits():
     config.library_entry_points = [0, 9]
     with pytest.raises(ValueError, match="^library_entry_points="):
         config.check_computer()
+
+
+def test_a_checkpoint_from_another_instruction_set_is_refused():
+    from dcomp_isa import OP_NAMES
+
+    ops = [op for op in OP_NAMES if op != "not"] + ["pow"]
+    with pytest.raises(ValueError, match=r"^computer_ops=.*not in the checkpoint: not; unknown to this code: pow"):
+        LlamaDCompConfig(**{**VALID, "computer_ops": ops})
+    with pytest.raises(ValueError, match=r"^computer_ops=.*the same ops in another order"):
+        LlamaDCompConfig.from_dict({**VALID, "computer_ops": list(reversed(OP_NAMES))})

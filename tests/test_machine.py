@@ -146,7 +146,7 @@ def _soft(tensors: ProgramTensors, temperature: float) -> ProgramTensors:
     def soften(t):
         return torch.softmax((t * 3 + torch.randn(t.shape, generator=generator, dtype=t.dtype)) / temperature, -1)
 
-    return ProgramTensors(*(soften(t) for t in (tensors.op, tensors.a, tensors.b, tensors.out, tensors.imm)))
+    return tensors.map(soften)
 
 
 def test_distributions_stay_normalised_in_superposition():
@@ -201,7 +201,7 @@ def test_contextual_program_with_a_batch_dimension():
     n = 16
     add = compile_program(assemble("add 1 2 0", "add", n=n, num_registers=REGISTERS), n=n, num_registers=REGISTERS)
     sub = compile_program(assemble("sub 1 2 0", "sub", n=n, num_registers=REGISTERS), n=n, num_registers=REGISTERS)
-    batched = ProgramTensors(*(torch.stack([getattr(add, f), getattr(sub, f)]) for f in ("op", "a", "b", "out", "imm")))
+    batched = ProgramTensors(*(torch.stack([getattr(add, f), getattr(sub, f)]) for f in ProgramTensors.FIELDS))
     machine = _machine(n)
     inputs = {1: one_hot_values(torch.tensor([9, 9]), n), 2: one_hot_values(torch.tensor([4, 4]), n)}
     run = machine.run(batched, machine.initial_state(2, 1, inputs=inputs), max_steps=5)
@@ -226,3 +226,30 @@ def test_program_longer_than_the_value_range_is_rejected():
     machine = _machine(8)
     with pytest.raises(ValueError, match="lines"):
         machine.initial_state(1, lines=8)
+
+
+# ------------------------------------------------------------------------------------------- program tensors
+def test_program_tensors_save_and_load_round_trip(tmp_path):
+    tensors = compile_program(assemble(FIBONACCI_COUNTDOWN, n=16, num_registers=8), n=16, num_registers=8)
+    assert [t.shape[-1] for t in tensors.fields().values()] == list(ProgramTensors.widths(16, 8))
+    tensors.save(tmp_path / "p.safetensors", metadata={"name": "fib"})
+    loaded, metadata = ProgramTensors.load(tmp_path / "p.safetensors")
+    assert metadata == {"name": "fib"} and all(torch.equal(loaded.fields()[k], v) for k, v in tensors.fields().items())
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda t: setattr(t, "out", t.out[:-1]), "field 'out' has shape"),
+        (lambda t: setattr(t, "imm", t.imm[..., :-1]), "field 'imm' has shape \\(7, 1, 15\\), expected \\(7, 1, 16\\)"),
+        (lambda t: setattr(t, "op", t.op.long()), "field 'op' has dtype torch.int64"),
+        (lambda t: t.a.__setitem__((0, 0, 0), float("inf")), "field 'a' holds NaN or infinite"),
+        (lambda t: t.b.__setitem__((0, 0, 0), -0.5), "field 'b' holds negative"),
+    ],
+)
+def test_program_tensors_check_names_the_field(change, message):
+    tensors = compile_program(assemble(FIBONACCI_COUNTDOWN, n=16, num_registers=8), n=16, num_registers=8)
+    tensors.check(16, 8)
+    change(tensors)
+    with pytest.raises(ValueError, match=message):
+        tensors.check(16, 8)

@@ -8,7 +8,7 @@ from listings import PAPER_FIBONACCI
 
 from dcomp_machine import RegisterMachine, one_hot_values
 from library.assembler import assemble
-from library.compiler import compile_program, decompile
+from library.compiler import compile_program, decode
 from library.interpreter import run_reference
 from library.memorization import ProgramController, decompiles_to, least_confidence, memorize
 
@@ -37,7 +37,7 @@ MEMORY_IN = [2, 7, 1, 4, 0, 0, 5, 6]
 
 
 def _program(name: str):
-    return assemble(PROGRAMS[name], name, n=N, num_registers=REGISTERS)
+    return assemble(PROGRAMS[name], name)
 
 
 def _machine_matches_reference(tensors, program, steps: int = 12) -> bool:
@@ -68,8 +68,8 @@ def test_memorized_program_decompiles_exactly_and_runs(name):
     assert result.steps_to_exact is not None and result.steps_to_exact == len(result.losses)
     with torch.no_grad():
         tensors = result.controller()
-        assert decompiles_to(tensors, program, n=N, num_registers=REGISTERS)
-        decoded = assemble(decompile(tensors), n=N, num_registers=REGISTERS)
+        assert decompiles_to(tensors, program)
+        decoded = decode(tensors)
     assert _machine_matches_reference(compile_program(decoded, n=N, num_registers=REGISTERS), program)
 
 
@@ -95,8 +95,8 @@ def test_decompiles_to_rejects_another_program():
     other = compile_program(
         assemble("read 0 1\ninc 0\nsub 0 1 2\nwrite 2 3", n=N, num_registers=REGISTERS), n=N, num_registers=REGISTERS
     )
-    assert not decompiles_to(other, program, n=N, num_registers=REGISTERS)
-    assert decompiles_to(compile_program(program, n=N, num_registers=REGISTERS), program, n=N, num_registers=REGISTERS)
+    assert not decompiles_to(other, program)
+    assert decompiles_to(compile_program(program, n=N, num_registers=REGISTERS), program)
 
 
 def test_controller_shapes_and_contextual_programs():

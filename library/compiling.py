@@ -1,0 +1,99 @@
+"""The compile pipeline, named in one place (after tracr's `compiling.py`).
+
+    assembly sources / standard program names ──assembler──▶ Programs (with unresolved symbols)
+        ──linker (stdlib.link)──▶ one linked Program + entry points
+        ──compiler (compile_program)──▶ one-hot ProgramTensors ϱ + entry lines
+
+`compile_library` runs the whole path and returns a `CompiledLibrary`; `compile_file` does the same for one
+assembly file run on its own (no linking: its targets past the end halt). Running a compiled library with a
+selection over its programs is `modeling_llama_dcomp.run_selected`, shared with the model's computer block.
+The way back is `compiler.decode` (tensors → Program) and `compiler.decompile` (→ text).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+import dcomp_isa
+from dcomp_machine import ProgramTensors, one_hot_values
+
+from .assembler import assemble_file
+from .compiler import compile_program
+from .program import Program
+from .stdlib import LinkedLibrary, link, standard_source, unique_names
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledLibrary:
+    """A linked library and its program tensors: `tensors` `(lines, lanes, ·)`, `linked.entry_points[name]` the
+    first line of each program."""
+
+    linked: LinkedLibrary
+    tensors: ProgramTensors
+
+    @property
+    def program(self) -> Program:
+        """The linked Program (what the reference interpreter runs)."""
+        return self.linked.program
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.linked.names
+
+    @property
+    def entry_points(self) -> dict[str, int]:
+        return self.linked.entry_points
+
+    @property
+    def lines(self) -> int:
+        return self.tensors.lines
+
+    def entry_lines(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """`(programs, lines)`: the one-hot start line of each program, in `names` order."""
+        return one_hot_values(torch.tensor(list(self.entry_points.values())), self.lines, dtype)
+
+
+def compile_library(
+    programs: LinkedLibrary | Sequence[str] | Mapping[str, str | Program],
+    *,
+    n: int = 128,
+    num_registers: int = 16,
+    call_depth: int = dcomp_isa.DEFAULT_CALL_DEPTH,
+    sources: Mapping[str, str] | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> CompiledLibrary:
+    """Sources or standard program names → linked program → `ProgramTensors`, for a machine with `n` values,
+    `num_registers` registers and a return stack `call_depth` deep.
+
+    `programs` is a `LinkedLibrary` (compiled as is), a mapping `{name: assembly source or Program}`, or a
+    sequence of names, each taken from `sources` when given there and else from the standard library, linked in
+    that order. Errors: `AssemblyError` (at its file, line and column), `LinkError`, ValueError."""
+    if isinstance(programs, LinkedLibrary):
+        linked = programs
+    else:
+        if not isinstance(programs, Mapping) and not isinstance(programs, str):
+            extra = dict(sources or {})
+            programs = {
+                name: extra[name] if name in extra else standard_source(name) for name in unique_names(programs)
+            }
+        linked = link(programs, n=n, num_registers=num_registers, call_depth=call_depth)
+    return CompiledLibrary(linked, compile_program(linked.program, n=n, num_registers=num_registers, dtype=dtype))
+
+
+def compile_file(
+    path: str | Path,
+    *,
+    n: int = 128,
+    num_registers: int = 16,
+    call_depth: int = dcomp_isa.DEFAULT_CALL_DEPTH,
+    dtype: torch.dtype = torch.float32,
+) -> CompiledLibrary:
+    """One assembly file, assembled on its own (entry at line 0) and compiled: a library of one program named
+    after the file's stem."""
+    program = assemble_file(path, n=n, num_registers=num_registers, call_depth=call_depth)
+    linked = LinkedLibrary(program, {program.name: 0})
+    return CompiledLibrary(linked, compile_program(program, n=n, num_registers=num_registers, dtype=dtype))

@@ -1,5 +1,0 @@
-; min: calculator, r0 = min(r1, r2).
-;
-; Calling convention: inputs r1, r2; result r0; no other register or memory cell is written.
-; Steps: 1 (the `ret` runs in a parallel lane of the same line).
-    min r1 r2 r0 | ret
