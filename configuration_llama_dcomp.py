@@ -318,7 +318,7 @@ class LlamaDCompConfig(LlamaConfig):
         )
         tokens = [token for token in self.computer_number_token_ids if token != -1]
         require(
-            not self.computer_number_token_ids or tokens,
+            not self.computer_number_token_ids or bool(tokens),
             "computer_number_token_ids",
             "all are -1: no value is written as one token, so the copy parse could read nothing",
         )
