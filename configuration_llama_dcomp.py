@@ -133,8 +133,10 @@ class LlamaDCompConfig(LlamaConfig):
     convention: inputs r1, r2, r3, …, result r0)."""
 
     library_fingerprint: str | None = None
-    """Hash of the compiled library (program tensors, program names, entry points), checked at load time so a
-    checkpoint whose buffers do not match its config fails loudly. Written by the installer."""
+    """Hash of the compiled library (program tensors, program names, entry points) and of every config field that
+    changes the computer's answers (`modeling_llama_dcomp.ANSWER_FIELDS`, one hash each), checked at load time so
+    a checkpoint whose buffers or answer-changing fields do not match fails loudly, naming the cause. Written by
+    the installer."""
 
     computer_output: str = "residual_add"
     """How the output reaches the language model: "residual_add" adds `gate * W_out(p_out)` to the residual
