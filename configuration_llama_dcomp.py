@@ -30,7 +30,8 @@ REAL_FIELDS = ("computer_halt_threshold", "computer_gate_init", "computer_select
 COMPUTER_PREFIXES = ("computer_", "library_")
 # Upper bounds that keep a model buildable and a forward finite in time. n: the table ALU's index tables
 # (mul/div/mod, 3·n² entries) stay near 100 MiB at n = 4096. Steps: a run costs up to computer_max_steps machine
-# steps, each a pass over the program's lines (about a millisecond at n = 128 on a CPU core).
+# steps, each a pass over the program's lines (about 10 ms for one position at n = 128 on a loaded 2-core CPU,
+# docs/RELIABILITY.md), so a run that never halts still ends within minutes.
 MAX_VALUES = 4096
 MAX_STEPS = 10_000
 # The classes `trust_remote_code` loads from a checkpoint's own files; every LlamaDComp config carries all three
