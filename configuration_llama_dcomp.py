@@ -7,9 +7,13 @@ differentiable computer Δ runs it, and its output is written back into the resi
 """
 
 # No `from __future__ import annotations`: @strict checks field types from the evaluated annotations.
+import difflib
+import math
+import warnings
 from dataclasses import field
 
 from huggingface_hub.dataclasses import strict
+from huggingface_hub.errors import StrictDataclassFieldValidationError
 from transformers import LlamaConfig
 
 try:
@@ -22,6 +26,14 @@ COMPUTER_ALUS = ("table", "circuit")
 COMPUTER_OUTPUTS = ("residual_add",)
 COMPUTER_PARSES = ("linear", "copy")
 REAL_FIELDS = ("computer_halt_threshold", "computer_gate_init", "computer_selection_temperature")
+# The fields `check_computer` checks (and re-checks when one is assigned).
+COMPUTER_PREFIXES = ("computer_", "library_")
+# Upper bounds that keep a model buildable and a forward finite in time. n: the table ALU's index tables
+# (mul/div/mod, 3·n² entries) stay near 100 MiB at n = 4096. Steps: a run costs up to computer_max_steps machine
+# steps, each a pass over the program's lines (about 10 ms for one position at n = 128 on a loaded 2-core CPU,
+# docs/RELIABILITY.md), so a run that never halts still ends within minutes.
+MAX_VALUES = 4096
+MAX_STEPS = 10_000
 # The classes `trust_remote_code` loads from a checkpoint's own files; every LlamaDComp config carries all three
 # (`save_pretrained` alone would record only the saved model's class).
 AUTO_MAP = {
@@ -31,6 +43,22 @@ AUTO_MAP = {
 }
 
 
+def _field_type_errors_as_value_errors(cls):
+    """Class decorator (outside `@strict`): a wrongly typed field raises `ValueError` naming the field, like every
+    other invalid field, instead of huggingface_hub's `StrictDataclassFieldValidationError`."""
+    strict_setattr = cls.__setattr__
+
+    def __setattr__(self, name, value):
+        try:
+            strict_setattr(self, name, value)
+        except StrictDataclassFieldValidationError as error:
+            raise ValueError(f"{name}={value!r}: {error.__cause__}") from error
+
+    cls.__setattr__ = __setattr__
+    return cls
+
+
+@_field_type_errors_as_value_errors
 @strict
 class LlamaDCompConfig(LlamaConfig):
     r"""
@@ -42,8 +70,11 @@ class LlamaDCompConfig(LlamaConfig):
     library (no programs): such a model builds, saves and loads, but its forward raises until a library is
     installed.
 
-    Every field is checked when the config is built; a config that cannot work raises `ValueError` naming the
-    field.
+    Every field is checked when the config is built, when it is loaded (keyword overrides of `from_pretrained`
+    included) and when a `computer_*` / `library_*` field is assigned; a config that cannot work raises
+    `ValueError` naming the field and leaves an assigned field as it was. Change fields that only make sense
+    together (such as `library_programs` and `library_entry_points`) at once with `config.update({...})`. An
+    unknown keyword that looks like a misspelt field warns.
 
     ```python
     >>> from configuration_llama_dcomp import LlamaDCompConfig
@@ -57,7 +88,7 @@ class LlamaDCompConfig(LlamaConfig):
 
     computer_values: int = 128
     """n: the number of values (one-hot width, arithmetic mod n; the paper's mod-128 calculator uses 128).
-    Line addresses are values, so `n > computer_program_lines`."""
+    Line addresses are values, so `n > computer_program_lines`; at most `MAX_VALUES`."""
 
     computer_registers: int = 16
     """Registers R of the machine; the top `computer_call_depth` of them form the return stack."""
@@ -69,10 +100,12 @@ class LlamaDCompConfig(LlamaConfig):
     """Depth of the return stack, i.e. how deep `call`s may nest; `< computer_registers`."""
 
     computer_max_steps: int = 64
-    """Most interpreter steps per run (adaptive recurrence, eq. 17; the run exits early once halted)."""
+    """Most interpreter steps per run (adaptive recurrence, eq. 17; the run exits early once halted); at most
+    `MAX_STEPS`."""
 
     computer_halt_threshold: float | int = 0.99
-    """The run stops once every position has halted with at least this probability; in (0, 1]."""
+    """The run stops once every position has halted with at least this probability; in (0, 1]. At 1.0 a run
+    whose halting probability never rounds to exactly 1 takes all `computer_max_steps` steps."""
 
     computer_alu: str = "table"
     """ALU of eq. 7: "table" (`dcomp_alu.TableALU`, index tables) or "circuit" (`dcomp_circuits.CircuitALU`,
@@ -101,8 +134,10 @@ class LlamaDCompConfig(LlamaConfig):
     convention: inputs r1, r2, r3, …, result r0)."""
 
     library_fingerprint: str | None = None
-    """Hash of the compiled library (program tensors, program names, entry points), checked at load time so a
-    checkpoint whose buffers do not match its config fails loudly. Written by the installer."""
+    """Hash of the compiled library (program tensors, program names, entry points) and of every config field that
+    changes the computer's answers (`modeling_llama_dcomp.ANSWER_FIELDS`, one hash each), checked at load time so
+    a checkpoint whose buffers or answer-changing fields do not match fails loudly, naming the cause. Written by
+    the installer."""
 
     computer_output: str = "residual_add"
     """How the output reaches the language model: "residual_add" adds `gate * W_out(p_out)` to the residual
@@ -126,7 +161,8 @@ class LlamaDCompConfig(LlamaConfig):
 
     computer_number_token_ids: list[int] = field(default_factory=list)
     """For the copy parse: the token id of each value 0..n-1 written as one token (-1 where the tokenizer splits
-    it). A run of such tokens is read as one number, digit group by digit group ("1", "2", "7" is 127)."""
+    it). A run of such tokens is read as one number, digit group by digit group ("1", "2", "7" is 127). Ids
+    are distinct, and at least one is not -1."""
 
     computer_copy_ordinals: int = 16
     """Ordinal embeddings of the copy parse: the k-th number token of a sequence gets embedding k (numbers past
@@ -138,14 +174,53 @@ class LlamaDCompConfig(LlamaConfig):
     computer_ops: list[str] = field(default_factory=lambda: list(OP_NAMES))
     """The instruction set the program tensors index, in order (dcomp_isa.OP_NAMES when the model was built): a
     checkpoint from another instruction set fails to load with a message naming the ops that differ."""
+    trained_sequence_length: int | None = None
+    """Longest sequence (tokens) the model was trained on, recorded by the trainer; the model warns on a longer
+    input, whose answers are unreliable. None: `max_position_embeddings` is the limit."""
 
     def __post_init__(self, **kwargs):
+        _warn_misspelt_fields(kwargs)
         super().__post_init__(**kwargs)
         # Keep entries already there: a config loaded from the Hub names them "<repo>--module.Class".
         self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
-        for name in REAL_FIELDS:  # `1` in a JSON file or a call means 1.0
+        for name in REAL_FIELDS:  # `1` in a JSON file or a call means 1.0 (checked by the assignment)
             setattr(self, name, float(getattr(self, name)))
         self.check_computer()
+
+    def __setattr__(self, name, value):
+        """An assignment to a `computer_*` / `library_*` field of a built config re-runs `check_computer`; when that
+        fails the field keeps its old value. (Before `PreTrainedConfig.__post_init__` has finished, fields are
+        set one by one and checked together at its end.)"""
+        checked = name.startswith(COMPUTER_PREFIXES) and self.__dict__.get("_post_init_done", False)
+        previous = self.__dict__.get(name)
+        super().__setattr__(name, value)
+        if checked and not self.__dict__.get("_computer_checks_deferred", False):
+            try:
+                self.check_computer()
+            except ValueError:
+                super().__setattr__(name, previous)
+                raise
+
+    def update(self, config_dict: dict) -> None:
+        """`PreTrainedConfig.update`, checked once for the whole change; when the check fails nothing changes."""
+        previous = dict(self.__dict__)
+        self.__dict__["_computer_checks_deferred"] = True
+        try:
+            super().update(config_dict)
+            del self.__dict__["_computer_checks_deferred"]
+            self.check_computer()
+        except ValueError:
+            self.__dict__.clear()
+            self.__dict__.update({key: value for key, value in previous.items() if key != "_computer_checks_deferred"})
+            raise
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """`PreTrainedConfig.from_dict`, with `computer_*` / `library_*` keyword overrides (e.g. from
+        `from_pretrained(folder, computer_layer=5)`) built into the config and checked with the rest, instead of
+        assigned one by one afterwards."""
+        overrides = {key: kwargs.pop(key) for key in list(kwargs) if key.startswith(COMPUTER_PREFIXES)}
+        return super().from_dict({**config_dict, **overrides}, **kwargs)
 
     def check_computer(self) -> None:
         """Raises `ValueError` naming the first field that cannot work (also run after an install)."""
@@ -160,7 +235,11 @@ class LlamaDCompConfig(LlamaConfig):
             "computer_layer",
             f"must be in [0, num_hidden_layers={self.num_hidden_layers})",
         )
-        require(n >= 2, "computer_values", "n must be at least 2")
+        require(2 <= n <= MAX_VALUES, "computer_values", f"n must be in [2, MAX_VALUES={MAX_VALUES}]")
+        # at least one data register below the return stack and one return-stack register
+        require(registers >= 2, "computer_registers", "must be at least 2 (computer_call_depth >= 1 of them)")
+        for name in REAL_FIELDS:
+            require(math.isfinite(getattr(self, name)), name, "must be a finite number")
         require(self.computer_program_lines >= 1, "computer_program_lines", "must be at least 1")
         require(
             n >= self.computer_program_lines + 1,
@@ -183,7 +262,9 @@ class LlamaDCompConfig(LlamaConfig):
             "computer_memory_size",
             f"must be in [1, computer_values={n}] (addresses are values)",
         )
-        require(self.computer_max_steps >= 1, "computer_max_steps", "must be at least 1")
+        require(
+            1 <= self.computer_max_steps <= MAX_STEPS, "computer_max_steps", f"must be in [1, MAX_STEPS={MAX_STEPS}]"
+        )
         require(0.0 < self.computer_halt_threshold <= 1.0, "computer_halt_threshold", "must be in (0, 1]")
         require(self.computer_lanes >= 1, "computer_lanes", "must be at least 1")
         require(
@@ -241,12 +322,25 @@ class LlamaDCompConfig(LlamaConfig):
             "computer_number_token_ids",
             f"must be token ids in [0, vocab_size={self.vocab_size}) or -1 (none)",
         )
+        tokens = [token for token in self.computer_number_token_ids if token != -1]
+        require(
+            not self.computer_number_token_ids or bool(tokens),
+            "computer_number_token_ids",
+            "all are -1: no value is written as one token, so the copy parse could read nothing",
+        )
+        repeated = sorted({token for token in tokens if tokens.count(token) > 1})
+        require(not repeated, "computer_number_token_ids", f"token ids {repeated} stand for more than one value")
         require(self.computer_copy_ordinals >= 1, "computer_copy_ordinals", "must be at least 1")
         require(self.computer_copy_dim >= 1, "computer_copy_dim", "must be at least 1")
         require(
             list(self.computer_ops) == list(OP_NAMES),
             "computer_ops",
             f"the checkpoint's instruction set differs from dcomp_isa's ({_isa_difference(self.computer_ops)})",
+        )
+        require(
+            self.trained_sequence_length is None or self.trained_sequence_length >= 1,
+            "trained_sequence_length",
+            "must be at least 1 (or None)",
         )
 
 
@@ -258,6 +352,17 @@ def _isa_difference(ops) -> str:
     parts = [f"not in the checkpoint: {', '.join(missing)}"] if missing else []
     parts += [f"unknown to this code: {', '.join(extra)}"] if extra else []
     return "; ".join(parts) or f"the same ops in another order; this code has {', '.join(OP_NAMES)}"
+
+
+def _warn_misspelt_fields(kwargs: dict) -> None:
+    """Warns about keywords that are no field but look like a misspelt `computer_*` / `library_*` one (unknown
+    keywords are otherwise kept as plain attributes, as transformers does)."""
+    fields = [name for name in LlamaDCompConfig.__dataclass_fields__ if name.startswith(COMPUTER_PREFIXES)]
+    for key in kwargs:
+        close = difflib.get_close_matches(key, fields, n=1, cutoff=0.8)
+        if key.startswith(COMPUTER_PREFIXES) or close:
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            warnings.warn(f"LlamaDCompConfig has no field {key!r}: it is ignored{hint}", UserWarning, stacklevel=4)
 
 
 LlamaDCompConfig.register_for_auto_class()

@@ -22,7 +22,10 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import hashlib
+import itertools
 import json
+import math
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -86,6 +89,70 @@ def library_fingerprint(program: ProgramTensors, programs: Sequence[str], entry_
     index = {"programs": list(programs), "entry_points": list(entry_points), "ops": list(OP_NAMES)}
     index = hashlib.sha256(json.dumps(index).encode())
     return f"tensors={tensors.hexdigest()[:FINGERPRINT_HEX]};index={index.hexdigest()[:FINGERPRINT_HEX]}"
+
+
+# Config fields that change what the computer answers besides the program tensors and their index: where it runs,
+# the machine's sizes and run limits, how inputs are selected and parsed and which register is read out. The
+# installer records a hash of each in `config.library_fingerprint` (`convention_fingerprint`), so a config.json
+# edited after the install, or a `from_pretrained` keyword override, fails to load naming the field.
+ANSWER_FIELDS = (
+    "computer_layer",
+    "computer_values",
+    "computer_registers",
+    "computer_memory_size",
+    "computer_call_depth",
+    "computer_max_steps",
+    "computer_halt_threshold",
+    "computer_alu",
+    "computer_output",
+    "computer_selection_temperature",
+    "computer_parse",
+    "computer_number_token_ids",
+    "computer_copy_ordinals",
+    "computer_copy_dim",
+    "library_input_registers",
+    "library_memory_inputs",
+    "library_output_register",
+)
+# Length (hex digits) of each field's hash in `convention_fingerprint`.
+FIELD_HEX = 8
+
+
+def convention_fingerprint(config) -> str:
+    """`<field>=<sha256 of its JSON value>` for every field of `ANSWER_FIELDS`, `;`-joined: one hash per field, so a
+    mismatch names the field."""
+    return ";".join(
+        f"{name}={hashlib.sha256(json.dumps(getattr(config, name)).encode()).hexdigest()[:FIELD_HEX]}"
+        for name in ANSWER_FIELDS
+    )
+
+
+def fingerprint_parts(fingerprint: str) -> dict[str, str]:
+    """`{part: hash}` of a `config.library_fingerprint`; raises `LibraryMismatchError` on anything the installer
+    does not write."""
+    parts = [part.partition("=") for part in fingerprint.split(";")]
+    if not all(key and separator and value for key, separator, value in parts):
+        raise LibraryMismatchError(
+            f"config.library_fingerprint={fingerprint!r} is not a fingerprint written by the installer "
+            "('tensors=<hex>;index=<hex>;<field>=<hex>;…'): reinstall the library (library.install.install_library)"
+        )
+    return {key: value for key, _, value in parts}
+
+
+def check_answer_fields(config) -> None:
+    """Raises `LibraryMismatchError` naming the first field of `ANSWER_FIELDS` whose value is not the one the
+    library was installed with (per `config.library_fingerprint`; fields it records no hash of are not judged)."""
+    if config.library_fingerprint is None:
+        return
+    recorded = fingerprint_parts(config.library_fingerprint)
+    for name, digest in fingerprint_parts(convention_fingerprint(config)).items():
+        if recorded.get(name, digest) != digest:
+            raise LibraryMismatchError(
+                f"config.{name}={getattr(config, name)!r} is not the value the library was installed with "
+                f"(config.library_fingerprint records another): config.json was edited or {name} was passed to "
+                "from_pretrained. The computer's answers depend on it: restore it, or reinstall the library "
+                "(library.install.install_library) to change it"
+            )
 
 
 def halt_program(lines: int, lanes: int, num_registers: int, n: int) -> ProgramTensors:
@@ -189,6 +256,25 @@ class ComputerTrace:
     halted: float  # halting probability h at the end of the run
     steps: int  # interpreter steps of the batched run
     output_register: int  # the register `output` reads
+    # numbers written up to the position that are no value 0..n-1 (`unrepresentable_numbers`): the computer
+    # cannot read them, so its answer is not about them; None when not checked (no tokenizer given)
+    unrepresentable: list[str] | None = None
+
+
+# A number as written in a prompt: digits, with a minus sign if one is attached.
+WRITTEN_NUMBER = re.compile(r"-?\d+")
+
+
+def unrepresentable_numbers(text: str, n: int) -> list[str]:
+    """The numbers written in `text` that are no value 0..n-1 in canonical decimal: negative, n or more, or written
+    with leading zeros or non-ASCII digits. The computer holds values mod n and its parse reads the number
+    tokens "0" … "n-1", so it silently answers something else for these ("Add 200 and 300" with n = 128)."""
+
+    def representable(written: str) -> bool:  # the length test first: int() of 5000 digits raises
+        canonical = written.isascii() and written.isdigit() and len(written) <= len(str(n - 1))
+        return canonical and str(int(written)) == written and int(written) < n
+
+    return [written for written in WRITTEN_NUMBER.findall(text) if not representable(written)]
 
 
 def _top_k(probs: torch.Tensor, k: int) -> list[tuple[int, float]]:
@@ -458,6 +544,13 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
     config_class = LlamaDCompConfig
     _no_split_modules = ["LlamaDCompDecoderLayer"]
 
+    def post_init(self):
+        """`PreTrainedModel.post_init`, after `check_answer_fields`: a config whose answer-changing fields differ
+        from the installed library's builds no model (so `from_pretrained` names the field before it loads any
+        weight, whose shapes may follow the changed field)."""
+        check_answer_fields(self.config)
+        super().post_init()
+
     def _init_weights(self, module):
         """Base Llama init, plus the computer: the gate from `computer_gate_init`, the placeholder library and the
         config's entry points in the library buffers, fresh ALU tables. Guarded (`transformers.initialization`):
@@ -506,17 +599,10 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
             "computer_lanes": program.lanes,
             "library_programs": list(programs),
             "library_entry_points": entry_points,
-            "library_fingerprint": library_fingerprint(program, programs, entry_points),
+            "library_fingerprint": f"{library_fingerprint(program, programs, entry_points)};"
+            f"{convention_fingerprint(config)}",
         }
-        previous = {name: getattr(config, name) for name in fields}
-        try:
-            for name, value in fields.items():
-                setattr(config, name, value)
-            config.check_computer()
-        except ValueError:
-            for name, value in previous.items():  # leave the model as it was
-                setattr(config, name, value)
-            raise
+        config.update(fields)  # checked as a whole; on failure the config (and so the model) stays as it was
         for computer in self._computers():
             computer.set_library(
                 program, config.library_programs, config.library_entry_points, config.initializer_range
@@ -524,9 +610,18 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
         self.verify_library()
 
     def verify_library(self) -> None:
-        """Raises `LibraryMismatchError` naming the mismatch when the library buffers do not match the config
-        (run by `from_pretrained` after loading)."""
+        """Raises `LibraryMismatchError` naming the mismatch when the library buffers, or a field of
+        `ANSWER_FIELDS`, do not match the config's fingerprint, or when no decoder layer holds the computer (run by
+        `from_pretrained` after loading)."""
         config = self.config
+        check_answer_fields(config)
+        expected_parts = {} if config.library_fingerprint is None else fingerprint_parts(config.library_fingerprint)
+        convention = fingerprint_parts(convention_fingerprint(config))
+        if not self._computers():
+            raise LibraryMismatchError(
+                f"no decoder layer holds the computer (config.computer_layer={config.computer_layer}, "
+                f"num_hidden_layers={config.num_hidden_layers}): there is no library to run"
+            )
         if config.library_fingerprint is None:
             if config.library_programs:
                 raise LibraryMismatchError(
@@ -547,8 +642,7 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
                     f"tensors have {computer.program.lines} lines"
                 )
             actual = library_fingerprint(computer.program, config.library_programs, config.library_entry_points)
-            expected_parts = dict(part.split("=") for part in config.library_fingerprint.split(";"))
-            actual_parts = dict(part.split("=") for part in actual.split(";"))
+            actual_parts = fingerprint_parts(actual)
             if actual_parts["tensors"] != expected_parts.get("tensors"):
                 raise LibraryMismatchError(
                     "the program tensors in the weights (buffers program_op/a/b/out/imm) do not match "
@@ -567,13 +661,31 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
                     raise LibraryMismatchError(
                         f"the ALU table buffer machine.alu.{name} does not match its definition in dcomp_alu"
                     )
+        unrecorded = [name for name in convention if name not in expected_parts]
+        if unrecorded:
+            raise LibraryMismatchError(
+                f"config.library_fingerprint records no hash of {unrecorded} (written by an older installer, or "
+                "edited): reinstall the library (library.install.install_library) and save again"
+            )
+
+    def verify_finite_weights(self) -> None:
+        """Raises `ValueError` naming the first parameter or floating-point buffer that holds NaN or inf (a
+        corrupted or diverged checkpoint would otherwise load and generate nonsense). One read of each tensor: its
+        min and max, which are NaN or ±inf exactly when some entry is."""
+        for name, tensor in itertools.chain(self.named_parameters(), self.named_buffers()):
+            if tensor.is_floating_point() and tensor.numel() and tensor.device.type != "meta":
+                low, high = (float(bound) for bound in tensor.detach().aminmax())
+                if not (math.isfinite(low) and math.isfinite(high)):
+                    raise ValueError(f"the weights are not finite: {name} holds NaN or inf (min {low}, max {high})")
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, then `verify_library` (a mismatched checkpoint fails loudly)."""
+        """`PreTrainedModel.from_pretrained`, then `verify_library` and `verify_finite_weights` (a mismatched or
+        corrupted checkpoint fails loudly)."""
         loaded = super().from_pretrained(*args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         model.verify_library()
+        model.verify_finite_weights()
         return loaded
 
     def init_output_from_embeddings(self, token_ids: Sequence[int | Sequence[int]]) -> None:
@@ -601,10 +713,13 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         computer_mask: torch.Tensor | None = None,
         top_k: int = 3,
+        tokenizer=None,
     ) -> list[ComputerTrace]:
         """Runs the model (up to its last layer, no LM head) and returns, for every position where the computer
         ran (the same positions as in `forward`), what it selected, parsed and computed. Render with
-        `library.install.explain` (which decompiles the selected program)."""
+        `library.install.explain` (which decompiles the selected program). With the model's `tokenizer`, each
+        trace also lists the numbers written up to its position that the computer cannot represent
+        (`ComputerTrace.unrepresentable`, `unrepresentable_numbers`), and a warning names them."""
         with record_computer_runs() as records:
             self.base_model(
                 input_ids=input_ids, attention_mask=attention_mask, computer_mask=computer_mask, use_cache=False
@@ -634,7 +749,21 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
                         halted=float(run.state.halted[row]),
                         steps=run.steps,
                         output_register=computer.output_register,
+                        unrepresentable=None
+                        if tokenizer is None
+                        else unrepresentable_numbers(
+                            tokenizer.decode(input_ids[batch_index, : position + 1], skip_special_tokens=True),
+                            computer.n,
+                        ),
                     )
+                )
+        for trace in traces:
+            if trace.unrepresentable:
+                warnings.warn(
+                    f"batch {trace.batch_index}, position {trace.position}: the numbers {trace.unrepresentable} are "
+                    f"no values 0..{computer.n - 1}, which is all the computer holds: its answer is not about them",
+                    UserWarning,
+                    stacklevel=3,
                 )
         return traces
 
@@ -679,6 +808,11 @@ class LlamaDCompModel(LlamaDCompPreTrainedModel, LlamaModel):
         device: torch.device,
     ) -> torch.Tensor:
         """Boolean `(batch, seq)`: where the computer runs in this call (see the class docstring)."""
+        if computer_mask is not None and (computer_mask.dim() != 2 or computer_mask.shape[0] != batch_size):
+            raise ValueError(
+                f"computer_mask has shape {tuple(computer_mask.shape)}, expected (batch={batch_size}, L): one row per "
+                "sequence, one column per absolute position (cached tokens included)"
+            )
         positions = torch.ones(batch_size, seq_length, dtype=torch.bool, device=device)
         if attention_mask is not None and attention_mask.dim() == 2:
             positions = positions & attention_mask[:, -seq_length:].to(device=device, dtype=torch.bool)
@@ -701,7 +835,20 @@ class LlamaDCompModel(LlamaDCompPreTrainedModel, LlamaModel):
     ) -> BaseModelOutputWithPast:
         reference = input_ids if input_ids is not None else inputs_embeds  # (batch, seq[, hidden])
         if reference is not None:
+            if reference.dim() < 2 or reference.shape[1] == 0:
+                raise ValueError(
+                    f"the input has shape {tuple(reference.shape)}: give at least one token per sequence "
+                    "(batch, seq >= 1)"
+                )
             past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+            trained = self.config.trained_sequence_length or self.config.max_position_embeddings
+            if past_length + reference.shape[1] > trained:
+                warnings.warn(
+                    f"the input is longer than {trained} tokens, the longest the model was trained on "
+                    "(config.trained_sequence_length, else max_position_embeddings): answers past it are unreliable",
+                    UserWarning,
+                    stacklevel=2,
+                )
             kwargs["computer_positions"] = self.computer_positions(
                 reference.shape[0], reference.shape[1], attention_mask, computer_mask, past_length, reference.device
             )
@@ -772,12 +919,16 @@ LlamaDCompModel.register_for_auto_class("AutoModel")
 LlamaDCompForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
 __all__ = [
+    "ANSWER_FIELDS",
     "ComputerTrace",
     "LibraryMismatchError",
     "LlamaDCompComputer",
     "LlamaDCompForCausalLM",
     "LlamaDCompModel",
     "LlamaDCompPreTrainedModel",
+    "check_answer_fields",
+    "convention_fingerprint",
     "library_fingerprint",
     "record_computer_runs",
+    "unrepresentable_numbers",
 ]

@@ -84,10 +84,14 @@ def from_llama(
     config = LlamaDCompConfig(**{**base, **computer_kwargs, "computer_layer": computer_layer})
     compiled = compile_for(library, config)
     tensors = compiled.tensors
-    config.computer_program_lines, config.computer_lanes = tensors.lines, tensors.lanes
-    config.library_programs = list(compiled.names)
-    config.library_entry_points = list(compiled.entry_points.values())
-    config.check_computer()
+    config.update(
+        {
+            "computer_program_lines": tensors.lines,
+            "computer_lanes": tensors.lanes,
+            "library_programs": list(compiled.names),
+            "library_entry_points": list(compiled.entry_points.values()),
+        }
+    )
     config._attn_implementation = llama.config._attn_implementation  # the same attention kernel: the same logits
 
     default_dtype = torch.get_default_dtype()
@@ -132,8 +136,9 @@ def save_model_with_tokenizer(
 
 
 def explain(traces: Sequence[ComputerTrace], model: LlamaDCompPreTrainedModel) -> str:
-    """Text for `model.trace_computer(...)`: per position, the selected programs, the parsed inputs, the result,
-    halting and steps, and the decompiled listing of the most likely program (uncertain choices annotated)."""
+    """Text for `model.trace_computer(...)`: per position, the selected programs, the numbers of the prompt the
+    computer cannot represent (when traced with the tokenizer), the parsed inputs, the result, halting and steps,
+    and the decompiled listing of the most likely program (uncertain choices annotated)."""
     program, names, entry_points = model.get_library()
     labels = dict(zip(names, entry_points))
     listing = decompile(program, labels=labels, name="library").splitlines()
@@ -150,6 +155,12 @@ def explain(traces: Sequence[ComputerTrace], model: LlamaDCompPreTrainedModel) -
             f"  {selected} (lines {trace.program_lines[0]}..{trace.program_lines[1] - 1}):",
             *(f"  {line}" for line in _program_listing(listing, selected, labels)),
         ]
+        if trace.unrepresentable:
+            lines.insert(
+                1,
+                f"  ! {', '.join(trace.unrepresentable)}: no values 0..{model.config.computer_values - 1}, so the "
+                "computer cannot read them and this answer is not about them",
+            )
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + ("\n" if blocks else "")
 
