@@ -63,6 +63,8 @@ def shift_labels(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torc
     """`labels (batch, seq)` moved one position left, `ignore_index` last: position t holds the label that
     position t's logits predict (the next token)."""
     return nn.functional.pad(labels, (0, 1), value=ignore_index)[:, 1:]
+
+
 # Program tensors are stored and run in float32 whatever the model's dtype: the machine multiplies
 # distributions for up to `computer_max_steps` steps, and one-hot programs must stay exact.
 PROGRAM_DTYPE = torch.float32
@@ -525,9 +527,7 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
         for name, parameter in self.named_parameters():
             if parameter.requires_grad:
                 groups.setdefault(group(name), []).append(parameter)
-        return [
-            {"name": name, "params": params, "lr": learning_rates[name]} for name, params in sorted(groups.items())
-        ]
+        return [{"name": name, "params": params, "lr": learning_rates[name]} for name, params in sorted(groups.items())]
 
     def get_library(self) -> tuple[ProgramTensors, list[str], list[int]]:
         """The installed library: program tensors (buffer views), program names and entry points."""

@@ -3,19 +3,13 @@ the pieces they rely on are exact, and both scripts run end to end in their --qu
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-
-import circuits_vs_tables as cvt
-import minimal_network as mn
-from common import MachineTool, select
-
 from dcomp_machine import RegisterMachine, one_hot_values
+from experiments import circuits_vs_tables as cvt
+from experiments import minimal_network as mn
+from experiments.common import MachineTool, select
 
 N = 16
 PROGRAMS = ("add", "sub", "fib")

@@ -165,9 +165,9 @@ def test_predict_prints_the_answer_and_the_trace(tiny_run, env):
 
 
 def test_resume_continues_from_the_last_complete_checkpoint_after_a_kill(env, tmp_path):
-    """While the run holds the folder a second run is refused; killed, it resumes from its last complete
-    checkpoint (not from a partial one a kill mid-save leaves) and ends where an uninterrupted run ends; a resume
-    with another seed, or into a folder without checkpoints, is refused."""
+    """Killed, a run resumes from its last complete checkpoint (not from a partial one a kill mid-save leaves) and
+    ends where an uninterrupted run ends; a resume with another seed, or into a folder without checkpoints, is
+    refused."""
     out = tmp_path / "out"
     args = [*TINY, "--max_steps", "24", "--save_steps", "4", "--output_dir", str(out)]
     process = subprocess.Popen(
@@ -182,8 +182,6 @@ def test_resume_continues_from_the_last_complete_checkpoint_after_a_kill(env, tm
     while not (out / "checkpoint-8" / "trainer_state.json").exists():
         assert process.poll() is None and time.time() < deadline, "the run ended before its checkpoint"
         time.sleep(0.2)
-    refused = run_train(env, tmp_path, *args, status=1)
-    assert f"another train.py run (pid {process.pid}) is writing to {out}" in refused
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert not (out / "checkpoint-24").exists() and not (out / "model.safetensors").exists()
@@ -215,6 +213,29 @@ def test_resume_continues_from_the_last_complete_checkpoint_after_a_kill(env, tm
 
 def summary(out: Path) -> dict:
     return json.loads((out / "run_summary.json").read_text())
+
+
+def test_a_second_run_into_a_held_folder_is_refused(env, tmp_path):
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *TINY, "--max_steps", "100000", "--output_dir", str(out)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 240
+        while not (out / "_train.lock").is_file() or (out / "_train.lock").read_text() != str(process.pid):
+            assert process.poll() is None and time.time() < deadline, "the run ended before it took the lock"
+            time.sleep(0.2)
+        refused = run_train(env, tmp_path, *TINY, "--output_dir", str(out), status=1)
+        assert f"another train.py run (pid {process.pid}) is writing to {out}" in refused
+        assert process.poll() is None  # the first run goes on
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def test_resume_verifies_the_checkpoint_library(tiny_run, env, tmp_path):
