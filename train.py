@@ -156,9 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with output_lock(Path(arguments[-1].output_dir)):
             train(*arguments)
-    except ArgumentError as error:
-        sys.exit(f"train.py: error: {error}")
-    except (TrainingError, LibraryMismatchError) as error:
+    except (ArgumentError, TrainingError, LibraryMismatchError) as error:  # a message for the user, no traceback
         sys.exit(f"train.py: error: {error}")
 
 

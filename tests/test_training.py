@@ -15,7 +15,7 @@ from transformers import TrainingArguments
 
 from library.interpreter import run_reference
 from library.stdlib import link, load_program
-from library.training.arguments import RESUME_FIXED, parse_arguments, resume_mismatches, settings
+from library.training.arguments import RESUME_FIXED, ArgumentError, parse_arguments, resume_mismatches, settings
 from library.training.data import AnswerCollator, build_datasets, library_sources, task_spec
 from library.training.models import build_model, build_tokenizer, parse_kind
 from library.training.predict import number_starts
@@ -109,6 +109,11 @@ def test_bad_arguments_exit_with_a_message_naming_the_argument(argv, message, ca
     with pytest.raises(SystemExit) as exit_:
         arguments(*argv)
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_too_few_values_for_the_split_sizes_is_an_argument_error(cache):
+    with pytest.raises(ArgumentError, match="--n 3 with these split sizes: could only draw 3 distinct 'test'"):
+        task("--n", "3", "--train_size", "50", "--validation_size", "5", "--test_size", "5")
 
 
 def test_a_computer_layer_the_model_lacks_is_refused(cache):

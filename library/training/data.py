@@ -16,6 +16,7 @@ from torch.nn.utils.rnn import pad_sequence
 from library import tasks as task_library
 from library.stdlib import STANDARD_PROGRAMS, program_path
 from library.tokenizer import fingerprint
+from library.training.arguments import ArgumentError
 from modeling_llama_dcomp import IGNORE_INDEX, shift_labels
 
 NUMBER = re.compile(r"\d+")
@@ -133,7 +134,10 @@ def test_pairs_split(spec: TaskSpec, train, test, seed: int):
 def build_datasets(args, spec: TaskSpec, tokenizer, seed: int):
     """Tokenized splits of `args` (`DataArguments`) drawn with `seed`: train, validation, test, test_pairs (and
     test_long for fibonacci and lists)."""
-    raw = task_library.load_task(spec.builder, n=args.n, seed=seed, **spec.builder_kwargs)
+    try:
+        raw = task_library.load_task(spec.builder, n=args.n, seed=seed, **spec.builder_kwargs)
+    except ValueError as error:  # too few distinct examples for the split sizes at this n
+        raise ArgumentError(f"--n {args.n} with these split sizes: {error}") from error
     raw["test_pairs"] = test_pairs_split(spec, raw["train"], raw["test"], seed)
     data = task_library.tokenize_for_causal_lm(raw, tokenizer)
     data = add_number_positions(data, tokenizer, spec) if spec.answer_per_number else data
