@@ -225,7 +225,12 @@ def parse_arguments(
     """The command line, or one JSON/YAML file as the only argument; a bad value exits with status 2 and a
     message naming the argument (argparse's convention)."""
     argv = sys.argv[1:] if argv is None else argv
-    parser = HfArgumentParser(ARGUMENTS, prog="train.py")
+    parser = HfArgumentParser(
+        ARGUMENTS,
+        prog="train.py",
+        description="Train a LlamaDComp model on a library.tasks task (docs/TRAINING.md). The arguments may also "
+        "come from one JSON or YAML file: train.py config.yaml. Prediction: train.py predict --model DIR PROMPT.",
+    )
     try:
         if len(argv) == 1 and argv[0].endswith(".json"):
             return parser.parse_json_file(argv[0])
