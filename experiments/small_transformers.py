@@ -80,7 +80,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--runs",
         type=Path,
         default=REPO / "runs" / "small_transformers",
-        help="one folder per run under this (default: %(default)s)",
+        help="one folder per run under <this>/<task> (default: %(default)s)",
     )
     parser.add_argument(
         "--results",
@@ -158,7 +158,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     started = time.time()
     arms = {arm: ARMS[arm] for arm in args.arms}
-    results = run_arms(arms, args.seeds, ["--task", args.task, *args.train_args], args.runs, workers=args.workers)
+    root = args.runs / args.task  # one folder per task: the runner reuses any finished run it finds
+    results = run_arms(arms, args.seeds, ["--task", args.task, *args.train_args], root, workers=args.workers)
     text = report(results, args, time.time() - started)
     print(text)
     args.results.parent.mkdir(parents=True, exist_ok=True)

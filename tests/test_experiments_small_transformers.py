@@ -94,7 +94,8 @@ def test_quick_run_end_to_end_reports_the_runs_summaries(tmp_path):
     argv = ["--quick", "--task", "fibonacci", "--arms", "computer", "--runs", str(tmp_path / "runs")]
     argv += ["--results", str(tmp_path / "results.md"), "--plot", str(tmp_path / "curves.png")]
     results = st.main(argv)
-    written = json.loads((runner.run_folder(tmp_path / "runs", "computer", 0) / "run_summary.json").read_text())
+    folder = runner.run_folder(tmp_path / "runs" / "fibonacci", "computer", 0)
+    written = json.loads((folder / "run_summary.json").read_text())
     assert results["computer", 0] == written and written["steps"] == 2 and len(written["learning_curve"]) == 2
     test = written["metrics"]["test"]["exact_match"]
     assert f"| computer | {100 * test:.1f} |" in (tmp_path / "results.md").read_text()
