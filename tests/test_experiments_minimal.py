@@ -89,6 +89,7 @@ def test_tied_network_runs_unchanged_at_any_width():
         assert torch.equal(logits.argmax(-1), data.answers)
 
 
+@pytest.mark.slow  # trains
 def test_minimal_network_quick_run():
     results = mn.main(["--quick", "--variants", "paper", "init+bootstrap"])
     assert set(results) == {"paper/1/0", "init+bootstrap/1/0"}
@@ -98,6 +99,7 @@ def test_minimal_network_quick_run():
     assert all(0.0 <= bootstrap[key] <= 100.0 for key in ("table", "swap", "test", "decoded"))
 
 
+@pytest.mark.slow  # trains
 def test_circuits_vs_tables_quick_run():
     results = cvt.main(["--quick", "--networks", "tied"])
     assert set(results) == {f"tied/{arm}/0" for arm in cvt.ARMS}
