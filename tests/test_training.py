@@ -17,6 +17,7 @@ from library.interpreter import run_reference
 from library.stdlib import link, load_program
 from library.training.arguments import RESUME_FIXED, ArgumentError, parse_arguments, resume_mismatches, settings
 from library.training.data import AnswerCollator, build_datasets, library_sources, task_spec
+from library.training.losses import distribution_cross_entropy, value_nll
 from library.training.models import build_model, build_tokenizer, parse_kind
 from library.training.predict import number_starts
 from library.training.recipes import digit_classes, init_copy_parse
@@ -24,7 +25,6 @@ from library.training.trainer import (
     DCompTrainer,
     TrainingError,
     TrainingGuard,
-    distribution_cross_entropy,
     last_complete_checkpoint,
     output_lock,
 )
@@ -288,6 +288,8 @@ def test_digit_classes_and_the_cross_entropy_of_distributions():
         distribution_cross_entropy(probs[0], torch.tensor([1, 2])),
         -(torch.tensor(0.5).log() + torch.tensor(0.75).log()) / 2,
     )
+    nll = value_nll(probs, torch.tensor([[1, -100]]))  # per item, 0 where ignored
+    assert nll.shape == (1, 2) and torch.allclose(nll, torch.tensor([[-torch.tensor(0.5).log(), 0.0]]))
 
 
 # ------------------------------------------------------------------------------------------------ the trainer

@@ -16,6 +16,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from library.training.arguments import resume_mismatches
+from library.training.losses import distribution_cross_entropy
 from modeling_llama_dcomp import LlamaDCompPreTrainedModel, record_computer_runs
 
 # Trainer.push_to_hub leaves out names starting with "_": the lock is no part of the published model.
@@ -25,13 +26,6 @@ SETTINGS_FILE = "run_settings.json"
 
 class TrainingError(RuntimeError):
     """A run that cannot go on: the message says why and what to do; train.py exits with it (status 1)."""
-
-
-def distribution_cross_entropy(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean −log p(target) of value distributions `probs (..., n)` (the machine's, already normalised) at
-    `targets (...)`; targets equal to -100 are ignored."""
-    log_probs = probs.clamp_min(1e-12).log().flatten(0, -2)  # (items, n)
-    return torch.nn.functional.nll_loss(log_probs, targets.flatten().to(probs.device))
 
 
 class DCompTrainer(Trainer):
