@@ -97,12 +97,15 @@ class TrainingGuard(TrainerCallback):
     @staticmethod
     def _check(model, step: int, output_dir: str, trainable_only: bool = True) -> None:
         parameters = [p for p in model.parameters() if p.requires_grad or not trainable_only]
-        # One fused norm per step (an element-wise scan of every weight costs more than a CPU step); it is
-        # finite exactly when every weight is, short of weights near float32's limit, which diverged anyway.
+        # One fused norm per step (an element-wise scan of every weight costs more than a CPU step): it is not
+        # finite when a weight is not, or when weights beyond ~1e19 overflow it, which means the run diverged.
         if bool(torch.nn.utils.get_total_norm(parameters).isfinite()):
             return
         broken = (name for name, p in model.named_parameters() if not torch.isfinite(p.detach()).all())
-        what = next((f"parameter {name} holds non-finite values" for name in broken), "the weights' norm overflows")
+        what = next(
+            (f"parameter {name} holds non-finite values" for name in broken),
+            "the weights' norm overflows (weights beyond ~1e19)",
+        )
         raise non_finite(what, step, output_dir)
 
 
