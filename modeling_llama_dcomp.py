@@ -27,7 +27,7 @@ import json
 import math
 import re
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -60,6 +60,14 @@ except ImportError:  # a checkout, where the run-time files are top-level module
 
 # Labels that the loss ignores (transformers' convention).
 IGNORE_INDEX = -100
+
+
+def shift_labels(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """`labels (batch, seq)` moved one position left, `ignore_index` last: position t holds the label that
+    position t's logits predict (the next token)."""
+    return nn.functional.pad(labels, (0, 1), value=ignore_index)[:, 1:]
+
+
 # Program tensors are stored and run in float32 whatever the model's dtype: the machine multiplies
 # distributions for up to `computer_max_steps` steps, and one-hot programs must stay exact.
 PROGRAM_DTYPE = torch.float32
@@ -358,6 +366,20 @@ class CopyParse(nn.Module):
         mix = mix[..., None].to(linear.dtype)  # (P, slots, 1)
         return mix * copied.to(linear.dtype) + (1 - mix) * linear
 
+    # -------------------------------------------------------------------------------------------- initialisation
+    @torch.no_grad()
+    def init_ordinals(self, copying: Mapping[int, int], scale: float) -> None:
+        """The copy prior: orthonormal ordinal embeddings (ordinals <= d); each slot s in `copying` starts
+        attending to ordinal `copying[s]` (query bias `scale · √d · E_ord[k]`) and copying (mix logit +scale),
+        every other slot starts on the linear parse (mix logit −scale)."""
+        nn.init.orthogonal_(self.ordinal.weight)
+        bias = self.query.bias.view(self.slots, self.dim)
+        bias.zero_()
+        self.mix.bias.fill_(-scale)
+        for slot, k in copying.items():
+            bias[slot] = scale * self.dim**0.5 * self.ordinal.weight[k]
+            self.mix.bias[slot] = scale
+
 
 class LlamaDCompComputer(nn.Module):
     """The computer block Δ with its library Λ (paper §3, Figure 1), run on the residual stream.
@@ -517,6 +539,25 @@ class LlamaDCompComputer(nn.Module):
     def extra_repr(self) -> str:
         return f"programs={self.program_names}, inputs={self.input_registers}, output=r{self.output_register}"
 
+    # -------------------------------------------------------------------------------------------- initialisation
+    @property
+    def num_slots(self) -> int:
+        """Parse slots: the input registers, then the parsed memory cells."""
+        return self.parse.out_features // self.n
+
+    @torch.no_grad()
+    def init_read_out(self, columns: torch.Tensor) -> None:
+        """W_out := `columns (hidden, n)`: column v is what the block writes into the residual stream for value v
+        (train.py: the LM-head row of v's token, so the computer writes what the LM head reads)."""
+        self.output_proj.weight.copy_(columns.to(self.output_proj.weight.dtype))
+
+    @torch.no_grad()
+    def init_parse_from_probe(self, slot: int, probe: torch.Tensor) -> None:
+        """The linear parse of `slot` := `probe (hidden, n)`: the logit of value v is `RMSNorm(h) · probe[:, v]`
+        (a linear probe fitted on the untrained model's hidden states, `library.training.recipes`)."""
+        n = self.n
+        self.parse.weight[slot * n : (slot + 1) * n] = probe.T.to(self.parse.weight.dtype)
+
 
 class LlamaDCompDecoderLayer(LlamaDecoderLayer):
     """A `LlamaDecoderLayer`; layer `config.computer_layer` also holds the computer and runs it on its output."""
@@ -576,13 +617,38 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
         """The computer block (inside decoder layer `config.computer_layer`)."""
         return self.base_model.layers[self.config.computer_layer].computer
 
-    def _computers(self) -> list[LlamaDCompComputer]:
+    def computers(self) -> list[LlamaDCompComputer]:
         """Every computer module (one, or more where an adapter keeps a trainable copy)."""
         return [module for module in self.modules() if isinstance(module, LlamaDCompComputer)]
 
+    def parameter_groups(self, learning_rates: Mapping[str, float]) -> list[dict]:
+        """The optimizer's parameter groups, one learning rate each (as nanoGPT's `configure_optimizers`):
+        "parse" (the computer's parse heads, linear and copy), "computer" (its selection head, norm and gate),
+        "embeddings" (embeddings, LM head, final norm, and W_out, which writes into the LM head's space) and
+        "layers" (everything else: decoder layers, LoRA adapters); trainable parameters only, groups in name
+        order. Parameters are grouped by name, so this also applies to a PEFT wrapper and, called as
+        `LlamaDCompPreTrainedModel.parameter_groups(llama, ...)`, to a plain Llama (embeddings and layers)."""
+
+        def group(name: str) -> str:
+            if ".computer.parse." in name or ".computer.copy_parse." in name:
+                return "parse"
+            if ".computer." in name and ".output_proj." not in name:
+                return "computer"
+            if any(part in name for part in ("embed_tokens", "lm_head", ".output_proj.")) or name.endswith(
+                "model.norm.weight"
+            ):
+                return "embeddings"
+            return "layers"
+
+        groups: dict[str, list[nn.Parameter]] = {}
+        for name, parameter in self.named_parameters():
+            if parameter.requires_grad:
+                groups.setdefault(group(name), []).append(parameter)
+        return [{"name": name, "params": params, "lr": learning_rates[name]} for name, params in sorted(groups.items())]
+
     def get_library(self) -> tuple[ProgramTensors, list[str], list[int]]:
         """The installed library: program tensors (buffer views), program names and entry points."""
-        computer = self._computers()[0]
+        computer = self.computers()[0]
         return computer.program, list(computer.program_names), [int(line) for line in computer.entry_points]
 
     def set_library(self, program: ProgramTensors, programs: Sequence[str], entry_points: Sequence[int]) -> None:
@@ -603,7 +669,7 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
             f"{convention_fingerprint(config)}",
         }
         config.update(fields)  # checked as a whole; on failure the config (and so the model) stays as it was
-        for computer in self._computers():
+        for computer in self.computers():
             computer.set_library(
                 program, config.library_programs, config.library_entry_points, config.initializer_range
             )
@@ -617,7 +683,7 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
         check_answer_fields(config)
         expected_parts = {} if config.library_fingerprint is None else fingerprint_parts(config.library_fingerprint)
         convention = fingerprint_parts(convention_fingerprint(config))
-        if not self._computers():
+        if not self.computers():
             raise LibraryMismatchError(
                 f"no decoder layer holds the computer (config.computer_layer={config.computer_layer}, "
                 f"num_hidden_layers={config.num_hidden_layers}): there is no library to run"
@@ -629,7 +695,7 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
                     "missing: install libraries with library.install.install_library"
                 )
             return
-        for computer in self._computers():
+        for computer in self.computers():
             entry_points = [int(line) for line in computer.entry_points]
             if entry_points != list(config.library_entry_points):
                 raise LibraryMismatchError(
@@ -701,7 +767,7 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
                 embeddings[torch.as_tensor(ids, device=embeddings.device)].reshape(-1, embeddings.shape[1]).mean(0)
                 for ids in token_ids
             ]
-            for computer in self._computers():
+            for computer in self.computers():
                 weight = computer.output_proj.weight  # (hidden, n)
                 weight.copy_(torch.stack(columns, dim=1).to(weight.dtype))
 
@@ -881,8 +947,7 @@ class LlamaDCompForCausalLM(LlamaDCompPreTrainedModel, LlamaForCausalLM):
     @staticmethod
     def labelled_positions(labels: torch.LongTensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
         """Boolean `(batch, seq)`: the positions whose logits predict a label (the next token is labelled)."""
-        shifted = nn.functional.pad(labels, (0, 1), value=ignore_index)[:, 1:]
-        return shifted != ignore_index
+        return shift_labels(labels, ignore_index) != ignore_index
 
     def forward(
         self,
@@ -899,7 +964,7 @@ class LlamaDCompForCausalLM(LlamaDCompPreTrainedModel, LlamaForCausalLM):
     ) -> CausalLMOutputWithPast:
         boolean_keep = isinstance(logits_to_keep, torch.Tensor) and logits_to_keep.dtype == torch.bool
         if labels is not None and boolean_keep and kwargs.get("shift_labels") is None:
-            shifted = nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]  # (batch, seq)
+            shifted = shift_labels(labels)  # (batch, seq)
             kwargs["shift_labels"] = shifted[logits_to_keep.to(shifted.device)]  # (kept,)
         return super().forward(
             input_ids=input_ids,

@@ -220,6 +220,8 @@ def build_model(name: str, args, special: tuple[int, int, int]):
 def run_one(name: str, args, batches: list[dict], special: tuple[int, int, int]) -> dict:
     import torch
 
+    from modeling_llama_dcomp import shift_labels
+
     ctypes.CDLL("libc.so.6").mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD (also stops its dynamic growth)
     torch.set_num_threads(args.threads)
     peaks = PeakTracker()
@@ -244,7 +246,7 @@ def run_one(name: str, args, batches: list[dict], special: tuple[int, int, int])
         labels = batch["labels"]
         kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels}
         if logits_at == "labelled":
-            shifted = torch.nn.functional.pad(labels, (0, 1), value=-100)[:, 1:]
+            shifted = shift_labels(labels)
             keep = shifted != -100  # positions whose next token is labelled
             kwargs.update(logits_to_keep=keep, shift_labels=shifted[keep])
         if computer_at == "answer position":

@@ -22,8 +22,8 @@ width, so the trained network runs unchanged with CircuitALU(256). For reference
 table ALU rebuilt at n = 256 (a 64× larger table per op): that the routing transfers is a property of the
 value-tied layers; what the circuit adds is that it needs no table at all (`table_bytes() == 0`).
 
-    python experiments/circuits_vs_tables.py --seeds 0 1 2 --plot docs/figures/circuits_vs_tables.png
-    python experiments/circuits_vs_tables.py --quick
+    python -m experiments.circuits_vs_tables --seeds 0 1 2 --plot docs/figures/circuits_vs_tables.png
+    python -m experiments.circuits_vs_tables --quick
 """
 
 from __future__ import annotations
@@ -35,7 +35,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from common import (
+from torch import nn
+from tqdm import tqdm
+
+from dcomp_alu import TableALU
+from dcomp_circuits import CircuitALU
+from dcomp_isa import ALU_OPS, alu_index_table
+from dcomp_machine import RegisterMachine, one_hot_values
+from experiments.common import (
     MachineTool,
     Timer,
     accuracy,
@@ -47,14 +54,8 @@ from common import (
     split_indices,
     train_epoch,
 )
-from minimal_network import MinimalNetwork, derangement
-from torch import nn
-from tqdm import tqdm
-
-from dcomp_alu import TableALU
-from dcomp_circuits import CircuitALU
-from dcomp_isa import ALU_OPS, alu_index_table
-from dcomp_machine import RegisterMachine, one_hot_values
+from experiments.minimal_network import MinimalNetwork, derangement
+from library.plotting import figure
 
 TASK_OPS = ("add", "sub", "mul", "max")
 SLOTS = 3  # x, y and a distractor z
@@ -363,30 +364,21 @@ def report(results: dict, networks: Sequence[str], seeds: Sequence[int], setting
 def plot_curves(results: dict, networks: Sequence[str], seeds: Sequence[int], settings: Settings, path: Path) -> None:
     """Test accuracy against epochs, one panel per network, one colour per arm: mean over seeds (thick) and
     single seeds (thin)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(networks), figsize=(6.0 * len(networks), 4.0), squeeze=False)
-    for ax, network in zip(axes[0], networks):
-        for arm, color in zip(ARMS, ("tab:blue", "tab:red", "tab:green")):
-            curves = torch.tensor([results[f"{network}/{arm}/{s}"]["curve"] for s in seeds])  # (seeds, points, 2)
-            for curve in curves:
-                ax.plot(curve[:, 0], curve[:, 1], color=color, linewidth=0.6, alpha=0.35)
-            ax.plot(curves[0, :, 0], curves[:, :, 1].mean(0), color=color, linewidth=2, label=arm)
-        ax.axvline(settings.swap_epochs, color="gray", linestyle=":", linewidth=1)
-        ax.set(
-            xlabel="epoch",
-            ylabel=f"test accuracy (%), n = {settings.n}",
-            ylim=(0, 101),
-            title=f"{network} network (dotted: the swap)",
-        )
-        ax.legend(loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, columns=len(networks), size=(6.0 * len(networks), 4.0)) as axes:
+        for ax, network in zip(axes[0], networks):
+            for arm, color in zip(ARMS, ("tab:blue", "tab:red", "tab:green")):
+                curves = torch.tensor([results[f"{network}/{arm}/{s}"]["curve"] for s in seeds])  # (seeds, points, 2)
+                for curve in curves:
+                    ax.plot(curve[:, 0], curve[:, 1], color=color, linewidth=0.6, alpha=0.35)
+                ax.plot(curves[0, :, 0], curves[:, :, 1].mean(0), color=color, linewidth=2, label=arm)
+            ax.axvline(settings.swap_epochs, color="gray", linestyle=":", linewidth=1)
+            ax.set(
+                xlabel="epoch",
+                ylabel=f"test accuracy (%), n = {settings.n}",
+                ylim=(0, 101),
+                title=f"{network} network (dotted: the swap)",
+            )
+            ax.legend(loc="lower right")
 
 
 if __name__ == "__main__":

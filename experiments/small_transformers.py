@@ -4,31 +4,29 @@ computer and without it (the baseline), over several seeds; the tasks' `test_lon
 generalisation (deeper recursion, longer lists than in training).
 
 Each run is one `train.py` process (`--threads 1`; `--workers` of them side by side) writing its folder under
-`--runs`; a folder that already holds `test_results.json` is not run again, so a killed experiment resumes
-where it stopped. The report puts test exact match (mean ± std (min–max) over seeds) next to the paper's.
+`--runs` (`experiments.runner`: a finished run is not run again, a killed one resumes). The report puts test exact
+match (mean ± std (min–max) over seeds, from each run's run_summary.json) next to the paper's.
 
-    python experiments/small_transformers.py                          # arithmetic mod 128: computer vs none
-    python experiments/small_transformers.py --task fibonacci         # Fibonacci depth 1-3 (+ 4-6 in test_long)
-    python experiments/small_transformers.py --task sort
-    python experiments/small_transformers.py --quick                  # smoke test (a minute)
+    python -m experiments.small_transformers                          # arithmetic mod 128: computer vs none
+    python -m experiments.small_transformers --task fibonacci         # Fibonacci depth 1-3 (+ 4-6 in test_long)
+    python -m experiments.small_transformers --task sort
+    python -m experiments.small_transformers --quick                  # smoke test (a minute)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import markdown_table, mean_spread
+from experiments.common import markdown_table
+from experiments.runner import REPO, run_arms, seed_cell
+from library.plotting import curves, figure
 
-REPO = Path(__file__).resolve().parents[1]
-ARMS = {"computer": [], "no computer": ["--no-computer"]}
+ARMS = {"computer": [], "no computer": ["--no_computer"]}
 # The paper's numbers (§4.2): the calculator after 62 epochs, Table 2 for Fibonacci, its later version's sort.
 PAPER = {
     "arithmetic": {"all": 99.2},
@@ -44,13 +42,13 @@ QUICK_ARGS = [
     "16",
     "--test-long-size",
     "16",
-    "--max-steps",
+    "--max_steps",
     "2",
-    "--eval-steps",
+    "--eval_steps",
     "1",
-    "--save-steps",
+    "--save_steps",
     "2",
-    "--batch-size",
+    "--per_device_train_batch_size",
     "8",
     "--hidden-size",
     "32",
@@ -82,7 +80,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--runs",
         type=Path,
         default=REPO / "runs" / "small_transformers",
-        help="one folder per run under this (default: %(default)s)",
+        help="one folder per run under <this>/<task> (default: %(default)s)",
     )
     parser.add_argument(
         "--results",
@@ -97,58 +95,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="validation curves, PNG (default: docs/figures/small_transformers_<task>.png)",
     )
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny data and model, 2 steps, seed 0")
-    parser.add_argument("train_args", nargs="*", help="more train.py options, after `--` (e.g. -- --epochs 3)")
+    parser.add_argument(
+        "train_args", nargs="*", help="more train.py options, after `--` (e.g. -- --num_train_epochs 3)"
+    )
     args = parser.parse_args(argv)
     args.command = shlex.join(
-        ["python", "experiments/small_transformers.py", *(sys.argv[1:] if argv is None else argv)]
+        ["python", "-m", "experiments.small_transformers", *(sys.argv[1:] if argv is None else argv)]
     )
     if args.quick:
         args.seeds, args.train_args = args.seeds[:1], QUICK_ARGS + args.train_args
     args.results = args.results or REPO / "docs" / f"results_small_transformers_{args.task}.md"
     args.plot = args.plot or REPO / "docs" / "figures" / f"small_transformers_{args.task}.png"
     return args
-
-
-def run_folder(args: argparse.Namespace, arm: str, seed: int) -> Path:
-    return args.runs / f"{args.task}-{arm.replace(' ', '-')}-seed{seed}"
-
-
-def train_once(args: argparse.Namespace, arm: str, seed: int) -> dict:
-    """One train.py run (skipped when its folder already has results); returns its test results, learning
-    curve and wall time."""
-    folder = run_folder(args, arm, seed)
-    done = folder / "test_results.json"
-    if not done.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        command = [
-            sys.executable,
-            str(REPO / "train.py"),
-            "--task",
-            args.task,
-            "--seed",
-            str(seed),
-            "--output-dir",
-            str(folder),
-            "--threads",
-            "1",
-            *ARMS[arm],
-            *args.train_args,
-        ]
-        if (folder / "trainer_state.json").exists() or any(folder.glob("checkpoint-*")):
-            command.append("--resume")
-        started = time.time()
-        with open(folder / "train.log", "w") as log:
-            finished = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        if finished.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed ({finished.returncode}); see {folder / 'train.log'}")
-        (folder / "wall_seconds.json").write_text(json.dumps(time.time() - started))
-    print(f"{args.task} / {arm} / seed {seed}: {done.read_text()}", flush=True)
-    wall = folder / "wall_seconds.json"
-    return {
-        "test": json.loads(done.read_text()),
-        "curve": json.loads((folder / "learning_curve.json").read_text()),
-        "seconds": json.loads(wall.read_text()) if wall.exists() else float("nan"),
-    }
 
 
 def group_label(task: str, key: str) -> str:
@@ -163,7 +121,7 @@ def report(results: dict[tuple[str, int], dict], args: argparse.Namespace, secon
     """Markdown: exact match per split, arm and group (mean ± std (min–max) over seeds, %), the paper's row
     above the test split's; then the wall time of every run and the command."""
     tables = []
-    for split, metrics in results[args.arms[0], args.seeds[0]]["test"].items():
+    for split, metrics in results[args.arms[0], args.seeds[0]]["metrics"].items():
         labels = [group_label(args.task, key) for key in metrics]
         rows = (
             [["paper", *(PAPER[args.task].get(label, "") for label in labels)]]
@@ -171,19 +129,11 @@ def report(results: dict[tuple[str, int], dict], args: argparse.Namespace, secon
             else []
         )
         for arm in args.arms:
-            rows.append(
-                [
-                    arm,
-                    *(
-                        mean_spread([100 * results[arm, seed]["test"][split][key] for seed in args.seeds])
-                        for key in metrics
-                    ),
-                ]
-            )
+            rows.append([arm, *(seed_cell(results, arm, args.seeds, split, key) for key in metrics)])
         tables.append(f"**{split}** (exact match, %, seeds {args.seeds})\n\n" + markdown_table(["arm", *labels], rows))
     times = markdown_table(
         ["arm", *(f"seed {seed}: wall (s)" for seed in args.seeds)],
-        [[arm, *(f"{results[arm, seed]['seconds']:.0f}" for seed in args.seeds)] for arm in args.arms],
+        [[arm, *(f"{results[arm, seed]['wall_seconds']:.0f}" for seed in args.seeds)] for arm in args.arms],
     )
     return "\n\n".join(
         [
@@ -197,44 +147,19 @@ def report(results: dict[tuple[str, int], dict], args: argparse.Namespace, secon
 
 def plot(results: dict[tuple[str, int], dict], args: argparse.Namespace) -> None:
     """Validation exact match against the training step: one line per run, a colour per arm."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
-    figure, axis = pyplot.subplots(figsize=(6.5, 3.8))
-    for colour, arm in enumerate(args.arms):
-        for i, seed in enumerate(args.seeds):
-            curve = results[arm, seed]["curve"]
-            axis.plot(
-                [p["step"] for p in curve],
-                [100 * p["validation_exact_match"] for p in curve],
-                color=f"C{colour}",
-                alpha=0.8,
-                marker=".",
-                label=arm if i == 0 else None,
-            )
-    axis.set(
-        xlabel="training step",
-        ylabel="validation exact match (%)",
-        ylim=(0, 101),
-        title=f"{args.task}: with and without the computer (seeds {args.seeds})",
-    )
-    axis.grid(alpha=0.3)
-    axis.legend()
-    figure.tight_layout()
-    args.plot.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(args.plot, dpi=120)
-    pyplot.close(figure)
+    runs = {arm: [results[arm, seed]["learning_curve"] for seed in args.seeds] for arm in args.arms}
+    title = f"{args.task}: with and without the computer (seeds {args.seeds})"
+    with figure(args.plot, title=title) as axes:
+        curves(axes[0, 0], runs, "step", "validation_exact_match", {"validation_exact_match": 100})
+        axes[0, 0].set(xlabel="training step", ylabel="validation exact match (%)", ylim=(0, 101))
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     started = time.time()
-    jobs = [(arm, seed) for seed in args.seeds for arm in args.arms]
-    with ThreadPoolExecutor(args.workers) as pool:
-        outcomes = pool.map(lambda job: train_once(args, *job), jobs)
-        results = dict(zip(jobs, outcomes))
+    arms = {arm: ARMS[arm] for arm in args.arms}
+    root = args.runs / args.task  # one folder per task: the runner reuses any finished run it finds
+    results = run_arms(arms, args.seeds, ["--task", args.task, *args.train_args], root, workers=args.workers)
     text = report(results, args, time.time() - started)
     print(text)
     args.results.parent.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from dcomp_machine import ProgramTensors, RegisterMachine, one_hot_values
+from library.training.losses import value_nll
 
 from .assembler import assemble
 from .compiler import decode
@@ -144,7 +145,7 @@ def run_on_machine(
 
 def answer_loss(memory: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
     """Σ_cells −log p(cell = answer): `(batch, memory_size, n)`, `(batch, memory_size)` → `(batch,)`."""
-    return -memory.clamp_min(1e-12).log().gather(-1, answers[..., None]).squeeze(-1).sum(-1)
+    return value_nll(memory, answers).sum(-1)
 
 
 @dataclass

@@ -5,15 +5,11 @@ has one finite gradient norm per step."""
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-
-import diagnostics as dg
+from experiments import diagnostics as dg
 
 torch.set_num_threads(1)  # as the experiments do: tiny tensors, and two threads stall on a shared machine
 

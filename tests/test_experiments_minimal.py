@@ -3,19 +3,13 @@ the pieces they rely on are exact, and both scripts run end to end in their --qu
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-
-import circuits_vs_tables as cvt
-import minimal_network as mn
-from common import MachineTool, select
-
 from dcomp_machine import RegisterMachine, one_hot_values
+from experiments import circuits_vs_tables as cvt
+from experiments import minimal_network as mn
+from experiments.common import MachineTool, select
 
 N = 16
 PROGRAMS = ("add", "sub", "fib")
@@ -95,6 +89,7 @@ def test_tied_network_runs_unchanged_at_any_width():
         assert torch.equal(logits.argmax(-1), data.answers)
 
 
+@pytest.mark.slow  # trains
 def test_minimal_network_quick_run():
     results = mn.main(["--quick", "--variants", "paper", "init+bootstrap"])
     assert set(results) == {"paper/1/0", "init+bootstrap/1/0"}
@@ -104,6 +99,7 @@ def test_minimal_network_quick_run():
     assert all(0.0 <= bootstrap[key] <= 100.0 for key in ("table", "swap", "test", "decoded"))
 
 
+@pytest.mark.slow  # trains
 def test_circuits_vs_tables_quick_run():
     results = cvt.main(["--quick", "--networks", "tied"])
     assert set(results) == {f"tied/{arm}/0" for arm in cvt.ARMS}

@@ -1,18 +1,13 @@
 """Experiment 5's script (experiments/pretrained_base.py) without SmolLM2: the two arms' train.py command lines
-differ only by --no-computer, the report and the figure come from the runs' files, and the whole script runs end
-to end on a tiny Llama checkpoint."""
-
-from __future__ import annotations
+differ only by --no_computer, the report and the figure come from the runs' summaries, and the whole script runs
+end to end on a tiny Llama checkpoint."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-
-import pretrained_base as pb
+from experiments import pretrained_base as pb
+from experiments import runner
 
 
 def fake_run(arm: str, seed: int, accuracy: float) -> dict:
@@ -20,26 +15,25 @@ def fake_run(arm: str, seed: int, accuracy: float) -> dict:
     return {
         "arm": arm,
         "seed": seed,
-        "results": {"test": split, "test_pairs": split},
-        "curve": [
+        "metrics": {"test": split, "test_pairs": split},
+        "learning_curve": [
             {"step": 10, "seconds": 60.0, "validation_exact_match": accuracy / 2},
             {"step": 20, "seconds": 90.0, "validation_exact_match": accuracy},
         ],
         "steps": 20,
         "train_seconds": 40.0,
-        "seconds_per_step": 2.0,
-        "seconds": 100.0,
+        "wall_seconds": 100.0,
         "command": f"python train.py --seed {seed}",
     }
 
 
 def test_the_arms_differ_only_by_the_computer(tmp_path):
-    args = pb.parse_args(["--model", str(tmp_path), "--output-root", str(tmp_path), "--", "--hidden-size", "32"])
-    computer, baseline = (pb.train_argv(args, arm, 0) for arm in ("computer", "baseline"))
-    assert baseline[-1] == "--no-computer" and "--no-computer" not in computer
-    out = computer.index("--output-dir") + 1
-    assert computer[:out] + computer[out + 1 :] == baseline[:out] + baseline[out + 1 : -1]
-    assert "--lora" in computer and computer[-2:] == ["--hidden-size", "32"]
+    args = pb.parse_args(["--model", str(tmp_path), "--output-root", str(tmp_path), "--", "--hidden_size", "32"])
+    computer, baseline = (
+        runner.train_argv(pb.train_argv(args), pb.ARMS[arm], 0, tmp_path / "run", 1) for arm in ("computer", "baseline")
+    )
+    assert baseline[-1] == "--no_computer" and "--no_computer" not in computer and computer == baseline[:-1]
+    assert "--lora" in computer and pb.train_argv(args)[-2:] == ["--hidden_size", "32"]
 
 
 def test_report_and_plot_from_the_runs(tmp_path):
@@ -60,6 +54,7 @@ def test_report_and_plot_from_the_runs(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_tiny_llama_end_to_end(tmp_path, monkeypatch):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -110,10 +105,12 @@ def test_tiny_llama_end_to_end(tmp_path, monkeypatch):
     )
     assert [run["arm"] for run in runs] == ["computer", "baseline"]
     for run in runs:
-        assert run["steps"] == 2 and run["seconds_per_step"] > 0 and len(run["curve"]) == 2
-        assert {"add", "sub", "mul", "div"} <= {key.removeprefix("exact_match_") for key in run["results"]["test"]}
-        assert not (tmp_path / "runs" / f"{run['arm']}_seed0" / "model.safetensors").exists()  # weights deleted
-    config = json.loads((tmp_path / "runs" / "computer_seed0" / "config.json").read_text())
+        assert run["steps"] == 2 and run["train_seconds"] > 0 and len(run["learning_curve"]) == 2
+        assert {"add", "sub", "mul", "div"} <= {key.removeprefix("exact_match_") for key in run["metrics"]["test"]}
+        folder = runner.run_folder(tmp_path / "runs", run["arm"], 0)
+        assert not (folder / "model.safetensors").exists()  # weights deleted
+        assert run == {"arm": run["arm"], "seed": 0, **json.loads((folder / "run_summary.json").read_text())}
+    config = json.loads((runner.run_folder(tmp_path / "runs", "computer", 0) / "config.json").read_text())
     assert config["model_type"] == "llama_dcomp"
     report = (tmp_path / "report.md").read_text()
     assert "| test_pairs |" in report and "curves.png" in report

@@ -147,7 +147,7 @@ def test_merge_and_unload_returns_a_llama_dcomp_model_with_the_same_logits_and_l
         "lora_" in name or "modules_to_save" in name or "original_module" in name
         for name, _ in merged.named_parameters()
     )
-    assert isinstance(merged.computer, LlamaDCompComputer) and len(merged._computers()) == 1
+    assert isinstance(merged.computer, LlamaDCompComputer) and len(merged.computers()) == 1
     torch.testing.assert_close(logits(merged, ids), expected, rtol=1e-5, atol=1e-5)
     for name, p in trained_computer.items():  # the trained copy of the computer is the merged model's computer
         merged_name = name.removeprefix("base_model.model.").replace(".modules_to_save.default", "")

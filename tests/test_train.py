@@ -1,12 +1,15 @@
-"""train.py end to end on tiny configurations (CPU): the command line, a Hub-ready output folder that loads as
-remote code, resuming after a kill, the baseline without the computer, LoRA on a Llama checkpoint, predict, and a
-2-process data-parallel run that trains one and the same model."""
+"""train.py end to end on tiny configurations (CPU, one subprocess each): a Hub-ready output folder with
+run_summary.json that loads as remote code, predict, resuming after a kill (only from a complete checkpoint of the
+same run, with its library verified), the output-folder lock, the stop on a non-finite loss, the baseline without
+the computer, LoRA on a Llama checkpoint, and a 2-process data-parallel run that trains one and the same model.
+The pieces of library/training are tested in-process in tests/test_training.py."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 from model_fixtures import NOT_IMPORTABLE_PRELUDE
+from safetensors.torch import load_file, save_file
+
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -27,7 +33,7 @@ TINY = [
     "16",
     "--hidden-size",
     "32",
-    "--batch-size",
+    "--per_device_train_batch_size",
     "8",
     "--probe-examples",
     "32",
@@ -60,13 +66,13 @@ def env(tmp_path_factory) -> dict:
     )
 
 
-def run_train(env: dict, cwd: Path, *args: str, launcher: tuple[str, ...] = (sys.executable,)) -> str:
-    """Runs train.py to completion; returns stdout + stderr."""
+def run_train(env: dict, cwd: Path, *args: str, launcher: tuple[str, ...] = (sys.executable,), status: int = 0) -> str:
+    """Runs train.py to completion, expecting exit `status`; returns stdout + stderr."""
     result = subprocess.run(
         [*launcher, str(REPO / "train.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )
     output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
+    assert result.returncode == status, output[-4000:]
     return output
 
 
@@ -74,195 +80,7 @@ def run_train(env: dict, cwd: Path, *args: str, launcher: tuple[str, ...] = (sys
 def tiny_run(env, tmp_path_factory) -> tuple[Path, str]:
     """A tiny LlamaDComp trained for 4 steps: (output folder, output text)."""
     out = tmp_path_factory.mktemp("tiny") / "out"
-    return out, run_train(env, out.parent, *TINY, "--max-steps", "4", "--output-dir", str(out))
-
-
-def test_help_lists_every_option_with_its_default():
-    sys.path.insert(0, str(REPO))
-    from train import build_parser
-
-    parser = build_parser()
-    text = " ".join(parser.format_help().split())  # argparse wraps lines
-    options = [action for action in parser._actions if action.option_strings and action.dest != "help"]
-    assert len(options) > 30
-    for action in options:
-        assert f"{action.option_strings[0]} " in text, action.option_strings
-        assert f"(default: {action.default})" in text, action.option_strings
-
-
-def test_reversed_programs_swap_the_inputs_and_link_with_the_standard_ones():
-    sys.path.insert(0, str(REPO))
-    from library.interpreter import run_reference
-    from library.stdlib import link
-    from train import library_sources
-
-    linked = link(library_sources(["sub", "div", "rsub", "rdiv"]))
-    for name, expected in {"sub": 5, "div": 2, "rsub": (4 - 9) % 128, "rdiv": 0}.items():
-        run = run_reference(linked.program, registers={1: 9, 2: 4}, entry=linked.entry_points[name])
-        assert run.halted and run.state.registers[0] == expected, name
-    with pytest.raises(ValueError, match="unknown program 'radd'"):
-        library_sources(["radd"])
-
-
-def test_parse_auto_copies_where_every_value_reads_back_from_its_tokens():
-    sys.path.insert(0, str(REPO))
-    from train import parse_kind
-
-    one_token_each = [[100 + value] for value in range(12)]  # LLaMA-3: "0" .. "11" are tokens
-    digit_tokens = [[100 + value] for value in range(10)] + [[101, 100], [101, 101]]  # SmolLM2: "1", "0"
-    unreadable = [[100 + value] for value in range(10)] + [[101, 100], [101, 555]]  # 555 is no value's token
-    swapped = [[100 + value] for value in range(10)] + [[100, 101], [101, 101]]  # "10" written as "0", "1"
-    assert parse_kind("auto", one_token_each) == parse_kind("auto", digit_tokens) == "copy"
-    assert parse_kind("auto", unreadable) == parse_kind("auto", swapped) == "linear"
-    assert parse_kind("linear", one_token_each) == "linear" and parse_kind("copy", unreadable) == "copy"
-
-
-def test_sort_runs_the_computer_before_every_number_of_the_answer(env, monkeypatch):
-    """sort: the computer runs where the next token starts a number of the answer, with that number as its target;
-    the parse targets (length, the number's index, the list) make `sort_select` compute it."""
-    monkeypatch.setenv("LLAMA_DCOMP_CACHE", env["LLAMA_DCOMP_CACHE"])
-    sys.path.insert(0, str(REPO))
-    import train
-    from library.interpreter import run_reference
-    from library.stdlib import load_program
-
-    args = train.build_parser().parse_args(
-        ["--task", "sort", "--train-size", "8", "--validation-size", "2", "--test-size", "2", "--test-long-size", "4"]
-    )
-    spec = train.task_spec(args)
-    tokenizer = train.build_tokenizer(args)
-    data = train.build_datasets(args, spec, tokenizer)
-    collator = train.AnswerCollator(tokenizer.pad_token_id, True, True, with_slot_targets=True)
-    program = load_program("sort_select")
-    for split in ("train", "test_long"):
-        rows = list(data[split])
-        batch = collator(rows)
-        answers = [value for row in rows for value in row["answer"]]
-        marked = batch["computer_mask"].nonzero().tolist()
-        following = [tokenizer.decode(batch["input_ids"][i, p + 1]) for i, p in marked]
-        assert following == [str(value) for value in answers] and batch["computer_targets"].tolist() == answers
-        for (length, index, *cells), answer in zip(batch["slot_targets"].tolist(), answers):
-            assert cells[length:] == [-100] * (spec.memory_inputs - length)
-            run = run_reference(program, registers={1: length, 2: index}, memory=cells[:length])
-            assert run.state.registers[0] == answer
-
-
-def test_parse_loss_is_the_parse_heads_cross_entropy_against_the_prompt_numbers(env, monkeypatch, tmp_path):
-    """fibonacci: the parse targets are a, b and the depth as written; the loss adds their cross-entropy under the
-    parse heads, times its weight, to the LM loss; a few steps on it make the parse read the prompt's numbers."""
-    monkeypatch.setenv("LLAMA_DCOMP_CACHE", env["LLAMA_DCOMP_CACHE"])
-    sys.path.insert(0, str(REPO))
-    from transformers import TrainingArguments
-
-    import train
-    from modeling_llama_dcomp import record_computer_runs
-
-    args = train.build_parser().parse_args(
-        [
-            "--task",
-            "fibonacci",
-            "--train-size",
-            "16",
-            "--validation-size",
-            "2",
-            "--test-size",
-            "2",
-            "--test-long-size",
-            "2",
-            "--hidden-size",
-            "32",
-            "--heads",
-            "2",
-        ]
-    )
-    spec = train.task_spec(args)
-    tokenizer = train.build_tokenizer(args)
-    data = train.build_datasets(args, spec, tokenizer)
-    rows = list(data["train"])
-    assert [row["slot_targets"] for row in rows] == [[[*row["operands"], row["depth"]]] for row in rows]
-    torch.manual_seed(0)
-    model = train.build_model(args, spec, tokenizer)
-    collator = train.AnswerCollator(tokenizer.pad_token_id, True, False, with_slot_targets=True)
-    batch = collator(rows)
-    targets = batch["slot_targets"]  # (rows, slots)
-
-    def trainer(weight: float):
-        arguments = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
-        return train.DCompTrainer(
-            model=model, args=arguments, learning_rates={}, answer_loss_weight=0.0, parse_loss_weight=weight
-        )
-
-    def parse_cross_entropy() -> torch.Tensor:
-        with record_computer_runs() as runs:
-            model(**{key: value for key, value in batch.items() if key != "slot_targets"})
-        probs = runs[-1].input_probs  # (rows, slots, n)
-        return -probs.gather(2, targets[..., None]).log().mean()
-
-    with torch.no_grad():
-        without = trainer(0.0).compute_loss(model, dict(batch))
-        with_loss = trainer(2.0).compute_loss(model, dict(batch))
-        before = parse_cross_entropy()
-    torch.testing.assert_close(with_loss - without, 2.0 * before, rtol=1e-4, atol=1e-4)
-    parse_heads = [*model.computer.parse.parameters(), *model.computer.copy_parse.parameters()]  # linear + copy
-    optimizer = torch.optim.Adam(parse_heads, lr=1e-2)
-    for _ in range(20):
-        optimizer.zero_grad()
-        trainer(1.0).compute_loss(model, dict(batch)).backward()
-        optimizer.step()
-    with torch.no_grad():
-        assert parse_cross_entropy() < 0.5 * before
-
-
-@pytest.mark.parametrize(
-    ("task", "copying"),
-    [
-        ("fibonacci", {0: 0, 1: 1, 2: 2}),  # a, b, depth as written
-        ("sort", {2: 0, 3: 1, 4: 2, 5: 3}),
-    ],
-)  # cells; not length, index
-def test_copy_parse_prior_points_each_slot_at_the_number_it_reads(env, monkeypatch, task, copying):
-    monkeypatch.setenv("LLAMA_DCOMP_CACHE", env["LLAMA_DCOMP_CACHE"])
-    sys.path.insert(0, str(REPO))
-    import train
-    from modeling_llama_dcomp import record_computer_runs
-
-    args = train.build_parser().parse_args(
-        [
-            "--task",
-            task,
-            "--parse",
-            "copy",
-            "--train-size",
-            "32",
-            "--validation-size",
-            "2",
-            "--test-size",
-            "2",
-            "--test-long-size",
-            "2",
-            "--hidden-size",
-            "32",
-            "--heads",
-            "2",
-        ]
-    )
-    spec = train.task_spec(args)
-    tokenizer = train.build_tokenizer(args)
-    data = train.build_datasets(args, spec, tokenizer)
-    torch.manual_seed(0)
-    model = train.build_model(args, spec, tokenizer)
-    assert train.init_copy_parse(model, spec, data["train"]["text"], scale=5.0) == copying
-    rows = list(data["train"])
-    batch = train.AnswerCollator(tokenizer.pad_token_id, True, False, with_slot_targets=True)(rows)
-    with torch.no_grad(), record_computer_runs() as runs:
-        model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], computer_mask=batch["computer_mask"]
-        )
-    parsed = torch.cat([runs[0].input_probs, runs[0].memory_probs], dim=1).argmax(-1)  # (positions, slots)
-    slots = list(copying)
-    targets = batch["slot_targets"][:, slots]
-    labelled = targets >= 0
-    assert (parsed[:, slots] == targets)[labelled].float().mean() > 0.95  # right from step 0, before any training
+    return out, run_train(env, out.parent, *TINY, "--max_steps", "4", "--output_dir", str(out))
 
 
 def test_tiny_sort_run_reports_the_longer_lists_and_predicts_with_a_trace(env, tmp_path):
@@ -276,9 +94,9 @@ def test_tiny_sort_run_reports_the_longer_lists_and_predicts_with_a_trace(env, t
         "1",
         "--test-long-size",
         "16",
-        "--max-steps",
+        "--max_steps",
         "2",
-        "--output-dir",
+        "--output_dir",
         str(tmp_path / "sort"),
     )
     assert re.search(r"^test exact match: \d+\.\d+% \(2 ", output, re.MULTILINE), output[-2000:]
@@ -288,23 +106,6 @@ def test_tiny_sort_run_reports_the_longer_lists_and_predicts_with_a_trace(env, t
     )
     assert re.search(r"^answer: ", output, re.MULTILINE), output[-2000:]
     assert re.search(r"sort_select \(1\.00\)", output)  # the trace of the computer at the answer position
-
-
-def test_number_starts_are_the_training_positions_of_the_computer(env, monkeypatch):
-    """predict runs the computer where training did (`add_number_positions`): before each number of a list."""
-    monkeypatch.setenv("LLAMA_DCOMP_CACHE", env["LLAMA_DCOMP_CACHE"])
-    sys.path.insert(0, str(REPO))
-    import train
-
-    args = train.build_parser().parse_args(
-        ["--task", "sort", "--train-size", "8", "--validation-size", "2", "--test-size", "2", "--test-long-size", "4"]
-    )
-    tokenizer = train.build_tokenizer(args)
-    data = train.build_datasets(args, train.task_spec(args), tokenizer)
-    for row in data["test_long"]:
-        start = row["answer_position"] + 1
-        ids = [token for token in row["input_ids"] if token != tokenizer.eos_token_id]  # prompt + answer
-        assert train.number_starts(tokenizer, ids, start) == row["number_positions"]
 
 
 def test_tiny_run_writes_a_hub_ready_folder_that_loads_by_remote_code(tiny_run, env, tmp_path):
@@ -325,9 +126,16 @@ def test_tiny_run_writes_a_hub_ready_folder_that_loads_by_remote_code(tiny_run, 
     assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM"}
     card = (out / "README.md").read_text()
     assert not re.search(r"\$\{?[A-Za-z_]", card), "unrendered placeholder"
-    results = json.loads((out / "test_results.json").read_text())
+    written = summary(out)
+    results = written["metrics"]
+    assert set(results) == {"test", "test_pairs"} and written["steps"] == 4
+    assert {"add", "sub", "mul", "div"} <= {key.removeprefix("exact_match_") for key in results["test"]}
+    assert written["settings"]["training"]["max_steps"] == 4 and written["settings"]["model"]["hidden_size"] == 32
+    assert 0 < written["train_seconds"] < written["wall_seconds"] and written["learning_curve"][-1]["step"] == 4
+    assert written["initialisation"]["copying"] == {"0": 0, "1": 1}  # JSON keys
     assert f"| test | {results['test']['exact_match']:.2%} |" in card and "| `add` | 0 |" in card
-    assert "`--max-steps` | `4`" in card
+    assert "`--max_steps` | `4`" in card and "`--hidden_size` | `32`" in card
+    assert (out / "learning_curve.png").stat().st_size > 0
     assert list((out / "runs").rglob("events.out.tfevents.*")), "no TensorBoard log under the output folder"
     script = NOT_IMPORTABLE_PRELUDE + (
         "from transformers import AutoModelForCausalLM\n"
@@ -356,9 +164,12 @@ def test_predict_prints_the_answer_and_the_trace(tiny_run, env):
     assert re.search(r"^ +(add|sub|mul|div) r[12] r[12] r0 \| ret$", output, re.MULTILINE)  # the selected program
 
 
-def test_resume_continues_from_the_last_checkpoint_after_a_kill(env, tmp_path):
+def test_resume_continues_from_the_last_complete_checkpoint_after_a_kill(env, tmp_path):
+    """Killed, a run resumes from its last complete checkpoint (not from a partial one a kill mid-save leaves) and
+    ends where an uninterrupted run ends; a resume with another seed, or into a folder without checkpoints, is
+    refused."""
     out = tmp_path / "out"
-    args = [*TINY, "--max-steps", "24", "--save-steps", "4", "--output-dir", str(out)]
+    args = [*TINY, "--max_steps", "24", "--save_steps", "4", "--output_dir", str(out)]
     process = subprocess.Popen(
         [sys.executable, str(REPO / "train.py"), *args],
         cwd=tmp_path,
@@ -377,6 +188,15 @@ def test_resume_continues_from_the_last_checkpoint_after_a_kill(env, tmp_path):
     last = max(
         int(path.name.split("-")[1]) for path in out.glob("checkpoint-*") if (path / "trainer_state.json").exists()
     )
+    partial = out / f"checkpoint-{last + 4}"  # what a kill during the next save leaves: weights, no trainer state
+    partial.mkdir(exist_ok=True)
+    (partial / "model.safetensors").write_bytes(b"torn")
+    (partial / "trainer_state.json").unlink(missing_ok=True)
+
+    other_seed = run_train(env, tmp_path, *args, "--resume", "--seed", "1", status=1)
+    assert "was trained with other settings (--seed: 0 -> 1; --data_seed: 0 -> 1)" in other_seed
+    empty = run_train(env, tmp_path, *TINY, "--resume", "--output_dir", str(tmp_path / "empty"), status=1)
+    assert f"--resume: {tmp_path / 'empty'} holds no complete checkpoint" in empty
 
     output = run_train(env, tmp_path, *args, "--resume")
     assert f"resuming from {out / f'checkpoint-{last}'}" in output
@@ -386,18 +206,75 @@ def test_resume_continues_from_the_last_checkpoint_after_a_kill(env, tmp_path):
     # one. A run that restarted from step 0 would have logged steps 1..last again.
     assert steps == list(range(1, 25)) and state["global_step"] == 24
     assert (out / "model.safetensors").is_file()
+    uninterrupted = tmp_path / "uninterrupted"
+    run_train(env, tmp_path, *args[:-1], str(uninterrupted))
+    assert summary(out)["parameter_digest"] == summary(uninterrupted)["parameter_digest"]  # bit-identical
+
+
+def summary(out: Path) -> dict:
+    return json.loads((out / "run_summary.json").read_text())
+
+
+def test_a_second_run_into_a_held_folder_is_refused(env, tmp_path):
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *TINY, "--max_steps", "100000", "--output_dir", str(out)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 240
+        while not (out / "_train.lock").is_file() or (out / "_train.lock").read_text() != str(process.pid):
+            assert process.poll() is None and time.time() < deadline, "the run ended before it took the lock"
+            time.sleep(0.2)
+        refused = run_train(env, tmp_path, *TINY, "--output_dir", str(out), status=1)
+        assert f"another train.py run (pid {process.pid}) is writing to {out}" in refused
+        assert process.poll() is None  # the first run goes on
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def test_resume_verifies_the_checkpoint_library(tiny_run, env, tmp_path):
+    """A checkpoint whose program tensors were edited is refused on resume, naming the library."""
+    out = tmp_path / "edited"
+    shutil.copytree(tiny_run[0], out)
+    weights = out / "checkpoint-4" / "model.safetensors"
+    tensors = load_file(weights)
+    name = next(key for key in tensors if key.endswith("computer.program_imm"))
+    tensors[name] = tensors[name].roll(1, dims=-1)
+    save_file(tensors, weights, metadata={"format": "pt"})
+    output = run_train(env, tmp_path, *TINY, "--max_steps", "6", "--output_dir", str(out), "--resume", status=1)
+    assert "train.py: error:" in output and "library" in output and "Traceback" not in output
+
+
+def test_a_non_finite_loss_stops_the_run_before_it_is_saved(env, tmp_path):
+    out = tmp_path / "diverged"
+    rates = ["--learning_rate", "1e10", "--embedding_learning_rate", "1e10"]  # finite, but the run diverges
+    output = run_train(
+        env, tmp_path, *TINY, *rates, "--max_steps", "8", "--save_steps", "1", "--output_dir", str(out), status=1
+    )
+    what = r"(the loss is nan|parameter \S+ holds non-finite|the weights' norm overflows)"
+    stopped = re.search(r"training stopped at step (\d+): " + what, output)
+    assert stopped, output[-3000:]
+    step = int(stopped.group(1))
+    assert f"the last good checkpoint is {out / f'checkpoint-{step - 1}'}" in output
+    assert not (out / f"checkpoint-{step}").exists() and not (out / "model.safetensors").exists()
+    assert (out / f"checkpoint-{step - 1}" / "trainer_state.json").is_file()
 
 
 def test_baseline_without_the_computer(env, tmp_path):
     out = tmp_path / "baseline"
-    output = run_train(env, tmp_path, *TINY, "--max-steps", "2", "--no-computer", "--output-dir", str(out))
+    output = run_train(env, tmp_path, *TINY, "--max_steps", "2", "--no_computer", "--output_dir", str(out))
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "llama" and "auto_map" not in config
     assert re.search(r"^test exact match: ", output, re.MULTILINE)
 
 
 def test_lora_on_a_llama_checkpoint(env, tmp_path):
-    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -415,7 +292,7 @@ def test_lora_on_a_llama_checkpoint(env, tmp_path):
     llama.save_pretrained(tmp_path / "llama")
     out = tmp_path / "lora"
     output = run_train(
-        env, tmp_path, *TINY, "--max-steps", "2", "--model", str(tmp_path / "llama"), "--lora", "--output-dir", str(out)
+        env, tmp_path, *TINY, "--max_steps", "2", "--model", str(tmp_path / "llama"), "--lora", "--output_dir", str(out)
     )
     assert re.search(r"^test exact match: ", output, re.MULTILINE), output[-2000:]
     config = json.loads((out / "config.json").read_text())
@@ -426,53 +303,10 @@ def test_lora_on_a_llama_checkpoint(env, tmp_path):
 def test_two_process_data_parallel_run_trains_one_model(env, tmp_path):
     launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531")
     output = run_train(
-        env, tmp_path, *TINY, "--max-steps", "3", "--output-dir", str(tmp_path / "ddp"), launcher=launcher
+        env, tmp_path, *TINY, "--max_steps", "3", "--output_dir", str(tmp_path / "ddp"), launcher=launcher
     )
     final = dict(re.findall(r"rank (\d) parameter digest: ([0-9a-f]{64})", output))
     initial = set(re.findall(r"initial parameter digest: ([0-9a-f]{64})", output))
     assert set(final) == {"0", "1"} and final["0"] == final["1"], output[-3000:]
     assert len(initial) == 1 and final["0"] not in initial  # both ranks started equal, trained, and agree
     assert (tmp_path / "ddp" / "model.safetensors").is_file()
-
-
-def test_isolated_gradients_route_the_lm_loss_to_the_read_out_and_the_answer_loss_to_the_heads():
-    """`isolate_gradients` leaves the forward values alone; the LM loss then reaches only the read-out, a loss on
-    the recorded output register reaches the selection/parse heads and the base."""
-    import torch
-    from model_fixtures import random_ids, tiny_model
-
-    from modeling_llama_dcomp import record_computer_runs
-
-    model = tiny_model(gate=1.0).train()
-    ids = random_ids(2, 6)
-    with torch.no_grad():
-        expected = model(ids).logits
-    computer = model.computer
-    computer.isolate_gradients = True
-    with record_computer_runs() as runs:
-        outputs = model(ids, labels=ids)
-    torch.testing.assert_close(outputs.logits, expected, rtol=0, atol=0)
-    outputs.loss.backward(retain_graph=True)
-    assert computer.parse.weight.grad is None and computer.select.weight.grad is None
-    assert computer.output_proj.weight.grad.abs().sum() > 0 and computer.gate.grad.abs().sum() > 0
-    base = model.model.layers[0].self_attn.q_proj.weight
-    from_lm_loss = base.grad.clone()
-    register = torch.cat([run.state.registers[:, 0] for run in runs])
-    register.clamp_min(1e-12).log()[:, 3].sum().neg().backward()
-    assert computer.parse.weight.grad.abs().sum() > 0 and computer.select.weight.grad.abs().sum() > 0
-    assert not torch.equal(base.grad, from_lm_loss)  # the answer loss reaches the base through the heads
-
-
-def test_digit_classes_and_the_cross_entropy_of_distributions():
-    sys.path.insert(0, str(REPO))
-    from train import digit_classes, distribution_cross_entropy
-
-    classes = digit_classes(torch.tensor([0, 7, 42, 127]), 128)  # units, tens, hundreds (10 columns each), length
-    assert classes.tolist() == [[0, 10, 20, 30], [7, 10, 20, 30], [2, 14, 20, 31], [7, 12, 21, 32]]
-    probs = torch.tensor([[[0.5, 0.5, 0.0], [0.0, 0.25, 0.75]]])  # (1, 2 slots, n = 3)
-    loss = distribution_cross_entropy(probs, torch.tensor([[0, -100]]))  # the second slot ignored
-    assert torch.allclose(loss, torch.tensor(0.5).log().neg())
-    assert torch.allclose(
-        distribution_cross_entropy(probs[0], torch.tensor([1, 2])),
-        -(torch.tensor(0.5).log() + torch.tensor(0.75).log()) / 2,
-    )

@@ -1,0 +1,1 @@
+"""The paper's experiments, each a module run from the repository root: `python -m experiments.<name>`."""

@@ -1,0 +1,269 @@
+"""train.py's arguments, on the `run_clm.py` convention: dataclasses for the task data, the model and the computer
+with its recipe, next to `TrainingArguments` (every Trainer flag: `--bf16`, `--gradient_checkpointing`,
+`--report_to`, `--push_to_hub`, `--torch_compile`, ...), parsed by `HfArgumentParser` from the command line
+(`--name` or `--name-with-dashes`) or from one JSON/YAML file. Each dataclass checks its values in
+`__post_init__` and names the argument at fault."""
+
+import dataclasses
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import HfArgumentParser, TrainingArguments
+from transformers.trainer_utils import IntervalStrategy
+
+from library import tasks as task_library
+
+TASKS = ("arithmetic", "fibonacci", "sort", "max")
+# The arguments a resumed run must share with the run it continues (the model, its data and their order);
+# how long to train, how often to evaluate and save, and where to report may change.
+RESUME_FIXED = ("model", "data", "computer", "seed", "data_seed", "per_device_train_batch_size")
+
+
+class ArgumentError(ValueError):
+    """A bad argument value; the message starts with the argument's name."""
+
+
+def _check(condition: bool, argument: str, message: str) -> None:
+    if not condition:
+        raise ArgumentError(f"--{argument}: {message}")
+
+
+def _check_finite(arguments: object, *names: str, positive: bool = False) -> None:
+    for name in names:
+        value = getattr(arguments, name)
+        _check(math.isfinite(value), name, f"must be a finite number, got {value}")
+        _check(value > 0 if positive else value >= 0, name, f"must be {'> 0' if positive else '>= 0'}, got {value}")
+
+
+@dataclass
+class DataArguments:
+    """The task (`library.tasks`) and the sizes of its splits."""
+
+    _argument_group_name = "data"
+
+    task: Literal["arithmetic", "fibonacci", "sort", "max"] = field(
+        default="arithmetic", metadata={"help": "library.tasks task"}
+    )
+    n: int = field(default=128, metadata={"help": "values of the machine: arithmetic is mod n"})
+    operations: str = field(default="add,sub,mul,div", metadata={"help": "arithmetic operations, comma-separated"})
+    train_size: int = field(default=20000, metadata={"help": "training examples"})
+    validation_size: int = field(default=500, metadata={"help": "validation examples (learning curve)"})
+    test_size: int = field(default=1000, metadata={"help": "test examples (also the size of test_pairs)"})
+    test_long_size: int = field(default=1000, metadata={"help": "test_long examples (fibonacci, sort, max)"})
+
+    def __post_init__(self):
+        _check(self.task in TASKS, "task", f"must be one of {', '.join(TASKS)}, got {self.task!r}")
+        _check(self.n >= 2, "n", f"the machine needs at least 2 values, got {self.n}")
+        unknown = [op for op in self.operations.split(",") if op not in task_library.ARITHMETIC_TEMPLATES]
+        _check(
+            not unknown,
+            "operations",
+            f"unknown operation(s) {unknown}; choose from {', '.join(task_library.ARITHMETIC_TEMPLATES)}",
+        )
+        for name in ("train_size", "validation_size", "test_size"):
+            _check(getattr(self, name) >= 1, name, f"needs at least 1 example, got {getattr(self, name)}")
+        _check(self.test_long_size >= 0, "test_long_size", f"must be >= 0, got {self.test_long_size}")
+
+
+@dataclass
+class ModelArguments:
+    """The Llama the computer is added to: a checkpoint folder, a GGUF file, or a from-scratch model."""
+
+    _argument_group_name = "model"
+
+    model: str | None = field(default=None, metadata={"help": "start from this Llama checkpoint folder"})
+    gguf: str | None = field(default=None, metadata={"help": "start from this GGUF file of a Llama model"})
+    no_computer: bool = field(default=False, metadata={"help": "train the same Llama without the computer block"})
+    lora: bool = field(
+        default=False, metadata={"help": "PEFT LoRA adapters on the base weights; the computer block trains in full"}
+    )
+    lora_rank: int = field(default=8, metadata={"help": "LoRA rank"})
+    hidden_size: int = field(default=128, metadata={"help": "hidden size of a from-scratch model"})
+    layers: int = field(default=2, metadata={"help": "decoder layers of a from-scratch model"})
+    heads: int = field(default=4, metadata={"help": "attention heads of a from-scratch model"})
+
+    def __post_init__(self):
+        _check(self.model is None or self.gguf is None, "gguf", "give --model or --gguf, not both")
+        for name in ("model", "gguf"):
+            path = getattr(self, name)
+            _check(path is None or Path(path).exists(), name, f"{path} does not exist")
+        for name in ("lora_rank", "hidden_size", "layers", "heads"):
+            _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        _check(
+            self.hidden_size % self.heads == 0 and (self.hidden_size // self.heads) % 2 == 0,
+            "hidden_size",
+            f"{self.hidden_size} must be an even multiple of --heads {self.heads} (rotary embeddings rotate pairs)",
+        )
+
+
+@dataclass
+class ComputerArguments:
+    """The computer block, its library and the recipe that initialises and supervises it (docs/TRAINING.md)."""
+
+    _argument_group_name = "computer"
+
+    library: str | None = field(
+        default=None,
+        metadata={"help": "programs, comma-separated: standard ones or rsub/rdiv/rmod (swapped inputs); "
+                  "default: the task's"},
+    )  # fmt: skip
+    reversed_programs: bool = field(
+        default=True,
+        metadata={"help": "arithmetic: also install the non-commutative operations with swapped inputs (rsub, ...)"},
+    )
+    computer_layer: int = field(default=-1, metadata={"help": "decoder layer the computer follows (-1: the last)"})
+    gate_init: float = field(default=1.0, metadata={"help": "initial gate of the computer's residual write"})
+    selection_temperature: float = field(default=1.0, metadata={"help": "temperature of the program selection"})
+    parse: Literal["auto", "linear", "copy"] = field(
+        default="auto",
+        metadata={"help": "the parse: a classifier over the n values, or that mixed with a pointer that copies a "
+                  "number of the prompt; auto: copy when every value 0..n-1 reads back from its tokens"},
+    )  # fmt: skip
+    answer_loss_weight: float = field(
+        default=1.0, metadata={"help": "weight of the answer loss on the output register (0: LM loss only)"}
+    )
+    parse_loss_weight: float = field(
+        default=0.0, metadata={"help": "weight of the parse heads' loss against the prompt's numbers (0: none)"}
+    )
+    parse_init_scale: float = field(
+        default=5.0, metadata={"help": "logit scale of the probe that initialises the parse heads (0: random)"}
+    )
+    probe_examples: int = field(default=1024, metadata={"help": "training prompts the probe is fitted on"})
+    probe_targets: Literal["values", "digits"] = field(
+        default="values", metadata={"help": "probe targets: each value one-hot, or its decimal digits and length"}
+    )
+    probe_ridge: float = field(default=1e-2, metadata={"help": "ridge penalty of the probe fit, per example"})
+    number_row_norm: float = field(
+        default=1.5, metadata={"help": "norm of the number tokens' LM-head rows of a from-scratch model (0: leave)"}
+    )
+
+    def __post_init__(self):
+        _check_finite(self, "gate_init", "answer_loss_weight", "parse_loss_weight", "parse_init_scale")
+        _check_finite(self, "probe_ridge", "number_row_norm")
+        _check_finite(self, "selection_temperature", positive=True)
+        _check(self.probe_examples >= 1, "probe_examples", f"must be >= 1, got {self.probe_examples}")
+
+
+@dataclass
+class DCompTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with this project's defaults (the paper's calculator run on CPU in minutes), one
+    learning rate per parameter group (`LlamaDCompPreTrainedModel.parameter_groups`) and `--resume`."""
+
+    output_dir: str | None = field(default="runs/default", metadata={"help": "checkpoints and the final model"})
+    learning_rate: float = field(default=1e-4, metadata={"help": "peak learning rate of the decoder layers"})
+    embedding_learning_rate: float = field(
+        default=3e-4, metadata={"help": "peak learning rate of the embeddings, LM head, final norm and W_out"}
+    )
+    computer_learning_rate: float = field(
+        default=3e-3, metadata={"help": "peak learning rate of the computer's selection head, norm and gate"}
+    )
+    parse_learning_rate: float = field(
+        default=1e-3, metadata={"help": "peak learning rate of the computer's parse heads"}
+    )
+    num_train_epochs: float = field(default=1.0, metadata={"help": "training epochs"})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "training batch size per device"})
+    per_device_eval_batch_size: int = field(default=128, metadata={"help": "evaluation batch size per device"})
+    warmup_steps: float = field(default=20, metadata={"help": "linear warm-up steps"})
+    seed: int = field(default=0, metadata={"help": "seed of the data split, the model and the data order"})
+    eval_strategy: IntervalStrategy | str = field(default="steps", metadata={"help": "when to evaluate"})
+    eval_steps: float | None = field(default=100, metadata={"help": "validation exact match every this many steps"})
+    save_steps: float = field(default=200, metadata={"help": "checkpoint every this many steps"})
+    save_total_limit: int | None = field(default=2, metadata={"help": "checkpoints kept"})
+    logging_steps: float = field(default=20, metadata={"help": "log the loss every this many steps"})
+    # TrainingArguments' own order: HfArgumentParser types the flag by the member after None (a string)
+    report_to: None | str | list[str] = field(default="tensorboard", metadata={"help": "loggers"})  # noqa: RUF036
+    remove_unused_columns: bool = field(default=False, metadata={"help": "the collator needs every column"})
+    use_cpu: bool = field(default=not torch.cuda.is_available(), metadata={"help": "train on the CPU"})
+    bf16: bool = field(
+        default=torch.cuda.is_available() and torch.cuda.is_bf16_supported(), metadata={"help": "bf16 (CUDA)"}
+    )
+    # Every trainable parameter gets a gradient each step; searching the graph for unused ones would also misjudge
+    # the computer's heads, which the answer loss reaches from outside the forward's outputs.
+    ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "see TrainingArguments"})
+    resume: bool = field(
+        default=False, metadata={"help": "resume from the last complete checkpoint in --output_dir (it must exist)"}
+    )
+    threads: int = field(
+        default=1, metadata={"help": "torch CPU threads per process (more threads than free cores is much slower)"}
+    )
+
+    def __post_init__(self):
+        _check(self.max_steps == -1 or self.max_steps >= 1, "max_steps", f"must be >= 1 or -1, got {self.max_steps}")
+        _check_finite(self, "num_train_epochs", positive=True)
+        names = ("learning_rate", "embedding_learning_rate", "computer_learning_rate", "parse_learning_rate")
+        _check_finite(self, *names, positive=True)
+        _check(self.threads >= 1, "threads", f"must be >= 1, got {self.threads}")
+        if self.data_seed is None:
+            self.data_seed = self.seed
+        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if distributed and self.use_cpu and self.ddp_backend is None:
+            self.ddp_backend = "gloo"
+        super().__post_init__()
+
+    @property
+    def learning_rates(self) -> dict[str, float]:
+        """The peak learning rate of each parameter group."""
+        return {
+            "layers": self.learning_rate,
+            "embeddings": self.embedding_learning_rate,
+            "computer": self.computer_learning_rate,
+            "parse": self.parse_learning_rate,
+        }
+
+
+ARGUMENTS = (ModelArguments, DataArguments, ComputerArguments, DCompTrainingArguments)
+
+
+def parse_arguments(
+    argv: list[str] | None = None,
+) -> tuple[ModelArguments, DataArguments, ComputerArguments, DCompTrainingArguments]:
+    """The command line, or one JSON/YAML file as the only argument; a bad value exits with status 2 and a
+    message naming the argument (argparse's convention)."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = HfArgumentParser(
+        ARGUMENTS,
+        prog="train.py",
+        description="Train a LlamaDComp model on a library.tasks task (docs/TRAINING.md). The arguments may also "
+        "come from one JSON or YAML file: train.py config.yaml. Prediction: train.py predict --model DIR PROMPT.",
+    )
+    try:
+        if len(argv) == 1 and argv[0].endswith(".json"):
+            return parser.parse_json_file(argv[0])
+        if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+            return parser.parse_yaml_file(argv[0])
+        return parser.parse_args_into_dataclasses(argv, look_for_args_file=False)
+    except ValueError as error:
+        parser.error(str(error))
+
+
+def settings(model_args, data_args, computer_args, training_args) -> dict:
+    """Every argument, JSON-ready: {"model": ..., "data": ..., "computer": ..., "training": ...}."""
+    return {
+        "model": dataclasses.asdict(model_args),
+        "data": dataclasses.asdict(data_args),
+        "computer": dataclasses.asdict(computer_args),
+        "training": training_args.to_dict(),
+    }
+
+
+def resume_mismatches(saved: dict, current: dict) -> list[str]:
+    """The `RESUME_FIXED` settings that differ between a saved run's `settings` and this one's, as
+    "name: saved -> now"."""
+    differences = []
+    for key in RESUME_FIXED:
+        before = saved.get(key) if key in ("model", "data", "computer") else saved["training"].get(key)
+        now = current[key] if key in ("model", "data", "computer") else current["training"][key]
+        if isinstance(now, dict):
+            differences += [
+                f"--{name}: {before.get(name)!r} -> {value!r}"
+                for name, value in now.items()
+                if before.get(name) != value
+            ]
+        elif before != now:
+            differences.append(f"--{key}: {before!r} -> {now!r}")
+    return differences

@@ -1,0 +1,253 @@
+"""The task data of train.py: how a `--task` maps onto `library.tasks` and onto the computer block (`TaskSpec`), the
+tokenized splits (with `test_pairs`, the parse targets and, for lists, where each number of the answer starts), and
+the collator that turns rows into the model's inputs."""
+
+import dataclasses
+import inspect
+import itertools
+import random
+import re
+from pathlib import Path
+
+import datasets
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from library import tasks as task_library
+from library.stdlib import STANDARD_PROGRAMS, standard_source
+from library.tokenizer import fingerprint
+from library.training.arguments import ArgumentError
+from modeling_llama_dcomp import IGNORE_INDEX, shift_labels
+
+NUMBER = re.compile(r"\d+")
+# Arithmetic operations whose inputs cannot be swapped: the default library also holds them reversed (`rsub`).
+NOT_COMMUTATIVE = ("sub", "div", "mod")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """How a `--task` maps onto `library.tasks` and onto the computer block."""
+
+    builder: str  # library.tasks.load_task name
+    builder_kwargs: dict
+    library: tuple[str, ...]  # standard programs installed by default
+    input_registers: tuple[int, ...]  # registers the block parses (see the library/programs/*.asm headers)
+    memory_inputs: int  # memory cells the block parses (list tasks)
+    templates: dict[str, tuple[str, ...]]  # phrasings per operation
+    group_column: str  # per-group accuracy: operation, depth or length
+    answer_in_register: bool  # the answer is the final value of the output register (the answer loss applies)
+    # The answer is a list: the computer runs before each of its numbers, with r2 = how many are already written.
+    answer_per_number: bool = False
+
+
+def task_spec(args, reversed_programs: bool = True) -> TaskSpec:
+    """The TaskSpec of `args.task` (`DataArguments`: arithmetic, fibonacci, sort or max); `reversed_programs`: the
+    arithmetic library also holds the non-commutative operations with swapped inputs."""
+    sizes = {"train_size": args.train_size, "validation_size": args.validation_size, "test_size": args.test_size}
+    if args.task == "arithmetic":
+        operations = tuple(args.operations.split(","))
+        templates = {op: task_library.ARITHMETIC_TEMPLATES[op] for op in operations}
+        reversed_ops = tuple(f"r{op}" for op in operations if op in NOT_COMMUTATIVE) if reversed_programs else ()
+        return TaskSpec(
+            "arithmetic",
+            {**sizes, "operations": operations},
+            operations + reversed_ops,
+            (1, 2),
+            0,
+            templates,
+            "operation",
+            True,
+        )
+    sizes["test_long_size"] = args.test_long_size
+    if args.task == "fibonacci":
+        return TaskSpec("fibonacci", sizes, ("fib",), (1, 2, 3), 0, task_library.FIBONACCI_TEMPLATES, "depth", True)
+    # sort / max: the list in memory cells 0.., its length in r1. max: r0 is the answer. sort: the answer's j-th
+    # number is `sort_select` with r2 = j (the whole sort in the memory could not be read out by the LM head)
+    longest = max(inspect.signature(task_library.list_task).parameters["long_lengths"].default)
+    templates = {args.task: task_library.LIST_TEMPLATES[args.task]}
+    if args.task == "sort":
+        return TaskSpec(
+            "list",
+            {**sizes, "kind": "sort"},
+            ("sort_select",),
+            (1, 2),
+            longest,
+            templates,
+            "length",
+            True,
+            answer_per_number=True,
+        )
+    return TaskSpec(
+        "list", {**sizes, "kind": "max"}, (task_library.LIST_PROGRAMS["max"],), (1,), longest, templates, "length", True
+    )
+
+
+def library_sources(names: list[str]) -> dict[str, str]:
+    """Assembly source of each library program: a standard program (library/programs/*.asm), or `r<op>`, the
+    calculator's `<op>` with its two inputs swapped (`rsub`: r0 = r2 - r1)."""
+    sources = {}
+    for name in names:
+        if name in STANDARD_PROGRAMS:
+            sources[name] = standard_source(name)[0]
+        elif name.startswith("r") and name[1:] in NOT_COMMUTATIVE:
+            op = name[1:]
+            sources[name] = f"; {name}: r0 = {op}(r2, r1), {op} with its inputs swapped\n    {op} r2 r1 r0 | ret\n"
+        else:
+            raise ValueError(
+                f"unknown program {name!r}: a standard program ({', '.join(STANDARD_PROGRAMS)}) or "
+                f"r<op> for op in {NOT_COMMUTATIVE}"
+            )
+    return sources
+
+
+def template_slots(task: str, row: dict) -> dict:
+    """The values a phrasing of `task` is formatted with, from a dataset row."""
+    a_b = dict(zip("ab", row["operands"]))
+    if task == "arithmetic":
+        return a_b
+    if task == "fibonacci":
+        return {**a_b, "depth": row["depth"]}
+    return {"values": ", ".join(map(str, row["operands"]))}
+
+
+def test_pairs_split(spec: TaskSpec, train, test, seed: int):
+    """The test split's examples (held-out operand pairs) rewritten in phrasings seen in training.
+
+    `test` pairs held-out operands with held-out phrasings (new combinations of words seen in training); this
+    split keeps the unseen operands and uses the training phrasings, so it separates generalisation to new
+    numbers from generalisation to new phrasings. A phrasing counts as seen when a training prompt is it,
+    formatted with that row's values."""
+    seen: dict[str, list[str]] = {}
+    for row in train.select(range(min(len(train), 2000))):
+        slots = template_slots(spec.builder, row)
+        for phrasing in spec.templates[row["operation"]]:
+            if phrasing.format(**slots) == row["text"] and phrasing not in seen.setdefault(row["operation"], []):
+                seen[row["operation"]].append(phrasing)
+    rng = random.Random(seed)
+
+    def rephrase(row: dict) -> dict:
+        return {"text": rng.choice(seen[row["operation"]]).format(**template_slots(spec.builder, row))}
+
+    return test.map(rephrase, desc="test_pairs")
+
+
+def build_datasets(args, spec: TaskSpec, tokenizer, seed: int):
+    """Tokenized splits of `args` (`DataArguments`) drawn with `seed`: train, validation, test, test_pairs (and
+    test_long for fibonacci and lists)."""
+    try:
+        raw = task_library.load_task(spec.builder, n=args.n, seed=seed, **spec.builder_kwargs)
+    except ValueError as error:  # too few distinct examples for the split sizes at this n
+        raise ArgumentError(f"--n {args.n} with these split sizes: {error}") from error
+    raw["test_pairs"] = test_pairs_split(spec, raw["train"], raw["test"], seed)
+    data = task_library.tokenize_for_causal_lm(raw, tokenizer)
+    data = add_number_positions(data, tokenizer, spec) if spec.answer_per_number else data
+    return add_slot_targets(data, spec, args.n)
+
+
+def _mapped(data, function, description: str, batched: bool = False):
+    """`data.map(function)` per split, cached under the split's fingerprint (which covers the tokenizer, slow to
+    hash) and this script's source."""
+    source = Path(__file__).read_bytes()
+    return datasets.DatasetDict(
+        {
+            name: split.map(
+                function, batched=batched, desc=description, new_fingerprint=fingerprint(split._fingerprint, source)
+            )
+            for name, split in data.items()
+        }
+    )
+
+
+def add_number_positions(data, tokenizer, spec: TaskSpec):
+    """Adds `number_positions` to every split of a list task: for each number of the answer, the position whose
+    next token starts it (the answer position, then the token after each comma), found by tokenizing the
+    answer's prefixes `text + " " + "3, 5, "`; raises ValueError where a prefix does not tokenize as the start
+    of the example."""
+
+    def positions(batch: dict) -> dict:
+        prefixes = [
+            f"{text} " + "".join(f"{value}, " for value in answer[:j])
+            for text, answer in zip(batch["text"], batch["answer"])
+            for j in range(len(answer))
+        ]
+        encoded = iter(tokenizer(prefixes)["input_ids"])
+        out = []
+        for ids, answer in zip(batch["input_ids"], batch["answer"]):
+            prefix_ids = [next(encoded) for _ in answer]
+            if any(ids[: len(prefix)] != prefix for prefix in prefix_ids):
+                raise ValueError(
+                    f"the tokenizer merges an answer prefix with its next number: {tokenizer.decode(ids)!r}"
+                )
+            out.append([len(prefix) - 1 for prefix in prefix_ids])
+        return {"number_positions": out}
+
+    return _mapped(data, positions, "Number positions", batched=True)
+
+
+def add_slot_targets(data, spec: TaskSpec, n: int):
+    """Adds `slot_targets` (the parse loss's targets) to every split: per position the computer runs at,
+    `slot_values` padded with -100 to every parse slot."""
+    slots = len(spec.input_registers) + spec.memory_inputs
+
+    def targets(row: dict) -> dict:
+        return {
+            "slot_targets": [
+                values + [IGNORE_INDEX] * (slots - len(values)) for values in slot_values(spec, row["text"], n)
+            ]
+        }
+
+    return _mapped(data, targets, "Slot targets")
+
+
+def written_numbers(text: str) -> list[int]:
+    """The numbers written in a prompt, in order (the copy parse's ordinals count the same numbers)."""
+    return [int(value) for value in NUMBER.findall(text)]
+
+
+def slot_values(spec: TaskSpec, text: str, n: int) -> list[list[int]]:
+    """What each parse slot (input registers, then memory cells) should read for a prompt, from the prompt text
+    alone, at each position the computer runs: the numbers in the order written (`Subtract 4 from 9` -> [4, 9],
+    which `rsub` turns into 9 - 4: the order is the selection's job), or for list tasks the list's length (r1),
+    for sort the index of the answer's number (r2: 0, 1, ...), then the list's elements (the cells)."""
+    numbers = [value for value in written_numbers(text) if value < n]
+    if spec.answer_per_number:
+        return [[len(numbers), j, *numbers] for j in range(len(numbers))]
+    return [[len(numbers), *numbers] if spec.memory_inputs else numbers]
+
+
+@dataclasses.dataclass
+class AnswerCollator:
+    """Pads a batch on the right and adds what the forward needs: `logits_to_keep` (the positions whose next
+    token is labelled) with `shift_labels` (those labels), the computer's `computer_mask` (the answer position,
+    or every `number_positions` of a list answer) and, for the answer loss, `computer_targets` (the answer value
+    at each of them, in `computer_mask.nonzero()` order). Other columns are dropped."""
+
+    pad_token_id: int
+    with_computer: bool
+    with_targets: bool
+    with_slot_targets: bool = False  # the parse loss: `slot_targets` (computer positions, slots)
+
+    def __call__(self, rows: list[dict]) -> dict:
+        def pad(key: str, value: int) -> torch.Tensor:
+            return pad_sequence([torch.tensor(row[key]) for row in rows], batch_first=True, padding_value=value)
+
+        batch = {
+            "input_ids": pad("input_ids", self.pad_token_id),
+            "attention_mask": pad("attention_mask", 0),
+            "labels": pad("labels", IGNORE_INDEX),
+        }
+        shifted = shift_labels(batch["labels"])
+        batch["logits_to_keep"] = shifted != IGNORE_INDEX
+        batch["shift_labels"] = shifted[batch["logits_to_keep"]]
+        if self.with_computer:
+            positions = [row.get("number_positions", [row["answer_position"]]) for row in rows]
+            mask = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
+            rows_index = [i for i, row in enumerate(positions) for _ in row]
+            mask[torch.tensor(rows_index), torch.tensor(list(itertools.chain(*positions)))] = True
+            batch["computer_mask"] = mask
+        if self.with_targets:
+            answers = [row["answer"] if isinstance(row["answer"], list) else [row["answer"]] for row in rows]
+            batch["computer_targets"] = torch.tensor(list(itertools.chain(*answers)))
+        if self.with_slot_targets:
+            batch["slot_targets"] = torch.tensor(list(itertools.chain(*(row["slot_targets"] for row in rows))))
+        return batch

@@ -1,0 +1,19 @@
+"""−log p of a target under a value distribution the machine produced (already normalised, not logits): the
+answer loss on the computer's output register, the parse loss on its parse slots (train.py), and the answer loss
+of adaptive compilation (`library.adaptation`)."""
+
+import torch
+
+from modeling_llama_dcomp import IGNORE_INDEX
+
+
+def value_nll(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """−log p(target) per item: `probs (..., n)`, `targets (...)` → `(...)`, 0 where the target is -100."""
+    log_probs = probs.clamp_min(1e-12).log().flatten(0, -2)  # (items, n)
+    flat = targets.flatten().to(probs.device)
+    return torch.nn.functional.nll_loss(log_probs, flat, ignore_index=IGNORE_INDEX, reduction="none").view_as(targets)
+
+
+def distribution_cross_entropy(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The mean `value_nll` over the targets that are not -100."""
+    return value_nll(probs, targets).sum() / (targets != IGNORE_INDEX).sum()

@@ -1,0 +1,109 @@
+"""The tokenizer and the model train.py trains: a Llama (a checkpoint folder, a GGUF file, or from scratch in the
+paper's shape), converted into LlamaDComp with the task's library installed, optionally with LoRA adapters."""
+
+from pathlib import Path
+
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from library.install import from_llama, number_token_ids
+from library.tokenizer import llama3_tokenizer
+from library.training.arguments import ArgumentError
+from library.training.data import TaskSpec, library_sources
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def build_tokenizer(args):
+    """The model's own tokenizer (`--model` folder or `--gguf` file), else the LLaMA-3 tokenizer."""
+    if args.gguf is not None:
+        tokenizer = AutoTokenizer.from_pretrained(Path(args.gguf).parent, gguf_file=Path(args.gguf).name)
+    elif args.model is not None and (Path(args.model) / "tokenizer_config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+    else:
+        return llama3_tokenizer()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def build_llama(args, tokenizer) -> LlamaForCausalLM:
+    """The given Llama (`--model` / `--gguf`), or a from-scratch one in the paper's shape (§4.2: hidden 128-256,
+    two layers, the 128,256-token LLaMA-3 vocabulary; untied embeddings, ~33 M parameters at hidden 128)."""
+    if args.gguf is not None:
+        gguf = Path(args.gguf)
+        llama = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        llama.config.quantization_config = None  # save_pretrained refuses a "gguf-quantized" config
+        # The weights are dequantized to float32; without this the Trainer refuses to train the Llama itself
+        # ("quantized with GGUF", as in the --no_computer baseline; `from_llama` builds a new model anyway).
+        llama.hf_quantizer, llama.is_quantized = None, False
+        return llama
+    if args.model is not None:
+        return LlamaForCausalLM.from_pretrained(args.model)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=args.hidden_size,
+        intermediate_size=4 * args.hidden_size,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.heads,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlamaForCausalLM(config)
+
+
+def build_model(model_args, data_args, computer_args, spec: TaskSpec, tokenizer):
+    """`build_llama`, converted with `from_llama` and the task's library installed after `--computer_layer`
+    (the plain Llama with `--no_computer`)."""
+    llama = build_llama(model_args, tokenizer)
+    if model_args.no_computer:
+        return llama
+    layers = llama.config.num_hidden_layers
+    if not -layers <= computer_args.computer_layer < layers:
+        raise ArgumentError(
+            f"--computer_layer: {computer_args.computer_layer} is not a layer of this {layers}-layer model "
+            f"(choose from {-layers} to {layers - 1}; -1 is the last)"
+        )
+    tokens = number_token_ids(tokenizer, data_args.n)
+    number_ids = [ids[0] if len(ids) == 1 else -1 for ids in tokens]
+    names = computer_args.library.split(",") if computer_args.library else list(spec.library)
+    return from_llama(
+        llama,
+        computer_layer=computer_args.computer_layer % layers,
+        library=library_sources(names),
+        computer_values=data_args.n,
+        computer_gate_init=computer_args.gate_init,
+        computer_selection_temperature=computer_args.selection_temperature,
+        library_input_registers=list(spec.input_registers),
+        library_memory_inputs=spec.memory_inputs,
+        computer_parse=parse_kind(computer_args.parse, tokens),
+        computer_number_token_ids=number_ids,
+    )
+
+
+def parse_kind(choice: str, tokens: list[list[int]]) -> str:
+    """`--parse`: "auto" is "copy" when the copy parse reads every value 0..n-1 back from its tokens (`tokens`,
+    from `number_token_ids`: each token of a value is some value's single token, and their digits concatenate to
+    the value: LLaMA-3's "127", SmolLM2's "1", "2", "7"), else "linear"."""
+    if choice != "auto":
+        return choice
+    single = {ids[0]: str(value) for value, ids in enumerate(tokens) if len(ids) == 1}
+    readable = all(
+        all(token in single for token in ids) and "".join(single[token] for token in ids) == str(value)
+        for value, ids in enumerate(tokens)
+    )
+    return "copy" if readable else "linear"
+
+
+def add_lora(model, rank: int):
+    """LoRA adapters on the base attention/MLP weights; the computer block is trained and saved in full."""
+    from peft import LoraConfig, get_peft_model
+
+    modules_to_save = ["computer"] if hasattr(model, "computers") else None
+    config = LoraConfig(
+        r=rank, lora_alpha=2 * rank, target_modules=LORA_TARGETS, modules_to_save=modules_to_save, task_type="CAUSAL_LM"
+    )
+    return get_peft_model(model, config)

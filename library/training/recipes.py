@@ -1,0 +1,137 @@
+"""How train.py initialises the computer block before training (docs/TRAINING.md explains why each helps): W_out
+at the LM-head rows of the number tokens, the linear parse heads as ridge probes of the prompt's numbers, and the
+copy parse pointing each slot at the number it reads in the prompt. Everything here is fitted on prompt text
+alone (never an answer); the fitted values are written through the modules' public `init_*` methods."""
+
+import torch
+
+from library.install import number_token_ids
+from library.training.data import TaskSpec, slot_values, written_numbers
+
+
+def initialise(model, tokenizer, spec: TaskSpec, rows, collator, args, from_scratch: bool) -> dict:
+    """The whole recipe of `args` (`ComputerArguments`) on a fresh LlamaDComp model, with `rows` the training
+    split: returns what it found, {"probe_accuracy": ..., "copying": {slot: ordinal}} (those it ran)."""
+    found: dict = {}
+    init_read_out(model, tokenizer, args.number_row_norm if from_scratch else 0.0)
+    if args.parse_init_scale > 0:
+        found["probe_accuracy"] = init_parse_from_probe(
+            model,
+            spec,
+            rows.select(range(min(args.probe_examples, len(rows)))),
+            collator,
+            args.parse_init_scale,
+            targets_kind=args.probe_targets,
+            ridge_penalty=args.probe_ridge,
+        )
+        if model.config.computer_parse == "copy":
+            found["copying"] = init_copy_parse(model, spec, rows[: args.probe_examples]["text"], args.parse_init_scale)
+    return found
+
+
+@torch.no_grad()
+def init_read_out(model, tokenizer, row_norm: float) -> None:
+    """W_out column v := the LM-head row of the token of value v (the computer writes what the LM head reads);
+    with `row_norm` > 0 those rows are first rescaled to that norm (a from-scratch head starts too small to
+    express a confident number: max logit ~2.5 against 128k tokens)."""
+    ids = number_token_ids(tokenizer, model.config.computer_values)
+    head = model.get_output_embeddings().weight  # (vocab, hidden)
+    if row_norm > 0:
+        single = torch.tensor([token[0] for token in ids if len(token) == 1])
+        head[single] = row_norm * head[single] / head[single].norm(dim=-1, keepdim=True)
+    columns = torch.stack([head[torch.tensor(token)].mean(0) for token in ids], dim=1)  # (hidden, n)
+    for computer in model.computers():
+        computer.init_read_out(columns)
+
+
+def digit_classes(values: torch.Tensor, n: int) -> torch.Tensor:
+    """(len(values), digits + 1) class indices into `digits * 10 + digits` columns: each decimal digit of the
+    value (units, tens, ...; 10 columns each), then its length in digits (`digits` = the digits of n - 1)."""
+    digits = len(str(n - 1))
+    columns = [10 * k + (values // 10**k) % 10 for k in range(digits)]
+    length = sum((values >= 10**k).long() for k in range(1, digits))
+    return torch.stack([*columns, 10 * digits + length], dim=1)
+
+
+@torch.no_grad()
+def init_parse_from_probe(
+    model,
+    spec: TaskSpec,
+    rows,
+    collator,
+    scale: float,
+    batch_size: int = 128,
+    targets_kind: str = "values",
+    ridge_penalty: float = 1e-2,
+) -> float:
+    """Parse heads := ridge-regression probes, fitted on the untrained model over `rows`, from the computer's
+    normalised input at the answer position to what each slot should read according to `slot_values` (prompt
+    text only, no answers). The random network already encodes the order of the prompt's numbers (~0.8 of
+    registers right at step 0 for arithmetic), so the machine's output holds the answer with large probability
+    from the first step and its gradient is informative. With `targets_kind="digits"` the probe regresses on the
+    value's decimal digits and length (`digit_classes`) and a value's logit is the sum of its digits' (scaled by
+    `scale`, not normalised): far fewer classes to fit, which on SmolLM2 (numbers written digit by digit) turns
+    0.3 of held-out slots right into 0.9 (docs/results_pretrained_base.md). Returns the probes' mean top-1
+    accuracy on the prompts they were fitted on."""
+    computer, n = model.computer, model.config.computer_values
+    features: list[torch.Tensor] = []
+    hook = computer.register_forward_pre_hook(lambda module, inputs: features.append(inputs[0][inputs[1]]))
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(rows), batch_size):
+            batch = collator([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
+            model.model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                computer_mask=batch["computer_mask"],
+            )
+    finally:
+        hook.remove()
+        model.train(was_training)
+    x = computer.norm(torch.cat(features)).double()  # (N, hidden)
+    ridge = torch.linalg.solve(x.T @ x + ridge_penalty * len(x) * torch.eye(x.shape[1], dtype=x.dtype), x.T)
+    wanted = [values for text in rows["text"] for values in slot_values(spec, text, n)]  # one per feature row
+    accuracies = []
+    for slot in range(computer.num_slots):
+        targets = torch.zeros(len(x), n, dtype=x.dtype)
+        for i, values in enumerate(wanted):
+            if slot < len(values) and values[slot] < n:
+                targets[i, values[slot]] = 1.0
+        if targets_kind == "digits":
+            classes = digit_classes(torch.arange(n), n)  # (n, digits + 1)
+            factors = torch.zeros(n, int(classes.max()) + 1, dtype=x.dtype)
+            factors.scatter_(1, classes, 1.0)  # (n, digit columns): value -> its digits and length
+            probe = ridge @ (targets @ factors) @ factors.T  # (hidden, n): a value's column = sum of its digits'
+        else:
+            probe = ridge @ targets  # (hidden, n)
+            probe = probe / probe.norm(dim=0, keepdim=True).clamp_min(1e-12)
+        for module in model.computers():
+            module.init_parse_from_probe(slot, scale * probe)
+        labelled = targets.sum(1) > 0
+        if labelled.any():  # cells past the training lists are never labelled (their probe is zero: uniform)
+            accuracies.append(float((targets[labelled].argmax(1) == (x[labelled] @ probe).argmax(1)).double().mean()))
+    return sum(accuracies) / len(accuracies)
+
+
+def init_copy_parse(model, spec: TaskSpec, texts: list[str], scale: float, min_agreement: float = 0.9) -> dict:
+    """Copy parse prior, from the prompt text alone (like the probe): a slot whose `slot_values` target is the
+    k-th number of the prompt in at least `min_agreement` of `texts` starts attending to ordinal k and copying
+    (`CopyParse.init_ordinals`); any other slot (a list's length, say) starts on the linear parse. Returns
+    {slot: ordinal} of the copying slots."""
+    n = model.config.computer_values
+    copy = model.computer.copy_parse
+    agreement = torch.zeros(copy.slots, copy.ordinal.num_embeddings)
+    labelled = torch.zeros(copy.slots)
+    for text in texts:
+        numbers = written_numbers(text)  # ordinal k: the k-th of them, as in `CopyParse`
+        for values in slot_values(spec, text, n):
+            for slot, value in enumerate(values[: copy.slots]):
+                labelled[slot] += 1
+                for k, number in enumerate(numbers[: copy.ordinal.num_embeddings]):
+                    agreement[slot, k] += number == value
+    share, ordinal = (agreement / labelled.clamp_min(1)[:, None]).max(1)  # (slots,)
+    copying = {slot: int(ordinal[slot]) for slot in range(copy.slots) if share[slot] >= min_agreement}
+    for computer in model.computers():
+        computer.copy_parse.init_ordinals(copying, scale)
+    return copying

@@ -1,0 +1,206 @@
+"""The Trainer of train.py and what guards a run: one learning rate per parameter group (the model declares the
+groups), the answer and parse losses on the computer's own distributions, a stop on the first non-finite loss or
+weight (before anything is saved), a lock on the output folder, and resuming only from a complete checkpoint of
+the same run."""
+
+import fcntl
+import hashlib
+import json
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from library.training.arguments import resume_mismatches
+from library.training.losses import distribution_cross_entropy
+from modeling_llama_dcomp import LlamaDCompPreTrainedModel, record_computer_runs
+
+# Trainer.push_to_hub leaves out names starting with "_": the lock is no part of the published model.
+LOCK_FILE = "_train.lock"
+SETTINGS_FILE = "run_settings.json"
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on: the message says why and what to do; train.py exits with it (status 1)."""
+
+
+class DCompTrainer(Trainer):
+    """The Trainer with the model's parameter groups (one learning rate each), the answer loss on the computer's
+    output register and the parse loss on its parse slots, a stop on a non-finite loss, and our model card."""
+
+    def __init__(
+        self, *args, answer_loss_weight: float = 0.0, parse_loss_weight: float = 0.0, model_card: str = "", **kwargs
+    ):
+        super().__init__(*args, **kwargs)
+        self.answer_loss_weight = answer_loss_weight
+        self.parse_loss_weight = parse_loss_weight
+        self.model_card = model_card
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            # Grouped by parameter name, which also covers the plain Llama baseline and a PEFT wrapper.
+            groups = LlamaDCompPreTrainedModel.parameter_groups(model or self.model, self.args.learning_rates)
+            self.optimizer = torch.optim.AdamW(
+                groups,
+                betas=(self.args.adam_beta1, self.args.adam_beta2),
+                eps=self.args.adam_epsilon,
+                weight_decay=self.args.weight_decay,
+            )
+        return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        targets = inputs.pop("computer_targets", None)
+        slot_targets = inputs.pop("slot_targets", None)
+        with record_computer_runs() as runs:
+            loss, outputs = super().compute_loss(
+                model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+            )
+        if targets is not None and self.answer_loss_weight:
+            register = runs[-1].state.registers[:, self.model.config.library_output_register]  # (batch, n)
+            loss = loss + self.answer_loss_weight * distribution_cross_entropy(register, targets)
+        if slot_targets is not None and self.parse_loss_weight:
+            parsed = torch.cat([runs[-1].input_probs, runs[-1].memory_probs], dim=1)  # (positions, slots, n)
+            loss = loss + self.parse_loss_weight * distribution_cross_entropy(parsed, slot_targets)
+        if model.training and not torch.isfinite(loss.detach()).all():
+            raise non_finite(f"the loss is {float(loss.detach())}", self.state.global_step + 1, self.args.output_dir)
+        return (loss, outputs) if return_outputs else loss
+
+    def create_model_card(self, **kwargs):
+        if self.is_world_process_zero() and self.model_card:
+            Path(self.args.output_dir, "README.md").write_text(self.model_card)
+
+
+def non_finite(what: str, step: int, output_dir: str) -> TrainingError:
+    last = last_complete_checkpoint(Path(output_dir))
+    return TrainingError(
+        f"training stopped at step {step}: {what}. Nothing of this step was saved; the last good checkpoint is "
+        f"{last or 'none'}. Lower the learning rates or check the initialisation (--gate_init, --parse_init_scale)."
+    )
+
+
+class TrainingGuard(TrainerCallback):
+    """Stops a run whose weights are not finite: at the start (a resumed checkpoint is also checked against its
+    library, `verify_library`) and after every optimizer step, before the step is logged or saved."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if hasattr(model, "verify_library"):
+            model.verify_library()  # the resumed checkpoint's program tensors against the config's fingerprint
+        self._check(model, state.global_step, args.output_dir, trainable_only=False)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self._check(model, state.global_step, args.output_dir)
+
+    @staticmethod
+    def _check(model, step: int, output_dir: str, trainable_only: bool = True) -> None:
+        parameters = [p for p in model.parameters() if p.requires_grad or not trainable_only]
+        # One fused norm per step (an element-wise scan of every weight costs more than a CPU step): it is not
+        # finite when a weight is not, or when weights beyond ~1e19 overflow it, which means the run diverged.
+        if bool(torch.nn.utils.get_total_norm(parameters).isfinite()):
+            return
+        broken = (name for name, p in model.named_parameters() if not torch.isfinite(p.detach()).all())
+        what = next(
+            (f"parameter {name} holds non-finite values" for name in broken),
+            "the weights' norm overflows (weights beyond ~1e19)",
+        )
+        raise non_finite(what, step, output_dir)
+
+
+class LearningCurve(TrainerCallback):
+    """Records (step, seconds since the process started, validation exact match) at every evaluation."""
+
+    def __init__(self, started: float):
+        self.started, self.points = started, []
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if metrics and "eval_exact_match" in metrics:
+            self.points.append(
+                {
+                    "step": state.global_step,
+                    "seconds": time.time() - self.started,
+                    "validation_exact_match": metrics["eval_exact_match"],
+                }
+            )
+
+
+@contextmanager
+def output_lock(output_dir: Path):
+    """Holds `output_dir/train.lock` (an OS lock, released when the process ends, even by kill -9) for the run;
+    raises TrainingError naming the holder's pid when another run holds it. Only the main process of a
+    distributed run takes it."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / LOCK_FILE
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise TrainingError(
+                f"another train.py run (pid {holder}) is writing to {output_dir} (lock {path}); wait for it to end "
+                "or choose another --output_dir"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def last_complete_checkpoint(output_dir: Path) -> Path | None:
+    """The checkpoint with the most steps whose `trainer_state.json` (the Trainer writes it last) reads back with
+    that step: a folder left by a kill during a save has none, or a torn one, and is passed over."""
+    complete = []
+    for folder in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        try:
+            step = int(folder.name.rsplit("-", 1)[1])
+            state = json.loads((folder / "trainer_state.json").read_text())
+        except (ValueError, OSError):
+            continue
+        if state.get("global_step") == step:
+            complete.append((step, folder))
+    return max(complete)[1] if complete else None
+
+
+def resume_checkpoint(output_dir: Path, settings: dict) -> Path:
+    """`--resume`: the last complete checkpoint in `output_dir`, after checking that this run's settings are
+    those of the run it continues (`arguments.RESUME_FIXED`); raises TrainingError otherwise."""
+    checkpoint = last_complete_checkpoint(output_dir)
+    if checkpoint is None:
+        raise TrainingError(f"--resume: {output_dir} holds no complete checkpoint to resume from")
+    saved = output_dir / SETTINGS_FILE
+    if not saved.is_file():
+        raise TrainingError(f"--resume: {saved} is missing, so the run's settings cannot be checked")
+    now = json.loads(json.dumps(settings, default=str))  # as saved
+    differences = resume_mismatches(json.loads(saved.read_text()), now)
+    if differences:
+        raise TrainingError(
+            f"--resume: {output_dir} was trained with other settings ({'; '.join(differences)}); resume with the "
+            "same ones or choose another --output_dir"
+        )
+    return checkpoint
+
+
+def save_settings(output_dir: Path, settings: dict) -> None:
+    """run_settings.json, written whole or not at all (what `resume_checkpoint` compares against)."""
+    partial = output_dir / f"_{SETTINGS_FILE}.partial"
+    partial.write_text(json.dumps(settings, indent=1, default=str))
+    os.replace(partial, output_dir / SETTINGS_FILE)
+
+
+def parameter_digest(model) -> str:
+    """sha256 over every parameter in name order: equal digests, equal models."""
+    digest = hashlib.sha256()
+    for name, parameter in sorted(model.named_parameters()):
+        digest.update(name.encode())
+        digest.update(parameter.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()

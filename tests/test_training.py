@@ -1,0 +1,366 @@
+"""library/training in-process: the arguments (every Trainer flag, dash aliases, JSON/YAML files, clear errors
+naming the argument), the task data and collator, the initialisation recipes, the model's parameter groups, the
+losses, the guards (non-finite stop, output-folder lock, last complete checkpoint, resume settings) and the
+positions predict runs the computer at. train.py end to end: tests/test_train.py."""
+
+import json
+import math
+import multiprocessing
+import os
+
+import pytest
+import torch
+from model_fixtures import random_ids, tiny_model
+from transformers import TrainingArguments
+
+from library.interpreter import run_reference
+from library.stdlib import link, load_program
+from library.training.arguments import RESUME_FIXED, ArgumentError, parse_arguments, resume_mismatches, settings
+from library.training.data import AnswerCollator, build_datasets, library_sources, task_spec
+from library.training.losses import distribution_cross_entropy, value_nll
+from library.training.models import build_model, build_tokenizer, parse_kind
+from library.training.predict import number_starts
+from library.training.recipes import digit_classes, init_copy_parse
+from library.training.trainer import (
+    DCompTrainer,
+    TrainingError,
+    TrainingGuard,
+    last_complete_checkpoint,
+    output_lock,
+)
+from modeling_llama_dcomp import LlamaDCompPreTrainedModel, record_computer_runs
+
+
+@pytest.fixture
+def cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("LLAMA_DCOMP_CACHE", str(tmp_path_factory.getbasetemp() / "llama_dcomp_cache"))
+
+
+def arguments(*argv: str):
+    return parse_arguments(["--output_dir", "unused", *argv])
+
+
+def task(*argv: str):
+    """(model, data, computer, training arguments, spec, tokenizer, tokenized splits) of a command line."""
+    model_args, data_args, computer_args, training_args = arguments(*argv)
+    spec = task_spec(data_args, computer_args.reversed_programs)
+    tokenizer = build_tokenizer(model_args)
+    data = build_datasets(data_args, spec, tokenizer, training_args.seed)
+    return model_args, data_args, computer_args, training_args, spec, tokenizer, data
+
+
+# ------------------------------------------------------------------------------------------------ arguments
+def test_defaults_are_the_papers_calculator_run():
+    model_args, data_args, computer_args, training_args = parse_arguments([])
+    assert (data_args.task, data_args.n, data_args.train_size) == ("arithmetic", 128, 20000)
+    assert (model_args.hidden_size, model_args.layers, model_args.heads) == (128, 2, 4)
+    assert training_args.output_dir == "runs/default" and training_args.num_train_epochs == 1.0
+    assert training_args.learning_rates == {"layers": 1e-4, "embeddings": 3e-4, "computer": 3e-3, "parse": 1e-3}
+    assert (training_args.per_device_train_batch_size, training_args.eval_steps, training_args.save_steps) == (
+        32,
+        100,
+        200,
+    )
+    assert training_args.seed == training_args.data_seed == 0 and training_args.report_to == ["tensorboard"]
+    assert computer_args.parse == "auto" and computer_args.reversed_programs
+
+
+def test_every_trainer_flag_and_both_spellings_work():
+    _, data_args, computer_args, training_args = arguments(
+        "--train-size", "7", "--no-reversed-programs", "--gradient_checkpointing", "--torch_compile", "false",
+        "--report_to", "none", "--learning-rate", "0.5", "--output-dir", "elsewhere", "--weight_decay", "0.1",
+    )  # fmt: skip
+    assert data_args.train_size == 7 and not computer_args.reversed_programs
+    assert training_args.gradient_checkpointing and not training_args.torch_compile
+    assert training_args.learning_rate == 0.5 and training_args.output_dir == "elsewhere"
+    assert training_args.report_to == [] and training_args.weight_decay == 0.1
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_one_json_or_yaml_file_holds_the_arguments(tmp_path, suffix):
+    values = {"task": "fibonacci", "train_size": 64, "hidden_size": 32, "max_steps": 3, "output_dir": "x"}
+    path = tmp_path / f"config{suffix}"
+    path.write_text(json.dumps(values) if suffix == ".json" else "\n".join(f"{k}: {v}" for k, v in values.items()))
+    model_args, data_args, _, training_args = parse_arguments([str(path)])
+    assert (data_args.task, data_args.train_size, model_args.hidden_size) == ("fibonacci", 64, 32)
+    assert training_args.max_steps == 3 and training_args.output_dir == "x"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--heads", "0"], "--heads: must be >= 1, got 0"),
+        (["--hidden_size", "0"], "--hidden_size: must be >= 1, got 0"),
+        (["--layers", "0"], "--layers: must be >= 1, got 0"),
+        (["--hidden_size", "30", "--heads", "4"], "--hidden_size: 30 must be an even multiple of --heads 4"),
+        (["--n", "1"], "--n: the machine needs at least 2 values, got 1"),
+        (["--train_size", "0"], "--train_size: needs at least 1 example, got 0"),
+        (["--operations", "add,pow"], "--operations: unknown operation(s) ['pow']"),
+        (["--max_steps", "0"], "--max_steps: must be >= 1 or -1, got 0"),
+        (["--learning_rate", "-1"], "--learning_rate: must be > 0, got -1.0"),
+        (["--learning_rate", "nan"], "--learning_rate: must be a finite number, got nan"),
+        (["--parse_learning_rate", "inf"], "--parse_learning_rate: must be a finite number, got inf"),
+        (["--gate_init", "nan"], "--gate_init: must be a finite number, got nan"),
+        (["--selection_temperature", "0"], "--selection_temperature: must be > 0, got 0.0"),
+        (["--model", "/nonexistent/llama"], "--model: /nonexistent/llama does not exist"),
+    ],
+)
+def test_bad_arguments_exit_with_a_message_naming_the_argument(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        arguments(*argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_too_few_values_for_the_split_sizes_is_an_argument_error(cache):
+    with pytest.raises(ArgumentError, match="--n 3 with these split sizes: could only draw 3 distinct 'test'"):
+        task("--n", "3", "--train_size", "50", "--validation_size", "5", "--test_size", "5")
+
+
+def test_a_computer_layer_the_model_lacks_is_refused(cache):
+    model_args, data_args, computer_args, _, spec, tokenizer, _ = task(
+        "--computer_layer", "5", "--train_size", "8", "--validation_size", "2", "--test_size", "2", "--hidden_size",
+        "32",
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"--computer_layer: 5 is not a layer of this 2-layer model \(choose from -2"):
+        build_model(model_args, data_args, computer_args, spec, tokenizer)
+
+
+def test_resume_compares_the_model_data_and_seed_only():
+    base = settings(*arguments())
+    assert resume_mismatches(base, settings(*arguments("--max_steps", "9", "--eval_steps", "3"))) == []
+    assert resume_mismatches(base, settings(*arguments("--hidden_size", "64", "--seed", "2"))) == [
+        "--hidden_size: 128 -> 64",
+        "--seed: 0 -> 2",
+        "--data_seed: 0 -> 2",
+    ]
+    assert set(RESUME_FIXED) >= {"model", "data", "computer", "seed"}
+
+
+# ---------------------------------------------------------------------------------------------- data, recipes
+def test_reversed_programs_swap_the_inputs_and_link_with_the_standard_ones():
+    linked = link(library_sources(["sub", "div", "rsub", "rdiv"]))
+    for name, expected in {"sub": 5, "div": 2, "rsub": (4 - 9) % 128, "rdiv": 0}.items():
+        run = run_reference(linked.program, registers={1: 9, 2: 4}, entry=linked.entry_points[name])
+        assert run.halted and run.state.registers[0] == expected, name
+    with pytest.raises(ValueError, match="unknown program 'radd'"):
+        library_sources(["radd"])
+
+
+def test_parse_auto_copies_where_every_value_reads_back_from_its_tokens():
+    one_token_each = [[100 + value] for value in range(12)]  # LLaMA-3: "0" .. "11" are tokens
+    digit_tokens = [[100 + value] for value in range(10)] + [[101, 100], [101, 101]]  # SmolLM2: "1", "0"
+    unreadable = [[100 + value] for value in range(10)] + [[101, 100], [101, 555]]  # 555 is no value's token
+    swapped = [[100 + value] for value in range(10)] + [[100, 101], [101, 101]]  # "10" written as "0", "1"
+    assert parse_kind("auto", one_token_each) == parse_kind("auto", digit_tokens) == "copy"
+    assert parse_kind("auto", unreadable) == parse_kind("auto", swapped) == "linear"
+    assert parse_kind("linear", one_token_each) == "linear" and parse_kind("copy", unreadable) == "copy"
+
+
+def test_sort_runs_the_computer_before_every_number_of_the_answer(cache):
+    """sort: the computer runs where the next token starts a number of the answer, with that number as its target;
+    the parse targets (length, the number's index, the list) make `sort_select` compute it."""
+    *_, spec, tokenizer, data = task(
+        "--task", "sort", "--train_size", "8", "--validation_size", "2", "--test_size", "2", "--test_long_size", "4"
+    )
+    collator = AnswerCollator(tokenizer.pad_token_id, True, True, with_slot_targets=True)
+    program = load_program("sort_select")
+    for split in ("train", "test_long"):
+        rows = list(data[split])
+        batch = collator(rows)
+        answers = [value for row in rows for value in row["answer"]]
+        marked = batch["computer_mask"].nonzero().tolist()
+        following = [tokenizer.decode(batch["input_ids"][i, p + 1]) for i, p in marked]
+        assert following == [str(value) for value in answers] and batch["computer_targets"].tolist() == answers
+        for (length, index, *cells), answer in zip(batch["slot_targets"].tolist(), answers):
+            assert cells[length:] == [-100] * (spec.memory_inputs - length)
+            run = run_reference(program, registers={1: length, 2: index}, memory=cells[:length])
+            assert run.state.registers[0] == answer
+
+
+def test_number_starts_are_the_training_positions_of_the_computer(cache):
+    """predict runs the computer where training did (`add_number_positions`): before each number of a list."""
+    *_, tokenizer, data = task(
+        "--task", "sort", "--train_size", "8", "--validation_size", "2", "--test_size", "2", "--test_long_size", "4"
+    )
+    for row in data["test_long"]:
+        start = row["answer_position"] + 1
+        ids = [token for token in row["input_ids"] if token != tokenizer.eos_token_id]  # prompt + answer
+        assert number_starts(tokenizer, ids, start) == row["number_positions"]
+
+
+def test_parse_loss_is_the_parse_heads_cross_entropy_against_the_prompt_numbers(cache, tmp_path):
+    """fibonacci: the parse targets are a, b and the depth as written; the loss adds their cross-entropy under the
+    parse heads, times its weight, to the LM loss; a few steps on it make the parse read the prompt's numbers."""
+    model_args, data_args, computer_args, _, spec, tokenizer, data = task(
+        "--task", "fibonacci", "--train_size", "16", "--validation_size", "2", "--test_size", "2",
+        "--test_long_size", "2", "--hidden_size", "32", "--heads", "2",
+    )  # fmt: skip
+    rows = list(data["train"])
+    assert [row["slot_targets"] for row in rows] == [[[*row["operands"], row["depth"]]] for row in rows]
+    torch.manual_seed(0)
+    model = build_model(model_args, data_args, computer_args, spec, tokenizer)
+    batch = AnswerCollator(tokenizer.pad_token_id, True, False, with_slot_targets=True)(rows)
+    targets = batch["slot_targets"]  # (rows, slots)
+
+    def trainer(weight: float):
+        arguments = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+        return DCompTrainer(model=model, args=arguments, parse_loss_weight=weight)
+
+    def parse_cross_entropy() -> torch.Tensor:
+        with record_computer_runs() as runs:
+            model(**{key: value for key, value in batch.items() if key != "slot_targets"})
+        probs = runs[-1].input_probs  # (rows, slots, n)
+        return -probs.gather(2, targets[..., None]).log().mean()
+
+    with torch.no_grad():
+        without = trainer(0.0).compute_loss(model, dict(batch))
+        with_loss = trainer(2.0).compute_loss(model, dict(batch))
+        before = parse_cross_entropy()
+    torch.testing.assert_close(with_loss - without, 2.0 * before, rtol=1e-4, atol=1e-4)
+    parse_heads = [*model.computer.parse.parameters(), *model.computer.copy_parse.parameters()]  # linear + copy
+    optimizer = torch.optim.Adam(parse_heads, lr=1e-2)
+    for _ in range(20):
+        optimizer.zero_grad()
+        trainer(1.0).compute_loss(model, dict(batch)).backward()
+        optimizer.step()
+    with torch.no_grad():
+        assert parse_cross_entropy() < 0.5 * before
+
+
+@pytest.mark.parametrize(
+    ("task_name", "copying"),
+    [
+        ("fibonacci", {0: 0, 1: 1, 2: 2}),  # a, b, depth as written
+        ("sort", {2: 0, 3: 1, 4: 2, 5: 3}),  # cells; not length, index
+    ],
+)
+def test_copy_parse_prior_points_each_slot_at_the_number_it_reads(cache, task_name, copying):
+    model_args, data_args, computer_args, _, spec, tokenizer, data = task(
+        "--task", task_name, "--parse", "copy", "--train_size", "32", "--validation_size", "2", "--test_size", "2",
+        "--test_long_size", "2", "--hidden_size", "32", "--heads", "2",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(model_args, data_args, computer_args, spec, tokenizer)
+    assert init_copy_parse(model, spec, data["train"]["text"], scale=5.0) == copying
+    rows = list(data["train"])
+    batch = AnswerCollator(tokenizer.pad_token_id, True, False, with_slot_targets=True)(rows)
+    with torch.no_grad(), record_computer_runs() as runs:
+        model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], computer_mask=batch["computer_mask"]
+        )
+    parsed = torch.cat([runs[0].input_probs, runs[0].memory_probs], dim=1).argmax(-1)  # (positions, slots)
+    slots = list(copying)
+    targets = batch["slot_targets"][:, slots]
+    labelled = targets >= 0
+    assert (parsed[:, slots] == targets)[labelled].float().mean() > 0.95  # right from step 0, before any training
+
+
+def test_isolated_gradients_route_the_lm_loss_to_the_read_out_and_the_answer_loss_to_the_heads():
+    """`isolate_gradients` leaves the forward values alone; the LM loss then reaches only the read-out, a loss on
+    the recorded output register reaches the selection/parse heads and the base."""
+    model = tiny_model(gate=1.0).train()
+    ids = random_ids(2, 6)
+    with torch.no_grad():
+        expected = model(ids).logits
+    computer = model.computer
+    computer.isolate_gradients = True
+    with record_computer_runs() as runs:
+        outputs = model(ids, labels=ids)
+    torch.testing.assert_close(outputs.logits, expected, rtol=0, atol=0)
+    outputs.loss.backward(retain_graph=True)
+    assert computer.parse.weight.grad is None and computer.select.weight.grad is None
+    assert computer.output_proj.weight.grad.abs().sum() > 0 and computer.gate.grad.abs().sum() > 0
+    base = model.model.layers[0].self_attn.q_proj.weight
+    from_lm_loss = base.grad.clone()
+    register = torch.cat([run.state.registers[:, 0] for run in runs])
+    distribution_cross_entropy(register, torch.full((len(register),), 3)).backward()
+    assert computer.parse.weight.grad.abs().sum() > 0 and computer.select.weight.grad.abs().sum() > 0
+    assert not torch.equal(base.grad, from_lm_loss)  # the answer loss reaches the base through the heads
+
+
+def test_digit_classes_and_the_cross_entropy_of_distributions():
+    classes = digit_classes(torch.tensor([0, 7, 42, 127]), 128)  # units, tens, hundreds (10 columns each), length
+    assert classes.tolist() == [[0, 10, 20, 30], [7, 10, 20, 30], [2, 14, 20, 31], [7, 12, 21, 32]]
+    probs = torch.tensor([[[0.5, 0.5, 0.0], [0.0, 0.25, 0.75]]])  # (1, 2 slots, n = 3)
+    loss = distribution_cross_entropy(probs, torch.tensor([[0, -100]]))  # the second slot ignored
+    assert torch.allclose(loss, torch.tensor(0.5).log().neg())
+    assert torch.allclose(
+        distribution_cross_entropy(probs[0], torch.tensor([1, 2])),
+        -(torch.tensor(0.5).log() + torch.tensor(0.75).log()) / 2,
+    )
+    nll = value_nll(probs, torch.tensor([[1, -100]]))  # per item, 0 where ignored
+    assert nll.shape == (1, 2) and torch.allclose(nll, torch.tensor([[-torch.tensor(0.5).log(), 0.0]]))
+
+
+# ------------------------------------------------------------------------------------------------ the trainer
+def test_parameter_groups_split_the_model_by_part_with_one_rate_each():
+    model = tiny_model()
+    rates = {"layers": 1.0, "embeddings": 2.0, "computer": 3.0, "parse": 4.0}
+    groups = {group["name"]: group for group in model.parameter_groups(rates)}
+    assert list(groups) == ["computer", "embeddings", "layers", "parse"]
+    ids = {name: {id(p) for p in group["params"]} for name, group in groups.items()}
+    computer = model.computer
+    assert ids["parse"] == {id(computer.parse.weight)}
+    assert {id(computer.gate), id(computer.select.weight), id(computer.norm.weight)} <= ids["computer"]
+    assert {id(computer.output_proj.weight), id(model.lm_head.weight), id(model.model.norm.weight)} <= ids["embeddings"]
+    assert all(group["lr"] == rates[name] for name, group in groups.items())
+    assert sum(len(group) for group in ids.values()) == sum(1 for p in model.parameters() if p.requires_grad)
+    model.computer.gate.requires_grad_(False)
+    assert id(computer.gate) not in {id(p) for group in model.parameter_groups(rates) for p in group["params"]}
+    plain = model.model.layers[0]  # any module: grouped by name, so the plain Llama baseline works too
+    assert {group["name"] for group in LlamaDCompPreTrainedModel.parameter_groups(plain, rates)} == {"layers"}
+
+
+def test_a_non_finite_loss_or_weight_stops_training(tmp_path):
+    model = tiny_model().train()
+    trainer = DCompTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[]))
+    ids = random_ids(2, 6)
+    batch = {"input_ids": ids, "labels": ids}
+    assert math.isfinite(float(trainer.compute_loss(model, dict(batch)).detach()))
+    TrainingGuard._check(model, 3, str(tmp_path))
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] = float("nan")
+    with pytest.raises(TrainingError, match="training stopped at step 1: the loss is nan"):
+        trainer.compute_loss(model, dict(batch))
+    with pytest.raises(TrainingError, match="step 3: parameter lm_head.weight holds non-finite values"):
+        TrainingGuard._check(model, 3, str(tmp_path))
+
+
+def test_the_last_complete_checkpoint_skips_a_partial_or_torn_one(tmp_path):
+    def checkpoint(step: int, state: str | None) -> None:
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
+
+    assert last_complete_checkpoint(tmp_path) is None
+    checkpoint(4, json.dumps({"global_step": 4}))
+    checkpoint(8, json.dumps({"global_step": 8}))
+    checkpoint(12, None)  # killed before the trainer state
+    checkpoint(16, '{"global_st')  # killed while writing it
+    checkpoint(20, json.dumps({"global_step": 4}))  # not this checkpoint's state
+    (tmp_path / "checkpoint-x").mkdir()
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-8"
+
+
+def _hold_lock(folder, ready, release):
+    with output_lock(folder):
+        ready.set()
+        release.wait(30)
+
+
+def test_the_output_lock_refuses_a_second_run_and_names_its_pid(tmp_path):
+    context = multiprocessing.get_context("fork")
+    ready, release = context.Event(), context.Event()
+    holder = context.Process(target=_hold_lock, args=(tmp_path, ready, release))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        refused = pytest.raises(TrainingError, match=f"another train.py run \\(pid {holder.pid}\\) is writing to")
+        with refused, output_lock(tmp_path):
+            pass
+    finally:
+        release.set()
+        holder.join(30)
+    with output_lock(tmp_path):  # released when its holder ended
+        assert (tmp_path / "_train.lock").read_text() == str(os.getpid())
