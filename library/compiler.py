@@ -18,7 +18,7 @@ from dcomp_machine import ProgramTensors
 from .assembler import LABEL, format_program
 from .program import Instruction, Program
 
-# The Instruction field that each operand letter of dcomp_isa fills, and how a decompiled note names it.
+# The Instruction field that each operand letter of dcomp_isa fills.
 _OPERAND_FIELDS = {"a": "a", "b": "b", "o": "out", "i": "imm", "l": "imm"}
 
 

@@ -1,4 +1,4 @@
-"""The standard library (library/programs/*.asm, library/stdlib.py) against plain Python.
+"""The standard library (library/stdlib.py: the generated calculator and library/programs/*.asm) against plain Python.
 
 Every program runs on random inputs on both machines — the reference interpreter and the differentiable
 RegisterMachine (one-hot program and inputs, a whole batch of inputs at once) — alone and from its entry

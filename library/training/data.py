@@ -83,7 +83,7 @@ def task_spec(args, reversed_programs: bool = True) -> TaskSpec:
 
 
 def library_sources(names: list[str]) -> dict[str, str]:
-    """Assembly source of each library program: a standard program (library/programs/*.asm), or `r<op>`, the
+    """Assembly source of each library program: a standard program (`stdlib.standard_source`), or `r<op>`, the
     calculator's `<op>` with its two inputs swapped (`rsub`: r0 = r2 - r1)."""
     sources = {}
     for name in names:
