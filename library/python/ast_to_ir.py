@@ -474,22 +474,32 @@ class FunctionCompiler:
         if forever is None:
             self.branch(node.test, end, when=False)
         self.place(top)
-        self.body(node.body, _Loop(end, cont))
-        if forever:
-            self.goto(top)
-        else:
-            self.branch(node.test, top, when=True)
+
+        def latch():
+            if forever:
+                self.goto(top)
+            else:
+                self.branch(node.test, top, when=True)
+
+        self.body(node.body, _Loop(end, cont), None, latch)
         self.place(end)
 
-    def body(self, statements: list[ast.stmt], loop: _Loop) -> None:
-        """A loop body, one loop deeper; places the `continue` label after it if one was used."""
+    def body(self, statements: list[ast.stmt], loop: _Loop, first=None, latch=None) -> None:
+        """A loop body, one loop deeper: `first()` emits what starts each iteration, the `continue` label goes
+        after the statements, and `latch()` emits what ends each iteration."""
+        outer = self.weight
         self.weight *= 10
+        if first is not None:
+            first()
         self.loops.append(loop)
         for statement in statements:
             self.statement(statement)
         self.loops.pop()
         if loop.continued:
             self.place(loop.cont)
+        if latch is not None:
+            latch()
+        self.weight = outer
 
     def stmt_Break(self, node: ast.Break) -> None:
         if not self.loops:
@@ -538,30 +548,38 @@ class FunctionCompiler:
         stop_node = call.args[1] if len(call.args) > 1 else call.args[0]
         start = self.expr(start_node)
         stop = self.expr(stop_node)
-        end = self.new_label("endfor")
-        first, last = (start, stop) if step > 0 else (stop, start)
-        self.branch_compare("<", first, last, end, when=False)
-        # Trip count - 1 = (last - first - 1) // |step|: the `loop` counter's start value.
+        low_node, (low, high) = (start_node, (start, stop)) if step > 0 else (stop_node, (stop, start))
+        # The loop counter starts at the trip count - 1 = (high - low - 1) // |step|; computed before the test
+        # for an empty range (unused then) so that it shares the test's line.
         remaining = self.temp()
-        self.emit("sub", a=last, b=first, out=remaining)
-        self.emit("dec", a=remaining, out=remaining)
+        if _fold(low_node, self.source.n) == 0:
+            self.emit("dec", a=high, out=remaining)
+        else:
+            self.emit("sub", a=high, b=low, out=remaining)
+            self.emit("dec", a=remaining, out=remaining)
         if abs(step) != 1:
             self.emit("div", a=remaining, b=self.constant(abs(step)), out=remaining)
         private = self._private_loop_variable(node, name)
         variable = self.variable(name, node.target)
         counter = variable if private else self.temp()
         self.emit("copy", a=start, out=counter)
-        top, cont = self.new_label("for"), self.new_label("next")
+        end = self.new_label("endfor")
+        if _fold(low_node, self.source.n) == 0:
+            self.branch_compare("!=", high, None, end, when=False)
+        else:
+            self.branch_compare("<", low, high, end, when=False)
+        top = self.new_label("for")
         self.place(top)
-        outer = self.weight
-        self.weight *= 10
-        if not private:
-            self.emit("copy", a=counter, out=variable)
-        self.weight = outer
-        self.body(node.body, _Loop(end, cont))
-        self.advance(counter, step)
-        self.emit("loop", a=remaining, target=top)
-        self.weight = outer
+
+        def first():
+            if not private:
+                self.emit("copy", a=counter, out=variable)
+
+        def latch():
+            self.advance(counter, step)
+            self.emit("loop", a=remaining, target=top)
+
+        self.body(node.body, _Loop(end, self.new_label("next")), first, latch)
         self.place(end)
 
     def advance(self, register: Reg, step: int) -> None:
@@ -573,8 +591,6 @@ class FunctionCompiler:
             self.emit("add", a=register, b=self.constant(step % self.source.n), out=register)
 
     def for_list(self, node: ast.For, name: str, values: _List) -> None:
-        end = self.new_label("endfor")
-        self.branch_compare("!=", values.length, None, end, when=False)
         remaining, pointer = self.temp(), self.temp()
         self.emit("dec", a=values.length, out=remaining)
         self.emit("copy", a=values.base, out=pointer)
@@ -582,23 +598,24 @@ class FunctionCompiler:
         # Pipelined: the next element is loaded on the last line of the body, so the body runs one line shorter;
         # the variable then ends one element past the list, hence only when nothing reads it after the loop.
         pipelined = self._private_loop_variable(node, name) and not _uses_continue(node.body)
-        top, cont = self.new_label("for"), self.new_label("next")
-        if pipelined:
+
+        def load():
             self.emit("read", a=pointer, out=variable)
             self.emit("inc", a=pointer, out=pointer)
+
+        if pipelined:
+            load()  # reading the cell of an empty list is harmless
+        end = self.new_label("endfor")
+        self.branch_compare("!=", values.length, None, end, when=False)
+        top = self.new_label("for")
         self.place(top)
-        outer = self.weight
-        if not pipelined:
-            self.weight *= 10
-            self.emit("read", a=pointer, out=variable)
-            self.emit("inc", a=pointer, out=pointer)
-            self.weight = outer
-        self.body(node.body, _Loop(end, cont))
-        if pipelined:
-            self.emit("read", a=pointer, out=variable)
-            self.emit("inc", a=pointer, out=pointer)
-        self.emit("loop", a=remaining, target=top)
-        self.weight = outer
+
+        def latch():
+            if pipelined:
+                load()
+            self.emit("loop", a=remaining, target=top)
+
+        self.body(node.body, _Loop(end, self.new_label("next")), None if pipelined else load, latch)
         self.place(end)
 
     # ---------------------------------------------------------------------------------------------- conditions

@@ -175,3 +175,43 @@ def liveness(code: list[Ins]) -> list[set[Reg]]:
                 live_out[i], live_in[i] = out, new_in
                 changed = True
     return live_out
+
+
+_PURE = frozenset(
+    {"set", "inc", "dec", "add", "sub", "mul", "div", "mod", "max", "min", "eq", "lt", "and", "or", "not"}
+)
+_COMMUTATIVE = frozenset({"add", "mul", "max", "min", "eq", "and", "or"})
+
+
+def reuse_values(code: list[Ins]) -> list[Ins]:
+    """Local value numbering: an ALU result or constant already in a virtual register since the last label
+    (`xs[i]` and `xs[i] = ...` both need base + i) is copied from there instead of recomputed. Operands are
+    looked through copies, so `t = i + 1` and a later `i + 1` name one value."""
+    available: dict[tuple, Reg] = {}
+    copies: dict[Reg, Reg] = {}  # virtual register -> the register it is a copy of
+    result = []
+    for ins in code:
+        if ins.op == "label":
+            available.clear()
+            copies.clear()
+        key = None
+        if ins.op in _PURE and not any(reg.physical for reg in (*ins.uses, *ins.defs)):
+            operands = tuple(copies.get(reg, reg) if reg is not None else None for reg in (ins.a, ins.b))
+            if ins.op in _COMMUTATIVE:
+                operands = tuple(sorted(operands, key=lambda reg: reg.index))
+            key = (ins.op, *operands, ins.imm)
+            if key in available:
+                ins = Ins("copy", a=available[key], out=ins.out, weight=ins.weight)
+        for written in ins.defs:
+            for known, value in list(available.items()):
+                if value == written or written in known[1:3]:
+                    del available[known]
+            for copy, original in list(copies.items()):
+                if written in (copy, original):
+                    del copies[copy]
+        if ins.op == "copy" and not ins.a.physical and not ins.out.physical and ins.a != ins.out:
+            copies[ins.out] = copies.get(ins.a, ins.a)
+        elif key is not None and ins.out not in ins.uses:
+            available[key] = ins.out
+        result.append(ins)
+    return result

@@ -69,10 +69,11 @@ def _schedule_block(block: list[Ins], max_lanes: int) -> list[list[Ins]]:
         reads_memory, writes_memory = ins.reads_memory, ins.op == "write"
         earliest = 0
         for line, earlier_reads, earlier_writes, earlier_reads_memory, earlier_writes_memory in placed:
-            memory_after_write = earlier_writes_memory and (reads_memory or writes_memory)
+            # Writes to memory apply in lane order, so two may share a line; a read must see the write.
+            memory_after_write = earlier_writes_memory and reads_memory
             if reads & earlier_writes or writes & earlier_writes or memory_after_write:
                 earliest = max(earliest, line + 1)
-            elif writes & earlier_reads or (earlier_reads_memory and writes_memory) or ins.is_control:
+            elif writes & earlier_reads or ((earlier_reads_memory or earlier_writes_memory) and writes_memory):
                 earliest = max(earliest, line)
         if ins.is_control:
             earliest = max(earliest, len(lines) - 1, 0)

@@ -89,7 +89,16 @@ def _colour(graph: _Graph, pool: list[int], unspillable: set[Reg]) -> tuple[dict
             failed.append(v)
             continue
         preferred = [p.index if p.physical else colours.get(p) for p in graph.partners[v]]
-        colours[v] = next((c for c in preferred if c in free), free[0])
+        # Leave alone the colours that neighbours still to be coloured are copied from or into.
+        wanted = {
+            p.index if p.physical else colours.get(p)
+            for u in graph.edges[v]
+            if u not in colours
+            for p in graph.partners[u]
+        }
+        colours[v] = next((c for c in preferred if c in free), None)
+        if colours[v] is None:
+            colours[v] = next((c for c in free if c not in wanted), free[0])
     return colours, failed
 
 
