@@ -5,6 +5,7 @@
     python -m library check PROGRAM.asm
     python -m library compile PROGRAM.asm -o PROGRAM.safetensors --n 128
     python -m library decompile PROGRAM.safetensors
+    python -m library run PROGRAM.py --call "gcd(84, 36)"   # a Python function (docs/PYTHON.md)
 
 `run` prints one JSON object: `registers`, `memory`, `steps`, `halted` (and, with `--differentiable`, the
 probability of every decoded value). Bad assembly exits with status 1 and a `file:line:column: message`.
@@ -20,6 +21,7 @@ from pathlib import Path
 from dcomp_isa import DEFAULT_CALL_DEPTH
 
 from .assembler import AssemblyError, assemble_file
+from .python import CompileError, cli_program, cli_run
 
 
 def _parse_assignment(text: str) -> tuple[int, int]:
@@ -67,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--memory", type=_parse_memory, default=[], help="initial memory cells, e.g. 3,1,2")
     run.add_argument("--max-steps", type=int, default=500, help="step limit (default: 500)")
+    run.add_argument("--call", help='for a .py program: the call to run, e.g. "gcd(84, 36)" or "sum([3, 1, 2])"')
     run.add_argument(
         "--differentiable",
         action="store_true",
@@ -91,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> dict:
+    if args.program.suffix == ".py":
+        return cli_run(args)
     program = assemble_file(args.program, n=args.n, num_registers=args.registers)
     registers = dict(args.assignments)
     if not args.differentiable:
@@ -146,7 +151,7 @@ def _compile(args) -> None:
 
     from .compiler import compile_program
 
-    program = assemble_file(args.program, n=args.n, num_registers=args.registers)
+    program = cli_program(args)
     tensors = compile_program(program, n=args.n, num_registers=args.registers)
     output = args.output or args.program.with_suffix(".safetensors")
     labels = json.dumps(program.labels)
@@ -181,13 +186,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             print(json.dumps(_run(args)))
         elif args.command == "check":
-            program = assemble_file(args.program, n=args.n, num_registers=args.registers)
+            program = cli_program(args)
             print(f"{args.program}: ok, {len(program)} lines, {program.lanes} lane(s)")
         elif args.command == "compile":
             _compile(args)
         else:
             _decompile(args)
-    except AssemblyError as error:
+    except (AssemblyError, CompileError) as error:
         print(error, file=sys.stderr)
         return 1
     except (OSError, ValueError) as error:

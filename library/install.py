@@ -25,6 +25,7 @@ from modeling_llama_dcomp import ComputerTrace, LlamaDCompForCausalLM, LlamaDCom
 
 from .compiler import compile_program, decompile
 from .program import Program
+from .python import python_library
 from .stdlib import LinkedLibrary, link
 
 LibrarySpec = LinkedLibrary | Mapping[str, str | Program] | Sequence[str]
@@ -34,9 +35,17 @@ _NOT_CARRIED = ("quantization_config", "model_type", "architectures", "auto_map"
 
 def link_library(library: LibrarySpec, config: LlamaDCompConfig) -> LinkedLibrary:
     """A `LinkedLibrary` as is, or `stdlib.link` of standard program names / `{name: source or Program}`,
-    assembled for the config's machine (n, registers, call depth)."""
+    assembled for the config's machine (n, registers, call depth). Python functions (function objects, `.py`
+    paths or source text; docs/PYTHON.md) may stand next to them: they are compiled for that machine first."""
     if isinstance(library, LinkedLibrary):
         return library
+    library = python_library(
+        library,
+        n=config.computer_values,
+        num_registers=config.computer_registers,
+        memory_size=config.computer_memory_size,
+        call_depth=config.computer_call_depth,
+    )
     return link(
         library,
         n=config.computer_values,

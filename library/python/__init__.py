@@ -20,7 +20,9 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import re
 import textwrap
+from collections.abc import Mapping
 from pathlib import Path
 
 import dcomp_isa
@@ -34,7 +36,15 @@ from .ir import CompileError, phys, reuse_values
 from .ir_to_assembly import to_assembly
 from .ir_to_registers import OutOfRegisters, allocate
 
-__all__ = ["CompileError", "PythonProgram", "compile_python", "parse_call", "python_source", "run_python"]
+__all__ = [
+    "CompileError",
+    "PythonProgram",
+    "compile_python",
+    "parse_call",
+    "python_library",
+    "python_source",
+    "run_python",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,4 +265,79 @@ def _run_differentiable(compiled: PythonProgram, registers: dict[int, int], memo
         "steps": result.steps,
         "halted": bool(result.state.halted[0] >= machine.halt_threshold),
         "halt_probability": float(result.state.halted[0]),
+        "register_probs": [round(p, 6) for p in decoded["register_probs"][0].tolist()],
+        "memory_probs": [round(p, 6) for p in decoded["memory_probs"][0].tolist()],
     }
+
+
+_PYTHON_DEF = re.compile(r"^\s*def\s+\w+\s*\(", re.MULTILINE)
+
+
+def is_python(item) -> bool:
+    """A function object, a `.py` path, or source text that defines a function (assembly never has `def`)."""
+    if callable(item) and hasattr(item, "__code__"):
+        return True
+    if isinstance(item, Path):
+        return item.suffix == ".py"
+    return isinstance(item, str) and (
+        (item.endswith(".py") and "\n" not in item) or _PYTHON_DEF.search(item) is not None
+    )
+
+
+def python_library(library, *, n: int, num_registers: int, memory_size: int, call_depth: int):
+    """A library spec (`install.link_library`'s) with its Python items compiled: function objects, `.py` paths
+    and Python source text in a list of names, or as values of a `{name: ...}` mapping, become `Program`s (a
+    mapping's key picks the function, else the last one defined names it). Specs without Python are returned
+    unchanged; with Python, standard names in a list become their `.asm` paths."""
+    from ..stdlib import program_path
+
+    machine = dict(n=n, num_registers=num_registers, memory_size=memory_size, call_depth=call_depth)
+    if isinstance(library, Mapping):
+        if not any(is_python(item) for item in library.values()):
+            return library
+        return {
+            name: _python_program(item, name, machine) if is_python(item) else item for name, item in library.items()
+        }
+    if isinstance(library, str) or not any(is_python(item) for item in library):
+        return library
+    items = {}
+    for item in library:
+        if is_python(item):
+            program = _python_program(item, None, machine)
+            items[program.name] = program
+        else:
+            items[item] = program_path(item)
+    return items
+
+
+def _python_program(item, name: str | None, machine: dict) -> Program:
+    text, source_name = python_source(item)
+    defined = set(parse_module(Source(text, source_name, machine["n"], 1, 1)))
+    entry = name if name in defined else getattr(item, "__name__", None) if callable(item) else None
+    return compile_python(text, entry=entry, source_name=source_name, **machine).program
+
+
+def machine_options(args) -> dict:
+    """compile_python's machine keywords from the CLI's options (`--n`, `--registers`, `--memory-size`,
+    `--call-depth`). A value-width option such as `--bits` for another machine passes through here."""
+    return dict(n=args.n, num_registers=args.registers, memory_size=args.memory_size, call_depth=args.call_depth)
+
+
+def cli_program(args) -> Program:
+    """The `Program` of `check`/`compile`/`run`'s file argument: a `.py` file compiled (its last function, or
+    the one `--call` names), anything else assembled."""
+    if args.program.suffix != ".py":
+        from ..assembler import assemble_file
+
+        return assemble_file(args.program, n=args.n, num_registers=args.registers, call_depth=args.call_depth)
+    entry = parse_call(args.call)[0] if getattr(args, "call", None) else None
+    return compile_python(args.program, entry=entry, **machine_options(args)).program
+
+
+def cli_run(args) -> dict:
+    """`python -m library run FILE.py --call "f(1, [3, 1, 2])"`: the run's JSON fields plus `result` and `lists`."""
+    if not args.call:
+        raise ValueError(f'{args.program}: a Python program runs with --call, e.g. --call "gcd(84, 36)"')
+    entry, call_args = parse_call(args.call)
+    compiled = compile_python(args.program, entry=entry, **machine_options(args))
+    return run_python(compiled, call_args, differentiable=args.differentiable, max_steps=args.max_steps)
