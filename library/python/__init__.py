@@ -32,7 +32,7 @@ from ..interpreter import run_reference
 from ..program import Program
 from .ast_to_ir import FunctionCompiler, Signature, Source, infer_signatures, parse_module
 from .calls_to_stack import call_graph, entry_stub, expand_calls, saves_return_addresses, stack_cells
-from .ir import CompileError, phys, reuse_values
+from .ir import CompileError, phys, remove_dead, reuse_values
 from .ir_to_assembly import to_assembly
 from .ir_to_registers import OutOfRegisters, allocate
 
@@ -114,7 +114,7 @@ def compile_python(
     save_return = saves_return_addresses(graph, entry, call_depth)
     expanded, pushes = {}, {}
     for name in graph:
-        compiled[name].code = reuse_values(compiled[name].code)
+        compiled[name].code = remove_dead(reuse_values(compiled[name].code))
         expanded[name], pushes[name] = expand_calls(compiled[name], sp, save_return, always)
     uses_stack = any(sp in (*ins.uses, *ins.defs) for code in expanded.values() for ins in code)
     top = code_source.memory_size - 1

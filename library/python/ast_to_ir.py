@@ -546,7 +546,11 @@ class FunctionCompiler:
                 raise self.error(call.args[2], "range() step must not be zero")
         start_node = call.args[0] if len(call.args) > 1 else ast.copy_location(ast.Constant(0), call)
         stop_node = call.args[1] if len(call.args) > 1 else call.args[0]
-        start = self.expr(start_node)
+        private = self._private_loop_variable(node, name)
+        variable = self.variable(name, node.target)
+        counter = variable if private else self.temp()
+        self.compute(start_node, counter)  # only the body reads the counter, so it may take the start at once
+        start = counter
         stop = self.expr(stop_node)
         low_node, (low, high) = (start_node, (start, stop)) if step > 0 else (stop_node, (stop, start))
         # The loop counter starts at the trip count - 1 = (high - low - 1) // |step|; computed before the test
@@ -559,10 +563,6 @@ class FunctionCompiler:
             self.emit("dec", a=remaining, out=remaining)
         if abs(step) != 1:
             self.emit("div", a=remaining, b=self.constant(abs(step)), out=remaining)
-        private = self._private_loop_variable(node, name)
-        variable = self.variable(name, node.target)
-        counter = variable if private else self.temp()
-        self.emit("copy", a=start, out=counter)
         end = self.new_label("endfor")
         if _fold(low_node, self.source.n) == 0:
             self.branch_compare("!=", high, None, end, when=False)

@@ -200,7 +200,7 @@ def reuse_values(code: list[Ins]) -> list[Ins]:
             if ins.op in _COMMUTATIVE:
                 operands = tuple(sorted(operands, key=lambda reg: reg.index))
             key = (ins.op, *operands, ins.imm)
-            if key in available:
+            if key in available and ins.op != "set":  # a constant is cheaper to set again than to copy
                 ins = Ins("copy", a=available[key], out=ins.out, weight=ins.weight)
         for written in ins.defs:
             for known, value in list(available.items()):
@@ -215,3 +215,17 @@ def reuse_values(code: list[Ins]) -> list[Ins]:
             available[key] = ins.out
         result.append(ins)
     return result
+
+
+def remove_dead(code: list[Ins]) -> list[Ins]:
+    """Drops computations whose result nothing reads (e.g. the counter of `for _ in range(k)`)."""
+    while True:
+        live_out = liveness(code)
+        kept = [
+            ins
+            for ins, live in zip(code, live_out)
+            if not (ins.op in _PURE or ins.op in ("copy", "read")) or any(reg in live for reg in ins.defs)
+        ]
+        if len(kept) == len(code):
+            return code
+        code = kept
