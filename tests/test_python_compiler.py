@@ -621,3 +621,66 @@ def test_python_library_compiles_python_items_and_keeps_the_rest(tmp_path):
     assert list(items) == ["add", "double", "inc3", "gcd"] and items["add"] == PROGRAMS_DIR / "add.asm"
     mapping = python_library({"g": (PROGRAMS_DIR / "gcd.py").read_text(), "s": "add r1 r2 r0 | ret"}, **machine)
     assert mapping["s"] == "add r1 r2 r0 | ret" and mapping["g"] == compile_python(PROGRAMS_DIR / "gcd.py").program
+
+
+# ------------------------------------------------------------------------------------------ CLI and install
+def _cli(capsys, *argv: str) -> tuple[int, str, str]:
+    from library.__main__ import main
+
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_runs_checks_compiles_and_decompiles_python_files(tmp_path, capsys):
+    import json
+
+    path = tmp_path / "prog.py"
+    path.write_text(
+        "def gcd(a, b):\n    while b:\n        a, b = b, a % b\n    return a\n\ndef sort(xs):\n"
+        "    for k in range(len(xs), 1, -1):\n        for i in range(k - 1):\n"
+        "            if xs[i] > xs[i + 1]:\n                xs[i], xs[i + 1] = xs[i + 1], xs[i]\n"
+    )
+    code, out, _ = _cli(capsys, "run", str(path), "--call", "gcd(84, 36)")
+    assert code == 0 and json.loads(out)["result"] == 12 and json.loads(out)["halted"] is True
+    code, out, _ = _cli(capsys, "run", str(path), "--call", "sort([3, 1, 2])", "--n", "32", "--differentiable")
+    output = json.loads(out)
+    assert code == 0 and output["lists"] == {"xs": [1, 2, 3]} and output["result"] is None
+    assert output["halt_probability"] > 0.99
+    code, out, _ = _cli(capsys, "check", str(path))
+    assert code == 0 and "ok" in out
+    code, out, _ = _cli(capsys, "compile", str(path), "-o", str(tmp_path / "prog.safetensors"))
+    assert code == 0 and "compiled sort" in out  # without --call: the last function
+    code, out, _ = _cli(capsys, "decompile", str(tmp_path / "prog.safetensors"))
+    assert code == 0 and "sort.for" in out
+
+
+def test_cli_reports_compile_errors_at_their_location(tmp_path, capsys):
+    path = tmp_path / "bad.py"
+    path.write_text("def f(a):\n    return a * 0.5\n")
+    code, _, err = _cli(capsys, "check", str(path))
+    assert code == 1 and err.strip() == f"{path}:2:16: floats are not supported"
+    code, _, err = _cli(capsys, "run", str(path))
+    assert code == 2 and "--call" in err
+
+
+def test_python_functions_install_into_a_model_as_library_programs():
+    import torch
+    from model_fixtures import COMPUTER, steer, tiny_llama
+
+    from library.install import from_llama, install_library
+
+    def gcd(a, b):
+        while b:
+            a, b = b, a % b
+        return a
+
+    model = from_llama(tiny_llama(), computer_layer=1, library=["add", gcd], **COMPUTER).eval()
+    assert model.config.library_programs == ["add", "gcd"]
+    for program, inputs, expected in (("gcd", {1: 12, 2: 8}, 4), ("add", {1: 3, 2: 4}, 7)):
+        hidden = steer(model.computer, program, inputs)
+        with torch.no_grad():
+            run = model.computer.run(hidden, torch.ones(1, 1, dtype=torch.bool))
+        assert int(run.state.registers[0, model.computer.output_register].argmax()) == expected
+    linked = install_library(model, {"sum": (PROGRAMS_DIR / "sum.py").read_text(), "add": "add r1 r2 r0 | ret"})
+    assert linked.names == ("sum", "add") and model.config.library_programs == ["sum", "add"]
