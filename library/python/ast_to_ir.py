@@ -283,6 +283,8 @@ class FunctionCompiler:
         self.calls: list[tuple[str, ast.AST]] = []
         self.variables: dict[str, Reg | _List] = {}
         self.assigned = _stored_names(fn.body)
+        self.entry_code: list[Ins] = []  # computed once at the function's entry (offset_base)
+        self.offset_bases: dict[tuple[Reg, int], Reg] = {}
 
     # ---------------------------------------------------------------------------------------------- helpers
     def error(self, node: ast.AST, message: str) -> CompileError:
@@ -329,10 +331,12 @@ class FunctionCompiler:
             self.variables[name] = value
         for value in lists:
             self.emit("copy", a=phys(next(registers)), out=value.base)
+        entry = len(self.code)
         body = self.fn.body[1:] if self.fn.body and _is_docstring(self.fn.body[0]) else self.fn.body
         for statement in body:
             self.statement(statement)
         self.emit("ret", a=phys(0), b=self.always)
+        self.code[entry:entry] = self.entry_code
         return FunctionIR(signature, self.code, self.num_vregs, self.calls, self.fn)
 
     def variable(self, name: str, node: ast.AST) -> Reg:
@@ -832,14 +836,29 @@ class FunctionCompiler:
             raise self.error(index, "slices are not supported")
         constant = _fold(index, self.source.n, signed=True)
         result = self.temp()
+        offset = _constant_offset(index, self.source.n)
         if constant is not None and constant < 0:
             self.emit("add", a=values.base, b=values.length, out=result)
             self.emit("sub", a=result, b=self.constant(-constant % self.source.n), out=result)
         elif constant == 0:
             return values.base
+        elif offset is not None:  # xs[i + 1] is (base + 1) + i, with base + 1 computed once at the entry
+            self.emit("add", a=self.offset_base(values, offset[1]), b=self.expr(offset[0]), out=result)
         else:
             self.emit("add", a=values.base, b=self.expr(index), out=result)
         return result
+
+    def offset_base(self, values: _List, offset: int) -> Reg:
+        """A register holding base + offset, computed at the function's entry (list arguments never change)."""
+        key = (values.base, offset)
+        if key not in self.offset_bases:
+            register, constant = self.temp(), self.temp()
+            self.entry_code += [
+                Ins("set", imm=offset, out=constant),
+                Ins("add", a=values.base, b=constant, out=register),
+            ]
+            self.offset_bases[key] = register
+        return self.offset_bases[key]
 
     def call_pending(self, node: ast.Call) -> Ins:
         if not isinstance(node.func, ast.Name):
@@ -902,6 +921,18 @@ def _loaded_outside(fn: ast.FunctionDef, loop: ast.For) -> set[str]:
         for node in ast.walk(fn)
         if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and id(node) not in inside
     }
+
+
+def _constant_offset(index: ast.expr, n: int) -> tuple[ast.expr, int] | None:
+    """(e, c) for an index `e + c`, `c + e` or `e - c` with a constant c != 0 and e not constant."""
+    if not isinstance(index, ast.BinOp) or not isinstance(index.op, (ast.Add, ast.Sub)):
+        return None
+    left, right = _fold(index.left, n), _fold(index.right, n)
+    if right is not None and left is None and right != 0:
+        return index.left, (right if isinstance(index.op, ast.Add) else -right % n)
+    if left is not None and right is None and left != 0 and isinstance(index.op, ast.Add):
+        return index.right, left
+    return None
 
 
 def _uses_continue(body: list[ast.stmt]) -> bool:
