@@ -559,16 +559,33 @@ def test_compile_errors_name_file_line_column_and_construct(source, line, column
     assert str(error).startswith(f"prog.py:{line}:{column}: ")
 
 
-def test_too_many_arguments_for_the_registers_is_an_error():
-    params = ", ".join(f"a{i}" for i in range(12))
-    with pytest.raises(CompileError, match="argument registers"):
-        compile_python(f"def f({params}):\n    return a0\n")
+_NESTED_LOOPS = "def f(a):\n" + "".join("    " * (i + 1) + f"for i{i} in range(a):\n" for i in range(5))
+_NESTED_LOOPS += "    " * 6 + "a += 1\n    return a\n"
+_MANY_VALUES = "\n\ndef f(a):\n" + "\n".join(f"    v{i} = a + {i}" for i in range(16))
+_MANY_VALUES += "\n    return " + " + ".join(f"v{i}" for i in range(16)) + "\n"
+_LONG = "def f(a):\n" + "\n".join(f"    a = a * {i % 7 + 2} + {i % 5}" for i in range(40)) + "\n    return a\n"
+MACHINE_ERRORS = [
+    ("def f(" + ", ".join(f"a{i}" for i in range(11)) + "):\n    return a0\n", {}, 1, 1, "argument registers"),
+    (_NESTED_LOOPS, dict(num_registers=6, call_depth=2), 1, 1, "needs more registers at once"),
+    (_MANY_VALUES, dict(memory_size=3), 3, 1, "spills more values than memory holds"),
+    (
+        "def g(a):\n    return a\ndef f(a):\n    return g(g(a) + a)\n",
+        dict(memory_size=1, call_depth=1),
+        3,
+        1,
+        "call stack",
+    ),
+    (_LONG, dict(n=32), 1, 1, "does not assemble: program too long"),
+]
 
 
-def test_a_program_longer_than_the_machine_holds_is_an_error():
-    body = "\n".join(f"    a = a * {i % 7 + 2} + {i % 5}" for i in range(40))
-    with pytest.raises(CompileError, match="does not assemble: program too long"):
-        compile_python(f"def f(a):\n{body}\n    return a\n", n=32)
+@pytest.mark.parametrize(
+    ("source", "machine", "line", "column", "message"), MACHINE_ERRORS, ids=[e[4][:24] for e in MACHINE_ERRORS]
+)
+def test_programs_the_machine_cannot_hold_are_errors_at_their_function(source, machine, line, column, message):
+    with pytest.raises(CompileError) as caught:
+        compile_python(source, source_name="prog.py", **machine)
+    assert message in caught.value.message and (caught.value.line, caught.value.column) == (line, column)
 
 
 def test_non_text_input_is_an_error():

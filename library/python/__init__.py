@@ -121,18 +121,22 @@ def compile_python(
     cells = stack_cells(code_source, compiled, graph, pushes, entry, save_return, max_recursion) if uses_stack else 0
     floor = top + 1 - cells
     spills = []
+    spilling = entry  # the function being allocated, named by the error below
 
     def spill_address() -> int:
         spills.append(floor - 1 - len(spills))
         if spills[-1] < 0:
-            raise CompileError(
-                "the spilled values and the call stack do not fit in memory", line=1, column=1, source_name=source_name
+            raise code_source.error(
+                functions[spilling],
+                f"'{spilling}' spills more values than memory holds beside the call stack "
+                f"({cells} cells) in memory_size {code_source.memory_size}",
             )
         return spills[-1]
 
     pool = list(range(data_registers - 1 if uses_stack else data_registers))
     code = entry_stub(sp, top) if uses_stack else []
     for name in graph:
+        spilling = name
         try:
             code += allocate(expanded[name], pool, compiled[name].num_vregs, spill_address)
         except OutOfRegisters:

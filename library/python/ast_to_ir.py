@@ -218,11 +218,12 @@ def infer_signatures(source: Source, functions: dict[str, ast.FunctionDef]) -> d
         )
         params = tuple(arg.arg for arg in fn.args.args)
         signature = Signature(name, params, tuple(kinds[name][p] or _INT for p in params), returns_value)
-        if signature.registers > source.max_registers - 1:
+        # r0 is the result and the highest value register may become the stack pointer: r1 .. r{max - 2} remain.
+        if signature.registers > source.max_registers - 2:
             raise source.error(
                 fn,
                 f"'{name}' needs {signature.registers} argument registers (one per argument, two per list) but "
-                f"the machine has {source.max_registers - 1} (r1..r{source.max_registers - 1})",
+                f"the machine has {source.max_registers - 2} (r1..r{source.max_registers - 2})",
             )
         signatures[name] = signature
     return signatures
