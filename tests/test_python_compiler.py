@@ -396,6 +396,7 @@ def test_sum_list_max_and_sort_in_python_match_their_asm_versions(xs):
 
 # ----------------------------------------------------------------------------------------- random programs
 _NAMES = ("a", "b", "c")
+small = st.integers(0, 12)
 
 
 @st.composite
@@ -404,7 +405,7 @@ def arithmetic(draw, depth: int = 2, calls: bool = True):
     are not ints here)."""
     if depth == 0 or draw(st.booleans()):
         return draw(st.sampled_from(_NAMES)) if draw(st.booleans()) else str(draw(st.integers(0, 9)))
-    kinds = ["binary", "binary", "minmax", "ifexp", "boolop", *(["call"] if calls else [])]
+    kinds = ["binary", "binary", "minmax", "ifexp", "boolop", *(["call", "item", "len"] if calls else [])]
     kind = draw(st.sampled_from(kinds))
     left, right = draw(arithmetic(depth - 1, calls)), draw(arithmetic(depth - 1, calls))
     if kind == "binary":
@@ -415,6 +416,10 @@ def arithmetic(draw, depth: int = 2, calls: bool = True):
         return f"({left} if {draw(condition(depth - 1, calls))} else {right})"
     if kind == "boolop":
         return f"({left} {draw(st.sampled_from(['and', 'or']))} {right})"
+    if kind == "item":
+        return f"xs[{left} % len(xs)]"
+    if kind == "len":
+        return "len(xs)"
     return f"h({left}, {right})"
 
 
@@ -438,7 +443,7 @@ def condition(draw, depth: int = 1, calls: bool = True):
 def statements(draw, depth: int = 2, indent: str = "    ") -> list[str]:
     lines = []
     for _ in range(draw(st.integers(1, 3))):
-        kind = draw(st.sampled_from(["assign", "assign", "augment", "swap", "if", "for", "while"]))
+        kind = draw(st.sampled_from(["assign", "assign", "augment", "swap", "store", "if", "for", "for", "while"]))
         target = draw(st.sampled_from(_NAMES))
         if kind == "assign" or (depth == 0 and kind in ("if", "for", "while")):
             lines.append(f"{indent}{target} = {draw(arithmetic())}")
@@ -448,6 +453,8 @@ def statements(draw, depth: int = 2, indent: str = "    ") -> list[str]:
             )
         elif kind == "swap":
             lines.append(f"{indent}a, b, c = {draw(arithmetic(1))}, a, b")
+        elif kind == "store":
+            lines.append(f"{indent}xs[{draw(arithmetic(1))} % len(xs)] = {draw(arithmetic(1))}")
         elif kind == "if":
             lines.append(f"{indent}if {draw(condition())}:")
             lines += draw(statements(depth - 1, indent + "    "))
@@ -456,7 +463,8 @@ def statements(draw, depth: int = 2, indent: str = "    ") -> list[str]:
                 lines += draw(statements(depth - 1, indent + "    "))
         elif kind == "for":
             counter = f"i{depth}"
-            lines.append(f"{indent}for {counter} in range({draw(st.integers(0, 3))}):")
+            iterable = draw(st.sampled_from([f"range({draw(st.integers(0, 3))})", "xs"]))
+            lines.append(f"{indent}for {counter} in {iterable}:")
             lines.append(f"{indent}    {target} = {target} + {counter}")
             lines += draw(statements(depth - 1, indent + "    "))
         else:
@@ -472,12 +480,12 @@ def statements(draw, depth: int = 2, indent: str = "    ") -> list[str]:
 def programs(draw) -> str:
     helper = f"def h(a, b):\n    c = 1\n    return {draw(arithmetic(1, calls=False))}\n"
     body = draw(statements())
-    return helper + "\n\ndef f(a, b, c):\n" + "\n".join(body) + f"\n    return {draw(arithmetic(1))}\n"
+    return helper + "\n\ndef f(a, b, c, xs: list[int]):\n" + "\n".join(body) + f"\n    return {draw(arithmetic(1))}\n"
 
 
-def _compare_with_cpython(source: str, args: list[int], differentiable: bool, n: int) -> None:
+def _compare_with_cpython(source: str, args: list, differentiable: bool, n: int) -> None:
     try:
-        expected, _ = cpython(source, "f", args, n)
+        expected, lists = cpython(source, "f", copy.deepcopy(args), n)
     except (OutOfRange, ZeroDivisionError):
         assume(False)  # outside the values the machine shares with CPython
     try:
@@ -487,18 +495,27 @@ def _compare_with_cpython(source: str, args: list[int], differentiable: bool, n:
         raise
     output = run_python(compiled, args, differentiable=differentiable, max_steps=3000)
     assert output["halted"] and output["result"] == expected, f"{source}\n{compiled.assembly}"
+    assert output["lists"]["xs"] == lists[0], f"{source}\n{compiled.assembly}"
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
-@given(source=programs(), args=st.lists(st.integers(0, 12), min_size=3, max_size=3))
-def test_random_programs_match_cpython_on_the_reference_machine(source, args):
-    _compare_with_cpython(source, args, differentiable=False, n=N)
+@given(
+    source=programs(),
+    ints=st.lists(st.integers(0, 12), min_size=3, max_size=3),
+    xs=st.lists(small, min_size=1, max_size=4),
+)
+def test_random_programs_match_cpython_on_the_reference_machine(source, ints, xs):
+    _compare_with_cpython(source, [*ints, xs], differentiable=False, n=N)
 
 
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
-@given(source=programs(), args=st.lists(st.integers(0, 12), min_size=3, max_size=3))
-def test_random_programs_match_cpython_on_the_differentiable_machine(source, args):
-    _compare_with_cpython(source, args, differentiable=True, n=N)
+@given(
+    source=programs(),
+    ints=st.lists(st.integers(0, 12), min_size=3, max_size=3),
+    xs=st.lists(small, min_size=1, max_size=3),
+)
+def test_random_programs_match_cpython_on_the_differentiable_machine(source, ints, xs):
+    _compare_with_cpython(source, [*ints, xs], differentiable=True, n=N)
 
 
 # ------------------------------------------------------------------------------------------------- errors
