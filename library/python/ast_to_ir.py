@@ -184,6 +184,10 @@ def _check_signature(source: Source, function: ast.FunctionDef) -> None:
         raise source.error(function, "keyword-only and positional-only arguments are not supported")
     if arguments.defaults:
         raise source.error(arguments.defaults[0], "default argument values are not supported")
+    names = [arg.arg for arg in arguments.args]
+    for index, arg in enumerate(arguments.args):
+        if arg.arg in names[:index]:
+            raise source.error(arg, f"duplicate argument '{arg.arg}' in function definition")
 
 
 def _annotation_kind(source: Source, annotation: ast.expr | None) -> str | None:
@@ -336,9 +340,13 @@ class FunctionCompiler:
         body = self.fn.body[1:] if self.fn.body and _is_docstring(self.fn.body[0]) else self.fn.body
         for statement in body:
             self.statement(statement)
-        self.emit("ret", a=phys(0), b=self.always)
+        self.emit_ret()
         self.code[entry:entry] = self.entry_code
         return FunctionIR(signature, self.code, self.num_vregs, self.calls, self.fn)
+
+    def emit_ret(self) -> None:
+        """`ret`, reading r0 when the function has a result (so r0 is free for values in one without)."""
+        self.emit("ret", a=phys(0) if self.signature.returns_value else None, b=self.always)
 
     def variable(self, name: str, node: ast.AST) -> Reg:
         """The register of int variable `name` (created on first assignment)."""
@@ -393,7 +401,7 @@ class FunctionCompiler:
             if isinstance(node.value, ast.Name) and isinstance(self.variables.get(node.value.id), _List):
                 raise self.error(node.value, "returning a list is not supported (lists are changed in place)")
             self.compute(node.value, phys(0))
-        self.emit("ret", a=phys(0), b=self.always)
+        self.emit_ret()
 
     def stmt_Assign(self, node: ast.Assign) -> None:
         if len(node.targets) != 1:

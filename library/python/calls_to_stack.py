@@ -80,7 +80,9 @@ def expand_calls(function: FunctionIR, sp: Reg, save_return: bool, always: Reg) 
             for position, arg in enumerate(ins.args, start=1):
                 code.append(Ins("copy", a=arg, out=phys(position), weight=weight))
             arguments = tuple(phys(position) for position in range(1, len(ins.args) + 1))
-            code.append(Ins("call", target=f"{ins.target}.start", args=arguments, weight=weight))
+            # The machine call writes r0 (the result) and may change every other register, which no value
+            # still needed holds now.
+            code.append(Ins("call", target=f"{ins.target}.start", args=arguments, result=phys(0), weight=weight))
             for reg in reversed(saved):
                 code.append(Ins("inc", a=sp, out=sp, weight=weight))
                 code.append(Ins("read", a=sp, out=reg, weight=weight))

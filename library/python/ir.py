@@ -185,12 +185,20 @@ _COMMUTATIVE = frozenset({"add", "mul", "max", "min", "eq", "and", "or"})
 
 def reuse_values(code: list[Ins]) -> list[Ins]:
     """Local value numbering: an ALU result or constant already in a virtual register since the last label
-    (`xs[i]` and `xs[i] = ...` both need base + i) is copied from there instead of recomputed. Operands are
-    looked through copies, so `t = i + 1` and a later `i + 1` name one value."""
+    (`xs[i]` and `xs[i] = ...` both need base + i) is reused instead of recomputed. Operands are looked through
+    copies, so `t = i + 1` and a later `i + 1` name one value. When both registers are written only there,
+    the later one is renamed to the earlier (no instruction at all); otherwise it becomes a copy, except a
+    constant, which is cheaper to set again than to copy (a copy waits for the line that set the original)."""
+    writes: dict[Reg, int] = {}
+    for ins in code:
+        for reg in ins.defs:
+            writes[reg] = writes.get(reg, 0) + 1
     available: dict[tuple, Reg] = {}
     copies: dict[Reg, Reg] = {}  # virtual register -> the register it is a copy of
+    renamed: dict[Reg, Reg] = {}
     result = []
     for ins in code:
+        ins = ins.replace(renamed) if renamed else ins
         if ins.op == "label":
             available.clear()
             copies.clear()
@@ -200,8 +208,13 @@ def reuse_values(code: list[Ins]) -> list[Ins]:
             if ins.op in _COMMUTATIVE:
                 operands = tuple(sorted(operands, key=lambda reg: reg.index))
             key = (ins.op, *operands, ins.imm)
-            if key in available and ins.op != "set":  # a constant is cheaper to set again than to copy
-                ins = Ins("copy", a=available[key], out=ins.out, weight=ins.weight)
+            if key in available:
+                earlier = available[key]
+                if writes[ins.out] == 1 and writes[earlier] == 1:
+                    renamed[ins.out] = earlier
+                    continue
+                if ins.op != "set":
+                    ins = Ins("copy", a=earlier, out=ins.out, weight=ins.weight)
         for written in ins.defs:
             for known, value in list(available.items()):
                 if value == written or written in known[1:3]:
