@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -28,7 +28,8 @@ from .program import Program
 from .python import python_library
 from .stdlib import LinkedLibrary, link
 
-LibrarySpec = LinkedLibrary | Mapping[str, str | Program] | Sequence[str]
+# Items may also be Python functions: function objects, `.py` paths or source text (library/python, docs/PYTHON.md).
+LibrarySpec = LinkedLibrary | Mapping[str, str | Path | Program | Callable] | Sequence[str | Path | Callable]
 # Config entries of a Llama that describe its checkpoint, not its architecture: not carried into the new config.
 _NOT_CARRIED = ("quantization_config", "model_type", "architectures", "auto_map", "transformers_version", "dtype")
 

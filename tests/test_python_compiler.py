@@ -498,14 +498,15 @@ def _compare_with_cpython(source: str, args: list, differentiable: bool, n: int,
     assert output["lists"]["xs"] == lists[0], f"{source}\n{compiled.assembly}"
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
-@given(
-    source=programs(),
-    ints=st.lists(st.integers(0, 12), min_size=3, max_size=3),
-    xs=st.lists(small, min_size=1, max_size=4),
-)
-def test_random_programs_match_cpython_on_the_reference_machine(source, ints, xs):
-    _compare_with_cpython(source, [*ints, xs], differentiable=False, n=N)
+# The default machine, and one with 6 registers for values, where most programs spill.
+MACHINES = [dict(), dict(num_registers=9, call_depth=2, memory_size=64)]
+
+
+@pytest.mark.parametrize("machine", MACHINES, ids=["16 registers", "9 registers"])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+@given(source=programs(), ints=st.lists(small, min_size=3, max_size=3), xs=st.lists(small, min_size=1, max_size=4))
+def test_random_programs_match_cpython_on_the_reference_machine(machine, source, ints, xs):
+    _compare_with_cpython(source, [*ints, xs], differentiable=False, n=N, **machine)
 
 
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])

@@ -15,7 +15,7 @@ The call stack grows down from the last memory cell; `sp` (a register of its own
 from __future__ import annotations
 
 from .ast_to_ir import FunctionIR, Source
-from .ir import Ins, Reg, label, liveness, phys
+from .ir import Ins, Reg, liveness, phys
 
 
 def call_graph(functions: dict[str, FunctionIR], entry: str) -> dict[str, list[str]]:
@@ -160,4 +160,4 @@ def stack_cells(
 
 def entry_stub(sp: Reg, top: int) -> list[Ins]:
     """The program's first instruction: the call stack starts at the last memory cell."""
-    return [label("program.entry"), Ins("set", imm=top, out=sp)]
+    return [Ins("set", imm=top, out=sp)]
