@@ -120,7 +120,7 @@ def compile_python(
     top = code_source.memory_size - 1
     cells = stack_cells(code_source, compiled, graph, pushes, entry, save_return, max_recursion) if uses_stack else 0
     floor = top + 1 - cells
-    spills = []
+    spills: list[int] = []
     spilling = entry  # the function being allocated, named by the error below
 
     def spill_address() -> int:
@@ -184,7 +184,9 @@ def _layout(compiled: PythonProgram, args: list) -> tuple[dict[int, int], list[i
     signature = compiled.signature
     if len(args) != len(signature.params):
         raise ValueError(f"{signature.name} takes {len(signature.params)} arguments, got {len(args)}")
-    registers, memory, lists = {}, [], {}
+    registers: dict[int, int] = {}
+    memory: list[int] = []
+    lists: dict[str, tuple[int, int]] = {}
     base_register = len(signature.params) + 1
     for position, (param, kind, value) in enumerate(zip(signature.params, signature.kinds, args), start=1):
         values = value if kind == "list" else [value]
@@ -304,7 +306,7 @@ def python_library(library, *, n: int, num_registers: int, memory_size: int, cal
         }
     if isinstance(library, str) or not any(is_python(item) for item in library):
         return library
-    items = {}
+    items: dict[str, Program | Path] = {}
     for item in library:
         if is_python(item):
             program = _python_program(item, None, machine)

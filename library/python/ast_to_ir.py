@@ -324,6 +324,7 @@ class FunctionCompiler:
         lists = []
         for name, kind in zip(signature.params, signature.kinds):
             register = phys(next(registers))
+            value: Reg | _List
             if kind == _LIST:
                 if name in self.assigned:
                     raise self.error(self.fn, f"assigning to the list argument '{name}' is not supported")
@@ -444,7 +445,7 @@ class FunctionCompiler:
         for element, register in zip(target.elts, values):
             if isinstance(element, ast.Name):
                 self.emit("copy", a=register, out=self.variable(element.id, element))
-            else:
+            elif isinstance(element, ast.Subscript):
                 self.emit("write", a=self.address(element), b=register)
 
     def stmt_AugAssign(self, node: ast.AugAssign) -> None:
@@ -534,8 +535,7 @@ class FunctionCompiler:
         if name in self.variables and isinstance(self.variables[name], _List):
             raise self.error(node.target, f"'{name}' is a list, used here as a loop variable")
         iterator = node.iter
-        is_range = isinstance(iterator, ast.Call) and isinstance(iterator.func, ast.Name)
-        if is_range and iterator.func.id == "range":
+        if isinstance(iterator, ast.Call) and isinstance(iterator.func, ast.Name) and iterator.func.id == "range":
             self.for_range(node, name, iterator)
         elif isinstance(iterator, ast.Name):
             self.for_list(node, name, self.list_value(iterator))
@@ -552,9 +552,10 @@ class FunctionCompiler:
             raise self.error(call, "range() takes 1 to 3 positional arguments")
         step = 1
         if len(call.args) == 3:
-            step = _fold(call.args[2], self.source.n, signed=True)
-            if step is None:
+            folded = _fold(call.args[2], self.source.n, signed=True)
+            if folded is None:
                 raise self.error(call.args[2], "the step of range() must be a constant")
+            step = folded
             if step == 0:
                 raise self.error(call.args[2], "range() step must not be zero")
         start_node = call.args[0] if len(call.args) > 1 else ast.copy_location(ast.Constant(0), call)
@@ -669,8 +670,7 @@ class FunctionCompiler:
                 left = right
             self.place(skip)
         else:
-            value = self.expr(node)
-            self.branch_compare("!=", value, None, target, when)
+            self.branch_compare("!=", self.expr(node), None, target, when)
 
     def comparison(self, op: ast.cmpop, node: ast.AST) -> str:
         symbols = {ast.Lt: "<", ast.Gt: ">", ast.LtE: "<=", ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!="}
@@ -718,7 +718,7 @@ class FunctionCompiler:
     def expr(self, node: ast.expr) -> Reg:
         """A register holding the value of `node` (a variable's own register when `node` is that variable)."""
         pending = self.pending(node)
-        if pending.op == "copy":
+        if pending.op == "copy" and pending.a is not None:
             return pending.a
         result = self.temp()
         self.code.append(dataclasses.replace(pending, out=result, weight=self.weight))

@@ -74,8 +74,6 @@ class Ins:
             return tuple(dict.fromkeys(reg for ins in self.group for reg in ins.uses))
         if self.op == "call":
             return self.args
-        if self.op == "write":
-            return (self.a, self.b)
         return tuple(r for r in (self.a, self.b) if r is not None)
 
     @property
@@ -84,9 +82,8 @@ class Ins:
             return tuple(reg for ins in self.group for reg in ins.defs)
         if self.op == "call":
             return (self.result,) if self.result is not None else ()
-        if self.op == "loop":
-            return (self.a,)
-        return (self.out,) if self.out is not None else ()
+        written = self.a if self.op == "loop" else self.out
+        return (written,) if written is not None else ()
 
     @property
     def is_control(self) -> bool:
@@ -169,8 +166,6 @@ def liveness(code: list[Ins]) -> list[set[Reg]]:
         for i in range(len(code) - 1, -1, -1):
             out = set().union(*(live_in[j] for j in successors[i])) if successors[i] else set()
             new_in = (out - set(code[i].defs)) | set(code[i].uses)
-            if code[i].op == "loop":  # reads its counter before writing it
-                new_in |= {code[i].a}
             if out != live_out[i] or new_in != live_in[i]:
                 live_out[i], live_in[i] = out, new_in
                 changed = True
@@ -203,18 +198,19 @@ def reuse_values(code: list[Ins]) -> list[Ins]:
             available.clear()
             copies.clear()
         key = None
-        if ins.op in _PURE and not any(reg.physical for reg in (*ins.uses, *ins.defs)):
+        out = ins.defs[0] if ins.defs else None
+        if ins.op in _PURE and out is not None and not any(reg.physical for reg in (*ins.uses, out)):
             operands = tuple(copies.get(reg, reg) if reg is not None else None for reg in (ins.a, ins.b))
             if ins.op in _COMMUTATIVE:
-                operands = tuple(sorted(operands, key=lambda reg: reg.index))
+                operands = tuple(sorted(operands, key=lambda reg: reg.index if reg else -1))
             key = (ins.op, *operands, ins.imm)
             if key in available:
                 earlier = available[key]
-                if writes[ins.out] == 1 and writes[earlier] == 1:
-                    renamed[ins.out] = earlier
+                if writes[out] == 1 and writes[earlier] == 1:
+                    renamed[out] = earlier
                     continue
                 if ins.op != "set":
-                    ins = Ins("copy", a=earlier, out=ins.out, weight=ins.weight)
+                    ins = Ins("copy", a=earlier, out=out, weight=ins.weight)
         for written in ins.defs:
             for known, value in list(available.items()):
                 if value == written or written in known[1:3]:
@@ -222,10 +218,11 @@ def reuse_values(code: list[Ins]) -> list[Ins]:
             for copy, original in list(copies.items()):
                 if written in (copy, original):
                     del copies[copy]
-        if ins.op == "copy" and not ins.a.physical and not ins.out.physical and ins.a != ins.out:
-            copies[ins.out] = copies.get(ins.a, ins.a)
-        elif key is not None and ins.out not in ins.uses:
-            available[key] = ins.out
+        if ins.op == "copy" and ins.a is not None and out is not None:
+            if not ins.a.physical and not out.physical and ins.a != out:
+                copies[out] = copies.get(ins.a, ins.a)
+        elif key is not None and out is not None and out not in ins.uses:
+            available[key] = out
         result.append(ins)
     return result
 

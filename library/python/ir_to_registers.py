@@ -55,7 +55,7 @@ def _interference(code: list[Ins]) -> _Graph:
                 interfere(first, second)
         members = ins.group or (ins,)
         for member in members:
-            if member.op == "copy":
+            if member.op == "copy" and member.a is not None and member.out is not None:
                 graph.partners[member.out].append(member.a)
                 graph.partners[member.a].append(member.out)
     return graph
@@ -91,14 +91,13 @@ def _colour(graph: _Graph, pool: list[int], unspillable: set[Reg]) -> tuple[dict
         preferred = [p.index if p.physical else colours.get(p) for p in graph.partners[v]]
         # Leave alone the colours that neighbours still to be coloured are copied from or into.
         wanted = {
-            p.index if p.physical else colours.get(p)
+            p.index if p.physical else colours.get(p, -1)
             for u in graph.edges[v]
             if u not in colours
             for p in graph.partners[u]
         }
-        colours[v] = next((c for c in preferred if c in free), None)
-        if colours[v] is None:
-            colours[v] = next((c for c in free if c not in wanted), free[0])
+        choice = next((c for c in preferred if c in free), None)
+        colours[v] = choice if choice is not None else next((c for c in free if c not in wanted), free[0])
     return colours, failed
 
 
@@ -108,7 +107,7 @@ class OutOfRegisters(Exception):
 
 def allocate(code: list[Ins], pool: list[int], num_vregs: int, spill_address: Callable[[], int]) -> list[Ins]:
     """`code` with every virtual register replaced by one of `pool`'s; spills call `spill_address()` for a cell."""
-    unspillable: set[Reg] = {ins.a for ins in code if ins.op == "loop"}
+    unspillable: set[Reg] = {reg for ins in code if ins.op == "loop" for reg in ins.defs}
     while True:
         graph = _interference(code)
         colours, failed = _colour(graph, pool, unspillable)
@@ -140,7 +139,7 @@ def _spill(code: list[Ins], slots: dict[Reg, int], num_vregs: int, unspillable: 
                 before += [Ins("set", imm=slots[reg], out=address, weight=ins.weight)]
                 before += [Ins("read", a=address, out=value, weight=ins.weight)]
                 mapping[reg] = value
-        defs_mapping = {}
+        defs_mapping: dict[Reg | None, Reg] = {}
         for reg in ins.defs:
             if reg in slots:
                 address, value = temp(), temp()
