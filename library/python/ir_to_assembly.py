@@ -1,10 +1,11 @@
 """IR over machine registers → assembly text, packing independent instructions into the lanes of one line.
 
 Every lane of a line reads the state from before the line (docs/ISA.md), so inside a basic block an
-instruction may share the line of an earlier one unless it reads what that one writes, writes what it also
-writes, or (for memory) reads after a write; it may even share the line of an instruction that reads what it
-overwrites. List scheduling places each instruction on the earliest line these rules allow; the block's
-jump, `loop`, `call` or `ret` goes on its last line.
+instruction may share the line of an earlier one unless it reads a register or memory that one writes, or
+writes a register it also writes; it may share the line of an instruction that reads what it overwrites, and
+two memory writes may share a line (their lanes apply in program order, so the later one wins, as in Python).
+List scheduling places each instruction on the earliest line these rules allow; the block's jump, `loop`,
+`call` or `ret` goes on its last line.
 """
 
 from __future__ import annotations
