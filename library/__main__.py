@@ -5,6 +5,7 @@
     python -m library check PROGRAM.asm
     python -m library compile PROGRAM.asm -o PROGRAM.safetensors --n 128
     python -m library decompile PROGRAM.safetensors
+    python -m library run PROGRAM.py --call "gcd(84, 36)"   # a Python function (docs/PYTHON.md)
 
 `run` prints one JSON object: `registers`, `memory`, `steps`, `halted` (and, with `--differentiable`, the
 probability of every decoded value). Bad assembly exits with status 1 and a `file:line:column: message`; bad
@@ -22,6 +23,7 @@ from pathlib import Path
 from dcomp_isa import DEFAULT_CALL_DEPTH, check_machine_sizes
 
 from .assembler import AssemblyError, show
+from .python import CompileError, cli_program, cli_run
 
 # Stated bounds, checked before anything is built: a machine of MAX_VALUES values holds (n, n) ALU tables,
 # and MAX_STEPS steps bound a run's time.
@@ -106,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--max-steps", type=_bounded(0, MAX_STEPS), default=500, help=f"step limit (default: 500, <= {MAX_STEPS})"
     )
+    run.add_argument("--call", help='for a .py program: the call to run, e.g. "gcd(84, 36)" or "sum([3, 1, 2])"')
     run.add_argument(
         "--differentiable",
         action="store_true",
@@ -159,12 +162,16 @@ def _check_arguments(args, parser: argparse.ArgumentParser) -> None:
 
 
 def _compile_file(args):
-    from .compiling import compile_file
+    """The file argument as a library of one program: a `.py` file through the Python front end (its last
+    function, or the one `--call` names), anything else assembled."""
+    from .compiling import compile_alone
 
-    return compile_file(args.program, n=args.n, num_registers=args.registers, call_depth=args.call_depth)
+    return compile_alone(cli_program(args), n=args.n, num_registers=args.registers)
 
 
 def _run(args) -> dict:
+    if args.program.suffix == ".py":
+        return cli_run(args)
     registers = dict(args.assignments)
     if not args.differentiable:
         from .assembler import assemble_file
@@ -252,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             _compile(args)
         else:
             _decompile(args)
-    except AssemblyError as error:
+    except (AssemblyError, CompileError) as error:
         print(error, file=sys.stderr)
         return 1
     except (OSError, ValueError) as error:

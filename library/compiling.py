@@ -95,5 +95,12 @@ def compile_file(
     """One assembly file, assembled on its own (entry at line 0) and compiled: a library of one program named
     after the file's stem."""
     program = assemble_file(path, n=n, num_registers=num_registers, call_depth=call_depth)
+    return compile_alone(program, n=n, num_registers=num_registers, dtype=dtype)
+
+
+def compile_alone(
+    program: Program, *, n: int = 128, num_registers: int = 16, dtype: torch.dtype = torch.float32
+) -> CompiledLibrary:
+    """One program, linked on its own (entry at line 0) and compiled: a library of one program."""
     linked = LinkedLibrary(program, {program.name: 0})
     return CompiledLibrary(linked, compile_program(program, n=n, num_registers=num_registers, dtype=dtype))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -26,16 +26,27 @@ from modeling_llama_dcomp import ComputerTrace, LlamaDCompForCausalLM, LlamaDCom
 from .compiler import decompile
 from .compiling import CompiledLibrary, compile_library
 from .program import Program
+from .python import python_library
 from .stdlib import LinkedLibrary
 
-LibrarySpec = LinkedLibrary | Mapping[str, str | Program] | Sequence[str]
+# Items may also be Python functions: function objects, `.py` paths or source text (library/python, docs/PYTHON.md).
+LibrarySpec = LinkedLibrary | Mapping[str, str | Path | Program | Callable] | Sequence[str | Path | Callable]
 # Config entries of a Llama that describe its checkpoint, not its architecture: not carried into the new config.
 _NOT_CARRIED = ("quantization_config", "model_type", "architectures", "auto_map", "transformers_version", "dtype")
 
 
 def compile_for(library: LibrarySpec, config: LlamaDCompConfig) -> CompiledLibrary:
     """`compiling.compile_library` of a `LinkedLibrary`, standard program names or `{name: source or Program}`,
-    for the config's machine (n, registers, call depth)."""
+    for the config's machine (n, registers, call depth). Python functions (function objects, `.py` paths or source
+    text; docs/PYTHON.md) may stand next to them: they are compiled for that machine first."""
+    if not isinstance(library, LinkedLibrary):
+        library = python_library(
+            library,
+            n=config.computer_values,
+            num_registers=config.computer_registers,
+            memory_size=config.computer_memory_size,
+            call_depth=config.computer_call_depth,
+        )
     return compile_library(
         library,
         n=config.computer_values,
