@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from library.interpreter import run_reference
 from library.python import CompileError, compile_python, parse_call, python_library, run_python
-from library.stdlib import PROGRAMS_DIR, load_program
+from library.stdlib import PROGRAMS_DIR, load_program, standard_source
 
 N = 128
 
@@ -654,7 +654,7 @@ def test_python_library_compiles_python_items_and_keeps_the_rest(tmp_path):
     path = tmp_path / "inc3.py"
     path.write_text("def inc3(a):\n    return a + 3\n")
     items = python_library(["add", double, path, Path(PROGRAMS_DIR / "gcd.py")], **machine)
-    assert list(items) == ["add", "double", "inc3", "gcd"] and items["add"] == PROGRAMS_DIR / "add.asm"
+    assert list(items) == ["add", "double", "inc3", "gcd"] and items["add"] == standard_source("add")
     mapping = python_library({"g": (PROGRAMS_DIR / "gcd.py").read_text(), "s": "add r1 r2 r0 | ret"}, **machine)
     assert mapping["s"] == "add r1 r2 r0 | ret" and mapping["g"] == compile_python(PROGRAMS_DIR / "gcd.py").program
 
