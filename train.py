@@ -115,6 +115,8 @@ def train(model_args, data_args, computer_args, training_args) -> dict:
     print(f"rank {training_args.process_index} parameter digest: {digest}", flush=True)
     if model_args.lora:
         trainer.model = trainer.model.merge_and_unload()
+    if with_computer:  # the model warns on longer inputs (docs/RELIABILITY.md)
+        trainer.model.config.trained_sequence_length = max(map(len, data["train"]["input_ids"]))
     trainer.save_model(str(output_dir))  # model.safetensors, config (auto_map), code files, tokenizer
     seconds = time.time() - PROCESS_START
     steps = trainer.state.global_step

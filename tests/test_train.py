@@ -161,7 +161,7 @@ def test_predict_prints_the_answer_and_the_trace(tiny_run, env):
     assert re.search(r"^answer: ", output, re.MULTILINE), output[-2000:]
     assert re.search(r"^  r1 = \d+ \(\d\.\d\d\)", output, re.MULTILINE)  # parsed inputs with probabilities
     assert re.search(r"-> r0 = \d+ \(\d\.\d\d\)", output)  # the result
-    assert re.search(r"^ +(add|sub|mul|div) r[12] r[12] r0 \| ret$", output, re.MULTILINE)  # the selected program
+    assert re.search(r"^ +(add|sub|mul|div) +r[12] +r[12] +r0 +\| +ret\b", output, re.MULTILINE)  # the selected program
 
 
 def test_resume_continues_from_the_last_complete_checkpoint_after_a_kill(env, tmp_path):

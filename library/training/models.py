@@ -6,6 +6,7 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from library.install import from_llama, number_token_ids
+from library.loading import load_tokenizer
 from library.tokenizer import llama3_tokenizer
 from library.training.arguments import ArgumentError
 from library.training.data import TaskSpec, library_sources
@@ -18,7 +19,7 @@ def build_tokenizer(args):
     if args.gguf is not None:
         tokenizer = AutoTokenizer.from_pretrained(Path(args.gguf).parent, gguf_file=Path(args.gguf).name)
     elif args.model is not None and (Path(args.model) / "tokenizer_config.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        tokenizer = load_tokenizer(args.model)  # only the folder's own code files, no prompt
     else:
         return llama3_tokenizer()
     if tokenizer.pad_token is None:

@@ -5,9 +5,9 @@ import argparse
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from library.install import explain
+from library.loading import check_generation_arguments, load_model, load_tokenizer
 
 
 def number_starts(tokenizer, input_ids: list[int], answer_start: int) -> list[int]:
@@ -58,11 +58,15 @@ def predict(argv: list[str]) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=16, help="most answer tokens (default: %(default)s)")
     parser.add_argument("prompts", nargs="+", help='questions, e.g. "Add 3 and 4"')
     args = parser.parse_args(argv)
-    tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
-    model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True).eval()
+    try:
+        check_generation_arguments(args.prompts, args.max_new_tokens)
+    except ValueError as error:
+        parser.error(str(error))
+    tokenizer = load_tokenizer(args.model)  # only the folder's own code files (docs/RELIABILITY.md)
+    model = load_model(args.model).eval()
     for prompt in args.prompts:
         ids, start, mask = greedy_answer(model, tokenizer, prompt, args.max_new_tokens)
         answer = tokenizer.decode(ids[0, start:], skip_special_tokens=True).strip()
         print(f"{prompt}\nanswer: {answer}")
         if mask is not None:
-            print(explain(model.trace_computer(input_ids=ids, computer_mask=mask), model))
+            print(explain(model.trace_computer(input_ids=ids, computer_mask=mask, tokenizer=tokenizer), model))
