@@ -78,9 +78,12 @@ def _signature(spec: dcomp_isa.OpSpec) -> str:
 class _Assembler:
     """One assembly pass over a source text; `run` returns the Program or raises AssemblyError."""
 
-    def __init__(self, source_name: str, n: int, num_registers: int, call_depth: int):
+    def __init__(self, source_name: str, n: int, num_registers: int, call_depth: int, bits: int | None = None):
         self.source_name = source_name
-        self.n = n
+        # Immediates lie in [low, high): [0, n), or the signed range of `bits` bits (the binary machine), where
+        # line addresses are the non-negative values.
+        self.low, self.high = (0, n) if bits is None else dcomp_isa.signed_range(bits)
+        self.n = self.high
         self.num_registers = num_registers
         self.stack_registers = range(num_registers - call_depth, num_registers)
         self.lines: list[tuple[Instruction, ...]] = []
@@ -235,13 +238,16 @@ class _Assembler:
     def parse_immediate(self, line_no: int, token: _Token) -> int:
         if _NAMED_REGISTER.fullmatch(token.text):
             raise self.error(line_no, token.column, f"expected an immediate value, got register '{token.text}'")
-        if not _NUMBER.fullmatch(token.text):
+        signed = self.low < 0 and _NEGATIVE.fullmatch(token.text)
+        if not (_NUMBER.fullmatch(token.text) or signed):
             self.raise_malformed(
-                line_no, token, f"malformed number '{token.text}' (expected a decimal integer in [0, {self.n}))"
+                line_no,
+                token,
+                f"malformed number '{token.text}' (expected a decimal integer in [{self.low}, {self.high}))",
             )
         value = int(token.text)
-        if value >= self.n:
-            raise self.error(line_no, token.column, f"immediate {value} out of range [0, {self.n})")
+        if not self.low <= value < self.high:
+            raise self.error(line_no, token.column, f"immediate {value} out of range [{self.low}, {self.high})")
         return value
 
     def parse_address(self, line_no: int, token: _Token, lane: int) -> int:
@@ -291,11 +297,15 @@ def assemble(
     num_registers: int = 16,
     call_depth: int = dcomp_isa.DEFAULT_CALL_DEPTH,
     source_name: str | None = None,
+    bits: int | None = None,
 ) -> Program:
     """Assembles `source` into a Program for a machine with `n` values and `num_registers` registers.
 
     `call_depth` names the return-stack registers (the top `call_depth`), which a lane may not write on a line
-    whose `call`/`ret` rewrites them. Errors name `source_name` (default: `name`)."""
+    whose `call`/`ret` rewrites them. Errors name `source_name` (default: `name`). With `bits` (the binary
+    machine; `n` is then ignored) immediates are signed values of that many bits, negative ones included."""
+    if bits is not None and not dcomp_isa.MIN_BITS <= bits <= dcomp_isa.MAX_BITS:
+        raise ValueError(f"bits must be in [{dcomp_isa.MIN_BITS}, {dcomp_isa.MAX_BITS}], got {bits}")
     if n < 2 or num_registers < 1 or not 1 <= call_depth <= num_registers:
         raise ValueError(
             f"need n >= 2, num_registers >= 1 and 1 <= call_depth <= num_registers; "
@@ -310,7 +320,7 @@ def assemble(
             column=0,
             source_name=source_name,
         )
-    return _Assembler(source_name, n, num_registers, call_depth).run(source, name)
+    return _Assembler(source_name, n, num_registers, call_depth, bits).run(source, name)
 
 
 def assemble_file(path: str | Path, **kwargs) -> Program:

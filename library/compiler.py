@@ -8,18 +8,31 @@ assembles back to p.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
-from dcomp_isa import OP_INDEX, OP_NAMES, OPS, OPS_BY_NAME
+from dcomp_circuits import int_to_bits
+from dcomp_isa import OP_INDEX, OP_NAMES, OPS, OPS_BY_NAME, signed_range
 from dcomp_machine import ProgramTensors
 
 from .program import Program
 
 
 def compile_program(
-    program: Program, *, n: int = 128, num_registers: int = 16, dtype: torch.dtype = torch.float32
+    program: Program,
+    *,
+    n: int = 128,
+    num_registers: int = 16,
+    dtype: torch.dtype = torch.float32,
+    bits: int | None = None,
 ) -> ProgramTensors:
-    """Program → one-hot tensors ϱ of shape `(lines, lanes, ·)`; short lines are padded with `nop`."""
+    """Program → one-hot tensors ϱ of shape `(lines, lanes, ·)`; short lines are padded with `nop`.
+
+    With `bits` (the binary machine) the immediates are their signed two's complement bits `(lines, lanes,
+    bits)` instead of one-hot over n values."""
+    if bits is not None:
+        return _compile_binary(program, num_registers, dtype, bits)
     if len(program) > n - 1:
         raise ValueError(f"{program.name}: {len(program)} lines need n > {len(program)}; got n={n}")
     lines, lanes = len(program), program.lanes
@@ -37,6 +50,28 @@ def compile_program(
         raise ValueError(f"{program.name}: an immediate is out of range for n={n}")
     one_hot = [torch.nn.functional.one_hot(index[f], w).to(dtype) for f, w in enumerate(widths)]
     return ProgramTensors(*one_hot)
+
+
+def _compile_binary(program: Program, num_registers: int, dtype: torch.dtype, bits: int) -> ProgramTensors:
+    """`compile_program` for the binary machine: the unit tensors of op and registers, immediates as bits."""
+    low, high = signed_range(bits)
+    immediates = [instruction.imm for line in program.lines for instruction in line]
+    if not all(low <= imm < high for imm in immediates) or len(program) >= high:
+        raise ValueError(f"{program.name}: an immediate or line address is out of range for {bits}-bit values")
+    # The immediates' one-hot width only has to hold the line addresses here; the bits replace it.
+    unit = compile_program(
+        dataclasses.replace(
+            program, lines=tuple(tuple(dataclasses.replace(i, imm=0) for i in line) for line in program.lines)
+        ),
+        n=len(program) + 1,
+        num_registers=num_registers,
+        dtype=dtype,
+    )
+    imm = torch.zeros(len(program), program.lanes, dtype=torch.long)
+    for i, line in enumerate(program.lines):
+        for k, instruction in enumerate(line):
+            imm[i, k] = instruction.imm
+    return dataclasses.replace(unit, imm=int_to_bits(imm, bits, dtype))
 
 
 def _choice(distribution: torch.Tensor, names, certain: float) -> tuple[int, str | None]:

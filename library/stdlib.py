@@ -114,10 +114,16 @@ def program_path(name: str) -> Path:
 
 
 def load_program(
-    name: str, *, n: int = 128, num_registers: int = 16, call_depth: int = dcomp_isa.DEFAULT_CALL_DEPTH
+    name: str,
+    *,
+    n: int = 128,
+    num_registers: int = 16,
+    call_depth: int = dcomp_isa.DEFAULT_CALL_DEPTH,
+    bits: int | None = None,
 ) -> Program:
-    """A standard program assembled on its own (entry at line 0), e.g. `load_program("fib", n=128)`."""
-    return assemble_file(program_path(name), n=n, num_registers=num_registers, call_depth=call_depth)
+    """A standard program assembled on its own (entry at line 0), e.g. `load_program("fib", n=128)`; `bits`
+    assembles it for the binary machine (signed immediates of that many bits)."""
+    return assemble_file(program_path(name), n=n, num_registers=num_registers, call_depth=call_depth, bits=bits)
 
 
 def standard_library(
