@@ -6,8 +6,11 @@
     python -m library compile PROGRAM.asm -o PROGRAM.safetensors --n 128
     python -m library decompile PROGRAM.safetensors
 
-`run` prints one JSON object: `registers`, `memory`, `steps`, `halted` (and, with `--differentiable`, the
-probability of every decoded value). Bad assembly exits with status 1 and a `file:line:column: message`.
+`run` prints one JSON object: `registers`, `memory`, `steps`, `halted`, `overflow` (a `call` nested deeper than
+the return stack stopped the run) and, with `--differentiable`, the probability of every decoded value. With
+`--bits B` the machine is the binary one: values are signed B-bit integers (8 to 64), e.g.
+`run PROG.asm --bits 64 --set r1=-5 --memory=3,-1,2`. Bad assembly exits with status 1 and a
+`file:line:column: message`, other bad input with status 2, and a run that overflowed with status 3.
 """
 
 from __future__ import annotations
@@ -46,6 +49,9 @@ def _machine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-size", type=int, default=32, help="number of memory cells (default: 32)")
     parser.add_argument(
         "--call-depth", type=int, default=DEFAULT_CALL_DEPTH, help=f"return-stack depth (default: {DEFAULT_CALL_DEPTH})"
+    )
+    parser.add_argument(
+        "--bits", type=int, default=None, help="binary machine: signed values of this many bits (8 to 64), not --n"
     )
 
 
@@ -91,51 +97,66 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> dict:
-    program = assemble_file(args.program, n=args.n, num_registers=args.registers)
+    program = assemble_file(args.program, n=args.n, num_registers=args.registers, bits=args.bits)
     registers = dict(args.assignments)
     if not args.differentiable:
-        from .interpreter import run_reference
+        from .interpreter import ReturnStackOverflow, run_reference
 
-        execution = run_reference(
-            program,
-            n=args.n,
-            num_registers=args.registers,
-            memory_size=args.memory_size,
-            call_depth=args.call_depth,
-            registers=registers,
-            memory=args.memory,
-            max_steps=args.max_steps,
-        )
+        try:
+            execution = run_reference(
+                program,
+                n=args.n,
+                num_registers=args.registers,
+                memory_size=args.memory_size,
+                call_depth=args.call_depth,
+                registers=registers,
+                memory=args.memory,
+                max_steps=args.max_steps,
+                bits=args.bits,
+            )
+        except ReturnStackOverflow as overflow:
+            print(f"error: {overflow}", file=sys.stderr)
+            execution = overflow.execution
         state = execution.state
         return {
             "registers": list(state.registers),
             "memory": list(state.memory),
             "steps": execution.steps,
             "halted": execution.halted,
+            "overflow": state.overflowed,
         }
 
     import torch
 
-    from dcomp_machine import RegisterMachine, one_hot_values
+    from dcomp_isa import signed_range
+    from dcomp_machine import RegisterMachine
 
     from .compiler import compile_program
 
-    machine = RegisterMachine(args.n, args.registers, args.memory_size, args.call_depth)
-    for index, value in registers.items():
-        if not (0 <= index < args.registers and 0 <= value < args.n):
-            raise ValueError(f"--set r{index}={value}: register must be < {args.registers} and value < {args.n}")
-    inputs = {index: one_hot_values(torch.tensor([value]), args.n) for index, value in registers.items()}
-    memory = one_hot_values(torch.tensor([args.memory]), args.n) if args.memory else None
+    n = None if args.bits is not None else args.n
+    machine = RegisterMachine(n, args.registers, args.memory_size, args.call_depth, bits=args.bits)
+    low, high = (0, args.n) if args.bits is None else signed_range(args.bits)
+    for what, value in [*((f"--set r{i}", v) for i, v in registers.items()), *(("--memory", v) for v in args.memory)]:
+        if not low <= value < high:
+            raise ValueError(f"{what}: value {value} out of range [{low}, {high})")
+    for index in registers:
+        if not 0 <= index < args.registers:
+            raise ValueError(f"--set r{index}: register out of range (num_registers = {args.registers})")
+    inputs = {index: machine.encode(torch.tensor([value])) for index, value in registers.items()}
+    memory = machine.encode(torch.tensor([args.memory])) if args.memory else None
     state = machine.initial_state(1, len(program), inputs=inputs, memory=memory)
+    tensors = compile_program(program, n=args.n, num_registers=args.registers, bits=args.bits)
     with torch.no_grad():
-        result = machine.run(compile_program(program, n=args.n, num_registers=args.registers), state, args.max_steps)
-    decoded = result.state.decode()
+        result = machine.run(tensors, state, args.max_steps)
+    decoded = machine.decode(result.state)
     return {
         "registers": decoded["registers"][0].tolist(),
         "memory": decoded["memory"][0].tolist(),
         "steps": result.steps,
         "halted": bool(result.state.halted[0] >= machine.halt_threshold),
+        "overflow": bool(result.state.overflowed[0] >= machine.halt_threshold),
         "halt_probability": float(result.state.halted[0]),
+        "overflow_probability": float(result.state.overflowed[0]),
         "register_probs": [round(p, 6) for p in decoded["register_probs"][0].tolist()],
         "memory_probs": [round(p, 6) for p in decoded["memory_probs"][0].tolist()],
     }
@@ -179,9 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "run":
-            print(json.dumps(_run(args)))
+            output = _run(args)
+            print(json.dumps(output))
+            if output["overflow"]:
+                return 3
         elif args.command == "check":
-            program = assemble_file(args.program, n=args.n, num_registers=args.registers)
+            program = assemble_file(args.program, n=args.n, num_registers=args.registers, bits=args.bits)
             print(f"{args.program}: ok, {len(program)} lines, {program.lanes} lane(s)")
         elif args.command == "compile":
             _compile(args)

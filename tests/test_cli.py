@@ -75,3 +75,46 @@ def test_compile_then_decompile(tmp_path, fib_file):
     assert result.returncode == 0, result.stderr
     assert "fib_loop:" in result.stdout and "jump r4 fib_loop" in result.stdout
     assert _cli("decompile", str(fib_file)).returncode != 0  # not a safetensors file: clean error
+
+
+SIGNED = "add 1 2 3\nread 2 4\nset -7 r5\ndiv 5 1 6 | mod 5 1 7\nwrite 1 5\n"
+DEEP = "call f1\nhalt\n" + "".join(f"f{i}: call f{i + 1}\nret\n" for i in range(1, 7)) + "f7: set 1 r1\nret\n"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("differentiable", [False, True])
+def test_run_with_bits_prints_signed_integers(tmp_path, differentiable):
+    path = tmp_path / "signed.asm"
+    path.write_text(SIGNED)
+    big = str(2**63 - 1)
+    args = ["run", str(path), "--bits", "64", "--set", "r1=-5", "--set", f"r2={big}", "--memory=3,-1,2"]
+    result = _cli(*args, "--memory-size", "4", *(["--differentiable"] if differentiable else []))
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout)
+    assert output["registers"][1:8] == [-5, 2**63 - 1, 2**63 - 6, 0, -7, 1, -2]  # -7 // -5, -7 % -5
+    assert output["memory"] == [3, -1, 2, 0] and output["registers"][12:] == [-1] * 4
+    assert output["halted"] is True and output["overflow"] is False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bits", [[], ["--bits", "16"]])
+@pytest.mark.parametrize("differentiable", [False, True])
+def test_run_reports_return_stack_overflow(tmp_path, bits, differentiable):
+    path = tmp_path / "deep.asm"
+    path.write_text(DEEP)
+    result = _cli("run", str(path), *bits, *(["--differentiable"] if differentiable else []))
+    assert result.returncode == 3
+    output = json.loads(result.stdout)
+    assert output["overflow"] is True and output["halted"] is False and output["steps"] == 5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("differentiable", [False, True])
+def test_run_with_bits_rejects_out_of_range_values(tmp_path, differentiable):
+    path = tmp_path / "signed.asm"
+    path.write_text(SIGNED)
+    result = _cli("run", str(path), "--bits", "8", "--set", "r1=200", *(["--differentiable"] if differentiable else []))
+    assert result.returncode == 2 and "200 out of range [-128, 128)" in result.stderr
+    path.write_text("set -200 r1\n")
+    result = _cli("run", str(path), "--bits", "8")
+    assert result.returncode == 1 and "signed.asm:1:5: immediate -200 out of range [-128, 128)" in result.stderr

@@ -152,10 +152,11 @@ def cases(name: str, count: int, *, n: int = N, size: int) -> list[Case]:
 
 
 # ------------------------------------------------------------------------------------------------ runners
-def interpret(program: Program, case: Case, *, n: int = N, entry: int = 0):
+def interpret(program: Program, case: Case, *, n: int = N, entry: int = 0, bits: int | None = None):
     return run_reference(
         program,
         n=n,
+        bits=bits,
         num_registers=REGISTERS,
         memory_size=MEMORY_SIZE,
         registers=case.registers,
@@ -293,16 +294,7 @@ def test_program_at_64_bits_on_both_machines(name):
     program = load_program(name, bits=WIDE, num_registers=REGISTERS)
     batch = wide_cases(name, 8, size=4)
     for i, case in enumerate(batch):
-        execution = run_reference(
-            program,
-            bits=WIDE,
-            num_registers=REGISTERS,
-            memory_size=MEMORY_SIZE,
-            registers=case.registers,
-            memory=list(case.memory),
-            max_steps=2000,
-        )
-        check_execution(execution, case, f"{name} #{i} {case}")
+        check_execution(interpret(program, case, bits=WIDE), case, f"{name} #{i} {case}")
     run = run_machine(program, batch, bits=WIDE)
     check_machine(run, batch, f"{name} at {WIDE} bits", BinaryValues(WIDE))
 
