@@ -443,7 +443,10 @@ class CircuitALU(torch.nn.Module):
     def extra_repr(self) -> str:
         return f"n={self.n}, bits={self.bits}, adder={self.adder!r}"
 
-    def forward(self, op_probs: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, op_probs: torch.Tensor, u: torch.Tensor, v: torch.Tensor, ops: tuple[str, ...] | None = None
+    ) -> torch.Tensor:
+        """`ops`, when given, are the only ops whose probability may be nonzero or whose gradient is needed."""
         if op_probs.shape[-1] != len(self.ops) or u.shape[-1] != self.n or v.shape[-1] != self.n:
             raise ValueError(
                 f"expected op_probs (..., {len(self.ops)}), u and v (..., {self.n}); "
@@ -451,9 +454,11 @@ class CircuitALU(torch.nn.Module):
             )
         dtype = torch.promote_types(torch.promote_types(op_probs.dtype, u.dtype), v.dtype)
         compute = torch.float64 if dtype == torch.float64 else torch.float32
-        results = alu_bits(unit_to_binary(u.to(compute)), unit_to_binary(v.to(compute)), self.adder)
+        columns = [i for i, op in enumerate(self.ops) if ops is None or op in ops]
+        chosen = tuple(self.ops[i] for i in columns)
+        results = alu_bits(unit_to_binary(u.to(compute)), unit_to_binary(v.to(compute)), self.adder, chosen)
         units = binary_to_unit(results)  # (..., ops, n)
-        return torch.einsum("...o,...on->...n", op_probs.to(compute), units).to(dtype)
+        return torch.einsum("...o,...on->...n", op_probs[..., columns].to(compute), units).to(dtype)
 
 
 class BinaryALU(torch.nn.Module):
@@ -483,14 +488,21 @@ class BinaryALU(torch.nn.Module):
     def extra_repr(self) -> str:
         return f"bits={self.bits}, adder={self.adder!r}"
 
-    def forward(self, op_probs: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, op_probs: torch.Tensor, u: torch.Tensor, v: torch.Tensor, ops: tuple[str, ...] | None = None
+    ) -> torch.Tensor:
+        """`ops`, when given, are the only ops whose probability may be nonzero or whose gradient is needed (the
+        machine knows this from a program that needs no gradient): the others are not built."""
         if op_probs.shape[-1] != len(self.ops) or u.shape[-1] != self.bits or v.shape[-1] != self.bits:
             raise ValueError(
                 f"expected op_probs (..., {len(self.ops)}), u and v (..., {self.bits}); "
                 f"got {tuple(op_probs.shape)}, {tuple(u.shape)}, {tuple(v.shape)}"
             )
-        active = list(range(len(self.ops)))
-        if not op_probs.requires_grad:
+        if ops is not None:
+            active = [i for i, op in enumerate(self.ops) if op in ops]
+        elif op_probs.requires_grad and torch.is_grad_enabled():
+            active = list(range(len(self.ops)))
+        else:
             active = [i for i, used in enumerate((op_probs != 0).flatten(0, -2).any(0).tolist()) if used]
         shape = torch.broadcast_shapes(op_probs.shape[:-1], u.shape[:-1], v.shape[:-1]) + (self.bits,)
         if not active:

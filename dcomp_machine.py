@@ -21,9 +21,11 @@ See docs/ARCHITECTURE.md for the full semantics of one step.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields, replace
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 try:
@@ -37,6 +39,9 @@ except ImportError:  # a checkout, where these files are top-level modules
 
 
 _ALU_INDEX = [OP_INDEX[name] for name in ALU_OPS]
+# `run` checkpoints its steps by default from this many values (memory + registers) in a state on: below it the
+# recomputation costs more than the memory it saves (measured in benchmarks/bench_binary.py).
+CHECKPOINT_MIN_ELEMENTS = 1 << 20
 _WRITE_INDEX = [i for i, op in enumerate(OPS) if op.writes_register]
 
 
@@ -338,7 +343,8 @@ class RegisterMachine(nn.Module):
         # Register reads: u_j, v_j = R_ij r_i (dot products), from the state before the line.
         u = torch.einsum("bkr,brw->bkw", arg_a, registers)  # (batch, lanes, width)
         v = torch.einsum("bkr,brw->bkw", arg_b, registers)
-        values = self._values(program, pc, op, u, v, memory)  # (batch, lanes, width), mass = write probability
+        live = self._live_ops(program)
+        values = self._values(program, pc, op, u, v, memory, live)  # (batch, lanes, width), mass = write prob.
 
         write_mass = self.values.written_mass(values, op[..., _WRITE_INDEX].sum(-1, keepdim=True))
         written = values / torch.where(
@@ -349,20 +355,34 @@ class RegisterMachine(nn.Module):
         stack_full = 1 - self.values.probability_of_empty(registers[:, -self.call_depth])  # (batch,)
         for lane in range(program.lanes):  # lanes write in order: a later lane wins
             registers = self._write_registers(registers, write_to[:, lane], written[:, lane])
-            registers = self._return_stack(registers, program, pc, lane, op[:, lane], stack_full)
-            memory = self._write_memory(memory, op[:, lane, OP_INDEX["write"]], u[:, lane], v[:, lane])
+            # A lane whose ops never include call/ret/write would leave the stack/memory as they are: skip it.
+            if live[lane]["call"] or live[lane]["ret"]:
+                registers = self._return_stack(registers, program, pc, lane, op[:, lane], stack_full)
+            if live[lane]["write"]:
+                memory = self._write_memory(memory, op[:, lane, OP_INDEX["write"]], u[:, lane], v[:, lane])
 
         pc, halted, overflowed = self._next_pc(program, pc, state, u, return_target, stack_full)
         return MachineState(memory, registers, pc, halted, overflowed)
+
+    @staticmethod
+    def _live_ops(program: ProgramTensors) -> list[dict[str, bool]]:
+        """Per lane, op name → whether some line may run it. An op that no line holds contributes exactly 0 to
+        the step and — when the program needs no gradient — to every gradient, so its work can be skipped
+        (everything is live for a program that is being trained)."""
+        if program.op.requires_grad and torch.is_grad_enabled():
+            return [dict.fromkeys(OP_INDEX, True) for _ in range(program.lanes)]
+        used = program.op.ne(0).flatten(0, -3).any(0).tolist()  # (lanes, num_ops)
+        return [dict(zip(OP_INDEX, lane)) for lane in used]
 
     def _line_values(self, weights: torch.Tensor, first: int) -> torch.Tensor:
         """`(..., lines)` weights on lines → the weighted mixture of the values first, first + 1, ... `(..., width)`."""
         lines = torch.arange(first, first + weights.shape[-1], device=weights.device)
         return weights @ self.encode(lines, weights.dtype)
 
-    def _values(self, program, pc, op, u, v, memory) -> torch.Tensor:
+    def _values(self, program, pc, op, u, v, memory, live) -> torch.Tensor:
         """Every register-writing op's result, weighted by its probability: eq. 7 plus set/copy/read/store."""
-        values = self.alu(op[..., _ALU_INDEX], u, v)  # eq. 7 / 11
+        alu_ops = tuple(name for name in ALU_OPS if any(lane[name] for lane in live))
+        values = self.alu(op[..., _ALU_INDEX], u, v, ops=alu_ops)  # eq. 7 / 11
         # set: the immediate of each line, weighted by that line's probability of being a `set`.
         values = values + torch.einsum("bl,blkw->bkw", pc, program.imm * program.op[..., OP_INDEX["set"], None])
         values = values + op[..., OP_INDEX["copy"], None] * u
@@ -383,9 +403,11 @@ class RegisterMachine(nn.Module):
         return (1 - write_to) * registers + write_to * value[:, None, :]
 
     def _write_memory(self, memory, p, address, value) -> torch.Tensor:
-        """eq. 3–4: M ← (1 − p) M + p ((1 − a) ⊙ M + a ⊗ c) = M + p a ⊗ (c − M)."""
+        """eq. 3–4: M ← (1 − p) M + p ((1 − a) ⊙ M + a ⊗ c) = (1 − p a) ⊙ M + p a ⊗ c (so that autograd keeps
+        only M, which the previous step holds anyway, and no memory-sized difference)."""
         address = self.values.addresses(address, memory.shape[1])[0][..., None]  # (batch, memory_size, 1)
-        return memory + p[:, None, None] * address * (value[:, None, :] - memory)
+        written = p[:, None, None] * address  # (batch, memory_size, 1)
+        return (1 - written) * memory + written * value[:, None, :]
 
     def _return_stack(self, registers, program, pc, lane, op, stack_full) -> torch.Tensor:
         """`call` pushes pc + 1 onto the top `call_depth` registers; `ret` pops them (refilling "no caller").
@@ -448,19 +470,41 @@ class RegisterMachine(nn.Module):
         max_steps: int,
         halt_threshold: float | None = None,
         return_trace: bool = False,
+        checkpoint: bool | None = None,
     ) -> MachineRun:
         """Adaptive recurrence: step until `max_steps`, or until every batch element has stopped (halted or
-        overflowed) with probability ≥ `halt_threshold` (early exit)."""
+        overflowed) with probability ≥ `halt_threshold` (early exit).
+
+        `checkpoint` recomputes each step in the backward pass instead of keeping its intermediate tensors
+        (activation checkpointing of the recurrence): autograd then holds only the states between steps, at the
+        cost of one more forward pass. By default it is on when a gradient is being recorded and a state holds
+        at least `CHECKPOINT_MIN_ELEMENTS` values."""
         threshold = self.halt_threshold if halt_threshold is None else halt_threshold
         state = self.settle(program, state)
         trace = [state] if return_trace else None
+        if checkpoint is None:
+            checkpoint = torch.is_grad_enabled() and state.memory.numel() + state.registers.numel() >= (
+                CHECKPOINT_MIN_ELEMENTS
+            )
+        step = functools.partial(self._checkpointed_step if checkpoint else self.step, program)
         steps = 0
         while steps < max_steps and not bool((state.halted + state.overflowed >= threshold).all()):
-            state = self.step(program, state)
+            state = step(state)
             steps += 1
             if trace is not None:
                 trace.append(state)
         return MachineRun(state, steps, trace)
+
+    def _checkpointed_step(self, program: ProgramTensors, state: MachineState) -> MachineState:
+        """`step`, recomputed in the backward pass (torch.utils.checkpoint; the program's tensors get their
+        gradients through the closure)."""
+
+        def step(*tensors):
+            after = self.step(program, MachineState(*tensors))
+            return tuple(getattr(after, f.name) for f in fields(after))
+
+        before = tuple(getattr(state, f.name) for f in fields(state))
+        return MachineState(*torch.utils.checkpoint.checkpoint(step, *before, use_reentrant=False))
 
     def extra_repr(self) -> str:
         width = f"n={self.n}" if self.bits is None else f"bits={self.bits}"

@@ -334,3 +334,22 @@ def test_binary_machine_configuration_errors():
         RegisterMachine(None, memory_size=129, bits=8)
     with pytest.raises(ValueError, match="ALU"):
         RegisterMachine(None, alu=TableALU(16), bits=8)
+
+
+@pytest.mark.parametrize("bits", [None, 8])
+def test_checkpointed_run_has_the_same_values_and_gradients(bits):
+    program = assemble(FIBONACCI_COUNTDOWN, "fib", n=N, num_registers=REGISTERS, bits=bits)
+    machine = RegisterMachine(N if bits is None else None, REGISTERS, MEMORY, DEPTH, bits=bits)
+    tensors = compile_program(program, n=N, num_registers=REGISTERS, bits=bits)
+    logits = torch.randn(2, machine.values.width, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    op_logits = (tensors.op * 3).requires_grad_(True)  # a program being trained: every op is live
+    results = []
+    for checkpoint in (False, True):
+        value = torch.softmax(logits, -1) if bits is None else torch.sigmoid(logits)
+        inputs = {1: value, 2: value.flip(0), 4: machine.encode(torch.tensor([3, 2]))}
+        state = machine.initial_state(2, len(program), inputs=inputs)
+        soft = ProgramTensors(torch.softmax(op_logits, -1), tensors.a, tensors.b, tensors.out, tensors.imm)
+        out = machine.run(soft, state, max_steps=12, checkpoint=checkpoint).state.registers
+        results.append((out, *torch.autograd.grad(out.square().sum(), (logits, op_logits))))
+    for plain, checkpointed in zip(*results):
+        assert torch.allclose(plain, checkpointed, atol=1e-6)
