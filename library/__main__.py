@@ -167,14 +167,15 @@ def _compile(args) -> None:
 
     from .compiler import compile_program
 
-    program = assemble_file(args.program, n=args.n, num_registers=args.registers)
-    tensors = compile_program(program, n=args.n, num_registers=args.registers)
+    program = assemble_file(args.program, n=args.n, num_registers=args.registers, bits=args.bits)
+    tensors = compile_program(program, n=args.n, num_registers=args.registers, bits=args.bits)
     output = args.output or args.program.with_suffix(".safetensors")
     labels = json.dumps(program.labels)
+    width = {"n": str(args.n)} if args.bits is None else {"bits": str(args.bits)}
     save_file(
         {k: getattr(tensors, k).contiguous() for k in ("op", "a", "b", "out", "imm")},
         str(output),
-        metadata={"name": program.name, "labels": labels, "n": str(args.n)},
+        metadata={"name": program.name, "labels": labels, **width},
     )
     print(f"compiled {program.name}: {len(program)} lines x {program.lanes} lanes -> {output}")
 
@@ -193,7 +194,9 @@ def _decompile(args) -> None:
             raise ValueError(f"{args.tensors}: not a compiled program (missing tensors: {', '.join(sorted(missing))})")
         tensors = ProgramTensors(*(f.get_tensor(k) for k in ("op", "a", "b", "out", "imm")))
     labels = json.loads(metadata.get("labels", "{}"))
-    print(decompile(tensors, labels=labels, certain=args.certain, name=metadata.get("name", args.tensors.stem)), end="")
+    bits = int(metadata["bits"]) if "bits" in metadata else None
+    name = metadata.get("name", args.tensors.stem)
+    print(decompile(tensors, labels=labels, certain=args.certain, name=name, bits=bits), end="")
 
 
 def main(argv: list[str] | None = None) -> int:

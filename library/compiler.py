@@ -12,7 +12,7 @@ import dataclasses
 
 import torch
 
-from dcomp_circuits import int_to_bits
+from dcomp_circuits import bits_to_signed, int_to_bits
 from dcomp_isa import OP_INDEX, OP_NAMES, OPS, OPS_BY_NAME, signed_range
 from dcomp_machine import ProgramTensors
 
@@ -84,12 +84,20 @@ def _choice(distribution: torch.Tensor, names, certain: float) -> tuple[int, str
     return best, ", ".join(shown)
 
 
+def _bits_choice(bits: torch.Tensor, certain: float) -> tuple[int, str | None]:
+    """The signed value of rounded bit probabilities, and a note when it is not certain (binary immediates)."""
+    value = int(bits_to_signed(bits.float()))
+    probability = float(torch.maximum(bits, 1 - bits).prod())
+    return value, None if probability >= certain else f"{value} {probability:.2f} (bits read as independent)"
+
+
 def decompile(
     tensors: ProgramTensors,
     *,
     labels: dict[str, int] | None = None,
     certain: float = 0.999,
     name: str = "program",
+    bits: int | None = None,
 ) -> str:
     """Program tensors → assembly text.
 
@@ -97,7 +105,8 @@ def decompile(
     comment with the top alternatives and their probabilities, e.g. `add r1 r2 r2  ; op: add 0.81, sub 0.19`.
     Jump/call targets inside the program are written as labels (`labels`, or `L<line>` generated for
     targets without one); targets past the end (which halt) as numbers.
-    A batched (contextual) program is decompiled one example at a time: index the batch first.
+    A batched (contextual) program is decompiled one example at a time: index the batch first. With `bits`
+    the immediates are the binary machine's bit probabilities (`compile_program(..., bits=...)`).
     """
     if tensors.op.dim() != 3:
         raise ValueError("decompile takes one program of shape (lines, lanes, ·); index the batch first")
@@ -116,7 +125,10 @@ def decompile(
             words = [op]
             for letter in OPS_BY_NAME[op].operands:
                 prefix = "r" if letter in "abo" else ""
-                value, operand_note = _choice(fields[letter][i, k], lambda j, p=prefix: f"{p}{j}", certain)
+                if bits is not None and letter in "il":
+                    value, operand_note = _bits_choice(fields[letter][i, k], certain)
+                else:
+                    value, operand_note = _choice(fields[letter][i, k], lambda j, p=prefix: f"{p}{j}", certain)
                 if letter == "l" and value < tensors.lines:
                     if value not in names_of:
                         taken = {label for names in names_of.values() for label in names}

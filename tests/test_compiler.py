@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
-from strategies import programs
+from strategies import programs, signed_values
 
 from dcomp_isa import OP_INDEX
 from library.assembler import assemble
 from library.compiler import compile_program, decompile
+from library.program import Instruction, Program
 
 N, REGISTERS = 32, 8
 
@@ -64,3 +66,25 @@ def test_compiled_program_is_too_long_for_n():
         assert "n" in str(error) and "long" in str(error)
     else:
         raise AssertionError("expected a ValueError")
+
+
+@settings(max_examples=100, deadline=None)
+@given(programs(n=N, num_registers=REGISTERS, max_lines=12, max_lanes=3, immediates=signed_values(64)))
+def test_binary_compile_and_decompile_round_trip(program):
+    tensors = compile_program(program, num_registers=REGISTERS, bits=64)
+    assert tensors.imm.shape[-1] == 64 and set(tensors.imm.unique().tolist()) <= {0.0, 1.0}
+    text = decompile(tensors, labels=program.labels, bits=64)
+    again = assemble(text, "again", num_registers=REGISTERS, bits=64)
+    assert again.lines == tuple(_without_trailing_nops(line) for line in program.lines)
+
+
+def test_binary_immediate_uncertain_bits_are_annotated():
+    tensors = compile_program(assemble("set -3 r1", "p", bits=8), bits=8)
+    tensors.imm[0, 0, 0] = 0.7  # -3 = ...11111101: bit 0 is 1 with probability 0.7
+    line = decompile(tensors, bits=8).splitlines()[-1]
+    assert line.split(";")[0].split() == ["set", "-3", "r1"] and "i: -3 0.70" in line
+
+
+def test_binary_compile_rejects_out_of_range_immediates():
+    with pytest.raises(ValueError, match="out of range for 8-bit values"):
+        compile_program(Program(((Instruction("set", imm=200),),)), bits=8)
