@@ -21,7 +21,6 @@ See docs/ARCHITECTURE.md for the full semantics of one step.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -39,9 +38,10 @@ except ImportError:  # a checkout, where these files are top-level modules
 
 
 _ALU_INDEX = [OP_INDEX[name] for name in ALU_OPS]
-# `run` checkpoints its steps by default from this many values (memory + registers) in a state on: below it the
-# recomputation costs more than the memory it saves (measured in benchmarks/bench_binary.py).
+# `run` checkpoints its steps by default, CHECKPOINT_STEPS at a time, from this many values (memory + registers) in
+# a state on: below it the recomputation costs more than the memory it saves (benchmarks/bench_binary.py).
 CHECKPOINT_MIN_ELEMENTS = 1 << 20
+CHECKPOINT_STEPS = 3
 _WRITE_INDEX = [i for i, op in enumerate(OPS) if op.writes_register]
 
 
@@ -470,41 +470,56 @@ class RegisterMachine(nn.Module):
         max_steps: int,
         halt_threshold: float | None = None,
         return_trace: bool = False,
-        checkpoint: bool | None = None,
+        checkpoint: int | None = None,
     ) -> MachineRun:
         """Adaptive recurrence: step until `max_steps`, or until every batch element has stopped (halted or
         overflowed) with probability ≥ `halt_threshold` (early exit).
 
-        `checkpoint` recomputes each step in the backward pass instead of keeping its intermediate tensors
-        (activation checkpointing of the recurrence): autograd then holds only the states between steps, at the
-        cost of one more forward pass. By default it is on when a gradient is being recorded and a state holds
-        at least `CHECKPOINT_MIN_ELEMENTS` values."""
+        `checkpoint` = k > 0 recomputes the steps in the backward pass, k at a time, instead of keeping their
+        intermediate tensors (activation checkpointing of the recurrence): autograd holds one state per k steps
+        and, during the backward, the intermediates of k steps, at the cost of one more forward pass; 0 keeps
+        everything. By default it is `CHECKPOINT_STEPS` when a gradient is being recorded and a state holds at
+        least `CHECKPOINT_MIN_ELEMENTS` values, else 0. A trace keeps every state, so it checkpoints step by step."""
         threshold = self.halt_threshold if halt_threshold is None else halt_threshold
         state = self.settle(program, state)
         trace = [state] if return_trace else None
         if checkpoint is None:
-            checkpoint = torch.is_grad_enabled() and state.memory.numel() + state.registers.numel() >= (
-                CHECKPOINT_MIN_ELEMENTS
-            )
-        step = functools.partial(self._checkpointed_step if checkpoint else self.step, program)
+            large = state.memory.numel() + state.registers.numel() >= CHECKPOINT_MIN_ELEMENTS
+            checkpoint = CHECKPOINT_STEPS if torch.is_grad_enabled() and large else 0
+        if return_trace:
+            checkpoint = min(checkpoint, 1)
         steps = 0
-        while steps < max_steps and not bool((state.halted + state.overflowed >= threshold).all()):
-            state = step(state)
-            steps += 1
+        while steps < max_steps and not self._stopped(state, threshold):
+            if checkpoint:
+                state, taken = self._checkpointed_steps(program, state, min(checkpoint, max_steps - steps), threshold)
+            else:
+                state, taken = self.step(program, state), 1
+            steps += taken
             if trace is not None:
                 trace.append(state)
         return MachineRun(state, steps, trace)
 
-    def _checkpointed_step(self, program: ProgramTensors, state: MachineState) -> MachineState:
-        """`step`, recomputed in the backward pass (torch.utils.checkpoint; the program's tensors get their
-        gradients through the closure)."""
+    @staticmethod
+    def _stopped(state: MachineState, threshold: float) -> bool:
+        return bool((state.halted + state.overflowed >= threshold).all())
 
-        def step(*tensors):
-            after = self.step(program, MachineState(*tensors))
-            return tuple(getattr(after, f.name) for f in fields(after))
+    def _checkpointed_steps(
+        self, program: ProgramTensors, state: MachineState, count: int, threshold: float
+    ) -> tuple[MachineState, int]:
+        """Up to `count` steps (fewer once every element has stopped), recomputed in the backward pass
+        (torch.utils.checkpoint; the program's tensors get their gradients through the closure)."""
+        taken = []
+
+        def steps(*tensors):
+            state, done = MachineState(*tensors), 0
+            while done < count and not self._stopped(state, threshold):
+                state, done = self.step(program, state), done + 1
+            taken.append(done)  # the recomputation takes the same steps
+            return tuple(getattr(state, f.name) for f in fields(state))
 
         before = tuple(getattr(state, f.name) for f in fields(state))
-        return MachineState(*torch.utils.checkpoint.checkpoint(step, *before, use_reentrant=False))
+        after = torch.utils.checkpoint.checkpoint(steps, *before, use_reentrant=False)
+        return MachineState(*after), taken[0]
 
     def extra_repr(self) -> str:
         width = f"n={self.n}" if self.bits is None else f"bits={self.bits}"
