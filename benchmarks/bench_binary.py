@@ -2,7 +2,8 @@
 
 Every cell (machine, batch, workload) runs in a fresh child process (`--run`), so that timings and peak memory
 do not mix: forward under torch.no_grad, forward+backward with the input values requiring grad (loss =
-sum(r0²)); median wall time of the repeats; peak = the rise of the child's peak RSS (VmHWM, reset through
+sum(r0²)); median wall and CPU time of the repeats (ratios from CPU time, which other jobs on a shared machine
+inflate far less); peak = the rise of the child's peak RSS (VmHWM, reset through
 /proc/self/clear_refs) over its RSS before the first forward+backward. The program is the standard library's
 `fib` at depth 3 (24 steps, 16 registers, 32 memory cells); the inputs are soft values (softmax over n for the
 unit machine, sigmoid bits for the binary one).
@@ -55,13 +56,15 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def _median_seconds(fn, repeats: int, max_seconds: float) -> float:
-    times, start = [], time.perf_counter()
-    while len(times) < repeats and (not times or time.perf_counter() - start < max_seconds):
-        began = time.perf_counter()
+def _median_seconds(fn, repeats: int, max_seconds: float) -> tuple[float, float]:
+    """Median (wall, CPU) seconds of `fn` over up to `repeats` runs (fewer once `max_seconds` have passed)."""
+    walls, cpus, start = [], [], time.perf_counter()
+    while len(walls) < repeats and (not walls or time.perf_counter() - start < max_seconds):
+        wall, cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def run_cell(machine_name: str, batch: int, workload: str, args) -> dict:
@@ -108,11 +111,9 @@ def run_cell(machine_name: str, batch: int, workload: str, args) -> dict:
     before = _status_kib("VmRSS")
     forward_backward()
     peak = (_status_kib("VmHWM") - before) * 1024
-    return {
-        "fwd_s": _median_seconds(forward, args.repeats, args.max_seconds),
-        "fwd_bwd_s": _median_seconds(forward_backward, args.repeats, args.max_seconds),
-        "peak_bytes": peak,
-    }
+    fwd, fwd_cpu = _median_seconds(forward, args.repeats, args.max_seconds)
+    fwd_bwd, fwd_bwd_cpu = _median_seconds(forward_backward, args.repeats, args.max_seconds)
+    return {"fwd_s": fwd, "fwd_cpu_s": fwd_cpu, "fwd_bwd_s": fwd_bwd, "fwd_bwd_cpu_s": fwd_bwd_cpu, "peak_bytes": peak}
 
 
 def cells(args) -> list[tuple[str, int, str]]:
@@ -132,28 +133,35 @@ def _ms(seconds: float) -> str:
     return f"{ms:.3g}" if ms < 100 else f"{ms:,.0f}"
 
 
+def _ratio(row: dict, base: dict, digits: int) -> str:
+    """CPU-time ratio row / base for fwd+bwd, with the forward ratio beside it."""
+    both, fwd = row["fwd_bwd_cpu_s"] / base["fwd_bwd_cpu_s"], row["fwd_cpu_s"] / base["fwd_cpu_s"]
+    return f"{both:.{digits}f}× (fwd {fwd:.{digits}f}×)"
+
+
 def markdown(rows: list[dict]) -> str:
     by_key = {(r["machine"], r["batch"], r["workload"]): r for r in rows}
     lines = [
-        "| machine | batch | workload | fwd ms | fwd+bwd ms | fwd+bwd / fwd | peak MiB (fwd+bwd) "
-        "| unit / binary (equal range, fwd+bwd) | 64 / 32 bits (fwd+bwd) |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| machine | batch | workload | fwd ms | fwd+bwd ms | fwd CPU ms | fwd+bwd CPU ms | fwd+bwd / fwd (CPU) "
+        "| peak MiB (fwd+bwd) | unit / binary (equal range, CPU fwd+bwd) | 64 / 32 bits (CPU fwd+bwd) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         key = (row["machine"], row["batch"], row["workload"])
         if "error" in row:
-            lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {row['error']} | | | | | |")
+            lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {row['error']} | | | | | | | |")
             continue
         versus, wide = "", ""
         binary = by_key.get((EQUAL_RANGE.get(key[0]), key[1], key[2]))
         if binary and "error" not in binary:
-            versus = f"{row['fwd_bwd_s'] / binary['fwd_bwd_s']:.1f}× (fwd {row['fwd_s'] / binary['fwd_s']:.1f}×)"
+            versus = _ratio(row, binary, 1)
         narrow = by_key.get(("binary 32", key[1], key[2])) if key[0] == "binary 64" else None
         if narrow and "error" not in narrow:
-            wide = f"{row['fwd_bwd_s'] / narrow['fwd_bwd_s']:.2f}× (fwd {row['fwd_s'] / narrow['fwd_s']:.2f}×)"
+            wide = _ratio(row, narrow, 2)
         lines.append(
             f"| {key[0]} | {key[1]} | {key[2]} | {_ms(row['fwd_s'])} | {_ms(row['fwd_bwd_s'])} | "
-            f"{row['fwd_bwd_s'] / row['fwd_s']:.1f} | {row['peak_bytes'] / (1 << 20):.1f} | {versus} | {wide} |"
+            f"{_ms(row['fwd_cpu_s'])} | {_ms(row['fwd_bwd_cpu_s'])} | {row['fwd_bwd_cpu_s'] / row['fwd_cpu_s']:.1f} | "
+            f"{row['peak_bytes'] / (1 << 20):.1f} | {versus} | {wide} |"
         )
     return "\n".join(lines)
 
