@@ -5,7 +5,8 @@ This file is the single source of truth for what every instruction means. The re
 (`dcomp_circuits.py`) and the differentiable machine (`dcomp_machine.py`) all read it. It is run-time code:
 it travels with a checkpoint (`save_pretrained` copies it) and imports only torch.
 
-Values are integers mod ``n`` (``n`` = number of values, one-hot width). Booleans are the numbers 0 and 1.
+Values are integers mod ``n`` (``n`` = number of values, one-hot width), or on the binary machine signed two's
+complement integers of ``bits`` bits (`alu_signed`). Booleans are the numbers 0 and 1.
 Assembly operands come inputs first and the output register last (`add 1 2 2` is r2 = r1 + r2).
 
 Operand letters of `OpSpec.operands` (in assembly order):
