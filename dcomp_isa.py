@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -52,7 +53,7 @@ def _where(condition, when_true, when_false):
 # tensors ((n, n) grids for tables). Unary ops ignore b. Division and modulo are Python's floor division and
 # modulo (`-7 // 2 == -4`, `-7 % 3 == 2`), and give 0 for a divisor of 0. Results are reduced mod n only where
 # the unit encoding wraps (the binary machine wraps every result to its width: `alu_signed`).
-ALU_SEMANTICS: dict[str, Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]] = {
+ALU_SEMANTICS: dict[str, Callable[[Any, Any, int], Any]] = {
     "inc": lambda a, b, n: (a + 1) % n,
     "dec": lambda a, b, n: (a - 1) % n,
     "add": lambda a, b, n: (a + b) % n,

@@ -240,13 +240,16 @@ class RegisterMachine(nn.Module):
         bits: int | None = None,
     ):
         super().__init__()
-        if (n is None) == (bits is None):
+        # Line addresses and memory addresses are non-negative values: fewer than `address_limit`.
+        self.values: UnitValues | BinaryValues
+        if n is not None and bits is None:
+            if n < 2:
+                raise ValueError(f"n must be at least 2, got {n}")
+            self.values, self.address_limit = UnitValues(n), n
+        elif bits is not None and n is None:
+            self.values, self.address_limit = BinaryValues(bits), 2 ** (bits - 1)
+        else:
             raise ValueError(f"give exactly one of n (unit values) and bits (binary values); got n={n}, bits={bits}")
-        if n is not None and n < 2:
-            raise ValueError(f"n must be at least 2, got {n}")
-        self.values = UnitValues(n) if bits is None else BinaryValues(bits)
-        # Line addresses and memory addresses are non-negative values.
-        self.address_limit = n if bits is None else 2 ** (bits - 1)
         if not 1 <= call_depth < num_registers:
             raise ValueError(
                 f"call_depth must be in [1, num_registers), got {call_depth} with {num_registers} registers"

@@ -144,10 +144,10 @@ def _run(args) -> dict:
             raise ValueError(f"--set r{index}: register out of range (num_registers = {args.registers})")
     inputs = {index: machine.encode(torch.tensor([value])) for index, value in registers.items()}
     memory = machine.encode(torch.tensor([args.memory])) if args.memory else None
-    state = machine.initial_state(1, len(program), inputs=inputs, memory=memory)
+    start = machine.initial_state(1, len(program), inputs=inputs, memory=memory)
     tensors = compile_program(program, n=args.n, num_registers=args.registers, bits=args.bits)
     with torch.no_grad():
-        result = machine.run(tensors, state, args.max_steps)
+        result = machine.run(tensors, start, args.max_steps)
     decoded = machine.decode(result.state)
     return {
         "registers": decoded["registers"][0].tolist(),
