@@ -177,7 +177,11 @@ class TableALU(torch.nn.Module):
     def extra_repr(self) -> str:
         return f"n={self.n}, mode={self.mode!r}, table_ops={self.table_ops}"
 
-    def forward(self, op_probs: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, op_probs: torch.Tensor, u: torch.Tensor, v: torch.Tensor, ops: tuple[str, ...] | None = None
+    ) -> torch.Tensor:
+        """`ops`, when given, are the only ops whose probability may be nonzero or whose gradient is needed (the
+        machine knows this from a program that needs no gradient): the others are not evaluated."""
         n, num_ops = self.n, len(self.ops)
         if op_probs.shape[-1] != num_ops or u.shape[-1] != n or v.shape[-1] != n:
             raise ValueError(
@@ -191,7 +195,7 @@ class TableALU(torch.nn.Module):
         u_ = u.to(compute).expand(*batch_shape, n).reshape(-1, n)  # (batch, n)
         v_ = v.to(compute).expand(*batch_shape, n).reshape(-1, n)  # (batch, n)
 
-        active = self._active_ops(f, op_probs.requires_grad)
+        active = self._active_ops(f, op_probs.requires_grad) if ops is None else frozenset(ops)
         full, ones = self._closed_forms(u_, v_, [op for op in self.closed_form_ops if op in active])
         table_ops = [op for op in self.table_ops if op in active]
         # Σ_op f_op · ALU_op(u, v); a broadcast product and sum beats einsum's bmm of tiny (1, k) × (k, n) here.

@@ -76,8 +76,8 @@ def majority(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 
 
 def all_bits(bits: torch.Tensor) -> torch.Tensor:
-    """(..., bits) -> (...,): and over the last axis (eq. 12 folded)."""
-    return functools.reduce(and_gate, bits.unbind(-1))
+    """(..., bits) -> (...,): and over the last axis (eq. 12 folded: the product, in one kernel)."""
+    return bits.prod(-1)
 
 
 def any_bit(bits: torch.Tensor) -> torch.Tensor:
@@ -215,15 +215,25 @@ def minimum(a: torch.Tensor, b: torch.Tensor, adder: str = "ripple") -> torch.Te
 
 
 def multiply(a: torch.Tensor, b: torch.Tensor, adder: str = "ripple") -> torch.Tensor:
-    """a·b mod 2^bits by shift-and-add: add and(a, b_i)·2^i for each bit i (exact on 0/1 only)."""
+    """a·b mod 2^bits (exact on 0/1 only): the partial products and(a, b_i)·2^i, summed by a carry-save tree.
+
+    Each level turns every three rows into their bitwise sum xor(x, y, z) and carry `majority(x, y, z)`·2
+    (full adders side by side, no carry chains), so ~log_1.5(bits) levels bring the rows down to two, which
+    the named adder sums: O(log bits) sequential tensor operations instead of bits − 1 additions.
+    """
     a, b = torch.broadcast_tensors(a, b)
     bits = a.shape[-1]
-    product = and_gate(a, b[..., :1])
-    for i in range(1, bits):
-        # Bits below i are final: the partial product a·b_i·2^i only reaches bits i and up (and is cut at bits).
-        high, _ = add(product[..., i:], and_gate(a[..., : bits - i], b[..., i : i + 1]), adder)
-        product = torch.cat([product[..., :i], high], -1)
-    return product
+    # rows[..., i, :] = and(a, b_i) shifted up by i (cut at bits): (..., bits, bits).
+    rows = torch.stack([torch.nn.functional.pad(a[..., : bits - i], (i, 0)) for i in range(bits)], -2)
+    rows = and_gate(rows, b[..., :, None])
+    while rows.shape[-2] > 2:
+        triples = rows.shape[-2] // 3 * 3
+        x, y, z = rows[..., 0:triples:3, :], rows[..., 1:triples:3, :], rows[..., 2:triples:3, :]
+        carry = torch.nn.functional.pad(majority(x, y, z)[..., :-1], (1, 0))  # the carry counts twice: shift up
+        rows = torch.cat([xor_gate(xor_gate(x, y), z), carry, rows[..., triples:, :]], -2)
+    if rows.shape[-2] == 1:
+        return rows[..., 0, :]
+    return add(rows[..., 0, :], rows[..., 1, :], adder)[0]
 
 
 def divide(a: torch.Tensor, b: torch.Tensor, adder: str = "ripple") -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,34 +263,81 @@ def _flag(p: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.cat([p[..., None], p.new_zeros(p.shape + (bits - 1,))], -1)
 
 
-def alu_bits(a: torch.Tensor, b: torch.Tensor, adder: str = "ripple") -> torch.Tensor:
-    """Every ALU op on bit operands: (..., bits) twice -> (..., len(ALU_OPS), bits), in `ALU_OPS` order.
+# ---------------------------------------------------------------------------------------------------------
+# Signed two's complement (the binary machine): the most significant bit is the sign.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def negate(a: torch.Tensor, adder: str = "ripple") -> torch.Tensor:
+    """−a mod 2^bits = not(a) + 1 (exact marginals on independent bits, like the adder)."""
+    return get_adder(adder)(not_gate(a), torch.zeros_like(a), torch.ones_like(a[..., 0]))[0]
+
+
+def absolute(a: torch.Tensor, adder: str = "ripple") -> torch.Tensor:
+    """|a| as an unsigned value of the same width (|−2^(bits−1)| = 2^(bits−1) fits); exact on 0/1 only."""
+    return mux(a[..., -1], a, negate(a, adder))
+
+
+def _offset(a: torch.Tensor) -> torch.Tensor:
+    """a + 2^(bits−1): flipping the sign bit maps signed order onto unsigned order."""
+    return torch.cat([a[..., :-1], not_gate(a[..., -1:])], -1)
+
+
+def signed_less_than(a: torch.Tensor, b: torch.Tensor, adder: str = "ripple") -> torch.Tensor:
+    """(...,) P(a < b) for signed a, b: `less_than` on sign-flipped operands (exact for independent bits)."""
+    return less_than(_offset(a), _offset(b), adder)
+
+
+def signed_divide(a: torch.Tensor, b: torch.Tensor, adder: str = "ripple") -> tuple[torch.Tensor, torch.Tensor]:
+    """Python's floor division and modulo on signed bits: (a // b, a % b), both 0 where b = 0 (exact on 0/1).
+
+    From the unsigned division of the magnitudes, |a| = q|b| + r: with equal signs a // b = q and the
+    remainder takes b's sign; with different signs a // b = −q when r = 0, else −q − 1 = not(q), and the
+    remainder is |b| − r with b's sign. The wrap −2^(bits−1) // −1 = −2^(bits−1) follows.
+    """
+    a, b = torch.broadcast_tensors(a, b)
+    magnitude_b = absolute(b, adder)
+    quotient, remainder = divide(absolute(a, adder), magnitude_b, adder)
+    signs_differ, inexact = xor_gate(a[..., -1], b[..., -1]), any_bit(remainder)
+    negative_quotient = mux(inexact, negate(quotient, adder), not_gate(quotient))
+    quotient = mux(signs_differ, quotient, negative_quotient)
+    remainder = mux(and_gate(signs_differ, inexact), remainder, subtract(magnitude_b, remainder, adder)[0])
+    return quotient, mux(b[..., -1], remainder, negate(remainder, adder))
+
+
+def alu_bits(
+    a: torch.Tensor, b: torch.Tensor, adder: str = "ripple", ops: tuple[str, ...] = ALU_OPS, signed: bool = False
+) -> torch.Tensor:
+    """The ALU ops `ops` on bit operands: (..., bits) twice -> (..., len(ops), bits), in `ops` order.
 
     The width-generic ALU (e.g. 32 bits, no unit encodings): results mod 2^bits with `dcomp_isa` semantics;
-    inc/dec add/subtract the constant 1; and/or/not are logical on nonzero; eq/lt/and/or/not give 0/1.
+    inc/dec add/subtract the constant 1; and/or/not are logical on nonzero; eq/lt/and/or/not give 0/1. With
+    `signed`, values are two's complement and lt, max, min, div and mod are signed (`dcomp_isa.alu_signed`:
+    floor division and modulo as in Python); the other ops are the same circuits either way. Only the ops asked
+    for are built (div and mod share one division, max/min/lt one comparison).
     """
     a, b = torch.broadcast_tensors(a, b)
     bits = a.shape[-1]
     one = _flag(torch.ones_like(a[..., 0]), bits)
-    quotient, remainder = divide(a, b, adder)
-    a_nonzero, b_nonzero = any_bit(a), any_bit(b)
-    results = {
-        "inc": add(a, one, adder)[0],
-        "dec": subtract(a, one, adder)[0],
-        "add": add(a, b, adder)[0],
-        "sub": subtract(a, b, adder)[0],
-        "mul": multiply(a, b, adder),
-        "div": quotient,
-        "mod": remainder,
-        "max": maximum(a, b, adder),
-        "min": minimum(a, b, adder),
-        "eq": _flag(equal(a, b), bits),
-        "lt": _flag(less_than(a, b, adder), bits),
-        "and": _flag(and_gate(a_nonzero, b_nonzero), bits),
-        "or": _flag(or_gate(a_nonzero, b_nonzero), bits),
-        "not": _flag(not_gate(a_nonzero), bits),
+    division = functools.cache(lambda: signed_divide(a, b, adder) if signed else divide(a, b, adder))
+    less = functools.cache(lambda: signed_less_than(a, b, adder) if signed else less_than(a, b, adder))
+    circuits = {
+        "inc": lambda: add(a, one, adder)[0],
+        "dec": lambda: subtract(a, one, adder)[0],
+        "add": lambda: add(a, b, adder)[0],
+        "sub": lambda: subtract(a, b, adder)[0],
+        "mul": lambda: multiply(a, b, adder),
+        "div": lambda: division()[0],
+        "mod": lambda: division()[1],
+        "max": lambda: mux(less(), a, b),
+        "min": lambda: mux(less(), b, a),
+        "eq": lambda: _flag(equal(a, b), bits),
+        "lt": lambda: _flag(less(), bits),
+        "and": lambda: _flag(and_gate(any_bit(a), any_bit(b)), bits),
+        "or": lambda: _flag(or_gate(any_bit(a), any_bit(b)), bits),
+        "not": lambda: _flag(not_gate(any_bit(a)), bits),
     }
-    return torch.stack([results[op] for op in ALU_OPS], -2)
+    return torch.stack([circuits[op]() for op in ops], -2)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -305,6 +362,29 @@ def bits_to_int(bits: torch.Tensor) -> torch.Tensor:
     """(..., bits) -> (...,) long: the integer whose bits are `bits` rounded to 0/1 (bits ≤ 63)."""
     shifts = torch.arange(bits.shape[-1], device=bits.device)
     return (bits.round().long() << shifts).sum(-1)
+
+
+def bits_to_signed(bits: torch.Tensor) -> torch.Tensor:
+    """(..., bits) -> (...,) long: the signed two's complement integer whose bits are `bits` rounded (≤ 64 bits).
+
+    At 64 bits the int64 sum of `bits_to_int` wraps onto the two's complement value itself."""
+    width = bits.shape[-1]
+    value = bits_to_int(bits)
+    return value if width >= 64 else value - (bits[..., -1].round().long() << width)
+
+
+def binary_to_addresses(bits: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., b) bits -> (P(value = k) for k in [0, size) (..., size), the rest of the mass (...,)).
+
+    Appendix C's binary → unit decode, only for the addresses that exist (memory cells, program lines): the low
+    ⌈log2 size⌉ bits go through `binary_to_unit` and every higher bit (the sign bit included) must be 0, so a
+    negative or too large value lands in the rest. Exact for independent bits; cost O(size), not O(2^b).
+    """
+    low = max(1, (size - 1).bit_length())
+    if low >= bits.shape[-1]:
+        raise ValueError(f"{size} addresses need more than the {bits.shape[-1] - 1} non-negative bits of a value")
+    in_range = binary_to_unit(bits[..., :low])[..., :size] * all_bits(not_gate(bits[..., low:]))[..., None]
+    return in_range, 1 - in_range.sum(-1)
 
 
 def unit_to_binary(p: torch.Tensor) -> torch.Tensor:
@@ -363,7 +443,10 @@ class CircuitALU(torch.nn.Module):
     def extra_repr(self) -> str:
         return f"n={self.n}, bits={self.bits}, adder={self.adder!r}"
 
-    def forward(self, op_probs: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, op_probs: torch.Tensor, u: torch.Tensor, v: torch.Tensor, ops: tuple[str, ...] | None = None
+    ) -> torch.Tensor:
+        """`ops`, when given, are the only ops whose probability may be nonzero or whose gradient is needed."""
         if op_probs.shape[-1] != len(self.ops) or u.shape[-1] != self.n or v.shape[-1] != self.n:
             raise ValueError(
                 f"expected op_probs (..., {len(self.ops)}), u and v (..., {self.n}); "
@@ -371,9 +454,61 @@ class CircuitALU(torch.nn.Module):
             )
         dtype = torch.promote_types(torch.promote_types(op_probs.dtype, u.dtype), v.dtype)
         compute = torch.float64 if dtype == torch.float64 else torch.float32
-        results = alu_bits(unit_to_binary(u.to(compute)), unit_to_binary(v.to(compute)), self.adder)
+        columns = [i for i, op in enumerate(self.ops) if ops is None or op in ops]
+        chosen = tuple(self.ops[i] for i in columns)
+        results = alu_bits(unit_to_binary(u.to(compute)), unit_to_binary(v.to(compute)), self.adder, chosen)
         units = binary_to_unit(results)  # (..., ops, n)
-        return torch.einsum("...o,...on->...n", op_probs.to(compute), units).to(dtype)
+        return torch.einsum("...o,...on->...n", op_probs[..., columns].to(compute), units).to(dtype)
+
+
+class BinaryALU(torch.nn.Module):
+    """The ALU of eq. 7 on the binary encoding (the binary machine's ALU): bit probabilities in and out.
+
+    forward(op_probs (..., len(ALU_OPS)), u (..., bits), v (..., bits)) -> (..., bits)
+        = Σ_op op_probs[op] · alu_bits(u, v, signed=True)[op]
+
+    Values are signed two's complement (`dcomp_isa.alu_signed`). The output is the op-weighted mixture of the
+    result bits, with mass Σ op_probs (the machine divides the write probability out). Exact on 0/1 operands;
+    on probabilistic bits each op has the semantics its circuit documents (exact marginals for the adders,
+    comparisons and equality, approximations for mul, div, mod, max, min). Ops whose probability is 0 in every
+    row are not built unless a gradient w.r.t. op_probs is needed (exact: their terms are 0), so a step of a
+    sharp program pays only for the ops its lines hold.
+    """
+
+    encoding = "binary"
+
+    def __init__(self, bits: int, adder: str = "prefix"):
+        super().__init__()
+        get_adder(adder)
+        self.bits, self.adder, self.ops = bits, adder, ALU_OPS
+
+    def table_bytes(self) -> int:
+        return 0
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, adder={self.adder!r}"
+
+    def forward(
+        self, op_probs: torch.Tensor, u: torch.Tensor, v: torch.Tensor, ops: tuple[str, ...] | None = None
+    ) -> torch.Tensor:
+        """`ops`, when given, are the only ops whose probability may be nonzero or whose gradient is needed (the
+        machine knows this from a program that needs no gradient): the others are not built."""
+        if op_probs.shape[-1] != len(self.ops) or u.shape[-1] != self.bits or v.shape[-1] != self.bits:
+            raise ValueError(
+                f"expected op_probs (..., {len(self.ops)}), u and v (..., {self.bits}); "
+                f"got {tuple(op_probs.shape)}, {tuple(u.shape)}, {tuple(v.shape)}"
+            )
+        if ops is not None:
+            active = [i for i, op in enumerate(self.ops) if op in ops]
+        elif op_probs.requires_grad and torch.is_grad_enabled():
+            active = list(range(len(self.ops)))
+        else:
+            active = [i for i, used in enumerate((op_probs != 0).flatten(0, -2).any(0).tolist()) if used]
+        shape = torch.broadcast_shapes(op_probs.shape[:-1], u.shape[:-1], v.shape[:-1]) + (self.bits,)
+        if not active:
+            return u.new_zeros(shape)
+        results = alu_bits(u, v, self.adder, tuple(self.ops[i] for i in active), signed=True)  # (..., k, bits)
+        return torch.einsum("...o,...ob->...b", op_probs[..., active], results).expand(shape)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ This file is the single source of truth for what every instruction means. The re
 (`dcomp_circuits.py`) and the differentiable machine (`dcomp_machine.py`) all read it. It is run-time code:
 it travels with a checkpoint (`save_pretrained` copies it) and imports only torch.
 
-Values are integers mod ``n`` (``n`` = number of values, one-hot width). Booleans are the numbers 0 and 1.
+Values are integers mod ``n`` (``n`` = number of values, one-hot width), or on the binary machine signed two's
+complement integers of ``bits`` bits (`alu_signed`). Booleans are the numbers 0 and 1.
 Assembly operands come inputs first and the output register last (`add 1 2 2` is r2 = r1 + r2).
 
 Operand letters of `OpSpec.operands` (in assembly order):
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -36,22 +38,31 @@ class OpSpec:
         return "o" in self.operands
 
 
-def _bool(x: torch.Tensor) -> torch.Tensor:
-    return x.to(torch.long)
+def _bool(x):
+    return x.to(torch.long) if isinstance(x, torch.Tensor) else int(x)
 
 
-# Elementwise integer semantics of the ALU ops on long tensors (0-d for the interpreter, (n, n) grids for
-# tables). Unary ops ignore b. Division and modulo by zero give 0.
-ALU_SEMANTICS: dict[str, Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]] = {
+def _where(condition, when_true, when_false):
+    """Elementwise choice on tensors, a plain one on Python values: the semantics below run on both."""
+    if isinstance(condition, torch.Tensor):
+        return torch.where(condition, when_true, when_false)
+    return when_true if condition else when_false
+
+
+# Integer semantics of the ALU ops, on Python ints (the interpreter; exact at any width) or elementwise on long
+# tensors ((n, n) grids for tables). Unary ops ignore b. Division and modulo are Python's floor division and
+# modulo (`-7 // 2 == -4`, `-7 % 3 == 2`), and give 0 for a divisor of 0. Results are reduced mod n only where
+# the unit encoding wraps (the binary machine wraps every result to its width: `alu_signed`).
+ALU_SEMANTICS: dict[str, Callable[[Any, Any, int], Any]] = {
     "inc": lambda a, b, n: (a + 1) % n,
     "dec": lambda a, b, n: (a - 1) % n,
     "add": lambda a, b, n: (a + b) % n,
     "sub": lambda a, b, n: (a - b) % n,
     "mul": lambda a, b, n: (a * b) % n,
-    "div": lambda a, b, n: torch.where(b == 0, torch.zeros_like(a * b), a // b.clamp_min(1)),
-    "mod": lambda a, b, n: torch.where(b == 0, torch.zeros_like(a * b), a % b.clamp_min(1)),
-    "max": lambda a, b, n: torch.maximum(a, b),
-    "min": lambda a, b, n: torch.minimum(a, b),
+    "div": lambda a, b, n: _where(b == 0, 0 * a * b, a // _where(b == 0, 1, b)),
+    "mod": lambda a, b, n: _where(b == 0, 0 * a * b, a % _where(b == 0, 1, b)),
+    "max": lambda a, b, n: _where(a < b, b, a),
+    "min": lambda a, b, n: _where(b < a, b, a),
     "eq": lambda a, b, n: _bool(a == b),
     "lt": lambda a, b, n: _bool(a < b),
     "and": lambda a, b, n: _bool((a != 0) & (b != 0)),
@@ -98,8 +109,25 @@ assert set(ALU_SEMANTICS) == set(ALU_OPS), "every ALU op needs integer semantics
 
 
 def alu_int(op: str, a: int, b: int, n: int) -> int:
-    """Exact integer result of ALU op `op` on values a, b in [0, n)."""
-    return int(ALU_SEMANTICS[op](torch.tensor(a), torch.tensor(b), n))
+    """Exact integer result of ALU op `op` on values a, b in [0, n) (the unit encoding)."""
+    return int(ALU_SEMANTICS[op](a, b, n))
+
+
+def signed_range(bits: int) -> tuple[int, int]:
+    """[low, high) of the signed two's complement integers of `bits` bits."""
+    return -(1 << (bits - 1)), 1 << (bits - 1)
+
+
+def to_signed(value: int, bits: int) -> int:
+    """`value` mod 2^bits as a signed two's complement integer of `bits` bits (wraparound)."""
+    value &= (1 << bits) - 1
+    return value - (1 << bits) if value >> (bits - 1) else value
+
+
+def alu_signed(op: str, a: int, b: int, bits: int) -> int:
+    """Exact result of ALU op `op` on signed `bits`-bit values (the binary encoding): the integer semantics above
+    wrapped to the width, e.g. `alu_signed("div", -128, -1, 8) == -128`."""
+    return to_signed(ALU_SEMANTICS[op](a, b, 1 << bits), bits)
 
 
 def alu_index_table(op: str, n: int) -> torch.Tensor:
@@ -107,6 +135,9 @@ def alu_index_table(op: str, n: int) -> torch.Tensor:
     values = torch.arange(n)
     return ALU_SEMANTICS[op](values[:, None], values[None, :], n).expand(n, n).contiguous()
 
+
+# The binary encoding's widths: signed two's complement values of MIN_BITS..MAX_BITS bits.
+MIN_BITS, MAX_BITS = 8, 64
 
 # Depth of the return stack when a config or command line does not say: calls nest this deep.
 DEFAULT_CALL_DEPTH = 4

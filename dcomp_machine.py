@@ -4,29 +4,46 @@ Run-time code: it travels with a checkpoint (`save_pretrained` copies it) and im
 siblings. Everything here is a probability mixture, so the machine runs "everything, everywhere, all at once";
 with one-hot programs and inputs every step equals the exact reference interpreter (`library/interpreter.py`).
 
-State (eq. 1): S = (M, R, c, h) — memory `(batch, memory_size, n)`, registers `(batch, num_registers, n)`,
-program counter `(batch, lines)` and halting probability `(batch,)`, with `pc.sum(-1) + halted == 1`.
+State (eq. 1): S = (M, R, c, h) — memory `(batch, memory_size, width)`, registers `(batch, num_registers,
+width)`, program counter `(batch, lines)`, halting probability `(batch,)` and return-stack overflow probability
+`(batch,)`, with `pc.sum(-1) + halted + overflowed == 1`.
+
+Values have one of two encodings (Appendix C), chosen per machine; the step (eq. 2–6, 17) is the same for both
+and asks the encoding only to read, mix, compute (eq. 7) and decode values:
+
+* unit (`UnitValues`, width n): a value is a distribution over [0, n), arithmetic mod n (the table ALU);
+* binary (`BinaryValues`, width bits): a value is `bits` bit probabilities of a signed two's complement integer,
+  arithmetic by circuits (`dcomp_circuits.BinaryALU`); only memory addresses and jump/return targets are
+  decoded to one-hot, from their bits (`dcomp_circuits.binary_to_addresses`).
+
 See docs/ARCHITECTURE.md for the full semantics of one step.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import ClassVar
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 try:
     from .dcomp_alu import TableALU
-    from .dcomp_isa import ALU_OPS, DEFAULT_CALL_DEPTH, OP_INDEX, OPS
+    from .dcomp_circuits import BinaryALU, all_bits, any_bit, binary_to_addresses, bits_to_signed, int_to_bits
+    from .dcomp_isa import ALU_OPS, DEFAULT_CALL_DEPTH, MAX_BITS, MIN_BITS, OP_INDEX, OPS
 except ImportError:  # a checkout, where these files are top-level modules
     from dcomp_alu import TableALU
-    from dcomp_isa import ALU_OPS, DEFAULT_CALL_DEPTH, OP_INDEX, OPS
+    from dcomp_circuits import BinaryALU, all_bits, any_bit, binary_to_addresses, bits_to_signed, int_to_bits
+    from dcomp_isa import ALU_OPS, DEFAULT_CALL_DEPTH, MAX_BITS, MIN_BITS, OP_INDEX, OPS
 
 
 _ALU_INDEX = [OP_INDEX[name] for name in ALU_OPS]
+# `run` checkpoints its steps by default, CHECKPOINT_STEPS at a time, from this many values (memory + registers) in
+# a state on: below it the recomputation costs more than the memory it saves (benchmarks/bench_binary.py).
+CHECKPOINT_MIN_ELEMENTS = 1 << 20
+CHECKPOINT_STEPS = 3
 _WRITE_INDEX = [i for i, op in enumerate(OPS) if op.writes_register]
 
 
@@ -126,17 +143,21 @@ class ProgramTensors:
 
 @dataclass
 class MachineState:
-    """S = (M, R, c, h) of eq. 1, batched; every row is a distribution over the n values."""
+    """S = (M, R, c, h) of eq. 1, batched, plus the probability that a `call` overflowed the return stack (the
+    mass that stopped there, neither running nor halted). Values are rows of the machine's encoding."""
 
-    memory: torch.Tensor  # (batch, memory_size, n)
-    registers: torch.Tensor  # (batch, num_registers, n)
+    memory: torch.Tensor  # (batch, memory_size, width)
+    registers: torch.Tensor  # (batch, num_registers, width)
     pc: torch.Tensor  # (batch, lines)
     halted: torch.Tensor  # (batch,)
+    overflowed: torch.Tensor  # (batch,)
 
-    def decode(self) -> dict[str, torch.Tensor]:
-        """Most likely value of every register and memory cell, with its probability."""
-        register_p, registers = self.registers.max(-1)
-        memory_p, memory = self.memory.max(-1)
+    def decode(self, values: UnitValues | BinaryValues | None = None) -> dict[str, torch.Tensor]:
+        """Most likely value of every register and memory cell, with its probability, in the encoding `values`
+        (`RegisterMachine.values`; unit over the rows' width when omitted)."""
+        values = UnitValues(self.registers.shape[-1]) if values is None else values
+        registers, register_p = values.most_likely(self.registers)
+        memory, memory_p = values.most_likely(self.memory)
         return {
             "registers": registers,
             "register_probs": register_p,
@@ -144,6 +165,7 @@ class MachineState:
             "memory_probs": memory_p,
             "pc": self.pc.argmax(-1),
             "halted": self.halted,
+            "overflowed": self.overflowed,
         }
 
 
@@ -161,46 +183,167 @@ def one_hot_values(values: torch.Tensor, n: int, dtype: torch.dtype = torch.floa
     return nn.functional.one_hot(values.long(), n).to(dtype)
 
 
+class UnitValues:
+    """The unit encoding (Appendix C): a value is a distribution over [0, n); arithmetic is mod n.
+
+    The value algebra the step asks of an encoding: `encode` integers, `addresses` (the probability of each of
+    the first `size` values, and the rest), `nonzero` (the jump flag), `written_mass` (the normalisation of a
+    written value), `most_likely` (read-out) and the default ALU (eq. 7)."""
+
+    name = "unit"
+
+    def __init__(self, n: int):
+        self.n = self.width = n
+        self.empty = n - 1  # "no caller" on the return stack: the largest value, never a line address
+
+    def encode(self, values: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Integers `(...,)` in [0, n) → one-hot `(..., n)`."""
+        return one_hot_values(values, self.n, dtype)
+
+    def addresses(self, values: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(..., n)` → (P(value = k) for k < size `(..., size)`, P(value ≥ size) `(...,)`)."""
+        return values[..., :size], values[..., size:].sum(-1)
+
+    def probability_of_empty(self, values: torch.Tensor) -> torch.Tensor:
+        return values[..., self.empty]
+
+    def nonzero(self, values: torch.Tensor) -> torch.Tensor:
+        return 1 - values[..., 0]
+
+    @staticmethod
+    def written_mass(values: torch.Tensor, write_probability: torch.Tensor) -> torch.Tensor:
+        """The mass of an op-weighted mixture of written values: their sum (= write probability on distributions)."""
+        return values.sum(-1, keepdim=True)
+
+    def most_likely(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        probability, value = values.max(-1)
+        return value, probability
+
+    def default_alu(self) -> nn.Module:
+        return TableALU(self.n)
+
+    def check_alu(self, alu: nn.Module) -> None:
+        if getattr(alu, "encoding", "unit") != "unit" or alu.n != self.n:
+            raise ValueError(f"the machine works on n={self.n} unit values but the ALU is {alu}")
+
+
+class BinaryValues:
+    """The binary encoding (Appendix C–D): a value is `bits` probabilities of the bits (least significant first)
+    of a signed two's complement integer in [−2^(bits−1), 2^(bits−1)); arithmetic wraps (`dcomp_isa.alu_signed`).
+
+    Registers and memory hold per-bit marginals, so a mixture of values keeps only its marginals (exact on sharp
+    values). Addresses and targets are decoded from the bits (`binary_to_addresses`: negative values are out of
+    range). "No caller" is −1 (every bit 1). Same interface as `UnitValues`."""
+
+    name = "binary"
+
+    def __init__(self, bits: int):
+        if not MIN_BITS <= bits <= MAX_BITS:
+            raise ValueError(f"bits must be in [{MIN_BITS}, {MAX_BITS}], got {bits}")
+        self.bits = self.width = bits
+        self.empty = -1
+
+    def encode(self, values: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Signed integers `(...,)` → their two's complement bits `(..., bits)` (0/1, exact in any float dtype)."""
+        return int_to_bits(values.long(), self.bits, dtype)
+
+    @staticmethod
+    def addresses(values: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return binary_to_addresses(values, size)
+
+    @staticmethod
+    def probability_of_empty(values: torch.Tensor) -> torch.Tensor:
+        return all_bits(values)
+
+    @staticmethod
+    def nonzero(values: torch.Tensor) -> torch.Tensor:
+        return any_bit(values)
+
+    @staticmethod
+    def written_mass(values: torch.Tensor, write_probability: torch.Tensor) -> torch.Tensor:
+        """Bits carry no mass: the mixture of written values weighs the writing ops' probability in all."""
+        return write_probability
+
+    @staticmethod
+    def most_likely(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The value of the rounded bits and its probability Π max(p, 1 − p) (bits read as independent)."""
+        return bits_to_signed(values), torch.maximum(values, 1 - values).prod(-1)
+
+    def default_alu(self) -> nn.Module:
+        return BinaryALU(self.bits)
+
+    def check_alu(self, alu: nn.Module) -> None:
+        if getattr(alu, "encoding", "unit") != "binary" or alu.bits != self.bits:
+            raise ValueError(f"the machine works on {self.bits}-bit binary values but the ALU is {alu}")
+
+
 class RegisterMachine(nn.Module):
     """The differentiable interpreter I: S_t, ϱ ↦ S_{t+1}, with adaptive recurrence.
 
     Args:
-        n: number of values (unit-encoding width); arithmetic is mod n.
+        n: number of values of the unit encoding; arithmetic is mod n. Leave it out for the binary encoding.
         num_registers: registers R; the top `call_depth` of them form the return stack.
-        memory_size: memory cells; addresses are values, so `memory_size <= n`.
-        call_depth: return-stack depth, i.e. how deep `call`s may nest.
-        alu: the module for eq. 7 (`TableALU` or `CircuitALU`); defaults to `TableALU(n)`.
-        halt_threshold: `run` stops once every batch element has halted with at least this probability.
+        memory_size: memory cells; addresses are values, so `memory_size <= n` (`<= 2^(bits−1)` in binary).
+        call_depth: return-stack depth, i.e. how deep `call`s may nest; one more nested `call` overflows.
+        alu: the module for eq. 7 (`TableALU` or `CircuitALU` for unit values, `BinaryALU` for bits); defaults
+            to `TableALU(n)`, or `BinaryALU(bits)`.
+        halt_threshold: `run` stops once every batch element has halted (or overflowed) with at least this
+            probability.
+        bits: the binary encoding with values of this many bits (signed two's complement, 8 to 64), instead of n.
     """
 
     def __init__(
         self,
-        n: int,
+        n: int | None = None,
         num_registers: int = 16,
         memory_size: int = 32,
         call_depth: int = DEFAULT_CALL_DEPTH,
         alu: nn.Module | None = None,
         halt_threshold: float = 0.99,
+        *,
+        bits: int | None = None,
     ):
         super().__init__()
-        if n < 2:
-            raise ValueError(f"n must be at least 2, got {n}")
+        # Line addresses and memory addresses are non-negative values: fewer than `address_limit`.
+        self.values: UnitValues | BinaryValues
+        if n is not None and bits is None:
+            if n < 2:
+                raise ValueError(f"n must be at least 2, got {n}")
+            self.values, self.address_limit = UnitValues(n), n
+        elif bits is not None and n is None:
+            self.values, self.address_limit = BinaryValues(bits), 2 ** (bits - 1)
+        else:
+            raise ValueError(f"give exactly one of n (unit values) and bits (binary values); got n={n}, bits={bits}")
         if not 1 <= call_depth < num_registers:
             raise ValueError(
                 f"call_depth must be in [1, num_registers), got {call_depth} with {num_registers} registers"
             )
-        if not 1 <= memory_size <= n:
-            raise ValueError(f"memory_size must be in [1, n={n}] (addresses are values), got {memory_size}")
+        if not 1 <= memory_size <= self.address_limit:
+            raise ValueError(
+                f"memory_size must be in [1, {self.address_limit}] (addresses are non-negative values), "
+                f"got {memory_size}"
+            )
         if not 0.0 < halt_threshold <= 1.0:
             raise ValueError(f"halt_threshold must be in (0, 1], got {halt_threshold}")
-        self.n = n
+        self.n, self.bits = n, bits
         self.num_registers = num_registers
         self.memory_size = memory_size
         self.call_depth = call_depth
         self.halt_threshold = halt_threshold
-        self.alu = alu if alu is not None else TableALU(n)
-        if self.alu.n != n:
-            raise ValueError(f"the ALU works on n={self.alu.n} values but the machine on n={n}")
+        self.alu = alu if alu is not None else self.values.default_alu()
+        self.values.check_alu(self.alu)
+
+    @property
+    def encoding(self) -> str:
+        return self.values.name
+
+    def encode(self, values: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Integers `(...,)` → sharp values `(..., width)` of this machine's encoding."""
+        return self.values.encode(values, dtype)
+
+    def decode(self, state: MachineState) -> dict[str, torch.Tensor]:
+        """`state.decode` in this machine's encoding (signed integers for binary values)."""
+        return state.decode(self.values)
 
     # ----------------------------------------------------------------------------------------------- state
     def initial_state(
@@ -213,38 +356,44 @@ class RegisterMachine(nn.Module):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> MachineState:
-        """Registers hold 0 and the return stack holds n − 1 ("no caller"); then the caller's inputs.
+        """Registers hold 0 and the return stack holds "no caller" (n − 1, or −1 in binary); then the caller's
+        inputs.
 
         Args:
-            inputs: register index → value distribution `(batch, n)`.
-            memory: `(batch, cells, n)` distributions for the first `cells` memory cells.
+            inputs: register index → value `(batch, width)` (a distribution over n values, or bits).
+            memory: `(batch, cells, width)` values for the first `cells` memory cells.
             entry: `(batch, lines)` distribution over start lines (selection of a library program);
                 line 0 when omitted.
         """
-        if lines > self.n - 1:
-            raise ValueError(f"a program of {lines} lines needs n > {lines} (line addresses are values); n={self.n}")
-        zero = one_hot_values(torch.zeros((), dtype=torch.long, device=device), self.n, dtype)
-        registers = zero.expand(batch_size, self.num_registers, self.n).clone()
-        registers[:, -self.call_depth :] = one_hot_values(torch.tensor(self.n - 1, device=device), self.n, dtype)
+        if lines > self.address_limit - 1:
+            raise ValueError(
+                f"a program of {lines} lines needs more than {lines} values (line addresses are values); "
+                f"{self.address_limit} non-negative values here"
+            )
+        width = self.values.width
+        zero = self.encode(torch.zeros((), dtype=torch.long, device=device), dtype)
+        registers = zero.expand(batch_size, self.num_registers, width).clone()
+        registers[:, -self.call_depth :] = self.encode(torch.tensor(self.values.empty, device=device), dtype)
         for index, value in (inputs or {}).items():
             if not 0 <= index < self.num_registers:
                 raise ValueError(f"input register r{index} out of range [0, {self.num_registers})")
             registers[:, index] = value.to(dtype)
-        cells = zero.expand(batch_size, self.memory_size, self.n).clone()
+        cells = zero.expand(batch_size, self.memory_size, width).clone()
         if memory is not None:
             if memory.shape[1] > self.memory_size:
                 raise ValueError(f"{memory.shape[1]} memory cells given but memory_size is {self.memory_size}")
             cells[:, : memory.shape[1]] = memory.to(dtype)
         if entry is None:
             entry = one_hot_values(torch.zeros(batch_size, dtype=torch.long, device=device), lines, dtype)
-        return MachineState(cells, registers, entry.to(dtype), torch.zeros(batch_size, dtype=dtype, device=device))
+        nothing = torch.zeros(batch_size, dtype=dtype, device=device)
+        return MachineState(cells, registers, entry.to(dtype), nothing, nothing.clone())
 
     # ------------------------------------------------------------------------------------------------ step
     def step(self, program: ProgramTensors, state: MachineState) -> MachineState:
         """One interpreter step I(S_t, ϱ) (eq. 2–7 and 17), all lanes of the current line."""
         pc, registers, memory = state.pc, state.registers, state.memory
         program = program.expand(pc.shape[0])
-        running = pc.sum(-1)  # (batch,) = 1 − h
+        running = pc.sum(-1)  # (batch,) = 1 − h − overflowed
         # Below machine epsilon the running mass carries no information, and dividing by it would blow up the
         # gradient (1 / running²); its instruction is weighted by that mass anyway.
         running_enough = running > torch.finfo(running.dtype).eps
@@ -259,38 +408,60 @@ class RegisterMachine(nn.Module):
         write_to = torch.einsum("bl,blkr->bkr", pc, program.out * line_writes)  # (batch, lanes, registers)
 
         # Register reads: u_j, v_j = R_ij r_i (dot products), from the state before the line.
-        u = torch.einsum("bkr,brn->bkn", arg_a, registers)  # (batch, lanes, n)
-        v = torch.einsum("bkr,brn->bkn", arg_b, registers)
-        values = self._values(program, pc, op, u, v, memory)  # (batch, lanes, n), mass = write probability
+        u = torch.einsum("bkr,brw->bkw", arg_a, registers)  # (batch, lanes, width)
+        v = torch.einsum("bkr,brw->bkw", arg_b, registers)
+        live = self._live_ops(program)
+        values = self._values(program, pc, op, u, v, memory, live)  # (batch, lanes, width), mass = write prob.
 
-        write_mass = values.sum(-1, keepdim=True)  # (batch, lanes, 1)
+        write_mass = self.values.written_mass(values, op[..., _WRITE_INDEX].sum(-1, keepdim=True))
         written = values / torch.where(
             write_mass > torch.finfo(values.dtype).eps, write_mass, torch.ones_like(write_mass)
         )
-        return_target = registers[:, -1]  # (batch, n): top of the return stack before the line
+        return_target = registers[:, -1]  # (batch, width): top of the return stack before the line
+        # A `call` overflows when the bottom of the return stack holds a caller: it would be dropped.
+        stack_full = 1 - self.values.probability_of_empty(registers[:, -self.call_depth])  # (batch,)
         for lane in range(program.lanes):  # lanes write in order: a later lane wins
             registers = self._write_registers(registers, write_to[:, lane], written[:, lane])
-            registers = self._return_stack(registers, program, pc, lane, op[:, lane])
-            memory = self._write_memory(memory, op[:, lane, OP_INDEX["write"]], u[:, lane], v[:, lane])
+            # A lane whose ops never include call/ret/write would leave the stack/memory as they are: skip it.
+            if live[lane]["call"] or live[lane]["ret"]:
+                registers = self._return_stack(registers, program, pc, lane, op[:, lane], stack_full)
+            if live[lane]["write"]:
+                memory = self._write_memory(memory, op[:, lane, OP_INDEX["write"]], u[:, lane], v[:, lane])
 
-        pc, halted = self._next_pc(program, pc, state.halted, u, return_target)
-        return MachineState(memory, registers, pc, halted)
+        pc, halted, overflowed = self._next_pc(program, pc, state, u, return_target, stack_full)
+        return MachineState(memory, registers, pc, halted, overflowed)
 
-    def _values(self, program, pc, op, u, v, memory) -> torch.Tensor:
+    @staticmethod
+    def _live_ops(program: ProgramTensors) -> list[dict[str, bool]]:
+        """Per lane, op name → whether some line may run it. An op that no line holds contributes exactly 0 to
+        the step and — when the program needs no gradient — to every gradient, so its work can be skipped
+        (everything is live for a program that is being trained)."""
+        if program.op.requires_grad and torch.is_grad_enabled():
+            return [dict.fromkeys(OP_INDEX, True) for _ in range(program.lanes)]
+        used = program.op.ne(0).flatten(0, -3).any(0).tolist()  # (lanes, num_ops)
+        return [dict(zip(OP_INDEX, lane)) for lane in used]
+
+    def _line_values(self, weights: torch.Tensor, first: int) -> torch.Tensor:
+        """`(..., lines)` weights on lines → the weighted mixture of the values first, first + 1, ... `(..., width)`."""
+        lines = torch.arange(first, first + weights.shape[-1], device=weights.device)
+        return weights @ self.encode(lines, weights.dtype)
+
+    def _values(self, program, pc, op, u, v, memory, live) -> torch.Tensor:
         """Every register-writing op's result, weighted by its probability: eq. 7 plus set/copy/read/store."""
-        lines, n = program.lines, self.n
-        values = self.alu(op[..., _ALU_INDEX], u, v)  # eq. 7 / 11
+        alu_ops = tuple(name for name in ALU_OPS if any(lane[name] for lane in live))
+        values = self.alu(op[..., _ALU_INDEX], u, v, ops=alu_ops)  # eq. 7 / 11
         # set: the immediate of each line, weighted by that line's probability of being a `set`.
-        values = values + torch.einsum("bl,blkn->bkn", pc, program.imm * program.op[..., OP_INDEX["set"], None])
+        values = values + torch.einsum("bl,blkw->bkw", pc, program.imm * program.op[..., OP_INDEX["set"], None])
         values = values + op[..., OP_INDEX["copy"], None] * u
         # eq. 2: r_j = M_ij a_i, where address mass beyond the memory reads 0.
-        address = u[..., : self.memory_size]  # (batch, lanes, memory_size)
+        address, _ = self.values.addresses(u, self.memory_size)  # (batch, lanes, memory_size)
         unmapped = 1 - address.sum(-1, keepdim=True)  # (batch, lanes, 1)
-        read = torch.einsum("bkm,bmn->bkn", address, memory) + nn.functional.pad(unmapped, (0, n - 1))
+        zero = self.encode(torch.zeros((), dtype=torch.long, device=u.device), u.dtype)
+        read = torch.einsum("bkm,bmw->bkw", address, memory) + unmapped * zero
         values = values + op[..., OP_INDEX["read"], None] * read
         # store: the address of the line itself, as a value.
         store = torch.einsum("bl,blk->bkl", pc, program.op[..., OP_INDEX["store"]])  # (batch, lanes, lines)
-        return values + nn.functional.pad(store, (0, n - lines))
+        return values + self._line_values(store, 0)
 
     @staticmethod
     def _write_registers(registers, write_to, value) -> torch.Tensor:
@@ -298,44 +469,53 @@ class RegisterMachine(nn.Module):
         write_to = write_to[..., None]  # (batch, registers, 1)
         return (1 - write_to) * registers + write_to * value[:, None, :]
 
-    @staticmethod
-    def _write_memory(memory, p, address, value) -> torch.Tensor:
-        """eq. 3–4: M ← (1 − p) M + p ((1 − a) ⊙ M + a ⊗ c) = M + p a ⊗ (c − M)."""
-        address = address[:, : memory.shape[1], None]  # (batch, memory_size, 1)
-        return memory + p[:, None, None] * address * (value[:, None, :] - memory)
+    def _write_memory(self, memory, p, address, value) -> torch.Tensor:
+        """eq. 3–4: M ← (1 − p) M + p ((1 − a) ⊙ M + a ⊗ c) = (1 − p a) ⊙ M + p a ⊗ c (so that autograd keeps
+        only M, which the previous step holds anyway, and no memory-sized difference)."""
+        address = self.values.addresses(address, memory.shape[1])[0][..., None]  # (batch, memory_size, 1)
+        written = p[:, None, None] * address  # (batch, memory_size, 1)
+        return (1 - written) * memory + written * value[:, None, :]
 
-    def _return_stack(self, registers, program, pc, lane, op) -> torch.Tensor:
-        """`call` pushes pc + 1 onto the top `call_depth` registers; `ret` pops them (refilling n − 1)."""
-        p_call, p_ret = op[:, OP_INDEX["call"]], op[:, OP_INDEX["ret"]]  # (batch,)
-        depth, n, lines = self.call_depth, self.n, program.lines
-        stack = registers[:, -depth:]  # (batch, depth, n); index -1 is the top
+    def _return_stack(self, registers, program, pc, lane, op, stack_full) -> torch.Tensor:
+        """`call` pushes pc + 1 onto the top `call_depth` registers; `ret` pops them (refilling "no caller").
+        A `call` that overflows leaves the stack as it was."""
+        p_ret, pushes = op[:, OP_INDEX["ret"]], 1 - stack_full  # (batch,)
+        p_call = op[:, OP_INDEX["call"]] * pushes
+        depth = self.call_depth
+        stack = registers[:, -depth:]  # (batch, depth, width); index -1 is the top
         # Return address line + 1 as a value, weighted by the probability that the line is a call.
-        return_address = nn.functional.pad(pc * program.op[:, :, lane, OP_INDEX["call"]], (1, n - lines - 1))
+        return_address = self._line_values(pc * program.op[:, :, lane, OP_INDEX["call"]], 1) * pushes[:, None]
         pushed = torch.cat([stack[:, 1:] * p_call[:, None, None], return_address[:, None]], dim=1)
-        empty = one_hot_values(torch.tensor(n - 1, device=stack.device), n, stack.dtype).expand_as(stack[:, :1])
-        popped = torch.cat([empty, stack[:, :-1]], dim=1) * p_ret[:, None, None]
+        empty = self.encode(torch.tensor(self.values.empty, device=stack.device), stack.dtype)
+        popped = torch.cat([empty.expand_as(stack[:, :1]), stack[:, :-1]], dim=1) * p_ret[:, None, None]
         stack = (1 - p_call - p_ret)[:, None, None] * stack + pushed + popped
         return torch.cat([registers[:, :-depth], stack], dim=1)
 
-    def _next_pc(self, program, pc, halted, u, return_target):
+    def _next_pc(self, program, pc, state, u, return_target, stack_full):
         """eq. 6, generalised: each line's mass moves to the next line, a jump/call target, the popped return
-        address, or halts (`halt`, past the last line, or a target beyond it)."""
+        address, or halts (`halt`, past the last line, or a target outside the program); an overflowing
+        `call`'s mass stops in `overflowed`."""
         lines = program.lines
         op = program.op  # (batch, lines, lanes, num_ops)
-        taken = op[..., OP_INDEX["jump"]] * (1 - u[:, None, :, 0])  # (batch, lines, lanes): jump if r[a] != 0
-        branch = taken + op[..., OP_INDEX["call"]]
+        taken = op[..., OP_INDEX["jump"]] * self.values.nonzero(u)[:, None, :]  # (batch, lines, lanes)
+        calls = op[..., OP_INDEX["call"]]
+        branch = taken + calls * (1 - stack_full)[:, None, None]
         p_ret = op[..., OP_INDEX["ret"]].sum(-1)  # (batch, lines)
         p_halt = op[..., OP_INDEX["halt"]].sum(-1)
-        stay = pc * (1 - p_halt - p_ret - branch.sum(-1))  # mass that moves on to the next line
+        stay = pc * (1 - p_halt - p_ret - (taken + calls).sum(-1))  # mass that moves on to the next line
 
-        # Destination distribution over lines + one "halted" slot (index `lines`).
-        target = torch.einsum("bl,blk,blkn->bn", pc, branch, program.imm)  # (batch, n)
-        ret_mass = (pc * p_ret).sum(-1, keepdim=True)
-        target = target + ret_mass * return_target
+        # Destinations inside the program, and the mass of those outside it (which halts).
+        inside, outside = self.values.addresses(program.imm, lines)  # (batch, lines, lanes, lines), (b, l, k)
+        target = torch.einsum("bl,blk,blkm->bm", pc, branch, inside)
+        leaves = torch.einsum("bl,blk,blk->b", pc, branch, outside)
+        ret_mass = (pc * p_ret).sum(-1)  # (batch,)
+        ret_inside, ret_outside = self.values.addresses(return_target, lines)
+        target = target + ret_mass[:, None] * ret_inside
         moved = nn.functional.pad(stay, (1, 0))  # (batch, lines + 1): line i → i + 1
-        new_pc = moved[:, :lines] + target[:, :lines]
-        new_halted = halted + moved[:, lines] + target[:, lines:].sum(-1) + (pc * p_halt).sum(-1)
-        return self._settle(program, new_pc, new_halted)
+        new_pc = moved[:, :lines] + target
+        new_halted = state.halted + moved[:, lines] + leaves + ret_mass * ret_outside + (pc * p_halt).sum(-1)
+        overflowed = state.overflowed + torch.einsum("bl,blk->b", pc, calls) * stack_full
+        return (*self._settle(program, new_pc, new_halted), overflowed)
 
     @staticmethod
     def _settle(program: ProgramTensors, pc: torch.Tensor, halted: torch.Tensor):
@@ -357,22 +537,60 @@ class RegisterMachine(nn.Module):
         max_steps: int,
         halt_threshold: float | None = None,
         return_trace: bool = False,
+        checkpoint: int | None = None,
     ) -> MachineRun:
-        """Adaptive recurrence: step until `max_steps`, or until every batch element has halted with
-        probability ≥ `halt_threshold` (early exit)."""
+        """Adaptive recurrence: step until `max_steps`, or until every batch element has stopped (halted or
+        overflowed) with probability ≥ `halt_threshold` (early exit).
+
+        `checkpoint` = k > 0 recomputes the steps in the backward pass, k at a time, instead of keeping their
+        intermediate tensors (activation checkpointing of the recurrence): autograd holds one state per k steps
+        and, during the backward, the intermediates of k steps, at the cost of one more forward pass; 0 keeps
+        everything. By default it is `CHECKPOINT_STEPS` when a gradient is being recorded and a state holds at
+        least `CHECKPOINT_MIN_ELEMENTS` values, else 0. A trace keeps every state, so it checkpoints step by step."""
         threshold = self.halt_threshold if halt_threshold is None else halt_threshold
         state = self.settle(program, state)
         trace = [state] if return_trace else None
+        if checkpoint is None:
+            large = state.memory.numel() + state.registers.numel() >= CHECKPOINT_MIN_ELEMENTS
+            checkpoint = CHECKPOINT_STEPS if torch.is_grad_enabled() and large else 0
+        if return_trace:
+            checkpoint = min(checkpoint, 1)
         steps = 0
-        while steps < max_steps and not bool((state.halted >= threshold).all()):
-            state = self.step(program, state)
-            steps += 1
+        while steps < max_steps and not self._stopped(state, threshold):
+            if checkpoint:
+                state, taken = self._checkpointed_steps(program, state, min(checkpoint, max_steps - steps), threshold)
+            else:
+                state, taken = self.step(program, state), 1
+            steps += taken
             if trace is not None:
                 trace.append(state)
         return MachineRun(state, steps, trace)
 
+    @staticmethod
+    def _stopped(state: MachineState, threshold: float) -> bool:
+        return bool((state.halted + state.overflowed >= threshold).all())
+
+    def _checkpointed_steps(
+        self, program: ProgramTensors, state: MachineState, count: int, threshold: float
+    ) -> tuple[MachineState, int]:
+        """Up to `count` steps (fewer once every element has stopped), recomputed in the backward pass
+        (torch.utils.checkpoint; the program's tensors get their gradients through the closure)."""
+        taken = []
+
+        def steps(*tensors):
+            state, done = MachineState(*tensors), 0
+            while done < count and not self._stopped(state, threshold):
+                state, done = self.step(program, state), done + 1
+            taken.append(done)  # the recomputation takes the same steps
+            return tuple(getattr(state, f.name) for f in fields(state))
+
+        before = tuple(getattr(state, f.name) for f in fields(state))
+        after = torch.utils.checkpoint.checkpoint(steps, *before, use_reentrant=False)
+        return MachineState(*after), taken[0]
+
     def extra_repr(self) -> str:
+        width = f"n={self.n}" if self.bits is None else f"bits={self.bits}"
         return (
-            f"n={self.n}, num_registers={self.num_registers}, memory_size={self.memory_size}, "
+            f"{width}, num_registers={self.num_registers}, memory_size={self.memory_size}, "
             f"call_depth={self.call_depth}, halt_threshold={self.halt_threshold}"
         )

@@ -7,9 +7,12 @@
     python -m library decompile PROGRAM.safetensors
     python -m library run PROGRAM.py --call "gcd(84, 36)"   # a Python function (docs/PYTHON.md)
 
-`run` prints one JSON object: `registers`, `memory`, `steps`, `halted` (and, with `--differentiable`, the
-probability of every decoded value). Bad assembly exits with status 1 and a `file:line:column: message`; bad
-arguments, files and tensors exit with status 2 and a message naming what is wrong.
+`run` prints one JSON object: `registers`, `memory`, `steps`, `halted`, `overflow` (a `call` nested deeper than
+the return stack stopped the run) and, with `--differentiable`, the probability of every decoded value. With
+`--bits B` the machine is the binary one: values are signed B-bit integers (8 to 64), e.g.
+`run PROG.asm --bits 64 --set r1=-5 --memory=3,-1,2`. Bad assembly exits with status 1 and a
+`file:line:column: message`; bad arguments, files and tensors exit with status 2 and a message naming what is
+wrong; a run that overflowed its return stack exits with status 3.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import re
 import sys
 from pathlib import Path
 
-from dcomp_isa import DEFAULT_CALL_DEPTH, check_machine_sizes
+from dcomp_isa import DEFAULT_CALL_DEPTH, MAX_BITS, MIN_BITS, check_machine_sizes, signed_range
 
 from .assembler import AssemblyError, show
 from .python import CompileError, cli_program, cli_run
@@ -31,7 +34,7 @@ MAX_VALUES = 4096
 MAX_REGISTERS = 256
 MAX_STEPS = 100_000
 _REGISTER = re.compile(r"[rR]?([0-9]+)")
-_VALUE = re.compile(r"[0-9]+")  # ASCII digits only: no `1_0`, no other scripts' digits
+_VALUE = re.compile(r"-?[0-9]+")  # ASCII digits only: no `1_0`, no other scripts' digits; ranges are checked later
 
 
 def _bounded(low: int, high: int):
@@ -62,7 +65,7 @@ def _parse_memory(text: str) -> list[int]:
     cells = [cell.strip() for cell in text.split(",")]
     for position, cell in enumerate(cells, start=1):
         if not _VALUE.fullmatch(cell) or len(cell) > 12:
-            what = "is empty" if not cell else f"is {show(cell)}, not a non-negative decimal integer"
+            what = "is empty" if not cell else f"is {show(cell)}, not a decimal integer"
             raise argparse.ArgumentTypeError(f"memory cell {position} of {show(text)} {what}")
     return [int(cell) for cell in cells]
 
@@ -85,6 +88,12 @@ def _machine_options(parser: argparse.ArgumentParser) -> None:
         type=_bounded(1, MAX_REGISTERS),
         default=DEFAULT_CALL_DEPTH,
         help=f"return-stack depth, < registers (default: {DEFAULT_CALL_DEPTH})",
+    )
+    parser.add_argument(
+        "--bits",
+        type=_bounded(MIN_BITS, MAX_BITS),
+        default=None,
+        help=f"binary machine: signed values of this many bits ({MIN_BITS} to {MAX_BITS}), instead of --n",
     )
 
 
@@ -134,18 +143,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_arguments(args, parser: argparse.ArgumentParser) -> None:
     """Cross-argument checks, before anything is assembled or allocated (argparse's exit 2 on failure)."""
-    if hasattr(args, "call_depth"):
-        try:
-            check_machine_sizes(args.n, args.registers, args.memory_size, args.call_depth)
-        except ValueError as error:
-            parser.error(str(error).replace("num_registers", "--registers").replace("memory_size", "--memory-size"))
+    if args.command == "decompile":
+        if not 0.0 <= args.certain <= 1.0:
+            parser.error(f"--certain {args.certain} must lie in [0, 1]")
+        return
+    bits = args.bits
+    # Values lie in [0, n) on the one-hot machine, and are signed `bits`-bit integers on the binary one.
+    low, high, machine = (0, args.n, f"--n {args.n}") if bits is None else (*signed_range(bits), f"--bits {bits}")
+    try:
+        check_machine_sizes(high, args.registers, args.memory_size, args.call_depth)
+    except ValueError as error:
+        parser.error(str(error).replace("num_registers", "--registers").replace("memory_size", "--memory-size"))
+    if bits is not None and args.program.suffix == ".py":
+        parser.error(f"--bits: Python programs run on the one-hot machine (--n) only, not {args.program}")
     if args.command == "run":
         seen = set()
         for register, value in args.assignments:
-            if register >= args.registers or value >= args.n:
+            if register >= args.registers or not low <= value < high:
                 parser.error(
                     f"--set r{register}={value}: need a register < --registers {args.registers} "
-                    f"and a value < --n {args.n}"
+                    f"and a value in [{low}, {high}) ({machine})"
                 )
             if register in seen:
                 parser.error(f"--set r{register} is given twice")
@@ -153,12 +170,10 @@ def _check_arguments(args, parser: argparse.ArgumentParser) -> None:
         if len(args.memory) > args.memory_size:
             parser.error(f"--memory has {len(args.memory)} cells, more than --memory-size {args.memory_size}")
         for position, value in enumerate(args.memory, start=1):
-            if value >= args.n:
-                parser.error(f"--memory cell {position} = {value} is out of range [0, --n {args.n})")
+            if not low <= value < high:
+                parser.error(f"--memory cell {position} = {value} is out of range [{low}, {high}) ({machine})")
     if args.command == "compile" and args.output is not None and not args.output.parent.is_dir():
         parser.error(f"-o {args.output}: the folder {args.output.parent} does not exist")
-    if args.command == "decompile" and not 0.0 <= args.certain <= 1.0:
-        parser.error(f"--certain {args.certain} must lie in [0, 1]")
 
 
 def _compile_file(args):
@@ -166,7 +181,7 @@ def _compile_file(args):
     function, or the one `--call` names), anything else assembled."""
     from .compiling import compile_alone
 
-    return compile_alone(cli_program(args), n=args.n, num_registers=args.registers)
+    return compile_alone(cli_program(args), n=args.n, num_registers=args.registers, bits=args.bits)
 
 
 def _run(args) -> dict:
@@ -174,46 +189,54 @@ def _run(args) -> dict:
         return cli_run(args)
     registers = dict(args.assignments)
     if not args.differentiable:
-        from .assembler import assemble_file
-        from .interpreter import run_reference
+        from .interpreter import ReturnStackOverflow, run_reference
 
-        program = assemble_file(args.program, n=args.n, num_registers=args.registers, call_depth=args.call_depth)
-        execution = run_reference(
-            program,
-            n=args.n,
-            num_registers=args.registers,
-            memory_size=args.memory_size,
-            call_depth=args.call_depth,
-            registers=registers,
-            memory=args.memory,
-            max_steps=args.max_steps,
-        )
+        program = _compile_file(args).program
+        try:
+            execution = run_reference(
+                program,
+                n=args.n,
+                num_registers=args.registers,
+                memory_size=args.memory_size,
+                call_depth=args.call_depth,
+                registers=registers,
+                memory=args.memory,
+                max_steps=args.max_steps,
+                bits=args.bits,
+            )
+        except ReturnStackOverflow as overflow:
+            print(f"error: {overflow}", file=sys.stderr)
+            execution = overflow.execution
         state = execution.state
         return {
             "registers": list(state.registers),
             "memory": list(state.memory),
             "steps": execution.steps,
             "halted": execution.halted,
+            "overflow": state.overflowed,
         }
 
     import torch
 
-    from dcomp_machine import RegisterMachine, one_hot_values
+    from dcomp_machine import RegisterMachine
 
     compiled = _compile_file(args)
-    machine = RegisterMachine(args.n, args.registers, args.memory_size, args.call_depth)
-    inputs = {index: one_hot_values(torch.tensor([value]), args.n) for index, value in registers.items()}
-    memory = one_hot_values(torch.tensor([args.memory]), args.n) if args.memory else None
+    n = None if args.bits is not None else args.n
+    machine = RegisterMachine(n, args.registers, args.memory_size, args.call_depth, bits=args.bits)
+    inputs = {index: machine.encode(torch.tensor([value])) for index, value in registers.items()}
+    memory = machine.encode(torch.tensor([args.memory])) if args.memory else None
     state = machine.initial_state(1, compiled.lines, inputs=inputs, memory=memory)
     with torch.no_grad():
         result = machine.run(compiled.tensors, state, args.max_steps)
-    decoded = result.state.decode()
+    decoded = machine.decode(result.state)
     return {
         "registers": decoded["registers"][0].tolist(),
         "memory": decoded["memory"][0].tolist(),
         "steps": result.steps,
         "halted": bool(result.state.halted[0] >= machine.halt_threshold),
+        "overflow": bool(result.state.overflowed[0] >= machine.halt_threshold),
         "halt_probability": float(result.state.halted[0]),
+        "overflow_probability": float(result.state.overflowed[0]),
         "register_probs": [round(p, 6) for p in decoded["register_probs"][0].tolist()],
         "memory_probs": [round(p, 6) for p in decoded["memory_probs"][0].tolist()],
     }
@@ -223,7 +246,8 @@ def _compile(args) -> None:
     compiled = _compile_file(args)
     program = compiled.program
     output = args.output or args.program.with_suffix(".safetensors")
-    metadata = {"name": program.name, "labels": json.dumps(program.labels), "n": str(args.n)}
+    width = {"n": str(args.n)} if args.bits is None else {"bits": str(args.bits)}
+    metadata = {"name": program.name, "labels": json.dumps(program.labels), **width}
     compiled.tensors.save(output, metadata=metadata)
     print(f"compiled {program.name}: {len(program)} lines x {program.lanes} lanes -> {output}")
 
@@ -236,10 +260,12 @@ def _decompile(args) -> None:
     tensors, metadata = ProgramTensors.load(args.tensors)
     try:
         labels = json.loads(metadata.get("labels", "{}"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{args.tensors}: the 'labels' metadata is not JSON ({error})") from None
+        bits = int(metadata["bits"]) if "bits" in metadata else None
+    except (json.JSONDecodeError, ValueError) as error:
+        raise ValueError(f"{args.tensors}: bad 'labels' or 'bits' metadata ({error})") from None
+    name = metadata.get("name", args.tensors.stem)
     try:
-        text = decompile(tensors, labels=labels, certain=args.certain, name=metadata.get("name", args.tensors.stem))
+        text = decompile(tensors, labels=labels, certain=args.certain, name=name, bits=bits)
     except ValueError as error:
         raise ValueError(f"{args.tensors}: {error}") from None
     print(text, end="")
@@ -251,7 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     _check_arguments(args, parser)
     try:
         if args.command == "run":
-            print(json.dumps(_run(args)))
+            output = _run(args)
+            print(json.dumps(output))
+            if output["overflow"]:
+                return 3
         elif args.command == "check":
             program = _compile_file(args).program
             print(f"{args.program}: ok, {len(program)} lines, {program.lanes} lane(s)")

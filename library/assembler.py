@@ -42,9 +42,10 @@ _OPS = dcomp_isa.OPS_BY_NAME
 _OPERAND_NAMES = {"a": "a", "b": "b", "o": "out", "i": "imm", "l": "target"}
 _CONTROL_OPS = frozenset(dcomp_isa.CONTROL_OPS)
 _STACK_OPS = frozenset({"call", "ret"})
-# Echoed source text is cut to this many characters; digit strings longer than this are out of any range.
+# Echoed source text is cut to this many characters.
 _SHOW_CHARS = 40
-_MAX_DIGITS = 18
+# Digit strings longer than this are out of any machine's range (64-bit values have at most 19 digits).
+_MAX_DIGITS = 20
 _BOMS = {b"\xff\xfe": "UTF-16 (little-endian)", b"\xfe\xff": "UTF-16 (big-endian)"}
 
 
@@ -99,11 +100,16 @@ def _signature(spec: dcomp_isa.OpSpec) -> str:
 class _Assembler:
     """One assembly pass over a source text; `run` returns the Program or raises AssemblyError."""
 
-    def __init__(self, source_name: str, n: int, num_registers: int, call_depth: int, allow_undefined: bool):
+    def __init__(
+        self, source_name: str, n: int, num_registers: int, call_depth: int, allow_undefined: bool, bits: int | None
+    ):
         self.source_name = source_name
         self.allow_undefined = allow_undefined
         self.symbols: list[Symbol] = []
-        self.n = n
+        # Immediates lie in [low, high): [0, n), or the signed range of `bits` bits (the binary machine), where
+        # line addresses are the non-negative values.
+        self.low, self.high = (0, n) if bits is None else dcomp_isa.signed_range(bits)
+        self.n = self.high
         self.num_registers = num_registers
         self.stack_registers = range(num_registers - call_depth, num_registers)
         self.lines: list[tuple[Instruction, ...]] = []
@@ -266,14 +272,19 @@ class _Assembler:
     def parse_immediate(self, line_no: int, token: _Token) -> int:
         if _NAMED_REGISTER.fullmatch(token.text):
             raise self.error(line_no, token.column, f"expected an immediate value, got register {show(token.text)}")
-        if not _NUMBER.fullmatch(token.text):
+        negative = self.low < 0 and _NEGATIVE.fullmatch(token.text)
+        if not (_NUMBER.fullmatch(token.text) or negative):
             self.raise_malformed(
-                line_no, token, f"malformed number {show(token.text)} (expected a decimal integer in [0, {self.n}))"
+                line_no,
+                token,
+                f"malformed number {show(token.text)} (expected a decimal integer in [{self.low}, {self.high}))",
             )
-        value = _digits(token.text)
-        if value >= self.n:
+        value = -_digits(token.text[1:]) if negative else _digits(token.text)
+        if not self.low <= value < self.high:
             raise self.error(
-                line_no, token.column, f"immediate {show(token.text, quote='')} out of range [0, {self.n})"
+                line_no,
+                token.column,
+                f"immediate {show(token.text, quote='')} out of range [{self.low}, {self.high})",
             )
         return value
 
@@ -334,13 +345,17 @@ def assemble(
     call_depth: int = dcomp_isa.DEFAULT_CALL_DEPTH,
     source_name: str | None = None,
     allow_undefined: bool = False,
+    bits: int | None = None,
 ) -> Program:
     """Assembles `source` into a Program for a machine with `n` values and `num_registers` registers.
 
     `call_depth` names the return-stack registers (the top `call_depth`), which a lane may not write on a line
     whose `call`/`ret` rewrites them. Errors name `source_name` (default: `name`). With `allow_undefined`, a
     jump/call target naming no label of this source is not an error but one of the Program's `symbols`, for
-    the linker (`stdlib.link`) to resolve."""
+    the linker (`stdlib.link`) to resolve. With `bits` (the binary machine; `n` is then ignored) immediates are
+    signed values of that many bits, negative ones included."""
+    if bits is not None and not dcomp_isa.MIN_BITS <= bits <= dcomp_isa.MAX_BITS:
+        raise ValueError(f"bits must be in [{dcomp_isa.MIN_BITS}, {dcomp_isa.MAX_BITS}], got {bits}")
     if n < 2 or num_registers < 1 or not 1 <= call_depth <= num_registers:
         raise ValueError(
             f"need n >= 2, num_registers >= 1 and 1 <= call_depth <= num_registers; "
@@ -355,7 +370,7 @@ def assemble(
             column=0,
             source_name=source_name,
         )
-    return _Assembler(source_name, n, num_registers, call_depth, allow_undefined).run(source, name)
+    return _Assembler(source_name, n, num_registers, call_depth, allow_undefined, bits).run(source, name)
 
 
 def decode_source(data: bytes, source_name: str) -> str:

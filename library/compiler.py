@@ -8,11 +8,13 @@ certain with its probabilities. `decode(compile_program(p))` has p's lines (less
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import torch
 
-from dcomp_isa import OP_INDEX, OP_NAMES, OPS_BY_NAME
+from dcomp_circuits import bits_to_signed, int_to_bits
+from dcomp_isa import OP_INDEX, OP_NAMES, OPS_BY_NAME, signed_range
 from dcomp_machine import ProgramTensors
 
 from .assembler import LABEL, format_program
@@ -23,9 +25,19 @@ _OPERAND_FIELDS = {"a": "a", "b": "b", "o": "out", "i": "imm", "l": "imm"}
 
 
 def compile_program(
-    program: Program, *, n: int = 128, num_registers: int = 16, dtype: torch.dtype = torch.float32
+    program: Program,
+    *,
+    n: int = 128,
+    num_registers: int = 16,
+    dtype: torch.dtype = torch.float32,
+    bits: int | None = None,
 ) -> ProgramTensors:
-    """Program → one-hot tensors ϱ of shape `(lines, lanes, ·)`; short lines are padded with `nop`."""
+    """Program → one-hot tensors ϱ of shape `(lines, lanes, ·)`; short lines are padded with `nop`.
+
+    With `bits` (the binary machine) the immediates are their signed two's complement bits `(lines, lanes,
+    bits)` instead of one-hot over n values."""
+    if bits is not None:
+        return _compile_binary(program, num_registers, dtype, bits)
     if len(program) > n - 1:
         raise ValueError(f"{program.name}: {len(program)} lines need n > {len(program)}; got n={n}")
     if program.symbols:
@@ -47,6 +59,28 @@ def compile_program(
     return ProgramTensors(*(torch.nn.functional.one_hot(index[f], w).to(dtype) for f, w in enumerate(widths)))
 
 
+def _compile_binary(program: Program, num_registers: int, dtype: torch.dtype, bits: int) -> ProgramTensors:
+    """`compile_program` for the binary machine: the unit tensors of op and registers, immediates as bits."""
+    low, high = signed_range(bits)
+    immediates = [instruction.imm for line in program.lines for instruction in line]
+    if not all(low <= imm < high for imm in immediates) or len(program) >= high:
+        raise ValueError(f"{program.name}: an immediate or line address is out of range for {bits}-bit values")
+    # The immediates' one-hot width only has to hold the line addresses here; the bits replace it.
+    unit = compile_program(
+        dataclasses.replace(
+            program, lines=tuple(tuple(dataclasses.replace(i, imm=0) for i in line) for line in program.lines)
+        ),
+        n=len(program) + 1,
+        num_registers=num_registers,
+        dtype=dtype,
+    )
+    imm = torch.zeros(len(program), program.lanes, dtype=torch.long)
+    for i, line in enumerate(program.lines):
+        for k, instruction in enumerate(line):
+            imm[i, k] = instruction.imm
+    return dataclasses.replace(unit, imm=int_to_bits(imm, bits, dtype))
+
+
 def _choice(distribution: torch.Tensor, names, certain: float) -> tuple[int, str | None]:
     """Most likely entry of a distribution, and a note listing the alternatives if it is not certain."""
     probs, order = distribution.float().sort(descending=True)
@@ -55,6 +89,13 @@ def _choice(distribution: torch.Tensor, names, certain: float) -> tuple[int, str
         return best, None
     shown = [f"{names(int(i))} {float(p):.2f}" for p, i in zip(probs[:3], order[:3]) if float(p) >= 0.005]
     return best, ", ".join(shown)
+
+
+def _bits_choice(bits: torch.Tensor, certain: float) -> tuple[int, str | None]:
+    """The signed value of rounded bit probabilities, and a note when it is not certain (binary immediates)."""
+    value = int(bits_to_signed(bits.float()))
+    probability = float(torch.maximum(bits, 1 - bits).prod())
+    return value, None if probability >= certain else f"{value} {probability:.2f} (bits read as independent)"
 
 
 def _check_labels(labels: Mapping[str, int], lines: int) -> dict[str, int]:
@@ -69,10 +110,11 @@ def _check_labels(labels: Mapping[str, int], lines: int) -> dict[str, int]:
 
 
 def _decode(
-    tensors: ProgramTensors, labels: Mapping[str, int] | None, name: str, certain: float
+    tensors: ProgramTensors, labels: Mapping[str, int] | None, name: str, certain: float, bits: int | None
 ) -> tuple[Program, list[str]]:
     """The argmax Program (trailing `nop` lanes dropped, `L<line>` labels for unnamed in-program targets) and,
-    per line, a note on the choices less probable than `certain`."""
+    per line, a note on the choices less probable than `certain`. With `bits` the immediates are the binary
+    machine's bit probabilities (`compile_program(..., bits=...)`)."""
     if tensors.op.dim() != 3:
         raise ValueError("decode takes one program of shape (lines, lanes, ·); index the batch first")
     tensors.check()
@@ -91,10 +133,13 @@ def _decode(
             for letter in OPS_BY_NAME[op].operands:
                 prefix = "r" if letter in "abo" else ""
                 field = _OPERAND_FIELDS[letter]
-                values[field], operand_note = _choice(fields[field][i, k], lambda j, p=prefix: f"{p}{j}", certain)
+                if bits is not None and letter in "il":
+                    values[field], operand_note = _bits_choice(fields[field][i, k], certain)
+                else:
+                    values[field], operand_note = _choice(fields[field][i, k], lambda j, p=prefix: f"{p}{j}", certain)
                 if operand_note:
                     line_notes.append(f"{letter}: {operand_note}")
-                if letter == "l" and values[field] < tensors.lines and values[field] not in named:
+                if letter == "l" and 0 <= values[field] < tensors.lines and values[field] not in named:
                     target = values[field]
                     label = next(
                         f"L{target}{'_' * j}" for j in range(len(labels) + 1) if f"L{target}{'_' * j}" not in labels
@@ -109,11 +154,18 @@ def _decode(
     return Program(tuple(lines), labels, name), notes
 
 
-def decode(tensors: ProgramTensors, *, labels: Mapping[str, int] | None = None, name: str = "program") -> Program:
+def decode(
+    tensors: ProgramTensors,
+    *,
+    labels: Mapping[str, int] | None = None,
+    name: str = "program",
+    bits: int | None = None,
+) -> Program:
     """Program tensors `(lines, lanes, ·)` → the `Program` of their most likely choices, with `labels` (a
-    label per address for unnamed jump/call targets inside the program is added). Raises ValueError for
-    tensors that are not one finite program (`ProgramTensors.check`) and for bad labels."""
-    return _decode(tensors, labels, name, certain=0.0)[0]
+    label per address for unnamed jump/call targets inside the program is added); `bits` for the binary
+    machine's tensors. Raises ValueError for tensors that are not one finite program (`ProgramTensors.check`)
+    and for bad labels."""
+    return _decode(tensors, labels, name, 0.0, bits)[0]
 
 
 def decompile(
@@ -122,10 +174,11 @@ def decompile(
     labels: Mapping[str, int] | None = None,
     certain: float = 0.999,
     name: str = "program",
+    bits: int | None = None,
 ) -> str:
-    """Program tensors → assembly text: `format_program(decode(tensors))`, where a choice whose probability is
-    below `certain` gets a comment with the top alternatives and their probabilities, e.g.
+    """Program tensors → assembly text: `format_program(decode(tensors, bits=bits))`, where a choice whose
+    probability is below `certain` gets a comment with the top alternatives and their probabilities, e.g.
     `add r1 r2 r2  ; op: add 0.81, sub 0.19`. Targets past the end (which halt) are written as numbers.
     A batched (contextual) program is decompiled one example at a time: index the batch first."""
-    program, notes = _decode(tensors, labels, name, certain)
+    program, notes = _decode(tensors, labels, name, certain, bits)
     return format_program(program, comments=notes, title=f"{name}: decompiled, {len(program)} lines")

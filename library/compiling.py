@@ -99,8 +99,15 @@ def compile_file(
 
 
 def compile_alone(
-    program: Program, *, n: int = 128, num_registers: int = 16, dtype: torch.dtype = torch.float32
+    program: Program,
+    *,
+    n: int = 128,
+    num_registers: int = 16,
+    dtype: torch.dtype = torch.float32,
+    bits: int | None = None,
 ) -> CompiledLibrary:
-    """One program, linked on its own (entry at line 0) and compiled: a library of one program."""
+    """One program, linked on its own (entry at line 0) and compiled: a library of one program (`bits`: for the
+    binary machine)."""
     linked = LinkedLibrary(program, {program.name: 0})
-    return CompiledLibrary(linked, compile_program(program, n=n, num_registers=num_registers, dtype=dtype))
+    tensors = compile_program(program, n=n, num_registers=num_registers, dtype=dtype, bits=bits)
+    return CompiledLibrary(linked, tensors)

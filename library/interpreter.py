@@ -12,6 +12,12 @@ Semantics (dcomp_isa.py, docs/ARCHITECTURE.md, docs/ISA.md):
 * The machine halts on reaching a line that holds `halt` (the line does nothing else and is not counted as a
   step), on running past the last line, and on a jump, call or return to an address >= len(program) (which
   includes `ret` on an empty stack: it pops n - 1). `steps` counts the lines executed.
+* A `call` whose push would drop a caller (the bottom return-stack register holds something other than "no
+  caller") overflows: the line's lanes have run, the stack is left as it was and `ReturnStackOverflow` is
+  raised, carrying the execution up to that point (its last state has `overflowed` set).
+* With `bits`, values are signed two's complement integers of that many bits (the binary machine): every
+  result wraps (`dcomp_isa.alu_signed`), "no caller" is -1, and a negative address reads 0 / writes nothing /
+  halts like one past the end.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ class ReferenceState:
     memory: tuple[int, ...]
     pc: int
     halted: bool
+    overflowed: bool = False
 
 
 @dataclass(frozen=True)
@@ -50,23 +57,31 @@ class Execution:
     halted: bool
 
 
+class ReturnStackOverflow(ValueError):
+    """A `call` nested deeper than the return stack; `execution` is the run up to and including that line."""
+
+    def __init__(self, message: str, execution: Execution):
+        super().__init__(message)
+        self.execution = execution
+
+
 @functools.cache
 def _alu_table(op: str, n: int) -> tuple[tuple[int, ...], ...]:
     """table[a][b] = op(a, b) as nested tuples: dcomp_isa's semantics, indexed without building tensors."""
     return tuple(map(tuple, dcomp_isa.alu_index_table(op, n).tolist()))
 
 
-def _check_value(what: str, value, n: int) -> int:
+def _check_value(what: str, value, n: int, low: int = 0) -> int:
     try:
         value = operator.index(value)
     except TypeError:
         raise ValueError(f"{what} must be an integer, got {type(value).__name__}") from None
-    if not 0 <= value < n:
-        raise ValueError(f"{what} = {value} out of range [0, {n})")
+    if not low <= value < n:
+        raise ValueError(f"{what} = {value} out of range [{low}, {n})")
     return value
 
 
-def _check_program(program: Program, n: int, num_registers: int) -> None:
+def _check_program(program: Program, n: int, num_registers: int, low: int = 0) -> None:
     if not isinstance(program, Program):
         raise ValueError(f"expected a Program, got {type(program).__name__}")
     if len(program) > n - 1:
@@ -83,7 +98,8 @@ def _check_program(program: Program, n: int, num_registers: int) -> None:
                 raise ValueError(f"{where}: unknown op {instruction.op!r}")
             for field in ("a", "b", "out"):
                 _check_value(f"{where}: {instruction.op} register {field}", getattr(instruction, field), num_registers)
-            _check_value(f"{where}: {instruction.op} imm", instruction.imm, n)
+            imm_low = low if _OPS[instruction.op].operands.count("i") else 0  # line addresses are non-negative
+            _check_value(f"{where}: {instruction.op} imm", instruction.imm, n, imm_low)
 
 
 def run_reference(
@@ -97,36 +113,55 @@ def run_reference(
     memory: list[int] | None = None,
     max_steps: int = 1000,
     entry: int = 0,
+    bits: int | None = None,
 ) -> Execution:
     """Runs `program` from line `entry` until it halts or has executed `max_steps` steps.
 
     `registers` overrides initial register values (a dict {index: value}, or a list for r0, r1, ...);
-    `memory` overrides the first cells. Every value must lie in [0, n). `memory_size` defaults to 32 cells (n if
-    fewer); the sizes follow the differentiable machine's rule, `dcomp_isa.check_machine_sizes`."""
+    `memory` overrides the first cells. Every value must lie in [0, n), or with `bits` (signed values of that
+    many bits, the binary machine; `n` is then ignored) in [-2^(bits-1), 2^(bits-1)). `memory_size` defaults to
+    32 cells (n if fewer); the sizes follow the differentiable machine's rule, `dcomp_isa.check_machine_sizes`.
+    Raises `ReturnStackOverflow` when calls nest deeper than `call_depth`."""
+    if bits is not None:
+        if not dcomp_isa.MIN_BITS <= bits <= dcomp_isa.MAX_BITS:
+            raise ValueError(f"bits = {bits} must lie in [{dcomp_isa.MIN_BITS}, {dcomp_isa.MAX_BITS}]")
+        low, n = dcomp_isa.signed_range(bits)
+    else:
+        low = 0
     if max_steps < 0:
         raise ValueError(f"need max_steps >= 0, got {max_steps}")
     memory_size = min(32, n) if memory_size is None else memory_size  # the default: 32 cells, or n if fewer
     dcomp_isa.check_machine_sizes(n, num_registers, memory_size, call_depth)
-    _check_program(program, n, num_registers)
+    _check_program(program, n, num_registers, low)
     entry = _check_value("entry", entry, n)
 
     stack_base, top = num_registers - call_depth, num_registers - 1
-    regs = [0] * stack_base + [n - 1] * call_depth
+    empty = n - 1 if bits is None else -1  # "no caller"
+    regs = [0] * stack_base + [empty] * call_depth
     if registers is not None:
         items = registers.items() if isinstance(registers, dict) else enumerate(registers)
         for index, value in items:
             index = _check_value("register index", index, num_registers)
-            regs[index] = _check_value(f"initial r{index}", value, n)
+            regs[index] = _check_value(f"initial r{index}", value, n, low)
     mem = [0] * memory_size
     if memory is not None:
         if len(memory) > memory_size:
             raise ValueError(f"memory has {len(memory)} cells, more than memory_size = {memory_size}")
         for address, value in enumerate(memory):
-            mem[address] = _check_value(f"initial M[{address}]", value, n)
+            mem[address] = _check_value(f"initial M[{address}]", value, n, low)
 
     lines = program.lines
     used_ops = {instruction.op for line in lines for instruction in line}
-    tables = {op: _alu_table(op, n) for op in used_ops if op in dcomp_isa.ALU_OPS}
+    if bits is None:
+        tables = {op: _alu_table(op, n) for op in used_ops if op in dcomp_isa.ALU_OPS}
+
+        def alu(op, a, b):
+            return tables[op][a][b]
+    else:
+
+        def alu(op, a, b):
+            return dcomp_isa.alu_signed(op, a, b, bits)
+
     halt_lines = [any(instruction.op == "halt" for instruction in line) for line in lines]
     pc, steps, halted = entry, 0, False
     if pc >= len(lines):
@@ -144,8 +179,8 @@ def run_reference(
         line = lines[pc]
         for instruction in line:
             op, a, b, out = instruction.op, instruction.a, instruction.b, instruction.out
-            if op in tables:
-                regs[out] = tables[op][old_regs[a]][old_regs[b]]
+            if op in dcomp_isa.ALU_OPS:
+                regs[out] = alu(op, old_regs[a], old_regs[b])
             elif op == "set":
                 regs[out] = instruction.imm
             elif op == "copy":
@@ -153,9 +188,9 @@ def run_reference(
             elif op == "store":
                 regs[out] = pc
             elif op == "read":
-                regs[out] = old_mem[old_regs[a]] if old_regs[a] < memory_size else 0
+                regs[out] = old_mem[old_regs[a]] if 0 <= old_regs[a] < memory_size else 0
             elif op == "write":
-                if old_regs[a] < memory_size:
+                if 0 <= old_regs[a] < memory_size:
                     mem[old_regs[a]] = old_regs[b]
             elif op == "jump":
                 if old_regs[a] != 0:
@@ -163,16 +198,23 @@ def run_reference(
         # The return stack moves after the lane writes (ARCHITECTURE.md step 6 follows step 4).
         for instruction in line:
             if instruction.op == "call":
+                if regs[stack_base] != empty:
+                    trace.append(ReferenceState(tuple(regs), tuple(mem), pc, False, overflowed=True))
+                    message = (
+                        f"return stack overflow: program {program.name!r} line {pc} calls deeper than "
+                        f"call_depth = {call_depth} (after {steps} steps)"
+                    )
+                    raise ReturnStackOverflow(message, Execution(trace[-1], trace, steps + 1, False))
                 regs[stack_base:top] = regs[stack_base + 1 : top + 1]
                 regs[top] = pc + 1
                 next_pc = instruction.imm
             elif instruction.op == "ret":
                 next_pc = regs[top]
                 regs[stack_base + 1 : top + 1] = regs[stack_base:top]
-                regs[stack_base] = n - 1
+                regs[stack_base] = empty
         steps += 1
         pc = next_pc
-        if pc >= len(lines):
+        if not 0 <= pc < len(lines):
             pc, halted = len(lines), True
 
     state = ReferenceState(tuple(regs), tuple(mem), pc, halted)

@@ -129,11 +129,19 @@ def standard_source(name: str) -> tuple[str, str]:
 
 
 def load_program(
-    name: str, *, n: int = 128, num_registers: int = 16, call_depth: int = dcomp_isa.DEFAULT_CALL_DEPTH
+    name: str,
+    *,
+    n: int = 128,
+    num_registers: int = 16,
+    call_depth: int = dcomp_isa.DEFAULT_CALL_DEPTH,
+    bits: int | None = None,
 ) -> Program:
-    """A standard program assembled on its own (entry at line 0), e.g. `load_program("fib", n=128)`."""
+    """A standard program assembled on its own (entry at line 0), e.g. `load_program("fib", n=128)`; `bits`
+    assembles it for the binary machine (signed immediates of that many bits)."""
     source, source_name = standard_source(name)
-    return assemble(source, name, n=n, num_registers=num_registers, call_depth=call_depth, source_name=source_name)
+    return assemble(
+        source, name, n=n, num_registers=num_registers, call_depth=call_depth, source_name=source_name, bits=bits
+    )
 
 
 def standard_library(

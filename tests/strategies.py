@@ -45,9 +45,18 @@ def _register(draw, num_registers: int, choices: list[int] | None = None) -> int
     return draw(st.one_of(st.integers(0, min(3, num_registers - 1)), st.integers(0, num_registers - 1)))
 
 
+def signed_values(bits: int) -> st.SearchStrategy[int]:
+    """Signed `bits`-bit integers: small ones (in-range addresses, counters), the extremes, and any."""
+    low, high = dcomp_isa.signed_range(bits)
+    return st.one_of(st.integers(-4, 8), st.sampled_from([low, low + 1, -1, high - 1]), st.integers(low, high - 1))
+
+
 @st.composite
-def _data_instruction(draw, n: int, num_registers: int, free_outputs: list[int]) -> Instruction:
-    """A non-control instruction whose output register (if any) is one of `free_outputs`."""
+def _data_instruction(
+    draw, n: int, num_registers: int, free_outputs: list[int], immediates: st.SearchStrategy[int] | None = None
+) -> Instruction:
+    """A non-control instruction whose output register (if any) is one of `free_outputs`; immediates from
+    `immediates` (default: mostly small values in [0, n))."""
     op = draw(st.sampled_from(DATA_OPS))
     spec = _OPS[op]
     if spec.writes_register and not free_outputs:
@@ -60,7 +69,8 @@ def _data_instruction(draw, n: int, num_registers: int, free_outputs: list[int])
     if "o" in spec.operands:
         fields["out"] = draw(_register(num_registers, free_outputs))
     if "i" in spec.operands:
-        fields["imm"] = draw(st.one_of(st.integers(0, min(4, n - 1)), st.integers(0, n - 1)))
+        default = st.one_of(st.integers(0, min(4, n - 1)), st.integers(0, n - 1))
+        fields["imm"] = draw(default if immediates is None else immediates)
     return Instruction(op, **fields)
 
 
@@ -79,7 +89,9 @@ def _control_instruction(draw, num_lines: int, address: int, num_registers: int)
 
 
 @st.composite
-def _line(draw, n: int, num_registers: int, num_lines: int, address: int, max_lanes: int, call_depth: int):
+def _line(
+    draw, n: int, num_registers: int, num_lines: int, address: int, max_lanes: int, call_depth: int, immediates=None
+):
     lanes = draw(st.integers(1, max_lanes))
     control = draw(_control_instruction(num_lines, address, num_registers)) if draw(st.booleans()) else None
     free_outputs = list(range(num_registers))
@@ -93,7 +105,7 @@ def _line(draw, n: int, num_registers: int, num_lines: int, address: int, max_la
         free_outputs.remove(control.a)
         lanes -= 1
     for _ in range(lanes - (control is not None)):
-        instruction = draw(_data_instruction(n, num_registers, free_outputs))
+        instruction = draw(_data_instruction(n, num_registers, free_outputs, immediates))
         if _OPS[instruction.op].writes_register:
             free_outputs.remove(instruction.out)
         instructions.append(instruction)
@@ -110,15 +122,29 @@ def programs(
     max_lines: int = 10,
     max_lanes: int = 3,
     call_depth: int = dcomp_isa.DEFAULT_CALL_DEPTH,
+    immediates: st.SearchStrategy[int] | None = None,
 ) -> Program:
-    """Random valid Programs of 1..min(max_lines, n - 1) lines with 1..max_lanes lanes each, plus labels."""
+    """Random valid Programs of 1..min(max_lines, n - 1) lines with 1..max_lanes lanes each, plus labels;
+    `immediates` draws the `set` values (e.g. `signed_values(bits)` for the binary machine)."""
     if not 1 <= call_depth <= num_registers:
         raise ValueError(f"call_depth = {call_depth} must lie in [1, num_registers = {num_registers}]")
     num_lines = draw(st.integers(1, min(max_lines, n - 1)))
     lines = tuple(
-        draw(_line(n, num_registers, num_lines, address, max_lanes, call_depth)) for address in range(num_lines)
+        draw(_line(n, num_registers, num_lines, address, max_lanes, call_depth, immediates))
+        for address in range(num_lines)
     )
     # Labels may also name the address just past the last line (a jump there halts).
     addresses = draw(st.lists(st.integers(0, num_lines), max_size=3))
     labels = {f"{draw(st.sampled_from(_LABEL_WORDS))}{i}": address for i, address in enumerate(addresses)}
     return Program(lines, labels, name="random")
+
+
+def run_through_overflow(program: Program, **kwargs):
+    """`run_reference`, returning the execution up to a return-stack overflow instead of raising it (random
+    programs nest calls deeper than the stack)."""
+    from library.interpreter import ReturnStackOverflow, run_reference
+
+    try:
+        return run_reference(program, **kwargs)
+    except ReturnStackOverflow as overflow:
+        return overflow.execution

@@ -412,3 +412,24 @@ def test_any_unicode_text_assembles_or_raises_an_assembly_error(source):
         assemble(source, n=16, num_registers=8, call_depth=2)
     except AssemblyError as error:
         assert error.line >= 1 and error.column >= 1 and str(error).isprintable()
+
+
+def test_signed_immediates_with_bits():
+    program = assemble("set -5 r1\nset -128 r2\nset 127 r3\njump 1 0", bits=8)
+    assert [line[0].imm for line in program.lines] == [-5, -128, 127, 0]
+    assert assemble("set 9223372036854775807 r1\nset -9223372036854775808 r2", bits=64).lines[1][0].imm == -(2**63)
+
+
+@pytest.mark.parametrize(
+    "source, bits, message",
+    [
+        ("set -129 r1", 8, r"program:1:5: immediate -129 out of range \[-128, 128\)"),
+        ("nop\nset 128 r1", 8, r"program:2:5: immediate 128 out of range \[-128, 128\)"),
+        ("set -5 r1", None, r"program:1:5: negative number '-5'"),
+        ("jump 1 -1", 8, r"program:1:8: negative number '-1'"),
+        ("set 1 r1", 7, r"bits must be in \[8, 64\]"),
+    ],
+)
+def test_signed_immediate_errors(source, bits, message):
+    with pytest.raises(ValueError, match=message):
+        assemble(source, bits=bits)

@@ -126,10 +126,10 @@ def test_register_names_and_values_are_read_as_the_assembler_reads_them(fib_file
         (["--set", "r1=\u0663"], "got 'r1=\u0663'"),
         (["--set", "r1=1", "--set", "r1=2"], "--set r1 is given twice"),
         (["--set", "r16=1"], "--set r16=1: need a register < --registers 16"),
-        (["--set", "r1=128"], "and a value < --n 128"),
+        (["--set", "r1=128"], "and a value in [0, 128) (--n 128)"),
         (["--memory", "1,,2"], "memory cell 2 of '1,,2' is empty"),
-        (["--memory", "1,-2", "--differentiable"], "memory cell 2 of '1,-2' is '-2', not a non-negative decimal"),
-        (["--memory", "200"], "--memory cell 1 = 200 is out of range [0, --n 128)"),
+        (["--memory", "1,-2", "--differentiable"], "--memory cell 2 = -2 is out of range [0, 128) (--n 128)"),
+        (["--memory", "200"], "--memory cell 1 = 200 is out of range [0, 128) (--n 128)"),
         (["--memory", ",".join(["1"] * 33)], "--memory has 33 cells, more than --memory-size 32"),
         (["--n", "100000"], "argument --n: 100000 is out of range [2, 4096]"),
         (["--registers", "4", "--call-depth", "4"], "call_depth = 4 must lie in [1, --registers = 4)"),
@@ -211,3 +211,46 @@ def test_any_arguments_exit_0_1_or_2_with_a_message(fuzz_files, data):
     assert status in (0, 1, 2), (argv, status)
     assert status == 0 or err.strip(), argv
     assert "Traceback" not in err, argv
+
+
+SIGNED = "add 1 2 3\nread 2 4\nset -7 r5\ndiv 5 1 6 | mod 5 1 7\nwrite 1 5\n"
+DEEP = "call f1\nhalt\n" + "".join(f"f{i}: call f{i + 1}\nret\n" for i in range(1, 7)) + "f7: set 1 r1\nret\n"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("differentiable", [False, True])
+def test_run_with_bits_prints_signed_integers(tmp_path, differentiable):
+    path = tmp_path / "signed.asm"
+    path.write_text(SIGNED)
+    big = str(2**63 - 1)
+    args = ["run", str(path), "--bits", "64", "--set", "r1=-5", "--set", f"r2={big}", "--memory=3,-1,2"]
+    result = _cli(*args, "--memory-size", "4", *(["--differentiable"] if differentiable else []))
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout)
+    assert output["registers"][1:8] == [-5, 2**63 - 1, 2**63 - 6, 0, -7, 1, -2]  # -7 // -5, -7 % -5
+    assert output["memory"] == [3, -1, 2, 0] and output["registers"][12:] == [-1] * 4
+    assert output["halted"] is True and output["overflow"] is False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bits", [[], ["--bits", "16"]])
+@pytest.mark.parametrize("differentiable", [False, True])
+def test_run_reports_return_stack_overflow(tmp_path, bits, differentiable):
+    path = tmp_path / "deep.asm"
+    path.write_text(DEEP)
+    result = _cli("run", str(path), *bits, *(["--differentiable"] if differentiable else []))
+    assert result.returncode == 3
+    output = json.loads(result.stdout)
+    assert output["overflow"] is True and output["halted"] is False and output["steps"] == 5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("differentiable", [False, True])
+def test_run_with_bits_rejects_out_of_range_values(tmp_path, differentiable):
+    path = tmp_path / "signed.asm"
+    path.write_text(SIGNED)
+    result = _cli("run", str(path), "--bits", "8", "--set", "r1=200", *(["--differentiable"] if differentiable else []))
+    assert result.returncode == 2 and "200 out of range [-128, 128)" in result.stderr
+    path.write_text("set -200 r1\n")
+    result = _cli("run", str(path), "--bits", "8")
+    assert result.returncode == 1 and "signed.asm:1:5: immediate -200 out of range [-128, 128)" in result.stderr

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 from hypothesis import given, settings
-from strategies import programs
+from strategies import programs, signed_values
 
 from dcomp_isa import OP_INDEX
 from library.assembler import assemble
 from library.compiler import compile_program, decode, decompile
+from library.program import Instruction, Program
 
 N, REGISTERS = 32, 8
 
@@ -99,3 +100,24 @@ def test_compile_refuses_unresolved_symbols():
     assert [symbol.name for symbol in program.symbols] == ["elsewhere"]
     with pytest.raises(ValueError, match="unresolved"):
         compile_program(program, n=16, num_registers=8)
+
+
+@given(programs(n=N, num_registers=REGISTERS, max_lines=12, max_lanes=3, immediates=signed_values(64)))
+def test_binary_compile_and_decompile_round_trip(program):
+    tensors = compile_program(program, num_registers=REGISTERS, bits=64)
+    assert tensors.imm.shape[-1] == 64 and set(tensors.imm.unique().tolist()) <= {0.0, 1.0}
+    text = decompile(tensors, labels=program.labels, bits=64)
+    again = assemble(text, "again", num_registers=REGISTERS, bits=64)
+    assert again.lines == tuple(_without_trailing_nops(line) for line in program.lines)
+
+
+def test_binary_immediate_uncertain_bits_are_annotated():
+    tensors = compile_program(assemble("set -3 r1", "p", bits=8), bits=8)
+    tensors.imm[0, 0, 0] = 0.7  # -3 = ...11111101: bit 0 is 1 with probability 0.7
+    line = decompile(tensors, bits=8).splitlines()[-1]
+    assert line.split(";")[0].split() == ["set", "-3", "r1"] and "i: -3 0.70" in line
+
+
+def test_binary_compile_rejects_out_of_range_immediates():
+    with pytest.raises(ValueError, match="out of range for 8-bit values"):
+        compile_program(Program(((Instruction("set", imm=200),),)), bits=8)

@@ -4,16 +4,16 @@ and invariants over random programs."""
 import pytest
 from hypothesis import given, settings
 from listings import PAPER_FIBONACCI
-from strategies import programs
+from strategies import programs, run_through_overflow
 
 import dcomp_isa
 from library.assembler import assemble
-from library.interpreter import Execution, ReferenceState, run_reference
+from library.interpreter import Execution, ReferenceState, ReturnStackOverflow, run_reference
 from library.program import Instruction, Program
 
 
 def run(source: str, **kwargs) -> Execution:
-    return run_reference(assemble(source, n=kwargs.get("n", 128)), **kwargs)
+    return run_reference(assemble(source, n=kwargs.get("n", 128), bits=kwargs.get("bits")), **kwargs)
 
 
 def test_initial_state_and_trace():
@@ -153,16 +153,28 @@ def test_call_stack_layout():
     assert execution.state.registers[:14] == (0,) * 14
 
 
-def test_return_stack_overflow_drops_the_oldest_return_address():
-    # call_depth 2 but three nested calls: the return address into main is dropped, so after two correct
-    # returns the last `ret` pops n - 1 and halts instead of reaching `set 9 r1`.
-    execution = run(NESTED_CALLS.replace("store r4", "nop"), call_depth=2)
-    registers = execution.state.registers
-    assert registers[1] == 0
-    assert registers[2:4] == (2, 2)
-    assert registers[14:] == (127, 127)
-    assert execution.halted and execution.state.pc == 16
-    assert [state.pc for state in execution.trace[-4:-1]] == [10, 5, 6]
+def test_return_stack_overflow_is_an_error_with_the_state_so_far():
+    # call_depth 2 but three nested calls: the third call would drop the return address into main.
+    with pytest.raises(ReturnStackOverflow, match="line 8 calls deeper than call_depth = 2") as caught:
+        run(NESTED_CALLS.replace("store r4", "nop"), call_depth=2)
+    execution = caught.value.execution
+    assert execution.state.overflowed and not execution.halted and execution.state.pc == 8
+    assert execution.state.registers[2:4] == (1, 1) and execution.state.registers[14:] == (1, 5)  # stack kept
+    assert execution.steps == len(execution.trace) - 1 == 5
+
+
+# main calls f1, f1 calls f2, ... f6 calls f7: seven nested calls.
+SEVEN_NESTED_CALLS = (
+    "call f1\nhalt\n" + "".join(f"f{i}: call f{i + 1}\nret\n" for i in range(1, 7)) + "f7: set 1 r1\nret\n"
+)
+
+
+@pytest.mark.parametrize("bits", [None, 8, 64])
+def test_seven_nested_calls_overflow_at_depth_four_and_fit_at_depth_eight(bits):
+    with pytest.raises(ReturnStackOverflow, match="line 8 calls deeper than call_depth = 4"):
+        run(SEVEN_NESTED_CALLS, bits=bits)
+    execution = run(SEVEN_NESTED_CALLS, bits=bits, call_depth=8)
+    assert execution.halted and execution.state.registers[1] == 1 and execution.steps == 7 + 1 + 7
 
 
 def test_ret_on_empty_stack_halts():
@@ -322,11 +334,11 @@ def test_invalid_programs(program, message):
 @given(programs(n=16, num_registers=8, max_lines=10, max_lanes=3))
 def test_random_program_invariants(program):
     kwargs = dict(n=16, num_registers=8, memory_size=8, max_steps=40)
-    execution = run_reference(program, **kwargs)
+    execution = run_through_overflow(program, **kwargs)
     assert len(execution.trace) == execution.steps + 1
     assert execution.trace[-1] == execution.state
     assert execution.halted == execution.state.halted == (execution.state.pc == len(program))
-    assert execution.halted or execution.steps == 40
+    assert execution.halted or execution.state.overflowed or execution.steps == 40
     for state in execution.trace:
         assert len(state.registers) == 8 and len(state.memory) == 8
         assert all(0 <= value < 16 for value in state.registers + state.memory)
@@ -335,3 +347,68 @@ def test_random_program_invariants(program):
     for t in (0, execution.steps // 2, execution.steps - 1):
         if 0 <= t < execution.steps:
             assert run_reference(program, **{**kwargs, "max_steps": t}).state == execution.trace[t]
+
+
+# (op, a, b, expected) on signed 8-bit values: Python's floor division and modulo, wraparound, signed order.
+SIGNED_CASES = [
+    ("div", -7, 2, -4),
+    ("mod", -7, 3, 2),
+    ("mod", 7, -3, -2),
+    ("div", -7, -3, 2),
+    ("div", -128, -1, -128),
+    ("mod", -128, -1, 0),
+    ("div", -5, 0, 0),
+    ("mod", -5, 0, 0),
+    ("add", 127, 1, -128),
+    ("sub", -128, 1, 127),
+    ("mul", 16, 16, 0),
+    ("mul", -3, 5, -15),
+    ("inc", 127, 0, -128),
+    ("dec", -128, 0, 127),
+    ("lt", -1, 0, 1),
+    ("lt", 0, -1, 0),
+    ("max", -3, 2, 2),
+    ("min", -3, 2, -3),
+    ("eq", -1, -1, 1),
+    ("and", -1, 2, 1),
+    ("or", 0, -2, 1),
+    ("not", -1, 0, 0),
+]
+
+
+@pytest.mark.parametrize("op, a, b, expected", SIGNED_CASES)
+def test_signed_alu_ops(op, a, b, expected):
+    source = f"{op} 1 2 3" if op not in dcomp_isa.UNARY_ALU_OPS else f"{op} 1 3"
+    assert run(source, bits=8, registers={1: a, 2: b}).state.registers[3] == expected
+
+
+def test_every_alu_op_has_a_signed_case():
+    assert {op for op, *_ in SIGNED_CASES} == set(dcomp_isa.ALU_OPS)
+
+
+def test_signed_64_bit_values_negative_immediates_and_addresses():
+    big = 2**63 - 1
+    execution = run("set -5 r2\nadd 1 2 3\nwrite 2 1\nread 2 4\nset 2 r5\nwrite 5 3", bits=64, registers={1: big})
+    registers = execution.state.registers
+    assert registers[2:5] == (-5, big - 5, 0)  # a negative address reads 0 and writes nothing
+    assert execution.state.memory[:3] == (0, 0, big - 5)
+    assert registers[12:] == (-1,) * 4  # "no caller" is -1
+    assert run("set 1 r1\nset -1 r15\nret", bits=8).halted  # a negative return address halts
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(bits=8, registers={1: 128}), r"initial r1 = 128 out of range \[-128, 128\)"),
+        (dict(bits=8, memory=[-129]), r"initial M\[0\] = -129 out of range"),
+    ],
+)
+def test_invalid_signed_inputs(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        run("nop", **kwargs)
+
+
+@pytest.mark.parametrize("bits", [4, 65])
+def test_width_out_of_range(bits):
+    with pytest.raises(ValueError, match=rf"bits = {bits} must lie in \[8, 64\]"):
+        run_reference(Program(((Instruction("nop"),),)), bits=bits)

@@ -7,7 +7,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from listings import FIBONACCI_COUNTDOWN
-from strategies import programs
+from strategies import programs, run_through_overflow, signed_values
 
 from dcomp_alu import TableALU
 from dcomp_circuits import CircuitALU
@@ -31,17 +31,22 @@ def _initial(machine, lines, registers, memory, dtype=torch.float32):
     return machine.initial_state(1, lines, inputs=inputs, memory=cells, dtype=dtype)
 
 
-def _assert_matches(state: MachineState, expected, where: str) -> None:
-    """Decoded state equals the interpreter's, every distribution one-hot and normalised within 1e-5."""
+def _assert_matches(state: MachineState, expected, where: str, machine: RegisterMachine | None = None) -> None:
+    """Decoded state equals the interpreter's, every value sharp (one-hot and normalised, or bits in [0, 1] and
+    0/1) within 1e-5, and pc + halted + overflowed = 1."""
+    decoded = state.decode(None if machine is None else machine.values)
     for name, tensor in (("registers", state.registers), ("memory", state.memory)):
-        assert torch.allclose(tensor.sum(-1), torch.ones(()), atol=1e-5), f"{where}: {name} not normalised"
-        top, value = tensor[0].max(-1)
-        assert value.tolist() == list(getattr(expected, name)), f"{where}: {name}"
-        assert bool((top > 1 - 1e-5).all()), f"{where}: {name} not one-hot"
-    total = float(state.pc.sum() + state.halted.sum())
-    assert abs(total - 1) < 1e-5, f"{where}: pc + h = {total}"
+        if machine is None or machine.encoding == "unit":
+            assert torch.allclose(tensor.sum(-1), torch.ones(()), atol=1e-5), f"{where}: {name} not normalised"
+        else:
+            assert bool(((tensor >= 0) & (tensor <= 1)).all()), f"{where}: {name} bits outside [0, 1]"
+        assert decoded[name][0].tolist() == list(getattr(expected, name)), f"{where}: {name}"
+        assert bool((decoded[name[:-1] + "_probs" if name == "registers" else "memory_probs"][0] > 1 - 1e-5).all())
+    total = float(state.pc.sum() + state.halted.sum() + state.overflowed.sum())
+    assert abs(total - 1) < 1e-5, f"{where}: pc + h + overflowed = {total}"
     assert (float(state.halted[0]) > 0.5) == expected.halted, f"{where}: halted"
-    if not expected.halted:
+    assert (float(state.overflowed[0]) > 0.5) == expected.overflowed, f"{where}: overflowed"
+    if not (expected.halted or expected.overflowed):
         assert int(state.pc[0].argmax()) == expected.pc, f"{where}: pc"
 
 
@@ -53,7 +58,7 @@ def _assert_matches(state: MachineState, expected, where: str) -> None:
 )
 def test_every_step_equals_the_reference_interpreter(program, registers, memory):
     steps = 12
-    expected = run_reference(
+    expected = run_through_overflow(
         program,
         n=N,
         num_registers=REGISTERS,
@@ -80,6 +85,50 @@ def _fib(a, b, depth, n):
     for _ in range(depth):
         a, b = b, (a + b) % n
     return b
+
+
+def _binary_initial(machine, lines, registers, memory):
+    inputs = {i: machine.encode(torch.tensor([v])) for i, v in enumerate(registers)}
+    return machine.initial_state(1, lines, inputs=inputs, memory=machine.encode(torch.tensor([memory])))
+
+
+@pytest.mark.parametrize("bits", [8, 32, 64])
+def test_binary_machine_equals_the_interpreter_after_every_step(bits):
+    values = signed_values(bits)
+
+    @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        program=programs(n=N, num_registers=REGISTERS, max_lines=8, max_lanes=3, call_depth=DEPTH, immediates=values),
+        registers=st.lists(values, min_size=REGISTERS - DEPTH, max_size=REGISTERS - DEPTH),
+        memory=st.lists(values, min_size=MEMORY, max_size=MEMORY),
+    )
+    def check(program, registers, memory):
+        steps = 10
+        kwargs = dict(num_registers=REGISTERS, memory_size=MEMORY, call_depth=DEPTH, max_steps=steps, bits=bits)
+        expected = run_through_overflow(program, registers=dict(enumerate(registers)), memory=memory, **kwargs)
+        machine = RegisterMachine(None, REGISTERS, MEMORY, DEPTH, bits=bits)
+        tensors = compile_program(program, num_registers=REGISTERS, bits=bits)
+        state = machine.settle(tensors, _binary_initial(machine, len(program), registers, memory))
+        _assert_matches(state, expected.trace[0], "initial state", machine)
+        for t in range(1, expected.steps + 1):
+            state = machine.step(tensors, state)
+            _assert_matches(state, expected.trace[t], f"after step {t}", machine)
+
+    check()
+
+
+@pytest.mark.parametrize("bits", [None, 8, 64])
+def test_return_stack_overflow_stops_the_machine_visibly(bits):
+    source = "call f1\nhalt\n" + "".join(f"f{i}: call f{i + 1}\nret\n" for i in range(1, 7)) + "f7: set 1 r0\nret\n"
+    n = 32 if bits is None else None
+    program = assemble(source, "deep", n=n or 128, num_registers=REGISTERS, bits=bits)
+    for depth, overflows in ((4, True), (7, False)):
+        machine = RegisterMachine(n, REGISTERS, MEMORY, depth, bits=bits)
+        tensors = compile_program(program, n=n or 128, num_registers=REGISTERS, bits=bits)
+        run = machine.run(tensors, machine.initial_state(1, len(program)), max_steps=40)
+        assert float(run.state.overflowed[0]) == float(overflows) and float(run.state.halted[0]) == float(not overflows)
+        assert run.steps == (5 if overflows else 15)
+        assert machine.decode(run.state)["registers"][0, 0] == (0 if overflows else 1)
 
 
 @pytest.mark.parametrize("alu", ["table", "circuit"])
@@ -163,7 +212,7 @@ def test_distributions_stay_normalised_in_superposition():
         for tensor in (state.registers, state.memory):
             assert torch.allclose(tensor.sum(-1), torch.ones(()), atol=1e-5)
             assert float(tensor.min()) > -1e-6
-        assert torch.allclose(state.pc.sum(-1) + state.halted, torch.ones(3), atol=1e-5)
+        assert torch.allclose(state.pc.sum(-1) + state.halted + state.overflowed, torch.ones(3), atol=1e-5)
 
 
 @pytest.mark.parametrize("alu", ["table", "circuit"])
@@ -253,3 +302,82 @@ def test_program_tensors_check_names_the_field(change, message):
     change(tensors)
     with pytest.raises(ValueError, match=message):
         tensors.check(16, 8)
+
+
+def test_binary_bits_stay_probabilities_in_superposition():
+    bits = 8
+    program = assemble(FIBONACCI_COUNTDOWN + "    call fib_loop\n    ret\n", "fib", num_registers=REGISTERS, bits=bits)
+    machine = RegisterMachine(None, REGISTERS, MEMORY, DEPTH, bits=bits)
+    tensors = _soft(compile_program(program, num_registers=REGISTERS, bits=bits), temperature=1.0)
+    tensors = ProgramTensors(tensors.op, tensors.a, tensors.b, tensors.out, torch.rand(tensors.imm.shape))
+    generator = torch.Generator().manual_seed(1)
+    inputs = {r: torch.rand(3, bits, generator=generator) for r in (1, 2, 4)}
+    state = machine.initial_state(3, len(program), inputs=inputs, memory=torch.rand(3, MEMORY, bits))
+    for _ in range(30):
+        state = machine.step(tensors, state)
+        for tensor in (state.registers, state.memory):
+            assert float(tensor.min()) >= -1e-6 and float(tensor.max()) <= 1 + 1e-6
+        assert torch.allclose(state.pc.sum(-1) + state.halted + state.overflowed, torch.ones(3), atol=1e-5)
+
+
+def test_binary_gradcheck_inputs_entry_and_program_parameters():
+    bits = 8
+    source = (
+        "start:\n add 1 2 2\n write 1 2 | mul 2 2 3\n jump 3 start\n call f\n halt\nf:\n read 1 0 | div 2 1 4\n ret\n"
+    )
+    program = assemble(source, "g", num_registers=REGISTERS, bits=bits)
+    machine = RegisterMachine(None, REGISTERS, MEMORY, DEPTH, bits=bits)
+    tensors = compile_program(program, num_registers=REGISTERS, bits=bits, dtype=torch.float64)
+
+    def run(x, y, entry_logits, op_logits, imm_logits):
+        program_tensors = ProgramTensors(
+            torch.softmax(op_logits, -1), tensors.a, tensors.b, tensors.out, torch.sigmoid(imm_logits)
+        )
+        inputs = {1: torch.sigmoid(x), 2: torch.sigmoid(y)}
+        state = machine.initial_state(
+            2, len(program), inputs=inputs, entry=torch.softmax(entry_logits, -1), dtype=torch.float64
+        )
+        final = machine.run(program_tensors, state, max_steps=6, halt_threshold=1.0).state
+        return final.registers, final.memory, final.halted, final.overflowed
+
+    generator = torch.Generator().manual_seed(0)
+    args = (
+        torch.randn(2, bits, dtype=torch.float64, generator=generator),
+        torch.randn(2, bits, dtype=torch.float64, generator=generator),
+        torch.randn(2, len(program), dtype=torch.float64, generator=generator),
+        tensors.op * 4,
+        (tensors.imm - 0.5) * 4,
+    )
+    args = tuple(a.clone().requires_grad_(True) for a in args)
+    assert torch.autograd.gradcheck(run, args, eps=1e-6, atol=1e-5, fast_mode=True)
+
+
+def test_binary_machine_configuration_errors():
+    with pytest.raises(ValueError, match="exactly one of n"):
+        RegisterMachine(16, bits=8)
+    with pytest.raises(ValueError, match="bits must be in"):
+        RegisterMachine(None, bits=4)
+    with pytest.raises(ValueError, match="memory_size"):
+        RegisterMachine(None, memory_size=129, bits=8)
+    with pytest.raises(ValueError, match="ALU"):
+        RegisterMachine(None, alu=TableALU(16), bits=8)
+
+
+@pytest.mark.parametrize("bits", [None, 8])
+def test_checkpointed_run_has_the_same_values_and_gradients(bits):
+    program = assemble(FIBONACCI_COUNTDOWN, "fib", n=N, num_registers=REGISTERS, bits=bits)
+    machine = RegisterMachine(N if bits is None else None, REGISTERS, MEMORY, DEPTH, bits=bits)
+    tensors = compile_program(program, n=N, num_registers=REGISTERS, bits=bits)
+    logits = torch.randn(2, machine.values.width, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    op_logits = (tensors.op * 3).requires_grad_(True)  # a program being trained: every op is live
+    results = []
+    for checkpoint in (0, 1, 3):
+        value = torch.softmax(logits, -1) if bits is None else torch.sigmoid(logits)
+        inputs = {1: value, 2: value.flip(0), 4: machine.encode(torch.tensor([3, 2]))}
+        state = machine.initial_state(2, len(program), inputs=inputs)
+        soft = ProgramTensors(torch.softmax(op_logits, -1), tensors.a, tensors.b, tensors.out, tensors.imm)
+        out = machine.run(soft, state, max_steps=12, checkpoint=checkpoint).state.registers
+        results.append((out, *torch.autograd.grad(out.square().sum(), (logits, op_logits))))
+    for checkpointed in results[1:]:
+        for plain, again in zip(results[0], checkpointed):
+            assert torch.allclose(plain, again, atol=1e-6)

@@ -15,9 +15,10 @@ from functools import partial
 import pytest
 import torch
 
+import dcomp_isa
 from dcomp_alu import TableALU
 from dcomp_circuits import CircuitALU
-from dcomp_machine import RegisterMachine, one_hot_values
+from dcomp_machine import BinaryValues, RegisterMachine, one_hot_values
 from library.assembler import AssemblyError, assemble, format_program
 from library.compiler import compile_program
 from library.interpreter import run_reference
@@ -152,10 +153,11 @@ def cases(name: str, count: int, *, n: int = N, size: int) -> list[Case]:
 
 
 # ------------------------------------------------------------------------------------------------ runners
-def interpret(program: Program, case: Case, *, n: int = N, entry: int = 0):
+def interpret(program: Program, case: Case, *, n: int = N, entry: int = 0, bits: int | None = None):
     return run_reference(
         program,
         n=n,
+        bits=bits,
         num_registers=REGISTERS,
         memory_size=MEMORY_SIZE,
         registers=case.registers,
@@ -173,26 +175,39 @@ def check_execution(execution, case: Case, where: str) -> None:
     assert execution.state.memory[: len(case.output)] == case.output, f"{where}: memory"
 
 
-def run_machine(program: Program, batch: list[Case], *, n: int = N, alu=None, entry: torch.Tensor | None = None):
-    """Runs the compiled program on a batch of cases at once; `entry` is a `(lines,)` start distribution."""
-    machine = RegisterMachine(n, REGISTERS, MEMORY_SIZE, alu=alu if alu is not None else TableALU(n))
-    tensors = compile_program(program, n=n, num_registers=REGISTERS)
+def run_machine(
+    program: Program,
+    batch: list[Case],
+    *,
+    n: int = N,
+    alu=None,
+    entry: torch.Tensor | None = None,
+    bits: int | None = None,
+):
+    """Runs the compiled program on a batch of cases at once; `entry` is a `(lines,)` start distribution;
+    `bits` runs the binary machine instead of the unit one."""
+    if bits is None:
+        machine = RegisterMachine(n, REGISTERS, MEMORY_SIZE, alu=alu if alu is not None else TableALU(n))
+    else:
+        machine = RegisterMachine(None, REGISTERS, MEMORY_SIZE, bits=bits)
+    tensors = compile_program(program, n=n, num_registers=REGISTERS, bits=bits)
     used = sorted({index for case in batch for index in case.registers})
-    inputs = {r: one_hot_values(torch.tensor([case.registers.get(r, 0) for case in batch]), n) for r in used}
+    inputs = {r: machine.encode(torch.tensor([case.registers.get(r, 0) for case in batch])) for r in used}
     cells = [list(case.memory) + [0] * (MEMORY_SIZE - len(case.memory)) for case in batch]
     if entry is not None:
         entry = entry.expand(len(batch), -1)
     state = machine.initial_state(
-        len(batch), tensors.lines, inputs=inputs, memory=one_hot_values(torch.tensor(cells), n), entry=entry
+        len(batch), tensors.lines, inputs=inputs, memory=machine.encode(torch.tensor(cells)), entry=entry
     )
     with torch.no_grad():
         return machine.run(tensors, state, max_steps=max(case.steps for case in batch) + 2)
 
 
-def check_machine(run, batch: list[Case], where: str) -> None:
-    """Every example halted with r0 and memory as expected, and the batch stopped when its slowest halted."""
+def check_machine(run, batch: list[Case], where: str, values=None) -> None:
+    """Every example halted with r0 and memory as expected, and the batch stopped when its slowest halted;
+    `values` is the machine's encoding (unit by default)."""
     assert run.steps == max(case.steps for case in batch), f"{where}: ran {run.steps} steps"
-    decoded = run.state.decode()
+    decoded = run.state.decode(values)
     assert bool((decoded["halted"] > SURE).all()), f"{where}: not halted"
     for i, case in enumerate(batch):
         if case.result is not None:
@@ -234,6 +249,56 @@ def test_program_on_the_machine_with_circuits(name):
     n = 64
     batch = cases(name, 24, n=n, size=3)
     check_machine(run_machine(load_program(name, n=n), batch, n=n, alu=CircuitALU(n)), batch, f"{name} circuits")
+
+
+# ------------------------------------------------------------------------- the binary machine at 64 bits
+WIDE = 64
+# Programs whose answer depends on the order of values: recomputed on the signed inputs. The others only add,
+# multiply and compare for equality, which mod 2^64 and in two's complement are the same computation.
+SIGNED_ANSWERS = {
+    **{
+        op: lambda case, op=op: {"result": CALCULATOR_ORACLES[op](case.registers[1], case.registers[2], 1 << WIDE)}
+        for op in ("div", "mod", "max", "min", "lt")
+    },
+    "list_max": lambda case: {"result": max((0, *case.memory[: case.registers[1]]))},
+    "sort": lambda case: {"output": tuple(sorted(case.memory[: case.registers[1]])) + case.memory[case.registers[1] :]},
+    "sort_parallel": lambda case: {"output": tuple(sorted(case.memory[:5])) + case.memory[5:]},
+}
+# sort_select pads the list with n - 1 as the largest value; in two's complement that is -1, so it is unit-only.
+WIDE_PROGRAMS = [name for name in STANDARD_PROGRAMS if name != "sort_select"]
+
+
+def wide_cases(name: str, count: int, size: int) -> list[Case]:
+    """Cases on signed 64-bit values: the unsigned cases mod 2^64 read as two's complement (gcd: non-negative
+    values below 2^63, as Euclid's algorithm on signed values differs), answers recomputed where order matters."""
+    rng = random.Random(f"{name}/wide/{size}")
+    signed = partial(dcomp_isa.to_signed, bits=WIDE)
+    result = []
+    for _ in range(count):
+        case = GENERATORS[name](rng, 1 << (WIDE - 1) if name == "gcd" else 1 << WIDE, size)
+        case = Case(
+            {r: signed(v) for r, v in case.registers.items()},
+            tuple(map(signed, case.memory)),
+            None if case.result is None else signed(case.result),
+            tuple(map(signed, case.output)),
+            case.steps,
+        )
+        if name in SIGNED_ANSWERS:
+            case = dataclasses.replace(
+                case, **{k: signed(v) if k == "result" else v for k, v in SIGNED_ANSWERS[name](case).items()}
+            )
+        result.append(case)
+    return result
+
+
+@pytest.mark.parametrize("name", WIDE_PROGRAMS)
+def test_program_at_64_bits_on_both_machines(name):
+    program = load_program(name, bits=WIDE, num_registers=REGISTERS)
+    batch = wide_cases(name, 8, size=4)
+    for i, case in enumerate(batch):
+        check_execution(interpret(program, case, bits=WIDE), case, f"{name} #{i} {case}")
+    run = run_machine(program, batch, bits=WIDE)
+    check_machine(run, batch, f"{name} at {WIDE} bits", BinaryValues(WIDE))
 
 
 def test_fib_takes_eight_steps_per_depth_as_in_the_paper():

@@ -335,7 +335,13 @@ def cli_program(args) -> Program:
     if args.program.suffix != ".py":
         from ..assembler import assemble_file
 
-        return assemble_file(args.program, n=args.n, num_registers=args.registers, call_depth=args.call_depth)
+        return assemble_file(
+            args.program,
+            n=args.n,
+            num_registers=args.registers,
+            call_depth=args.call_depth,
+            bits=getattr(args, "bits", None),
+        )
     entry = parse_call(args.call)[0] if getattr(args, "call", None) else None
     return compile_python(args.program, entry=entry, **machine_options(args)).program
 

@@ -1,0 +1,201 @@
+"""The binary machine against the one-hot (unit) machine: one step and a whole Fibonacci run, fwd and fwd+bwd.
+
+Every cell (machine, batch, workload) runs in a fresh child process (`--run`), so that timings and peak memory
+do not mix: forward under torch.no_grad, forward+backward with the input values requiring grad (loss =
+sum(r0²)); median wall and CPU time of the repeats (ratios from CPU time, which other jobs on a shared machine
+inflate far less); peak = the rise of the child's peak RSS (VmHWM, reset through
+/proc/self/clear_refs) over its RSS before the first forward+backward. The program is the standard library's
+`fib` at depth 3 (24 steps, 16 registers, 32 memory cells); the inputs are soft values (softmax over n for the
+unit machine, sigmoid bits for the binary one).
+
+Machines: the unit machine with the table ALU at n = 256 and n = 1024, the binary machine at the same range
+(8 and 10 bits) and at 32 and 64 bits, where no table fits. Workloads: `step` (the first line), `run` (the whole
+run; `run` checkpoints its steps by default for large states), `run, no checkpoint` (batch 64 only) and
+`step, all ops` (batch 64, binary: a program being trained needs every op's result, so every circuit runs).
+Ratios, side by side in the same run: fwd+bwd / fwd per cell, unit / binary at equal range, 64 / 32 bits.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_binary.py [--quick] [--output benchmarks/results_binary.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MACHINES = ("unit 256", "binary 8", "unit 1024", "binary 10", "binary 32", "binary 64")
+EQUAL_RANGE = {"unit 256": "binary 8", "unit 1024": "binary 10"}
+FIB_DEPTH = 3
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="batch 1 and 64, one repeat, no 512")
+    parser.add_argument("--machines", nargs="+", default=list(MACHINES), choices=MACHINES)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 64, 512])
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
+    parser.add_argument("--max-seconds", type=float, default=20.0, help="stop repeating a measurement after this")
+    parser.add_argument("--output", type=Path, help="also write the markdown table here")
+    parser.add_argument("--run", nargs=3, metavar=("MACHINE", "BATCH", "WORKLOAD"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.batches, args.repeats, args.max_seconds = [1, 64], 1, 5.0
+    return args
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _median_seconds(fn, repeats: int, max_seconds: float) -> tuple[float, float]:
+    """Median (wall, CPU) seconds of `fn` over up to `repeats` runs (fewer once `max_seconds` have passed)."""
+    walls, cpus, start = [], [], time.perf_counter()
+    while len(walls) < repeats and (not walls or time.perf_counter() - start < max_seconds):
+        wall, cpu = time.perf_counter(), time.process_time()
+        fn()
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def run_cell(machine_name: str, batch: int, workload: str, args) -> dict:
+    """One cell, in this (child) process: fwd and fwd+bwd times and the fwd+bwd peak."""
+    import torch
+
+    sys.path.insert(0, str(REPO))
+    from dcomp_machine import ProgramTensors, RegisterMachine
+    from library.compiler import compile_program
+    from library.stdlib import load_program
+
+    torch.set_num_threads(1)
+    encoding, width = machine_name.split()
+    width = int(width)
+    bits = width if encoding == "binary" else None
+    machine = RegisterMachine(None if bits else width, 16, 32, bits=bits)
+    program = load_program("fib", n=width if bits is None else 128, bits=bits)
+    tensors = compile_program(program, n=width, bits=bits)
+    generator = torch.Generator().manual_seed(0)
+    logits = {r: torch.randn(batch, width, generator=generator).requires_grad_() for r in (1, 2)}
+    depth = machine.encode(torch.full((batch,), FIB_DEPTH))
+    to_value = torch.sigmoid if bits else (lambda x: torch.softmax(x, -1))
+    steps = 1 if workload.startswith("step") else 8 * FIB_DEPTH
+    checkpoint = False if workload == "run, no checkpoint" else None
+    op_logits = (tensors.op * 8).requires_grad_()
+
+    def run():
+        inputs = {1: to_value(logits[1]), 2: to_value(logits[2]), 3: depth}
+        state = machine.initial_state(batch, len(program), inputs=inputs)
+        # A sharp program, or one being trained (soft ops whose logits need a gradient: every op is live).
+        op = torch.softmax(op_logits, -1) if workload == "step, all ops" else tensors.op
+        program_tensors = ProgramTensors(op, tensors.a, tensors.b, tensors.out, tensors.imm)
+        return machine.run(program_tensors, state, max_steps=steps, checkpoint=checkpoint).state.registers[:, 0]
+
+    def forward():
+        with torch.no_grad():
+            run()
+
+    def forward_backward():
+        run().square().sum().backward()
+
+    forward()  # one-time lazy initialisation is not part of a measurement
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    before = _status_kib("VmRSS")
+    forward_backward()
+    peak = (_status_kib("VmHWM") - before) * 1024
+    fwd, fwd_cpu = _median_seconds(forward, args.repeats, args.max_seconds)
+    fwd_bwd, fwd_bwd_cpu = _median_seconds(forward_backward, args.repeats, args.max_seconds)
+    return {"fwd_s": fwd, "fwd_cpu_s": fwd_cpu, "fwd_bwd_s": fwd_bwd, "fwd_bwd_cpu_s": fwd_bwd_cpu, "peak_bytes": peak}
+
+
+def cells(args) -> list[tuple[str, int, str]]:
+    out = []
+    for machine in args.machines:
+        for batch in args.batches:
+            out += [(machine, batch, "step"), (machine, batch, "run")]
+        if 64 in args.batches:
+            out.append((machine, 64, "run, no checkpoint"))
+            if machine.startswith("binary"):
+                out.append((machine, 64, "step, all ops"))
+    return out
+
+
+def _ms(seconds: float) -> str:
+    ms = seconds * 1000
+    return f"{ms:.3g}" if ms < 100 else f"{ms:,.0f}"
+
+
+def _ratio(row: dict, base: dict, digits: int) -> str:
+    """CPU-time ratio row / base for fwd+bwd, with the forward ratio beside it."""
+    both, fwd = row["fwd_bwd_cpu_s"] / base["fwd_bwd_cpu_s"], row["fwd_cpu_s"] / base["fwd_cpu_s"]
+    return f"{both:.{digits}f}× (fwd {fwd:.{digits}f}×)"
+
+
+def markdown(rows: list[dict]) -> str:
+    by_key = {(r["machine"], r["batch"], r["workload"]): r for r in rows}
+    lines = [
+        "| machine | batch | workload | fwd ms | fwd+bwd ms | fwd CPU ms | fwd+bwd CPU ms | fwd+bwd / fwd (CPU) "
+        "| peak MiB (fwd+bwd) | unit / binary (equal range, CPU fwd+bwd) | 64 / 32 bits (CPU fwd+bwd) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        key = (row["machine"], row["batch"], row["workload"])
+        if "error" in row:
+            lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {row['error']} | | | | | | | |")
+            continue
+        versus, wide = "", ""
+        binary = by_key.get((EQUAL_RANGE.get(key[0]), key[1], key[2]))
+        if binary and "error" not in binary:
+            versus = _ratio(row, binary, 1)
+        narrow = by_key.get(("binary 32", key[1], key[2])) if key[0] == "binary 64" else None
+        if narrow and "error" not in narrow:
+            wide = _ratio(row, narrow, 2)
+        lines.append(
+            f"| {key[0]} | {key[1]} | {key[2]} | {_ms(row['fwd_s'])} | {_ms(row['fwd_bwd_s'])} | "
+            f"{_ms(row['fwd_cpu_s'])} | {_ms(row['fwd_bwd_cpu_s'])} | {row['fwd_bwd_cpu_s'] / row['fwd_cpu_s']:.1f} | "
+            f"{row['peak_bytes'] / (1 << 20):.1f} | {versus} | {wide} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.run:
+        machine, batch, workload = args.run
+        print(json.dumps(run_cell(machine, int(batch), workload, args)))
+        return
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    passed = ["--repeats", str(args.repeats), "--max-seconds", str(args.max_seconds)]
+    rows, start, load = [], time.perf_counter(), os.getloadavg()[0]
+    for machine, batch, workload in cells(args):
+        row = {"machine": machine, "batch": batch, "workload": workload}
+        command = [sys.executable, __file__, *passed, "--run", machine, str(batch), workload]
+        result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
+        if result.returncode:
+            row["error"] = f"failed: {result.stderr.strip().splitlines()[-1][:80]}"
+        else:
+            row.update(json.loads(result.stdout.strip().splitlines()[-1]))
+        rows.append(row)
+        print(f"  {machine} batch {batch} {workload}: done ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
+    header = (
+        f"{os.cpu_count()} CPUs, load average {load:.1f} at start and {os.getloadavg()[0]:.1f} at the end; one torch "
+        f"thread (OMP_WAIT_POLICY=PASSIVE); median of {args.repeats} runs (fewer past {args.max_seconds:g} s); "
+        f"`fib` at depth {FIB_DEPTH} ({8 * FIB_DEPTH} steps). Total {time.perf_counter() - start:.0f} s."
+    )
+    command = "python benchmarks/bench_binary.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    report = f"# The binary machine vs the unit machine\n\n`{command.strip()}`\n\n{header}\n\n{markdown(rows)}\n"
+    print(report)
+    if args.output:
+        args.output.write_text(report, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
