@@ -142,6 +142,8 @@ class TableALU(torch.nn.Module):
             ``index_tables[i, a, b] = table_ops[i](a, b)``; refilled in place by `reset_tables`.
     """
 
+    index_tables: torch.Tensor  # (table ops, n, n): result value of each op per input pair, a buffer
+
     def __init__(self, n: int, mode: str = "auto"):
         super().__init__()
         if not isinstance(n, int) or n < 2:
@@ -150,7 +152,7 @@ class TableALU(torch.nn.Module):
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.n, self.mode, self.ops = n, mode, ALU_OPS
         self.chunk_elements = DEFAULT_CHUNK_ELEMENTS
-        structured = frozenset()
+        structured: frozenset[str] = frozenset()
         if mode == "auto":
             structured = CLOSED_FORM_OPS if n >= FFT_MIN_N else CLOSED_FORM_OPS - FFT_OPS
         self.closed_form_ops = tuple(op for op in ALU_OPS if op in structured)

@@ -254,8 +254,8 @@ def divide(a: torch.Tensor, b: torch.Tensor, adder: str = "ripple") -> tuple[tor
         remainder = mux(borrow, difference, shifted)  # keep the shifted value when the divisor does not fit
         quotient.append(not_gate(borrow))
     divisor_nonzero = any_bit(b)[..., None]
-    quotient = torch.stack(quotient[::-1], -1)
-    return and_gate(quotient, divisor_nonzero), and_gate(remainder[..., :bits], divisor_nonzero)
+    quotient_bits = torch.stack(quotient[::-1], -1)
+    return and_gate(quotient_bits, divisor_nonzero), and_gate(remainder[..., :bits], divisor_nonzero)
 
 
 def _flag(p: torch.Tensor, bits: int) -> torch.Tensor:

@@ -29,6 +29,7 @@ import re
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -94,8 +95,8 @@ def library_fingerprint(program: ProgramTensors, programs: Sequence[str], entry_
         tensors.update(f"{name}{tuple(tensor.shape)}".encode())
         tensors.update(tensor.numpy().tobytes())
     # The op names too: the same one-hot tensors mean another program under another instruction set.
-    index = {"programs": list(programs), "entry_points": list(entry_points), "ops": list(OP_NAMES)}
-    index = hashlib.sha256(json.dumps(index).encode())
+    names = {"programs": list(programs), "entry_points": list(entry_points), "ops": list(OP_NAMES)}
+    index = hashlib.sha256(json.dumps(names).encode())
     return f"tensors={tensors.hexdigest()[:FINGERPRINT_HEX]};index={index.hexdigest()[:FINGERPRINT_HEX]}"
 
 
@@ -408,6 +409,8 @@ class LlamaDCompComputer(nn.Module):
     (see `record_computer_runs`) trains the selection/parse heads and, through them, the base: train.py's answer
     loss."""
 
+    entry_points: torch.Tensor  # (programs,) start line of each program: a persistent buffer
+
     def __init__(self, config: LlamaDCompConfig):
         super().__init__()
         n, hidden_size = config.computer_values, config.hidden_size
@@ -471,7 +474,7 @@ class LlamaDCompComputer(nn.Module):
                     select.weight[row] = old_select.weight[old_names.index(name)]
         self.select = select
         self.program_names = list(programs)
-        device = self.program_op.device
+        device = self.entry_points.device
         entry = torch.as_tensor(list(entry_points), dtype=torch.long, device=device)
         self._register_library(program.to(device), entry)
 
@@ -615,7 +618,8 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
     @property
     def computer(self) -> LlamaDCompComputer:
         """The computer block (inside decoder layer `config.computer_layer`)."""
-        return self.base_model.layers[self.config.computer_layer].computer
+        computer = self.base_model.layers[self.config.computer_layer].computer  # type: ignore[index,union-attr]
+        return cast(LlamaDCompComputer, computer)
 
     def computers(self) -> list[LlamaDCompComputer]:
         """Every computer module (one, or more where an adapter keeps a trainable copy)."""
@@ -761,7 +765,7 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
         n = self.config.computer_values
         if len(token_ids) != n:
             raise ValueError(f"need the token ids of the n={n} values 0..{n - 1}, got {len(token_ids)}")
-        embeddings = self.get_input_embeddings().weight  # (vocab, hidden)
+        embeddings = cast(torch.Tensor, self.get_input_embeddings().weight)  # (vocab, hidden)
         with torch.no_grad():
             columns = [
                 embeddings[torch.as_tensor(ids, device=embeddings.device)].reshape(-1, embeddings.shape[1]).mean(0)
@@ -965,7 +969,7 @@ class LlamaDCompForCausalLM(LlamaDCompPreTrainedModel, LlamaForCausalLM):
         boolean_keep = isinstance(logits_to_keep, torch.Tensor) and logits_to_keep.dtype == torch.bool
         if labels is not None and boolean_keep and kwargs.get("shift_labels") is None:
             shifted = shift_labels(labels)  # (batch, seq)
-            kwargs["shift_labels"] = shifted[logits_to_keep.to(shifted.device)]  # (kept,)
+            kwargs["shift_labels"] = shifted[logits_to_keep.to(shifted.device)]  # type: ignore[union-attr]  # (kept,)
         return super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,

@@ -391,6 +391,7 @@ _REMOTE_SCRIPT = NOT_IMPORTABLE_PRELUDE + textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_auto_classes_load_the_saved_code_in_a_clean_process(tmp_path):
     model, _ = tiny_model(gate=0.5)
     checkpoint = tmp_path / "checkpoint"
