@@ -14,7 +14,7 @@ run; `run` checkpoints its steps by default for large states), `run, no checkpoi
 `step, all ops` (batch 64, binary: a program being trained needs every op's result, so every circuit runs).
 Ratios, side by side in the same run: fwd+bwd / fwd per cell, unit / binary at equal range, 64 / 32 bits.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_binary.py [--quick] [--output benchmarks/results_binary.md]
+    python -m benchmarks.bench_binary [--quick] [--output benchmarks/results_binary.md]
 """
 
 from __future__ import annotations
@@ -22,13 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks import harness
+
 MACHINES = ("unit 256", "binary 8", "unit 1024", "binary 10", "binary 32", "binary 64")
 EQUAL_RANGE = {"unit 256": "binary 8", "unit 1024": "binary 10"}
 FIB_DEPTH = 3
@@ -49,29 +48,10 @@ def parse_args(argv=None):
     return args
 
 
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def _median_seconds(fn, repeats: int, max_seconds: float) -> tuple[float, float]:
-    """Median (wall, CPU) seconds of `fn` over up to `repeats` runs (fewer once `max_seconds` have passed)."""
-    walls, cpus, start = [], [], time.perf_counter()
-    while len(walls) < repeats and (not walls or time.perf_counter() - start < max_seconds):
-        wall, cpu = time.perf_counter(), time.process_time()
-        fn()
-        walls.append(time.perf_counter() - wall)
-        cpus.append(time.process_time() - cpu)
-    return statistics.median(walls), statistics.median(cpus)
-
-
 def run_cell(machine_name: str, batch: int, workload: str, args) -> dict:
     """One cell, in this (child) process: fwd and fwd+bwd times and the fwd+bwd peak."""
     import torch
 
-    sys.path.insert(0, str(REPO))
     from dcomp_machine import ProgramTensors, RegisterMachine
     from library.compiler import compile_program
     from library.stdlib import load_program
@@ -107,13 +87,17 @@ def run_cell(machine_name: str, batch: int, workload: str, args) -> dict:
         run().square().sum().backward()
 
     forward()  # one-time lazy initialisation is not part of a measurement
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    before = _status_kib("VmRSS")
-    forward_backward()
-    peak = (_status_kib("VmHWM") - before) * 1024
-    fwd, fwd_cpu = _median_seconds(forward, args.repeats, args.max_seconds)
-    fwd_bwd, fwd_bwd_cpu = _median_seconds(forward_backward, args.repeats, args.max_seconds)
-    return {"fwd_s": fwd, "fwd_cpu_s": fwd_cpu, "fwd_bwd_s": fwd_bwd, "fwd_bwd_cpu_s": fwd_bwd_cpu, "peak_bytes": peak}
+    peak = harness.peak_step_bytes(forward_backward)
+    timing = harness.time_interleaved(
+        {"fwd": forward, "fwd_bwd": forward_backward}, args.repeats, args.max_seconds, warmup=False
+    )
+    return {
+        "fwd_s": timing["fwd"].wall_ms / 1e3,
+        "fwd_cpu_s": timing["fwd"].cpu_ms / 1e3,
+        "fwd_bwd_s": timing["fwd_bwd"].wall_ms / 1e3,
+        "fwd_bwd_cpu_s": timing["fwd_bwd"].cpu_ms / 1e3,
+        "peak_bytes": peak,
+    }
 
 
 def cells(args) -> list[tuple[str, int, str]]:
@@ -126,11 +110,6 @@ def cells(args) -> list[tuple[str, int, str]]:
             if machine.startswith("binary"):
                 out.append((machine, 64, "step, all ops"))
     return out
-
-
-def _ms(seconds: float) -> str:
-    ms = seconds * 1000
-    return f"{ms:.3g}" if ms < 100 else f"{ms:,.0f}"
 
 
 def _ratio(row: dict, base: dict, digits: int) -> str:
@@ -148,19 +127,16 @@ def markdown(rows: list[dict]) -> str:
     ]
     for row in rows:
         key = (row["machine"], row["batch"], row["workload"])
-        if "error" in row:
-            lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {row['error']} | | | | | | | |")
-            continue
         versus, wide = "", ""
         binary = by_key.get((EQUAL_RANGE.get(key[0]), key[1], key[2]))
-        if binary and "error" not in binary:
+        if binary:
             versus = _ratio(row, binary, 1)
         narrow = by_key.get(("binary 32", key[1], key[2])) if key[0] == "binary 64" else None
-        if narrow and "error" not in narrow:
+        if narrow:
             wide = _ratio(row, narrow, 2)
+        times = " | ".join(harness.ms(row[k] * 1e3) for k in ("fwd_s", "fwd_bwd_s", "fwd_cpu_s", "fwd_bwd_cpu_s"))
         lines.append(
-            f"| {key[0]} | {key[1]} | {key[2]} | {_ms(row['fwd_s'])} | {_ms(row['fwd_bwd_s'])} | "
-            f"{_ms(row['fwd_cpu_s'])} | {_ms(row['fwd_bwd_cpu_s'])} | {row['fwd_bwd_cpu_s'] / row['fwd_cpu_s']:.1f} | "
+            f"| {key[0]} | {key[1]} | {key[2]} | {times} | {row['fwd_bwd_cpu_s'] / row['fwd_cpu_s']:.1f} | "
             f"{row['peak_bytes'] / (1 << 20):.1f} | {versus} | {wide} |"
         )
     return "\n".join(lines)
@@ -172,29 +148,21 @@ def main(argv=None):
         machine, batch, workload = args.run
         print(json.dumps(run_cell(machine, int(batch), workload, args)))
         return
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    env = harness.thread_environment(1)
     passed = ["--repeats", str(args.repeats), "--max-seconds", str(args.max_seconds)]
     rows, start, load = [], time.perf_counter(), os.getloadavg()[0]
     for machine, batch, workload in cells(args):
         row = {"machine": machine, "batch": batch, "workload": workload}
-        command = [sys.executable, __file__, *passed, "--run", machine, str(batch), workload]
-        result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
-        if result.returncode:
-            row["error"] = f"failed: {result.stderr.strip().splitlines()[-1][:80]}"
-        else:
-            row.update(json.loads(result.stdout.strip().splitlines()[-1]))
+        row.update(harness.measure_in_child("benchmarks.bench_binary", [machine, str(batch), workload], passed, env))
         rows.append(row)
         print(f"  {machine} batch {batch} {workload}: done ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
     header = (
-        f"{os.cpu_count()} CPUs, load average {load:.1f} at start and {os.getloadavg()[0]:.1f} at the end; one torch "
-        f"thread (OMP_WAIT_POLICY=PASSIVE); median of {args.repeats} runs (fewer past {args.max_seconds:g} s); "
-        f"`fib` at depth {FIB_DEPTH} ({8 * FIB_DEPTH} steps). Total {time.perf_counter() - start:.0f} s."
+        f"{harness.load_note(load, 1)}; median of {args.repeats} interleaved runs (fewer past "
+        f"{args.max_seconds:g} s); `fib` at depth {FIB_DEPTH} ({8 * FIB_DEPTH} steps). Total "
+        f"{time.perf_counter() - start:.0f} s."
     )
-    command = "python benchmarks/bench_binary.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    report = f"# The binary machine vs the unit machine\n\n`{command.strip()}`\n\n{header}\n\n{markdown(rows)}\n"
-    print(report)
-    if args.output:
-        args.output.write_text(report, encoding="utf-8")
+    title = "# The binary machine vs the unit machine"
+    harness.write_report(title, "benchmarks.bench_binary", argv, f"{header}\n\n{markdown(rows)}", args.output)
 
 
 if __name__ == "__main__":

@@ -4,21 +4,17 @@ Each row runs both versions of a standard program on the reference interpreter w
 `.asm` calling convention: inputs in r1, r2, r3, lists in M[0..L)), checks that they agree (r0, or the sorted
 list), and reports the steps, the ratio compiled / hand-written, and each program's lines and lanes.
 
-Example: python benchmarks/bench_python_compiler.py --output docs/results_python_compiler.md
+Example: python -m benchmarks.bench_python_compiler --output docs/results_python_compiler.md
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from library.interpreter import run_reference  # noqa: E402
-from library.python import compile_python, run_python  # noqa: E402
-from library.stdlib import PROGRAMS_DIR, load_program  # noqa: E402
+from library.interpreter import run_reference
+from library.python import compile_python, run_python
+from library.stdlib import PROGRAMS_DIR, load_program
 
 # (program, arguments of the Python function); lists are also the .asm's memory and r1 their length.
 CASES = (
@@ -79,7 +75,7 @@ def main(argv=None) -> None:
     text = table([measure(name, case) for name, case in CASES])
     print(text)
     if args.output:
-        command = "python benchmarks/bench_python_compiler.py --output " + str(args.output)
+        command = "python -m benchmarks.bench_python_compiler --output " + str(args.output)
         args.output.write_text(f"# Compiled Python vs hand-written assembly: steps\n\n`{command}`\n\n{text}\n")
 
 
