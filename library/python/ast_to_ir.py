@@ -766,6 +766,8 @@ class FunctionCompiler:
         if isinstance(node, ast.BinOp):
             return self.binary_pending(node.op, self.expr(node.left), node.right, node)
         if isinstance(node, ast.UnaryOp):
+            if self.source.low < 0 and isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant):
+                self.check_constant(node.operand, negated=True)  # a negative literal out of the signed range
             operand = self.expr(node.operand)
             if isinstance(node.op, ast.Not):
                 return Ins("not", a=operand)
@@ -786,7 +788,9 @@ class FunctionCompiler:
             return self.call_pending(node)
         raise self.error(node, f"{_EXPRESSION_NAMES.get(type(node), type(node).__name__)} are not supported")
 
-    def check_constant(self, node: ast.Constant) -> None:
+    def check_constant(self, node: ast.Constant, negated: bool = False) -> None:
+        """Raises the error for a literal that is not a machine value (`negated`: the literal under a unary `-`,
+        reported as the negative number it writes)."""
         value = node.value
         if isinstance(value, float):
             raise self.error(node, "floats are not supported")
@@ -797,7 +801,9 @@ class FunctionCompiler:
         if value is None or value is Ellipsis:
             raise self.error(node, f"{value!r} is not supported as a value")
         raise self.error(
-            node, f"constant {value} does not fit the machine's values [{self.source.low}, {self.source.high})"
+            node,
+            f"constant {-value if negated else value} does not fit the machine's values "
+            f"[{self.source.low}, {self.source.high})",
         )
 
     def binary_pending(self, op: ast.operator, left: Reg, right_node: ast.expr, node: ast.AST) -> Ins:
