@@ -250,7 +250,9 @@ def test_run_with_bits_rejects_out_of_range_values(tmp_path, differentiable):
     path = tmp_path / "signed.asm"
     path.write_text(SIGNED)
     result = _cli("run", str(path), "--bits", "8", "--set", "r1=200", *(["--differentiable"] if differentiable else []))
-    assert result.returncode == 2 and "200 out of range [-128, 128)" in result.stderr
+    assert result.returncode == 2 and "--set r1=200: need a register < --registers 16 and a value in [-128, 128)" in (
+        result.stderr
+    )
     path.write_text("set -200 r1\n")
     result = _cli("run", str(path), "--bits", "8")
     assert result.returncode == 1 and "signed.asm:1:5: immediate -200 out of range [-128, 128)" in result.stderr
