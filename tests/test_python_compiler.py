@@ -772,6 +772,9 @@ def test_python_library_compiles_python_items_and_keeps_the_rest(tmp_path):
     assert list(items) == ["add", "double", "inc3", "gcd"] and items["add"] == standard_source("add")
     mapping = python_library({"g": (PROGRAMS_DIR / "gcd.py").read_text(), "s": "add r1 r2 r0 | ret"}, **machine)
     assert mapping["s"] == "add r1 r2 r0 | ret" and mapping["g"] == compile_python(PROGRAMS_DIR / "gcd.py").program
+    signed = python_library({"t": "def t(a):\n    return a * -3\n"}, **machine, bits=64)["t"]
+    assert signed == compile_python("def t(a):\n    return a * -3\n", bits=64).program
+    assert -3 in [lane.imm for line in signed.lines for lane in line]
 
 
 # ------------------------------------------------------------------------------------------ CLI and install
