@@ -6,6 +6,7 @@
     python -m library compile PROGRAM.asm -o PROGRAM.safetensors --n 128
     python -m library decompile PROGRAM.safetensors
     python -m library run PROGRAM.py --call "gcd(84, 36)"   # a Python function (docs/PYTHON.md)
+    python -m library run PROGRAM.py --call "gcd(84, -36)" --bits 64   # on the binary machine
 
 `run` prints one JSON object: `registers`, `memory`, `steps`, `halted`, `overflow` (a `call` nested deeper than
 the return stack stopped the run) and, with `--differentiable`, the probability of every decoded value. With
@@ -154,8 +155,6 @@ def _check_arguments(args, parser: argparse.ArgumentParser) -> None:
         check_machine_sizes(high, args.registers, args.memory_size, args.call_depth)
     except ValueError as error:
         parser.error(str(error).replace("num_registers", "--registers").replace("memory_size", "--memory-size"))
-    if bits is not None and args.program.suffix == ".py":
-        parser.error(f"--bits: Python programs run on the one-hot machine (--n) only, not {args.program}")
     if args.command == "run":
         seen = set()
         for register, value in args.assignments:

@@ -256,3 +256,13 @@ def test_run_with_bits_rejects_out_of_range_values(tmp_path, differentiable):
     path.write_text("set -200 r1\n")
     result = _cli("run", str(path), "--bits", "8")
     assert result.returncode == 1 and "signed.asm:1:5: immediate -200 out of range [-128, 128)" in result.stderr
+
+
+@pytest.mark.slow
+def test_run_python_with_bits_and_a_negative_argument():
+    result = _cli("run", "library/programs/gcd.py", "--call", "gcd(84, -36)", "--bits", "64")
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout)
+    assert output["result"] == -12 and output["halted"] is True  # Python's gcd loop: the sign of the last divisor
+    result = _cli("run", "library/programs/gcd.py", "--call", "gcd(84, -36)")
+    assert result.returncode == 2 and "not a machine value in [0, 128)" in result.stderr

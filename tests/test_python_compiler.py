@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from dcomp_isa import signed_range
 from library.interpreter import run_reference
 from library.python import CompileError, compile_python, parse_call, python_library, run_python
 from library.stdlib import PROGRAMS_DIR, load_program, standard_source
@@ -21,16 +22,18 @@ N = 128
 
 
 class OutOfRange(Exception):
-    """CPython computed a value outside the machine's [0, n): the program is outside the compared domain."""
+    """CPython computed a value outside the machine's values ([0, n), or the signed range of `bits` bits): the
+    program is outside the compared domain."""
 
 
-_LIMIT = {"n": N}  # the machine's value count for the CPython run under way
+_LIMIT = {"values": (0, N)}  # [low, high) of the machine's values for the CPython run under way
 
 
 def _checked(value):
     if isinstance(value, bool) or not isinstance(value, int):
         return value
-    if not 0 <= value < _LIMIT["n"]:
+    low, high = _LIMIT["values"]
+    if not low <= value < high:
         raise OutOfRange(value)
     return Value(value)
 
@@ -87,10 +90,10 @@ class _CheckedConstants(ast.NodeTransformer):
         return node
 
 
-def cpython(source: str, entry: str, args: list, n: int = N):
-    """(result, lists after the call) from CPython, with values checked against [0, n); OutOfRange and
-    ZeroDivisionError propagate."""
-    _LIMIT["n"] = n
+def cpython(source: str, entry: str, args: list, values: tuple[int, int] = (0, N)):
+    """(result, lists after the call) from CPython, with values checked against [low, high) = `values`;
+    OutOfRange and ZeroDivisionError propagate."""
+    _LIMIT["values"] = values
     namespace: dict = {"Value": Value}
     tree = ast.fix_missing_locations(_CheckedConstants().visit(ast.parse(source)))
     exec(compile(tree, "<test>", "exec"), namespace)
@@ -107,7 +110,7 @@ def check(source: str, *args, entry: str | None = None, max_steps: int = 5000, *
     compiled = compile_python(source, entry=entry, **machine)
     output = run_python(compiled, copy.deepcopy(list(args)), max_steps=max_steps)
     assert output["halted"], compiled.assembly
-    expected, lists = cpython(source, compiled.name, list(args), compiled.n)
+    expected, lists = cpython(source, compiled.name, list(args), compiled.value_range)
     if expected is not None:
         assert output["result"] == expected, compiled.assembly
     assert list(output["lists"].values()) == [[int(v) for v in values] for values in lists], compiled.assembly
@@ -358,6 +361,100 @@ def test_more_live_values_than_registers_spill_to_memory():
     check(source, 5, n=1024)
 
 
+# --------------------------------------------------------------------------- signed values (binary machine)
+SIGNED_ARGS = [(-7, 2), (-7, 3), (7, -3), (-8, -3), (0, -5), (3, 3), (-1, 1)]
+
+
+@pytest.mark.parametrize("args", SIGNED_ARGS)
+def test_signed_floor_division_and_modulo_like_python_at_64_bits(args):
+    source = """
+        def f(a, b):
+            c = -7 // 2 + -7 % 3 * 10 + 7 % -3 * 100
+            return (a // b) * 10000 + (a % b) * 1000 + c - a * -b
+    """
+    check(source, *args, bits=64)
+
+
+@pytest.mark.parametrize("args", SIGNED_ARGS)
+def test_signed_min_max_abs_and_comparisons_against_zero(args):
+    source = """
+        def magnitude(x):
+            return x if x >= 0 else -x
+
+        def f(a, b):
+            s = (a < b) + (a <= b) * 2 + (a == -b) * 4
+            if a < 0:
+                s += 10
+            if a <= 0:
+                s += 20
+            if a > 0:
+                s += 40
+            if not a >= 0:
+                s += 80
+            if -3 <= a < 3:
+                s += 160
+            return magnitude(a) * 1000 + max(a, b) * 100 + min(a, -b) * 10000 + s
+    """
+    check(source, *args, bits=64)
+
+
+@pytest.mark.parametrize("args", [(3, 2), (0, 0), (-2, -1), (6, 4)])
+def test_signed_loops_count_down_past_zero(args):
+    source = """
+        def f(a, b):
+            total = 0
+            for i in range(a, -a - 1, -1):
+                total += i * i
+            k = a
+            while k > -5:
+                k -= 2
+                total += k
+            for j in range(-3, a):
+                total += j
+            for j in range(b):
+                total -= 100
+            return total * k
+    """
+    check(source, *args, bits=64)
+
+
+def test_signed_lists_hold_negative_values_and_index_from_the_end():
+    source = """
+        def f(xs):
+            best = xs[0]
+            for x in xs:
+                best = min(best, x)
+            xs[-1] = -best
+            xs[0] = -9223372036854775808 // -9223372036854775807
+            return best
+    """
+    assert check(source, [4, -5, 3, -2], bits=64)["lists"] == {"xs": [1, -5, 3, 5]}
+
+
+def test_signed_overflow_wraps_to_the_bits():
+    compiled = compile_python("def f(a, b):\n    return a * b + 1\n", bits=8)
+    assert run_python(compiled, [16, 8])["result"] == -127  # 129 wraps to -127, where CPython gives 129
+    assert run_python(compiled, [-16, 8])["result"] == -127
+    with pytest.raises(ValueError, match=r"not a machine value in \[-128, 128\)"):
+        run_python(compiled, [128, 1])
+
+
+@pytest.mark.parametrize(
+    ("source", "bits", "column", "message"),
+    [
+        ("def f(a):\n    return a + 128\n", 8, 16, "constant 128 does not fit the machine's values [-128, 128)"),
+        ("def f(a):\n    return a - -129\n", 8, 17, "constant -129 does not fit the machine's values [-128, 128)"),
+        ("def f(a):\n    return a * 2 ** 3\n", 8, 16, "'**' is not supported"),
+        ("def f(a):\n    return a + 9223372036854775808\n", 64, 16, "constant 9223372036854775808 does not fit"),
+    ],
+)
+def test_signed_constants_out_of_range_are_errors_at_their_location(source, bits, column, message):
+    with pytest.raises(CompileError) as error:
+        compile_python(source, bits=bits)
+    assert (error.value.line, error.value.column) == (2, column) and message in error.value.message
+    assert compile_python("def f(a):\n    return a - -128 + -9\n", bits=8).program is not None
+
+
 def test_loops_share_lines_the_counted_loop_is_one_line_per_iteration():
     compiled = compile_python(PROGRAMS_DIR / "fib.py")
     assert [run_python(compiled, [1, 1, d])["steps"] for d in (1, 2, 3)] == [3, 4, 5]
@@ -483,13 +580,15 @@ def programs(draw) -> str:
     return helper + "\n\ndef f(a, b, c, xs: list[int]):\n" + "\n".join(body) + f"\n    return {draw(arithmetic(1))}\n"
 
 
-def _compare_with_cpython(source: str, args: list, differentiable: bool, n: int, **machine) -> None:
+def _compare_with_cpython(source: str, args: list, differentiable: bool, **machine) -> None:
+    bits = machine.get("bits")
+    values = (0, machine.get("n", N)) if bits is None else signed_range(bits)
     try:
-        expected, lists = cpython(source, "f", copy.deepcopy(args), n)
+        expected, lists = cpython(source, "f", copy.deepcopy(args), values)
     except (OutOfRange, ZeroDivisionError):
         assume(False)  # outside the values the machine shares with CPython
     try:
-        compiled = compile_python(source, entry="f", n=n, **machine)
+        compiled = compile_python(source, entry="f", **machine)
     except CompileError as error:  # a constant `// 0` is refused even where CPython never evaluates it
         assume(not any(text in error.message for text in ("by zero", "program too long", "than memory holds")))
         raise
@@ -506,7 +605,7 @@ MACHINES = [dict(), dict(num_registers=9, call_depth=2, memory_size=64)]
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
 @given(source=programs(), ints=st.lists(small, min_size=3, max_size=3), xs=st.lists(small, min_size=1, max_size=4))
 def test_random_programs_match_cpython_on_the_reference_machine(machine, source, ints, xs):
-    _compare_with_cpython(source, [*ints, xs], differentiable=False, n=N, **machine)
+    _compare_with_cpython(source, [*ints, xs], differentiable=False, **machine)
 
 
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
@@ -516,7 +615,22 @@ def test_random_programs_match_cpython_on_the_reference_machine(machine, source,
     xs=st.lists(small, min_size=1, max_size=3),
 )
 def test_random_programs_match_cpython_on_the_differentiable_machine(source, ints, xs):
-    _compare_with_cpython(source, [*ints, xs], differentiable=True, n=N)
+    _compare_with_cpython(source, [*ints, xs], differentiable=True)
+
+
+signed = st.integers(-12, 12)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+@given(source=programs(), ints=st.lists(signed, min_size=3, max_size=3), xs=st.lists(signed, min_size=1, max_size=4))
+def test_random_programs_match_cpython_with_signed_values_at_64_bits(source, ints, xs):
+    _compare_with_cpython(source, [*ints, xs], differentiable=False, bits=64)
+
+
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+@given(source=programs(), ints=st.lists(signed, min_size=3, max_size=3), xs=st.lists(signed, min_size=1, max_size=3))
+def test_random_programs_match_cpython_on_the_differentiable_binary_machine(source, ints, xs):
+    _compare_with_cpython(source, [*ints, xs], differentiable=True, bits=16)
 
 
 # ------------------------------------------------------------------------------------------------- errors
@@ -629,6 +743,7 @@ def test_function_objects_and_files_compile_like_their_source(tmp_path):
 def test_parse_call_reads_ints_and_lists():
     assert parse_call("gcd(84, 36)") == ("gcd", [84, 36])
     assert parse_call(" sort([3, 1, 2]) ") == ("sort", [[3, 1, 2]])
+    assert parse_call("gcd(84, -36)") == ("gcd", [84, -36]) and parse_call("s([-1, 2])") == ("s", [[-1, 2]])
     for bad in ("gcd(", "x + 1", "f(a)"):
         with pytest.raises(ValueError, match="--call"):
             parse_call(bad)
@@ -657,6 +772,9 @@ def test_python_library_compiles_python_items_and_keeps_the_rest(tmp_path):
     assert list(items) == ["add", "double", "inc3", "gcd"] and items["add"] == standard_source("add")
     mapping = python_library({"g": (PROGRAMS_DIR / "gcd.py").read_text(), "s": "add r1 r2 r0 | ret"}, **machine)
     assert mapping["s"] == "add r1 r2 r0 | ret" and mapping["g"] == compile_python(PROGRAMS_DIR / "gcd.py").program
+    signed = python_library({"t": "def t(a):\n    return a * -3\n"}, **machine, bits=64)["t"]
+    assert signed == compile_python("def t(a):\n    return a * -3\n", bits=64).program
+    assert -3 in [lane.imm for line in signed.lines for lane in line]
 
 
 # ------------------------------------------------------------------------------------------ CLI and install
@@ -689,6 +807,28 @@ def test_cli_runs_checks_compiles_and_decompiles_python_files(tmp_path, capsys):
     assert code == 0 and "compiled sort" in out  # without --call: the last function
     code, out, _ = _cli(capsys, "decompile", str(tmp_path / "prog.safetensors"))
     assert code == 0 and "sort.for" in out
+
+
+def test_cli_runs_checks_and_compiles_python_on_the_binary_machine(tmp_path, capsys):
+    import json
+
+    path = tmp_path / "prog.py"
+    path.write_text(
+        "def gcd(a, b):\n    while b:\n        a, b = b, a % b\n    return a\n\ndef triple(a):\n    return a * -3\n"
+    )
+    code, out, _ = _cli(capsys, "run", str(path), "--call", "gcd(84, -36)", "--bits", "64")
+    assert code == 0 and json.loads(out)["result"] == -12 and json.loads(out)["halted"] is True  # Python's -12
+    code, out, _ = _cli(capsys, "run", str(path), "--call", "triple(-5)", "--bits", "16", "--differentiable")
+    output = json.loads(out)
+    assert code == 0 and output["result"] == 15 and output["halt_probability"] > 0.99
+    code, out, _ = _cli(capsys, "check", str(path), "--bits", "64")
+    assert code == 0 and "ok" in out
+    code, out, _ = _cli(capsys, "compile", str(path), "--bits", "64", "-o", str(tmp_path / "prog.safetensors"))
+    assert code == 0 and "compiled triple" in out
+    code, out, _ = _cli(capsys, "decompile", str(tmp_path / "prog.safetensors"))
+    assert code == 0 and "-3 r0" in out
+    code, _, err = _cli(capsys, "run", str(path), "--call", "gcd(200, 1)", "--bits", "8")
+    assert code == 2 and "not a machine value in [-128, 128)" in err
 
 
 def test_cli_reports_compile_errors_at_their_location(tmp_path, capsys):

@@ -52,7 +52,8 @@ class PythonProgram:
     """A compiled Python function: its assembly, the assembled `Program` and what a caller needs to run it.
 
     `data_cells`: lists go in M[0 … data_cells); above them are the spill cells and the call stack
-    (`stack_floor` … memory_size - 1, `sp` the stack-pointer register, None when no call needs a stack)."""
+    (`stack_floor` … memory_size - 1, `sp` the stack-pointer register, None when no call needs a stack).
+    `bits`: compiled for the binary machine (signed values of that many bits; `n` unused), else None."""
 
     name: str
     signature: Signature
@@ -65,6 +66,12 @@ class PythonProgram:
     num_registers: int
     memory_size: int
     call_depth: int
+    bits: int | None = None
+
+    @property
+    def value_range(self) -> tuple[int, int]:
+        """[low, high) of the machine's values."""
+        return (0, self.n) if self.bits is None else dcomp_isa.signed_range(self.bits)
 
 
 def python_source(item) -> tuple[str, str]:
@@ -92,15 +99,18 @@ def compile_python(
     max_recursion: int = 16,
     max_lanes: int = 8,
     source_name: str | None = None,
+    bits: int | None = None,
 ) -> PythonProgram:
     """Compiles the function `entry` (default: the last one defined) of `source` (text, a `.py` path or a
     function object) and every function it calls into one program for the machine (n values, registers, memory
-    cells, return-stack depth). Recursion may nest `max_recursion` levels: the call stack reserves memory for
-    that many. Raises `CompileError` (file:line:column: message) for anything outside the subset."""
+    cells, return-stack depth; with `bits` the binary machine, whose values are signed `bits`-bit integers and
+    `n` is unused). Recursion may nest `max_recursion` levels: the call stack reserves memory for that many.
+    Raises `CompileError` (file:line:column: message) for anything outside the subset."""
     text, default_name = python_source(source)
     source_name = source_name or default_name
     data_registers = num_registers - call_depth
-    code_source = Source(text, source_name, n, data_registers, min(memory_size, n))
+    addresses = memory_size if bits is not None else min(memory_size, n)
+    code_source = Source(text, source_name, n, data_registers, addresses, bits)
     functions = parse_module(code_source)
     entry = entry or list(functions)[-1]
     if entry not in functions:
@@ -109,13 +119,15 @@ def compile_python(
         )
     signatures = infer_signatures(code_source, functions)
     always, sp = phys(num_registers - 1), phys(data_registers - 1)
+    return_stack = [phys(index) for index in range(data_registers, num_registers)]
+    no_caller = n - 1 if bits is None else -1
     compiled = {name: FunctionCompiler(code_source, fn, signatures).compile(always) for name, fn in functions.items()}
     graph = call_graph(compiled, entry)
     save_return = saves_return_addresses(graph, entry, call_depth)
     expanded, pushes = {}, {}
     for name in graph:
         compiled[name].code = remove_dead(reuse_values(compiled[name].code))
-        expanded[name], pushes[name] = expand_calls(compiled[name], sp, save_return, always)
+        expanded[name], pushes[name] = expand_calls(compiled[name], sp, save_return, return_stack, no_caller)
     uses_stack = any(sp in (*ins.uses, *ins.defs) for code in expanded.values() for ins in code)
     top = code_source.memory_size - 1
     cells = stack_cells(code_source, compiled, graph, pushes, entry, save_return, max_recursion) if uses_stack else 0
@@ -143,9 +155,9 @@ def compile_python(
             raise code_source.error(
                 functions[name], f"'{name}' needs more registers at once than the machine's {len(pool)}"
             ) from None
-    assembly = to_assembly(code, max_lanes)
+    assembly = to_assembly(code, max_lanes, frozenset(return_stack))
     try:
-        program = assemble(assembly, entry, n=n, num_registers=num_registers, call_depth=call_depth)
+        program = assemble(assembly, entry, n=n, num_registers=num_registers, call_depth=call_depth, bits=bits)
     except AssemblyError as error:
         raise code_source.error(functions[entry], f"the compiled program does not assemble: {error.message}") from None
     return PythonProgram(
@@ -160,11 +172,13 @@ def compile_python(
         num_registers,
         code_source.memory_size,
         call_depth,
+        bits,
     )
 
 
 def parse_call(text: str) -> tuple[str, list]:
-    """`"gcd(84, 36)"` → ("gcd", [84, 36]); arguments are integer or list-of-integer literals."""
+    """`"gcd(84, -36)"` → ("gcd", [84, -36]); arguments are integer or list-of-integer literals (negative ones
+    included: `run_python` checks them against the machine's values)."""
     try:
         node = ast.parse(text.strip(), mode="eval").body
     except SyntaxError as error:
@@ -187,14 +201,15 @@ def _layout(compiled: PythonProgram, args: list) -> tuple[dict[int, int], list[i
     registers: dict[int, int] = {}
     memory: list[int] = []
     lists: dict[str, tuple[int, int]] = {}
+    low, high = compiled.value_range
     base_register = len(signature.params) + 1
     for position, (param, kind, value) in enumerate(zip(signature.params, signature.kinds, args), start=1):
         values = value if kind == "list" else [value]
         if kind == "list" and not isinstance(value, list):
             raise ValueError(f"argument '{param}' of {signature.name} is a list, got {value!r}")
         for item in values:
-            if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item < compiled.n:
-                raise ValueError(f"argument '{param}': {item!r} is not a machine value in [0, {compiled.n})")
+            if isinstance(item, bool) or not isinstance(item, int) or not low <= item < high:
+                raise ValueError(f"argument '{param}': {item!r} is not a machine value in [{low}, {high})")
         if kind == "list":
             registers[position] = len(value)
             registers[base_register] = len(memory)
@@ -228,6 +243,7 @@ def run_python(compiled: PythonProgram, args: list, *, differentiable: bool = Fa
             registers=registers,
             memory=memory,
             max_steps=max_steps,
+            bits=compiled.bits,
         )
         if compiled.sp is not None:
             # The stack pointer is the next free cell; below the floor a push would overwrite data.
@@ -243,6 +259,7 @@ def run_python(compiled: PythonProgram, args: list, *, differentiable: bool = Fa
             "memory": list(state.memory),
             "steps": execution.steps,
             "halted": execution.halted,
+            "overflow": state.overflowed,
         }
     output["result"] = output["registers"][0] if compiled.signature.returns_value else None
     output["lists"] = {name: output["memory"][base : base + length] for name, (base, length) in lists.items()}
@@ -252,25 +269,27 @@ def run_python(compiled: PythonProgram, args: list, *, differentiable: bool = Fa
 def _run_differentiable(compiled: PythonProgram, registers: dict[int, int], memory: list[int], max_steps: int):
     import torch
 
-    from dcomp_machine import RegisterMachine, one_hot_values
+    from dcomp_machine import RegisterMachine
 
     from ..compiler import compile_program
 
-    n = compiled.n
-    machine = RegisterMachine(n, compiled.num_registers, compiled.memory_size, compiled.call_depth)
-    inputs = {index: one_hot_values(torch.tensor([value]), n) for index, value in registers.items()}
-    cells = one_hot_values(torch.tensor([memory]), n) if memory else None
+    n, bits = (compiled.n, None) if compiled.bits is None else (None, compiled.bits)
+    machine = RegisterMachine(n, compiled.num_registers, compiled.memory_size, compiled.call_depth, bits=bits)
+    inputs = {index: machine.encode(torch.tensor([value])) for index, value in registers.items()}
+    cells = machine.encode(torch.tensor([memory])) if memory else None
     state = machine.initial_state(1, len(compiled.program), inputs=inputs, memory=cells)
-    tensors = compile_program(compiled.program, n=n, num_registers=compiled.num_registers)
+    tensors = compile_program(compiled.program, n=compiled.n, num_registers=compiled.num_registers, bits=bits)
     with torch.no_grad():
         result = machine.run(tensors, state, max_steps)
-    decoded = result.state.decode()
+    decoded = machine.decode(result.state)
     return {
         "registers": decoded["registers"][0].tolist(),
         "memory": decoded["memory"][0].tolist(),
         "steps": result.steps,
         "halted": bool(result.state.halted[0] >= machine.halt_threshold),
+        "overflow": bool(result.state.overflowed[0] >= machine.halt_threshold),
         "halt_probability": float(result.state.halted[0]),
+        "overflow_probability": float(result.state.overflowed[0]),
         "register_probs": [round(p, 6) for p in decoded["register_probs"][0].tolist()],
         "memory_probs": [round(p, 6) for p in decoded["memory_probs"][0].tolist()],
     }
@@ -290,14 +309,14 @@ def is_python(item) -> bool:
     )
 
 
-def python_library(library, *, n: int, num_registers: int, memory_size: int, call_depth: int):
+def python_library(library, *, n: int, num_registers: int, memory_size: int, call_depth: int, bits: int | None = None):
     """A library spec (`install.compile_for`'s) with its Python items compiled: function objects, `.py` paths
     and Python source text in a list of names, or as values of a `{name: ...}` mapping, become `Program`s (a
     mapping's key picks the function, else the last one defined names it). Specs without Python are returned
     unchanged; with Python, standard names in a list become their standard sources."""
     from ..stdlib import standard_source
 
-    machine = dict(n=n, num_registers=num_registers, memory_size=memory_size, call_depth=call_depth)
+    machine = dict(n=n, num_registers=num_registers, memory_size=memory_size, call_depth=call_depth, bits=bits)
     if isinstance(library, Mapping):
         if not any(is_python(item) for item in library.values()):
             return library
@@ -318,15 +337,21 @@ def python_library(library, *, n: int, num_registers: int, memory_size: int, cal
 
 def _python_program(item, name: str | None, machine: dict) -> Program:
     text, source_name = python_source(item)
-    defined = set(parse_module(Source(text, source_name, machine["n"], 1, 1)))
+    defined = set(parse_module(Source(text, source_name, machine["n"], 1, 1, machine["bits"])))
     entry = name if name in defined else getattr(item, "__name__", None) if callable(item) else None
     return compile_python(text, entry=entry, source_name=source_name, **machine).program
 
 
 def machine_options(args) -> dict:
     """compile_python's machine keywords from the CLI's options (`--n`, `--registers`, `--memory-size`,
-    `--call-depth`). A value-width option such as `--bits` for another machine passes through here."""
-    return dict(n=args.n, num_registers=args.registers, memory_size=args.memory_size, call_depth=args.call_depth)
+    `--call-depth`, `--bits`)."""
+    return dict(
+        n=args.n,
+        num_registers=args.registers,
+        memory_size=args.memory_size,
+        call_depth=args.call_depth,
+        bits=getattr(args, "bits", None),
+    )
 
 
 def cli_program(args) -> Program:

@@ -2,7 +2,8 @@
 each function into IR over virtual registers (docs/PYTHON.md lists the subset and every error).
 
 Values are machine values: integers mod `n`, so `+ - *` wrap and comparisons, `//`, `%`, `min` and `max` see
-values in [0, n). A list is a pair of registers, its length and the address of its first element in memory.
+values in [0, n); on the binary machine (`bits`) signed `bits`-bit integers, with Python's `//` and `%`.
+A list is a pair of registers, its length and the address of its first element in memory.
 Control flow is laid out for the machine's `jump` (taken when the register is nonzero): loops test at the
 bottom, and counted loops (`for` over `range` or a list) count a hidden register down with the `loop`
 pseudo-instruction, so the loop test shares the line of the body's last instructions.
@@ -13,6 +14,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 from collections.abc import Iterator
+
+import dcomp_isa
 
 from .ir import ALWAYS, CompileError, Ins, Reg, label, phys
 
@@ -111,14 +114,22 @@ class _List:
 
 
 class Source:
-    """The module being compiled: its text, name (for errors) and machine parameters."""
+    """The module being compiled: its text, name (for errors) and machine parameters: values in [0, n), or
+    signed `bits`-bit values on the binary machine."""
 
-    def __init__(self, text: str, source_name: str, n: int, max_registers: int, memory_size: int):
+    def __init__(
+        self, text: str, source_name: str, n: int, max_registers: int, memory_size: int, bits: int | None = None
+    ):
         self.text = text
         self.source_name = source_name
-        self.n = n
+        self.bits = bits
+        self.low, self.high = (0, n) if bits is None else dcomp_isa.signed_range(bits)
         self.max_registers = max_registers  # r0 .. r{max_registers - 1} hold values
         self.memory_size = memory_size
+
+    def wrap(self, value: int) -> int:
+        """`value` as the machine's arithmetic leaves it: mod n, or wrapped to `bits` bits."""
+        return value % self.high if self.bits is None else dcomp_isa.to_signed(value, self.bits)
 
     def error(self, node: ast.AST | None, message: str) -> CompileError:
         line = getattr(node, "lineno", 1)
@@ -552,7 +563,7 @@ class FunctionCompiler:
             raise self.error(call, "range() takes 1 to 3 positional arguments")
         step = 1
         if len(call.args) == 3:
-            folded = _fold(call.args[2], self.source.n, signed=True)
+            folded = _fold(call.args[2], self.source, signed=True)
             if folded is None:
                 raise self.error(call.args[2], "the step of range() must be a constant")
             step = folded
@@ -570,7 +581,7 @@ class FunctionCompiler:
         # The loop counter starts at the trip count - 1 = (high - low - 1) // |step|; computed before the test
         # for an empty range (unused then) so that it shares the test's line.
         remaining = self.temp()
-        if _fold(low_node, self.source.n) == 0:
+        if _fold(low_node, self.source) == 0:
             self.emit("dec", a=high, out=remaining)
         else:
             self.emit("sub", a=high, b=low, out=remaining)
@@ -578,8 +589,8 @@ class FunctionCompiler:
         if abs(step) != 1:
             self.emit("div", a=remaining, b=self.constant(abs(step)), out=remaining)
         end = self.new_label("endfor")
-        if _fold(low_node, self.source.n) == 0:
-            self.branch_compare("!=", high, None, end, when=False)
+        if _fold(low_node, self.source) == 0:
+            self.branch_compare(">", high, None, end, when=False)
         else:
             self.branch_compare("<", low, high, end, when=False)
         top = self.new_label("for")
@@ -602,7 +613,7 @@ class FunctionCompiler:
         elif step == -1:
             self.emit("dec", a=register, out=register)
         else:
-            self.emit("add", a=register, b=self.constant(step % self.source.n), out=register)
+            self.emit("add", a=register, b=self.constant(self.source.wrap(step)), out=register)
 
     def for_list(self, node: ast.For, name: str, values: _List) -> None:
         remaining, pointer = self.temp(), self.temp()
@@ -680,12 +691,14 @@ class FunctionCompiler:
 
     def operand(self, node: ast.expr) -> Reg | None:
         """A register for `node`, or None for the constant 0 (compared against without a register)."""
-        return None if _fold(node, self.source.n) == 0 else self.expr(node)
+        return None if _fold(node, self.source) == 0 else self.expr(node)
 
     def branch_compare(self, symbol: str, left: Reg, right: Reg | None, target: str, when: bool) -> None:
         """Jumps to `target` if `left symbol right` equals `when`; `right` None is the constant 0."""
         if not when:
             symbol = {"<": ">=", ">=": "<", ">": "<=", "<=": ">", "==": "!=", "!=": "=="}[symbol]
+        if right is None and self.source.low < 0 and symbol not in ("==", "!="):
+            right = self.constant(0)  # signed values: an order against 0 is a comparison
         if right is None:  # against 0, with every value >= 0: x > 0 is x != 0, x <= 0 is x == 0
             symbol = {">": "!=", "<=": "==", "<": "never", ">=": "always"}.get(symbol, symbol)
             if symbol == "always":
@@ -743,7 +756,7 @@ class FunctionCompiler:
 
     def pending(self, node: ast.expr) -> Ins:
         """The last instruction computing `node`, without its output register; what it reads is emitted."""
-        folded = _fold(node, self.source.n)
+        folded = _fold(node, self.source)
         if folded is not None:
             return Ins("set", imm=folded)
         if isinstance(node, ast.Constant):
@@ -753,6 +766,8 @@ class FunctionCompiler:
         if isinstance(node, ast.BinOp):
             return self.binary_pending(node.op, self.expr(node.left), node.right, node)
         if isinstance(node, ast.UnaryOp):
+            if self.source.low < 0 and isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant):
+                self.check_constant(node.operand, negated=True)  # a negative literal out of the signed range
             operand = self.expr(node.operand)
             if isinstance(node.op, ast.Not):
                 return Ins("not", a=operand)
@@ -773,7 +788,9 @@ class FunctionCompiler:
             return self.call_pending(node)
         raise self.error(node, f"{_EXPRESSION_NAMES.get(type(node), type(node).__name__)} are not supported")
 
-    def check_constant(self, node: ast.Constant) -> None:
+    def check_constant(self, node: ast.Constant, negated: bool = False) -> None:
+        """Raises the error for a literal that is not a machine value (`negated`: the literal under a unary `-`,
+        reported as the negative number it writes)."""
         value = node.value
         if isinstance(value, float):
             raise self.error(node, "floats are not supported")
@@ -783,13 +800,17 @@ class FunctionCompiler:
             raise self.error(node, "strings are not supported")
         if value is None or value is Ellipsis:
             raise self.error(node, f"{value!r} is not supported as a value")
-        raise self.error(node, f"constant {value} does not fit the machine's values [0, {self.source.n})")
+        raise self.error(
+            node,
+            f"constant {-value if negated else value} does not fit the machine's values "
+            f"[{self.source.low}, {self.source.high})",
+        )
 
     def binary_pending(self, op: ast.operator, left: Reg, right_node: ast.expr, node: ast.AST) -> Ins:
         name = _ARITHMETIC.get(type(op))
         if name is None:
             raise self.error(node, f"{_OPERATOR_NAMES.get(type(op), type(op).__name__)} is not supported")
-        right_value = _fold(right_node, self.source.n)
+        right_value = _fold(right_node, self.source)
         if name in ("div", "mod") and right_value == 0:
             raise self.error(right_node, "integer division or modulo by zero")
         if right_value == 1 and name in ("add", "sub"):
@@ -843,12 +864,12 @@ class FunctionCompiler:
         index = node.slice
         if isinstance(index, ast.Slice):
             raise self.error(index, "slices are not supported")
-        constant = _fold(index, self.source.n, signed=True)
+        constant = _fold(index, self.source, signed=True)
         result = self.temp()
-        offset = _constant_offset(index, self.source.n)
+        offset = _constant_offset(index, self.source)
         if constant is not None and constant < 0:
             self.emit("add", a=values.base, b=values.length, out=result)
-            self.emit("sub", a=result, b=self.constant(-constant % self.source.n), out=result)
+            self.emit("sub", a=result, b=self.constant(self.source.wrap(-constant)), out=result)
         elif constant == 0:
             return values.base
         elif offset is not None:  # xs[i + 1] is (base + 1) + i, with base + 1 computed once at the entry
@@ -932,13 +953,13 @@ def _loaded_outside(fn: ast.FunctionDef, loop: ast.For) -> set[str]:
     }
 
 
-def _constant_offset(index: ast.expr, n: int) -> tuple[ast.expr, int] | None:
+def _constant_offset(index: ast.expr, source: Source) -> tuple[ast.expr, int] | None:
     """(e, c) for an index `e + c`, `c + e` or `e - c` with a constant c != 0 and e not constant."""
     if not isinstance(index, ast.BinOp) or not isinstance(index.op, (ast.Add, ast.Sub)):
         return None
-    left, right = _fold(index.left, n), _fold(index.right, n)
+    left, right = _fold(index.left, source), _fold(index.right, source)
     if right is not None and left is None and right != 0:
-        return index.left, (right if isinstance(index.op, ast.Add) else -right % n)
+        return index.left, (right if isinstance(index.op, ast.Add) else source.wrap(-right))
     if left is not None and right is None and left != 0 and isinstance(index.op, ast.Add):
         return index.right, left
     return None
@@ -954,32 +975,39 @@ def _constant_truth(node: ast.expr) -> bool | None:
     return None
 
 
-def _fold(node: ast.expr, n: int, signed: bool = False) -> int | None:
-    """The value of a constant expression with the machine's semantics (mod n), or None if it is not constant.
+def _fold(node: ast.expr, source: Source, signed: bool = False) -> int | None:
+    """The value of a constant expression with the machine's semantics (mod n, or wrapped to `bits` bits), or
+    None if it is not constant.
 
-    `signed` keeps a literal negative number negative (range steps and list indices count from the end)."""
+    `signed` keeps a literal negative number negative on the one-hot machine too (range steps and list indices
+    count from the end)."""
     if isinstance(node, ast.Constant):
         value = node.value
         if isinstance(value, bool):
             return int(value)
-        if isinstance(value, int) and 0 <= value < n:
+        if isinstance(value, int) and source.low <= value < source.high:
             return value
         return None
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-        inner = _fold(node.operand, n)
+        operand = node.operand
+        if isinstance(operand, ast.Constant) and type(operand.value) is int and source.low <= -operand.value < 0:
+            return -operand.value  # the signed range's lowest value, whose absolute value is out of range
+        inner = _fold(operand, source)
         if inner is None:
             return None
-        return -inner if signed else -inner % n
+        return -inner if signed else source.wrap(-inner)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.UAdd):
-        return _fold(node.operand, n, signed)
+        return _fold(node.operand, source, signed)
     if isinstance(node, ast.BinOp) and type(node.op) in _ARITHMETIC:
-        left, right = _fold(node.left, n), _fold(node.right, n)
+        left, right = _fold(node.left, source), _fold(node.right, source)
         if left is None or right is None:
             return None
         op = _ARITHMETIC[type(node.op)]
         if op in ("div", "mod"):
             if right == 0:
                 return None  # reported where the expression is compiled
-            return left // right if op == "div" else left % right
-        return {"add": left + right, "sub": left - right, "mul": left * right}[op] % n
+            value = left // right if op == "div" else left % right
+        else:
+            value = {"add": left + right, "sub": left - right, "mul": left * right}[op]
+        return source.wrap(value)
     return None

@@ -7,7 +7,9 @@
   after it (the callee may use every register), so a recursive function keeps one frame per level.
 * The return-stack registers hold `call_depth` addresses. When calls may nest deeper (recursion, or a chain of
   calls longer than the stack), every function that calls saves its own return address on the call stack at
-  its entry and puts it back into the top register before each `ret`.
+  its entry and puts it back into the top register before each `ret`. At its entry it also empties the return
+  stack (every register "no caller"): each address on it is saved in memory by then, and a `call` whose
+  bottom entry holds a caller would overflow the return stack.
 
 The call stack grows down from the last memory cell; `sp` (a register of its own) is the next free cell.
 """
@@ -63,9 +65,12 @@ def saves_return_addresses(graph: dict[str, list[str]], entry: str, call_depth: 
     return _cycle(graph, entry) is not None or _longest_chain(graph, entry) + 1 > call_depth
 
 
-def expand_calls(function: FunctionIR, sp: Reg, save_return: bool, always: Reg) -> tuple[list[Ins], dict[str, int]]:
+def expand_calls(
+    function: FunctionIR, sp: Reg, save_return: bool, return_stack: list[Reg], no_caller: int
+) -> tuple[list[Ins], dict[str, int]]:
     """The function's code with every pseudo-call expanded; also the cells each call site pushes, by callee
-    (the most over its sites)."""
+    (the most over its sites). `return_stack`: the return-stack registers, the top (`always`) last."""
+    always = return_stack[-1]
     live_out = liveness(function.code)
     code: list[Ins] = []
     pushes: dict[str, int] = {}
@@ -97,6 +102,7 @@ def expand_calls(function: FunctionIR, sp: Reg, save_return: bool, always: Reg) 
             if save_return and function.calls and ins.op == "label" and index == 0:
                 code.append(Ins("write", a=sp, b=always))
                 code.append(Ins("dec", a=sp, out=sp))
+                code += [Ins("set", imm=no_caller, out=reg) for reg in return_stack]
     return code, pushes
 
 

@@ -52,21 +52,22 @@ def _next_labels(code: list[Ins], index: int) -> set[str]:
     return names
 
 
-def _registers(ins: Ins) -> tuple[set, set]:
+def _registers(ins: Ins, return_stack: frozenset) -> tuple[set, set]:
     """What the line of `ins` must see written before it. A call's arguments and a ret's result are read by
-    the callee and caller after the line's lanes have written them, so they may share the line."""
+    the callee and caller after the line's lanes have written them, so they may share the line; a write to a
+    return-stack register may not (the assembler's rule: the line's call or ret rewrites the stack)."""
     if ins.op == "call":
-        return set(), set(ins.defs)
+        return set(return_stack), set(ins.defs)
     if ins.op == "ret":
-        return {ins.b}, set()
+        return {ins.b, *return_stack}, set()
     return set(ins.uses), set(ins.defs)
 
 
-def _schedule_block(block: list[Ins], max_lanes: int) -> list[list[Ins]]:
+def _schedule_block(block: list[Ins], max_lanes: int, return_stack: frozenset) -> list[list[Ins]]:
     lines: list[list[Ins]] = []
     placed: list[tuple[int, set, set, bool, bool]] = []  # (line, reads, writes, reads memory, writes memory)
     for ins in block:
-        reads, writes = _registers(ins)
+        reads, writes = _registers(ins, return_stack)
         reads_memory, writes_memory = ins.reads_memory, ins.op == "write"
         earliest = 0
         for line, earlier_reads, earlier_writes, earlier_reads_memory, earlier_writes_memory in placed:
@@ -87,13 +88,14 @@ def _schedule_block(block: list[Ins], max_lanes: int) -> list[list[Ins]]:
     return lines
 
 
-def to_assembly(code: list[Ins], max_lanes: int) -> str:
-    """Assembly text for a whole program's IR (physical registers only)."""
+def to_assembly(code: list[Ins], max_lanes: int, return_stack: frozenset) -> str:
+    """Assembly text for a whole program's IR (physical registers only; `return_stack`: the return-stack
+    registers)."""
     out: list[str] = []
     block: list[Ins] = []
 
     def flush() -> None:
-        for line in _schedule_block(block, max_lanes):
+        for line in _schedule_block(block, max_lanes, return_stack):
             out.append("    " + " | ".join(ins.assembly() for ins in line))
         block.clear()
 
