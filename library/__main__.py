@@ -215,30 +215,14 @@ def _run(args) -> dict:
             "overflow": state.overflowed,
         }
 
-    import torch
-
     from dcomp_machine import RegisterMachine
+
+    from .compiling import run_differentiable
 
     compiled = _compile_file(args)
     n = None if args.bits is not None else args.n
     machine = RegisterMachine(n, args.registers, args.memory_size, args.call_depth, bits=args.bits)
-    inputs = {index: machine.encode(torch.tensor([value])) for index, value in registers.items()}
-    memory = machine.encode(torch.tensor([args.memory])) if args.memory else None
-    state = machine.initial_state(1, compiled.lines, inputs=inputs, memory=memory)
-    with torch.no_grad():
-        result = machine.run(compiled.tensors, state, args.max_steps)
-    decoded = machine.decode(result.state)
-    return {
-        "registers": decoded["registers"][0].tolist(),
-        "memory": decoded["memory"][0].tolist(),
-        "steps": result.steps,
-        "halted": bool(result.state.halted[0] >= machine.halt_threshold),
-        "overflow": bool(result.state.overflowed[0] >= machine.halt_threshold),
-        "halt_probability": float(result.state.halted[0]),
-        "overflow_probability": float(result.state.overflowed[0]),
-        "register_probs": [round(p, 6) for p in decoded["register_probs"][0].tolist()],
-        "memory_probs": [round(p, 6) for p in decoded["memory_probs"][0].tolist()],
-    }
+    return run_differentiable(compiled.tensors, machine, registers, args.memory, args.max_steps)
 
 
 def _compile(args) -> None:

@@ -16,7 +16,6 @@ at its position.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
 import unicodedata
 from collections import defaultdict
@@ -26,7 +25,7 @@ from typing import NoReturn
 
 import dcomp_isa
 
-from .program import Instruction, Program, Symbol
+from .program import Instruction, Program, SourceError, Symbol
 
 # Tokens: a lane separator, a label definition ("name:"), or any other run of non-space characters.
 _TOKEN = re.compile(r"\||[^\s|:]*:|[^\s|:]+")
@@ -49,22 +48,13 @@ _MAX_DIGITS = 20
 _BOMS = {b"\xff\xfe": "UTF-16 (little-endian)", b"\xfe\xff": "UTF-16 (big-endian)"}
 
 
-class AssemblyError(ValueError):
+class AssemblyError(SourceError):
     """A mistake in assembly source, located at a 1-based `line` and `column` of `source_name`.
 
     Line and column are 0 when the input is not text at all."""
 
     def __init__(self, message: str, *, line: int, column: int, source_name: str = "program"):
-        self.message = message
-        self.line = line
-        self.column = column
-        self.source_name = source_name
-        super().__init__(f"{source_name}:{line}:{column}: {message}")
-
-    def __reduce__(self):
-        # Keyword-only fields: pickle (multiprocessing, pytest-xdist) needs to be told how to rebuild.
-        rebuild = functools.partial(AssemblyError, line=self.line, column=self.column, source_name=self.source_name)
-        return rebuild, (self.message,)
+        super().__init__(message, line=line, column=column, source_name=source_name)
 
 
 def show(text: str, quote: str = "'") -> str:

@@ -111,3 +111,32 @@ def compile_alone(
     linked = LinkedLibrary(program, {program.name: 0})
     tensors = compile_program(program, n=n, num_registers=num_registers, dtype=dtype, bits=bits)
     return CompiledLibrary(linked, tensors)
+
+
+def run_differentiable(
+    tensors: ProgramTensors,
+    machine,
+    registers: Mapping[int, int],
+    memory: Sequence[int],
+    max_steps: int,
+) -> dict:
+    """One compiled program run on the differentiable `machine` (a `RegisterMachine`, either encoding) from the
+    given register and memory values, decoded as `python -m library run` prints it: the most likely values with
+    their probabilities, the steps, and whether it halted or overflowed its return stack."""
+    inputs = {index: machine.encode(torch.tensor([value])) for index, value in registers.items()}
+    cells = machine.encode(torch.tensor([list(memory)])) if memory else None
+    state = machine.initial_state(1, tensors.lines, inputs=inputs, memory=cells)
+    with torch.no_grad():
+        result = machine.run(tensors, state, max_steps)
+    decoded = machine.decode(result.state)
+    return {
+        "registers": decoded["registers"][0].tolist(),
+        "memory": decoded["memory"][0].tolist(),
+        "steps": result.steps,
+        "halted": bool(result.state.halted[0] >= machine.halt_threshold),
+        "overflow": bool(result.state.overflowed[0] >= machine.halt_threshold),
+        "halt_probability": float(result.state.halted[0]),
+        "overflow_probability": float(result.state.overflowed[0]),
+        "register_probs": [round(p, 6) for p in decoded["register_probs"][0].tolist()],
+        "memory_probs": [round(p, 6) for p in decoded["memory_probs"][0].tolist()],
+    }

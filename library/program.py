@@ -6,7 +6,25 @@ A `Program` is a list of lines; each line holds one or more `Instruction`s that 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
+
+
+class SourceError(ValueError):
+    """A mistake in a source file, located at a 1-based `line` and `column` of `source_name` (0 when the input
+    is not text at all). The assembler's `AssemblyError` and the Python front end's `CompileError`."""
+
+    def __init__(self, message: str, *, line: int, column: int, source_name: str):
+        self.message = message
+        self.line = line
+        self.column = column
+        self.source_name = source_name
+        super().__init__(f"{source_name}:{line}:{column}: {message}")
+
+    def __reduce__(self):
+        # Keyword-only fields: pickle (multiprocessing, pytest-xdist) needs to be told how to rebuild.
+        rebuild = functools.partial(type(self), line=self.line, column=self.column, source_name=self.source_name)
+        return rebuild, (self.message,)
 
 
 @dataclass(frozen=True)

@@ -267,32 +267,15 @@ def run_python(compiled: PythonProgram, args: list, *, differentiable: bool = Fa
 
 
 def _run_differentiable(compiled: PythonProgram, registers: dict[int, int], memory: list[int], max_steps: int):
-    import torch
-
     from dcomp_machine import RegisterMachine
 
     from ..compiler import compile_program
+    from ..compiling import run_differentiable
 
     n, bits = (compiled.n, None) if compiled.bits is None else (None, compiled.bits)
     machine = RegisterMachine(n, compiled.num_registers, compiled.memory_size, compiled.call_depth, bits=bits)
-    inputs = {index: machine.encode(torch.tensor([value])) for index, value in registers.items()}
-    cells = machine.encode(torch.tensor([memory])) if memory else None
-    state = machine.initial_state(1, len(compiled.program), inputs=inputs, memory=cells)
     tensors = compile_program(compiled.program, n=compiled.n, num_registers=compiled.num_registers, bits=bits)
-    with torch.no_grad():
-        result = machine.run(tensors, state, max_steps)
-    decoded = machine.decode(result.state)
-    return {
-        "registers": decoded["registers"][0].tolist(),
-        "memory": decoded["memory"][0].tolist(),
-        "steps": result.steps,
-        "halted": bool(result.state.halted[0] >= machine.halt_threshold),
-        "overflow": bool(result.state.overflowed[0] >= machine.halt_threshold),
-        "halt_probability": float(result.state.halted[0]),
-        "overflow_probability": float(result.state.overflowed[0]),
-        "register_probs": [round(p, 6) for p in decoded["register_probs"][0].tolist()],
-        "memory_probs": [round(p, 6) for p in decoded["memory_probs"][0].tolist()],
-    }
+    return run_differentiable(tensors, machine, registers, memory, max_steps)
 
 
 _PYTHON_DEF = re.compile(r"^\s*def\s+\w+\s*\(", re.MULTILINE)

@@ -15,24 +15,17 @@ registers (`v12`, one per Python variable or temporary, unlimited) until registe
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 from dcomp_isa import OPS_BY_NAME
 
+from ..program import SourceError
 
-class CompileError(ValueError):
+
+class CompileError(SourceError):
     """Python source outside the compilable subset, located at `source_name:line:column` (1-based column)."""
 
     def __init__(self, message: str, *, line: int, column: int, source_name: str = "<python>"):
-        self.message = message
-        self.line = line
-        self.column = column
-        self.source_name = source_name
-        super().__init__(f"{source_name}:{line}:{column}: {message}")
-
-    def __reduce__(self):
-        rebuild = functools.partial(CompileError, line=self.line, column=self.column, source_name=self.source_name)
-        return rebuild, (self.message,)
+        super().__init__(message, line=line, column=column, source_name=source_name)
 
 
 @dataclasses.dataclass(frozen=True)
