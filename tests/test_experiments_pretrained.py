@@ -5,6 +5,7 @@ end to end on a tiny Llama checkpoint."""
 import json
 
 import pytest
+from model_fixtures import tiny_llama
 
 from experiments import pretrained_base as pb
 from experiments import runner
@@ -56,22 +57,10 @@ def test_report_and_plot_from_the_runs(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_llama_end_to_end(tmp_path, monkeypatch):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     monkeypatch.setenv("LLAMA_DCOMP_CACHE", str(tmp_path / "cache"))
-    torch.manual_seed(0)
-    llama = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=128256,
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-        )
-    )
+    # A Llama the size of the LLaMA-3 vocabulary (the tokenizer the runs use), tiny otherwise.
+    llama = tiny_llama(vocab_size=128256, hidden_size=16, intermediate_size=32, pad_token_id=None)
     llama.save_pretrained(tmp_path / "llama")
     runs = pb.main(
         [

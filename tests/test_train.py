@@ -17,8 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from model_fixtures import NOT_IMPORTABLE_PRELUDE
+from model_fixtures import NOT_IMPORTABLE_PRELUDE, tiny_llama
 from safetensors.torch import load_file, save_file
 
 pytestmark = pytest.mark.slow
@@ -275,20 +274,9 @@ def test_baseline_without_the_computer(env, tmp_path):
 
 
 def test_lora_on_a_llama_checkpoint(env, tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(0)
-    llama = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=128256,
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-        )
-    )
+    # A Llama the size of the LLaMA-3 vocabulary (the tokenizer the runs use), tiny otherwise.
+    llama = tiny_llama(vocab_size=128256, hidden_size=16, intermediate_size=32, pad_token_id=None)
     llama.save_pretrained(tmp_path / "llama")
     out = tmp_path / "lora"
     output = run_train(
