@@ -17,15 +17,21 @@ from huggingface_hub.errors import StrictDataclassFieldValidationError
 from transformers import LlamaConfig
 
 try:
-    from .dcomp_isa import DEFAULT_CALL_DEPTH, OP_NAMES
+    from .dcomp_isa import DEFAULT_CALL_DEPTH, MAX_BITS, MIN_BITS, OP_NAMES
 except ImportError:  # a checkout, where the run-time files are top-level modules
-    from dcomp_isa import DEFAULT_CALL_DEPTH, OP_NAMES
+    from dcomp_isa import DEFAULT_CALL_DEPTH, MAX_BITS, MIN_BITS, OP_NAMES
 
 
 COMPUTER_ALUS = ("table", "circuit")
-COMPUTER_OUTPUTS = ("residual_add",)
+COMPUTER_ENCODINGS = ("unit", "binary")
+COMPUTER_OUTPUTS = ("residual_add", "tokens")
 COMPUTER_PARSES = ("linear", "copy")
-REAL_FIELDS = ("computer_halt_threshold", "computer_gate_init", "computer_selection_temperature")
+REAL_FIELDS = (
+    "computer_halt_threshold",
+    "computer_gate_init",
+    "computer_selection_temperature",
+    "computer_readout_strength",
+)
 # The fields `check_computer` checks (and re-checks when one is assigned).
 COMPUTER_PREFIXES = ("computer_", "library_")
 # Upper bounds that keep a model buildable and a forward finite in time. n: the table ALU's index tables
@@ -86,9 +92,19 @@ class LlamaDCompConfig(LlamaConfig):
     computer_layer: int = 0
     """Index (0-based) of the decoder layer after which the computer block runs; `< num_hidden_layers`."""
 
+    computer_encoding: str = "unit"
+    """How the machine holds a value (Appendix C–D). "unit": a distribution over the n = `computer_values` values,
+    arithmetic mod n. "binary": `computer_bits` bit probabilities of a signed two's complement integer, the circuit
+    ALU on bits (`dcomp_machine.BinaryValues`); addresses and jump targets are decoded to one-hot from the bits."""
+
     computer_values: int = 128
     """n: the number of values (one-hot width, arithmetic mod n; the paper's mod-128 calculator uses 128).
-    Line addresses are values, so `n > computer_program_lines`; at most `MAX_VALUES`."""
+    Line addresses are values, so `n > computer_program_lines`; at most `MAX_VALUES`. Unused by the binary
+    encoding."""
+
+    computer_bits: int = 64
+    """B: bits of a value in the binary encoding, signed two's complement in [−2^(B−1), 2^(B−1)); in
+    [`MIN_BITS`, `MAX_BITS`]. Unused by the unit encoding."""
 
     computer_registers: int = 16
     """Registers R of the machine; the top `computer_call_depth` of them form the return stack."""
@@ -140,8 +156,26 @@ class LlamaDCompConfig(LlamaConfig):
     the installer."""
 
     computer_output: str = "residual_add"
-    """How the output reaches the language model: "residual_add" adds `gate * W_out(p_out)` to the residual
-    stream after `computer_layer`."""
+    """How the output reaches the language model. "residual_add" adds `gate * W_out(p_out)` to the residual
+    stream after `computer_layer`, at the position where the computer ran. "tokens" writes the output value as the
+    tokenizer's own number tokens (sign, digit chunks, then an end mark), one per generated token
+    (`dcomp_readout`): where a learned trigger fires (or `computer_mask` says), the computer runs once and the
+    k-th answer token's logit gets `computer_readout_strength`; needs `computer_digit_tokens`."""
+
+    computer_readout_strength: float | int = 30.0
+    """Initial value of the learned logit the "tokens" read-out adds to the token it writes (and subtracts from
+    every number token at the end mark)."""
+
+    computer_digit_tokens: dict[str, int] = field(default_factory=dict)
+    """The tokenizer's number tokens, digit string → token id: "0" … "9" for a one-digit tokenizer (SmolLM2),
+    every string of 1–3 digits for LLaMA-3 ("7", "42", "007"). The binary copy parse reads a run of them as one
+    number, and the "tokens" read-out writes a value with them, in chunks of the longest length present, from the
+    left (as those tokenizers split a number)."""
+
+    computer_minus_token_ids: list[int] = field(default_factory=list)
+    """Tokens that write a minus sign. In the binary encoding a minus directly before a number, and not directly
+    after another number, makes it negative ("-42", "x = -3"; "5-3" and "5 - 3" stay 5 and 3); the "tokens"
+    read-out writes the first of them before a negative value."""
 
     computer_gate_init: float | int = 0.0
     """Initial value of the learned output gate; 0.0 leaves the base Llama's outputs exactly unchanged."""
@@ -225,6 +259,9 @@ class LlamaDCompConfig(LlamaConfig):
     def check_computer(self) -> None:
         """Raises `ValueError` naming the first field that cannot work (also run after an install)."""
         n, registers = self.computer_values, self.computer_registers
+        binary = self.computer_encoding == "binary"
+        # Line and memory addresses are non-negative values: fewer than this many of them.
+        address_limit = 2 ** (self.computer_bits - 1) if binary else n
 
         def require(condition: bool, name: str, message: str) -> None:
             if not condition:
@@ -235,16 +272,21 @@ class LlamaDCompConfig(LlamaConfig):
             "computer_layer",
             f"must be in [0, num_hidden_layers={self.num_hidden_layers})",
         )
+        require(
+            self.computer_encoding in COMPUTER_ENCODINGS, "computer_encoding", f"must be one of {COMPUTER_ENCODINGS}"
+        )
         require(2 <= n <= MAX_VALUES, "computer_values", f"n must be in [2, MAX_VALUES={MAX_VALUES}]")
+        require(MIN_BITS <= self.computer_bits <= MAX_BITS, "computer_bits", f"must be in [{MIN_BITS}, {MAX_BITS}]")
         # at least one data register below the return stack and one return-stack register
         require(registers >= 2, "computer_registers", "must be at least 2 (computer_call_depth >= 1 of them)")
         for name in REAL_FIELDS:
             require(math.isfinite(getattr(self, name)), name, "must be a finite number")
         require(self.computer_program_lines >= 1, "computer_program_lines", "must be at least 1")
         require(
-            n >= self.computer_program_lines + 1,
-            "computer_values",
-            f"n must exceed computer_program_lines={self.computer_program_lines} (line addresses are values)",
+            address_limit >= self.computer_program_lines + 1,
+            "computer_bits" if binary else "computer_values",
+            f"must leave more than computer_program_lines={self.computer_program_lines} non-negative values (line "
+            "addresses are values)",
         )
         require(self.computer_alu in COMPUTER_ALUS, "computer_alu", f"must be one of {COMPUTER_ALUS}")
         require(
@@ -258,9 +300,9 @@ class LlamaDCompConfig(LlamaConfig):
             f"must be in [1, computer_registers={registers})",
         )
         require(
-            1 <= self.computer_memory_size <= n,
+            1 <= self.computer_memory_size <= address_limit,
             "computer_memory_size",
-            f"must be in [1, computer_values={n}] (addresses are values)",
+            f"must be in [1, {address_limit}] (addresses are non-negative values)",
         )
         require(
             1 <= self.computer_max_steps <= MAX_STEPS, "computer_max_steps", f"must be in [1, MAX_STEPS={MAX_STEPS}]"
@@ -313,7 +355,7 @@ class LlamaDCompConfig(LlamaConfig):
         require(self.computer_selection_temperature > 0, "computer_selection_temperature", "must be > 0")
         require(self.computer_parse in COMPUTER_PARSES, "computer_parse", f"must be one of {COMPUTER_PARSES}")
         require(
-            self.computer_parse != "copy" or len(self.computer_number_token_ids) == n,
+            self.computer_parse != "copy" or binary or len(self.computer_number_token_ids) == n,
             "computer_number_token_ids",
             f"the copy parse needs one token id per value (n={n}), got {len(self.computer_number_token_ids)}",
         )
@@ -330,6 +372,22 @@ class LlamaDCompConfig(LlamaConfig):
         )
         repeated = sorted({token for token in tokens if tokens.count(token) > 1})
         require(not repeated, "computer_number_token_ids", f"token ids {repeated} stand for more than one value")
+        require(
+            not (self.computer_parse == "copy" and binary) or bool(self.computer_digit_tokens),
+            "computer_digit_tokens",
+            "the binary copy parse reads numbers from the tokenizer's number tokens: give them",
+        )
+        require(
+            self.computer_output != "tokens" or bool(self.computer_digit_tokens),
+            "computer_digit_tokens",
+            'computer_output="tokens" writes numbers with the tokenizer\'s number tokens: give them',
+        )
+        _check_digit_tokens(self.computer_digit_tokens, self.vocab_size)
+        require(
+            all(0 <= token < self.vocab_size for token in self.computer_minus_token_ids),
+            "computer_minus_token_ids",
+            f"must be token ids in [0, vocab_size={self.vocab_size})",
+        )
         require(self.computer_copy_ordinals >= 1, "computer_copy_ordinals", "must be at least 1")
         require(self.computer_copy_dim >= 1, "computer_copy_dim", "must be at least 1")
         require(
@@ -342,6 +400,31 @@ class LlamaDCompConfig(LlamaConfig):
             "trained_sequence_length",
             "must be at least 1 (or None)",
         )
+
+
+def _check_digit_tokens(digit_tokens: dict, vocab_size: int) -> None:
+    """`computer_digit_tokens`: digit strings to distinct ids in the vocabulary, with every string of each length
+    up to the longest (the read-out writes any chunk of that length, leading zeros included)."""
+    where = "computer_digit_tokens"
+    if not digit_tokens:
+        return
+    bad = [key for key in digit_tokens if not (key.isascii() and key.isdigit())]
+    if bad:
+        raise ValueError(f"{where}: keys must be digit strings, got {bad[:5]}")
+    outside = [key for key, token in digit_tokens.items() if not 0 <= token < vocab_size]
+    if outside:
+        raise ValueError(f"{where}: the ids of {outside[:5]} are not in [0, vocab_size={vocab_size})")
+    tokens = list(digit_tokens.values())
+    if len(set(tokens)) != len(tokens):
+        raise ValueError(f"{where}: one token id stands for two digit strings")
+    longest = max(map(len, digit_tokens))
+    for length in range(1, longest + 1):
+        missing = [f"{value:0{length}d}" for value in range(10**length) if f"{value:0{length}d}" not in digit_tokens]
+        if missing:
+            raise ValueError(
+                f"{where}: strings of up to {longest} digits are given, but {len(missing)} of length {length} are "
+                f"missing (e.g. {missing[:3]}): give every string of each length, or only the shorter lengths"
+            )
 
 
 def _isa_difference(ops) -> str:

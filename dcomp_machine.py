@@ -188,7 +188,8 @@ class UnitValues:
 
     The value algebra the step asks of an encoding: `encode` integers, `addresses` (the probability of each of
     the first `size` values, and the rest), `nonzero` (the jump flag), `written_mass` (the normalisation of a
-    written value), `most_likely` (read-out) and the default ALU (eq. 7)."""
+    written value), `most_likely` (read-out) and the default ALU (eq. 7); the model also asks for `mixture`
+    (the copy parse) and `nll` (the answer loss)."""
 
     name = "unit"
 
@@ -218,6 +219,18 @@ class UnitValues:
     def most_likely(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         probability, value = values.max(-1)
         return value, probability
+
+    def mixture(self, weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Σ_t weights[..., t] · encode(values[..., t]): `weights (P, S, T)`, integers `values (P, T)` in [0, n) →
+        `(P, S, n)`, each weight added at its value (no `(P, T, n)` one-hots)."""
+        indices = values[:, None].expand_as(weights)
+        return weights.new_zeros(*weights.shape[:2], self.n).scatter_add(-1, indices, weights)
+
+    @staticmethod
+    def nll(values: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """−log P(value = target): `values (..., n)`, integers `targets (...)` → `(...)`."""
+        picked = values.gather(-1, targets[..., None].to(values.device)).squeeze(-1)
+        return -picked.clamp_min(1e-12).log()
 
     def default_alu(self) -> nn.Module:
         return TableALU(self.n)
@@ -268,6 +281,18 @@ class BinaryValues:
     def most_likely(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The value of the rounded bits and its probability Π max(p, 1 − p) (bits read as independent)."""
         return bits_to_signed(values), torch.maximum(values, 1 - values).prod(-1)
+
+    def mixture(self, weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Σ_t weights[..., t] · encode(values[..., t]): `weights (P, S, T)`, signed integers `values (P, T)` →
+        `(P, S, bits)`, the exact per-bit marginals of the mixture."""
+        return torch.einsum("pst,ptb->psb", weights, self.encode(values, weights.dtype))
+
+    def nll(self, values: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """−log P(value = target) with the bits read as independent: −Σ_i log P(bit i = target's bit i).
+        `values (..., bits)`, signed integers `targets (...)` → `(...)`."""
+        target_bits = self.encode(targets.to(values.device), values.dtype)
+        picked = torch.where(target_bits > 0.5, values, 1 - values)
+        return -picked.clamp_min(1e-12).log().sum(-1)
 
     def default_alu(self) -> nn.Module:
         return BinaryALU(self.bits)

@@ -36,6 +36,7 @@ from torch import nn
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.llama.modeling_llama import (
     LlamaDecoderLayer,
     LlamaForCausalLM,
@@ -44,19 +45,22 @@ from transformers.models.llama.modeling_llama import (
     LlamaRMSNorm,
     LlamaRotaryEmbedding,
 )
+from transformers.utils import can_return_tuple
 
 try:
     from .configuration_llama_dcomp import LlamaDCompConfig
     from .dcomp_alu import TableALU
-    from .dcomp_circuits import CircuitALU
+    from .dcomp_circuits import BinaryALU, CircuitALU
     from .dcomp_isa import OP_INDEX, OP_NAMES
     from .dcomp_machine import MachineRun, MachineState, ProgramTensors, RegisterMachine, one_hot_values
+    from .dcomp_numbers import NumberTokens, ReadoutPlan
 except ImportError:  # a checkout, where the run-time files are top-level modules
     from configuration_llama_dcomp import LlamaDCompConfig
     from dcomp_alu import TableALU
-    from dcomp_circuits import CircuitALU
+    from dcomp_circuits import BinaryALU, CircuitALU
     from dcomp_isa import OP_INDEX, OP_NAMES
     from dcomp_machine import MachineRun, MachineState, ProgramTensors, RegisterMachine, one_hot_values
+    from dcomp_numbers import NumberTokens, ReadoutPlan
 
 
 # Labels that the loss ignores (transformers' convention).
@@ -106,7 +110,9 @@ def library_fingerprint(program: ProgramTensors, programs: Sequence[str], entry_
 # edited after the install, or a `from_pretrained` keyword override, fails to load naming the field.
 ANSWER_FIELDS = (
     "computer_layer",
+    "computer_encoding",
     "computer_values",
+    "computer_bits",
     "computer_registers",
     "computer_memory_size",
     "computer_call_depth",
@@ -117,6 +123,8 @@ ANSWER_FIELDS = (
     "computer_selection_temperature",
     "computer_parse",
     "computer_number_token_ids",
+    "computer_digit_tokens",
+    "computer_minus_token_ids",
     "computer_copy_ordinals",
     "computer_copy_dim",
     "library_input_registers",
@@ -164,16 +172,25 @@ def check_answer_fields(config) -> None:
             )
 
 
-def halt_program(lines: int, lanes: int, num_registers: int, n: int) -> ProgramTensors:
-    """The placeholder library before one is installed: `halt` on every line (other lanes `nop`), operands
-    one-hot on register 0 / value 0 (the compiler's convention for unused operands)."""
+def value_width(config) -> int:
+    """The width of a value row: n one-hot entries (unit encoding) or B bits (binary encoding)."""
+    return config.computer_bits if config.computer_encoding == "binary" else config.computer_values
+
+
+def halt_program(config) -> ProgramTensors:
+    """The placeholder library before one is installed: `halt` on every line (other lanes `nop`), operands on
+    register 0 and immediates 0 (the compiler's convention for unused operands: one-hot value 0, or all bits 0)."""
+    lines, lanes, width = config.computer_program_lines, config.computer_lanes, value_width(config)
     op = torch.full((lines, lanes), OP_INDEX["nop"], dtype=torch.long)
     op[:, 0] = OP_INDEX["halt"]
     zeros = torch.zeros(lines, lanes, dtype=torch.long)
-    widths = ProgramTensors.widths(n, num_registers)
-    return ProgramTensors(
+    widths = ProgramTensors.widths(width, config.computer_registers)
+    program = ProgramTensors(
         *(one_hot_values(index, width, PROGRAM_DTYPE) for index, width in zip((op,) + (zeros,) * 4, widths))
     )
+    if config.computer_encoding == "binary":
+        program.imm.zero_()
+    return program
 
 
 def run_selected(
@@ -204,7 +221,9 @@ def run_selected(
 
 
 def build_alu(config) -> nn.Module:
-    """The ALU of eq. 7 named by `config.computer_alu`."""
+    """The ALU of eq. 7: the circuit ALU on bits for the binary encoding, else the one `config.computer_alu` names."""
+    if config.computer_encoding == "binary":
+        return BinaryALU(config.computer_bits)
     if config.computer_alu == "table":
         return TableALU(config.computer_values, mode="auto")
     return CircuitALU(config.computer_values)
@@ -224,10 +243,12 @@ class ComputerRun:
 
     positions: torch.Tensor  # (batch, seq) bool: where the P rows come from, in `positions.nonzero()` order
     program_probs: torch.Tensor  # (P, programs): program selection
-    input_probs: torch.Tensor  # (P, input registers, n): parsed register inputs
-    memory_probs: torch.Tensor  # (P, memory inputs, n): parsed memory cells
+    input_probs: torch.Tensor  # (P, input registers, width): parsed register inputs
+    memory_probs: torch.Tensor  # (P, memory inputs, width): parsed memory cells
     state: MachineState  # final machine state, batch P
     steps: int  # interpreter steps the run took (shared by the P rows: early exit waits for all)
+    # (batch, seq) the "tokens" read-out's trigger logits at every position of the call (None for residual_add)
+    trigger_logits: torch.Tensor | None = None
 
 
 @contextlib.contextmanager
@@ -274,14 +295,16 @@ class ComputerTrace:
 WRITTEN_NUMBER = re.compile(r"-?\d+")
 
 
-def unrepresentable_numbers(text: str, n: int) -> list[str]:
-    """The numbers written in `text` that are no value 0..n-1 in canonical decimal: negative, n or more, or written
-    with leading zeros or non-ASCII digits. The computer holds values mod n and its parse reads the number
-    tokens "0" … "n-1", so it silently answers something else for these ("Add 200 and 300" with n = 128)."""
+def unrepresentable_numbers(text: str, n: int, low: int = 0) -> list[str]:
+    """The numbers written in `text` that are no value in [low, n) in canonical decimal: too small or too large,
+    or written with leading zeros or non-ASCII digits. The unit computer holds values mod n and its parse reads the
+    number tokens "0" … "n-1", so it silently answers something else for these ("Add 200 and 300" with n = 128);
+    the binary computer reads magnitudes below its cap (`low` = 1 − cap, n = cap)."""
 
     def representable(written: str) -> bool:  # the length test first: int() of 5000 digits raises
-        canonical = written.isascii() and written.isdigit() and len(written) <= len(str(n - 1))
-        return canonical and str(int(written)) == written and int(written) < n
+        digits = written.removeprefix("-") if low < 0 else written
+        canonical = digits.isascii() and digits.isdigit() and len(digits) <= len(str(max(n - 1, -low)))
+        return canonical and str(int(written)) == written and low <= int(written) < n
 
     return [written for written in WRITTEN_NUMBER.findall(text) if not representable(written)]
 
@@ -291,81 +314,87 @@ def _top_k(probs: torch.Tensor, k: int) -> list[tuple[int, float]]:
     return [(int(i), float(p)) for p, i in zip(values, indices)]
 
 
+def number_tokens(config) -> NumberTokens | None:
+    """The number tokens the copy parse reads and the "tokens" read-out writes: the binary encoding's
+    `computer_digit_tokens` and minus tokens (magnitudes below 2^(B−1)), or the unit encoding's one token per
+    value "0" … "n-1" (`computer_number_token_ids`, values below n, no sign). None when neither needs them."""
+    binary = config.computer_encoding == "binary"
+    if binary or config.computer_output == "tokens":
+        return NumberTokens(
+            config.computer_digit_tokens,
+            config.computer_minus_token_ids if binary else [],
+            config.vocab_size,
+            cap=2 ** (config.computer_bits - 1) if binary else config.computer_values,
+        )
+    if config.computer_parse == "copy":
+        ids = config.computer_number_token_ids
+        digits = {str(value): token for value, token in enumerate(ids) if token != -1}
+        return NumberTokens(digits, [], config.vocab_size, cap=config.computer_values)
+    return None
+
+
+@dataclass
+class CopyParseInputs:
+    """What the copy parse reads at one position besides its own hidden state: the sequence so far, cached tokens
+    included (`ComputerCall.history`)."""
+
+    input_ids: torch.LongTensor  # (batch, L) every token so far
+    keys: torch.Tensor  # (batch, L, d) W_k h_t of every token so far
+
+
 class CopyParse(nn.Module):
-    """The copy parse (`config.computer_parse = "copy"`): a pointer from each parse slot to a number token.
+    """The copy parse (`config.computer_parse = "copy"`): a pointer from each parse slot to a written number.
 
     For a position i with normalised hidden state h_i, the sequence's normalised hidden states h_t and the numbers
-    written in it (`read_numbers`: the number ending at token t has value v_t and ordinal o_t, 0 for the first
+    written in it (`NumberTokens.read`: the number ending at token t has value v_t and ordinal o_t, 0 for the first
     number, 1 for the second, …), per slot s:
 
         α_{s,t} = softmax_t  q_s(h_i) · (W_k h_t + E_ord[o_t]) / √d     over numbers ending at t < i (or read so
                                                                        far at t = i: never a later token)
-        copy_s  = Σ_t α_{s,t} onehot(v_t)                                       (n,)
+        copy_s  = Σ_t α_{s,t} encode(v_t)                                  (width,) one-hot, or exact bits
         p_s     = γ_s copy_s + (1 − γ_s) linear_s,   γ_s = σ(W_γ h_i)_s        (0 where no number precedes i)
 
     where `linear_s` is the linear parse of §3.1. A copied value is the token's own, so it needs no classifier
-    trained on it: a depth or a list element unseen in training is read as well as a seen one."""
+    trained on it: a depth, a list element or a 5-digit operand unseen in training is read as well as a seen one.
+    In the binary encoding a sharp pointer copies the number's exact bits, sign included ("-42"); a soft one gives
+    the exact per-bit marginals of the mixture."""
 
     def __init__(self, config: LlamaDCompConfig, slots: int):
         super().__init__()
-        self.slots, self.dim, self.n = slots, config.computer_copy_dim, config.computer_values
-        self.number_token_ids = list(config.computer_number_token_ids)  # value v's token, -1: none
-        self.number_digits = [len(str(value)) for value in range(self.n)]  # decimal digits of value v's token
+        self.slots, self.dim = slots, config.computer_copy_dim
         self.query = nn.Linear(config.hidden_size, slots * self.dim)  # the bias is each slot's prior over ordinals
         self.key = nn.Linear(config.hidden_size, self.dim, bias=False)
         self.ordinal = nn.Embedding(config.computer_copy_ordinals, self.dim)
         self.mix = nn.Linear(config.hidden_size, slots)  # γ: copy vs linear, per slot
 
-    def read_numbers(self, input_ids: torch.LongTensor) -> tuple[torch.Tensor, ...]:
-        """The numbers written in `input_ids (batch, seq)`. A number is a maximal run of number tokens read as
-        decimal digits: one token ("115" in LLaMA-3) or several ("1", "1", "5" in SmolLM2; "100", "0" is 1000).
-        Returns, each `(batch, seq)`: `value`, at each number token the value of the run's digits up to it
-        (capped at n); `is_number`, the number tokens; `is_first` and `is_last`, the tokens that start / end a run."""
-        ids = torch.as_tensor(self.number_token_ids, device=input_ids.device)  # (n,)
-        matches = input_ids[..., None] == ids  # (batch, seq, n)
-        is_number = matches.any(-1)
-        token_value = matches.long().argmax(-1)  # (batch, seq): meaningful where is_number
-        shift = torch.as_tensor(self.number_digits, device=input_ids.device)[token_value]  # digits of the token
-        shift = torch.pow(torch.full_like(shift, 10), shift)  # (batch, seq): 10 ** digits
-        steps = torch.arange(input_ids.shape[1], device=input_ids.device)
-        is_first = is_number & ~nn.functional.pad(is_number[:, :-1], (1, 0), value=False)
-        run_start = torch.where(is_first, steps, 0).cummax(-1).values  # (batch, seq): where the current run began
-        place = steps - run_start  # (batch, seq): index of the token within its run
-        # value_t = sum over k of token_value_{t-k} * (10 ** the digits of tokens t-k+1 .. t), k up to the
-        # longest run (a few tokens), not a scan over the sequence; past n only "is it >= n" matters, so the
-        # place value is capped at n
-        value, scale = torch.zeros_like(token_value), torch.ones_like(token_value)
-        for k in range(int(place[is_number].max()) + 1 if bool(is_number.any()) else 0):
-            earlier = nn.functional.pad(token_value[:, : token_value.shape[1] - k], (k, 0))  # token_value_{t-k}
-            value = torch.where(is_number & (place >= k), value + earlier * scale, value).clamp(max=self.n)
-            scale = (scale * nn.functional.pad(shift[:, : shift.shape[1] - k], (k, 0), value=1)).clamp(max=self.n)
-        is_last = is_number & ~nn.functional.pad(is_number[:, 1:], (0, 1), value=False)
-        return value, is_number, is_first, is_last  # value stays 0 off the number tokens
-
     def forward(
-        self, normed: torch.Tensor, positions: torch.Tensor, input_ids: torch.LongTensor, linear: torch.Tensor
+        self,
+        here: torch.Tensor,
+        rows: torch.Tensor,
+        columns: torch.Tensor,
+        sequence: CopyParseInputs,
+        numbers: NumberTokens,
+        values,
+        linear: torch.Tensor,
     ) -> torch.Tensor:
-        """`normed (batch, seq, hidden)`, `positions (batch, seq)` bool (P True), `input_ids (batch, seq)`,
-        `linear (P, slots, n)` → the slots' value distributions `(P, slots, n)`."""
-        value, is_number, is_first, is_last = self.read_numbers(input_ids)  # (batch, seq) each
-        ordinals = (is_first.long().cumsum(-1) - 1).clamp(0, self.ordinal.num_embeddings - 1)  # (batch, seq)
-        keys = self.key(normed) + self.ordinal(ordinals)  # (batch, seq, d)
-        rows, columns = positions.nonzero(as_tuple=True)  # (P,), (P,)
-        here = normed[rows, columns]  # (P, hidden)
+        """`here (P, hidden)` normalised hidden states at the P positions `(rows, columns)` (absolute columns of
+        `sequence`), the value encoding `values` (`RegisterMachine.values`), `linear (P, slots, width)` → the
+        slots' values `(P, slots, width)`."""
+        read = numbers.read(sequence.input_ids)  # (batch, L) each
+        ordinals = (read.is_first.long().cumsum(-1) - 1).clamp(0, self.ordinal.num_embeddings - 1)  # (batch, L)
+        keys = sequence.keys[rows] + self.ordinal(ordinals[rows])  # (P, L, d)
         queries = self.query(here).view(len(rows), self.slots, self.dim)  # (P, slots, d)
-        scores = torch.einsum("psd,ptd->pst", queries, keys[rows]) / self.dim**0.5  # (P, slots, seq)
-        steps = torch.arange(input_ids.shape[1], device=input_ids.device)
+        scores = torch.einsum("psd,ptd->pst", queries, keys) / self.dim**0.5  # (P, slots, L)
+        steps = torch.arange(sequence.input_ids.shape[1], device=here.device)
         # A number that ends before the position, or the digits read so far at the position itself: nothing
-        # after the position is looked at (a causal LM), and a number >= n is never copied.
-        readable = (is_last[rows] & (steps < columns[:, None])) | (steps == columns[:, None])  # (P, seq)
-        allowed = readable & is_number[rows] & (value[rows] < self.n)
-        weights = scores.masked_fill(~allowed[:, None], float("-inf")).softmax(-1).nan_to_num(0.0)  # (P, slots, seq)
-        # copy_s = Σ_t α_{s,t} onehot(v_t): each weight added at its token's value (no (P, seq, n) one-hots)
-        indices = value[rows].clamp(max=self.n - 1)[:, None].expand_as(weights)  # (P, slots, seq)
-        copied = weights.new_zeros(*weights.shape[:2], self.n).scatter_add(-1, indices, weights)  # (P, slots, n)
+        # after the position is looked at (a causal LM), and a number the encoding cannot hold is never copied.
+        ended = (read.is_last[rows] & (steps < columns[:, None])) | (steps == columns[:, None])  # (P, L)
+        allowed = ended & read.readable[rows]
+        weights = scores.masked_fill(~allowed[:, None], float("-inf")).softmax(-1).nan_to_num(0.0)  # (P, slots, L)
+        copied = values.mixture(weights.to(linear.dtype), torch.where(allowed, read.value[rows], 0))
         mix = torch.sigmoid(self.mix(here)) * allowed.any(-1, keepdim=True)  # (P, slots)
         mix = mix[..., None].to(linear.dtype)  # (P, slots, 1)
-        return mix * copied.to(linear.dtype) + (1 - mix) * linear
+        return mix * copied + (1 - mix) * linear
 
     # -------------------------------------------------------------------------------------------- initialisation
     @torch.no_grad()
@@ -382,6 +411,29 @@ class CopyParse(nn.Module):
             self.mix.bias[slot] = scale
 
 
+@dataclass
+class ComputerCall:
+    """What one forward call tells the computer's layer (`LlamaDCompModel.forward` builds it)."""
+
+    valid: torch.Tensor  # (batch, seq) bool: the call's non-padding tokens
+    positions: torch.Tensor  # (batch, seq) bool: where the computer runs (within `valid`; computer_mask's if given)
+    explicit: bool  # `positions` came from `computer_mask`: run exactly there (the "tokens" trigger is not asked)
+    input_ids: torch.LongTensor | None  # (batch, seq)
+    past_length: int  # tokens in the KV cache before this call
+    writes: torch.Tensor | None = None  # (batch, seq, 2) filled by the "tokens" read-out: (token or -1, end mark)
+    writer: LlamaDCompComputer | None = None  # the computer that filled `writes` (it adds them to the logits)
+
+
+@dataclass
+class ComputerCache:
+    """What the computer keeps in the generation cache (as `cache.llama_dcomp`), so a cached decode equals an
+    uncached forward: the tokens so far and their copy-parse keys, and the answer being written."""
+
+    input_ids: torch.LongTensor  # (batch, L)
+    keys: torch.Tensor | None  # (batch, L, d) copy-parse keys; None without the copy parse
+    plan: ReadoutPlan
+
+
 class LlamaDCompComputer(nn.Module):
     """The computer block Δ with its library Λ (paper §3, Figure 1), run on the residual stream.
 
@@ -389,16 +441,19 @@ class LlamaDCompComputer(nn.Module):
 
     1. *select* (§3.1): `π = softmax(W_sel RMSNorm(h) / τ)` over the library programs; the machine's initial
        program counter is the mixture of their entry lines, `c_0 = π · onehot(entry_points)` `(P, lines)`;
-    2. *parse* (§3.1): `softmax(W_parse RMSNorm(h))` gives a value distribution `(P, n)` for every input register
-       and parsed memory cell (mixed with a copy of a number token by `CopyParse` when `computer_parse` is
-       "copy"), written into the initial state S_0 = (M, R, c_0, h=0) (eq. 1);
+    2. *parse* (§3.1): a value for every input register and parsed memory cell from `W_parse RMSNorm(h)` — a
+       softmax over the n values (unit encoding) or a sigmoid per bit (binary encoding) — mixed with a copy of a
+       written number by `CopyParse` when `computer_parse` is "copy", written into the initial state
+       S_0 = (M, R, c_0, h=0) (eq. 1);
     3. *run*: `RegisterMachine.run` on the compiled library ϱ (eq. 1–7, 17) for at most `computer_max_steps` steps,
        exiting early once every position has halted with probability ≥ `computer_halt_threshold`;
-    4. *write back*: `p_out = R[output_register]` `(P, n)`, and `h ← h + gate · W_out p_out`.
+    4. *write back* (`computer_output`): "residual_add" adds `gate · W_out p_out` at the position, p_out =
+       R[output_register]; "tokens" writes p_out's most likely value as number tokens, one per position from the
+       position on (`write_tokens`).
 
     The compiled library is stored in persistent, non-trainable float32 buffers `program_op (lines, lanes, ops)`,
-    `program_a`, `program_b`, `program_out (lines, lanes, registers)`, `program_imm (lines, lanes, n)` and the
-    long buffer `entry_points (programs,)`; the ALU's tables are buffers of `machine.alu`.
+    `program_a`, `program_b`, `program_out (lines, lanes, registers)`, `program_imm (lines, lanes, width)` and
+    the long buffer `entry_points (programs,)`; the ALU's tables (if any) are buffers of `machine.alu`.
     """
 
     isolate_gradients: bool = False
@@ -413,31 +468,38 @@ class LlamaDCompComputer(nn.Module):
 
     def __init__(self, config: LlamaDCompConfig):
         super().__init__()
-        n, hidden_size = config.computer_values, config.hidden_size
-        self.n = n
+        hidden_size, width = config.hidden_size, value_width(config)
+        self.binary = config.computer_encoding == "binary"
+        self.n, self.width = config.computer_values, width
         self.program_names = list(config.library_programs)
         self.input_registers = list(config.library_input_registers)
         self.memory_inputs = config.library_memory_inputs
         self.output_register = config.library_output_register
         self.max_steps = config.computer_max_steps
         self.temperature = config.computer_selection_temperature
+        self.writes_tokens = config.computer_output == "tokens"
 
         self.norm = LlamaRMSNorm(hidden_size, eps=config.rms_norm_eps)
         self.select = selection_head(hidden_size, len(self.program_names))
         slots = len(self.input_registers) + self.memory_inputs
-        self.parse = nn.Linear(hidden_size, slots * n, bias=False)
+        self.parse = nn.Linear(hidden_size, slots * width, bias=False)
         self.copy_parse = CopyParse(config, slots) if config.computer_parse == "copy" else None
+        self.numbers = number_tokens(config)
         self.machine = RegisterMachine(
-            n,
+            None if self.binary else config.computer_values,
             num_registers=config.computer_registers,
             memory_size=config.computer_memory_size,
             call_depth=config.computer_call_depth,
             alu=build_alu(config),
             halt_threshold=config.computer_halt_threshold,
+            bits=config.computer_bits if self.binary else None,
         )
-        self.output_proj = nn.Linear(n, hidden_size, bias=False)  # W_out
+        self.output_proj = nn.Linear(width, hidden_size, bias=False)  # W_out
         self.gate = nn.Parameter(torch.empty(()))
-        placeholder = halt_program(config.computer_program_lines, config.computer_lanes, config.computer_registers, n)
+        if self.writes_tokens:
+            self.trigger = nn.Linear(hidden_size, 1)  # "compute here": the answer that follows is the computer's
+            self.readout_strength = nn.Parameter(torch.empty(()))
+        placeholder = halt_program(config)
         self._register_library(placeholder, torch.as_tensor(config.library_entry_points, dtype=torch.long))
 
     # ------------------------------------------------------------------------------------------------ library
@@ -480,52 +542,142 @@ class LlamaDCompComputer(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ forward
     def forward(
-        self,
-        hidden_states: torch.Tensor,
-        positions: torch.Tensor | None = None,
-        input_ids: torch.LongTensor | None = None,
+        self, hidden_states: torch.Tensor, call: ComputerCall | None = None, cache: Cache | None = None
     ) -> torch.Tensor:
-        """Runs the computer on the positions where `positions` `(batch, seq)` is True (all when None) and adds
-        the gated output there; every other position is returned untouched (bit for bit). The copy parse reads
-        the number tokens of `input_ids` `(batch, seq)`."""
-        if positions is None:
-            positions = torch.ones(hidden_states.shape[:2], dtype=torch.bool, device=hidden_states.device)
+        """Runs the computer where `call` says (every position when None) and writes its output back (class
+        docstring, step 4); every other position is returned untouched (bit for bit). With "tokens" output the
+        residual stream is not changed: `call.writes` receives the tokens to write. `cache` is the generation
+        cache, where the computer keeps what later calls need (`ComputerCache`)."""
+        if call is None:
+            everywhere = torch.ones(hidden_states.shape[:2], dtype=torch.bool, device=hidden_states.device)
+            call = ComputerCall(everywhere, everywhere, False, None, 0)
+        history = self.remember(hidden_states, call, cache)
+        if self.writes_tokens:
+            return self.write_tokens(hidden_states, call, history)
+        positions = call.positions
         if not bool(positions.any()):
             return hidden_states
-        run = self.run(hidden_states, positions, input_ids)
-        records = _TRACE_RECORDS.get()
-        if records is not None:
-            records.append(run)
-        p_out = run.state.registers[:, self.output_register]  # (P, n)
+        run = self.run(hidden_states, positions, history, call.past_length)
+        p_out = run.state.registers[:, self.output_register]  # (P, width)
         if self.isolate_gradients:  # same values, gradients routed as described in `isolate_gradients`
             p_out = p_out.detach()
             hidden_states = torch.where(positions[..., None], hidden_states.detach(), hidden_states)
         update = self.gate * self.output_proj(p_out.to(self.output_proj.weight.dtype))  # (P, hidden)
         return torch.index_put(hidden_states, (positions,), update.to(hidden_states.dtype), accumulate=True)
 
+    def remember(self, hidden_states: torch.Tensor, call: ComputerCall, cache: Cache | None) -> ComputerCache | None:
+        """The sequence so far for the copy parse and the answer being written, cached tokens included: this
+        call's tokens appended to what the generation cache holds (and stored back there)."""
+        if call.input_ids is None:
+            return None
+        batch = hidden_states.shape[0]
+        keys = None if self.copy_parse is None else self.copy_parse.key(self.norm(hidden_states))  # (batch, seq, d)
+        held = getattr(cache, "llama_dcomp", None) if call.past_length else None
+        if held is not None and held.input_ids.shape[1] == call.past_length:
+            ids = torch.cat([held.input_ids, call.input_ids], 1)
+            keys = None if keys is None or held.keys is None else torch.cat([held.keys, keys], 1)
+            plan = held.plan
+        else:  # a fresh sequence (or a cache the computer did not see: only this call's tokens are known)
+            ids, plan = call.input_ids, ReadoutPlan.empty(batch, hidden_states.device)
+        history = ComputerCache(ids, keys, plan)
+        if cache is not None:
+            cache.llama_dcomp = history  # type: ignore[attr-defined]
+        return history
+
+    def write_tokens(self, hidden_states: torch.Tensor, call: ComputerCall, history: ComputerCache | None):
+        """The "tokens" read-out. The computer runs where `call.positions` says (`computer_mask`), else where the
+        trigger fires (σ(w · RMSNorm(h)) > 1/2), but never inside an answer being written; its output's most likely
+        value is spelled as tokens (`NumberTokens.spell`: sign, digit chunks, exact for a sharp value) and written
+        one per position from the computing position on (`ReadoutPlan`), then the end mark. A position inside an
+        earlier answer does not start another. Fills `call.writes`; the residual stream is returned unchanged."""
+        assert self.numbers is not None and history is not None  # the config requires digit tokens; the model ids
+        batch, seq = call.valid.shape
+        absolute = call.past_length + torch.arange(seq, device=hidden_states.device)  # (seq,)
+        trigger_logits = self.trigger(self.norm(hidden_states)).squeeze(-1)  # (batch, seq)
+        fire = call.positions if call.explicit else call.positions & (trigger_logits > 0)
+        if not call.explicit:
+            fire = fire & ~history.plan.covers(absolute.expand(batch, -1))
+        run = self.run(hidden_states, fire, history, call.past_length, trigger_logits)
+        value, _ = self.machine.values.most_likely(run.state.registers[:, self.output_register].detach())  # (P,)
+        tokens, lengths = self.numbers.spell(value)  # (P, symbols), (P,)
+        plan = history.plan
+        writes = torch.full((batch, seq, 2), -1, dtype=torch.long, device=hidden_states.device)
+        writes[..., 1] = 0
+        self._write_plan(writes, plan, absolute)  # an answer carried over from earlier calls
+        for row, (b, column) in enumerate(fire.nonzero().tolist()):  # in order: a later start follows its answer
+            start = int(absolute[column])
+            if bool(plan.covers(torch.full((batch, 1), start, device=absolute.device))[b, 0]):
+                continue
+            plan = ReadoutPlan(
+                plan.start.index_fill(0, torch.tensor([b], device=absolute.device), start),
+                plan.tokens.index_copy(0, torch.tensor([b], device=absolute.device), tokens[row : row + 1]),
+                plan.length.index_fill(0, torch.tensor([b], device=absolute.device), int(lengths[row])),
+            )
+            self._write_plan(writes, plan.select(torch.tensor([b], device=absolute.device)), absolute, row=b)
+        history.plan = plan
+        call.writes, call.writer = writes, self
+        return hidden_states
+
+    @staticmethod
+    def _write_plan(writes: torch.Tensor, plan: ReadoutPlan, absolute: torch.Tensor, row: int | None = None) -> None:
+        """Writes the plan's tokens and end mark at this call's positions `absolute (seq,)` into `writes (batch,
+        seq, 2)` (every row, or only `row` for a one-row plan)."""
+        offset = absolute[None] - plan.start[:, None]  # (rows, seq): k at position start + k
+        active = plan.covers(absolute.expand(plan.start.shape[0], -1))
+        token = plan.tokens.gather(1, offset.clamp(0, plan.tokens.shape[1] - 1))
+        is_token = active & (offset < plan.length[:, None])
+        target = writes if row is None else writes[row : row + 1]
+        target[..., 0] = torch.where(is_token, token, target[..., 0])
+        target[..., 1] = torch.where(active & ~is_token, 1, target[..., 1])
+
+    def readout_logits(self, logits: torch.Tensor, writes: torch.Tensor) -> torch.Tensor:
+        """Adds the "tokens" read-out to `logits (..., vocab)` at the positions of `writes (..., 2)` (sliced as the
+        logits are): the strength s on the token written, −s on every number token at the end mark."""
+        assert self.numbers is not None
+        token, end = writes[..., 0], writes[..., 1].bool()
+        strength = self.readout_strength.to(logits.dtype)
+        where = (token >= 0).nonzero(as_tuple=True)
+        bias = torch.zeros_like(logits)
+        bias = bias.index_put((*where, token[where]), strength.expand(len(where[0])))
+        number_tokens = ((self.numbers.token_value >= 0) | self.numbers.is_minus).to(logits.dtype)  # (vocab,)
+        bias = bias - strength * end[..., None].to(logits.dtype) * number_tokens
+        return logits + bias
+
     def run(
-        self, hidden_states: torch.Tensor, positions: torch.Tensor, input_ids: torch.LongTensor | None = None
+        self,
+        hidden_states: torch.Tensor,
+        positions: torch.Tensor,
+        history: ComputerCache | None = None,
+        past_length: int = 0,
+        trigger_logits: torch.Tensor | None = None,
     ) -> ComputerRun:
         """Select, parse and run (steps 1–3 of the class docstring) at the P positions where `positions`
-        `(batch, seq)` is True, from `hidden_states (batch, seq, hidden)`."""
+        `(batch, seq)` is True, from `hidden_states (batch, seq, hidden)` (the sequence's tokens, `past_length` of
+        them cached before, in `history`); recorded for `record_computer_runs`."""
         if not self.program_names:
             raise RuntimeError(
                 "no library is installed in this LlamaDComp model: install one with "
                 "library.install.install_library(model, programs) or build the model with library.install.from_llama"
             )
-        if self.copy_parse is not None and input_ids is None:
+        if self.numbers is not None and history is None:
             raise ValueError(
-                'computer_parse="copy" reads the number tokens: call the model with input_ids, not inputs_embeds'
+                "this computer reads or writes number tokens: call the model with input_ids, not inputs_embeds"
             )
-        num_positions, n = int(positions.sum()), self.n
+        num_positions, width = int(positions.sum()), self.width
         program = self.program
         dtype = program.op.dtype
         normed = self.norm(hidden_states[positions])  # (P, hidden)
         selection_logits = self.select(normed).to(dtype) / self.temperature  # (P, programs)
         program_probs = selection_logits.softmax(-1)
-        parsed = self.parse(normed).to(dtype).view(num_positions, -1, n).softmax(-1)  # (P, inputs + cells, n)
+        logits = self.parse(normed).to(dtype).view(num_positions, -1, width)  # (P, inputs + cells, width)
+        parsed = logits.sigmoid() if self.binary else logits.softmax(-1)  # bits, or a distribution over n values
         if self.copy_parse is not None:
-            parsed = self.copy_parse(self.norm(hidden_states), positions, input_ids, parsed)  # reads every position
+            assert history is not None and history.keys is not None and self.numbers is not None
+            rows, columns = positions.nonzero(as_tuple=True)
+            sequence = CopyParseInputs(history.input_ids, history.keys)
+            parsed = self.copy_parse(
+                normed, rows, columns + past_length, sequence, self.numbers, self.machine.values, parsed
+            )
         input_probs = parsed[:, : len(self.input_registers)]
         memory_probs = parsed[:, len(self.input_registers) :]
         result = run_selected(
@@ -537,7 +689,13 @@ class LlamaDCompComputer(nn.Module):
             memory=memory_probs if self.memory_inputs else None,
             max_steps=self.max_steps,
         )
-        return ComputerRun(positions, program_probs, input_probs, memory_probs, result.state, result.steps)
+        run = ComputerRun(
+            positions, program_probs, input_probs, memory_probs, result.state, result.steps, trigger_logits
+        )
+        records = _TRACE_RECORDS.get()
+        if records is not None:
+            records.append(run)
+        return run
 
     def extra_repr(self) -> str:
         return f"programs={self.program_names}, inputs={self.input_registers}, output=r{self.output_register}"
@@ -546,7 +704,7 @@ class LlamaDCompComputer(nn.Module):
     @property
     def num_slots(self) -> int:
         """Parse slots: the input registers, then the parsed memory cells."""
-        return self.parse.out_features // self.n
+        return self.parse.out_features // self.width
 
     @torch.no_grad()
     def init_read_out(self, columns: torch.Tensor) -> None:
@@ -558,8 +716,8 @@ class LlamaDCompComputer(nn.Module):
     def init_parse_from_probe(self, slot: int, probe: torch.Tensor) -> None:
         """The linear parse of `slot` := `probe (hidden, n)`: the logit of value v is `RMSNorm(h) · probe[:, v]`
         (a linear probe fitted on the untrained model's hidden states, `library.training.recipes`)."""
-        n = self.n
-        self.parse.weight[slot * n : (slot + 1) * n] = probe.T.to(self.parse.weight.dtype)
+        width = self.width
+        self.parse.weight[slot * width : (slot + 1) * width] = probe.T.to(self.parse.weight.dtype)
 
 
 class LlamaDCompDecoderLayer(LlamaDecoderLayer):
@@ -570,16 +728,11 @@ class LlamaDCompDecoderLayer(LlamaDecoderLayer):
         self.computer = LlamaDCompComputer(config) if layer_idx == config.computer_layer else None
 
     def forward(
-        self,
-        hidden_states: torch.Tensor,
-        *args,
-        computer_positions: torch.Tensor | None = None,
-        computer_input_ids: torch.LongTensor | None = None,
-        **kwargs,
+        self, hidden_states: torch.Tensor, *args, computer_call: ComputerCall | None = None, **kwargs
     ) -> torch.Tensor:
         hidden_states = super().forward(hidden_states, *args, **kwargs)  # (batch, seq, hidden)
         if self.computer is not None:
-            hidden_states = self.computer(hidden_states, computer_positions, computer_input_ids)
+            hidden_states = self.computer(hidden_states, computer_call, kwargs.get("past_key_values"))
         return hidden_states
 
 
@@ -603,9 +756,11 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
         if isinstance(module, LlamaDCompComputer):
             config = self.config
             init.constant_(module.gate, config.computer_gate_init)
-            placeholder = halt_program(
-                config.computer_program_lines, config.computer_lanes, config.computer_registers, config.computer_values
-            )
+            if module.writes_tokens:  # the trigger starts silent: the base model's text is left alone
+                init.zeros_(module.trigger.weight)
+                init.constant_(module.trigger.bias, -4.0)
+                init.constant_(module.readout_strength, config.computer_readout_strength)
+            placeholder = halt_program(config)
             for name in PROGRAM_FIELDS:
                 init.copy_(getattr(module, f"program_{name}"), getattr(placeholder, name))
             init.copy_(module.entry_points, torch.as_tensor(config.library_entry_points, dtype=torch.long))
@@ -613,6 +768,12 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
                 fresh_alu = build_alu(config)
             for name, buffer in module.machine.alu.named_buffers():
                 init.copy_(buffer, fresh_alu.get_buffer(name))
+        if isinstance(module, NumberTokens):  # tables built from the config (non-persistent: never in the weights)
+            with torch.device("cpu"):
+                fresh = number_tokens(self.config)
+            assert fresh is not None
+            for name, buffer in module.named_buffers():
+                init.copy_(buffer, fresh.get_buffer(name))
 
     # ------------------------------------------------------------------------------------------------ library
     @property
@@ -662,7 +823,7 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
         config = self.config
         if program.op.dim() != 3:
             raise ValueError("set_library takes one linked program of shape (lines, lanes, ·), not a batch")
-        program.check(config.computer_values, config.computer_registers, where="set_library")
+        program.check(value_width(config), config.computer_registers, where="set_library")
         entry_points = [int(line) for line in entry_points]
         fields = {
             "computer_program_lines": program.lines,
@@ -795,9 +956,25 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
                 input_ids=input_ids, attention_mask=attention_mask, computer_mask=computer_mask, use_cache=False
             )
         computer = self.computer
+        values = computer.machine.values
+        low, high = (
+            (0, computer.n)
+            if computer.numbers is None or not computer.binary
+            else (
+                1 - computer.numbers.cap,
+                computer.numbers.cap,
+            )
+        )
+
+        def top(probs: torch.Tensor) -> list[tuple[int, float]]:  # the k most likely values, or the bits' value
+            if computer.binary:
+                value, probability = values.most_likely(probs)
+                return [(int(value), float(probability))]
+            return _top_k(probs, top_k)
+
         traces = []
         for run in records:
-            decoded = run.state.decode()
+            decoded = run.state.decode(values)
             for row, (batch_index, position) in enumerate(run.positions.nonzero().tolist()):
                 best = int(run.program_probs[row].argmax())
                 traces.append(
@@ -807,15 +984,15 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
                         programs=[(computer.program_names[i], p) for i, p in _top_k(run.program_probs[row], top_k)],
                         program_lines=computer.program_line_range(best),
                         inputs={
-                            register: _top_k(run.input_probs[row, i], top_k)
+                            register: top(run.input_probs[row, i])
                             for i, register in enumerate(computer.input_registers)
                         },
-                        memory_inputs=[_top_k(cell, top_k) for cell in run.memory_probs[row]],
+                        memory_inputs=[top(cell) for cell in run.memory_probs[row]],
                         registers=list(
                             zip(decoded["registers"][row].tolist(), decoded["register_probs"][row].tolist())
                         ),
                         memory=list(zip(decoded["memory"][row].tolist(), decoded["memory_probs"][row].tolist())),
-                        output=_top_k(run.state.registers[row, computer.output_register], top_k),
+                        output=top(run.state.registers[row, computer.output_register]),
                         halted=float(run.state.halted[row]),
                         steps=run.steps,
                         output_register=computer.output_register,
@@ -823,7 +1000,8 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
                         if tokenizer is None
                         else unrepresentable_numbers(
                             tokenizer.decode(input_ids[batch_index, : position + 1], skip_special_tokens=True),
-                            computer.n,
+                            high,
+                            low,
                         ),
                     )
                 )
@@ -831,7 +1009,7 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
             if trace.unrepresentable:
                 warnings.warn(
                     f"batch {trace.batch_index}, position {trace.position}: the numbers {trace.unrepresentable} are "
-                    f"no values 0..{computer.n - 1}, which is all the computer holds: its answer is not about them",
+                    f"no values {low}..{high - 1}, which is all the computer holds: its answer is not about them",
                     UserWarning,
                     stacklevel=3,
                 )
@@ -876,21 +1054,23 @@ class LlamaDCompModel(LlamaDCompPreTrainedModel, LlamaModel):
         computer_mask: torch.Tensor | None,
         past_length: int,
         device: torch.device,
-    ) -> torch.Tensor:
-        """Boolean `(batch, seq)`: where the computer runs in this call (see the class docstring)."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Boolean `(batch, seq)` twice: the call's non-padding tokens, and where the computer runs in this call
+        (see the class docstring)."""
         if computer_mask is not None and (computer_mask.dim() != 2 or computer_mask.shape[0] != batch_size):
             raise ValueError(
                 f"computer_mask has shape {tuple(computer_mask.shape)}, expected (batch={batch_size}, L): one row per "
                 "sequence, one column per absolute position (cached tokens included)"
             )
-        positions = torch.ones(batch_size, seq_length, dtype=torch.bool, device=device)
+        valid = torch.ones(batch_size, seq_length, dtype=torch.bool, device=device)
         if attention_mask is not None and attention_mask.dim() == 2:
-            positions = positions & attention_mask[:, -seq_length:].to(device=device, dtype=torch.bool)
+            valid = valid & attention_mask[:, -seq_length:].to(device=device, dtype=torch.bool)
+        positions = valid
         if computer_mask is not None:
             window = computer_mask[:, past_length : past_length + seq_length].to(device=device, dtype=torch.bool)
             window = nn.functional.pad(window, (0, seq_length - window.shape[1]), value=False)  # beyond L: False
             positions = positions & window
-        return positions
+        return valid, positions
 
     def forward(
         self,
@@ -901,6 +1081,7 @@ class LlamaDCompModel(LlamaDCompPreTrainedModel, LlamaModel):
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         computer_mask: torch.Tensor | None = None,
+        computer_calls: list | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         reference = input_ids if input_ids is not None else inputs_embeds  # (batch, seq[, hidden])
@@ -919,10 +1100,13 @@ class LlamaDCompModel(LlamaDCompPreTrainedModel, LlamaModel):
                     UserWarning,
                     stacklevel=2,
                 )
-            kwargs["computer_positions"] = self.computer_positions(
+            valid, positions = self.computer_positions(
                 reference.shape[0], reference.shape[1], attention_mask, computer_mask, past_length, reference.device
             )
-            kwargs["computer_input_ids"] = input_ids  # what the copy parse reads
+            call = ComputerCall(valid, positions, computer_mask is not None, input_ids, past_length)
+            kwargs["computer_call"] = call
+            if computer_calls is not None:
+                computer_calls.append(call)
         return super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -936,10 +1120,11 @@ class LlamaDCompModel(LlamaDCompPreTrainedModel, LlamaModel):
 
 class LlamaDCompForCausalLM(LlamaDCompPreTrainedModel, LlamaForCausalLM):
     """`LlamaForCausalLM` over `LlamaDCompModel`. Its forward is `LlamaForCausalLM.forward` plus `computer_mask`
-    (see `LlamaDCompModel`), and `logits_to_keep` may be a boolean `(batch, seq)` mask: the LM head then runs only
-    there, and with `labels` (and no `shift_labels`) the loss is taken on the same positions — pass
-    `logits_to_keep=LlamaDCompForCausalLM.labelled_positions(labels)` to compute logits only where a label is
-    predicted, with the same loss as full logits."""
+    (see `LlamaDCompModel`) and, with `computer_output="tokens"`, the read-out's logits (the computer's answer
+    written token by token, `LlamaDCompComputer.write_tokens`). `logits_to_keep` may be a boolean `(batch, seq)`
+    mask: the LM head then runs only there, and with `labels` (and no `shift_labels`) the loss is taken on the
+    same positions — pass `logits_to_keep=LlamaDCompForCausalLM.labelled_positions(labels)` to compute logits only
+    where a label is predicted, with the same loss as full logits."""
 
     def __init__(self, config: LlamaDCompConfig):
         LlamaPreTrainedModel.__init__(self, config)
@@ -953,6 +1138,7 @@ class LlamaDCompForCausalLM(LlamaDCompPreTrainedModel, LlamaForCausalLM):
         """Boolean `(batch, seq)`: the positions whose logits predict a label (the next token is labelled)."""
         return shift_labels(labels, ignore_index) != ignore_index
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -970,17 +1156,32 @@ class LlamaDCompForCausalLM(LlamaDCompPreTrainedModel, LlamaForCausalLM):
         if labels is not None and boolean_keep and kwargs.get("shift_labels") is None:
             shifted = shift_labels(labels)  # (batch, seq)
             kwargs["shift_labels"] = shifted[logits_to_keep.to(shifted.device)]  # type: ignore[union-attr]  # (kept,)
-        return super().forward(
+        calls: list[ComputerCall] = []
+        outputs: BaseModelOutputWithPast = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
-            labels=labels,
             use_cache=use_cache,
-            logits_to_keep=logits_to_keep,
             computer_mask=computer_mask,
+            computer_calls=calls,
             **kwargs,
+        )
+        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)  # (batch, kept, hidden)
+        logits = self.lm_head(hidden_states)  # (batch, kept, vocab), or (kept, vocab) for a boolean mask
+        call = calls[0] if calls else None
+        if call is not None and call.writes is not None and call.writer is not None:  # the "tokens" read-out
+            logits = call.writer.readout_logits(logits, slice_logits_to_keep(call.writes, logits_to_keep))
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
         )
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -165,10 +166,11 @@ def test_computer_positions_follow_the_kv_cache():
     positions = LlamaDCompModel.computer_positions
     mask = torch.tensor([[1, 1, 1, 1]])
     computer_mask = torch.tensor([[False, True, False]])
-    assert positions(1, 2, mask, computer_mask, 1, "cpu").tolist() == [[True, False]]
-    assert positions(1, 1, mask, computer_mask, 3, "cpu").tolist() == [[False]]
-    assert positions(1, 1, mask, None, 3, "cpu").tolist() == [[True]]
-    assert positions(1, 2, torch.tensor([[1, 0, 1]]), None, 1, "cpu").tolist() == [[False, True]]
+    assert positions(1, 2, mask, computer_mask, 1, "cpu")[1].tolist() == [[True, False]]
+    assert positions(1, 1, mask, computer_mask, 3, "cpu")[1].tolist() == [[False]]
+    assert positions(1, 1, mask, None, 3, "cpu")[1].tolist() == [[True]]
+    valid, where = positions(1, 2, torch.tensor([[1, 0, 1]]), None, 1, "cpu")
+    assert valid.tolist() == where.tolist() == [[False, True]]
 
 
 # ------------------------------------------------------------------------------ generation, cache, padding
@@ -192,7 +194,7 @@ def test_cached_generation_equals_uncached_argmax_step_by_step(use_computer_mask
         kwargs["computer_mask"][:, -1] = True
     steps = 5
     ran = []  # positions the computer ran on, per forward
-    hook = model.computer.register_forward_hook(lambda module, args, output: ran.append(int(args[1].sum())))
+    hook = model.computer.register_forward_hook(lambda module, args, output: ran.append(int(args[1].positions.sum())))
     try:
         out = model.generate(
             ids,
@@ -476,7 +478,14 @@ def test_set_library_leaves_the_model_unchanged_when_the_library_cannot_fit():
     model, _ = tiny_model()
     before = model.config.to_dict()
     with pytest.raises(ValueError, match="^computer_values="):
-        model.set_library(halt_program(N, 1, REGISTERS, N), ["too_long"], [0])  # N lines need n > N
+        sizes = SimpleNamespace(
+            computer_program_lines=N,  # N lines need n > N
+            computer_lanes=1,
+            computer_registers=REGISTERS,
+            computer_values=N,
+            computer_encoding="unit",
+        )
+        model.set_library(halt_program(sizes), ["too_long"], [0])
     assert model.config.to_dict() == before
     model.verify_library()
 
@@ -608,13 +617,14 @@ def test_copy_parse_reads_numbers_of_several_tokens_without_looking_ahead():
 
 
 def test_read_numbers_matches_a_token_by_token_scan():
-    """`CopyParse.read_numbers` (vectorised over the runs) against the definition: scan the tokens, a number token
-    extends the current number by its digits (capped at n), any other token ends it."""
+    """`NumberTokens.read` (vectorised over the runs) of the unit copy parse against the definition: scan the
+    tokens, a number token extends the current number by its digits (capped at n), any other token ends it."""
     computer = copy_model().computer
     values_of = {token: value for value, token in enumerate(NUMBER_IDS)}
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(196, 200 + N, (6, 30), generator=generator)  # a quarter of the tokens are no numbers
-    value, is_number, is_first, is_last = computer.copy_parse.read_numbers(ids)
+    read = computer.numbers.read(ids)
+    value, is_number, is_first, is_last = read.value, read.is_number, read.is_first, read.is_last
     for row in range(ids.shape[0]):
         run, previous = 0, False
         for t, token in enumerate(ids[row].tolist()):

@@ -48,17 +48,21 @@ def edit_config(folder: Path, **changes) -> None:
 # A valid new value for every answer-changing field of the tiny model (COMPUTER in model_fixtures).
 EDITS = {
     "computer_layer": 0,
+    "computer_encoding": "binary",
     "computer_values": 32,
+    "computer_bits": 32,
     "computer_registers": 10,
     "computer_memory_size": 4,
     "computer_call_depth": 3,
     "computer_max_steps": 30,
     "computer_halt_threshold": 0.5,
     "computer_alu": "circuit",
-    "computer_output": "residual_add",  # the only choice: checked below through the fingerprint itself
+    "computer_output": "residual_add",  # "tokens" needs digit tokens too: checked below through the fingerprint
     "computer_selection_temperature": 2.0,
     "computer_parse": "copy",
     "computer_number_token_ids": [-1] * 15 + [7],
+    "computer_digit_tokens": {str(digit): 10 + digit for digit in range(10)},
+    "computer_minus_token_ids": [5],
     "computer_copy_ordinals": 4,
     "computer_copy_dim": 8,
     "library_input_registers": [2, 1, 3],

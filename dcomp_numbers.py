@@ -1,0 +1,186 @@
+"""Numbers as a tokenizer writes them: reading them from token ids (the copy parse) and writing a value back as
+token ids (the "tokens" read-out), for any tokenizer whose number tokens are digit strings — one digit per token
+(SmolLM2), chunks of up to three (LLaMA-3), or whole numbers "0" … "n-1" (the unit encoding's copy parse).
+
+Run-time code: it travels with a checkpoint and imports only torch.
+
+Reading (`NumberTokens.read`). A number is a maximal run of number tokens read as decimal digits ("1", "2", "7"
+is 127; LLaMA-3's "100", "07" is 10007). A minus token directly before the run, which does not itself follow a
+number token, makes it negative: "-42" and "x = -3" are negative, "5-3" is 5 then 3 (an operator, not a sign).
+Values are exact integers (int64) up to `cap` in magnitude; longer numbers are marked unreadable.
+
+Writing (`NumberTokens.spell`). A value becomes its decimal symbols — the sign, then the digits, most significant
+first — and the symbols become the tokenizer's tokens: the minus token, then digit chunks of the longest length
+the tokenizer has, from the left (as LLaMA-3's pre-tokenizer splits "12345" into "123", "45"). The answer ends
+with an end mark, which the read-out writes as "no number token here" (`dcomp_numbers.ReadoutPlan`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+# Digits of the longest int64 (19) and the sign: the most symbols a 64-bit value needs.
+MAX_SYMBOLS = 20
+# Magnitudes the reader keeps exact: a run's value times a chunk's place value (≤ 999 · 10^15) stays in int64.
+MAX_READABLE = 10**15
+
+
+class NumberTokens(nn.Module):
+    """The number tokens of one tokenizer, as lookup tables `(vocab,)` (non-persistent buffers: the config holds the
+    token lists, so nothing here is saved).
+
+    Args:
+        digit_tokens: digit string → token id ("7" → 22, "007" → 8504). Every string of each length up to the
+            longest is present (the config checks it), so any value can be written.
+        minus_token_ids: tokens that write "-"; the first is the one `spell` writes.
+        vocab_size: the tokenizer's vocabulary size (the tables' length).
+        cap: values of magnitude ≥ cap are unreadable (at most `MAX_READABLE`).
+    """
+
+    token_value: torch.Tensor  # (vocab,) the digits' value, -1 for other tokens
+    token_digits: torch.Tensor  # (vocab,) how many digits the token writes (0 for other tokens)
+    is_minus: torch.Tensor  # (vocab,) bool
+    chunk_tokens: torch.Tensor  # (Σ_L 10^L,) the token of each chunk: offset(L) + value, for L = 1 … chunk
+
+    def __init__(self, digit_tokens: Mapping[str, int], minus_token_ids: Sequence[int], vocab_size: int, cap: int):
+        super().__init__()
+        self.cap = min(cap, MAX_READABLE)
+        self.chunk = max(map(len, digit_tokens), default=1)  # digits per written token
+        self.minus_token = minus_token_ids[0] if minus_token_ids else -1
+        value = torch.full((vocab_size,), -1, dtype=torch.long)
+        digits = torch.zeros(vocab_size, dtype=torch.long)
+        for text, token in digit_tokens.items():
+            value[token], digits[token] = int(text), len(text)
+        minus = torch.zeros(vocab_size, dtype=torch.bool)
+        minus[list(minus_token_ids)] = True
+        chunks = torch.full((sum(10**length for length in range(1, self.chunk + 1)),), -1, dtype=torch.long)
+        for text, token in digit_tokens.items():
+            chunks[self.chunk_offset(len(text)) + int(text)] = token
+        self.register_buffer("token_value", value, persistent=False)
+        self.register_buffer("token_digits", digits, persistent=False)
+        self.register_buffer("is_minus", minus, persistent=False)
+        self.register_buffer("chunk_tokens", chunks, persistent=False)
+
+    @staticmethod
+    def chunk_offset(length: int) -> int:
+        """Where the chunks of `length` digits start in `chunk_tokens`: after every shorter chunk."""
+        return sum(10**shorter for shorter in range(1, length))
+
+    # --------------------------------------------------------------------------------------------------- read
+    def read(self, input_ids: torch.LongTensor) -> ReadNumbers:
+        """The numbers written in `input_ids (batch, seq)` (module docstring)."""
+        ids = input_ids.clamp(0, self.token_value.shape[0] - 1)
+        token_value = torch.where(input_ids == ids, self.token_value[ids], -1)  # (batch, seq)
+        is_number = token_value >= 0
+        token_value = token_value.clamp_min(0)
+        shift = torch.pow(torch.full_like(token_value, 10), self.token_digits[ids])  # 10 ** digits of the token
+        steps = torch.arange(input_ids.shape[1], device=input_ids.device)
+        before = nn.functional.pad(is_number[:, :-1], (1, 0), value=False)
+        is_first = is_number & ~before
+        run_start = torch.where(is_first, steps, 0).cummax(-1).values  # (batch, seq): where the current run began
+        place = steps - run_start  # index of the token within its run
+        # value_t = Σ_k token_value_{t-k} · 10^(digits of tokens t-k+1 … t), k up to the longest run (a few
+        # tokens), not a scan over the sequence; past the cap only "is it ≥ cap" matters, so both are capped.
+        value, scale = torch.zeros_like(token_value), torch.ones_like(token_value)
+        for k in range(int(place[is_number].max()) + 1 if bool(is_number.any()) else 0):
+            earlier = nn.functional.pad(token_value[:, : token_value.shape[1] - k], (k, 0))  # token_value_{t-k}
+            value = torch.where(is_number & (place >= k), value + earlier * scale, value).clamp(max=self.cap)
+            scale = (scale * nn.functional.pad(shift[:, : shift.shape[1] - k], (k, 0), value=1)).clamp(max=self.cap)
+        # The sign: a minus token right before the run's first token, which does not itself follow a number token.
+        minus = torch.where(input_ids == ids, self.is_minus[ids], False)
+        signed_start = nn.functional.pad(minus[:, :-1] & ~before[:, :-1], (1, 0), value=False) & is_first
+        negative = torch.gather(signed_start, 1, run_start) & is_number
+        value = torch.where(negative, -value, value)
+        is_last = is_number & ~nn.functional.pad(is_number[:, 1:], (0, 1), value=False)
+        readable = is_number & (value.abs() < self.cap)
+        return ReadNumbers(value, is_number, is_first, is_last, readable)
+
+    # -------------------------------------------------------------------------------------------------- write
+    def symbols(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Integers `(P,)` → their decimal digits `(P, 19)` most significant first (0 after the last), the digit
+        counts `(P,)` and the signs `(P,)` bool (negative). Exact for every int64, −2^63 included."""
+        values = values.long()
+        rest, digits = values, []
+        for _ in range(MAX_SYMBOLS - 1):  # truncating division keeps the sign, so no |−2^63| overflow
+            digits.append(torch.fmod(rest, 10).abs())
+            rest = torch.div(rest, 10, rounding_mode="trunc")
+        least_first = torch.stack(digits, -1)  # (P, 19)
+        nonzero = least_first != 0
+        positions = torch.arange(MAX_SYMBOLS - 1, device=values.device)
+        count = torch.where(nonzero, positions + 1, 1).amax(-1)  # (P,): 1 for zero
+        # most significant first: digit j of the value is least_first[count - 1 - j]
+        index = (count[:, None] - 1 - positions).clamp_min(0)
+        most_first = torch.gather(least_first, 1, index) * (positions < count[:, None])
+        return most_first, count, values < 0
+
+    def spell(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Integers `(P,)` → the tokens that write them `(P, MAX_SYMBOLS)` (-1 after the last) and their counts
+        `(P,)`: the minus token for a negative value, then the digit chunks from the left."""
+        digits, count, negative = self.symbols(values)
+        chunk, width = self.chunk, digits.shape[1]
+        chunks = -(-count // chunk)  # (P,) ceil
+        columns = []
+        for start in range(0, width, chunk):  # chunk j covers digits [j·chunk, j·chunk + chunk) ∩ [0, count)
+            length = (count - start).clamp(0, chunk)  # (P,)
+            value = torch.zeros_like(count)
+            for offset in range(chunk):
+                inside = offset < length
+                column = digits[:, min(start + offset, width - 1)]
+                value = torch.where(inside, value * 10 + column, value)
+            offsets = torch.as_tensor(
+                [self.chunk_offset(max(1, int(L))) for L in range(chunk + 1)], device=count.device
+            )
+            token = self.chunk_tokens[(offsets[length] + value).clamp(0, self.chunk_tokens.shape[0] - 1)]
+            columns.append(torch.where(length > 0, token, -1))
+        tokens = torch.stack(columns, -1)  # (P, ⌈19 / chunk⌉)
+        sign = torch.where(negative, self.minus_token, -1)[:, None]
+        tokens = torch.cat([sign, tokens], -1)
+        # drop the sign column where there is no sign: shift those rows left by one
+        shifted = torch.cat([tokens[:, 1:], torch.full_like(tokens[:, :1], -1)], -1)
+        tokens = torch.where(negative[:, None], tokens, shifted)
+        tokens = nn.functional.pad(tokens, (0, MAX_SYMBOLS - tokens.shape[1]), value=-1)
+        return tokens, chunks + negative.long()
+
+
+@dataclass
+class ReadNumbers:
+    """What `NumberTokens.read` found, each `(batch, seq)`: at each number token the signed value of its run's
+    digits up to it (0 elsewhere); the number tokens; the first and last token of each run; and where the value
+    is readable (a number token whose magnitude is below the cap)."""
+
+    value: torch.Tensor
+    is_number: torch.Tensor
+    is_first: torch.Tensor
+    is_last: torch.Tensor
+    readable: torch.Tensor
+
+
+@dataclass
+class ReadoutPlan:
+    """The answers being written, one per sequence: the "tokens" read-out's state between forward calls (kept in
+    the generation cache, `LlamaDCompComputer`). The answer computed at absolute position `start` is written at
+    positions start, start + 1, …: position start + k predicts `tokens[k]` for k < `length`, and at start + length
+    the end mark (no number token)."""
+
+    start: torch.Tensor  # (batch,) absolute position of the computation; -1: none yet
+    tokens: torch.Tensor  # (batch, MAX_SYMBOLS) the answer's tokens, -1 after the last
+    length: torch.Tensor  # (batch,)
+
+    @classmethod
+    def empty(cls, batch_size: int, device) -> ReadoutPlan:
+        start = torch.full((batch_size,), -1, dtype=torch.long, device=device)
+        tokens = torch.full((batch_size, MAX_SYMBOLS), -1, dtype=torch.long, device=device)
+        return cls(start, tokens, torch.zeros_like(start))
+
+    def covers(self, positions: torch.Tensor) -> torch.Tensor:
+        """`positions (batch, seq)` absolute → bool: inside an answer being written (its end mark included)."""
+        offset = positions - self.start[:, None]
+        return (self.start[:, None] >= 0) & (offset >= 0) & (offset <= self.length[:, None])
+
+    def select(self, rows: torch.Tensor) -> ReadoutPlan:
+        """The plans of the sequences `rows` (a batch reordered or shrunk, e.g. by beam search)."""
+        return ReadoutPlan(self.start[rows], self.tokens[rows], self.length[rows])
