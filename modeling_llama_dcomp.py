@@ -220,6 +220,15 @@ def run_selected(
     return machine.run(program, state, max_steps)
 
 
+def straight_through(soft: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
+    """`hard` in the forward pass, the gradient of `soft` in the backward pass (the straight-through estimator).
+
+    The binary machine runs on it: its circuits are exact on 0/1 bits, but on nearly sharp ones the long division
+    amplifies a deviation of 1e-7 in its inputs into a wrong quotient (each stage's soft borrow mixes in a wrapped
+    difference whose high bits are all 1), and bit marginals of a mixture of programs are no program's answer."""
+    return hard.to(soft.dtype) + soft - soft.detach()
+
+
 def build_alu(config) -> nn.Module:
     """The ALU of eq. 7: the circuit ALU on bits for the binary encoding, else the one `config.computer_alu` names."""
     if config.computer_encoding == "binary":
@@ -669,7 +678,7 @@ class LlamaDCompComputer(nn.Module):
         normed = self.norm(hidden_states[positions])  # (P, hidden)
         selection_logits = self.select(normed).to(dtype) / self.temperature  # (P, programs)
         program_probs = selection_logits.softmax(-1)
-        logits = self.parse(normed).to(dtype).view(num_positions, -1, width)  # (P, inputs + cells, width)
+        logits = self.parse(normed).to(dtype).view(num_positions, self.num_slots, width)  # (P, slots, width)
         parsed = logits.sigmoid() if self.binary else logits.softmax(-1)  # bits, or a distribution over n values
         if self.copy_parse is not None:
             assert history is not None and history.keys is not None and self.numbers is not None
@@ -680,13 +689,19 @@ class LlamaDCompComputer(nn.Module):
             )
         input_probs = parsed[:, : len(self.input_registers)]
         memory_probs = parsed[:, len(self.input_registers) :]
+        selection, inputs = program_probs, parsed
+        if self.binary:  # the machine runs the most likely program on the most likely bits (straight through)
+            selection = straight_through(
+                program_probs, one_hot_values(program_probs.argmax(-1), program_probs.shape[-1])
+            )
+            inputs = straight_through(parsed, (parsed > 0.5).to(parsed.dtype))
         result = run_selected(
             self.machine,
             program,
             self.entry_points,
-            program_probs,
-            inputs={register: input_probs[:, i] for i, register in enumerate(self.input_registers)},
-            memory=memory_probs if self.memory_inputs else None,
+            selection,
+            inputs={register: inputs[:, i] for i, register in enumerate(self.input_registers)},
+            memory=inputs[:, len(self.input_registers) :] if self.memory_inputs else None,
             max_steps=self.max_steps,
         )
         run = ComputerRun(

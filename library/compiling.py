@@ -65,9 +65,10 @@ def compile_library(
     call_depth: int = dcomp_isa.DEFAULT_CALL_DEPTH,
     sources: Mapping[str, str] | None = None,
     dtype: torch.dtype = torch.float32,
+    bits: int | None = None,
 ) -> CompiledLibrary:
-    """Sources or standard program names → linked program → `ProgramTensors`, for a machine with `n` values,
-    `num_registers` registers and a return stack `call_depth` deep.
+    """Sources or standard program names → linked program → `ProgramTensors`, for a machine with `n` values (or
+    `bits`-bit binary values), `num_registers` registers and a return stack `call_depth` deep.
 
     `programs` is a `LinkedLibrary` (compiled as is), a mapping `{name: assembly source or Program}`, or a
     sequence of names, each taken from `sources` when given there and else from the standard library, linked in
@@ -80,8 +81,9 @@ def compile_library(
             programs = {
                 name: extra[name] if name in extra else standard_source(name) for name in unique_names(programs)
             }
-        linked = link(programs, n=n, num_registers=num_registers, call_depth=call_depth)
-    return CompiledLibrary(linked, compile_program(linked.program, n=n, num_registers=num_registers, dtype=dtype))
+        linked = link(programs, n=n, num_registers=num_registers, call_depth=call_depth, bits=bits)
+    tensors = compile_program(linked.program, n=n, num_registers=num_registers, dtype=dtype, bits=bits)
+    return CompiledLibrary(linked, tensors)
 
 
 def compile_file(

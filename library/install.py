@@ -37,22 +37,15 @@ _NOT_CARRIED = ("quantization_config", "model_type", "architectures", "auto_map"
 
 def compile_for(library: LibrarySpec, config: LlamaDCompConfig) -> CompiledLibrary:
     """`compiling.compile_library` of a `LinkedLibrary`, standard program names or `{name: source or Program}`,
-    for the config's machine (n, registers, call depth). Python functions (function objects, `.py` paths or source
-    text; docs/PYTHON.md) may stand next to them: they are compiled for that machine first."""
+    for the config's machine (n values or B bits, registers, call depth). Python functions (function objects,
+    `.py` paths or source text; docs/PYTHON.md) may stand next to them: they are compiled for that machine first."""
+    bits = config.computer_bits if config.computer_encoding == "binary" else None
+    machine = dict(n=config.computer_values, num_registers=config.computer_registers, bits=bits)
     if not isinstance(library, LinkedLibrary):
         library = python_library(
-            library,
-            n=config.computer_values,
-            num_registers=config.computer_registers,
-            memory_size=config.computer_memory_size,
-            call_depth=config.computer_call_depth,
+            library, memory_size=config.computer_memory_size, call_depth=config.computer_call_depth, **machine
         )
-    return compile_library(
-        library,
-        n=config.computer_values,
-        num_registers=config.computer_registers,
-        call_depth=config.computer_call_depth,
-    )
+    return compile_library(library, call_depth=config.computer_call_depth, **machine)
 
 
 def install_library(model: LlamaDCompPreTrainedModel, library: LibrarySpec) -> LinkedLibrary:
@@ -75,6 +68,27 @@ def number_token_ids(tokenizer, n: int) -> list[list[int]]:
     return ids
 
 
+def number_vocabulary(tokenizer) -> tuple[dict[str, int], list[int]]:
+    """The tokenizer's number tokens, as `LlamaDCompConfig.computer_digit_tokens` and `computer_minus_token_ids`
+    want them: every token that decodes to a string of ASCII digits, of each length up to the longest length whose
+    10^L strings are all tokens (so any chunk can be written), and the tokens that decode to "-" after optional
+    spaces, the plain "-" first (the one the read-out writes after a prompt that ends in a space)."""
+    digits: dict[str, int] = {}
+    minus: list[tuple[int, int]] = []
+    for token in range(len(tokenizer)):
+        text = tokenizer.decode([token])
+        if text.isascii() and text.isdigit():
+            digits.setdefault(text, token)
+        elif text.lstrip(" ") == "-":
+            minus.append((len(text), token))
+    longest = 0
+    while all(f"{value:0{longest + 1}d}" in digits for value in range(10 ** (longest + 1))):
+        longest += 1
+    if longest == 0:
+        raise ValueError("the tokenizer has no single-token digits 0-9: it cannot read or write numbers token-wise")
+    return {text: token for text, token in digits.items() if len(text) <= longest}, [t for _, t in sorted(minus)]
+
+
 def from_llama(
     llama: LlamaForCausalLM,
     *,
@@ -86,12 +100,20 @@ def from_llama(
     """A `LlamaDCompForCausalLM` with `llama`'s weights (copied, bit for bit; tied embeddings stay tied) and
     `library` installed after decoder layer `computer_layer`.
 
-    `computer_kwargs` are further `LlamaDCompConfig` fields (`computer_values`, `computer_registers`,
-    `library_input_registers`, …). With a `tokenizer`, W_out starts from the embeddings of the number tokens
-    "0" … "n-1" (`init_output_from_embeddings`). The gate starts at `computer_gate_init` (0.0: the logits equal
+    `computer_kwargs` are further `LlamaDCompConfig` fields (`computer_encoding`, `computer_values`,
+    `computer_registers`, `library_input_registers`, …). With a `tokenizer`, a unit computer's W_out starts from
+    the embeddings of the number tokens "0" … "n-1" (`init_output_from_embeddings`), and a binary one or one with
+    `computer_output="tokens"` gets the tokenizer's number tokens (`number_vocabulary`) unless they are given.
+    The gate starts at `computer_gate_init` (0.0: the logits equal
     the Llama's exactly). The model is built in the Llama's dtype and moved to its device; the program buffers
     stay float32."""
     base = {key: value for key, value in llama.config.to_dict().items() if key not in _NOT_CARRIED}
+    numbers_needed = (
+        computer_kwargs.get("computer_encoding") == "binary" or computer_kwargs.get("computer_output") == "tokens"
+    )
+    if tokenizer is not None and numbers_needed and "computer_digit_tokens" not in computer_kwargs:
+        digits, minus = number_vocabulary(tokenizer)
+        computer_kwargs = {**computer_kwargs, "computer_digit_tokens": digits, "computer_minus_token_ids": minus}
     config = LlamaDCompConfig(**{**base, **computer_kwargs, "computer_layer": computer_layer})
     compiled = compile_for(library, config)
     tensors = compiled.tensors
@@ -116,7 +138,7 @@ def from_llama(
     if not_computer or unexpected:
         raise ValueError(f"the Llama's weights do not fit: missing {not_computer}, unexpected {unexpected}")
     model.set_library(tensors, config.library_programs, config.library_entry_points)
-    if tokenizer is not None:
+    if tokenizer is not None and config.computer_encoding == "unit":
         model.init_output_from_embeddings(number_token_ids(tokenizer, config.computer_values))
     model.generation_config = copy.deepcopy(llama.generation_config)
     return model.to(llama.device)

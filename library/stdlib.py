@@ -160,8 +160,10 @@ def link(
     n: int = 128,
     num_registers: int = 16,
     call_depth: int = dcomp_isa.DEFAULT_CALL_DEPTH,
+    bits: int | None = None,
 ) -> LinkedLibrary:
-    """Links programs into one `LinkedLibrary`, laid out in the order given.
+    """Links programs into one `LinkedLibrary`, laid out in the order given (for the binary machine with `bits`:
+    signed immediates, and line addresses below 2^(bits−1) instead of n).
 
     `programs` is a sequence of standard program names, or a mapping from name to assembly source text (or
     `(text, name its errors give)`, as `standard_source` returns) or an assembled `Program`. A jump/call target
@@ -177,7 +179,8 @@ def link(
         items = [(name, standard_source(name)) for name in unique_names(programs)]
     if not items:
         raise LinkError("nothing to link: no programs given")
-    units = [_unit(name, item, n, num_registers, call_depth) for name, item in items]
+    units = [_unit(name, item, n, num_registers, call_depth, bits) for name, item in items]
+    n = n if bits is None else 2 ** (bits - 1)  # line addresses are non-negative values
 
     entry_points: dict[str, int] = {}
     total = 0
@@ -199,7 +202,9 @@ def link(
     return LinkedLibrary(Program(tuple(lines), labels, "library", tuple(source_lines)), entry_points)
 
 
-def _unit(name: str, item: str | tuple[str, str] | Program, n: int, num_registers: int, call_depth: int) -> Program:
+def _unit(
+    name: str, item: str | tuple[str, str] | Program, n: int, num_registers: int, call_depth: int, bits: int | None
+) -> Program:
     """Assembles one program of a library (source text, or (source, source name)), leaving its references to
     other programs as the Program's `symbols`."""
     if not isinstance(name, str) or not _PROGRAM_NAME.fullmatch(name):
@@ -218,6 +223,7 @@ def _unit(name: str, item: str | tuple[str, str] | Program, n: int, num_register
             call_depth=call_depth,
             source_name=source_name,
             allow_undefined=True,
+            bits=bits,
         )
     if not program.lines or not any(instruction.op in _LAST_LINE_OPS for instruction in program.lines[-1]):
         raise LinkError(

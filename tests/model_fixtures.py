@@ -46,6 +46,7 @@ CODE_FILES = (
     "dcomp_alu.py",
     "dcomp_isa.py",
     "dcomp_circuits.py",
+    "dcomp_numbers.py",
 )
 
 

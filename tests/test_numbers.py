@@ -1,0 +1,96 @@
+"""dcomp_numbers: reading numbers from token ids and spelling values as tokens, for a one-digit tokenizer
+(SmolLM2-like) and a chunk tokenizer (LLaMA-3-like: every string of 1–3 digits is a token)."""
+
+import re
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dcomp_numbers import MAX_READABLE, MAX_SYMBOLS, NumberTokens, ReadoutPlan
+
+VOCAB = 1300
+MINUS, SPACE_MINUS, SPACE, PLUS, WORD = 1, 2, 3, 4, 5
+ONE_DIGIT = {str(digit): 100 + digit for digit in range(10)}
+CHUNKS = {
+    f"{value:0{length}d}": 150 + i
+    for i, (length, value) in enumerate((length, value) for length in (1, 2, 3) for value in range(10**length))
+}
+
+
+def tokenizer(chunks: bool, cap: int = 2**63) -> NumberTokens:
+    return NumberTokens(CHUNKS if chunks else ONE_DIGIT, [MINUS, SPACE_MINUS], VOCAB, cap)
+
+
+def encode(text: str, table: dict[str, int]) -> list[int]:
+    """A toy pre-tokenizer: digit runs in chunks of the table's longest length from the left, "-", " -", " "."""
+    longest = max(map(len, table))
+    ids = []
+    for piece in re.findall(r"\d+| -|-| |\+|[a-z]+", text):
+        if piece.isdigit():
+            ids += [table[piece[i : i + longest]] for i in range(0, len(piece), longest)]
+        else:
+            ids.append({"-": MINUS, " -": SPACE_MINUS, " ": SPACE, "+": PLUS}.get(piece, WORD))
+    return ids
+
+
+def decode(ids: list[int], table: dict[str, int]) -> str:
+    text = {token: digits for digits, token in table.items()}
+    return "".join("-" if token == MINUS else text[token] for token in ids)
+
+
+signed_64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+
+
+@pytest.mark.parametrize("chunks", [False, True])
+@given(values=st.lists(signed_64, min_size=1, max_size=6))
+@settings(max_examples=60, deadline=None)
+def test_spell_writes_the_decimal_text_with_the_tokenizers_own_chunks(chunks, values):
+    numbers = tokenizer(chunks)
+    tokens, lengths = numbers.spell(torch.tensor(values))
+    table = CHUNKS if chunks else ONE_DIGIT
+    for value, row, length in zip(values, tokens.tolist(), lengths.tolist()):
+        assert row[length:] == [-1] * (MAX_SYMBOLS - length)
+        assert decode(row[:length], table) == str(value)
+        assert row[:length] == encode(str(value), table)  # what the tokenizer itself would write
+
+
+@pytest.mark.parametrize("chunks", [False, True])
+@given(
+    a=st.integers(-(10**12), 10**12),
+    b=st.integers(0, 10**12),
+    between=st.sampled_from(["-", " - ", " -", "+", " y -", " y  -", " y-"]),
+)
+@settings(max_examples=80, deadline=None)
+def test_read_gives_each_number_its_sign_only_where_the_minus_is_a_sign(chunks, a, b, between):
+    """A minus directly after a number is an operator ("a-b", "a -b", "a - b" are a then b); after a word or a
+    space it is a sign ("y -b", "y-b"), as at the start of a text ("x -a")."""
+    table = CHUNKS if chunks else ONE_DIGIT
+    text = f"x {a}{between}{b}"
+    read = tokenizer(chunks).read(torch.tensor([encode(text, table)]))
+    second = -b if between.startswith(" y") else b
+    assert read.value[read.is_last].tolist() == [a, second]
+    assert bool(read.readable[read.is_last].all())
+
+
+def test_read_caps_what_it_cannot_hold_and_marks_it_unreadable():
+    table = ONE_DIGIT
+    numbers = tokenizer(False, cap=1000)
+    read = numbers.read(torch.tensor([encode("a 999 b 1000 c -999 d -12345", table)]))
+    assert read.value[read.is_last].tolist() == [999, 1000, -999, -1000]
+    assert read.readable[read.is_last].tolist() == [True, False, True, False]
+    assert tokenizer(False).cap == MAX_READABLE  # int64-safe however wide the encoding
+
+
+def test_read_ignores_ids_outside_the_table_and_the_vocabulary():
+    read = tokenizer(True).read(torch.tensor([[VOCAB + 5, 150 + 7, -3]]))
+    assert read.is_number.tolist() == [[False, True, False]] and read.value.tolist() == [[0, 7, 0]]
+
+
+def test_a_plan_covers_its_answer_and_its_end_mark():
+    plan = ReadoutPlan.empty(2, "cpu")
+    plan.start[0], plan.length[0] = 3, 2
+    positions = torch.arange(8).expand(2, -1)
+    assert plan.covers(positions).tolist() == [[False] * 3 + [True] * 3 + [False] * 2, [False] * 8]
+    assert plan.select(torch.tensor([1, 0])).start.tolist() == [-1, 3]
