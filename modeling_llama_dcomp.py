@@ -226,7 +226,20 @@ def straight_through(soft: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
     The binary machine runs on it: its circuits are exact on 0/1 bits, but on nearly sharp ones the long division
     amplifies a deviation of 1e-7 in its inputs into a wrong quotient (each stage's soft borrow mixes in a wrapped
     difference whose high bits are all 1), and bit marginals of a mixture of programs are no program's answer."""
-    return hard.to(soft.dtype) + soft - soft.detach()
+    return hard.to(soft.dtype) + FiniteGradient.apply(soft) - soft.detach()
+
+
+class FiniteGradient(torch.autograd.Function):
+    """The identity, whose backward zeroes non-finite gradient entries: the gradient of a 64-bit long division on
+    sharp bits multiplies along a path of thousands of gates and can overflow; such an entry carries no direction."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def build_alu(config) -> nn.Module:
@@ -711,6 +724,27 @@ class LlamaDCompComputer(nn.Module):
         if records is not None:
             records.append(run)
         return run
+
+    @torch.no_grad()
+    def program_outputs(self, run: ComputerRun) -> torch.Tensor:
+        """What every library program returns on the run's most likely inputs: integers `(P, programs)` (binary
+        encoding). The answer likelihood of the selection is then exact, `p(answer) = Σ_k π_k [output_k = answer]`
+        (train.py's answer loss): a sharp 64-bit machine gives no useful gradient of its own."""
+        programs = len(self.program_names)
+        inputs = (torch.cat([run.input_probs, run.memory_probs], 1) > 0.5).to(run.input_probs.dtype)
+        inputs = inputs.repeat_interleave(programs, 0)  # (P · programs, slots, bits)
+        selection = torch.eye(programs, device=inputs.device).repeat(run.input_probs.shape[0], 1)
+        result = run_selected(
+            self.machine,
+            self.program,
+            self.entry_points,
+            selection,
+            inputs={register: inputs[:, i] for i, register in enumerate(self.input_registers)},
+            memory=inputs[:, len(self.input_registers) :] if self.memory_inputs else None,
+            max_steps=self.max_steps,
+        )
+        value, _ = self.machine.values.most_likely(result.state.registers[:, self.output_register])
+        return value.view(-1, programs)
 
     def extra_repr(self) -> str:
         return f"programs={self.program_names}, inputs={self.input_registers}, output=r{self.output_register}"

@@ -313,20 +313,37 @@ def arithmetic_task(
     test_size: int = 1000,
     holdout_fraction: float = 0.1,
     seed: int = 0,
+    max_digits: int | None = None,
+    negative_fraction: float = 0.25,
 ) -> datasets.DatasetDict:
     """One-step arithmetic mod n in natural language ("Add 3 and 4" -> 7, "Subtract 9 from 4" -> 123 for n = 128).
 
     operations: any of ARITHMETIC_TEMPLATES (add, sub, mul, div, mod, max, min); operands a, b are uniform in
     [0, n), b in [1, n) for div and mod; answer = dcomp_isa.alu_int(op, a, b, n); program = op.
+    With `max_digits` (the binary machine) operands are exact signed integers instead: a digit count uniform in
+    1..max_digits, then a magnitude uniform among the numbers of that many digits, negative with probability
+    `negative_fraction` (b ≠ 0 for div and mod); answer = Python's a op b (`dcomp_isa.alu_signed` at 64 bits:
+    floor division and modulo), never reduced mod n.
     Splits train / validation / test (module docstring); `cache_dir=` sets the disk cache folder.
     """
     unknown = set(operations) - set(ARITHMETIC_TEMPLATES)
     if unknown:
         raise ValueError(f"no phrasings for {sorted(unknown)}; choose from {sorted(ARITHMETIC_TEMPLATES)}")
 
+    def signed(rng: random.Random, nonzero: bool) -> int:
+        assert max_digits is not None
+        digits = rng.randint(1, max_digits)
+        magnitude = rng.randrange(max(10 ** (digits - 1), int(nonzero)), 10**digits)
+        return -magnitude if rng.random() < negative_fraction else magnitude
+
     def draw(rng: random.Random, operation: str, variant: None) -> tuple[dict, dict]:
-        a, b = rng.randrange(n), rng.randrange(int(operation in NONZERO_SECOND_OPERAND), n)
-        answer = dcomp_isa.alu_int(operation, a, b, n)
+        nonzero = operation in NONZERO_SECOND_OPERAND
+        if max_digits is None:
+            a, b = rng.randrange(n), rng.randrange(int(nonzero), n)
+            answer = dcomp_isa.alu_int(operation, a, b, n)
+        else:
+            a, b = signed(rng, False), signed(rng, nonzero)
+            answer = dcomp_isa.alu_signed(operation, a, b, 64)
         row = {"answer": answer, "answer_text": str(answer), "operands": [a, b], "program": operation}
         return {"a": a, "b": b}, row
 
@@ -447,12 +464,12 @@ def tokenize_for_causal_lm(
     def encode(batch: dict) -> dict:
         prompts = [text + " " for text in batch["text"]]
         prompt_ids = tokenizer(prompts)["input_ids"]
-        full_ids = tokenizer([p + answer for p, answer in zip(prompts, batch["answer_text"])])["input_ids"]
+        # The answer as generate() writes it: its own tokens after the prompt's (a tokenizer could otherwise
+        # merge the prompt's final space with the answer's minus sign: LLaMA-3's " -").
+        answer_ids = tokenizer(list(batch["answer_text"]), add_special_tokens=False)["input_ids"]
         out = {"input_ids": [], "attention_mask": [], "labels": [], "answer_position": []}
-        for prompt, full in zip(prompt_ids, full_ids):
-            if full[: len(prompt)] != prompt:
-                raise ValueError(f"the tokenizer merges the prompt {tokenizer.decode(prompt)!r} with its answer")
-            ids = full + [tokenizer.eos_token_id]
+        for prompt, answer in zip(prompt_ids, answer_ids):
+            ids = prompt + answer + [tokenizer.eos_token_id]
             labels = [-100] * len(prompt) + ids[len(prompt) :]
             padding = 0 if max_length is None else max_length - len(ids)
             if padding < 0:

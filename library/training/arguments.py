@@ -50,6 +50,13 @@ class DataArguments:
         default="arithmetic", metadata={"help": "library.tasks task"}
     )
     n: int = field(default=128, metadata={"help": "values of the machine: arithmetic is mod n"})
+    encoding: Literal["unit", "binary"] = field(
+        default="unit",
+        metadata={"help": "unit: n one-hot values, answers mod n; binary: signed --bits-bit values, exact answers "
+                  "written as number tokens (arithmetic operands then have 1 to --max_digits digits)"},
+    )  # fmt: skip
+    bits: int = field(default=64, metadata={"help": "bits of a value of the binary machine"})
+    max_digits: int = field(default=5, metadata={"help": "binary arithmetic: most digits of an operand"})
     operations: str = field(default="add,sub,mul,div", metadata={"help": "arithmetic operations, comma-separated"})
     train_size: int = field(default=20000, metadata={"help": "training examples"})
     validation_size: int = field(default=500, metadata={"help": "validation examples (learning curve)"})
@@ -59,6 +66,15 @@ class DataArguments:
     def __post_init__(self):
         _check(self.task in TASKS, "task", f"must be one of {', '.join(TASKS)}, got {self.task!r}")
         _check(self.n >= 2, "n", f"the machine needs at least 2 values, got {self.n}")
+        _check(8 <= self.bits <= 64, "bits", f"must be in [8, 64], got {self.bits}")
+        _check(
+            1 <= self.max_digits <= 9, "max_digits", f"must be in [1, 9] (products fit 64 bits), got {self.max_digits}"
+        )
+        _check(
+            self.encoding == "unit" or self.task == "arithmetic",
+            "encoding",
+            "the binary machine is wired into train.py for --task arithmetic only",
+        )
         unknown = [op for op in self.operations.split(",") if op not in task_library.ARITHMETIC_TEMPLATES]
         _check(
             not unknown,

@@ -20,6 +20,7 @@ from library.training.arguments import ArgumentError
 from modeling_llama_dcomp import IGNORE_INDEX, shift_labels
 
 NUMBER = re.compile(r"\d+")
+SIGNED_NUMBER = re.compile(r"(?<!\d)-?\d+")
 # Arithmetic operations whose inputs cannot be swapped: the default library also holds them reversed (`rsub`).
 NOT_COMMUTATIVE = ("sub", "div", "mod")
 
@@ -50,7 +51,11 @@ def task_spec(args, reversed_programs: bool = True) -> TaskSpec:
         reversed_ops = tuple(f"r{op}" for op in operations if op in NOT_COMMUTATIVE) if reversed_programs else ()
         return TaskSpec(
             "arithmetic",
-            {**sizes, "operations": operations},
+            {
+                **sizes,
+                "operations": operations,
+                **({"max_digits": args.max_digits} if args.encoding == "binary" else {}),
+            },
             operations + reversed_ops,
             (1, 2),
             0,
@@ -141,7 +146,7 @@ def build_datasets(args, spec: TaskSpec, tokenizer, seed: int):
     raw["test_pairs"] = test_pairs_split(spec, raw["train"], raw["test"], seed)
     data = task_library.tokenize_for_causal_lm(raw, tokenizer)
     data = add_number_positions(data, tokenizer, spec) if spec.answer_per_number else data
-    return add_slot_targets(data, spec, args.n)
+    return add_slot_targets(data, spec, args.n) if args.encoding == "unit" else data  # the parse loss is unit-only
 
 
 def _mapped(data, function, description: str, batched: bool = False):
@@ -199,17 +204,19 @@ def add_slot_targets(data, spec: TaskSpec, n: int):
     return _mapped(data, targets, "Slot targets")
 
 
-def written_numbers(text: str) -> list[int]:
-    """The numbers written in a prompt, in order (the copy parse's ordinals count the same numbers)."""
-    return [int(value) for value in NUMBER.findall(text)]
+def written_numbers(text: str, signed: bool = False) -> list[int]:
+    """The numbers written in a prompt, in order (the copy parse's ordinals count the same numbers); `signed`: a
+    minus directly before the digits and not directly after a digit is their sign, as the binary copy parse reads
+    it ("5-3" is 5 and 3, "minus -3" is −3)."""
+    return [int(value) for value in (SIGNED_NUMBER if signed else NUMBER).findall(text)]
 
 
-def slot_values(spec: TaskSpec, text: str, n: int) -> list[list[int]]:
+def slot_values(spec: TaskSpec, text: str, n: int, signed: bool = False) -> list[list[int]]:
     """What each parse slot (input registers, then memory cells) should read for a prompt, from the prompt text
     alone, at each position the computer runs: the numbers in the order written (`Subtract 4 from 9` -> [4, 9],
     which `rsub` turns into 9 - 4: the order is the selection's job), or for list tasks the list's length (r1),
     for sort the index of the answer's number (r2: 0, 1, ...), then the list's elements (the cells)."""
-    numbers = [value for value in written_numbers(text) if value < n]
+    numbers = [value for value in written_numbers(text, signed) if value < n]
     if spec.answer_per_number:
         return [[len(numbers), j, *numbers] for j in range(len(numbers))]
     return [[len(numbers), *numbers] if spec.memory_inputs else numbers]

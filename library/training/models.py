@@ -68,20 +68,33 @@ def build_model(model_args, data_args, computer_args, spec: TaskSpec, tokenizer)
             f"--computer_layer: {computer_args.computer_layer} is not a layer of this {layers}-layer model "
             f"(choose from {-layers} to {layers - 1}; -1 is the last)"
         )
-    tokens = number_token_ids(tokenizer, data_args.n)
-    number_ids = [ids[0] if len(ids) == 1 else -1 for ids in tokens]
     names = computer_args.library.split(",") if computer_args.library else list(spec.library)
-    return from_llama(
-        llama,
+    common = dict(
         computer_layer=computer_args.computer_layer % layers,
         library=library_sources(names),
-        computer_values=data_args.n,
         computer_gate_init=computer_args.gate_init,
         computer_selection_temperature=computer_args.selection_temperature,
         library_input_registers=list(spec.input_registers),
         library_memory_inputs=spec.memory_inputs,
+    )
+    if data_args.encoding == "binary":  # exact signed values, read from and written as the tokenizer's numbers
+        return from_llama(
+            llama,
+            tokenizer=tokenizer,
+            computer_encoding="binary",
+            computer_bits=data_args.bits,
+            computer_output="tokens",
+            computer_parse="linear" if computer_args.parse == "linear" else "copy",
+            **common,
+        )
+    tokens = number_token_ids(tokenizer, data_args.n)
+    number_ids = [ids[0] if len(ids) == 1 else -1 for ids in tokens]
+    return from_llama(
+        llama,
+        computer_values=data_args.n,
         computer_parse=parse_kind(computer_args.parse, tokens),
         computer_number_token_ids=number_ids,
+        **common,
     )
 
 

@@ -13,6 +13,10 @@ def initialise(model, tokenizer, spec: TaskSpec, rows, collator, args, from_scra
     """The whole recipe of `args` (`ComputerArguments`) on a fresh LlamaDComp model, with `rows` the training
     split: returns what it found, {"probe_accuracy": ..., "copying": {slot: ordinal}} (those it ran)."""
     found: dict = {}
+    if model.config.computer_encoding == "binary":  # the token read-out has no W_out, the parse no value classes
+        if model.config.computer_parse == "copy" and args.parse_init_scale > 0:
+            found["copying"] = init_copy_parse(model, spec, rows[: args.probe_examples]["text"], args.parse_init_scale)
+        return found
     init_read_out(model, tokenizer, args.number_row_norm if from_scratch else 0.0)
     if args.parse_init_scale > 0:
         found["probe_accuracy"] = init_parse_from_probe(
@@ -119,13 +123,14 @@ def init_copy_parse(model, spec: TaskSpec, texts: list[str], scale: float, min_a
     k-th number of the prompt in at least `min_agreement` of `texts` starts attending to ordinal k and copying
     (`CopyParse.init_ordinals`); any other slot (a list's length, say) starts on the linear parse. Returns
     {slot: ordinal} of the copying slots."""
-    n = model.config.computer_values
+    binary = model.config.computer_encoding == "binary"
+    n = 2 ** (model.config.computer_bits - 1) if binary else model.config.computer_values
     copy = model.computer.copy_parse
     agreement = torch.zeros(copy.slots, copy.ordinal.num_embeddings)
     labelled = torch.zeros(copy.slots)
     for text in texts:
-        numbers = written_numbers(text)  # ordinal k: the k-th of them, as in `CopyParse`
-        for values in slot_values(spec, text, n):
+        numbers = written_numbers(text, signed=binary)  # ordinal k: the k-th of them, as in `CopyParse`
+        for values in slot_values(spec, text, n, signed=binary):
             for slot, value in enumerate(values[: copy.slots]):
                 labelled[slot] += 1
                 for k, number in enumerate(numbers[: copy.ordinal.num_embeddings]):

@@ -55,12 +55,23 @@ class DCompTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         targets = inputs.pop("computer_targets", None)
         slot_targets = inputs.pop("slot_targets", None)
+        config = self.model.config
+        writes_tokens = getattr(config, "computer_output", None) == "tokens"
+        answer_positions = inputs.get("computer_mask")
+        if writes_tokens and not model.training and answer_positions is not None:
+            inputs.pop("computer_mask")  # evaluation: the trigger decides where to compute, as in generate()
         with record_computer_runs() as runs:
             loss, outputs = super().compute_loss(
                 model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
             )
-        if targets is not None and self.answer_loss_weight:
-            register = runs[-1].state.registers[:, self.model.config.library_output_register]  # (batch, n)
+        if writes_tokens:
+            if model.training:  # the answer loss on the output bits and the trigger's loss (docs/TRAINING.md)
+                run = runs[-1]
+                if targets is not None and self.answer_loss_weight:
+                    loss = loss + self.answer_loss_weight * selection_nll(run, targets, self.model)
+                loss = loss + trigger_loss(run.trigger_logits, answer_positions, inputs["attention_mask"])
+        elif targets is not None and self.answer_loss_weight:
+            register = runs[-1].state.registers[:, config.library_output_register]  # (batch, n)
             loss = loss + self.answer_loss_weight * distribution_cross_entropy(register, targets)
         if slot_targets is not None and self.parse_loss_weight:
             parsed = torch.cat([runs[-1].input_probs, runs[-1].memory_probs], dim=1)  # (positions, slots, n)
@@ -72,6 +83,24 @@ class DCompTrainer(Trainer):
     def create_model_card(self, **kwargs):
         if self.is_world_process_zero() and self.model_card:
             Path(self.args.output_dir, "README.md").write_text(self.model_card)
+
+
+def selection_nll(run, targets: torch.Tensor, model) -> torch.Tensor:
+    """−log p(answer) of the binary computer's selection: p(answer) = Σ_k π_k [program k's output = answer], every
+    program run on the run's inputs (`LlamaDCompComputer.program_outputs`), averaged over the run's positions."""
+    computer = LlamaDCompPreTrainedModel.computers(model)[0]
+    right = computer.program_outputs(run) == targets.to(run.program_probs.device)[:, None]  # (positions, programs)
+    likelihood = (run.program_probs * right).sum(-1)
+    return -likelihood.clamp_min(1e-6).log().mean()
+
+
+def trigger_loss(logits: torch.Tensor, answer_positions: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The "tokens" read-out's trigger: binary cross-entropy of σ(logits) `(batch, seq)` against "the computer's
+    answer starts here" (the answer positions, from where the answer is in the data), over the non-padding
+    positions: an auxiliary loss whose target comes from the answer."""
+    where = attention_mask.bool()
+    targets = answer_positions.to(logits.dtype)
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits[where], targets[where])
 
 
 def non_finite(what: str, step: int, output_dir: str) -> TrainingError:
