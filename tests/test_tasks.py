@@ -256,3 +256,45 @@ def test_causal_lm_format(arithmetic):
         position = example["answer_position"]
         assert example["labels"][position] == -100 and example["labels"][position + 1] == answer[0]
         assert example["input_ids"][position] == 220
+
+
+# ------------------------------------------------------------------------- signed multi-digit (binary machine)
+def test_signed_arithmetic_draws_every_digit_count_and_sign_with_python_answers(tmp_path):
+    data = arithmetic_task(
+        operations=("add", "sub", "mul", "div", "mod"),
+        train_size=600,
+        validation_size=10,
+        test_size=10,
+        max_digits=5,
+        cache_dir=tmp_path,
+    )
+    rows = data["train"]
+    python = {
+        "add": lambda a, b: a + b,
+        "sub": lambda a, b: a - b,
+        "mul": lambda a, b: a * b,
+        "div": lambda a, b: a // b,
+        "mod": lambda a, b: a % b,
+    }
+    digits = set()
+    for row in rows:
+        a, b = row["operands"]
+        assert row["answer"] == python[row["operation"]](a, b) and row["answer_text"] == str(row["answer"])
+        assert b != 0 or row["operation"] not in ("div", "mod")
+        digits |= {len(str(abs(a))), len(str(abs(b)))}
+    assert digits == {1, 2, 3, 4, 5}
+    assert any(a < 0 for a, _ in rows["operands"]) and any(answer < 0 for answer in rows["answer"])
+
+
+def test_the_answer_is_tokenized_as_generate_writes_it_after_the_prompt(tmp_path):
+    """LLaMA-3 would merge the prompt's final space with a negative answer's minus (" -"): the answer's tokens are
+    its own, after the prompt's."""
+    from library.tokenizer import llama3_tokenizer
+
+    tokenizer = llama3_tokenizer()
+    data = datasets.Dataset.from_dict({"text": ["Work out 3 minus 45"], "answer_text": ["-42"]})
+    row = tokenize_for_causal_lm(data, tokenizer)[0]
+    prompt = tokenizer("Work out 3 minus 45 ")["input_ids"]
+    answer = tokenizer("-42", add_special_tokens=False)["input_ids"]
+    assert row["input_ids"] == prompt + answer + [tokenizer.eos_token_id]
+    assert row["labels"] == [-100] * len(prompt) + answer + [tokenizer.eos_token_id]

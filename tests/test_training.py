@@ -364,3 +364,40 @@ def test_the_output_lock_refuses_a_second_run_and_names_its_pid(tmp_path):
         holder.join(30)
     with output_lock(tmp_path):  # released when its holder ended
         assert (tmp_path / "_train.lock").read_text() == str(os.getpid())
+
+
+# ------------------------------------------------------------------------------ the binary machine's recipe
+def test_binary_encoding_is_for_arithmetic(capsys):
+    with pytest.raises(SystemExit):
+        parse_arguments(["--encoding", "binary", "--task", "fibonacci"])
+    assert "--encoding: the binary machine is wired into train.py for --task arithmetic only" in capsys.readouterr().err
+
+
+def test_selection_nll_is_the_exact_likelihood_of_the_answer_over_the_programs():
+    """p(answer) = Σ_k π_k [program k's output = answer]: every program runs on the parsed inputs."""
+    from test_readout import calculator, last_token_mask
+
+    from library.tokenizer import llama3_tokenizer
+    from library.training.trainer import selection_nll, trigger_loss
+
+    tokenizer = llama3_tokenizer()
+    model = calculator(tokenizer, "add")
+    from library.install import install_library
+
+    install_library(model, ["add", "sub", "mul"])
+    model.computer.copy_parse.init_ordinals({0: 0, 1: 1}, scale=30.0)
+    tokenizer.padding_side = "left"  # the last column is each prompt's last token
+    try:
+        inputs = tokenizer(["Take 30000 and -4. ", "Take 7 and 8. "], return_tensors="pt", padding=True)
+    finally:
+        tokenizer.padding_side = "right"
+    with record_computer_runs() as runs:
+        model(**inputs, computer_mask=last_token_mask(inputs.attention_mask))
+    run = runs[-1]
+    outputs = model.computer.program_outputs(run)
+    assert outputs.tolist() == [[29996, 30004, -120000], [15, -1, 56]]
+    targets = torch.tensor([30004, 56])  # sub, then mul
+    expected = -(run.program_probs[0, 1].log() + run.program_probs[1, 2].log()) / 2
+    assert torch.allclose(selection_nll(run, targets, model), expected)
+    logits = torch.tensor([[10.0, -10.0], [-10.0, 10.0]])
+    assert float(trigger_loss(logits, torch.tensor([[1, 0], [0, 1]]), torch.ones(2, 2))) < 1e-3
