@@ -860,6 +860,12 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
                 groups.setdefault(group(name), []).append(parameter)
         return [{"name": name, "params": params, "lr": learning_rates[name]} for name, params in sorted(groups.items())]
 
+    def freeze_base(self) -> None:
+        """Only the computer blocks train: every other parameter (the base Llama's) stops requiring gradients."""
+        for name, parameter in self.named_parameters():
+            if ".computer." not in f".{name}":
+                parameter.requires_grad_(False)
+
     def get_library(self) -> tuple[ProgramTensors, list[str], list[int]]:
         """The installed library: program tensors (buffer views), program names and entry points."""
         computer = self.computers()[0]

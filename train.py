@@ -83,6 +83,8 @@ def train(model_args, data_args, computer_args, training_args) -> dict:
     if answer_loss:  # the LM loss trains the read-out, the answer loss the heads (docs/TRAINING.md)
         for computer in model.computers():
             computer.isolate_gradients = True
+    if model_args.freeze_base and with_computer:
+        model.freeze_base()
     if model_args.lora:
         model = add_lora(model, model_args.lora_rank)
     print(f"initial parameter digest: {parameter_digest(model)}", flush=True)
@@ -112,6 +114,8 @@ def train(model_args, data_args, computer_args, training_args) -> dict:
     # ---- evaluation and the output folder
     splits = [name for name in ("test", "test_pairs", "test_long") if name in data and len(data[name])]
     results = {name: evaluate_split(trainer, metric, data[name], name, spec.group_column) for name in splits}
+    for column in spec.extra_groups:  # the same splits, broken down another way (e.g. by operand digits)
+        results |= {f"{name}_by_{column}": evaluate_split(trainer, metric, data[name], name, column) for name in splits}
     # Every process prints the digest of its weights: after data-parallel training they must all agree.
     digest = parameter_digest(trainer.model)
     print(f"rank {training_args.process_index} parameter digest: {digest}", flush=True)

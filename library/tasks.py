@@ -55,7 +55,7 @@ import random
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -323,7 +323,7 @@ def arithmetic_task(
     With `max_digits` (the binary machine) operands are exact signed integers instead: a digit count uniform in
     1..max_digits, then a magnitude uniform among the numbers of that many digits, negative with probability
     `negative_fraction` (b ≠ 0 for div and mod); answer = Python's a op b (`dcomp_isa.alu_signed` at 64 bits:
-    floor division and modulo), never reduced mod n.
+    floor division and modulo), never reduced mod n; the column `digits` holds the longer operand's digit count.
     Splits train / validation / test (module docstring); `cache_dir=` sets the disk cache folder.
     """
     unknown = set(operations) - set(ARITHMETIC_TEMPLATES)
@@ -344,12 +344,15 @@ def arithmetic_task(
         else:
             a, b = signed(rng, False), signed(rng, nonzero)
             answer = dcomp_isa.alu_signed(operation, a, b, 64)
+            row = {"answer": answer, "answer_text": str(answer), "operands": [a, b], "program": operation}
+            return {"a": a, "b": b}, {**row, "digits": max(len(str(abs(a))), len(str(abs(b))))}
         row = {"answer": answer, "answer_text": str(answer), "operands": [a, b], "program": operation}
         return {"a": a, "b": b}, row
 
     templates = {operation: ARITHMETIC_TEMPLATES[operation] for operation in operations}
     splits = _splits(train_size, validation_size, test_size)
-    return _generate(templates, splits, draw, _features(datasets.Value("int64")), seed, holdout_fraction)
+    features = _features(datasets.Value("int64"), *(() if max_digits is None else ("digits",)))
+    return _generate(templates, splits, draw, features, seed, holdout_fraction)
 
 
 def fibonacci(a: int, b: int, depth: int, n: int) -> int:
@@ -450,20 +453,34 @@ def _pad(values: list[int], value: int, count: int, left: bool) -> list[int]:
 
 
 def tokenize_for_causal_lm(
-    dataset: datasets.Dataset | datasets.DatasetDict, tokenizer, max_length: int | None = None
+    dataset: datasets.Dataset | datasets.DatasetDict,
+    tokenizer,
+    max_length: int | None = None,
+    chat_fraction: float = 0.0,
 ) -> datasets.Dataset | datasets.DatasetDict:
     """Adds `input_ids`, `attention_mask`, `labels` and `answer_position` to a task Dataset or DatasetDict.
 
     Format (module docstring): prompt `text + " "` with BOS, then `answer_text` and EOS; labels -100 except on
-    the answer tokens and EOS. max_length None leaves rows unpadded (pad batches with a collator that pads
+    the answer tokens and EOS. A share `chat_fraction` of the prompts (chosen by a hash of the text) is instead
+    the tokenizer's chat template around `text` as the user's message, up to the assistant's turn.
+    max_length None leaves rows unpadded (pad batches with a collator that pads
     labels with -100 on the right, e.g. `DataCollatorForSeq2Seq`); an int pads every row to max_length with
     `tokenizer.pad_token_id` on `tokenizer.padding_side` (answer_position counts the padding) and raises
     ValueError for a longer row, since truncation would cut off the answer.
     """
 
+    def chat(text: str) -> bool:
+        return _held_out([text], 0, chat_fraction) if 0 < chat_fraction < 1 else chat_fraction == 1
+
+    def prompt_tokens(text: str) -> list[int]:
+        if not chat(text):
+            return tokenizer(text + " ")["input_ids"]
+        messages = [{"role": "user", "content": text}]
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if isinstance(ids, Mapping) else ids)
+
     def encode(batch: dict) -> dict:
-        prompts = [text + " " for text in batch["text"]]
-        prompt_ids = tokenizer(prompts)["input_ids"]
+        prompt_ids = [prompt_tokens(text) for text in batch["text"]]
         # The answer as generate() writes it: its own tokens after the prompt's (a tokenizer could otherwise
         # merge the prompt's final space with the answer's minus sign: LLaMA-3's " -").
         answer_ids = tokenizer(list(batch["answer_text"]), add_special_tokens=False)["input_ids"]
@@ -482,7 +499,7 @@ def tokenize_for_causal_lm(
         return out
 
     # `map` would fingerprint its closure, tokenizer included, twice per split (~0.3 s each): hash it once.
-    key = fingerprint(datasets.fingerprint.Hasher.hash(tokenizer), str(max_length), _SOURCE_KEY)
+    key = fingerprint(datasets.fingerprint.Hasher.hash(tokenizer), f"{max_length}:{chat_fraction}", _SOURCE_KEY)
 
     def apply(split: datasets.Dataset) -> datasets.Dataset:
         new_fingerprint = fingerprint(split._fingerprint, key)

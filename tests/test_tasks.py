@@ -298,3 +298,22 @@ def test_the_answer_is_tokenized_as_generate_writes_it_after_the_prompt(tmp_path
     answer = tokenizer("-42", add_special_tokens=False)["input_ids"]
     assert row["input_ids"] == prompt + answer + [tokenizer.eos_token_id]
     assert row["labels"] == [-100] * len(prompt) + answer + [tokenizer.eos_token_id]
+
+
+def test_a_chat_share_of_the_prompts_goes_through_the_chat_template():
+    from test_readout import smollm2_tokenizer
+
+    tokenizer = smollm2_tokenizer()
+    texts = [f"What is {a} plus 4?" for a in range(40)]
+    data = datasets.Dataset.from_dict({"text": texts, "answer_text": [str(a + 4) for a in range(40)]})
+    rows = tokenize_for_causal_lm(data, tokenizer, chat_fraction=0.5)
+    chats = 0
+    for text, row in zip(texts, rows):
+        answer = tokenizer(row_answer := str(int(text.split()[2]) + 4), add_special_tokens=False)["input_ids"]
+        prompt = row["input_ids"][: row["answer_position"] + 1]
+        templated = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
+        templated = list(templated["input_ids"] if hasattr(templated, "keys") else templated)
+        assert prompt in (templated, tokenizer(text + " ")["input_ids"]), row_answer
+        assert row["input_ids"][len(prompt) :] == answer + [tokenizer.eos_token_id]
+        chats += prompt == templated
+    assert 10 <= chats <= 30

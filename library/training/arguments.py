@@ -57,6 +57,9 @@ class DataArguments:
     )  # fmt: skip
     bits: int = field(default=64, metadata={"help": "bits of a value of the binary machine"})
     max_digits: int = field(default=5, metadata={"help": "binary arithmetic: most digits of an operand"})
+    chat_fraction: float = field(
+        default=0.0, metadata={"help": "share of prompts asked through the tokenizer's chat template (0: none)"}
+    )
     operations: str = field(default="add,sub,mul,div", metadata={"help": "arithmetic operations, comma-separated"})
     train_size: int = field(default=20000, metadata={"help": "training examples"})
     validation_size: int = field(default=500, metadata={"help": "validation examples (learning curve)"})
@@ -84,6 +87,7 @@ class DataArguments:
         for name in ("train_size", "validation_size", "test_size"):
             _check(getattr(self, name) >= 1, name, f"needs at least 1 example, got {getattr(self, name)}")
         _check(self.test_long_size >= 0, "test_long_size", f"must be >= 0, got {self.test_long_size}")
+        _check(0 <= self.chat_fraction <= 1, "chat_fraction", f"must be in [0, 1], got {self.chat_fraction}")
 
 
 @dataclass
@@ -99,6 +103,9 @@ class ModelArguments:
         default=False, metadata={"help": "PEFT LoRA adapters on the base weights; the computer block trains in full"}
     )
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank"})
+    freeze_base: bool = field(
+        default=False, metadata={"help": "train only the computer block: the base Llama's weights stay as they are"}
+    )
     hidden_size: int = field(default=128, metadata={"help": "hidden size of a from-scratch model"})
     layers: int = field(default=2, metadata={"help": "decoder layers of a from-scratch model"})
     heads: int = field(default=4, metadata={"help": "attention heads of a from-scratch model"})

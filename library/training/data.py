@@ -39,6 +39,7 @@ class TaskSpec:
     answer_in_register: bool  # the answer is the final value of the output register (the answer loss applies)
     # The answer is a list: the computer runs before each of its numbers, with r2 = how many are already written.
     answer_per_number: bool = False
+    extra_groups: tuple[str, ...] = ()  # further columns the test accuracy is broken down by
 
 
 def task_spec(args, reversed_programs: bool = True) -> TaskSpec:
@@ -62,6 +63,7 @@ def task_spec(args, reversed_programs: bool = True) -> TaskSpec:
             templates,
             "operation",
             True,
+            extra_groups=("digits",) if args.encoding == "binary" else (),
         )
     sizes["test_long_size"] = args.test_long_size
     if args.task == "fibonacci":
@@ -144,7 +146,7 @@ def build_datasets(args, spec: TaskSpec, tokenizer, seed: int):
     except ValueError as error:  # too few distinct examples for the split sizes at this n
         raise ArgumentError(f"--n {args.n} with these split sizes: {error}") from error
     raw["test_pairs"] = test_pairs_split(spec, raw["train"], raw["test"], seed)
-    data = task_library.tokenize_for_causal_lm(raw, tokenizer)
+    data = task_library.tokenize_for_causal_lm(raw, tokenizer, chat_fraction=args.chat_fraction)
     data = add_number_positions(data, tokenizer, spec) if spec.answer_per_number else data
     return add_slot_targets(data, spec, args.n) if args.encoding == "unit" else data  # the parse loss is unit-only
 
