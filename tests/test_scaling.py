@@ -4,12 +4,21 @@ model on 2 CPU processes (gloo) through `experiments/fsdp_smoke.py` (docs/SCALIN
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
 import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from model_fixtures import COMPUTER, LIBRARY, TINY_LLAMA, random_ids, tiny_llama
+from model_fixtures import COMPUTER, LIBRARY, REPO, TINY_LLAMA, library_buffers, random_ids, tiny_llama
+from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from experiments import fsdp_smoke
 from library.install import from_llama
 from modeling_llama_dcomp import LlamaDCompForCausalLM
 
@@ -165,3 +174,37 @@ def test_from_llama_converts_every_llama_shape(
     if bf16:
         llama = llama.to(torch.bfloat16)
     assert_converts_exactly(llama, computer_layer=computer_layer)
+
+
+# ------------------------------------------------------------------------------------------------------ FSDP
+@pytest.mark.slow
+@pytest.mark.parametrize("fsdp_version", [2, 1])
+def test_fsdp_on_two_cpu_processes_keeps_the_library_and_saves_a_model_with_the_same_outputs(tmp_path, fsdp_version):
+    """2 processes over gloo, one FSDP unit per `_no_split_modules` layer: three optimizer steps train the base
+    and the computer, leave every library buffer bit-equal (and float32) on every rank, and the gathered full
+    state dict loads (`from_pretrained`, library verified) into one process with the sharded model's logits."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "experiments.fsdp_smoke", "--output_dir", str(tmp_path)]
+    command += ["--fsdp_version", str(fsdp_version)]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+
+    ranks = report["ranks"]
+    assert [rank["rank"] for rank in ranks] == [0, 1]
+    for rank in ranks:
+        assert rank["changed_buffers"] == [] and rank["buffers"] == 7, rank  # 5 program tensors, entries, ALU
+        assert len(rank["losses"]) == 3 and all(math.isfinite(loss) for loss in rank["losses"])
+    assert ranks[0]["losses"] != ranks[1]["losses"]  # each rank its own data
+    changed = set(ranks[0]["changed_parameters"])
+    computer = "model.layers.0.computer."
+    assert {computer + name for name in ("gate", "select.weight", "parse.weight", "output_proj.weight")} <= changed
+    assert "model.layers.1.self_attn.q_proj.weight" in changed and "model.embed_tokens.weight" in changed
+
+    model = LlamaDCompForCausalLM.from_pretrained(tmp_path / "model").eval()
+    fresh = library_buffers(fsdp_smoke.build_model())
+    for name, buffer in library_buffers(model).items():
+        assert buffer.dtype == fresh[name].dtype and torch.equal(buffer, fresh[name]), name
+    saved = load_file(tmp_path / "logits.safetensors")
+    with torch.no_grad():
+        assert torch.equal(model(saved["ids"]).logits, saved["logits"])
