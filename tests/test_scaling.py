@@ -12,11 +12,14 @@ import sys
 
 import pytest
 import torch
+from accelerate.commands.config.config_args import load_config_from_file
+from accelerate.utils import FullyShardedDataParallelPlugin
+from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from model_fixtures import COMPUTER, LIBRARY, REPO, TINY_LLAMA, library_buffers, random_ids, tiny_llama
+from model_fixtures import COMPUTER, LIBRARY, REPO, TINY_LLAMA, library_buffers, random_ids, tiny_llama, tiny_model
 from safetensors.torch import load_file
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
 
 from experiments import fsdp_smoke
 from library.install import from_llama
@@ -177,6 +180,33 @@ def test_from_llama_converts_every_llama_shape(
 
 
 # ------------------------------------------------------------------------------------------------------ FSDP
+def test_the_shipped_fsdp_configs_shard_one_decoder_layer_per_unit(tmp_path):
+    """experiments/fsdp_config.json (`--fsdp_config`) and experiments/accelerate_fsdp.yaml parse into the same
+    FSDP2 plan, and accelerate's wrap policy for it picks exactly the decoder layers, the computer inside one."""
+    arguments = TrainingArguments(
+        output_dir=str(tmp_path), fsdp=True, fsdp_config=str(REPO / "experiments/fsdp_config.json"), report_to="none"
+    )
+    plugin_args = arguments.fsdp_plugin_args
+    launcher = load_config_from_file(str(REPO / "experiments/accelerate_fsdp.yaml"))
+    assert launcher.distributed_type == "FSDP" and launcher.mixed_precision == "bf16"
+    for version, layer_class, state_dict_type in [
+        (plugin_args["fsdp_version"], plugin_args["transformer_cls_names_to_wrap"], plugin_args["state_dict_type"]),
+        (
+            launcher.fsdp_config["fsdp_version"],
+            launcher.fsdp_config["fsdp_transformer_layer_cls_to_wrap"],
+            launcher.fsdp_config["fsdp_state_dict_type"],
+        ),
+    ]:
+        assert (version, layer_class, state_dict_type) == (2, "LlamaDCompDecoderLayer", "FULL_STATE_DICT")
+    assert layer_class in LlamaDCompForCausalLM._no_split_modules
+
+    model = tiny_model(layer=1)
+    policy = fsdp2_prepare_auto_wrap_policy(FullyShardedDataParallelPlugin(**plugin_args), model)
+    wrapped = [name for name, module in model.named_modules() if policy(module)]
+    assert wrapped == ["model.layers.0", "model.layers.1"]
+    assert model.get_submodule("model.layers.1.computer") is model.computer
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fsdp_version", [2, 1])
 def test_fsdp_on_two_cpu_processes_keeps_the_library_and_saves_a_model_with_the_same_outputs(tmp_path, fsdp_version):
