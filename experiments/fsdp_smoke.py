@@ -11,8 +11,8 @@ reloads into a single-process model with the same outputs (docs/SCALING.md).
 training; the parameters the steps changed; the seconds), `model/` (the trained model, `save_pretrained` from the
 gathered full state dict) and `logits.safetensors` (the sharded model's logits on `ids`, for comparison).
 
-The tiny model (hidden 32, 4 heads over 2 KV heads, 2 layers, a 16-value machine running add/sub/mul/fib with the
-gate open) is the same on every rank (seed 0); each rank trains on its own random tokens.
+The tiny model (hidden 32, 4 heads over 2 KV heads, tied embeddings, 2 layers, a 16-value machine running
+add/sub/mul/fib with the gate open) is the same on every rank (seed 0); each rank trains on its own random tokens.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ TINY_LLAMA = dict(
     pad_token_id=0,
     bos_token_id=1,
     eos_token_id=2,
+    tie_word_embeddings=True,  # as Llama-3.2-1B/3B
 )
 COMPUTER = dict(
     computer_values=16,

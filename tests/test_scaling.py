@@ -232,6 +232,7 @@ def test_fsdp_on_two_cpu_processes_keeps_the_library_and_saves_a_model_with_the_
     assert "model.layers.1.self_attn.q_proj.weight" in changed and "model.embed_tokens.weight" in changed
 
     model = LlamaDCompForCausalLM.from_pretrained(tmp_path / "model").eval()
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # tied, as Llama-3.2-1B/3B
     fresh = library_buffers(fsdp_smoke.build_model())
     for name, buffer in library_buffers(model).items():
         assert buffer.dtype == fresh[name].dtype and torch.equal(buffer, fresh[name]), name
