@@ -97,8 +97,9 @@ def from_llama(
     tokenizer=None,
     **computer_kwargs,
 ) -> LlamaDCompForCausalLM:
-    """A `LlamaDCompForCausalLM` with `llama`'s weights (copied, bit for bit; tied embeddings stay tied) and
-    `library` installed after decoder layer `computer_layer`.
+    """A `LlamaDCompForCausalLM` with `llama`'s weights and buffers (copied, bit for bit; tied embeddings stay
+    tied) and `library` installed after decoder layer `computer_layer`. Any `LlamaForCausalLM` converts: GQA,
+    an explicit `head_dim`, attention/MLP biases, scaled rope (LLaMA-3's "llama3"), any dtype (docs/SCALING.md).
 
     `computer_kwargs` are further `LlamaDCompConfig` fields (`computer_encoding`, `computer_values`,
     `computer_registers`, `library_input_registers`, …). With a `tokenizer`, a unit computer's W_out starts from
@@ -137,6 +138,9 @@ def from_llama(
     not_computer = [key for key in missing if ".computer." not in key]
     if not_computer or unexpected:
         raise ValueError(f"the Llama's weights do not fit: missing {not_computer}, unexpected {unexpected}")
+    for name, buffer in llama.named_buffers():  # non-persistent ones too: the rotary inv_freq, bf16 after `.to`
+        module_name, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(module_name), leaf, buffer.detach().clone())
     model.set_library(tensors, config.library_programs, config.library_entry_points)
     if tokenizer is not None and config.computer_encoding == "unit":
         model.init_output_from_embeddings(number_token_ids(tokenizer, config.computer_values))
