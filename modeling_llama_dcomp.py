@@ -517,10 +517,11 @@ class LlamaDCompComputer(nn.Module):
             bits=config.computer_bits if self.binary else None,
         )
         self.output_proj = nn.Linear(width, hidden_size, bias=False)  # W_out
-        self.gate = nn.Parameter(torch.empty(()))
+        # One-element vectors, not 0-dim scalars: FSDP (1 and 2) refuses 0-dim parameters.
+        self.gate = nn.Parameter(torch.empty(1))
         if self.writes_tokens:
             self.trigger = nn.Linear(hidden_size, 1)  # "compute here": the answer that follows is the computer's
-            self.readout_strength = nn.Parameter(torch.empty(()))
+            self.readout_strength = nn.Parameter(torch.empty(1))
         placeholder = halt_program(config)
         self._register_library(placeholder, torch.as_tensor(config.library_entry_points, dtype=torch.long))
 

@@ -70,20 +70,6 @@ def build_model() -> LlamaDCompForCausalLM:
     return from_llama(llama, computer_layer=0, library=LIBRARY, **COMPUTER)
 
 
-def vector_gate(model: LlamaDCompForCausalLM) -> None:
-    """FSDP (1 and 2) refuses 0-dim parameters ("FSDP doesn't support scalar parameters. Change computer.gate to a
-    1D tensor with numel equal to 1"): the gate becomes a 1-element vector, the same value (a no-op once the
-    model declares it so; docs/SCALING.md). `scalar_gate` turns a state dict back."""
-    for computer in model.computers():
-        if computer.gate.dim() == 0:
-            computer.gate = torch.nn.Parameter(computer.gate.detach().reshape(1))
-
-
-def scalar_gate(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`state` with the gates of `vector_gate` back in the model's declared 0-dim shape."""
-    return {name: value.reshape(()) if name.endswith(".computer.gate") else value for name, value in state.items()}
-
-
 def library_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Copies of the computer's buffers (program tensors, entry points, ALU tables), by their unwrapped name
     (FSDP1 inserts `_fsdp_wrapped_module.` into the names of wrapped modules)."""
@@ -126,9 +112,8 @@ def worker(rank: int, args: argparse.Namespace, port: int) -> None:
     device = torch.device("cuda", rank) if args.backend == "nccl" else torch.device("cpu")
     start = time.perf_counter()
     model = build_model().to(device).train()
-    vector_gate(model)
     before = library_buffers(model)
-    initial = scalar_gate({name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()})
+    initial = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
     model = shard(model, args.fsdp_version, args.mixed_precision, device)
     optimizer = torch.optim.AdamW(LlamaDCompPreTrainedModel.parameter_groups(model, LEARNING_RATES))
     generator = torch.Generator().manual_seed(100 + rank)  # each rank its own batches
@@ -152,7 +137,6 @@ def worker(rank: int, args: argparse.Namespace, port: int) -> None:
     # cpu_offload gathers onto the CPU; for FSDP1 on a CPU model it segfaults (torch 2.13), and is not needed there.
     offload = device.type != "cpu"
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=offload))
-    state = scalar_gate(state)
     report = {"rank": rank, "losses": losses, "changed_buffers": changed_buffers, "buffers": len(before)}
     if rank == 0:
         single = build_model()
