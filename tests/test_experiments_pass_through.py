@@ -37,3 +37,11 @@ def test_a_silent_computer_passes_ordinary_text_through_and_a_firing_one_is_coun
     firing = compare(model, base, tokenizer, texts, prompt_tokens=8, new_tokens=6)
     assert firing["texts_with_activation"] == 1.0 and firing["false_activation_positions"] > 0
     assert firing["greedy_token_agreement"] < 1.0
+
+
+def test_zero_shot_reads_the_last_integer_as_written():
+    from experiments.zero_shot import last_integer
+
+    assert last_integer("The answer is -1,234 apples") == -1234
+    assert last_integer("80 + 29 = 149") == 149
+    assert last_integer("12,3456") == 3456 and last_integer("none") is None
