@@ -178,7 +178,8 @@ def explain(traces: Sequence[ComputerTrace], model: LlamaDCompPreTrainedModel) -
     and the decompiled listing of the most likely program (uncertain choices annotated)."""
     program, names, entry_points = model.get_library()
     labels = dict(zip(names, entry_points))
-    listing = decompile(program, labels=labels, name="library").splitlines()
+    bits = model.config.computer_bits if model.config.computer_encoding == "binary" else None
+    listing = decompile(program, labels=labels, name="library", bits=bits).splitlines()
     blocks = []
     for trace in traces:
         selected = trace.programs[0][0]
@@ -195,8 +196,8 @@ def explain(traces: Sequence[ComputerTrace], model: LlamaDCompPreTrainedModel) -
         if trace.unrepresentable:
             lines.insert(
                 1,
-                f"  ! {', '.join(trace.unrepresentable)}: no values 0..{model.config.computer_values - 1}, so the "
-                "computer cannot read them and this answer is not about them",
+                f"  ! {', '.join(trace.unrepresentable)}: numbers the computer cannot hold, so it cannot read them "
+                "and this answer is not about them",
             )
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + ("\n" if blocks else "")

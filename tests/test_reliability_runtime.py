@@ -102,5 +102,5 @@ def test_the_trace_flags_operands_the_computer_cannot_represent(llama3_model):
         traces = model.trace_computer(**ids, computer_mask=mask, tokenizer=tokenizer)
     assert [trace.unrepresentable for trace in traces] == [["200", "300"], []]
     text = explain(traces, model)
-    assert "! 200, 300: no values 0..127" in text and text.count("! ") == 1
+    assert "! 200, 300: numbers the computer cannot hold" in text and text.count("! ") == 1
     assert model.trace_computer(**ids, computer_mask=mask)[0].unrepresentable is None  # not checked

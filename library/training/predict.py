@@ -25,12 +25,12 @@ def number_starts(tokenizer, input_ids: list[int], answer_start: int) -> list[in
 def greedy_answer(model, tokenizer, prompt: str, max_new_tokens: int) -> tuple[torch.Tensor, int, torch.Tensor | None]:
     """Greedy decoding of the answer to `prompt`: `(ids (1, seq) of prompt + answer, where the answer starts,
     computer_mask or None)`.
-    A LlamaDComp model decodes without a KV cache, re-running the computer at every `number_starts` position
-    over the whole sequence (its copy parse reads the prompt's number tokens, which a cached step does not
-    see); a plain Llama uses `generate`."""
+    A plain Llama, and a LlamaDComp model whose computer writes tokens (its trigger decides where to compute),
+    use plain `generate`; a residual-write LlamaDComp model decodes without a KV cache, re-running the computer at
+    every `number_starts` position, which depends on the answer written so far."""
     ids = tokenizer(prompt.rstrip() + " ", return_tensors="pt")["input_ids"]  # the answer follows a space
     start = ids.shape[1]
-    if not hasattr(model, "trace_computer"):
+    if getattr(model.config, "computer_output", None) != "residual_add":
         generated = model.generate(
             input_ids=ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
         )
@@ -68,5 +68,5 @@ def predict(argv: list[str]) -> None:
         ids, start, mask = greedy_answer(model, tokenizer, prompt, args.max_new_tokens)
         answer = tokenizer.decode(ids[0, start:], skip_special_tokens=True).strip()
         print(f"{prompt}\nanswer: {answer}")
-        if mask is not None:
+        if hasattr(model, "trace_computer"):  # where it ran: the mask, or where the trigger fired
             print(explain(model.trace_computer(input_ids=ids, computer_mask=mask, tokenizer=tokenizer), model))
