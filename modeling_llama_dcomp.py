@@ -26,6 +26,7 @@ import itertools
 import json
 import math
 import re
+import reprlib
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -139,7 +140,7 @@ def convention_fingerprint(config) -> str:
     """`<field>=<sha256 of its JSON value>` for every field of `ANSWER_FIELDS`, `;`-joined: one hash per field, so a
     mismatch names the field."""
     return ";".join(
-        f"{name}={hashlib.sha256(json.dumps(getattr(config, name)).encode()).hexdigest()[:FIELD_HEX]}"
+        f"{name}={hashlib.sha256(json.dumps(getattr(config, name), sort_keys=True).encode()).hexdigest()[:FIELD_HEX]}"
         for name in ANSWER_FIELDS
     )
 
@@ -165,7 +166,7 @@ def check_answer_fields(config) -> None:
     for name, digest in fingerprint_parts(convention_fingerprint(config)).items():
         if recorded.get(name, digest) != digest:
             raise LibraryMismatchError(
-                f"config.{name}={getattr(config, name)!r} is not the value the library was installed with "
+                f"config.{name}={reprlib.repr(getattr(config, name))} is not the value the library was installed with "
                 f"(config.library_fingerprint records another): config.json was edited or {name} was passed to "
                 "from_pretrained. The computer's answers depend on it: restore it, or reinstall the library "
                 "(library.install.install_library) to change it"

@@ -172,3 +172,20 @@ def test_the_answer_loss_and_the_trigger_are_recorded_for_training():
     assert run.trigger_logits is not None and run.trigger_logits.shape == inputs.input_ids.shape
     (loss + run.trigger_logits.sum()).backward()
     assert model.computer.trigger.weight.grad is not None
+
+
+def test_a_binary_model_round_trips_through_save_pretrained(tmp_path):
+    """The digit-token table is a dict: config.json stores it with sorted keys, and the fingerprint must not care."""
+    from modeling_llama_dcomp import LlamaDCompForCausalLM
+
+    tokenizer = llama3_tokenizer()
+    model = calculator(tokenizer, "mul")
+    model.save_pretrained(tmp_path)
+    loaded = LlamaDCompForCausalLM.from_pretrained(tmp_path).eval()
+    inputs = tokenizer("Multiply -321 by 4567. ", return_tensors="pt")
+    mask = last_token_mask(inputs.attention_mask)
+    settings = dict(max_new_tokens=8, do_sample=False, computer_mask=mask)
+    assert torch.equal(model.generate(**inputs, **settings), loaded.generate(**inputs, **settings))
+    assert tokenizer.decode(loaded.generate(**inputs, **settings)[0, inputs.input_ids.shape[1] :]).startswith(
+        "-1466007"
+    )
