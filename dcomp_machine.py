@@ -83,13 +83,13 @@ def _by_line(pc: torch.Tensor, per_line: torch.Tensor, batched: bool) -> torch.T
 
 
 class _Mix(torch.autograd.Function):
-    """``X_i ← (1 − w_i) X_i + w_i c`` for every row i (the write mixture of eq. 3–5): X `(batch, rows, width)`,
+    """``X_i ← (1 − w_i) X_i + w_i c`` for every row i (the memory write of eq. 3–4): X `(batch, rows, width)`,
     w `(batch, rows)`, c `(batch, width)`.
 
-    Autograd's elementwise formula writes four state-sized tensors in its backward (and keeps a state-sized
-    product); this backward writes one, ``∂X_i = (1 − w_i) g_i``, and reduces the rest without temporaries:
-    ``∂w_i = g_i · c − g_i · X_i``, ``∂c = Σ_i w_i g_i``. Saves X (the state before the write, which autograd
-    keeps anyway) and the small w and c."""
+    Autograd's elementwise formula writes four state-sized tensors in its backward (two products, each then
+    reduced); this one writes ``∂X_i = (1 − w_i) g_i`` and the temporaries of the row-wise dot products
+    ``∂w_i = g_i · (c − X_i)``, and ``∂c = Σ_i w_i g_i`` is a matrix product. Saves X (the state before the
+    write, which the step that made it holds anyway) and the small w and c."""
 
     @staticmethod
     def forward(ctx, rows, weights, value):
@@ -105,7 +105,7 @@ class _Mix(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_rows = grad * (1 - weights)[..., None]
         if ctx.needs_input_grad[1]:
-            grad_weights = torch.linalg.vecdot(grad, value[:, None, :]) - torch.linalg.vecdot(grad, rows)
+            grad_weights = torch.linalg.vecdot(grad, value[:, None, :] - rows)
         if ctx.needs_input_grad[2]:
             grad_value = torch.bmm(weights[:, None, :], grad)[:, 0]
         return grad_rows, grad_weights, grad_value
