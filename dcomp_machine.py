@@ -82,32 +82,71 @@ def _by_line(pc: torch.Tensor, per_line: torch.Tensor, batched: bool) -> torch.T
 
 
 class _Mix(torch.autograd.Function):
-    """``X_i ← (1 − w_i) X_i + w_i c`` for every row i (the memory write of eq. 3–4): X `(batch, rows, width)`,
-    w `(batch, rows)`, c `(batch, width)`.
+    """``X_i ← (1 − w_i) X_i + w_i c`` with ``w_i = p a_i`` for every row i (the memory write of eq. 3–4): X
+    `(batch, rows, width)`, p `(batch,)`, a `(batch, rows)`, c `(batch, width)`.
 
-    Autograd's elementwise formula writes four state-sized tensors in its backward (two products, each then
-    reduced); this one writes ``∂X_i = (1 − w_i) g_i`` and the temporaries of the row-wise dot products
-    ``∂w_i = g_i · (c − X_i)``, and ``∂c = Σ_i w_i g_i`` is a matrix product. Saves X (the state before the
-    write, which the step that made it holds anyway) and the small w and c."""
+    Exact zeros cost nothing: when no row is written (w = 0, most steps of a program whose writes are few) the
+    output is X itself, forward and backward (no new state, no state-sized gradient). The backward needs the
+    row-wise dot products ``d_i = g_i · (c − X_i)`` only where they meet a nonzero factor, ``∂p = Σ_i a_i d_i``
+    and ``∂a_i = p d_i``, so it computes them only on those rows; ``∂X_i = (1 − w_i) g_i``, ``∂c = Σ_i w_i
+    g_i``. Saves X (the state before the write, which the step that made it holds anyway) and the small p, a, c."""
 
     @staticmethod
-    def forward(ctx, rows, weights, value):
-        ctx.save_for_backward(rows, weights, value)
+    def forward(ctx, rows, p, address, value):
+        weights = p[:, None] * address  # (batch, rows)
+        ctx.save_for_backward(rows, p, address, value)
+        ctx.written = bool(weights.any())
+        if not ctx.written:
+            return rows
         weights = weights[..., None]
         return (rows * (1 - weights)).addcmul_(weights, value[:, None, :])
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        rows, weights, value = ctx.saved_tensors
-        grad_rows = grad_weights = grad_value = None
+        rows, p, address, value = ctx.saved_tensors
+        weights = p[:, None] * address
+        grad_rows = grad_p = grad_address = grad_value = None
         if ctx.needs_input_grad[0]:
-            grad_rows = grad * (1 - weights)[..., None]
-        if ctx.needs_input_grad[1]:
-            grad_weights = torch.linalg.vecdot(grad, value[:, None, :] - rows)
-        if ctx.needs_input_grad[2]:
+            grad_rows = grad * (1 - weights)[..., None] if ctx.written else grad
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            needed = torch.zeros_like(address, dtype=torch.bool)  # (batch, rows): where d_i meets a nonzero factor
+            if ctx.needs_input_grad[1]:
+                needed |= address != 0
+            if ctx.needs_input_grad[2]:
+                needed |= (p != 0)[:, None]
+            dots = torch.zeros_like(address)
+            if bool(needed.all()):
+                dots = torch.linalg.vecdot(grad, value[:, None, :] - rows)
+            elif bool(needed.any()):
+                batch, row = needed.nonzero(as_tuple=True)
+                dots[batch, row] = torch.linalg.vecdot(grad[batch, row], value[batch] - rows[batch, row])
+            grad_p = (address * dots).sum(-1) if ctx.needs_input_grad[1] else None
+            grad_address = p[:, None] * dots if ctx.needs_input_grad[2] else None
+        if ctx.needs_input_grad[3] and ctx.written:
             grad_value = torch.bmm(weights[:, None, :], grad)[:, 0]
-        return grad_rows, grad_weights, grad_value
+        return grad_rows, grad_p, grad_address, grad_value
+
+
+class _Read(torch.autograd.Function):
+    """eq. 2's read, ``r = a M``: a `(batch, lanes, cells)`, M `(batch, cells, width)`. Its backward is skipped
+    when the read's gradient is exactly 0 (no line that may read is running): autograd's matrix product would
+    still write a memory-sized zero gradient every step."""
+
+    @staticmethod
+    def forward(ctx, address, memory):
+        ctx.save_for_backward(address, memory)
+        return torch.bmm(address, memory)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        address, memory = ctx.saved_tensors
+        if not bool(grad.any()):
+            return None, None
+        grad_address = torch.bmm(grad, memory.transpose(1, 2)) if ctx.needs_input_grad[0] else None
+        grad_memory = torch.bmm(address.transpose(1, 2), grad) if ctx.needs_input_grad[1] else None
+        return grad_address, grad_memory
 
 
 def _state_tensors(state) -> tuple[torch.Tensor, ...]:
@@ -570,7 +609,7 @@ class RegisterMachine(nn.Module):
             address, _ = self.values.addresses(u, self.memory_size)  # (batch, lanes, memory_size)
             unmapped = 1 - address.sum(-1, keepdim=True)  # (batch, lanes, 1)
             zero = self.encode(torch.zeros((), dtype=torch.long, device=u.device), u.dtype)
-            read = torch.bmm(address, memory) + unmapped * zero
+            read = _Read.apply(address, memory) + unmapped * zero
             values = values + op[..., OP_INDEX["read"], None] * read
         if "store" in used:  # the address of the line itself, as a value
             addresses = self.encode(torch.arange(program.lines, device=pc.device), pc.dtype)[:, None]  # (lines, 1, w)
@@ -587,7 +626,7 @@ class RegisterMachine(nn.Module):
     def _write_memory(self, memory, p, address, value) -> torch.Tensor:
         """eq. 3–4: M ← (1 − p) M + p ((1 − a) ⊙ M + a ⊗ c) = (1 − p a) ⊙ M + p a ⊗ c."""
         address = self.values.addresses(address, memory.shape[1])[0]  # (batch, memory_size)
-        return _Mix.apply(memory, p[:, None] * address, value)
+        return _Mix.apply(memory, p, address, value)
 
     def _return_stack(self, program, pc, lane, op, stack_full) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`call` pushes pc + 1 onto the top `call_depth` registers; `ret` pops them (refilling "no caller").

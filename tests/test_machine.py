@@ -435,14 +435,21 @@ def test_default_checkpointing_only_for_large_states_with_a_gradient(monkeypatch
     assert chosen == []  # nothing to recompute without a gradient
 
 
-@pytest.mark.parametrize("needs", [(True, True, True), (False, True, False), (True, False, True)])
-def test_write_mixture_backward_is_the_derivative(needs):
-    """`_Mix` (eq. 3–5) has a hand-written backward: gradcheck it, each input with and without a gradient."""
+@pytest.mark.parametrize("needs", [(True, True, True, True), (False, True, False, True), (True, False, True, False)])
+@pytest.mark.parametrize("written", ["all", "some", "none"])
+def test_memory_write_backward_is_the_derivative(needs, written):
+    """`_Mix` (eq. 3–4) has a hand-written backward that skips exact zeros: gradcheck it with every row written,
+    some (sparse dot products), or none (the state passes through), each input with and without a gradient."""
     generator = torch.Generator().manual_seed(0)
-    shapes = ((2, 5, 7), (2, 5), (2, 7))
-    tensors = [torch.rand(shape, dtype=torch.float64, generator=generator) for shape in shapes]
-    tensors = [t.requires_grad_(need) for t, need in zip(tensors, needs)]
+    rows, p, address, value = (
+        torch.rand(s, dtype=torch.float64, generator=generator) for s in ((3, 5, 7), (3,), (3, 5), (3, 7))
+    )
+    if written == "some":
+        p[1], address[0, 1:] = 0, 0  # element 1 writes nothing, element 0 only row 0
+    elif written == "none":
+        p.zero_()
+    tensors = [t.requires_grad_(need) for t, need in zip((rows, p, address, value), needs)]
     assert torch.autograd.gradcheck(dcomp_machine._Mix.apply, tensors)
-    rows, weights, value = (t.detach() for t in tensors)
-    expected = (1 - weights[..., None]) * rows + weights[..., None] * value[:, None]
-    assert torch.allclose(dcomp_machine._Mix.apply(rows, weights, value), expected)
+    rows, p, address, value = (t.detach() for t in tensors)
+    w = (p[:, None] * address)[..., None]
+    assert torch.allclose(dcomp_machine._Mix.apply(rows, p, address, value), (1 - w) * rows + w * value[:, None])
