@@ -157,7 +157,7 @@ class _CheckpointedSteps(torch.autograd.Function):
     """Activation checkpointing of a few machine steps: the forward runs them without recording anything and
     keeps only their input state, program and the machine's parameters; the backward runs them again with
     autograd and differentiates that. Unlike `torch.utils.checkpoint` (non-reentrant), whose first pass records
-    a graph and discards its tensors, the first pass is a plain no-grad forward: ~1.6× cheaper here."""
+    a graph and discards its tensors, the first pass is a plain no-grad forward (~1.5× cheaper here)."""
 
     @staticmethod
     def forward(ctx, machine, count, threshold, taken, *tensors):
