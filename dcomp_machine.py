@@ -600,11 +600,13 @@ class RegisterMachine(nn.Module):
         only where some lane may run it: the others contribute exactly 0)."""
         used = {name for lane in live for name, on in lane.items() if on}
         batched = program.op.dim() == 4
-        # eq. 7, lane by lane: each lane evaluates only the ALU ops that some line holds in it.
-        lanes = [
-            self.alu(op[:, k, _ALU_INDEX], u[:, k], v[:, k], ops=tuple(name for name in ALU_OPS if live[k][name]))
-            for k in range(len(live))
-        ]
+        # eq. 7, lane by lane: each lane evaluates only the ALU ops that some line holds in it (none: exactly 0).
+        lanes = []
+        for k, lane in enumerate(live):
+            ops = tuple(name for name in ALU_OPS if lane[name])
+            lanes.append(
+                self.alu(op[:, k, _ALU_INDEX], u[:, k], v[:, k], ops=ops) if ops else torch.zeros_like(u[:, k])
+            )
         values = torch.stack(lanes, 1)  # (batch, lanes, width)
         if "set" in used:  # the immediate of each line, weighted by that line's probability of being a `set`
             values = values + _by_line(pc, program.imm * program.op[..., OP_INDEX["set"], None], batched)
