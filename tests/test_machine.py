@@ -453,3 +453,21 @@ def test_memory_write_backward_is_the_derivative(needs, written):
     rows, p, address, value = (t.detach() for t in tensors)
     w = (p[:, None] * address)[..., None]
     assert torch.allclose(dcomp_machine._Mix.apply(rows, p, address, value), (1 - w) * rows + w * value[:, None])
+
+
+def test_a_step_that_writes_no_memory_keeps_the_memory_tensor():
+    """Exact zeros cost nothing: where no running line writes memory, the step returns the memory it was given
+    (no new memory-sized state for autograd to keep), and where one does, a new one."""
+    program = assemble(FIBONACCI_COUNTDOWN, "fib", n=N, num_registers=REGISTERS)
+    tensors = compile_program(program, n=N, num_registers=REGISTERS)
+    machine = _machine()
+    value = torch.softmax(torch.randn(2, N), -1).requires_grad_(True)
+    state = machine.initial_state(
+        2, len(program), inputs={1: value, 2: value, 4: one_hot_values(torch.tensor([2, 2]), N)}
+    )
+    after_write = machine.step(tensors, state)  # line 0 writes
+    after_add = machine.step(tensors, after_write)  # line 1 adds
+    assert after_write.memory.data_ptr() != state.memory.data_ptr()
+    assert after_add.memory.data_ptr() == after_write.memory.data_ptr()
+    (grad,) = torch.autograd.grad(after_add.memory.sum() + after_add.registers.square().sum(), value)
+    assert grad.abs().sum() > 0
