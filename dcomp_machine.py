@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-import torch.utils.checkpoint
 from torch import nn
 
 try:
@@ -45,6 +44,148 @@ _ALU_INDEX = [OP_INDEX[name] for name in ALU_OPS]
 CHECKPOINT_MIN_ELEMENTS = 1 << 20
 CHECKPOINT_STEPS = 3
 _WRITE_INDEX = [i for i, op in enumerate(OPS) if op.writes_register]
+
+
+@dataclass
+class _RegisterUpdate:
+    """An affine map of the register file, R ← A R + B C: A `(batch, registers, registers)`, B `(batch,
+    registers, k)`, C `(batch, k, width)` (k values written). Composing the lanes' maps on these small matrices
+    and applying the result once costs one register-sized product forward and backward, where lane-by-lane
+    updates would write (and differentiate) the register file once per lane and stack operation."""
+
+    keep: torch.Tensor
+    rows: torch.Tensor
+    values: torch.Tensor
+
+    @staticmethod
+    def identity(registers: torch.Tensor) -> _RegisterUpdate:
+        batch, count, width = registers.shape
+        eye = torch.eye(count, dtype=registers.dtype, device=registers.device).expand(batch, count, count)
+        return _RegisterUpdate(eye, registers.new_zeros(batch, count, 0), registers.new_zeros(batch, 0, width))
+
+    def then(self, keep: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> _RegisterUpdate:
+        """This map followed by A' R + B' C': A' A R + (A' B C + B' C')."""
+        return _RegisterUpdate(
+            keep @ self.keep, torch.cat([keep @ self.rows, rows], -1), torch.cat([self.values, values], 1)
+        )
+
+    def apply(self, registers: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(self.keep, registers).baddbmm_(self.rows, self.values)
+
+
+def _by_line(pc: torch.Tensor, per_line: torch.Tensor, batched: bool) -> torch.Tensor:
+    """Σ_l pc_bl x_l (eq. 17's mixture of lines): pc `(batch, lines)`, x `(lines, ...)` shared by the batch (one
+    matrix product, no batch copy of x), or `(batch, lines, ...)` when `batched` (a contextual program)."""
+    if batched:
+        return torch.einsum("bl,bl...->b...", pc, per_line)
+    return (pc @ per_line.flatten(1)).view(pc.shape[0], *per_line.shape[1:])
+
+
+class _Mix(torch.autograd.Function):
+    """``X_i ← (1 − w_i) X_i + w_i c`` with ``w_i = p a_i`` for every row i (the memory write of eq. 3–4): X
+    `(batch, rows, width)`, p `(batch,)`, a `(batch, rows)`, c `(batch, width)`.
+
+    Exact zeros cost nothing: when no row is written (w = 0, most steps of a program whose writes are few) the
+    output is X itself, forward and backward (no new state, no state-sized gradient). The backward needs the
+    row-wise dot products ``d_i = g_i · (c − X_i)`` only where they meet a nonzero factor, ``∂p = Σ_i a_i d_i``
+    and ``∂a_i = p d_i``, so it computes them only on those rows; ``∂X_i = (1 − w_i) g_i``, ``∂c = Σ_i w_i
+    g_i``. Saves X (the state before the write, which the step that made it holds anyway) and the small p, a, c."""
+
+    @staticmethod
+    def forward(ctx, rows, p, address, value):
+        weights = p[:, None] * address  # (batch, rows)
+        ctx.save_for_backward(rows, p, address, value)
+        ctx.written = bool(weights.any())
+        if not ctx.written:
+            return rows
+        weights = weights[..., None]
+        return (rows * (1 - weights)).addcmul_(weights, value[:, None, :])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        rows, p, address, value = ctx.saved_tensors
+        weights = p[:, None] * address
+        grad_rows = grad_p = grad_address = grad_value = None
+        if ctx.needs_input_grad[0]:
+            grad_rows = grad * (1 - weights)[..., None] if ctx.written else grad
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            needed = torch.zeros_like(address, dtype=torch.bool)  # (batch, rows): where d_i meets a nonzero factor
+            if ctx.needs_input_grad[1]:
+                needed |= address != 0
+            if ctx.needs_input_grad[2]:
+                needed |= (p != 0)[:, None]
+            dots = torch.zeros_like(address)
+            if bool(needed.all()):
+                dots = torch.linalg.vecdot(grad, value[:, None, :] - rows)
+            elif bool(needed.any()):
+                batch, row = needed.nonzero(as_tuple=True)
+                dots[batch, row] = torch.linalg.vecdot(grad[batch, row], value[batch] - rows[batch, row])
+            grad_p = (address * dots).sum(-1) if ctx.needs_input_grad[1] else None
+            grad_address = p[:, None] * dots if ctx.needs_input_grad[2] else None
+        if ctx.needs_input_grad[3] and ctx.written:
+            grad_value = torch.bmm(weights[:, None, :], grad)[:, 0]
+        return grad_rows, grad_p, grad_address, grad_value
+
+
+class _Read(torch.autograd.Function):
+    """eq. 2's read, ``r = a M``: a `(batch, lanes, cells)`, M `(batch, cells, width)`. Its backward is skipped
+    when the read's gradient is exactly 0 (no line that may read is running): autograd's matrix product would
+    still write a memory-sized zero gradient every step."""
+
+    @staticmethod
+    def forward(ctx, address, memory):
+        ctx.save_for_backward(address, memory)
+        return torch.bmm(address, memory)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        address, memory = ctx.saved_tensors
+        if not bool(grad.any()):
+            return None, None
+        grad_address = torch.bmm(grad, memory.transpose(1, 2)) if ctx.needs_input_grad[0] else None
+        grad_memory = torch.bmm(address.transpose(1, 2), grad) if ctx.needs_input_grad[1] else None
+        return grad_address, grad_memory
+
+
+def _state_tensors(state) -> tuple[torch.Tensor, ...]:
+    return tuple(getattr(state, field.name) for field in fields(state))
+
+
+class _CheckpointedSteps(torch.autograd.Function):
+    """Activation checkpointing of a few machine steps: the forward runs them without recording anything and
+    keeps only their input state, program and the machine's parameters; the backward runs them again with
+    autograd and differentiates that. Unlike `torch.utils.checkpoint` (non-reentrant), whose first pass records
+    a graph and discards its tensors, the first pass is a plain no-grad forward (~1.5× cheaper here)."""
+
+    @staticmethod
+    def forward(ctx, machine, count, threshold, taken, *tensors):
+        ctx.machine, ctx.count, ctx.threshold = machine, count, threshold
+        ctx.save_for_backward(*tensors)
+        state, program = MachineState(*tensors[:5]), ProgramTensors(*tensors[5:10])
+        state, done = machine._steps(program, state, count, threshold)
+        taken.append(done)  # the recomputation takes the same steps
+        return _state_tensors(state)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):
+        saved, needs = ctx.saved_tensors, ctx.needs_input_grad[4:]
+        inputs = [t.detach().requires_grad_(need) for t, need in zip(saved[:10], needs)]
+        inputs += saved[10:]  # the parameters, used as they are
+        with torch.enable_grad():
+            state, _ = ctx.machine._steps(
+                ProgramTensors(*inputs[5:10]), MachineState(*inputs[:5]), ctx.count, ctx.threshold
+            )
+        pairs = [(out, g) for out, g in zip(_state_tensors(state), grads) if out.requires_grad and g is not None]
+        wanted = [t for t, need in zip(inputs, needs) if need]
+        found = iter(
+            torch.autograd.grad([out for out, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True)
+            if pairs and wanted
+            else [None] * len(wanted)
+        )
+        return (None, None, None, None, *(next(found) if need else None for need in needs))
 
 
 @dataclass
@@ -417,7 +558,7 @@ class RegisterMachine(nn.Module):
     def step(self, program: ProgramTensors, state: MachineState) -> MachineState:
         """One interpreter step I(S_t, ϱ) (eq. 2–7 and 17), all lanes of the current line."""
         pc, registers, memory = state.pc, state.registers, state.memory
-        program = program.expand(pc.shape[0])
+        shared, program = program, program.expand(pc.shape[0])  # `shared` keeps a program without batch unexpanded
         running = pc.sum(-1)  # (batch,) = 1 − h − overflowed
         # Below machine epsilon the running mass carries no information, and dividing by it would blow up the
         # gradient (1 / running²); its instruction is weighted by that mass anyway.
@@ -425,33 +566,41 @@ class RegisterMachine(nn.Module):
         safe_running = torch.where(running_enough, running, torch.ones_like(running))[:, None, None]
 
         # eq. 17: the instruction is the pc-weighted mixture of lines, per lane.
-        op = torch.einsum("bl,blko->bko", pc, program.op)  # (batch, lanes, num_ops), mass 1 − h
-        arg_a = torch.einsum("bl,blkr->bkr", pc, program.a) / safe_running  # (batch, lanes, registers)
-        arg_b = torch.einsum("bl,blkr->bkr", pc, program.b) / safe_running
+        batched = shared.op.dim() == 4
+        op = _by_line(pc, shared.op, batched)  # (batch, lanes, num_ops), mass 1 − h
+        arg_a = _by_line(pc, shared.a, batched) / safe_running  # (batch, lanes, registers)
+        arg_b = _by_line(pc, shared.b, batched) / safe_running
         # Joint mass of "this line writes a register" and "it writes register r" (no cross-line terms).
-        line_writes = program.op[..., _WRITE_INDEX].sum(-1, keepdim=True)  # (batch, lines, lanes, 1)
-        write_to = torch.einsum("bl,blkr->bkr", pc, program.out * line_writes)  # (batch, lanes, registers)
+        line_writes = shared.op[..., _WRITE_INDEX].sum(-1, keepdim=True)  # (..., lines, lanes, 1)
+        write_to = _by_line(pc, shared.out * line_writes, batched)  # (batch, lanes, registers)
 
-        # Register reads: u_j, v_j = R_ij r_i (dot products), from the state before the line.
-        u = torch.einsum("bkr,brw->bkw", arg_a, registers)  # (batch, lanes, width)
-        v = torch.einsum("bkr,brw->bkw", arg_b, registers)
+        # Register reads, from the state before the line, as one product (one register-sized gradient): u_j,
+        # v_j = R_ij r_i (dot products), the top of the return stack and its bottom.
+        lanes, depth = program.lanes, self.call_depth
+        stack_rows = torch.eye(self.num_registers, dtype=pc.dtype, device=pc.device)[[-1, -depth]]  # (2, registers)
+        selectors = torch.cat([arg_a, arg_b, stack_rows.expand(pc.shape[0], 2, -1)], 1)  # (batch, 2 lanes + 2, R)
+        reads = torch.bmm(selectors, registers)  # (batch, 2 lanes + 2, width)
+        u, v, return_target, bottom = reads[:, :lanes], reads[:, lanes:-2], reads[:, -2], reads[:, -1]
         live = self._live_ops(program)
-        values = self._values(program, pc, op, u, v, memory, live)  # (batch, lanes, width), mass = write prob.
+        values = self._values(shared, pc, op, u, v, memory, live)  # (batch, lanes, width), mass = write prob.
 
         write_mass = self.values.written_mass(values, op[..., _WRITE_INDEX].sum(-1, keepdim=True))
         written = values / torch.where(
             write_mass > torch.finfo(values.dtype).eps, write_mass, torch.ones_like(write_mass)
         )
-        return_target = registers[:, -1]  # (batch, width): top of the return stack before the line
         # A `call` overflows when the bottom of the return stack holds a caller: it would be dropped.
-        stack_full = 1 - self.values.probability_of_empty(registers[:, -self.call_depth])  # (batch,)
-        for lane in range(program.lanes):  # lanes write in order: a later lane wins
-            registers = self._write_registers(registers, write_to[:, lane], written[:, lane])
+        stack_full = 1 - self.values.probability_of_empty(bottom)  # (batch,)
+        # Every lane's register update is affine in R, R ← A R + B C (lanes write in order: a later lane wins):
+        # composed here on (registers × registers) matrices, then applied to the register file in one product.
+        update = _RegisterUpdate.identity(registers)
+        for lane in range(lanes):
+            update = update.then(*self._write_registers(write_to[:, lane], written[:, lane]))
             # A lane whose ops never include call/ret/write would leave the stack/memory as they are: skip it.
             if live[lane]["call"] or live[lane]["ret"]:
-                registers = self._return_stack(registers, program, pc, lane, op[:, lane], stack_full)
+                update = update.then(*self._return_stack(program, pc, lane, op[:, lane], stack_full))
             if live[lane]["write"]:
                 memory = self._write_memory(memory, op[:, lane, OP_INDEX["write"]], u[:, lane], v[:, lane])
+        registers = update.apply(registers)
 
         pc, halted, overflowed = self._next_pc(program, pc, state, u, return_target, stack_full)
         return MachineState(memory, registers, pc, halted, overflowed)
@@ -472,49 +621,69 @@ class RegisterMachine(nn.Module):
         return weights @ self.encode(lines, weights.dtype)
 
     def _values(self, program, pc, op, u, v, memory, live) -> torch.Tensor:
-        """Every register-writing op's result, weighted by its probability: eq. 7 plus set/copy/read/store."""
-        alu_ops = tuple(name for name in ALU_OPS if any(lane[name] for lane in live))
-        values = self.alu(op[..., _ALU_INDEX], u, v, ops=alu_ops)  # eq. 7 / 11
-        # set: the immediate of each line, weighted by that line's probability of being a `set`.
-        values = values + torch.einsum("bl,blkw->bkw", pc, program.imm * program.op[..., OP_INDEX["set"], None])
-        values = values + op[..., OP_INDEX["copy"], None] * u
-        # eq. 2: r_j = M_ij a_i, where address mass beyond the memory reads 0.
-        address, _ = self.values.addresses(u, self.memory_size)  # (batch, lanes, memory_size)
-        unmapped = 1 - address.sum(-1, keepdim=True)  # (batch, lanes, 1)
-        zero = self.encode(torch.zeros((), dtype=torch.long, device=u.device), u.dtype)
-        read = torch.einsum("bkm,bmw->bkw", address, memory) + unmapped * zero
-        values = values + op[..., OP_INDEX["read"], None] * read
-        # store: the address of the line itself, as a value.
-        store = torch.einsum("bl,blk->bkl", pc, program.op[..., OP_INDEX["store"]])  # (batch, lanes, lines)
-        return values + self._line_values(store, 0)
+        """Every register-writing op's result, weighted by its probability: eq. 7 plus set/copy/read/store (each
+        only where some lane may run it: the others contribute exactly 0)."""
+        used = {name for lane in live for name, on in lane.items() if on}
+        batched = program.op.dim() == 4
+        # eq. 7, lane by lane: each lane evaluates only the ALU ops that some line holds in it (none: exactly 0).
+        lanes = []
+        for k, lane in enumerate(live):
+            ops = tuple(name for name in ALU_OPS if lane[name])
+            lanes.append(
+                self.alu(op[:, k, _ALU_INDEX], u[:, k], v[:, k], ops=ops) if ops else torch.zeros_like(u[:, k])
+            )
+        values = torch.stack(lanes, 1)  # (batch, lanes, width)
+        if "set" in used:  # the immediate of each line, weighted by that line's probability of being a `set`
+            values = values + _by_line(pc, program.imm * program.op[..., OP_INDEX["set"], None], batched)
+        if "copy" in used:
+            values = values + op[..., OP_INDEX["copy"], None] * u
+        if "read" in used:  # eq. 2: r_j = M_ij a_i, where address mass beyond the memory reads 0
+            address, _ = self.values.addresses(u, self.memory_size)  # (batch, lanes, memory_size)
+            unmapped = 1 - address.sum(-1, keepdim=True)  # (batch, lanes, 1)
+            zero = self.encode(torch.zeros((), dtype=torch.long, device=u.device), u.dtype)
+            read = _Read.apply(address, memory) + unmapped * zero
+            values = values + op[..., OP_INDEX["read"], None] * read
+        if "store" in used:  # the address of the line itself, as a value
+            addresses = self.encode(torch.arange(program.lines, device=pc.device), pc.dtype)[:, None]  # (lines, 1, w)
+            values = values + _by_line(pc, program.op[..., OP_INDEX["store"], None] * addresses, batched)
+        return values
 
     @staticmethod
-    def _write_registers(registers, write_to, value) -> torch.Tensor:
-        """eq. 5: R_i ← (1 − a_i) R_i + a_i c, with a the (write-weighted) output-register distribution."""
-        write_to = write_to[..., None]  # (batch, registers, 1)
-        return (1 - write_to) * registers + write_to * value[:, None, :]
+    def _write_registers(write_to, value) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """eq. 5: R_i ← (1 − a_i) R_i + a_i c, with a the (write-weighted) output-register distribution, as the
+        affine map (A, B, C) = (I − diag(a), a, c) of `_RegisterUpdate`."""
+        keep = torch.diag_embed(1 - write_to)  # (batch, registers, registers)
+        return keep, write_to[..., None], value[:, None, :]
 
     def _write_memory(self, memory, p, address, value) -> torch.Tensor:
-        """eq. 3–4: M ← (1 − p) M + p ((1 − a) ⊙ M + a ⊗ c) = (1 − p a) ⊙ M + p a ⊗ c (so that autograd keeps
-        only M, which the previous step holds anyway, and no memory-sized difference)."""
-        address = self.values.addresses(address, memory.shape[1])[0][..., None]  # (batch, memory_size, 1)
-        written = p[:, None, None] * address  # (batch, memory_size, 1)
-        return (1 - written) * memory + written * value[:, None, :]
+        """eq. 3–4: M ← (1 − p) M + p ((1 − a) ⊙ M + a ⊗ c) = (1 − p a) ⊙ M + p a ⊗ c."""
+        address = self.values.addresses(address, memory.shape[1])[0]  # (batch, memory_size)
+        return _Mix.apply(memory, p, address, value)
 
-    def _return_stack(self, registers, program, pc, lane, op, stack_full) -> torch.Tensor:
+    def _return_stack(self, program, pc, lane, op, stack_full) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`call` pushes pc + 1 onto the top `call_depth` registers; `ret` pops them (refilling "no caller").
-        A `call` that overflows leaves the stack as it was."""
+        A `call` that overflows leaves the stack as it was. Returned as the affine map (A, B, C) of
+        `_RegisterUpdate`: on the stack rows (index −1 the top) A = (1 − p_call − p_ret) I + p_call · (row i
+        takes row i + 1) + p_ret · (row i takes row i − 1); B C adds the return address on top and p_ret "no
+        caller" at the bottom."""
         p_ret, pushes = op[:, OP_INDEX["ret"]], 1 - stack_full  # (batch,)
         p_call = op[:, OP_INDEX["call"]] * pushes
-        depth = self.call_depth
-        stack = registers[:, -depth:]  # (batch, depth, width); index -1 is the top
+        registers, depth = self.num_registers, self.call_depth
+        eye = torch.eye(registers, dtype=pc.dtype, device=pc.device)
+        below = registers - depth
+        up = torch.zeros_like(eye)  # row i takes row i + 1 (a push moves callers down)
+        up[below:-1, below + 1 :] = eye[below + 1 :, below + 1 :]
+        down = torch.zeros_like(eye)  # row i takes row i − 1 (a pop moves callers up)
+        down[below + 1 :, below:-1] = eye[below:-1, below:-1]
+        stay = eye.clone()
+        stay[below:, below:] = 0
+        moves = 1 - p_call - p_ret  # (batch,)
+        keep = stay + moves[:, None, None] * (eye - stay) + p_call[:, None, None] * up + p_ret[:, None, None] * down
         # Return address line + 1 as a value, weighted by the probability that the line is a call.
         return_address = self._line_values(pc * program.op[:, :, lane, OP_INDEX["call"]], 1) * pushes[:, None]
-        pushed = torch.cat([stack[:, 1:] * p_call[:, None, None], return_address[:, None]], dim=1)
-        empty = self.encode(torch.tensor(self.values.empty, device=stack.device), stack.dtype)
-        popped = torch.cat([empty.expand_as(stack[:, :1]), stack[:, :-1]], dim=1) * p_ret[:, None, None]
-        stack = (1 - p_call - p_ret)[:, None, None] * stack + pushed + popped
-        return torch.cat([registers[:, :-depth], stack], dim=1)
+        empty = self.encode(torch.tensor(self.values.empty, device=pc.device), pc.dtype)
+        rows = torch.stack([eye[-1].expand(pc.shape[0], registers), eye[below] * p_ret[:, None]], -1)  # (b, R, 2)
+        return keep, rows, torch.stack([return_address, empty.expand_as(return_address)], 1)
 
     def _next_pc(self, program, pc, state, u, return_target, stack_full):
         """eq. 6, generalised: each line's mass moves to the next line, a jump/call target, the popped return
@@ -595,22 +764,20 @@ class RegisterMachine(nn.Module):
     def _stopped(state: MachineState, threshold: float) -> bool:
         return bool((state.halted + state.overflowed >= threshold).all())
 
+    def _steps(self, program: ProgramTensors, state: MachineState, count: int, threshold: float):
+        """Up to `count` steps, fewer once every element has stopped: (state, steps taken)."""
+        done = 0
+        while done < count and not self._stopped(state, threshold):
+            state, done = self.step(program, state), done + 1
+        return state, done
+
     def _checkpointed_steps(
         self, program: ProgramTensors, state: MachineState, count: int, threshold: float
     ) -> tuple[MachineState, int]:
-        """Up to `count` steps (fewer once every element has stopped), recomputed in the backward pass
-        (torch.utils.checkpoint; the program's tensors get their gradients through the closure)."""
-        taken = []
-
-        def steps(*tensors):
-            state, done = MachineState(*tensors), 0
-            while done < count and not self._stopped(state, threshold):
-                state, done = self.step(program, state), done + 1
-            taken.append(done)  # the recomputation takes the same steps
-            return tuple(getattr(state, f.name) for f in fields(state))
-
-        before = tuple(getattr(state, f.name) for f in fields(state))
-        after = torch.utils.checkpoint.checkpoint(steps, *before, use_reentrant=False)
+        """`_steps`, recomputed in the backward pass (`_CheckpointedSteps`)."""
+        taken: list[int] = []
+        tensors = (*_state_tensors(state), *program.fields().values(), *self.parameters())
+        after = _CheckpointedSteps.apply(self, count, threshold, taken, *tensors)
         return MachineState(*after), taken[0]
 
     def extra_repr(self) -> str:

@@ -9,6 +9,13 @@ index tables) and the two dense baselines of eq. 7 (the literal einsum, and the 
 product), each only where its table/scratch fits.
 
 Example: python -m benchmarks.bench_machine --quick
+
+`--backward` prints instead the recurrence's backward table (issue 11, item 5): the whole `fib` run at batch 64
+on the unit machine at n = 1024 and the binary machine at 64 bits, each plain (`checkpoint=0`: every step's
+tensors kept) and with `run`'s default (checkpointed steps where the state is large), side by side: fwd,
+fwd+bwd, their ratio (CPU time) and two peaks of the fwd+bwd, the harness's (rise of VmHWM, which includes
+memory that glibc keeps after frees) and the live one (the same with MALLOC_MMAP_THRESHOLD_ = 128 KiB, so that
+freed tensors go back to the OS at once). The cells are bench_binary's (`benchmarks.bench_binary --run`).
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ def parse_args(argv=None):
         default=2e9,
         help="skip the einsum fib run above batch·n³·steps multiply-adds (it would take minutes)",
     )
+    parser.add_argument("--backward", action="store_true", help="the recurrence's backward table (see above)")
     parser.add_argument("--output", type=Path, help="also write the markdown report here")
     parser.add_argument("--run", nargs=4, metavar=("N", "BATCH", "ALU", "WORKLOAD"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -156,11 +164,62 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+BACKWARD_MACHINES = ("unit 1024", "binary 64")
+BACKWARD_WORKLOADS = {"plain": "run, no checkpoint", "default": "run"}
+BACKWARD_BATCH = 64
+# Big enough to hold small tensors in the heap, small enough that every state-sized tensor is its own mapping.
+LIVE_MMAP_THRESHOLD = 128 << 10
+
+
+def backward_rows(args) -> list[dict]:
+    """Every (machine, plain/default) cell of the backward table, each in fresh child processes: one timed, one
+    for the live peak."""
+    env = thread_environment(args.threads)
+    live_env = {**env, "MALLOC_MMAP_THRESHOLD_": str(LIVE_MMAP_THRESHOLD)}
+    timed = ["--repeats", str(args.repeats), "--max-seconds", str(args.max_seconds)]
+    rows = []
+    for machine in BACKWARD_MACHINES:
+        for mode, workload in BACKWARD_WORKLOADS.items():
+            cell = [machine, str(BACKWARD_BATCH), workload]
+            row = {"machine": machine, "mode": mode, **measure_in_child("benchmarks.bench_binary", cell, timed, env)}
+            live = measure_in_child("benchmarks.bench_binary", cell, ["--repeats", "1", "--max-seconds", "0"], live_env)
+            rows.append({**row, "live_peak_bytes": live["peak_bytes"]})
+            print(f"  {machine} {mode} done", file=sys.stderr, flush=True)
+    return rows
+
+
+def backward_markdown(rows: list[dict]) -> str:
+    lines = [
+        "| machine | run | fwd ms | fwd+bwd ms | fwd CPU ms | fwd+bwd CPU ms | fwd+bwd / fwd (CPU) "
+        "| peak MiB (harness) | live peak MiB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        times = " | ".join(ms(row[key] * 1e3) for key in ("fwd_s", "fwd_bwd_s", "fwd_cpu_s", "fwd_bwd_cpu_s"))
+        lines.append(
+            f"| {row['machine']} | {row['mode']} | {times} | {row['fwd_bwd_cpu_s'] / row['fwd_cpu_s']:.2f}× | "
+            f"{row['peak_bytes'] / (1 << 20):.0f} | {row['live_peak_bytes'] / (1 << 20):.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.run:
         n, batch, alu, workload = args.run
         print(json.dumps(run_one(int(n), int(batch), alu, workload, args)))
+        return
+    if args.backward:
+        start, load = time.perf_counter(), os.getloadavg()[0]
+        rows = backward_rows(args)
+        header = (
+            f"{load_note(load, args.threads)}; median of {args.repeats} interleaved runs (fewer past "
+            f"{args.max_seconds:g} s); the standard library's `fib` at depth {FIB_DEPTH} ({8 * FIB_DEPTH} steps), "
+            f"batch {BACKWARD_BATCH}, soft inputs, 16 registers, 32 memory cells; plain = `run(checkpoint=0)`, "
+            f"default = `run()`. Total {time.perf_counter() - start:.0f} s."
+        )
+        title = "# The recurrence's backward pass: plain vs run's default"
+        write_report(title, __spec__.name, argv, f"{header}\n\n{backward_markdown(rows)}", args.output)
         return
     env = thread_environment(args.threads)
     forwarded = [f"--threads={args.threads}", f"--repeats={args.repeats}", f"--max-seconds={args.max_seconds}"]

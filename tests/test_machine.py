@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from listings import FIBONACCI_COUNTDOWN
 from strategies import programs, run_through_overflow, signed_values
 
+import dcomp_machine
 from dcomp_alu import TableALU
 from dcomp_circuits import CircuitALU
 from dcomp_machine import MachineState, ProgramTensors, RegisterMachine, one_hot_values
@@ -381,3 +382,92 @@ def test_checkpointed_run_has_the_same_values_and_gradients(bits):
     for checkpointed in results[1:]:
         for plain, again in zip(results[0], checkpointed):
             assert torch.allclose(plain, again, atol=1e-6)
+
+
+def test_checkpointed_run_equals_the_plain_run_through_the_index_table_alu():
+    """The memory-saving run (checkpointed steps) against the plain one on a small machine whose program, being
+    trained, runs every op: the table ALU's index-table products (mul, div, mod), memory, call and ret."""
+    n = 16
+    source = (
+        "start:\n mul 1 2 3\n write 3 1 | div 2 1 4\n mod 1 3 2\n read 4 5\n call f\n jump 5 start\n halt\nf:\n ret\n"
+    )
+    program = assemble(source, "table ops", n=n, num_registers=REGISTERS)
+    machine = _machine(n, alu=TableALU(n, mode="table"))
+    assert {"mul", "div", "mod"} <= set(machine.alu.table_ops)
+    machine.alu.chunk_elements = 64  # several chunks per product, as at large n
+    tensors = compile_program(program, n=n, num_registers=REGISTERS)
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 2, n, generator=generator, requires_grad=True)
+    op_logits = (tensors.op * 4).requires_grad_(True)
+    results = []
+    for checkpoint in (0, 2, 5):
+        values = torch.softmax(logits, -1)
+        state = machine.initial_state(3, len(program), inputs={1: values[:, 0], 2: values[:, 1]})
+        soft = ProgramTensors(torch.softmax(op_logits, -1), tensors.a, tensors.b, tensors.out, tensors.imm)
+        final = machine.run(soft, state, max_steps=9, halt_threshold=1.0, checkpoint=checkpoint).state
+        loss = final.registers.square().sum() + final.memory[:, :, 1:].sum() + final.halted.sum()
+        results.append((final.registers, final.memory, *torch.autograd.grad(loss, (logits, op_logits))))
+    assert results[0][2].abs().sum() > 0 and results[0][3].abs().sum() > 0
+    for checkpointed in results[1:]:
+        for plain, again in zip(results[0], checkpointed):
+            assert torch.allclose(plain, again, atol=1e-6, rtol=1e-5)
+
+
+def test_default_checkpointing_only_for_large_states_with_a_gradient(monkeypatch):
+    machine = _machine()
+    program = compile_program(
+        assemble(FIBONACCI_COUNTDOWN, "f", n=N, num_registers=REGISTERS), n=N, num_registers=REGISTERS
+    )
+    chosen = []
+    monkeypatch.setattr(
+        RegisterMachine, "_checkpointed_steps", lambda self, p, s, count, t: (chosen.append(count), (s, count))[1]
+    )
+    value = torch.softmax(torch.randn(2, N), -1).requires_grad_(True)
+    state = machine.initial_state(2, program.lines, inputs={1: value})
+    machine.run(program, state, max_steps=4)
+    assert chosen == []  # a small state: no checkpointing
+    monkeypatch.setattr("dcomp_machine.CHECKPOINT_MIN_ELEMENTS", state.memory.numel())
+    machine.run(program, state, max_steps=4)
+    assert chosen and chosen[0] == dcomp_machine.CHECKPOINT_STEPS
+    chosen.clear()
+    with torch.no_grad():
+        machine.run(program, state, max_steps=4)
+    assert chosen == []  # nothing to recompute without a gradient
+
+
+@pytest.mark.parametrize("needs", [(True, True, True, True), (False, True, False, True), (True, False, True, False)])
+@pytest.mark.parametrize("written", ["all", "some", "none"])
+def test_memory_write_backward_is_the_derivative(needs, written):
+    """`_Mix` (eq. 3–4) has a hand-written backward that skips exact zeros: gradcheck it with every row written,
+    some (sparse dot products), or none (the state passes through), each input with and without a gradient."""
+    generator = torch.Generator().manual_seed(0)
+    rows, p, address, value = (
+        torch.rand(s, dtype=torch.float64, generator=generator) for s in ((3, 5, 7), (3,), (3, 5), (3, 7))
+    )
+    if written == "some":
+        p[1], address[0, 1:] = 0, 0  # element 1 writes nothing, element 0 only row 0
+    elif written == "none":
+        p.zero_()
+    tensors = [t.requires_grad_(need) for t, need in zip((rows, p, address, value), needs)]
+    assert torch.autograd.gradcheck(dcomp_machine._Mix.apply, tensors)
+    rows, p, address, value = (t.detach() for t in tensors)
+    w = (p[:, None] * address)[..., None]
+    assert torch.allclose(dcomp_machine._Mix.apply(rows, p, address, value), (1 - w) * rows + w * value[:, None])
+
+
+def test_a_step_that_writes_no_memory_keeps_the_memory_tensor():
+    """Exact zeros cost nothing: where no running line writes memory, the step returns the memory it was given
+    (no new memory-sized state for autograd to keep), and where one does, a new one."""
+    program = assemble(FIBONACCI_COUNTDOWN, "fib", n=N, num_registers=REGISTERS)
+    tensors = compile_program(program, n=N, num_registers=REGISTERS)
+    machine = _machine()
+    value = torch.softmax(torch.randn(2, N), -1).requires_grad_(True)
+    state = machine.initial_state(
+        2, len(program), inputs={1: value, 2: value, 4: one_hot_values(torch.tensor([2, 2]), N)}
+    )
+    after_write = machine.step(tensors, state)  # line 0 writes
+    after_add = machine.step(tensors, after_write)  # line 1 adds
+    assert after_write.memory.data_ptr() != state.memory.data_ptr()
+    assert after_add.memory.data_ptr() == after_write.memory.data_ptr()
+    (grad,) = torch.autograd.grad(after_add.memory.sum() + after_add.registers.square().sum(), value)
+    assert grad.abs().sum() > 0
