@@ -227,7 +227,7 @@ def straight_through(soft: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
     The binary machine runs on it: its circuits are exact on 0/1 bits, but on nearly sharp ones the long division
     amplifies a deviation of 1e-7 in its inputs into a wrong quotient (each stage's soft borrow mixes in a wrapped
     difference whose high bits are all 1), and bit marginals of a mixture of programs are no program's answer."""
-    return hard.to(soft.dtype) + FiniteGradient.apply(soft) - soft.detach()
+    return hard.to(soft.dtype) + (FiniteGradient.apply(soft) - soft.detach())  # + exactly 0: hard, bit for bit
 
 
 class FiniteGradient(torch.autograd.Function):

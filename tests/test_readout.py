@@ -189,3 +189,16 @@ def test_a_binary_model_round_trips_through_save_pretrained(tmp_path):
     assert tokenizer.decode(loaded.generate(**inputs, **settings)[0, inputs.input_ids.shape[1] :]).startswith(
         "-1466007"
     )
+
+
+def test_straight_through_gives_the_hard_values_bit_for_bit_and_the_soft_gradient():
+    """hard + (soft − soft) is hard exactly; (hard + soft) − soft is not in floating point, and a 64-bit division
+    on bits 1e-7 off is wrong: the machine must see exact bits."""
+    from modeling_llama_dcomp import straight_through
+
+    soft = torch.rand(64, 64, dtype=torch.float32, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    hard = (soft > 0.5).float()
+    out = straight_through(soft, hard)
+    assert torch.equal(out, hard)
+    (out * torch.arange(64.0)).sum().backward()
+    assert torch.equal(soft.grad, torch.arange(64.0).expand(64, -1))

@@ -1,0 +1,86 @@
+"""Exact match of a train.py run through plain `generate()`: the run's own test splits (rebuilt from its
+`run_settings.json`: same task, sizes, seed and chat share), asked in left-padded batches with no extra argument,
+greedy. An answer is right when the generated tokens are exactly the answer's tokens and then EOS. Reported overall,
+per operation, per digit count of the longer operand (binary arithmetic) and per prompt kind (plain or chat).
+
+    python -m experiments.generate_eval --model runs/binary [--splits test test_pairs] [--limit 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from experiments.common import markdown_table
+from library import tasks as task_library
+from library.loading import load_model, load_tokenizer
+from library.training.data import task_spec, test_pairs_split
+
+
+def test_splits(settings: dict, tokenizer, names: list[str], limit: int | None):
+    """The run's test splits, tokenized as in training (prompt, answer, EOS)."""
+    data = SimpleNamespace(**settings["data"])
+    seed = settings["training"]["seed"]
+    spec = task_spec(data)
+    raw = task_library.load_task(spec.builder, n=data.n, seed=seed, **spec.builder_kwargs)
+    raw["test_pairs"] = test_pairs_split(spec, raw["train"], raw["test"], seed)
+    chat = getattr(data, "chat_fraction", 0.0)
+    splits = {}
+    for name in names:
+        split = raw[name] if limit is None else raw[name].select(range(min(limit, len(raw[name]))))
+        splits[name] = task_library.tokenize_for_causal_lm(split, tokenizer, chat_fraction=chat)
+    return splits
+
+
+@torch.no_grad()
+def exact_match(model, tokenizer, rows, batch_size: int, max_new_tokens: int) -> dict:
+    right: dict[str, list[bool]] = defaultdict(list)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    for start in range(0, len(rows), batch_size):
+        batch = rows.select(range(start, min(start + batch_size, len(rows))))
+        prompts = [row["input_ids"][: row["answer_position"] + 1] for row in batch]
+        width = max(map(len, prompts))
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        output = model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad
+        )
+        for row, prompt, generated in zip(batch, prompts, output[:, width:].tolist()):
+            expected = row["input_ids"][len(prompt) :]
+            correct = generated[: len(expected)] == expected
+            kind = "plain" if prompt[-1] == tokenizer(" ", add_special_tokens=False)["input_ids"][-1] else "chat"
+            groups = ["all", row["operation"], kind] + ([f"{row['digits']} digits"] if "digits" in row else [])
+            for group in groups:
+                right[group].append(correct)
+    return {group: (sum(values) / len(values), len(values)) for group, values in sorted(right.items())}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--splits", nargs="+", default=["test", "test_pairs"])
+    parser.add_argument("--limit", type=int, default=None, help="first rows of each split")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--report", type=Path, default=None, help="write the figures as JSON here")
+    args = parser.parse_args(argv)
+    model = load_model(args.model).eval()
+    tokenizer = load_tokenizer(args.model)
+    settings = json.loads((args.model / "run_settings.json").read_text())
+    figures = {}
+    for name, rows in test_splits(settings, tokenizer, args.splits, args.limit).items():
+        figures[name] = exact_match(model, tokenizer, rows, args.batch_size, args.max_new_tokens)
+        table = [[group, f"{share:.1%}", count] for group, (share, count) in figures[name].items()]
+        print(f"{name}:\n" + markdown_table(["questions", "exact match", "n"], table))
+    if args.report:
+        args.report.write_text(json.dumps(figures, indent=2))
+    return figures
+
+
+if __name__ == "__main__":
+    main()
