@@ -3,7 +3,7 @@
 greedy. An answer is right when the generated tokens are exactly the answer's tokens and then EOS. Reported overall,
 per operation, per digit count of the longer operand (binary arithmetic) and per prompt kind (plain or chat).
 
-    python -m experiments.generate_eval --model runs/binary [--splits test test_pairs] [--limit 400]
+    python -m experiments.generate_eval --model runs/binary [--splits test test_pairs] [--limit 400] [--max-digits 8]
 """
 
 from __future__ import annotations
@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--splits", nargs="+", default=["test", "test_pairs"])
     parser.add_argument("--limit", type=int, default=None, help="first rows of each split")
+    parser.add_argument(
+        "--max-digits", type=int, default=None, help="binary arithmetic: ask with operands up to this many digits"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--report", type=Path, default=None, help="write the figures as JSON here")
@@ -72,6 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
     model = load_model(args.model).eval()
     tokenizer = load_tokenizer(args.model)
     settings = json.loads((args.model / "run_settings.json").read_text())
+    if args.max_digits is not None:  # other number sizes than in training: the same phrasings and seed
+        settings["data"]["max_digits"] = args.max_digits
     figures = {}
     for name, rows in test_splits(settings, tokenizer, args.splits, args.limit).items():
         figures[name] = exact_match(model, tokenizer, rows, args.batch_size, args.max_new_tokens)
