@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import strategies
@@ -48,9 +49,12 @@ def test_the_config_records_the_instruction_set():
 
 
 def test_the_fingerprint_covers_the_op_names(monkeypatch):
-    program = modeling_llama_dcomp.halt_program(2, 1, 4, 8)
+    sizes = SimpleNamespace(
+        computer_program_lines=2, computer_lanes=1, computer_registers=4, computer_values=8, computer_encoding="unit"
+    )
+    program = modeling_llama_dcomp.halt_program(sizes)
     before = modeling_llama_dcomp.library_fingerprint(program, ["p"], [0])
     monkeypatch.setattr(modeling_llama_dcomp, "OP_NAMES", tuple(reversed(dcomp_isa.OP_NAMES)))
     after = modeling_llama_dcomp.library_fingerprint(program, ["p"], [0])
     assert before.split(";")[0] == after.split(";")[0] and before != after
-    assert torch.equal(program.op, modeling_llama_dcomp.halt_program(2, 1, 4, 8).op)
+    assert torch.equal(program.op, modeling_llama_dcomp.halt_program(sizes).op)
