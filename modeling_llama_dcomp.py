@@ -523,6 +523,9 @@ class LlamaDCompComputer(nn.Module):
         if self.writes_tokens:
             self.trigger = nn.Linear(hidden_size, 1)  # "compute here": the answer that follows is the computer's
             self.readout_strength = nn.Parameter(torch.empty(1))
+            # What the end mark writes besides "no more number tokens": learned logits (the data's end of an answer,
+            # EOS say), so a frozen base need not learn where a computed answer ends.
+            self.end_logits = nn.Parameter(torch.empty(config.vocab_size))
         placeholder = halt_program(config)
         self._register_library(placeholder, torch.as_tensor(config.library_entry_points, dtype=torch.long))
 
@@ -656,7 +659,8 @@ class LlamaDCompComputer(nn.Module):
 
     def readout_logits(self, logits: torch.Tensor, writes: torch.Tensor) -> torch.Tensor:
         """Adds the "tokens" read-out to `logits (..., vocab)` at the positions of `writes (..., 2)` (sliced as the
-        logits are): the strength s on the token written, −s on every number token at the end mark."""
+        logits are): the strength s on the token written; at the end mark s · (`end_logits` − 1 on every number
+        token), `end_logits` learned in units of s (so they move as fast as a logit needs)."""
         assert self.numbers is not None
         token, end = writes[..., 0], writes[..., 1].bool()
         strength = self.readout_strength.to(logits.dtype)
@@ -664,7 +668,8 @@ class LlamaDCompComputer(nn.Module):
         bias = torch.zeros_like(logits)
         bias = bias.index_put((*where, token[where]), strength.expand(len(where[0])))
         number_tokens = ((self.numbers.token_value >= 0) | self.numbers.is_minus).to(logits.dtype)  # (vocab,)
-        bias = bias - strength * end[..., None].to(logits.dtype) * number_tokens
+        at_end = strength * (self.end_logits.to(logits.dtype) - number_tokens)  # (vocab,)
+        bias = bias + end[..., None].to(logits.dtype) * at_end
         return logits + bias
 
     def run(
@@ -811,6 +816,7 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
                 init.zeros_(module.trigger.weight)
                 init.constant_(module.trigger.bias, -4.0)
                 init.constant_(module.readout_strength, config.computer_readout_strength)
+                init.zeros_(module.end_logits)
             placeholder = halt_program(config)
             for name in PROGRAM_FIELDS:
                 init.copy_(getattr(module, f"program_{name}"), getattr(placeholder, name))

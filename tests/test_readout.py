@@ -202,3 +202,14 @@ def test_straight_through_gives_the_hard_values_bit_for_bit_and_the_soft_gradien
     assert torch.equal(out, hard)
     (out * torch.arange(64.0)).sum().backward()
     assert torch.equal(soft.grad, torch.arange(64.0).expand(64, -1))
+
+
+def test_the_end_mark_adds_the_learned_end_logits_in_units_of_the_strength():
+    tokenizer = llama3_tokenizer()
+    model = calculator(tokenizer, "add")
+    inputs = tokenizer("Add 12 and 30, please. ", return_tensors="pt")
+    mask = last_token_mask(inputs.attention_mask)
+    with torch.no_grad():
+        model.computer.end_logits[tokenizer.eos_token_id] = 2.0
+    output = model.generate(**inputs, computer_mask=mask, max_new_tokens=4, do_sample=False)
+    assert tokenizer.decode(output[0, inputs.input_ids.shape[1] :]) == "42" + tokenizer.eos_token
