@@ -361,7 +361,7 @@ class CopyParseInputs:
     """What the copy parse reads at one position besides its own hidden state: the sequence so far, cached tokens
     included (`ComputerCall.history`)."""
 
-    input_ids: torch.LongTensor  # (batch, L) every token so far
+    input_ids: torch.Tensor  # (batch, L) long: every token so far
     keys: torch.Tensor  # (batch, L, d) W_k h_t of every token so far
 
 
@@ -452,7 +452,7 @@ class ComputerCache:
     """What the computer keeps in the generation cache (as `cache.llama_dcomp`), so a cached decode equals an
     uncached forward: the tokens so far and their copy-parse keys, and the answer being written."""
 
-    input_ids: torch.LongTensor  # (batch, L)
+    input_ids: torch.Tensor  # (batch, L) long
     keys: torch.Tensor | None  # (batch, L, d) copy-parse keys; None without the copy parse
     plan: ReadoutPlan
 
@@ -1231,7 +1231,8 @@ class LlamaDCompForCausalLM(LlamaDCompPreTrainedModel, LlamaForCausalLM):
             computer_calls=calls,
             **kwargs,
         )
-        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)  # (batch, kept, hidden)
+        last_hidden_state = cast(torch.Tensor, outputs.last_hidden_state)  # (batch, seq, hidden)
+        hidden_states = slice_logits_to_keep(last_hidden_state, logits_to_keep)  # (batch, kept, hidden)
         logits = self.lm_head(hidden_states)  # (batch, kept, vocab), or (kept, vocab) for a boolean mask
         call = calls[0] if calls else None
         if call is not None and call.writes is not None and call.writer is not None:  # the "tokens" read-out
