@@ -79,7 +79,7 @@ def init_parse_from_probe(
     accuracy on the prompts they were fitted on."""
     computer, n = model.computer, model.config.computer_values
     features: list[torch.Tensor] = []
-    hook = computer.register_forward_pre_hook(lambda module, inputs: features.append(inputs[0][inputs[1]]))
+    hook = computer.register_forward_pre_hook(lambda module, inputs: features.append(inputs[0][inputs[1].positions]))
     was_training = model.training
     model.eval()
     try:
