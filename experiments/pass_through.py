@@ -22,6 +22,7 @@ import importlib
 import inspect
 import json
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -58,6 +59,12 @@ def ordinary_texts(count: int, min_chars: int) -> list[str]:
     return texts
 
 
+def runs_of(model):
+    """`record_computer_runs` of the module that defined `model`: a model loaded with trust_remote_code runs its
+    folder's copy of the modeling file, whose records this checkout's function would never see."""
+    return getattr(sys.modules[type(model).__module__], "record_computer_runs", record_computer_runs)
+
+
 @torch.no_grad()
 def perplexity(model, ids: torch.Tensor) -> float:
     return math.exp(float(model(ids, labels=ids).loss))
@@ -75,7 +82,7 @@ def compare(model, base, tokenizer, texts: list[str], prompt_tokens: int, new_to
         theirs = base.generate(prompt, attention_mask=torch.ones_like(prompt), **settings)[0, prompt.shape[1] :]
         agree += int((ours == theirs).sum())
         total += len(theirs)
-        with record_computer_runs() as runs:
+        with runs_of(model)() as runs:
             ppl = perplexity(model, ids)
         log_ratio += math.log(ppl / perplexity(base, ids))
         fired = sum(int((run.trigger_logits > 0).sum()) for run in runs if run.trigger_logits is not None)
