@@ -578,9 +578,12 @@ class LlamaDCompComputer(nn.Module):
         if call is None:
             everywhere = torch.ones(hidden_states.shape[:2], dtype=torch.bool, device=hidden_states.device)
             call = ComputerCall(everywhere, everywhere, False, None, 0)
-        history = self.remember(hidden_states, call, cache)
+        # normalised once for the copy parse's keys and the trigger: (batch, seq, hidden)
+        normed = self.norm(hidden_states) if self.copy_parse is not None or self.writes_tokens else None
+        history = self.remember(hidden_states, normed, call, cache)
         if self.writes_tokens:
-            return self.write_tokens(hidden_states, call, history)
+            assert normed is not None
+            return self.write_tokens(hidden_states, normed, call, history)
         positions = call.positions
         if not bool(positions.any()):
             return hidden_states
@@ -592,13 +595,15 @@ class LlamaDCompComputer(nn.Module):
         update = self.gate * self.output_proj(p_out.to(self.output_proj.weight.dtype))  # (P, hidden)
         return torch.index_put(hidden_states, (positions,), update.to(hidden_states.dtype), accumulate=True)
 
-    def remember(self, hidden_states: torch.Tensor, call: ComputerCall, cache: Cache | None) -> ComputerCache | None:
+    def remember(
+        self, hidden_states: torch.Tensor, normed: torch.Tensor | None, call: ComputerCall, cache: Cache | None
+    ) -> ComputerCache | None:
         """The sequence so far for the copy parse and the answer being written, cached tokens included: this
         call's tokens appended to what the generation cache holds (and stored back there)."""
         if call.input_ids is None:
             return None
         batch = hidden_states.shape[0]
-        keys = None if self.copy_parse is None else self.copy_parse.key(self.norm(hidden_states))  # (batch, seq, d)
+        keys = None if self.copy_parse is None or normed is None else self.copy_parse.key(normed)  # (batch, seq, d)
         held = getattr(cache, "llama_dcomp", None) if call.past_length else None
         if held is not None and held.input_ids.shape[1] == call.past_length:
             ids = torch.cat([held.input_ids, call.input_ids], 1)
@@ -611,7 +616,9 @@ class LlamaDCompComputer(nn.Module):
             cache.llama_dcomp = history  # type: ignore[attr-defined]
         return history
 
-    def write_tokens(self, hidden_states: torch.Tensor, call: ComputerCall, history: ComputerCache | None):
+    def write_tokens(
+        self, hidden_states: torch.Tensor, normed: torch.Tensor, call: ComputerCall, history: ComputerCache | None
+    ):
         """The "tokens" read-out. The computer runs where `call.positions` says (`computer_mask`), else where the
         trigger fires (σ(w · RMSNorm(h)) > 1/2), but never inside an answer being written; its output's most likely
         value is spelled as tokens (`NumberTokens.spell`: sign, digit chunks, exact for a sharp value) and written
@@ -620,7 +627,7 @@ class LlamaDCompComputer(nn.Module):
         assert self.numbers is not None and history is not None  # the config requires digit tokens; the model ids
         batch, seq = call.valid.shape
         absolute = call.past_length + torch.arange(seq, device=hidden_states.device)  # (seq,)
-        trigger_logits = self.trigger(self.norm(hidden_states)).squeeze(-1)  # (batch, seq)
+        trigger_logits = self.trigger(normed).squeeze(-1)  # (batch, seq)
         fire = call.positions if call.explicit else call.positions & (trigger_logits > 0)
         if not call.explicit:
             fire = fire & ~history.plan.covers(absolute.expand(batch, -1))

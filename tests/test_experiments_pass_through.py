@@ -1,8 +1,7 @@
 """experiments.pass_through: the no-computation controls measure what they say."""
 
 import torch
-from model_fixtures import tiny_llama
-from test_readout import calculator
+from test_readout import calculator, tiny_llama_for
 
 from experiments.pass_through import compare, ordinary_texts
 from library.tokenizer import llama3_tokenizer
@@ -16,13 +15,7 @@ def test_ordinary_texts_are_long_distinct_docstring_paragraphs():
 def test_a_silent_computer_passes_ordinary_text_through_and_a_firing_one_is_counted():
     tokenizer = llama3_tokenizer()
     model = calculator(tokenizer, "add")
-    base = tiny_llama(
-        0,
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    base = tiny_llama_for(tokenizer)
     texts = ordinary_texts(3, 200)
     silent = compare(model, base, tokenizer, texts, prompt_tokens=8, new_tokens=6)
     assert silent == {

@@ -31,15 +31,15 @@ def smollm2_tokenizer():
 TOKENIZERS = {"llama3": llama3_tokenizer, "smollm2": smollm2_tokenizer}
 
 
+def tiny_llama_for(tokenizer, seed: int = 0):
+    """The tiny test Llama with `tokenizer`'s vocabulary and special tokens."""
+    special = {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id") for name in ("bos", "eos", "pad")}
+    return tiny_llama(seed, vocab_size=len(tokenizer), **special)
+
+
 def calculator(tokenizer, program: str, seed: int = 0, **overrides):
     """A tiny Llama with one binary program whose copy parse reads the first two numbers of the prompt."""
-    llama = tiny_llama(
-        seed,
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    llama = tiny_llama_for(tokenizer, seed)
     model = from_llama(
         llama,
         computer_layer=1,
@@ -139,13 +139,7 @@ def test_a_silent_trigger_leaves_the_base_model_exactly_alone():
     """Untrained, the trigger never fires: logits and generations are the base Llama's, bit for bit."""
     tokenizer = llama3_tokenizer()
     model = calculator(tokenizer, "add")
-    llama = tiny_llama(
-        0,
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    llama = tiny_llama_for(tokenizer)
     inputs = tokenizer("Add 3 and 4, then say hello. ", return_tensors="pt")
     with torch.no_grad():
         assert torch.equal(model(**inputs).logits, llama(**inputs).logits)
