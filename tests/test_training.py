@@ -401,3 +401,36 @@ def test_selection_nll_is_the_exact_likelihood_of_the_answer_over_the_programs()
     assert torch.allclose(selection_nll(run, targets, model), expected)
     logits = torch.tensor([[10.0, -10.0], [-10.0, 10.0]])
     assert float(trigger_loss(logits, torch.tensor([[1, 0], [0, 1]]), torch.ones(2, 2))) < 1e-3
+
+
+def test_ordinary_text_rows_train_only_the_trigger(cache):
+    """--text_fraction mixes in docstring paragraphs with no label and no computing position: the collator gives
+    them an empty computer_mask row and no answer target, and the copy-parse prior ignores them."""
+    from library.training.data import computing_positions
+
+    *_, computer_args, _training_args, spec, tokenizer, data = task(
+        "--encoding", "binary", "--text_fraction", "0.25", "--train_size", "60", "--validation_size", "4",
+        "--test_size", "4",
+    )  # fmt: skip
+    train = data["train"]
+    text_rows = [row for row in train if row["operation"] == "text"]
+    assert len(train) == 80 and len(text_rows) == 20
+    assert all(row["answer_position"] == -1 and set(row["labels"]) == {-100} for row in text_rows)
+    assert all(computing_positions(row) == [] for row in text_rows)
+    assert all(len(row["input_ids"]) <= 96 for row in text_rows) and "text" not in data["test"]["operation"]
+    rows = [text_rows[0], next(row for row in train if row["operation"] != "text"), text_rows[1]]
+    batch = AnswerCollator(tokenizer.pad_token_id, True, with_targets=True)(rows)
+    assert batch["computer_mask"].sum(1).tolist() == [0, 1, 0]
+    assert batch["computer_targets"].tolist() == [rows[1]["answer"]]
+    assert (batch["logits_to_keep"][[0, 2]] == 0).all()
+    model = build_model(*arguments("--encoding", "binary")[:3], spec, tokenizer)
+    from library.training.recipes import initialise
+
+    found = initialise(model, tokenizer, spec, train, None, computer_args, from_scratch=True)
+    assert found["copying"] == {0: 0, 1: 1}  # not diluted by the numbers of the docstrings
+
+
+def test_ordinary_text_is_for_the_token_read_out(capsys):
+    with pytest.raises(SystemExit):
+        parse_arguments(["--text_fraction", "0.2"])
+    assert "--text_fraction: ordinary text trains the trigger of the token read-out" in capsys.readouterr().err

@@ -60,6 +60,11 @@ class DataArguments:
     chat_fraction: float = field(
         default=0.0, metadata={"help": "share of prompts asked through the tokenizer's chat template (0: none)"}
     )
+    text_fraction: float = field(
+        default=0.0,
+        metadata={"help": "binary: share of training rows that are ordinary text (docstrings of installed packages, "
+                  "library.texts) where the computer must stay silent: the trigger's negatives"},
+    )  # fmt: skip
     operations: str = field(default="add,sub,mul,div", metadata={"help": "arithmetic operations, comma-separated"})
     train_size: int = field(default=20000, metadata={"help": "training examples"})
     validation_size: int = field(default=500, metadata={"help": "validation examples (learning curve)"})
@@ -88,6 +93,12 @@ class DataArguments:
             _check(getattr(self, name) >= 1, name, f"needs at least 1 example, got {getattr(self, name)}")
         _check(self.test_long_size >= 0, "test_long_size", f"must be >= 0, got {self.test_long_size}")
         _check(0 <= self.chat_fraction <= 1, "chat_fraction", f"must be in [0, 1], got {self.chat_fraction}")
+        _check(0 <= self.text_fraction < 1, "text_fraction", f"must be in [0, 1), got {self.text_fraction}")
+        _check(
+            self.text_fraction == 0 or self.encoding == "binary",
+            "text_fraction",
+            "ordinary text trains the trigger of the token read-out: use it with --encoding binary",
+        )
 
 
 @dataclass

@@ -14,6 +14,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from library import tasks as task_library
+from library import texts
 from library.stdlib import STANDARD_PROGRAMS, standard_source
 from library.tokenizer import fingerprint
 from library.training.arguments import ArgumentError
@@ -48,14 +49,20 @@ def task_spec(args, reversed_programs: bool = True) -> TaskSpec:
     sizes = {"train_size": args.train_size, "validation_size": args.validation_size, "test_size": args.test_size}
     if args.task == "arithmetic":
         operations = tuple(args.operations.split(","))
-        templates = {op: task_library.ARITHMETIC_TEMPLATES[op] for op in operations}
+        binary = args.encoding == "binary"  # numbers as people write them: questions too, even divisions
+        phrasings = "all" if binary else "commands"
+        templates = {op: task_library.PHRASINGS[phrasings][op] for op in operations}
         reversed_ops = tuple(f"r{op}" for op in operations if op in NOT_COMMUTATIVE) if reversed_programs else ()
         return TaskSpec(
             "arithmetic",
             {
                 **sizes,
                 "operations": operations,
-                **({"max_digits": args.max_digits} if args.encoding == "binary" else {}),
+                **(
+                    {"max_digits": args.max_digits, "phrasings": phrasings, "exact_division_fraction": 0.5}
+                    if binary
+                    else {}
+                ),
             },
             operations + reversed_ops,
             (1, 2),
@@ -63,7 +70,7 @@ def task_spec(args, reversed_programs: bool = True) -> TaskSpec:
             templates,
             "operation",
             True,
-            extra_groups=("digits",) if args.encoding == "binary" else (),
+            extra_groups=("digits",) if binary else (),
         )
     sizes["test_long_size"] = args.test_long_size
     if args.task == "fibonacci":
@@ -148,7 +155,34 @@ def build_datasets(args, spec: TaskSpec, tokenizer, seed: int):
     raw["test_pairs"] = test_pairs_split(spec, raw["train"], raw["test"], seed)
     data = task_library.tokenize_for_causal_lm(raw, tokenizer, chat_fraction=args.chat_fraction)
     data = add_number_positions(data, tokenizer, spec) if spec.answer_per_number else data
+    if args.text_fraction > 0:
+        data["train"] = with_ordinary_text(data["train"], tokenizer, args.text_fraction, seed)
     return add_slot_targets(data, spec, args.n) if args.encoding == "unit" else data  # the parse loss is unit-only
+
+
+def with_ordinary_text(train, tokenizer, fraction: float, seed: int, max_tokens: int = 96):
+    """`train` with ordinary text mixed in as a share `fraction` of its rows: docstring paragraphs of
+    `library.texts.TRAINING_PACKAGES` (never the standard library's, which measure pass-through), `max_tokens`
+    tokens each, with no label and no computing position (`answer_position` -1), so they teach the trigger where
+    not to fire and nothing else. Their other columns are empty; the rows are shuffled with `seed`."""
+    count = round(len(train) * fraction / (1 - fraction))
+    paragraphs = texts.docstring_paragraphs(texts.TRAINING_PACKAGES)
+    if len(paragraphs) < count:
+        raise ArgumentError(f"--text_fraction {fraction}: {count} ordinary texts needed, {len(paragraphs)} found")
+    chosen = random.Random(seed).sample(paragraphs, count)
+    ids = [row[:max_tokens] for row in tokenizer(chosen)["input_ids"]]
+    empty = {datasets.Value: lambda feature: "" if feature.dtype == "string" else 0, datasets.List: lambda _: []}
+    columns = {name: [empty[type(feature)](feature)] * count for name, feature in train.features.items()}
+    columns |= {
+        "text": chosen,
+        "operation": ["text"] * count,
+        "input_ids": ids,
+        "attention_mask": [[1] * len(row) for row in ids],
+        "labels": [[IGNORE_INDEX] * len(row) for row in ids],
+        "answer_position": [-1] * count,
+    }
+    ordinary = datasets.Dataset.from_dict(columns, features=train.features)
+    return datasets.concatenate_datasets([train, ordinary]).shuffle(seed=seed)
 
 
 def _mapped(data, function, description: str, batched: bool = False):
@@ -224,12 +258,18 @@ def slot_values(spec: TaskSpec, text: str, n: int, signed: bool = False) -> list
     return [[len(numbers), *numbers] if spec.memory_inputs else numbers]
 
 
+def computing_positions(row: dict) -> list[int]:
+    """Where the computer runs in a training row: the answer position, each `number_positions` of a list answer,
+    or nowhere in ordinary text (`answer_position` -1)."""
+    return row.get("number_positions", [row["answer_position"]] if row["answer_position"] >= 0 else [])
+
+
 @dataclasses.dataclass
 class AnswerCollator:
     """Pads a batch on the right and adds what the forward needs: `logits_to_keep` (the positions whose next
-    token is labelled) with `shift_labels` (those labels), the computer's `computer_mask` (the answer position,
-    or every `number_positions` of a list answer) and, for the answer loss, `computer_targets` (the answer value
-    at each of them, in `computer_mask.nonzero()` order). Other columns are dropped."""
+    token is labelled) with `shift_labels` (those labels), the computer's `computer_mask` (`computing_positions`)
+    and, for the answer loss, `computer_targets` (the answer value at each of them, in `computer_mask.nonzero()`
+    order). Other columns are dropped."""
 
     pad_token_id: int
     with_computer: bool
@@ -249,13 +289,17 @@ class AnswerCollator:
         batch["logits_to_keep"] = shifted != IGNORE_INDEX
         batch["shift_labels"] = shifted[batch["logits_to_keep"]]
         if self.with_computer:
-            positions = [row.get("number_positions", [row["answer_position"]]) for row in rows]
+            positions = [computing_positions(row) for row in rows]
             mask = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
             rows_index = [i for i, row in enumerate(positions) for _ in row]
             mask[torch.tensor(rows_index), torch.tensor(list(itertools.chain(*positions)))] = True
             batch["computer_mask"] = mask
         if self.with_targets:
-            answers = [row["answer"] if isinstance(row["answer"], list) else [row["answer"]] for row in rows]
+            answers = [
+                row["answer"] if isinstance(row["answer"], list) else [row["answer"]]
+                for row in rows
+                if computing_positions(row)
+            ]
             batch["computer_targets"] = torch.tensor(list(itertools.chain(*answers)))
         if self.with_slot_targets:
             batch["slot_targets"] = torch.tensor(list(itertools.chain(*(row["slot_targets"] for row in rows))))

@@ -13,6 +13,7 @@ def initialise(model, tokenizer, spec: TaskSpec, rows, collator, args, from_scra
     """The whole recipe of `args` (`ComputerArguments`) on a fresh LlamaDComp model, with `rows` the training
     split: returns what it found, {"probe_accuracy": ..., "copying": {slot: ordinal}} (those it ran)."""
     found: dict = {}
+    rows = rows.filter(lambda position: position >= 0, input_columns="answer_position")  # not ordinary text
     if model.config.computer_encoding == "binary":  # the token read-out has no W_out, the parse no value classes
         if model.config.computer_parse == "copy" and args.parse_init_scale > 0:
             found["copying"] = init_copy_parse(model, spec, rows[: args.probe_examples]["text"], args.parse_init_scale)

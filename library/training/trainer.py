@@ -67,7 +67,7 @@ class DCompTrainer(Trainer):
         if writes_tokens:
             if model.training:  # the answer loss on the output bits and the trigger's loss (docs/TRAINING.md)
                 run = runs[-1]
-                if targets is not None and self.answer_loss_weight:
+                if targets is not None and len(targets) and self.answer_loss_weight:  # a batch of text has none
                     loss = loss + self.answer_loss_weight * selection_nll(run, targets, self.model)
                 loss = loss + trigger_loss(run.trigger_logits, answer_positions, inputs["attention_mask"])
         elif targets is not None and self.answer_loss_weight:
