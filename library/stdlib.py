@@ -128,8 +128,10 @@ def calculator_source(op: str) -> str:
 
 def program_path(name: str) -> Path:
     """The `.asm` file of a hand-written standard program."""
-    if name not in WRITTEN:
-        raise LinkError(f"no file for {name!r}: the hand-written standard programs are {', '.join(WRITTEN)}")
+    if name not in WRITTEN + WIDE_WRITTEN:
+        raise LinkError(
+            f"no file for {name!r}: the hand-written standard programs are {', '.join(WRITTEN + WIDE_WRITTEN)}"
+        )
     return PROGRAMS_DIR / f"{name}.asm"
 
 
