@@ -181,6 +181,12 @@ class LlamaDCompConfig(LlamaConfig):
     (`dcomp_readout`): where a learned trigger fires (or `computer_mask` says), the computer runs once and the
     k-th answer token's logit gets `computer_readout_strength`; needs `computer_digit_tokens`."""
 
+    computer_trigger_context: int = 0
+    """The "tokens" read-out's trigger also adds a learned logit per token id for each of the last k tokens (the
+    position's own and the k − 1 before it; `trigger_tokens`, zero at first): an exact function of the nearby
+    tokens, the same however long the sequence is, where a hidden state drifts with the length (lists longer than
+    in training, docs/RESULTS.md §8). 0: none."""
+
     computer_readout_strength: float | int = 30.0
     """Initial value of the learned logit the "tokens" read-out adds to the token it writes (and subtracts from
     every number token at the end mark)."""
@@ -441,6 +447,7 @@ class LlamaDCompConfig(LlamaConfig):
             "computer_minus_token_ids",
             f"must be token ids in [0, vocab_size={self.vocab_size})",
         )
+        require(self.computer_trigger_context >= 0, "computer_trigger_context", "must be >= 0")
         require(self.computer_copy_ordinals >= 1, "computer_copy_ordinals", "must be at least 1")
         require(self.computer_copy_dim >= 1, "computer_copy_dim", "must be at least 1")
         require(

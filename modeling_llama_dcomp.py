@@ -135,7 +135,11 @@ ANSWER_FIELDS = (
     "library_list_programs",
     "computer_list_separator_ids",
     "computer_list_negative_separator_ids",
+    "computer_trigger_context",
 )
+# The trigger's token-context logits are `TRIGGER_TOKEN_SCALE · trigger_tokens`: an Adam step moves an entry by about
+# the learning rate (3e-3 for the computer), so in these units a few hundred steps reach a logit of ±10.
+TRIGGER_TOKEN_SCALE = 32.0
 # Length (hex digits) of each field's hash in `convention_fingerprint`.
 FIELD_HEX = 8
 
@@ -459,6 +463,7 @@ class ComputerCache:
     input_ids: torch.Tensor  # (batch, L) long
     keys: torch.Tensor | None  # (batch, L, d) copy-parse keys; None without the copy parse
     plan: ReadoutPlan
+    valid: torch.Tensor | None = None  # (batch, L) bool: not padding (the trigger's token context skips padding)
 
 
 class LlamaDCompComputer(nn.Module):
@@ -537,6 +542,9 @@ class LlamaDCompComputer(nn.Module):
             # What the end mark writes besides "no more number tokens": learned logits (the data's end of an answer,
             # EOS say), so a frozen base need not learn where a computed answer ends.
             self.end_logits = nn.Parameter(torch.empty(config.vocab_size))
+            context = config.computer_trigger_context
+            # learned trigger logits of the last `context` token ids (None: the hidden state alone decides)
+            self.trigger_tokens = nn.Parameter(torch.empty(context, config.vocab_size)) if context else None
         placeholder = halt_program(config)
         self._register_library(placeholder, torch.as_tensor(config.library_entry_points, dtype=torch.long))
 
@@ -620,9 +628,10 @@ class LlamaDCompComputer(nn.Module):
             ids = torch.cat([held.input_ids, call.input_ids], 1)
             keys = None if keys is None or held.keys is None else torch.cat([held.keys, keys], 1)
             plan = held.plan
+            valid = None if held.valid is None else torch.cat([held.valid, call.valid], 1)
         else:  # a fresh sequence (or a cache the computer did not see: only this call's tokens are known)
-            ids, plan = call.input_ids, ReadoutPlan.empty(batch, hidden_states.device)
-        history = ComputerCache(ids, keys, plan)
+            ids, plan, valid = call.input_ids, ReadoutPlan.empty(batch, hidden_states.device), call.valid
+        history = ComputerCache(ids, keys, plan, valid)
         if cache is not None:
             cache.llama_dcomp = history  # type: ignore[attr-defined]
         return history
@@ -639,6 +648,8 @@ class LlamaDCompComputer(nn.Module):
         batch, seq = call.valid.shape
         absolute = call.past_length + torch.arange(seq, device=hidden_states.device)  # (seq,)
         trigger_logits = self.trigger(normed).squeeze(-1)  # (batch, seq)
+        if self.trigger_tokens is not None:
+            trigger_logits = trigger_logits + self.token_context_logits(history, seq)
         fire = call.positions if call.explicit else call.positions & (trigger_logits > 0)
         if not call.explicit:
             fire = fire & ~history.plan.covers(absolute.expand(batch, -1))
@@ -657,6 +668,23 @@ class LlamaDCompComputer(nn.Module):
         history.plan = plan
         call.writes, call.writer = writes, self
         return hidden_states
+
+    def token_context_logits(self, history: ComputerCache, seq: int) -> torch.Tensor:
+        """s · Σ_j trigger_tokens[j, x_{t−j}] (s = `TRIGGER_TOKEN_SCALE`, j < k) for the call's `seq` positions t
+        (the last of `history`): the trigger's logit from the ids of the last k tokens, padding and the sequence's
+        start skipped."""
+        assert self.trigger_tokens is not None
+        ids = history.input_ids
+        valid = torch.ones_like(ids, dtype=torch.bool) if history.valid is None else history.valid.bool()
+        total = ids.shape[1]
+        logits = torch.zeros(ids.shape[0], seq, dtype=self.trigger_tokens.dtype, device=ids.device)
+        for j in range(self.trigger_tokens.shape[0]):
+            columns = torch.arange(total - seq, total, device=ids.device) - j  # (seq,) the token j back
+            inside = columns >= 0
+            token = ids[:, columns.clamp_min(0)].clamp(0, self.trigger_tokens.shape[1] - 1)  # (batch, seq)
+            keep = valid[:, columns.clamp_min(0)] & inside
+            logits = logits + torch.where(keep, self.trigger_tokens[j][token], 0.0)
+        return TRIGGER_TOKEN_SCALE * logits
 
     @staticmethod
     def _write_plan(writes: torch.Tensor, plan: ReadoutPlan, absolute: torch.Tensor, row: int | None = None) -> None:
@@ -913,6 +941,8 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
                 init.constant_(module.trigger.bias, -4.0)
                 init.constant_(module.readout_strength, config.computer_readout_strength)
                 init.zeros_(module.end_logits)
+                if module.trigger_tokens is not None:
+                    init.zeros_(module.trigger_tokens)
             placeholder = halt_program(config)
             for name in PROGRAM_FIELDS:
                 init.copy_(getattr(module, f"program_{name}"), getattr(placeholder, name))

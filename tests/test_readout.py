@@ -243,6 +243,7 @@ def list_computer(tokenizer, first: str = "sort", seed: int = 0):
         library_memory_inputs=LIST_CELLS,
         library_count_register=1,
         library_list_programs=["sort"],
+        computer_trigger_context=8,
     ).eval()
     spec = TaskSpec("list", {}, tuple(library), (1,), LIST_CELLS, {}, "length", True, count_register=1)
     init_list_copy_parse(model, spec, scale=5.0)
@@ -311,6 +312,27 @@ def test_a_list_answer_is_the_same_cached_uncached_batched_and_through_pipeline(
     with torch.no_grad():
         model.computer.trigger.bias.fill_(10.0)
     assert_every_route_agrees(model, tokenizer, ["Sort 12, -7 and 3 ", "Sort [5, -100000, 42] "], 14)
+
+
+@pytest.mark.parametrize("name", ["llama3", "smollm2"])
+def test_a_trigger_from_the_last_token_ids_fires_alike_cached_uncached_and_left_padded(name):
+    """computer_trigger_context: the trigger adds learned logits of the last k token ids. Here it fires at a space
+    that does not follow a comma: the final space of the prompt, and again in the answer's own text; the window
+    crosses the cache boundary when decoding and skips the padding of a left-padded batch."""
+    from modeling_llama_dcomp import TRIGGER_TOKEN_SCALE
+
+    tokenizer = TOKENIZERS[name]()
+    model = list_computer(tokenizer, "sort")
+    space, comma = tokenizer.encode(" ", add_special_tokens=False)[-1], tokenizer.encode(",", add_special_tokens=False)
+    with torch.no_grad():
+        model.computer.trigger_tokens[0, space] = 10.0 / TRIGGER_TOKEN_SCALE  # +10 - 4 (the bias): fires
+        model.computer.trigger_tokens[1, comma[-1]] = -10.0 / TRIGGER_TOKEN_SCALE  # not after a comma
+        model.computer.trigger_tokens[7, tokenizer.eos_token_id] = 3.0  # padding 7 back must not count
+    inputs = tokenizer("Sort [12, -7, 3] ", return_tensors="pt")
+    generated = model.generate(**inputs, max_new_tokens=10, do_sample=False)
+    answer = tokenizer.decode(generated[0, inputs.input_ids.shape[1] :])
+    assert answer.startswith("-7, 3, 12"), answer
+    assert_every_route_agrees(model, tokenizer, ["Sort [12, -7, 3] ", "Please sort [5, -100000, 42, 0] "], 14)
 
 
 def test_the_count_register_gets_the_exact_number_of_written_numbers_whatever_the_linear_parse():

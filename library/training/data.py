@@ -53,6 +53,11 @@ LIST_LENGTHS = (2, 3, 4)
 LIST_LONG_LENGTHS = tuple(range(5, LIST_CELLS + 1))
 LIST_ANSWER_PROGRAMS = ("sort", "sort_oddeven")
 LIST_MAX_STEPS = 400
+# The list task's trigger decides from the last 8 token ids alone (`computer_trigger_context`; its hidden-state
+# weights stay 0, `recipes.init_list_copy_parse`): enough to see the last separator before the final space of a
+# list of up to 5-digit numbers, and the same for a list of 16 as for one of 2 (a hidden-state trigger trained on
+# lists of 2-4 stops firing from about 8 numbers on, docs/RESULTS.md §8).
+LIST_TRIGGER_CONTEXT = 8
 
 
 def binary_list_spec(args, sizes: dict) -> TaskSpec:

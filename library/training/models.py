@@ -9,7 +9,13 @@ from library.install import from_llama, number_token_ids
 from library.loading import load_tokenizer
 from library.tokenizer import llama3_tokenizer
 from library.training.arguments import ArgumentError
-from library.training.data import LIST_ANSWER_PROGRAMS, LIST_MAX_STEPS, TaskSpec, library_sources
+from library.training.data import (
+    LIST_ANSWER_PROGRAMS,
+    LIST_MAX_STEPS,
+    LIST_TRIGGER_CONTEXT,
+    TaskSpec,
+    library_sources,
+)
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -102,8 +108,8 @@ def build_model(model_args, data_args, computer_args, spec: TaskSpec, tokenizer)
 def list_fields(spec: TaskSpec, names: list[str]) -> dict:
     """The binary list task's computer (issue 13): the count register, the programs whose answer is the sorted
     memory, one memory cell and one copy ordinal per number of the longest list (the last ordinal is shared by
-    every later number), the longest sequential sort's steps, and 42 registers where the 16-lane odd-even sort
-    (38 data registers) is in the library."""
+    every later number), the longest sequential sort's steps, 42 registers where the 16-lane odd-even sort
+    (38 data registers) is in the library, and a trigger that reads the last `LIST_TRIGGER_CONTEXT` token ids."""
     return dict(
         library_count_register=spec.count_register,
         library_list_programs=[name for name in names if name in LIST_ANSWER_PROGRAMS],
@@ -111,6 +117,7 @@ def list_fields(spec: TaskSpec, names: list[str]) -> dict:
         computer_copy_ordinals=spec.memory_inputs + 1,
         computer_max_steps=LIST_MAX_STEPS,
         computer_registers=42 if "sort_oddeven" in names else 16,
+        computer_trigger_context=LIST_TRIGGER_CONTEXT,
     )
 
 

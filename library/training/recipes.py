@@ -157,4 +157,8 @@ def init_list_copy_parse(model, spec: TaskSpec, scale: float) -> dict:
         weight = copy.query.weight.view(copy.slots, copy.dim, -1)
         weight[registers:] = 0.0
         copy.key.weight.zero_()
+        # where to answer: from the last token ids alone (`computer_trigger_context`), not the hidden state, whose
+        # features drift with the list's length; its weights stay at their initial 0
+        computer.trigger.weight.zero_()
+        computer.trigger.weight.requires_grad_(False)
     return copying
