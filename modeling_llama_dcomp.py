@@ -110,6 +110,10 @@ def library_fingerprint(program: ProgramTensors, programs: Sequence[str], entry_
 # installer records a hash of each in `config.library_fingerprint` (`convention_fingerprint`), so a config.json
 # edited after the install, or a `from_pretrained` keyword override, fails to load naming the field.
 ANSWER_FIELDS = (
+    # first: a valid edit of these changes fields listed later too (the count needs the copy parse), and a
+    # mismatch names the first field that differs
+    "library_list_programs",
+    "library_count_register",
     "computer_layer",
     "computer_encoding",
     "computer_values",
@@ -131,8 +135,6 @@ ANSWER_FIELDS = (
     "library_input_registers",
     "library_memory_inputs",
     "library_output_register",
-    "library_count_register",
-    "library_list_programs",
     "computer_list_separator_ids",
     "computer_list_negative_separator_ids",
     "computer_trigger_context",
