@@ -167,7 +167,7 @@ class ReadoutPlan:
     the end mark (no number token)."""
 
     start: torch.Tensor  # (batch,) absolute position of the computation; -1: none yet
-    tokens: torch.Tensor  # (batch, MAX_SYMBOLS) the answer's tokens, -1 after the last
+    tokens: torch.Tensor  # (batch, width ≥ MAX_SYMBOLS: a list is longer) the answer's tokens, -1 after the last
     length: torch.Tensor  # (batch,)
 
     @classmethod
