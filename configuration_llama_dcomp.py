@@ -155,12 +155,37 @@ class LlamaDCompConfig(LlamaConfig):
     a checkpoint whose buffers or answer-changing fields do not match fails loudly, naming the cause. Written by
     the installer."""
 
+    library_count_register: int = -1
+    """A register (one of `library_input_registers`) that receives, exactly, how many numbers are written in the
+    sequence up to the computing position (`NumberTokens.read`; the copy parse's ordinals count the same numbers):
+    a list's length is then read, not classified, so a length never seen in training is as exact as a seen one.
+    -1: none. Needs the copy parse."""
+
+    library_list_programs: list[str] = field(default_factory=list)
+    """Programs (of `library_programs`) whose answer is the list in memory cells 0 … c − 1, c the count of
+    `library_count_register` (sort: the list sorted in place), not the output register: the "tokens" read-out
+    writes those c numbers, `computer_list_separator_ids` between them, as one answer."""
+
+    computer_list_separator_ids: list[int] = field(default_factory=list)
+    """The tokens the read-out writes between two numbers of a list answer (", " as the tokenizer writes it between
+    numbers: LLaMA-3's and SmolLM2's ",", " ")."""
+
+    computer_list_negative_separator_ids: list[int] = field(default_factory=list)
+    """The tokens written between two numbers of a list answer when the second is negative, its minus included
+    (", -": the tokenizers merge the space and the minus into " -"); empty: the separator, then the minus token."""
+
     computer_output: str = "residual_add"
     """How the output reaches the language model. "residual_add" adds `gate * W_out(p_out)` to the residual
     stream after `computer_layer`, at the position where the computer ran. "tokens" writes the output value as the
     tokenizer's own number tokens (sign, digit chunks, then an end mark), one per generated token
     (`dcomp_readout`): where a learned trigger fires (or `computer_mask` says), the computer runs once and the
     k-th answer token's logit gets `computer_readout_strength`; needs `computer_digit_tokens`."""
+
+    computer_trigger_context: int = 0
+    """The "tokens" read-out's trigger also adds a learned logit per token id for each of the last k tokens (the
+    position's own and the k − 1 before it; `trigger_tokens`, zero at first): an exact function of the nearby
+    tokens, the same however long the sequence is, where a hidden state drifts with the length (lists longer than
+    in training, docs/RESULTS.md §8). 0: none."""
 
     computer_readout_strength: float | int = 30.0
     """Initial value of the learned logit the "tokens" read-out adds to the token it writes (and subtracts from
@@ -351,6 +376,40 @@ class LlamaDCompConfig(LlamaConfig):
             "library_output_register",
             f"must be a register in [0, computer_registers={registers})",
         )
+        require(
+            self.library_count_register == -1 or self.library_count_register in self.library_input_registers,
+            "library_count_register",
+            "must be -1 or one of library_input_registers",
+        )
+        require(
+            self.library_count_register == -1 or self.computer_parse == "copy",
+            "library_count_register",
+            'counting the written numbers needs computer_parse="copy" (its number tokens)',
+        )
+        require(
+            not self.library_list_programs or self.library_count_register != -1,
+            "library_list_programs",
+            "a list answer's length is the count: give library_count_register",
+        )
+        require(
+            not self.library_programs or set(self.library_list_programs) <= set(self.library_programs),
+            "library_list_programs",
+            f"must be programs of library_programs {self.library_programs}",
+        )
+        require(
+            not (self.library_list_programs and self.computer_output == "tokens")
+            or bool(self.computer_list_separator_ids),
+            "computer_list_separator_ids",
+            "the read-out writes a list answer with separators between its numbers: give them",
+        )
+        require(
+            all(
+                0 <= token < self.vocab_size
+                for token in [*self.computer_list_separator_ids, *self.computer_list_negative_separator_ids]
+            ),
+            "computer_list_separator_ids",
+            f"must be token ids in [0, vocab_size={self.vocab_size})",
+        )
         require(self.computer_output in COMPUTER_OUTPUTS, "computer_output", f"must be one of {COMPUTER_OUTPUTS}")
         require(self.computer_selection_temperature > 0, "computer_selection_temperature", "must be > 0")
         require(self.computer_parse in COMPUTER_PARSES, "computer_parse", f"must be one of {COMPUTER_PARSES}")
@@ -388,6 +447,7 @@ class LlamaDCompConfig(LlamaConfig):
             "computer_minus_token_ids",
             f"must be token ids in [0, vocab_size={self.vocab_size})",
         )
+        require(self.computer_trigger_context >= 0, "computer_trigger_context", "must be >= 0")
         require(self.computer_copy_ordinals >= 1, "computer_copy_ordinals", "must be at least 1")
         require(self.computer_copy_dim >= 1, "computer_copy_dim", "must be at least 1")
         require(

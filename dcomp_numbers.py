@@ -167,7 +167,7 @@ class ReadoutPlan:
     the end mark (no number token)."""
 
     start: torch.Tensor  # (batch,) absolute position of the computation; -1: none yet
-    tokens: torch.Tensor  # (batch, MAX_SYMBOLS) the answer's tokens, -1 after the last
+    tokens: torch.Tensor  # (batch, width ≥ MAX_SYMBOLS: a list is longer) the answer's tokens, -1 after the last
     length: torch.Tensor  # (batch,)
 
     @classmethod
@@ -180,6 +180,19 @@ class ReadoutPlan:
         """`positions (batch, seq)` absolute → bool: inside an answer being written (its end mark included)."""
         offset = positions - self.start[:, None]
         return (self.start[:, None] >= 0) & (offset >= 0) & (offset <= self.length[:, None])
+
+    def assign(self, row: int, start: int, tokens: torch.Tensor, length: int) -> ReadoutPlan:
+        """A new plan whose sequence `row` writes `tokens (width,)` (-1 after the first `length`) from `start`; the
+        token table widens to the longer of the two (a list answer is longer than one number)."""
+        width = max(self.tokens.shape[1], tokens.shape[0])
+        table = nn.functional.pad(self.tokens, (0, width - self.tokens.shape[1]), value=-1)
+        table = table.index_copy(
+            0,
+            torch.tensor([row], device=table.device),
+            nn.functional.pad(tokens, (0, width - tokens.shape[0]), value=-1)[None],
+        )
+        index = torch.tensor([row], device=self.start.device)
+        return ReadoutPlan(self.start.index_fill(0, index, start), table, self.length.index_fill(0, index, length))
 
     def select(self, rows: torch.Tensor) -> ReadoutPlan:
         """The plans of the sequences `rows` (a batch reordered or shrunk, e.g. by beam search)."""

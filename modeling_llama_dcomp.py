@@ -110,6 +110,10 @@ def library_fingerprint(program: ProgramTensors, programs: Sequence[str], entry_
 # installer records a hash of each in `config.library_fingerprint` (`convention_fingerprint`), so a config.json
 # edited after the install, or a `from_pretrained` keyword override, fails to load naming the field.
 ANSWER_FIELDS = (
+    # first: a valid edit of these changes fields listed later too (the count needs the copy parse), and a
+    # mismatch names the first field that differs
+    "library_list_programs",
+    "library_count_register",
     "computer_layer",
     "computer_encoding",
     "computer_values",
@@ -131,7 +135,13 @@ ANSWER_FIELDS = (
     "library_input_registers",
     "library_memory_inputs",
     "library_output_register",
+    "computer_list_separator_ids",
+    "computer_list_negative_separator_ids",
+    "computer_trigger_context",
 )
+# The trigger's token-context logits are `TRIGGER_TOKEN_SCALE · trigger_tokens`: an Adam step moves an entry by about
+# the learning rate (3e-3 for the computer), so in these units a few hundred steps reach a logit of ±10.
+TRIGGER_TOKEN_SCALE = 32.0
 # Length (hex digits) of each field's hash in `convention_fingerprint`.
 FIELD_HEX = 8
 
@@ -455,6 +465,7 @@ class ComputerCache:
     input_ids: torch.Tensor  # (batch, L) long
     keys: torch.Tensor | None  # (batch, L, d) copy-parse keys; None without the copy parse
     plan: ReadoutPlan
+    valid: torch.Tensor | None = None  # (batch, L) bool: not padding (the trigger's token context skips padding)
 
 
 class LlamaDCompComputer(nn.Module):
@@ -501,6 +512,13 @@ class LlamaDCompComputer(nn.Module):
         self.max_steps = config.computer_max_steps
         self.temperature = config.computer_selection_temperature
         self.writes_tokens = config.computer_output == "tokens"
+        # The slot that receives the exact count of written numbers (None: none), and the programs whose answer is
+        # the list M[0 .. count) rather than the output register.
+        count = config.library_count_register
+        self.count_slot = self.input_registers.index(count) if count >= 0 else None
+        self.list_programs = list(config.library_list_programs)
+        self.separator = list(config.computer_list_separator_ids)
+        self.negative_separator = list(config.computer_list_negative_separator_ids)
 
         self.norm = LlamaRMSNorm(hidden_size, eps=config.rms_norm_eps)
         self.select = selection_head(hidden_size, len(self.program_names))
@@ -526,6 +544,9 @@ class LlamaDCompComputer(nn.Module):
             # What the end mark writes besides "no more number tokens": learned logits (the data's end of an answer,
             # EOS say), so a frozen base need not learn where a computed answer ends.
             self.end_logits = nn.Parameter(torch.empty(config.vocab_size))
+            context = config.computer_trigger_context
+            # learned trigger logits of the last `context` token ids (None: the hidden state alone decides)
+            self.trigger_tokens = nn.Parameter(torch.empty(context, config.vocab_size)) if context else None
         placeholder = halt_program(config)
         self._register_library(placeholder, torch.as_tensor(config.library_entry_points, dtype=torch.long))
 
@@ -609,9 +630,10 @@ class LlamaDCompComputer(nn.Module):
             ids = torch.cat([held.input_ids, call.input_ids], 1)
             keys = None if keys is None or held.keys is None else torch.cat([held.keys, keys], 1)
             plan = held.plan
+            valid = None if held.valid is None else torch.cat([held.valid, call.valid], 1)
         else:  # a fresh sequence (or a cache the computer did not see: only this call's tokens are known)
-            ids, plan = call.input_ids, ReadoutPlan.empty(batch, hidden_states.device)
-        history = ComputerCache(ids, keys, plan)
+            ids, plan, valid = call.input_ids, ReadoutPlan.empty(batch, hidden_states.device), call.valid
+        history = ComputerCache(ids, keys, plan, valid)
         if cache is not None:
             cache.llama_dcomp = history  # type: ignore[attr-defined]
         return history
@@ -628,12 +650,13 @@ class LlamaDCompComputer(nn.Module):
         batch, seq = call.valid.shape
         absolute = call.past_length + torch.arange(seq, device=hidden_states.device)  # (seq,)
         trigger_logits = self.trigger(normed).squeeze(-1)  # (batch, seq)
+        if self.trigger_tokens is not None:
+            trigger_logits = trigger_logits + self.token_context_logits(history, seq)
         fire = call.positions if call.explicit else call.positions & (trigger_logits > 0)
         if not call.explicit:
             fire = fire & ~history.plan.covers(absolute.expand(batch, -1))
         run = self.run(hidden_states, fire, history, call.past_length, trigger_logits)
-        value, _ = self.machine.values.most_likely(run.state.registers[:, self.output_register].detach())  # (P,)
-        tokens, lengths = self.numbers.spell(value)  # (P, symbols), (P,)
+        tokens, lengths = self.spell_answers(run)  # (P, symbols), (P,)
         plan = history.plan
         writes = torch.full((batch, seq, 2), -1, dtype=torch.long, device=hidden_states.device)
         writes[..., 1] = 0
@@ -642,15 +665,28 @@ class LlamaDCompComputer(nn.Module):
             start = int(absolute[column])
             if bool(plan.covers(torch.full((batch, 1), start, device=absolute.device))[b, 0]):
                 continue
-            plan = ReadoutPlan(
-                plan.start.index_fill(0, torch.tensor([b], device=absolute.device), start),
-                plan.tokens.index_copy(0, torch.tensor([b], device=absolute.device), tokens[row : row + 1]),
-                plan.length.index_fill(0, torch.tensor([b], device=absolute.device), int(lengths[row])),
-            )
+            plan = plan.assign(b, start, tokens[row], int(lengths[row]))
             self._write_plan(writes, plan.select(torch.tensor([b], device=absolute.device)), absolute, row=b)
         history.plan = plan
         call.writes, call.writer = writes, self
         return hidden_states
+
+    def token_context_logits(self, history: ComputerCache, seq: int) -> torch.Tensor:
+        """s · Σ_j trigger_tokens[j, x_{t−j}] (s = `TRIGGER_TOKEN_SCALE`, j < k) for the call's `seq` positions t
+        (the last of `history`): the trigger's logit from the ids of the last k tokens, padding and the sequence's
+        start skipped."""
+        assert self.trigger_tokens is not None
+        ids = history.input_ids
+        valid = torch.ones_like(ids, dtype=torch.bool) if history.valid is None else history.valid.bool()
+        total = ids.shape[1]
+        logits = torch.zeros(ids.shape[0], seq, dtype=self.trigger_tokens.dtype, device=ids.device)
+        for j in range(self.trigger_tokens.shape[0]):
+            columns = torch.arange(total - seq, total, device=ids.device) - j  # (seq,) the token j back
+            inside = columns >= 0
+            token = ids[:, columns.clamp_min(0)].clamp(0, self.trigger_tokens.shape[1] - 1)  # (batch, seq)
+            keep = valid[:, columns.clamp_min(0)] & inside
+            logits = logits + torch.where(keep, self.trigger_tokens[j][token], 0.0)
+        return TRIGGER_TOKEN_SCALE * logits
 
     @staticmethod
     def _write_plan(writes: torch.Tensor, plan: ReadoutPlan, absolute: torch.Tensor, row: int | None = None) -> None:
@@ -714,6 +750,13 @@ class LlamaDCompComputer(nn.Module):
             parsed = self.copy_parse(
                 normed, rows, columns + past_length, sequence, self.numbers, self.machine.values, parsed
             )
+        if self.count_slot is not None:  # the count of written numbers: exact, whatever the length
+            assert history is not None and self.numbers is not None
+            rows, columns = positions.nonzero(as_tuple=True)
+            counted = self.written_count(history.input_ids, rows, columns + past_length)  # (P,)
+            exact = self.machine.values.mixture(parsed.new_ones(num_positions, 1, 1), counted[:, None])
+            slot = self.count_slot
+            parsed = torch.cat([parsed[:, :slot], exact, parsed[:, slot + 1 :]], 1)
         input_probs = parsed[:, : len(self.input_registers)]
         memory_probs = parsed[:, len(self.input_registers) :]
         selection, inputs = program_probs, parsed
@@ -739,16 +782,64 @@ class LlamaDCompComputer(nn.Module):
             records.append(run)
         return run
 
+    def written_count(self, input_ids: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        """How many numbers are written in `input_ids (batch, L)` up to (and at) absolute position `columns (P,)` of
+        row `rows (P,)`: the runs of number tokens `NumberTokens.read` finds, the numbers the copy parse's
+        ordinals 0, 1, … count. A list's length read this way needs no classifier (`library_count_register`)."""
+        assert self.numbers is not None
+        read = self.numbers.read(input_ids)
+        steps = torch.arange(input_ids.shape[1], device=input_ids.device)
+        return (read.is_first[rows] & (steps <= columns[:, None])).sum(-1)
+
     @torch.no_grad()
-    def program_outputs(self, run: ComputerRun) -> torch.Tensor:
-        """What every library program returns on the run's most likely inputs: integers `(P, programs)` (binary
-        encoding). The answer likelihood of the selection is then exact, `p(answer) = Σ_k π_k [output_k = answer]`
-        (train.py's answer loss): a sharp 64-bit machine gives no useful gradient of its own."""
+    def spell_answers(self, run: ComputerRun) -> tuple[torch.Tensor, torch.Tensor]:
+        """The answer of every run position as tokens `(P, width)` (-1 after the last) and their counts `(P,)`:
+        the output register's most likely value (`NumberTokens.spell`), or, where the selected program is one of
+        `library_list_programs`, the memory cells 0 … c − 1 (c the count the run was given), spelled one by one
+        with the separator tokens between them."""
+        assert self.numbers is not None
+        value, _ = self.machine.values.most_likely(run.state.registers[:, self.output_register])  # (P,)
+        tokens, lengths = self.numbers.spell(value)  # (P, MAX_SYMBOLS), (P,)
+        if not self.list_programs or not len(value):
+            return tokens, lengths
+        listing = torch.tensor([name in self.list_programs for name in self.program_names], device=value.device)
+        lists = listing[run.program_probs.argmax(-1)]  # (P,)
+        if not bool(lists.any()):
+            return tokens, lengths
+        assert self.count_slot is not None  # the config requires it with list programs
+        count, _ = self.machine.values.most_likely(run.input_probs[:, self.count_slot])
+        cells, _ = self.machine.values.most_likely(run.state.memory)  # (P, M)
+        size = cells.shape[1]
+        cell_tokens, cell_lengths = self.numbers.spell(cells.reshape(-1))
+        cell_tokens, cell_lengths = cell_tokens.view(*cells.shape, -1).tolist(), cell_lengths.view(cells.shape).tolist()
+        answers = []
+        for p, is_list in enumerate(lists.tolist()):
+            if not is_list:
+                answers.append(tokens[p, : int(lengths[p])].tolist())
+                continue
+            answer: list[int] = []
+            for k in range(min(max(int(count[p]), 0), size)):
+                spelled = cell_tokens[p][k][: cell_lengths[p][k]]
+                if k and self.negative_separator and int(cells[p, k]) < 0:  # ", -" as the tokenizer merges it
+                    answer += self.negative_separator + spelled[1:]
+                else:
+                    answer += (self.separator if k else []) + spelled
+            answers.append(answer)
+        width = max(map(len, answers), default=0)
+        out = torch.full((len(answers), max(width, tokens.shape[1])), -1, dtype=torch.long, device=value.device)
+        for p, answer in enumerate(answers):
+            out[p, : len(answer)] = torch.tensor(answer, dtype=torch.long)
+        return out, torch.tensor(list(map(len, answers)), dtype=torch.long, device=value.device)
+
+    @torch.no_grad()
+    def run_every_program(self, run: ComputerRun) -> MachineState:
+        """Every library program run on the run's most likely inputs (rounded bits): the final states, batch
+        `P · programs`, program k of position p at row p · programs + k."""
         programs = len(self.program_names)
         inputs = (torch.cat([run.input_probs, run.memory_probs], 1) > 0.5).to(run.input_probs.dtype)
         inputs = inputs.repeat_interleave(programs, 0)  # (P · programs, slots, bits)
         selection = torch.eye(programs, device=inputs.device).repeat(run.input_probs.shape[0], 1)
-        result = run_selected(
+        return run_selected(
             self.machine,
             self.program,
             self.entry_points,
@@ -756,9 +847,37 @@ class LlamaDCompComputer(nn.Module):
             inputs={register: inputs[:, i] for i, register in enumerate(self.input_registers)},
             memory=inputs[:, len(self.input_registers) :] if self.memory_inputs else None,
             max_steps=self.max_steps,
-        )
-        value, _ = self.machine.values.most_likely(result.state.registers[:, self.output_register])
-        return value.view(-1, programs)
+        ).state
+
+    @torch.no_grad()
+    def program_answers(self, run: ComputerRun) -> tuple[torch.Tensor, torch.Tensor]:
+        """What every library program answers on the run's most likely inputs (binary encoding): integers
+        `(P, programs, K)` and answer lengths `(P, programs)`; K = the memory size. A list program's answer is the
+        memory cells 0 … c − 1 (`library_list_programs`), any other program's the output register (length 1).
+        The list task's answer loss compares whole lists: `p(answer) = Σ_k π_k [answer_k = answer]`."""
+        programs = len(self.program_names)
+        state = self.run_every_program(run)
+        output, _ = self.machine.values.most_likely(state.registers[:, self.output_register])  # (P · programs,)
+        cells, _ = self.machine.values.most_likely(state.memory)  # (P · programs, M)
+        cells = cells.view(-1, programs, cells.shape[1])
+        answers = torch.cat([output.view(-1, programs, 1), cells[..., 1:]], -1)  # the output, then anything
+        lengths = torch.ones(answers.shape[:2], dtype=torch.long, device=answers.device)
+        if self.list_programs:
+            assert self.count_slot is not None
+            count, _ = self.machine.values.most_likely(run.input_probs[:, self.count_slot])  # (P,)
+            for k, name in enumerate(self.program_names):
+                if name in self.list_programs:
+                    answers[:, k], lengths[:, k] = cells[:, k], count.clamp(0, cells.shape[-1])
+        return answers, lengths
+
+    @torch.no_grad()
+    def program_outputs(self, run: ComputerRun) -> torch.Tensor:
+        """What every library program returns on the run's most likely inputs: integers `(P, programs)` (binary
+        encoding). The answer likelihood of the selection is then exact, `p(answer) = Σ_k π_k [output_k = answer]`
+        (train.py's answer loss): a sharp 64-bit machine gives no useful gradient of its own."""
+        state = self.run_every_program(run)
+        value, _ = self.machine.values.most_likely(state.registers[:, self.output_register])
+        return value.view(-1, len(self.program_names))
 
     def extra_repr(self) -> str:
         return f"programs={self.program_names}, inputs={self.input_registers}, output=r{self.output_register}"
@@ -824,6 +943,8 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
                 init.constant_(module.trigger.bias, -4.0)
                 init.constant_(module.readout_strength, config.computer_readout_strength)
                 init.zeros_(module.end_logits)
+                if module.trigger_tokens is not None:
+                    init.zeros_(module.trigger_tokens)
             placeholder = halt_program(config)
             for name in PROGRAM_FIELDS:
                 init.copy_(getattr(module, f"program_{name}"), getattr(placeholder, name))

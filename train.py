@@ -68,7 +68,11 @@ def train(model_args, data_args, computer_args, training_args) -> dict:
     if parse_loss and data_args.encoding == "binary":
         raise ArgumentError("--parse_loss_weight: the parse loss is defined for the unit encoding only")
     collator = AnswerCollator(
-        tokenizer.pad_token_id, with_computer, with_targets=answer_loss, with_slot_targets=parse_loss
+        tokenizer.pad_token_id,
+        with_computer,
+        with_targets=answer_loss,
+        with_slot_targets=parse_loss,
+        list_answers=spec.count_register >= 0,
     )
     found = {}
     if with_computer and resume is None:  # a resumed run loads all of this from its checkpoint

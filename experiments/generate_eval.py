@@ -1,7 +1,8 @@
 """Exact match of a train.py run through plain `generate()`: the run's own test splits (rebuilt from its
 `run_settings.json`: same task, sizes, seed and chat share), asked in left-padded batches with no extra argument,
 greedy. An answer is right when the generated tokens are exactly the answer's tokens and then EOS. Reported overall,
-per operation, per digit count of the longer operand (binary arithmetic) and per prompt kind (plain or chat).
+per operation, per digit count of the longer operand (binary arithmetic), per list length and format (lists) and
+per prompt kind (plain or chat).
 
     python -m experiments.generate_eval --model runs/binary [--splits test test_pairs] [--limit 400] [--max-digits 8]
 """
@@ -55,6 +56,8 @@ def exact_match(model, tokenizer, rows, batch_size: int, max_new_tokens: int) ->
             correct = generated[: len(expected)] == expected
             kind = "plain" if prompt[-1] == tokenizer(" ", add_special_tokens=False)["input_ids"][-1] else "chat"
             groups = ["all", row["operation"], kind] + ([f"{row['digits']} digits"] if "digits" in row else [])
+            groups += [f"length {row['length']}"] if "length" in row else []  # lists (issue 13)
+            groups += [f"format {row['format']}"] if "format" in row else []
             for group in groups:
                 right[group].append(correct)
     return {group: (sum(values) / len(values), len(values)) for group, values in sorted(right.items())}

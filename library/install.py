@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -72,14 +73,15 @@ def number_vocabulary(tokenizer) -> tuple[dict[str, int], list[int]]:
     """The tokenizer's number tokens, as `LlamaDCompConfig.computer_digit_tokens` and `computer_minus_token_ids`
     want them: every token that decodes to a string of ASCII digits, of each length up to the longest length whose
     10^L strings are all tokens (so any chunk can be written), and the tokens that decode to "-" after optional
-    spaces, the plain "-" first (the one the read-out writes after a prompt that ends in a space)."""
+    spaces and an optional opening bracket (LLaMA-3 and SmolLM2 write "[-5" as "[-", "5"), the plain "-" first
+    (the one the read-out writes after a prompt that ends in a space)."""
     digits: dict[str, int] = {}
     minus: list[tuple[int, int]] = []
     for token in range(len(tokenizer)):
         text = tokenizer.decode([token])
         if text.isascii() and text.isdigit():
             digits.setdefault(text, token)
-        elif text.lstrip(" ") == "-":
+        elif re.fullmatch(r" *[\[(]?-", text):  # "-", " -", and an opening bracket merged with it: "[-5, 3]"
             minus.append((len(text), token))
     longest = 0
     while all(f"{value:0{longest + 1}d}" in digits for value in range(10 ** (longest + 1))):
@@ -87,6 +89,20 @@ def number_vocabulary(tokenizer) -> tuple[dict[str, int], list[int]]:
     if longest == 0:
         raise ValueError("the tokenizer has no single-token digits 0-9: it cannot read or write numbers token-wise")
     return {text: token for text, token in digits.items() if len(text) <= longest}, [t for _, t in sorted(minus)]
+
+
+def list_separators(tokenizer) -> tuple[list[int], list[int]]:
+    """The tokens the tokenizer writes between two numbers of a list ", "-joined: before a non-negative number and
+    before a negative one, its minus included (`computer_list_separator_ids`, `computer_list_negative_separator_ids`;
+    LLaMA-3 and SmolLM2: ",", " " and ",", " -"), from how it tokenizes "1, 1" and "1, -1"."""
+    one = tokenizer.encode("1", add_special_tokens=False)
+    found = []
+    for text in ("1, 1", "1, -1"):
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        if len(one) != 1 or ids[:1] != one or ids[-1:] != one or len(ids) < 3:
+            raise ValueError(f"the tokenizer writes {text!r} as {ids}: no separator tokens between the numbers")
+        found.append(ids[1:-1])
+    return found[0], found[1]
 
 
 def from_llama(
@@ -115,6 +131,14 @@ def from_llama(
     if tokenizer is not None and numbers_needed and "computer_digit_tokens" not in computer_kwargs:
         digits, minus = number_vocabulary(tokenizer)
         computer_kwargs = {**computer_kwargs, "computer_digit_tokens": digits, "computer_minus_token_ids": minus}
+    if tokenizer is not None and computer_kwargs.get("library_list_programs"):
+        if "computer_list_separator_ids" not in computer_kwargs:
+            separator, negative = list_separators(tokenizer)
+            computer_kwargs = {
+                **computer_kwargs,
+                "computer_list_separator_ids": separator,
+                "computer_list_negative_separator_ids": negative,
+            }
     config = LlamaDCompConfig(**{**base, **computer_kwargs, "computer_layer": computer_layer})
     compiled = compile_for(library, config)
     tensors = compiled.tensors

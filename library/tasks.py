@@ -179,6 +179,19 @@ LIST_EXPRESSIONS: dict[str, tuple[str, ...]] = {
         "return the maximum of the list {values}",
         "pick the largest of the numbers {values}",
     ),
+    "min": (
+        "find the minimum of {values}",
+        "find the smallest number in {values}",
+        "return the minimum of the list {values}",
+        "pick the smallest of the numbers {values}",
+    ),
+}
+# How a list is written in a prompt ({values} of a list phrasing), issue 13.
+LIST_FORMATS: dict[str, Callable[[list[str]], str]] = {
+    "comma": lambda values: ", ".join(values),  # 3, 1, 2
+    "brackets": lambda values: "[" + ", ".join(values) + "]",  # [3, 1, 2]
+    "spaces": lambda values: " ".join(values),  # 3 1 2
+    "and": lambda values: ", ".join(values[:-1]) + " and " + values[-1] if len(values) > 1 else values[0],
 }
 
 
@@ -201,6 +214,8 @@ PHRASINGS = {
 FIBONACCI_TEMPLATES = compose(FIBONACCI_EXPRESSIONS)
 LIST_TEMPLATES = compose(LIST_EXPRESSIONS)
 LIST_PROGRAMS = {"sort": "sort", "max": "list_max"}
+# Signed lists (`list_task(max_digits=...)`): programs that start from the first element, not from 0.
+SIGNED_LIST_PROGRAMS = {"sort": "sort", "max": "list_maximum", "min": "list_minimum"}
 
 _SOURCE_KEY = fingerprint(Path(__file__).read_bytes(), Path(dcomp_isa.__file__).read_bytes())
 _METRIC_PATH = Path(__file__).parent / "metrics" / "exact_match"
@@ -292,8 +307,10 @@ def _generate(
     features: datasets.Features,
     seed: int,
     holdout_fraction: float,
+    accept: Callable[[str, dict], bool] | None = None,
 ) -> datasets.DatasetDict:
-    """Sample `splits` as described in the module docstring; `draw` makes one example of an operation."""
+    """Sample `splits` as described in the module docstring; `draw` makes one example of an operation; an example
+    whose text and row `accept` rejects is drawn again."""
     if not 0 < holdout_fraction < 1:
         raise ValueError(f"holdout_fraction must be in (0, 1), not {holdout_fraction}")
     rng = random.Random(seed)
@@ -320,6 +337,8 @@ def _generate(
             slots, row = draw(rng, operation, rng.choice(split.variants) if split.variants else None)
             text = phrasings[template][1].format(**slots)
             if _held_out(row["operands"], seed, holdout_fraction) != split.held_out or text in seen:
+                continue
+            if accept is not None and not accept(text, row):
                 continue
             seen.add(text)
             rows.append({"text": text, "operation": operation, "template": template, **row})
@@ -460,30 +479,71 @@ def list_task(
     test_long_size: int = 1000,
     holdout_fraction: float = 0.1,
     seed: int = 0,
+    max_digits: int | None = None,
+    negative_fraction: float = 0.25,
+    duplicate_fraction: float = 0.0,
+    formats: tuple[str, ...] = ("comma",),
 ) -> datasets.DatasetDict:
     """List questions: kind "sort" ("Sort the list 5, 3, 9" -> [3, 5, 9], answer_text "3, 5, 9", program
-    "sort") or "max" ("What is the maximum of 5, 3, 9?" -> 9, program "list_max").
+    "sort"), "max" ("What is the maximum of 5, 3, 9?" -> 9, program "list_max") or "min" (signed lists only).
 
     Values uniform in [0, n) (repeats allowed); length uniform in `lengths` (train, validation, test) or
     `long_lengths` (test_long); column `length`. `cache_dir=` sets the disk cache folder.
+    With `max_digits` (the binary machine, issue 13) values are exact signed integers instead, drawn as
+    `arithmetic_task`'s operands (1..max_digits digits uniformly, negative with probability `negative_fraction`),
+    answers are exact (programs `SIGNED_LIST_PROGRAMS`: list_maximum / list_minimum start from the first element);
+    with probability `duplicate_fraction` one element repeats another. Each list is written in a format drawn
+    from `formats` (`LIST_FORMATS`: "3, 1, 2", "[3, 1, 2]", "3 1 2", "3, 1 and 2"); "spaces" only for lists
+    without a negative number after the first (the number reader takes "5 -3" as 5 minus 3, as in arithmetic,
+    so those lists are written with commas); column `format`.
     """
-    if kind not in LIST_TEMPLATES:
-        raise ValueError(f"kind must be one of {sorted(LIST_TEMPLATES)}, not {kind!r}")
+    if kind not in LIST_TEMPLATES or (kind == "min" and max_digits is None):
+        raise ValueError(f"kind must be one of {sorted(LIST_TEMPLATES)} ('min' for signed lists), not {kind!r}")
+    unknown = sorted(set(formats) - set(LIST_FORMATS))
+    if unknown or not formats:
+        raise ValueError(f"unknown list formats {unknown}; choose from {sorted(LIST_FORMATS)}")
+    programs = LIST_PROGRAMS if max_digits is None else SIGNED_LIST_PROGRAMS
+
+    def value(rng: random.Random) -> int:
+        if max_digits is None:
+            return rng.randrange(n)
+        digits = rng.randint(1, max_digits)
+        magnitude = rng.randrange(10 ** (digits - 1) if digits > 1 else 0, 10**digits)
+        return -magnitude if rng.random() < negative_fraction else magnitude
 
     def draw(rng: random.Random, operation: str, length: int) -> tuple[dict, dict]:
-        values = [rng.randrange(n) for _ in range(length)]
+        values = [value(rng) for _ in range(length)]
+        if duplicate_fraction and length > 1 and rng.random() < duplicate_fraction:
+            values[rng.randrange(length)] = values[rng.randrange(length)]
         if kind == "sort":
             answer, answer_text = sorted(values), ", ".join(map(str, sorted(values)))
+        elif max_digits is not None:
+            answer = max(values) if kind == "max" else min(values)
+            answer_text = str(answer)
         else:
             answer = functools.reduce(functools.partial(dcomp_isa.alu_int, "max", n=n), values)
             answer_text = str(answer)
-        row = {"answer": answer, "answer_text": answer_text, "operands": values, "program": LIST_PROGRAMS[kind]}
-        return {"values": ", ".join(map(str, values))}, {**row, "length": length}
+        written = rng.choice(formats) if len(formats) > 1 else formats[0]  # the unit task's draws are unchanged
+        if written == "spaces" and any(v < 0 for v in values[1:]):
+            written = "comma"
+        row = {"answer": answer, "answer_text": answer_text, "operands": values, "program": programs[kind]}
+        extra = {"format": written} if max_digits is not None else {}
+        return {"values": LIST_FORMATS[written](list(map(str, values)))}, {**row, "length": length, **extra}
 
     splits = _splits(train_size, validation_size, test_size, lengths, test_long_size, long_lengths)
     answer = datasets.List(datasets.Value("int64")) if kind == "sort" else datasets.Value("int64")
     templates = {kind: LIST_TEMPLATES[kind]}
-    return _generate(templates, splits, draw, _features(answer, "length"), seed, holdout_fraction)
+    features = _features(answer, "length")
+    if max_digits is not None:
+        features["format"] = datasets.Value("string")
+
+    def accept(text: str, row: dict) -> bool:
+        # "Sort 3 1 2" + " ": the space after the last number is the one between numbers, so whether the prompt
+        # has ended is not in the text (a causal model cannot tell where to answer): spaces lists are followed by
+        # words ("sort 3 1 2 in ascending order", "Can you sort 3 1 2?").
+        return row.get("format") != "spaces" or not text.endswith(str(row["operands"][-1]))
+
+    return _generate(templates, splits, draw, features, seed, holdout_fraction, accept)
 
 
 TASKS: dict[str, Callable[..., datasets.DatasetDict]] = {

@@ -29,6 +29,10 @@ VALID = dict(
 )
 
 
+# The copy parse, for the list fields (one token per value 0..15)
+COPY = {"computer_parse": "copy", "computer_number_token_ids": list(range(10, 26))}
+
+
 def test_defaults_build_and_describe_an_empty_library():
     config = LlamaDCompConfig()
     assert isinstance(config, LlamaConfig) and config.model_type == "llama_dcomp"
@@ -51,7 +55,7 @@ def test_every_computer_field_is_documented():
         and following.value.value.strip()
     }
     fields = {name for name in LlamaDCompConfig.__dataclass_fields__ if name.startswith(("computer_", "library_"))}
-    assert len(fields) == 29 and "trained_sequence_length" in documented
+    assert len(fields) == 34 and "trained_sequence_length" in documented
     assert fields <= documented, fields - documented
 
 
@@ -117,6 +121,16 @@ INVALID = [
     ({"computer_number_token_ids": [10**9]}, "computer_number_token_ids"),  # >= vocab_size
     ({"computer_copy_ordinals": 0}, "computer_copy_ordinals"),
     ({"computer_copy_dim": 0}, "computer_copy_dim"),
+    ({"library_count_register": 4}, "library_count_register"),  # not an input register
+    ({"library_count_register": 1}, "library_count_register"),  # counting needs the copy parse
+    ({"library_list_programs": ["add"]}, "library_list_programs"),  # a list answer's length is the count
+    ({"library_list_programs": ["sort"], "library_count_register": 1, **COPY}, "library_list_programs"),
+    (
+        {"library_list_programs": ["add"], "library_count_register": 1, "computer_output": "tokens", **COPY},
+        "computer_list_separator_ids",
+    ),
+    ({"computer_list_separator_ids": [10**9]}, "computer_list_separator_ids"),
+    ({"computer_trigger_context": -1}, "computer_trigger_context"),
 ]
 
 

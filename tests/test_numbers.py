@@ -94,3 +94,14 @@ def test_a_plan_covers_its_answer_and_its_end_mark():
     positions = torch.arange(8).expand(2, -1)
     assert plan.covers(positions).tolist() == [[False] * 3 + [True] * 3 + [False] * 2, [False] * 8]
     assert plan.select(torch.tensor([1, 0])).start.tolist() == [-1, 3]
+
+
+def test_a_plan_widens_for_a_longer_answer_and_keeps_the_other_rows():
+    """A list answer is longer than one number's MAX_SYMBOLS tokens: `assign` widens the table with -1."""
+    plan = ReadoutPlan.empty(2, "cpu").assign(1, 4, torch.tensor([7, 8, 9]), 3)
+    long = torch.arange(MAX_SYMBOLS + 5)
+    wide = plan.assign(0, 2, long, MAX_SYMBOLS + 5)
+    assert wide.tokens.shape == (2, MAX_SYMBOLS + 5) and wide.tokens[0].tolist() == long.tolist()
+    assert wide.tokens[1].tolist() == [7, 8, 9] + [-1] * (MAX_SYMBOLS + 2)
+    assert wide.start.tolist() == [2, 4] and wide.length.tolist() == [MAX_SYMBOLS + 5, 3]
+    assert wide.covers(torch.tensor([[2 + MAX_SYMBOLS + 5], [8]])).tolist() == [[True], [False]]

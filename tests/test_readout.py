@@ -4,6 +4,7 @@ number tokens (LLaMA-3's 3-digit chunks, SmolLM2's single digits), the same thro
 
 import functools
 import importlib.util
+import random
 from pathlib import Path
 
 import pytest
@@ -113,8 +114,11 @@ def test_a_firing_trigger_gives_the_same_text_cached_uncached_batched_and_throug
     model = calculator(tokenizer, "sub")
     with torch.no_grad():
         model.computer.trigger.bias.fill_(10.0)
-    prompts = ["Take 7 from 1234. ", "What is 99 minus -100000, and 5 - 3? "]
-    steps = 12
+    assert_every_route_agrees(model, tokenizer, ["Take 7 from 1234. ", "What is 99 minus -100000, and 5 - 3? "], 12)
+
+
+def assert_every_route_agrees(model, tokenizer, prompts: list[str], steps: int) -> None:
+    """generate() (cache), an uncached greedy decode, pipeline and a left-padded batch write the same tokens."""
     single = []
     for prompt in prompts:
         inputs = tokenizer(prompt, return_tensors="pt")
@@ -207,3 +211,168 @@ def test_the_end_mark_adds_the_learned_end_logits_in_units_of_the_strength():
         model.computer.end_logits[tokenizer.eos_token_id] = 2.0
     output = model.generate(**inputs, computer_mask=mask, max_new_tokens=4, do_sample=False)
     assert tokenizer.decode(output[0, inputs.input_ids.shape[1] :]) == "42" + tokenizer.eos_token
+
+
+# ------------------------------------------------------------------------- lists of any length (issue 13)
+LIST_LIBRARY = ["sort", "list_maximum", "list_minimum"]
+
+
+def list_computer(tokenizer, first: str = "sort", seed: int = 0):
+    """A tiny Llama with the list library, `first` the program an untrained selection picks (the argmax of equal
+    logits is the first), the exact count in r1 and memory cell k copying the k-th number (the list task's prior)."""
+    from library.training.data import LIST_CELLS, TaskSpec
+    from library.training.recipes import init_list_copy_parse
+
+    library = [first] + [name for name in LIST_LIBRARY if name != first]
+    special = {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id") for name in ("bos", "eos", "pad")}
+    model = from_llama(
+        tiny_llama(seed, vocab_size=len(tokenizer), max_position_embeddings=256, **special),
+        computer_layer=1,
+        library=library,
+        tokenizer=tokenizer,
+        computer_encoding="binary",
+        computer_bits=64,
+        computer_output="tokens",
+        computer_parse="copy",
+        computer_registers=10,
+        computer_call_depth=2,
+        computer_memory_size=LIST_CELLS,
+        computer_copy_ordinals=LIST_CELLS + 1,
+        computer_max_steps=400,
+        library_input_registers=[1],
+        library_memory_inputs=LIST_CELLS,
+        library_count_register=1,
+        library_list_programs=["sort"],
+        computer_trigger_context=8,
+    ).eval()
+    spec = TaskSpec("list", {}, tuple(library), (1,), LIST_CELLS, {}, "length", True, count_register=1)
+    init_list_copy_parse(model, spec, scale=5.0)
+    with torch.no_grad():
+        model.computer.select.weight.zero_()
+    return model
+
+
+def signed_list(length: int, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    values = [rng.choice((-1, 1)) * rng.randrange(10 ** rng.randint(1, 7)) for _ in range(length)]
+    if length > 2:
+        values[-1] = values[0]  # a duplicate
+    return values
+
+
+LIST_PROMPTS = {
+    "comma": lambda values: f"Sort the list {', '.join(map(str, values))} ",
+    "brackets": lambda values: f"Please sort [{', '.join(map(str, values))}] ",
+    "spaces": lambda values: f"Can you sort {' '.join(map(str, [abs(v) for v in values]))}? ",
+    "and": lambda values: f"Sort {', '.join(map(str, values[:-1]))} and {values[-1]} ",
+}
+
+
+# (format, length) per program: every format and the shortest and longest lists between them
+LIST_CASES = {
+    "sort": [("comma", 16), ("brackets", 2), ("and", 7), ("spaces", 5)],
+    "list_maximum": [("brackets", 16), ("spaces", 3)],
+    "list_minimum": [("and", 16), ("comma", 2)],
+}
+ANSWERS = {"sort": sorted, "list_maximum": max, "list_minimum": min}
+
+
+@pytest.mark.parametrize("name", ["llama3", "smollm2"])
+@pytest.mark.parametrize("first", list(LIST_CASES))
+def test_generate_writes_the_whole_answer_list_in_the_tokenizers_tokens(name, first):
+    """One run at the answer position; sort writes M[0 .. count) with the tokenizer's ", " (and ", -") between the
+    numbers, max / min their one number, then the end mark; lengths up to the memory, every list format."""
+    tokenizer = TOKENIZERS[name]()
+    model = list_computer(tokenizer, first)
+    for written, length in LIST_CASES[first]:
+        values = signed_list(length, seed=length)
+        values = [abs(v) for v in values] if written == "spaces" else values
+        inputs = tokenizer(LIST_PROMPTS[written](values), return_tensors="pt")
+        expected = ANSWERS[first](values)
+        text = ", ".join(map(str, expected)) if isinstance(expected, list) else str(expected)
+        written_ids = tokenizer.encode(text, add_special_tokens=False)  # the data's answer tokens
+        output = model.generate(
+            **inputs,
+            computer_mask=last_token_mask(inputs.attention_mask),
+            max_new_tokens=len(written_ids) + 1,
+            do_sample=False,
+        )
+        generated = output[0, inputs.input_ids.shape[1] :]
+        assert generated[: len(written_ids)].tolist() == written_ids, (written, tokenizer.decode(generated))
+        following = tokenizer.decode(generated[len(written_ids) :])
+        assert not (set(following) & set("0123456789-")), following  # the end mark
+
+
+@pytest.mark.parametrize("name", ["llama3", "smollm2"])
+def test_a_list_answer_is_the_same_cached_uncached_batched_and_through_pipeline(name):
+    """The trigger fires wherever no answer is being written: list answers start in the prompt and during decoding
+    and are longer than one number; generate(), an uncached decode, a left-padded batch and pipeline agree."""
+    tokenizer = TOKENIZERS[name]()
+    model = list_computer(tokenizer, "sort")
+    with torch.no_grad():
+        model.computer.trigger.bias.fill_(10.0)
+    assert_every_route_agrees(model, tokenizer, ["Sort 12, -7 and 3 ", "Sort [5, -100000, 42] "], 14)
+
+
+@pytest.mark.parametrize("name", ["llama3", "smollm2"])
+def test_a_trigger_from_the_last_token_ids_fires_alike_cached_uncached_and_left_padded(name):
+    """computer_trigger_context: the trigger adds learned logits of the last k token ids. Here it fires at a space
+    that does not follow a comma: the final space of the prompt, and again in the answer's own text; the window
+    crosses the cache boundary when decoding and skips the padding of a left-padded batch."""
+    from modeling_llama_dcomp import TRIGGER_TOKEN_SCALE
+
+    tokenizer = TOKENIZERS[name]()
+    model = list_computer(tokenizer, "sort")
+    space, comma = tokenizer.encode(" ", add_special_tokens=False)[-1], tokenizer.encode(",", add_special_tokens=False)
+    with torch.no_grad():
+        model.computer.trigger_tokens[0, space] = 10.0 / TRIGGER_TOKEN_SCALE  # +10 - 4 (the bias): fires
+        model.computer.trigger_tokens[1, comma[-1]] = -10.0 / TRIGGER_TOKEN_SCALE  # not after a comma
+        model.computer.trigger_tokens[7, tokenizer.eos_token_id] = 3.0  # padding 7 back must not count
+    inputs = tokenizer("Sort [12, -7, 3] ", return_tensors="pt")
+    generated = model.generate(**inputs, max_new_tokens=10, do_sample=False)
+    answer = tokenizer.decode(generated[0, inputs.input_ids.shape[1] :])
+    assert answer.startswith("-7, 3, 12"), answer
+    assert_every_route_agrees(model, tokenizer, ["Sort [12, -7, 3] ", "Please sort [5, -100000, 42, 0] "], 14)
+
+
+def test_the_count_register_gets_the_exact_number_of_written_numbers_whatever_the_linear_parse():
+    """r1 is counted from the number tokens up to the position (NumberTokens.read), never classified: 16 numbers
+    give 16 though no training saw it; a sign, a bracket and digit chunks do not change the count."""
+    from modeling_llama_dcomp import record_computer_runs
+
+    tokenizer = llama3_tokenizer()
+    model = list_computer(tokenizer)
+    with torch.no_grad():
+        model.computer.parse.weight.normal_(std=10.0)  # a linear parse that says anything
+    for values in ([5], [1, -2], list(range(-8, 8)), [123456, -7, 0]):
+        inputs = tokenizer(f"Sort [{', '.join(map(str, values))}] ", return_tensors="pt")
+        with record_computer_runs() as runs:
+            model(**inputs, computer_mask=last_token_mask(inputs.attention_mask))
+        count, _ = model.computer.machine.values.most_likely(runs[-1].input_probs[:, 0])
+        assert count.tolist() == [len(values)]
+        cells, _ = model.computer.machine.values.most_likely(runs[-1].memory_probs[:, : len(values)])
+        assert cells[0].tolist() == values  # cell k holds the k-th number
+
+
+def test_the_list_answer_loss_is_the_selection_likelihood_of_the_whole_list():
+    """list_selection_nll: a program is right only where its whole answer is the target list (values and length);
+    the loss reaches the selection head and nothing else in the computer needs it."""
+    from library.training.trainer import list_selection_nll
+    from modeling_llama_dcomp import record_computer_runs
+
+    tokenizer = llama3_tokenizer()
+    model = list_computer(tokenizer).train()
+    inputs = tokenizer(["Sort 30, -4, 30, 2 "], return_tensors="pt")
+    with record_computer_runs() as runs:
+        model(**inputs, computer_mask=last_token_mask(inputs.attention_mask))
+    run = runs[-1]
+    answers, lengths = model.computer.program_answers(run)
+    assert answers[0, 0, :4].tolist() == [-4, 2, 30, 30] and lengths[0].tolist() == [4, 1, 1]
+    assert answers[0, 1:, 0].tolist() == [30, -4]  # max, min
+    third = torch.tensor(1 / 3)
+    for target, length, right in (([-4, 2, 30, 30], 4, True), ([-4, 2, 30], 3, False), ([30], 1, True)):
+        loss = list_selection_nll(run, torch.tensor([target]), torch.tensor([length]), model)
+        assert torch.isclose(loss, -third.log() if right else -torch.tensor(1e-6).log()), (target, loss)
+    loss = list_selection_nll(run, torch.tensor([[-4, 2, 30, 30]]), torch.tensor([4]), model)
+    loss.backward()
+    assert model.computer.select.weight.grad is not None and model.computer.select.weight.grad.abs().sum() > 0

@@ -68,6 +68,18 @@ EDITS = {
     "library_input_registers": [2, 1, 3],
     "library_memory_inputs": 2,
     "library_output_register": 3,
+    "library_list_programs": ["add"],
+    "library_count_register": 1,
+    "computer_list_separator_ids": [5],
+    "computer_list_negative_separator_ids": [6],
+    "computer_trigger_context": 2,
+}
+COPYING = {"computer_parse": "copy", "computer_number_token_ids": list(range(10, 26))}
+# Fields that cannot change alone: their edit also changes these (listed after them in ANSWER_FIELDS).
+COMPANIONS = {
+    "computer_parse": {"computer_number_token_ids": list(range(10, 26))},
+    "library_count_register": COPYING,
+    "library_list_programs": {"library_count_register": 1, **COPYING},
 }
 
 
@@ -77,9 +89,7 @@ def test_every_answer_field_has_an_edit():
 
 @pytest.mark.parametrize("field", [name for name in ANSWER_FIELDS if name != "computer_output"])
 def test_editing_an_answer_field_in_config_json_fails_to_load_naming_it(folder, field):
-    changes = {field: EDITS[field]}
-    if field == "computer_parse":
-        changes["computer_number_token_ids"] = list(range(10, 26))
+    changes = {field: EDITS[field], **COMPANIONS.get(field, {})}
     edit_config(folder, **changes)
     with pytest.raises(LibraryMismatchError, match=rf"config\.{field}="):
         LlamaDCompForCausalLM.from_pretrained(folder)

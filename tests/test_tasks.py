@@ -11,6 +11,7 @@ from library.tasks import (
     ARITHMETIC_TEMPLATES,
     FIBONACCI_TEMPLATES,
     FRAMES,
+    LIST_FORMATS,
     LIST_TEMPLATES,
     PHRASINGS,
     arithmetic_task,
@@ -341,3 +342,41 @@ def test_a_chat_share_of_the_prompts_goes_through_the_chat_template():
         assert row["input_ids"][len(prompt) :] == answer + [tokenizer.eos_token_id]
         chats += prompt == templated
     assert 10 <= chats <= 30
+
+
+@pytest.mark.parametrize("kind", ["sort", "max", "min"])
+def test_signed_lists_in_every_format_with_duplicates(kind, cache):
+    """Issue 13's lists: exact signed values of 1-4 digits, every format, duplicates, lengths 2-4 and 5-16, answers
+    Python's; a spaces-separated list never ends the prompt and never holds a negative number after the first."""
+    long = tuple(range(5, 17))
+    task = list_task(
+        kind,
+        **{**SMALL_LONG, "test_long_size": 48},
+        max_digits=4,
+        long_lengths=long,
+        duplicate_fraction=0.5,
+        formats=tuple(LIST_FORMATS),
+        cache_dir=cache,
+    )
+    every = [row for split in task.values() for row in rows(split)]
+    assert {row["format"] for row in every} == set(LIST_FORMATS)
+    assert any(v < 0 for row in every for v in row["operands"]) and any(
+        len(set(r["operands"])) < r["length"] for r in every
+    )
+    assert all(abs(v) < 10**4 for row in every for v in row["operands"])
+    for name, split in task.items():
+        for row in rows(split):
+            values = row["operands"]
+            assert row["length"] == len(values) in (long if name == "test_long" else (2, 3, 4))
+            expected = {"sort": sorted, "max": max, "min": min}[kind](values)
+            assert row["answer"] == expected
+            assert row["answer_text"] == (", ".join(map(str, expected)) if kind == "sort" else str(expected))
+            assert LIST_FORMATS[row["format"]](list(map(str, values))) in row["text"]
+            if row["format"] == "spaces":
+                assert not row["text"].endswith(str(values[-1])) and all(v >= 0 for v in values[1:])
+    assert task["train"]["program"][0] == {"sort": "sort", "max": "list_maximum", "min": "list_minimum"}[kind]
+    assert set(task["train"]["template"]).isdisjoint(task["test"]["template"])
+    with pytest.raises(ValueError, match="signed lists"):
+        list_task("min", cache_dir=cache)
+    with pytest.raises(ValueError, match="unknown list formats"):
+        list_task("sort", formats=("csv",), max_digits=2, cache_dir=cache)

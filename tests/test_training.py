@@ -367,10 +367,49 @@ def test_the_output_lock_refuses_a_second_run_and_names_its_pid(tmp_path):
 
 
 # ------------------------------------------------------------------------------ the binary machine's recipe
-def test_binary_encoding_is_for_arithmetic(capsys):
+def test_binary_encoding_is_for_arithmetic_and_lists(capsys):
     with pytest.raises(SystemExit):
         parse_arguments(["--encoding", "binary", "--task", "fibonacci"])
-    assert "--encoding: the binary machine is wired into train.py for --task arithmetic only" in capsys.readouterr().err
+    assert "--encoding: the binary machine is wired into train.py for --task arithmetic, sort, max and min" in (
+        capsys.readouterr().err
+    )
+    with pytest.raises(SystemExit):
+        parse_arguments(["--task", "min"])
+    assert "min of a list needs --encoding binary" in capsys.readouterr().err
+
+
+def test_the_binary_list_task_computes_once_with_the_count_and_a_copy_of_every_cell(cache):
+    """--task sort --encoding binary (issue 13): one computation at the answer position, the whole list as its
+    target; the model counts the numbers into r1, cell k copies the k-th number (all 16 cells, not only the
+    training lengths'), and its answer loss is the likelihood of the whole list."""
+    from library.training.recipes import initialise
+    from library.training.trainer import list_selection_nll
+
+    model_args, data_args, computer_args, _, spec, tokenizer, data = task(
+        "--task", "sort", "--encoding", "binary", "--train_size", "8", "--validation_size", "2", "--test_size", "2",
+        "--test_long_size", "24", "--hidden_size", "32", "--heads", "2",
+    )  # fmt: skip
+    assert spec.count_register == 1 and spec.memory_inputs == 16 and "format" in data["test_long"].column_names
+    assert set(data["test_long"]["length"]) <= set(range(5, 17)) and set(data["train"]["length"]) <= {2, 3, 4}
+    model = build_model(model_args, data_args, computer_args, spec, tokenizer)
+    config = model.config
+    assert config.library_list_programs == ["sort"] and config.library_count_register == 1
+    assert tokenizer.decode(config.computer_list_separator_ids) == ", "
+    collator = AnswerCollator(tokenizer.pad_token_id, True, True, list_answers=True)
+    found = initialise(model, tokenizer, spec, data["train"], collator, computer_args, from_scratch=True)
+    assert found["copying"] == {1 + k: k for k in range(16)}
+    rows = list(data["test_long"])
+    batch = collator(rows)
+    assert batch["computer_mask"].sum(1).tolist() == [1] * len(rows)
+    assert batch["computer_target_lengths"].tolist() == [row["length"] for row in rows]
+    with record_computer_runs() as runs, torch.no_grad():
+        model(**{key: batch[key] for key in ("input_ids", "attention_mask", "computer_mask")})
+    answers, lengths = model.computer.program_answers(runs[-1])
+    for row, answer, length in zip(rows, answers[:, 0].tolist(), lengths[:, 0].tolist()):
+        assert answer[:length] == row["answer"]  # every length up to 16, read and sorted before any training
+    targets, target_lengths = batch["computer_targets"], batch["computer_target_lengths"]
+    probs = runs[-1].program_probs[:, 0]
+    assert torch.allclose(list_selection_nll(runs[-1], targets, target_lengths, model), -probs.log().mean())
 
 
 def test_selection_nll_is_the_exact_likelihood_of_the_answer_over_the_programs():

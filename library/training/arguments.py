@@ -18,7 +18,7 @@ from transformers.trainer_utils import IntervalStrategy
 
 from library import tasks as task_library
 
-TASKS = ("arithmetic", "fibonacci", "sort", "max")
+TASKS = ("arithmetic", "fibonacci", "sort", "max", "min")
 # The arguments a resumed run must share with the run it continues (the model, its data and their order);
 # how long to train, how often to evaluate and save, and where to report may change.
 RESUME_FIXED = ("model", "data", "computer", "seed", "data_seed", "per_device_train_batch_size")
@@ -46,7 +46,7 @@ class DataArguments:
 
     _argument_group_name = "data"
 
-    task: Literal["arithmetic", "fibonacci", "sort", "max"] = field(
+    task: Literal["arithmetic", "fibonacci", "sort", "max", "min"] = field(
         default="arithmetic", metadata={"help": "library.tasks task"}
     )
     n: int = field(default=128, metadata={"help": "values of the machine: arithmetic is mod n"})
@@ -79,10 +79,11 @@ class DataArguments:
             1 <= self.max_digits <= 9, "max_digits", f"must be in [1, 9] (products fit 64 bits), got {self.max_digits}"
         )
         _check(
-            self.encoding == "unit" or self.task == "arithmetic",
+            self.encoding == "unit" or self.task != "fibonacci",
             "encoding",
-            "the binary machine is wired into train.py for --task arithmetic only",
+            "the binary machine is wired into train.py for --task arithmetic, sort, max and min",
         )
+        _check(self.task != "min" or self.encoding == "binary", "task", "min of a list needs --encoding binary")
         unknown = [op for op in self.operations.split(",") if op not in task_library.ARITHMETIC_TEMPLATES]
         _check(
             not unknown,

@@ -15,7 +15,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from library import tasks as task_library
 from library import texts
-from library.stdlib import STANDARD_PROGRAMS, standard_source
+from library.stdlib import STANDARD_PROGRAMS, WIDE_WRITTEN, standard_source
 from library.tokenizer import fingerprint
 from library.training.arguments import ArgumentError
 from modeling_llama_dcomp import IGNORE_INDEX, shift_labels
@@ -41,6 +41,52 @@ class TaskSpec:
     # The answer is a list: the computer runs before each of its numbers, with r2 = how many are already written.
     answer_per_number: bool = False
     extra_groups: tuple[str, ...] = ()  # further columns the test accuracy is broken down by
+    # Lists of any length (issue 13): this input register receives the count of written numbers (-1: none), and
+    # the computer runs once, at the answer position, for the whole answer list.
+    count_register: int = -1
+
+
+# Lists of any length on the binary machine (issue 13): memory cells (the longest list), the training and the
+# test_long lengths, the programs whose answer is the sorted memory, and a step budget for the longest sequential
+# sort (3 L (L - 1) / 2 + 2 L + 2 = 394 steps at L = 16; a run exits once every position has halted).
+LIST_CELLS = 16
+LIST_LENGTHS = (2, 3, 4)
+LIST_LONG_LENGTHS = tuple(range(5, LIST_CELLS + 1))
+LIST_ANSWER_PROGRAMS = ("sort", "sort_oddeven")
+LIST_MAX_STEPS = 400
+# The list task's trigger decides from the last 8 token ids alone (`computer_trigger_context`; its hidden-state
+# weights stay 0, `recipes.init_list_copy_parse`): enough to see the last separator before the final space of a
+# list of up to 5-digit numbers, and the same for a list of 16 as for one of 2 (a hidden-state trigger trained on
+# lists of 2-4 stops firing from about 8 numbers on, docs/RESULTS.md §8).
+LIST_TRIGGER_CONTEXT = 8
+
+
+def binary_list_spec(args, sizes: dict) -> TaskSpec:
+    """--task sort / max / min with --encoding binary: signed lists of 2-4 numbers in training and 5-16 in test_long,
+    in every `LIST_FORMATS` format, with duplicates; r1 = the count of written numbers (exact), cell k = the k-th
+    number (the copy parse's ordinal prior), and one run of the selected program at the answer position. The
+    library holds the sequential sort and both folds: the selection is learned from answers alone."""
+    kwargs = {
+        **sizes,
+        "kind": args.task,
+        "max_digits": args.max_digits,
+        "lengths": LIST_LENGTHS,
+        "long_lengths": LIST_LONG_LENGTHS,
+        "duplicate_fraction": 0.2,
+        "formats": tuple(task_library.LIST_FORMATS),
+    }
+    return TaskSpec(
+        "list",
+        kwargs,
+        ("sort", "list_maximum", "list_minimum"),
+        (1,),
+        LIST_CELLS,
+        {args.task: task_library.LIST_TEMPLATES[args.task]},
+        "length",
+        True,
+        extra_groups=("format",),
+        count_register=1,
+    )
 
 
 def task_spec(args, reversed_programs: bool = True) -> TaskSpec:
@@ -73,6 +119,8 @@ def task_spec(args, reversed_programs: bool = True) -> TaskSpec:
             extra_groups=("digits",) if binary else (),
         )
     sizes["test_long_size"] = args.test_long_size
+    if args.encoding == "binary" and args.task in ("sort", "max", "min"):
+        return binary_list_spec(args, sizes)
     if args.task == "fibonacci":
         return TaskSpec("fibonacci", sizes, ("fib",), (1, 2, 3), 0, task_library.FIBONACCI_TEMPLATES, "depth", True)
     # sort / max: the list in memory cells 0.., its length in r1. max: r0 is the answer. sort: the answer's j-th
@@ -101,7 +149,7 @@ def library_sources(names: list[str]) -> dict[str, str]:
     calculator's `<op>` with its two inputs swapped (`rsub`: r0 = r2 - r1)."""
     sources = {}
     for name in names:
-        if name in STANDARD_PROGRAMS:
+        if name in STANDARD_PROGRAMS or name in WIDE_WRITTEN:
             sources[name] = standard_source(name)[0]
         elif name.startswith("r") and name[1:] in NOT_COMMUTATIVE:
             op = name[1:]
@@ -275,6 +323,9 @@ class AnswerCollator:
     with_computer: bool
     with_targets: bool
     with_slot_targets: bool = False  # the parse loss: `slot_targets` (computer positions, slots)
+    # A list answer computed at once (issue 13): `computer_targets` (rows, longest) padded with 0 and
+    # `computer_target_lengths` (rows,), one target list per answer position.
+    list_answers: bool = False
 
     def __call__(self, rows: list[dict]) -> dict:
         def pad(key: str, value: int) -> torch.Tensor:
@@ -300,7 +351,12 @@ class AnswerCollator:
                 for row in rows
                 if computing_positions(row)
             ]
-            batch["computer_targets"] = torch.tensor(list(itertools.chain(*answers)))
+            if self.list_answers:  # one row of targets per list, padded; the lengths say where each ends
+                longest = max(map(len, answers), default=0)
+                batch["computer_targets"] = torch.tensor([answer + [0] * (longest - len(answer)) for answer in answers])
+                batch["computer_target_lengths"] = torch.tensor(list(map(len, answers)))
+            else:
+                batch["computer_targets"] = torch.tensor(list(itertools.chain(*answers)))
         if self.with_slot_targets:
             batch["slot_targets"] = torch.tensor(list(itertools.chain(*(row["slot_targets"] for row in rows))))
         return batch

@@ -9,7 +9,13 @@ from library.install import from_llama, number_token_ids
 from library.loading import load_tokenizer
 from library.tokenizer import llama3_tokenizer
 from library.training.arguments import ArgumentError
-from library.training.data import TaskSpec, library_sources
+from library.training.data import (
+    LIST_ANSWER_PROGRAMS,
+    LIST_MAX_STEPS,
+    LIST_TRIGGER_CONTEXT,
+    TaskSpec,
+    library_sources,
+)
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -86,6 +92,7 @@ def build_model(model_args, data_args, computer_args, spec: TaskSpec, tokenizer)
             computer_output="tokens",
             computer_parse="linear" if computer_args.parse == "linear" else "copy",
             **common,
+            **(list_fields(spec, names) if spec.count_register >= 0 else {}),
         )
     tokens = number_token_ids(tokenizer, data_args.n)
     number_ids = [ids[0] if len(ids) == 1 else -1 for ids in tokens]
@@ -95,6 +102,22 @@ def build_model(model_args, data_args, computer_args, spec: TaskSpec, tokenizer)
         computer_parse=parse_kind(computer_args.parse, tokens),
         computer_number_token_ids=number_ids,
         **common,
+    )
+
+
+def list_fields(spec: TaskSpec, names: list[str]) -> dict:
+    """The binary list task's computer (issue 13): the count register, the programs whose answer is the sorted
+    memory, one memory cell and one copy ordinal per number of the longest list (the last ordinal is shared by
+    every later number), the longest sequential sort's steps, 42 registers where the 16-lane odd-even sort
+    (38 data registers) is in the library, and a trigger that reads the last `LIST_TRIGGER_CONTEXT` token ids."""
+    return dict(
+        library_count_register=spec.count_register,
+        library_list_programs=[name for name in names if name in LIST_ANSWER_PROGRAMS],
+        computer_memory_size=spec.memory_inputs,
+        computer_copy_ordinals=spec.memory_inputs + 1,
+        computer_max_steps=LIST_MAX_STEPS,
+        computer_registers=42 if "sort_oddeven" in names else 16,
+        computer_trigger_context=LIST_TRIGGER_CONTEXT,
     )
 
 

@@ -15,7 +15,9 @@ def initialise(model, tokenizer, spec: TaskSpec, rows, collator, args, from_scra
     found: dict = {}
     rows = rows.filter(lambda position: position >= 0, input_columns="answer_position")  # not ordinary text
     if model.config.computer_encoding == "binary":  # the token read-out has no W_out, the parse no value classes
-        if model.config.computer_parse == "copy" and args.parse_init_scale > 0:
+        if spec.count_register >= 0 and args.parse_init_scale > 0:
+            found["copying"] = init_list_copy_parse(model, spec, args.parse_init_scale)
+        elif model.config.computer_parse == "copy" and args.parse_init_scale > 0:
             found["copying"] = init_copy_parse(model, spec, rows[: args.probe_examples]["text"], args.parse_init_scale)
         return found
     init_read_out(model, tokenizer, args.number_row_norm if from_scratch else 0.0)
@@ -140,4 +142,24 @@ def init_copy_parse(model, spec: TaskSpec, texts: list[str], scale: float, min_a
     copying = {slot: int(ordinal[slot]) for slot in range(copy.slots) if share[slot] >= min_agreement}
     for computer in model.computers():
         computer.copy_parse.init_ordinals(copying, scale)
+    return copying
+
+
+@torch.no_grad()
+def init_list_copy_parse(model, spec: TaskSpec, scale: float) -> dict:
+    """The list task's copy prior (issue 13): memory cell k points at the k-th written number, for every cell, not
+    only the cells the training lengths fill; its query is the ordinal alone (query weights zeroed), so the
+    pointer does not depend on the hidden state and no length needs training. Returns {slot: ordinal}."""
+    registers = len(spec.input_registers)
+    copying = {registers + k: k for k in range(spec.memory_inputs)}
+    for computer in model.computers():
+        copy = computer.copy_parse
+        copy.init_ordinals(copying, scale)
+        weight = copy.query.weight.view(copy.slots, copy.dim, -1)
+        weight[registers:] = 0.0
+        copy.key.weight.zero_()
+        # where to answer: from the last token ids alone (`computer_trigger_context`), not the hidden state, whose
+        # features drift with the list's length; its weights stay at their initial 0
+        computer.trigger.weight.zero_()
+        computer.trigger.weight.requires_grad_(False)
     return copying

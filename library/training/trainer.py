@@ -54,6 +54,7 @@ class DCompTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         targets = inputs.pop("computer_targets", None)
+        target_lengths = inputs.pop("computer_target_lengths", None)  # list answers (issue 13)
         slot_targets = inputs.pop("slot_targets", None)
         config = self.model.config
         writes_tokens = getattr(config, "computer_output", None) == "tokens"
@@ -67,7 +68,10 @@ class DCompTrainer(Trainer):
         if writes_tokens:
             if model.training:  # the answer loss on the output bits and the trigger's loss (docs/TRAINING.md)
                 run = runs[-1]
-                if targets is not None and len(targets) and self.answer_loss_weight:  # a batch of text has none
+                answered = targets is not None and len(targets) > 0 and self.answer_loss_weight  # text rows: none
+                if answered and target_lengths is not None:
+                    loss = loss + self.answer_loss_weight * list_selection_nll(run, targets, target_lengths, self.model)
+                elif answered:
                     loss = loss + self.answer_loss_weight * selection_nll(run, targets, self.model)
                 loss = loss + trigger_loss(run.trigger_logits, answer_positions, inputs["attention_mask"])
         elif targets is not None and self.answer_loss_weight:
@@ -91,6 +95,23 @@ def selection_nll(run, targets: torch.Tensor, model) -> torch.Tensor:
     computer = LlamaDCompPreTrainedModel.computers(model)[0]
     right = computer.program_outputs(run) == targets.to(run.program_probs.device)[:, None]  # (positions, programs)
     likelihood = (run.program_probs * right).sum(-1)
+    return -likelihood.clamp_min(1e-6).log().mean()
+
+
+def list_selection_nll(run, targets: torch.Tensor, lengths: torch.Tensor, model) -> torch.Tensor:
+    """`selection_nll` for whole answers (issue 13): program k is right where its answer (a list for the programs of
+    `library_list_programs`, else its output register; `LlamaDCompComputer.program_answers`) is the target list
+    `targets (positions, K)`, of `lengths (positions,)` numbers, exactly."""
+    computer = LlamaDCompPreTrainedModel.computers(model)[0]
+    answers, answer_lengths = computer.program_answers(run)  # (positions, programs, cells), (positions, programs)
+    device = run.program_probs.device
+    targets, lengths = targets.to(device), lengths.to(device)
+    width = max(answers.shape[-1], targets.shape[-1])
+    answers = torch.nn.functional.pad(answers, (0, width - answers.shape[-1]))
+    targets = torch.nn.functional.pad(targets, (0, width - targets.shape[-1]))
+    inside = torch.arange(width, device=device) < lengths[:, None]  # (positions, width)
+    same = ((answers == targets[:, None]) | ~inside[:, None]).all(-1) & (answer_lengths == lengths[:, None])
+    likelihood = (run.program_probs * same).sum(-1)
     return -likelihood.clamp_min(1e-6).log().mean()
 
 
