@@ -2,7 +2,9 @@
 `run_settings.json`: same task, sizes, seed and chat share), asked in left-padded batches with no extra argument,
 greedy. An answer is right when the generated tokens are exactly the answer's tokens and then EOS. Reported overall,
 per operation, per digit count of the longer operand (binary arithmetic), per list length and format (lists) and
-per prompt kind (plain or chat).
+per prompt kind (plain or chat). Separately, the parse: whether the computer ran at the end of the prompt (the
+trigger) and read the numbers written in it, in order, into its input registers (`parse` groups: right when every
+input register holds the written number; the end-to-end figure also needs the right program and read-out).
 
     python -m experiments.generate_eval --model runs/binary [--splits test test_pairs] [--limit 400] [--max-digits 8]
 """
@@ -17,10 +19,12 @@ from types import SimpleNamespace
 
 import torch
 
+from dcomp_circuits import bits_to_signed
 from experiments.common import markdown_table
 from library import tasks as task_library
 from library.loading import load_model, load_tokenizer
-from library.training.data import task_spec, test_pairs_split
+from library.training.data import task_spec, test_pairs_split, written_numbers
+from modeling_llama_dcomp import record_computer_runs
 
 
 def test_splits(settings: dict, tokenizer, names: list[str], limit: int | None):
@@ -38,6 +42,19 @@ def test_splits(settings: dict, tokenizer, names: list[str], limit: int | None):
     return splits
 
 
+def parsed_inputs(model, run, width: int) -> dict[int, list[int]]:
+    """Batch row -> the most likely values of the input registers where the computer ran at the prompt's last
+    position (`width - 1`); rows where it did not run there are absent."""
+    rows, positions = run.positions.nonzero(as_tuple=True)
+    if model.config.computer_encoding == "binary":
+        values = bits_to_signed(run.input_probs)  # (P, input registers)
+    else:
+        values = run.input_probs.argmax(-1)
+    return {
+        int(row): values[i].tolist() for i, (row, position) in enumerate(zip(rows, positions)) if position == width - 1
+    }
+
+
 @torch.no_grad()
 def exact_match(model, tokenizer, rows, batch_size: int, max_new_tokens: int) -> dict:
     right: dict[str, list[bool]] = defaultdict(list)
@@ -48,12 +65,21 @@ def exact_match(model, tokenizer, rows, batch_size: int, max_new_tokens: int) ->
         width = max(map(len, prompts))
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-        output = model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad
-        )
-        for row, prompt, generated in zip(batch, prompts, output[:, width:].tolist()):
+        with record_computer_runs() as runs:
+            output = model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad
+            )
+        parsed = parsed_inputs(model, runs[0], width) if runs else {}  # runs[0]: the prompt's (prefill) call
+        for index, (row, prompt, generated) in enumerate(zip(batch, prompts, output[:, width:].tolist())):
             expected = row["input_ids"][len(prompt) :]
             correct = generated[: len(expected)] == expected
+            if "operands" in row:  # arithmetic: the parse on its own
+                written = written_numbers(tokenizer.decode(prompt), signed=True)
+                registers = parsed.get(index)
+                right["parse: computed at the answer"].append(registers is not None)
+                right["parse: operands read right"].append(
+                    registers is not None and registers[: len(written)] == written[: len(registers)]
+                )
             kind = "plain" if prompt[-1] == tokenizer(" ", add_special_tokens=False)["input_ids"][-1] else "chat"
             groups = ["all", row["operation"], kind] + ([f"{row['digits']} digits"] if "digits" in row else [])
             groups += [f"length {row['length']}"] if "length" in row else []  # lists (issue 13)

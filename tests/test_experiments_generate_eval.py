@@ -1,0 +1,47 @@
+"""experiments.generate_eval: end-to-end exact match through generate(), and the parse counted on its own."""
+
+import datasets
+import torch
+from test_readout import calculator, smollm2_tokenizer
+
+from experiments.generate_eval import exact_match
+from modeling_llama_dcomp import TRIGGER_TOKEN_SCALE
+
+
+def rows(tokenizer, questions: list[tuple[str, str, list[int]]]) -> datasets.Dataset:
+    """Rows as train.py tokenizes them: the prompt, then the answer's tokens (no EOS: a tiny model's end is its own)."""
+    built = []
+    for prompt, answer, operands in questions:
+        prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
+        answer_ids = tokenizer.encode(answer, add_special_tokens=False)
+        built.append(
+            {
+                "input_ids": prompt_ids + answer_ids,
+                "answer_position": len(prompt_ids) - 1,
+                "operation": "add",
+                "operands": operands,
+            }
+        )
+    return datasets.Dataset.from_list(built)
+
+
+def test_the_parse_is_right_only_when_the_written_numbers_are_read_in_order():
+    tokenizer = smollm2_tokenizer()
+    model = calculator(tokenizer, "add", computer_trigger_context=1)
+    equals = tokenizer.encode(" =", add_special_tokens=False)[-1]
+    with torch.no_grad():
+        model.computer.trigger_tokens[0, equals] = 20 / TRIGGER_TOKEN_SCALE  # compute after " =", the prompt's end
+    questions = rows(tokenizer, [("Add 12 and 30 =", "42", [12, 30]), ("Add -5 and 7 =", "3", [-5, 7])])
+    figures = exact_match(model, tokenizer, questions, batch_size=2, max_new_tokens=4)
+    assert figures["all"] == (0.5, 2)  # -5 + 7 is 2, not the 3 this row expects
+    assert figures["parse: computed at the answer"] == (1.0, 2)
+    assert figures["parse: operands read right"] == (1.0, 2)
+
+    model.computer.copy_parse.init_ordinals({0: 1, 1: 0}, scale=30.0)  # the operands swapped: a sum is still right
+    figures = exact_match(model, tokenizer, questions, batch_size=2, max_new_tokens=4)
+    assert figures["all"] == (0.5, 2) and figures["parse: operands read right"] == (0.0, 2)
+
+    with torch.no_grad():
+        model.computer.trigger_tokens.zero_()  # never computes: nothing was read
+    figures = exact_match(model, tokenizer, questions, batch_size=2, max_new_tokens=4)
+    assert figures["parse: computed at the answer"] == (0.0, 2) and figures["parse: operands read right"] == (0.0, 2)
