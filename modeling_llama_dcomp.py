@@ -674,8 +674,10 @@ class LlamaDCompComputer(nn.Module):
     def token_context_logits(self, history: ComputerCache, seq: int) -> torch.Tensor:
         """s · Σ_j trigger_tokens[j, x_{t−j}] (s = `TRIGGER_TOKEN_SCALE`, j < k) for the call's `seq` positions t
         (the last of `history`): the trigger's logit from the ids of the last k tokens, padding and the sequence's
-        start skipped."""
-        assert self.trigger_tokens is not None
+        start skipped. Every number token reads the row of the token "0": which digits a list ends with must not
+        decide where to answer, and a rare chunk would otherwise keep the untrained row it started with."""
+        assert self.trigger_tokens is not None and self.numbers is not None
+        number_row = self.numbers.chunk_tokens[0]  # the token that writes "0"
         ids = history.input_ids
         valid = torch.ones_like(ids, dtype=torch.bool) if history.valid is None else history.valid.bool()
         total = ids.shape[1]
@@ -684,6 +686,7 @@ class LlamaDCompComputer(nn.Module):
             columns = torch.arange(total - seq, total, device=ids.device) - j  # (seq,) the token j back
             inside = columns >= 0
             token = ids[:, columns.clamp_min(0)].clamp(0, self.trigger_tokens.shape[1] - 1)  # (batch, seq)
+            token = torch.where(self.numbers.token_value[token] >= 0, number_row, token)
             keep = valid[:, columns.clamp_min(0)] & inside
             logits = logits + torch.where(keep, self.trigger_tokens[j][token], 0.0)
         return TRIGGER_TOKEN_SCALE * logits

@@ -12,6 +12,7 @@ trained network can swap one for another (the paper's bootstrapping, §4.1).
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
@@ -20,7 +21,7 @@ from torch import nn
 
 from dcomp_machine import RegisterMachine
 from library.compiling import CompiledLibrary, compile_library
-from modeling_llama_dcomp import run_selected
+from modeling_llama_dcomp import record_computer_runs, run_selected
 
 SELECTIONS = ("soft", "hard")
 
@@ -155,3 +156,9 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def runs_of(model):
+    """`record_computer_runs` of the module that defined `model`: a model loaded with trust_remote_code runs its
+    folder's copy of the modeling file, whose records this checkout's function would never see."""
+    return getattr(sys.modules[type(model).__module__], "record_computer_runs", record_computer_runs)

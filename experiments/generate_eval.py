@@ -20,11 +20,10 @@ from types import SimpleNamespace
 import torch
 
 from dcomp_circuits import bits_to_signed
-from experiments.common import markdown_table
+from experiments.common import markdown_table, runs_of
 from library import tasks as task_library
 from library.loading import load_model, load_tokenizer
 from library.training.data import task_spec, test_pairs_split, written_numbers
-from modeling_llama_dcomp import record_computer_runs
 
 
 def test_splits(settings: dict, tokenizer, names: list[str], limit: int | None):
@@ -65,7 +64,7 @@ def exact_match(model, tokenizer, rows, batch_size: int, max_new_tokens: int) ->
         width = max(map(len, prompts))
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-        with record_computer_runs() as runs:
+        with runs_of(model)() as runs:
             output = model.generate(
                 input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad
             )

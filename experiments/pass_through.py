@@ -23,17 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM
 
-from experiments.common import markdown_table
+from experiments.common import markdown_table, runs_of
 from experiments.pretrained_base import default_gguf
 from library.loading import load_model, load_tokenizer
 from library.texts import docstring_paragraphs
-from modeling_llama_dcomp import record_computer_runs
 
 MODULES = (
     "argparse", "collections", "contextlib", "csv", "dataclasses", "datetime", "decimal", "email", "functools",
@@ -47,12 +45,6 @@ def ordinary_texts(count: int, min_chars: int) -> list[str]:
     """The first `count` docstring paragraphs of at least `min_chars` characters of `MODULES` (standard library:
     disjoint from the packages whose docstrings train the trigger, `library.texts.TRAINING_PACKAGES`)."""
     return list(docstring_paragraphs(MODULES, min_chars)[:count])
-
-
-def runs_of(model):
-    """`record_computer_runs` of the module that defined `model`: a model loaded with trust_remote_code runs its
-    folder's copy of the modeling file, whose records this checkout's function would never see."""
-    return getattr(sys.modules[type(model).__module__], "record_computer_runs", record_computer_runs)
 
 
 @torch.no_grad()

@@ -335,6 +335,27 @@ def test_a_trigger_from_the_last_token_ids_fires_alike_cached_uncached_and_left_
     assert_every_route_agrees(model, tokenizer, ["Sort [12, -7, 3] ", "Please sort [5, -100000, 42, 0] "], 14)
 
 
+@pytest.mark.parametrize("name", ["llama3", "smollm2"])
+def test_every_number_token_reads_one_row_of_the_trigger_context(name):
+    """Which digits a prompt ends with does not move the trigger: every number token reads the row of "0", so a
+    rare chunk fires as a common one does, and the rows of other number tokens are never read."""
+    from modeling_llama_dcomp import TRIGGER_TOKEN_SCALE, record_computer_runs
+
+    tokenizer = TOKENIZERS[name]()
+    model = list_computer(tokenizer, "sort")
+    zero, rare = (tokenizer.encode(text, add_special_tokens=False)[-1] for text in ("0", "356"))
+    with torch.no_grad():
+        model.computer.trigger_tokens[0, zero] = 10.0 / TRIGGER_TOKEN_SCALE
+        model.computer.trigger_tokens[0, rare] = -50.0 / TRIGGER_TOKEN_SCALE  # not read: "356" reads the row of "0"
+    last_logits = []
+    for prompt in ("Sort 5, 30", "Sort 5, 356", "Sort 5, 7"):
+        inputs = tokenizer(prompt, return_tensors="pt")
+        with record_computer_runs() as runs:
+            model(**inputs)
+        last_logits.append(runs[0].trigger_logits[0, -1].item())
+    assert last_logits[0] == last_logits[1] == last_logits[2] == pytest.approx(10.0 - 4.0)  # the bias is −4
+
+
 def test_the_count_register_gets_the_exact_number_of_written_numbers_whatever_the_linear_parse():
     """r1 is counted from the number tokens up to the position (NumberTokens.read), never classified: 16 numbers
     give 16 though no training saw it; a sign, a bracket and digit chunks do not change the count."""
