@@ -19,7 +19,6 @@ from types import SimpleNamespace
 
 import torch
 
-from dcomp_circuits import bits_to_signed
 from experiments.common import markdown_table, runs_of
 from library import tasks as task_library
 from library.loading import load_model, load_tokenizer
@@ -45,10 +44,7 @@ def parsed_inputs(model, run, width: int) -> dict[int, list[int]]:
     """Batch row -> the most likely values of the input registers where the computer ran at the prompt's last
     position (`width - 1`); rows where it did not run there are absent."""
     rows, positions = run.positions.nonzero(as_tuple=True)
-    if model.config.computer_encoding == "binary":
-        values = bits_to_signed(run.input_probs)  # (P, input registers)
-    else:
-        values = run.input_probs.argmax(-1)
+    values, _ = model.computer.machine.values.most_likely(run.input_probs)  # (P, input registers)
     return {
         int(row): values[i].tolist() for i, (row, position) in enumerate(zip(rows, positions)) if position == width - 1
     }
