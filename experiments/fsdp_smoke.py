@@ -22,6 +22,7 @@ import functools
 import json
 import os
 import socket
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -175,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     mp.spawn(worker, args=(args, free_port()), nprocs=args.processes)
     ranks = [json.loads((args.output_dir / f"rank{rank}.json").read_text()) for rank in range(args.processes)]
     report = {
-        "command": f"python -m experiments.fsdp_smoke {' '.join(argv or [])}".strip(),
+        "command": f"python -m experiments.fsdp_smoke {' '.join(sys.argv[1:] if argv is None else argv)}".strip(),
         "settings": {key: str(value) for key, value in vars(args).items()},
         "torch": torch.__version__,
         "ranks": ranks,

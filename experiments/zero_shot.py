@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -86,7 +87,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print(table)
     if args.output:
-        args.output.write_text(f"`python -m experiments.zero_shot {' '.join(argv or [])}`\n\n{table}\n")
+        args.output.write_text(
+            f"`python -m experiments.zero_shot {' '.join(sys.argv[1:] if argv is None else argv)}`\n\n{table}\n"
+        )
     return figures
 
 
