@@ -164,22 +164,36 @@ class ReadoutPlan:
     """The answers being written, one per sequence: the "tokens" read-out's state between forward calls (kept in
     the generation cache, `LlamaDCompComputer`). The answer computed at absolute position `start` is written at
     positions start, start + 1, …: position start + k predicts `tokens[k]` for k < `length`, and at start + length
-    the end mark (no number token)."""
+    the end mark (no number token). It stops at `stop` (exclusive), the first position whose token is not the one
+    the answer wrote there (`followed`): the text left the answer (a prompt goes on after a number, a sampled token
+    differs), so what comes next is not that answer and may start another computation."""
 
     start: torch.Tensor  # (batch,) absolute position of the computation; -1: none yet
     tokens: torch.Tensor  # (batch, width ≥ MAX_SYMBOLS: a list is longer) the answer's tokens, -1 after the last
     length: torch.Tensor  # (batch,)
+    stop: torch.Tensor  # (batch,) absolute position where the answer stops covering (start + length + 1 at most)
 
     @classmethod
     def empty(cls, batch_size: int, device) -> ReadoutPlan:
         start = torch.full((batch_size,), -1, dtype=torch.long, device=device)
         tokens = torch.full((batch_size, MAX_SYMBOLS), -1, dtype=torch.long, device=device)
-        return cls(start, tokens, torch.zeros_like(start))
+        return cls(start, tokens, torch.zeros_like(start), torch.zeros_like(start))
 
     def covers(self, positions: torch.Tensor) -> torch.Tensor:
         """`positions (batch, seq)` absolute → bool: inside an answer being written (its end mark included)."""
         offset = positions - self.start[:, None]
-        return (self.start[:, None] >= 0) & (offset >= 0) & (offset <= self.length[:, None])
+        return (self.start[:, None] >= 0) & (offset >= 0) & (positions < self.stop[:, None])
+
+    def followed(self, input_ids: torch.Tensor, positions: torch.Tensor) -> ReadoutPlan:
+        """The plan with `stop` moved to the first of `positions (seq,)` (absolute, holding `input_ids (batch,
+        seq)`) inside an answer whose token differs from the one written before it: position start + k + 1 must
+        hold `tokens[k]` (k < length)."""
+        k = positions[None] - self.start[:, None] - 1  # (batch, seq): the answer token this position should hold
+        expected = self.tokens.gather(1, k.clamp(0, self.tokens.shape[1] - 1))
+        left = self.covers(positions.expand(self.start.shape[0], -1)) & (k >= 0) & (k < self.length[:, None])
+        left = left & (input_ids != expected)
+        first = torch.where(left, positions[None], self.stop[:, None]).amin(1)  # (batch,)
+        return ReadoutPlan(self.start, self.tokens, self.length, torch.minimum(self.stop, first))
 
     def assign(self, row: int, start: int, tokens: torch.Tensor, length: int) -> ReadoutPlan:
         """A new plan whose sequence `row` writes `tokens (width,)` (-1 after the first `length`) from `start`; the
@@ -192,8 +206,13 @@ class ReadoutPlan:
             nn.functional.pad(tokens, (0, width - tokens.shape[0]), value=-1)[None],
         )
         index = torch.tensor([row], device=self.start.device)
-        return ReadoutPlan(self.start.index_fill(0, index, start), table, self.length.index_fill(0, index, length))
+        return ReadoutPlan(
+            self.start.index_fill(0, index, start),
+            table,
+            self.length.index_fill(0, index, length),
+            self.stop.index_fill(0, index, start + length + 1),
+        )
 
     def select(self, rows: torch.Tensor) -> ReadoutPlan:
         """The plans of the sequences `rows` (a batch reordered or shrunk, e.g. by beam search)."""
-        return ReadoutPlan(self.start[rows], self.tokens[rows], self.length[rows])
+        return ReadoutPlan(self.start[rows], self.tokens[rows], self.length[rows], self.stop[rows])

@@ -645,19 +645,21 @@ class LlamaDCompComputer(nn.Module):
         trigger fires (σ(w · RMSNorm(h)) > 1/2), but never inside an answer being written; its output's most likely
         value is spelled as tokens (`NumberTokens.spell`: sign, digit chunks, exact for a sharp value) and written
         one per position from the computing position on (`ReadoutPlan`), then the end mark. A position inside an
-        earlier answer does not start another. Fills `call.writes`; the residual stream is returned unchanged."""
+        earlier answer does not start another, unless the text has left that answer (`ReadoutPlan.followed`: a
+        prompt that goes on after a number the trigger answered). Fills `call.writes`; the residual stream is
+        returned unchanged."""
         assert self.numbers is not None and history is not None  # the config requires digit tokens; the model ids
         batch, seq = call.valid.shape
         absolute = call.past_length + torch.arange(seq, device=hidden_states.device)  # (seq,)
         trigger_logits = self.trigger(normed).squeeze(-1)  # (batch, seq)
         if self.trigger_tokens is not None:
             trigger_logits = trigger_logits + self.token_context_logits(history, seq)
+        plan = history.plan.followed(call.input_ids, absolute)  # an earlier answer, up to where the text left it
         fire = call.positions if call.explicit else call.positions & (trigger_logits > 0)
         if not call.explicit:
-            fire = fire & ~history.plan.covers(absolute.expand(batch, -1))
+            fire = fire & ~plan.covers(absolute.expand(batch, -1))
         run = self.run(hidden_states, fire, history, call.past_length, trigger_logits)
         tokens, lengths = self.spell_answers(run)  # (P, symbols), (P,)
-        plan = history.plan
         writes = torch.full((batch, seq, 2), -1, dtype=torch.long, device=hidden_states.device)
         writes[..., 1] = 0
         self._write_plan(writes, plan, absolute)  # an answer carried over from earlier calls
@@ -665,7 +667,7 @@ class LlamaDCompComputer(nn.Module):
             start = int(absolute[column])
             if bool(plan.covers(torch.full((batch, 1), start, device=absolute.device))[b, 0]):
                 continue
-            plan = plan.assign(b, start, tokens[row], int(lengths[row]))
+            plan = plan.assign(b, start, tokens[row], int(lengths[row])).followed(call.input_ids, absolute)
             self._write_plan(writes, plan.select(torch.tensor([b], device=absolute.device)), absolute, row=b)
         history.plan = plan
         call.writes, call.writer = writes, self

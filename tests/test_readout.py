@@ -397,3 +397,21 @@ def test_the_list_answer_loss_is_the_selection_likelihood_of_the_whole_list():
     loss = list_selection_nll(run, torch.tensor([[-4, 2, 30, 30]]), torch.tensor([4]), model)
     loss.backward()
     assert model.computer.select.weight.grad is not None and model.computer.select.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["llama3", "smollm2"])
+def test_a_prompt_that_goes_on_after_an_answered_number_is_answered_again_at_its_end(name):
+    """The trigger fires at every space: after "and" it answers the one number written so far (12345 + nothing),
+    but the prompt goes on ("3", not that answer's first token), so the answer stops there and the final space
+    computes anew from both numbers, instead of writing the rest of the stale answer ("345")."""
+    from modeling_llama_dcomp import TRIGGER_TOKEN_SCALE
+
+    tokenizer = TOKENIZERS[name]()
+    model = calculator(tokenizer, "add", computer_trigger_context=1)
+    space = tokenizer.encode(" ", add_special_tokens=False)[-1]
+    with torch.no_grad():
+        model.computer.trigger_tokens[0, space] = 20.0 / TRIGGER_TOKEN_SCALE
+    inputs = tokenizer("Add 12345 and 3 ", return_tensors="pt")
+    generated = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    assert tokenizer.decode(generated[0, inputs.input_ids.shape[1] :]).startswith("12348")
+    assert_every_route_agrees(model, tokenizer, ["Add 12345 and 3 ", "Add -7 and 99999 please "], 8)
