@@ -89,11 +89,25 @@ def test_read_ignores_ids_outside_the_table_and_the_vocabulary():
 
 
 def test_a_plan_covers_its_answer_and_its_end_mark():
-    plan = ReadoutPlan.empty(2, "cpu")
-    plan.start[0], plan.length[0] = 3, 2
+    plan = ReadoutPlan.empty(2, "cpu").assign(0, 3, torch.tensor([5, 6]), 2)
     positions = torch.arange(8).expand(2, -1)
     assert plan.covers(positions).tolist() == [[False] * 3 + [True] * 3 + [False] * 2, [False] * 8]
     assert plan.select(torch.tensor([1, 0])).start.tolist() == [-1, 3]
+
+
+def test_a_plan_stops_where_the_text_leaves_its_answer():
+    """Position start + k + 1 must hold the answer's token k: the first that does not ends the plan there (and
+    that position may start another computation); a text that follows the answer keeps the whole plan."""
+    plan = ReadoutPlan.empty(2, "cpu").assign(0, 3, torch.tensor([5, 6, 7]), 3).assign(1, 1, torch.tensor([5, 6]), 2)
+    ids = torch.tensor([[0, 0, 0, 9, 5, 6, 1, 0, 0], [0, 9, 5, 6, 0, 0, 0, 0, 0]])  # row 0 leaves at 6 (1, not 7)
+    followed = plan.followed(ids, torch.arange(9))
+    assert followed.stop.tolist() == [6, 4]  # row 1 followed its answer: start + length + 1
+    assert followed.covers(torch.arange(9).expand(2, -1)).tolist() == [
+        [False] * 3 + [True] * 3 + [False] * 3,
+        [False] + [True] * 3 + [False] * 5,
+    ]
+    later = plan.followed(ids[:, :5], torch.arange(5)).followed(ids[:, 5:], torch.arange(5, 9))  # across calls
+    assert later.stop.tolist() == [6, 4]
 
 
 def test_a_plan_widens_for_a_longer_answer_and_keeps_the_other_rows():
