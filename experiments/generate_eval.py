@@ -23,6 +23,15 @@ from experiments.common import markdown_table, runs_of
 from library import tasks as task_library
 from library.loading import load_model, load_tokenizer
 from library.training.data import task_spec, test_pairs_split, written_numbers
+from library.training.trainer import SETTINGS_FILE
+
+
+def run_settings(folder: Path) -> dict:
+    """The `run_settings.json` of a train.py output folder; ValueError naming the folder when it has none."""
+    path = folder / SETTINGS_FILE
+    if not path.is_file():
+        raise ValueError(f"{folder}: no {SETTINGS_FILE}, so not a train.py output folder (train.py writes it first)")
+    return json.loads(path.read_text())
 
 
 def raw_test_splits(settings: dict, names: list[str], limit: int | None = None) -> dict:
@@ -102,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     model = load_model(args.model).eval()
     tokenizer = load_tokenizer(args.model)
-    settings = json.loads((args.model / "run_settings.json").read_text())
+    settings = run_settings(args.model)
     if args.max_digits is not None:  # other number sizes than in training: the same phrasings and seed
         settings["data"]["max_digits"] = args.max_digits
     figures = {}

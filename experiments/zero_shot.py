@@ -14,7 +14,6 @@ Exact match is reported overall, per operation and per digit count of the longer
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from collections import defaultdict
@@ -24,7 +23,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from experiments.common import markdown_table
-from experiments.generate_eval import raw_test_splits
+from experiments.generate_eval import raw_test_splits, run_settings
 from experiments.pretrained_base import default_gguf
 from library.tasks import arithmetic_task
 
@@ -58,10 +57,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--limit", type=int, default=None, help="with --run: the first rows of each split")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
+    own = ("test_size", "max_digits", "operations", "seed")  # drawn from the run's settings with --run
     if args.run is not None:
-        settings = json.loads((args.run / "run_settings.json").read_text())
+        clashing = [f"--{name.replace('_', '-')}" for name in own if getattr(args, name) != parser.get_default(name)]
+        if clashing:
+            parser.error(f"--run takes the questions from the run's settings: drop {', '.join(clashing)}")
+        settings = run_settings(args.run)
+        data = settings["data"]
+        if (data["task"], data["encoding"]) != ("arithmetic", "binary"):
+            parser.error(
+                f"--run {args.run}: a run of task {data['task']!r}, encoding {data['encoding']!r}; "
+                "zero_shot asks arithmetic questions (--task arithmetic --encoding binary)"
+            )
         splits = raw_test_splits(settings, args.splits, args.limit)
     else:
+        if args.limit is not None or args.splits != parser.get_default("splits"):
+            parser.error("--splits and --limit choose among a run's splits: give --run DIR")
         splits = {
             "test": arithmetic_task(
                 operations=tuple(args.operations.split(",")),

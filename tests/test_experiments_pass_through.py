@@ -38,3 +38,25 @@ def test_zero_shot_reads_the_last_integer_as_written():
     assert last_integer("The answer is -1,234 apples") == -1234
     assert last_integer("80 + 29 = 149") == 149
     assert last_integer("12,3456") == 3456 and last_integer("none") is None
+
+
+def test_zero_shot_names_what_is_wrong_with_its_questions(tmp_path, capsys):
+    import json
+
+    import pytest
+
+    from experiments.zero_shot import main
+
+    def error(argv: list[str]) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        return capsys.readouterr().err
+
+    assert "drop --test-size, --seed" in error(["--run", str(tmp_path), "--seed", "3", "--test-size", "10"])
+    assert "give --run DIR" in error(["--limit", "5"])
+    with pytest.raises(ValueError, match="no run_settings.json, so not a train.py output folder"):
+        main(["--run", str(tmp_path)])
+    settings = {"data": {"task": "sort", "encoding": "binary"}, "training": {"seed": 0}}
+    (tmp_path / "run_settings.json").write_text(json.dumps(settings))
+    assert "a run of task 'sort'" in error(["--run", str(tmp_path)])
