@@ -48,6 +48,10 @@ PROCESS_START = psutil.Process().create_time()  # wall time counts from here: im
 def train(model_args, data_args, computer_args, training_args) -> dict:
     """Build data and model, train (resuming with `--resume`), evaluate every test split, write the Hub-ready
     output folder and run_summary.json; returns the summary."""
+    distill = computer_args.text_distillation_weight > 0
+    if distill and not (model_args.lora and data_args.text_fraction > 0):
+        raise ArgumentError("--text_distillation_weight: distils the base (adapters off) on ordinary text: it needs "
+                            "--lora and --text_fraction > 0")  # fmt: skip
     output_dir = Path(training_args.output_dir)
     run_settings = settings(model_args, data_args, computer_args, training_args)
     command = shlex.join(["python", "train.py", *sys.argv[1:]])
@@ -73,6 +77,7 @@ def train(model_args, data_args, computer_args, training_args) -> dict:
         with_targets=answer_loss,
         with_slot_targets=parse_loss,
         list_answers=spec.count_register >= 0,
+        text_logits=distill,
     )
     found = {}
     if with_computer and resume is None:  # a resumed run loads all of this from its checkpoint
@@ -110,6 +115,7 @@ def train(model_args, data_args, computer_args, training_args) -> dict:
         preprocess_logits_for_metrics=answer_predictions,
         answer_loss_weight=computer_args.answer_loss_weight if answer_loss else 0.0,
         parse_loss_weight=computer_args.parse_loss_weight if parse_loss else 0.0,
+        text_distillation_weight=computer_args.text_distillation_weight,
     )
     if resume:
         print(f"resuming from {resume}", flush=True)

@@ -17,7 +17,7 @@ from library.interpreter import run_reference
 from library.stdlib import link, load_program
 from library.training.arguments import RESUME_FIXED, ArgumentError, parse_arguments, resume_mismatches, settings
 from library.training.data import AnswerCollator, build_datasets, library_sources, task_spec
-from library.training.losses import distribution_cross_entropy, value_nll
+from library.training.losses import distillation_kl, distribution_cross_entropy, value_nll
 from library.training.models import build_model, build_tokenizer, parse_kind
 from library.training.predict import number_starts
 from library.training.recipes import digit_classes, init_copy_parse
@@ -364,6 +364,58 @@ def test_the_output_lock_refuses_a_second_run_and_names_its_pid(tmp_path):
         holder.join(30)
     with output_lock(tmp_path):  # released when its holder ended
         assert (tmp_path / "_train.lock").read_text() == str(os.getpid())
+
+
+def test_text_distillation_is_the_kl_from_the_base_llama_on_the_text_rows_alone(tmp_path):
+    """--text_distillation_weight: the collator keeps every logit of a row with no label (ordinary text) and marks
+    it; the loss adds w · KL(base || model) there, the base being the PEFT model with its adapters off and the
+    computer nowhere — the original Llama. Zero while the adapters are the identity; gradients reach them."""
+    from model_fixtures import tiny_llama
+    from peft import LoraConfig, get_peft_model
+
+    ids = random_ids(2, 7).tolist()
+    text = {"input_ids": ids[0], "attention_mask": [1] * 7, "labels": [-100] * 7, "answer_position": -1}
+    answered = {"input_ids": ids[1][:5], "attention_mask": [1] * 5, "labels": [-100] * 4 + [ids[1][4]]}
+    batch = AnswerCollator(0, True, with_targets=False, text_logits=True)([text, answered | {"answer_position": 3}])
+    assert batch["text_rows"].tolist() == [True, False]
+    assert batch["logits_to_keep"].sum(1).tolist() == [7, 1] and (batch["shift_labels"][:7] == -100).all()
+    assert AnswerCollator(0, True, with_targets=False)([text]).get("text_rows") is None
+
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"])
+    model = get_peft_model(tiny_model(), lora).train()
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    trainer, plain = (DCompTrainer(model=model, args=args, text_distillation_weight=w) for w in (2.0, 0.0))
+    assert float((trainer.compute_loss(model, dict(batch)) - plain.compute_loss(model, dict(batch))).detach()) == 0.0
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    reference = tiny_llama(0)(torch.tensor([ids[0]])).logits[0]  # (7, vocab): the Llama the model was made from
+    nowhere = torch.zeros(1, 7, dtype=torch.bool)  # the text row's computer_mask: no computing position
+    ours = model(input_ids=torch.tensor([ids[0]]), computer_mask=nowhere).logits[0]
+    expected = distillation_kl(reference, ours)
+    assert float(expected.detach()) > 1e-4
+    loss = trainer.compute_loss(model, dict(batch))
+    difference = (loss - plain.compute_loss(model, dict(batch))).detach()
+    assert float(difference) == pytest.approx(2 * float(expected.detach()), rel=1e-4)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_A" in n)
+
+
+@pytest.mark.parametrize("argv", [["--lora"], ["--encoding", "binary", "--text_fraction", "0.2"]])
+def test_text_distillation_needs_adapters_and_ordinary_text(argv, tmp_path):
+    import train
+
+    with pytest.raises(SystemExit, match="--text_distillation_weight: .* needs --lora and --text_fraction > 0"):
+        train.main(["--output_dir", str(tmp_path / "run"), "--text_distillation_weight", "1", *argv])
+
+
+def test_distillation_kl_is_zero_only_where_the_distributions_agree():
+    logits = torch.randn(5, 11)
+    assert float(distillation_kl(logits, logits + 3.0)) == pytest.approx(0.0, abs=1e-6)  # a shift: same softmax
+    other = torch.randn(5, 11)
+    p, q = logits.softmax(-1), other.softmax(-1)
+    assert float(distillation_kl(logits, other)) == pytest.approx(float((p * (p / q).log()).sum(-1).mean()), rel=1e-5)
 
 
 # ------------------------------------------------------------------------------ the binary machine's recipe

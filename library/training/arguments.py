@@ -165,6 +165,11 @@ class ComputerArguments:
     parse_loss_weight: float = field(
         default=0.0, metadata={"help": "weight of the parse heads' loss against the prompt's numbers (0: none)"}
     )
+    text_distillation_weight: float = field(
+        default=0.0,
+        metadata={"help": "--lora: weight of KL(base || model) on the ordinary-text rows (--text_fraction), the base "
+                  "being the same model with its adapters off and no computing position: text passes through"},
+    )  # fmt: skip
     parse_init_scale: float = field(
         default=5.0, metadata={"help": "logit scale of the probe that initialises the parse heads (0: random)"}
     )
@@ -179,6 +184,7 @@ class ComputerArguments:
 
     def __post_init__(self):
         _check_finite(self, "gate_init", "answer_loss_weight", "parse_loss_weight", "parse_init_scale")
+        _check_finite(self, "text_distillation_weight")
         _check_finite(self, "probe_ridge", "number_row_norm")
         _check_finite(self, "selection_temperature", positive=True)
         _check(self.probe_examples >= 1, "probe_examples", f"must be >= 1, got {self.probe_examples}")

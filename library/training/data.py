@@ -317,7 +317,9 @@ class AnswerCollator:
     """Pads a batch on the right and adds what the forward needs: `logits_to_keep` (the positions whose next
     token is labelled) with `shift_labels` (those labels), the computer's `computer_mask` (`computing_positions`)
     and, for the answer loss, `computer_targets` (the answer value at each of them, in `computer_mask.nonzero()`
-    order). Other columns are dropped."""
+    order). With `text_logits`, rows with no label (ordinary text) also keep the logits of every real position,
+    with label -100 (no LM loss), and `text_rows (batch,)` marks them: the distillation loss's positions. Other
+    columns are dropped."""
 
     pad_token_id: int
     with_computer: bool
@@ -326,6 +328,7 @@ class AnswerCollator:
     # A list answer computed at once (issue 13): `computer_targets` (rows, longest) padded with 0 and
     # `computer_target_lengths` (rows,), one target list per answer position.
     list_answers: bool = False
+    text_logits: bool = False
 
     def __call__(self, rows: list[dict]) -> dict:
         def pad(key: str, value: int) -> torch.Tensor:
@@ -338,12 +341,16 @@ class AnswerCollator:
         }
         shifted = shift_labels(batch["labels"])
         batch["logits_to_keep"] = shifted != IGNORE_INDEX
+        if self.text_logits:
+            batch["text_rows"] = (batch["labels"] == IGNORE_INDEX).all(1)
+            batch["logits_to_keep"] |= batch["text_rows"][:, None] & batch["attention_mask"].bool()
         batch["shift_labels"] = shifted[batch["logits_to_keep"]]
         if self.with_computer:
             positions = [computing_positions(row) for row in rows]
             mask = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
             rows_index = [i for i, row in enumerate(positions) for _ in row]
-            mask[torch.tensor(rows_index), torch.tensor(list(itertools.chain(*positions)))] = True
+            columns = list(itertools.chain(*positions))  # empty in a batch of ordinary text alone
+            mask[torch.tensor(rows_index, dtype=torch.long), torch.tensor(columns, dtype=torch.long)] = True
             batch["computer_mask"] = mask
         if self.with_targets:
             answers = [

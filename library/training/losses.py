@@ -1,6 +1,7 @@
 """−log p of a target under a value distribution the machine produced (already normalised, not logits): the
 answer loss on the computer's output register, the parse loss on its parse slots (train.py), and the answer loss
-of adaptive compilation (`library.adaptation`)."""
+of adaptive compilation (`library.adaptation`); and the distillation loss that keeps ordinary text as the base
+model writes it."""
 
 import torch
 
@@ -17,3 +18,11 @@ def value_nll(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def distribution_cross_entropy(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The mean `value_nll` over the targets that are not -100."""
     return value_nll(probs, targets).sum() / (targets != IGNORE_INDEX).sum()
+
+
+def distillation_kl(reference_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(p_reference || p) of next-token distributions, summed over the vocabulary and averaged over positions:
+    `reference_logits`, `logits (positions, vocab)`. Zero exactly where the two models agree at every position."""
+    return torch.nn.functional.kl_div(
+        logits.float().log_softmax(-1), reference_logits.float().log_softmax(-1), log_target=True, reduction="batchmean"
+    )

@@ -16,7 +16,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from library.training.arguments import resume_mismatches
-from library.training.losses import distribution_cross_entropy
+from library.training.losses import distillation_kl, distribution_cross_entropy
 from modeling_llama_dcomp import LlamaDCompPreTrainedModel, record_computer_runs
 
 # Trainer.push_to_hub leaves out names starting with "_": the lock is no part of the published model.
@@ -30,14 +30,22 @@ class TrainingError(RuntimeError):
 
 class DCompTrainer(Trainer):
     """The Trainer with the model's parameter groups (one learning rate each), the answer loss on the computer's
-    output register and the parse loss on its parse slots, a stop on a non-finite loss, and our model card."""
+    output register, the parse loss on its parse slots, the distillation loss on ordinary text (a PEFT model
+    against itself with its adapters off), a stop on a non-finite loss, and our model card."""
 
     def __init__(
-        self, *args, answer_loss_weight: float = 0.0, parse_loss_weight: float = 0.0, model_card: str = "", **kwargs
+        self,
+        *args,
+        answer_loss_weight: float = 0.0,
+        parse_loss_weight: float = 0.0,
+        text_distillation_weight: float = 0.0,
+        model_card: str = "",
+        **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.answer_loss_weight = answer_loss_weight
         self.parse_loss_weight = parse_loss_weight
+        self.text_distillation_weight = text_distillation_weight
         self.model_card = model_card
 
     def create_optimizer(self, model=None):
@@ -56,6 +64,7 @@ class DCompTrainer(Trainer):
         targets = inputs.pop("computer_targets", None)
         target_lengths = inputs.pop("computer_target_lengths", None)  # list answers (issue 13)
         slot_targets = inputs.pop("slot_targets", None)
+        text_rows = inputs.pop("text_rows", None)  # ordinary text: the distillation loss's rows
         config = self.model.config
         writes_tokens = getattr(config, "computer_output", None) == "tokens"
         answer_positions = inputs.get("computer_mask")
@@ -80,9 +89,24 @@ class DCompTrainer(Trainer):
         if slot_targets is not None and self.parse_loss_weight:
             parsed = torch.cat([runs[-1].input_probs, runs[-1].memory_probs], dim=1)  # (positions, slots, n)
             loss = loss + self.parse_loss_weight * distribution_cross_entropy(parsed, slot_targets)
+        if model.training and self.text_distillation_weight and text_rows is not None and text_rows.any():
+            distillation = self.text_distillation(model, inputs, outputs.logits, text_rows)
+            loss = loss + self.text_distillation_weight * distillation
         if model.training and not torch.isfinite(loss.detach()).all():
             raise non_finite(f"the loss is {float(loss.detach())}", self.state.global_step + 1, self.args.output_dir)
         return (loss, outputs) if return_outputs else loss
+
+    def text_distillation(self, model, inputs: dict, logits: torch.Tensor, text_rows: torch.Tensor) -> torch.Tensor:
+        """KL(base || model) at every position of the ordinary-text rows `text_rows (batch,)`, whose logits the
+        collator kept (`AnswerCollator.text_logits`; `logits (kept, vocab)`): the base is the same PEFT model with
+        its adapters off and the computer told to run nowhere, i.e. the pretrained Llama, in no-grad."""
+        keep = inputs["logits_to_keep"]  # (batch, seq)
+        ours = logits[text_rows[:, None].expand_as(keep)[keep]]  # (text positions, vocab)
+        peft_model = self.accelerator.unwrap_model(model)
+        rows = {name: inputs[name][text_rows] for name in ("input_ids", "attention_mask", "logits_to_keep")}
+        with torch.no_grad(), peft_model.disable_adapter():
+            base = peft_model(**rows, computer_mask=torch.zeros_like(rows["attention_mask"], dtype=torch.bool)).logits
+        return distillation_kl(base, ours)
 
     def create_model_card(self, **kwargs):
         if self.is_world_process_zero() and self.model_card:
