@@ -69,8 +69,6 @@ def train(model_args, data_args, computer_args, training_args) -> dict:
     with_computer = not model_args.no_computer
     answer_loss = with_computer and spec.answer_in_register and computer_args.answer_loss_weight > 0
     parse_loss = with_computer and computer_args.parse_loss_weight > 0
-    if parse_loss and data_args.encoding == "binary":
-        raise ArgumentError("--parse_loss_weight: the parse loss is defined for the unit encoding only")
     collator = AnswerCollator(
         tokenizer.pad_token_id,
         with_computer,

@@ -16,7 +16,7 @@ from transformers import TrainingArguments
 from library.interpreter import run_reference
 from library.stdlib import link, load_program
 from library.training.arguments import RESUME_FIXED, ArgumentError, parse_arguments, resume_mismatches, settings
-from library.training.data import AnswerCollator, build_datasets, library_sources, task_spec
+from library.training.data import AnswerCollator, build_datasets, library_sources, task_spec, written_numbers
 from library.training.losses import distillation_kl, distribution_cross_entropy, value_nll
 from library.training.models import build_model, build_tokenizer, parse_kind
 from library.training.predict import number_starts
@@ -202,29 +202,63 @@ def test_parse_loss_is_the_parse_heads_cross_entropy_against_the_prompt_numbers(
     batch = AnswerCollator(tokenizer.pad_token_id, True, False, with_slot_targets=True)(rows)
     targets = batch["slot_targets"]  # (rows, slots)
 
+    def parse_cross_entropy() -> torch.Tensor:
+        with record_computer_runs() as runs:
+            model(**{key: value for key, value in batch.items() if not key.startswith("slot_")})
+        probs = runs[-1].input_probs  # (rows, slots, n)
+        return -probs.gather(2, targets[..., None]).log().mean()
+
+    parse_heads = [*model.computer.parse.parameters(), *model.computer.copy_parse.parameters()]  # linear + copy
+    check_parse_loss(model, batch, parse_heads, parse_cross_entropy, tmp_path)
+
+
+def test_the_binary_parse_loss_is_the_bits_likelihood_of_the_written_numbers(cache, tmp_path):
+    """--encoding binary: the parse targets are the numbers as written, signs included (ordinary-text rows have
+    none); the loss adds −log P(slot = number), bits read as independent (`BinaryValues.nll`), times its weight; a
+    few steps on it make the copy parse read the prompt's numbers."""
+    model_args, data_args, computer_args, _, spec, tokenizer, data = task(
+        "--encoding", "binary", "--text_fraction", "0.25", "--train_size", "24", "--validation_size", "2",
+        "--test_size", "2", "--hidden_size", "32", "--heads", "2",
+    )  # fmt: skip
+    rows = list(data["train"])
+    text = [row for row in rows if row["operation"] == "text"]
+    asked = [row for row in rows if row["operation"] != "text"]
+    assert text and all(row["slot_targets"] == row["slot_known"] == [] for row in text)
+    assert all(row["slot_targets"] == [written_numbers(row["text"], signed=True)] for row in asked)
+    assert all(row["slot_known"] == [[1, 1]] for row in asked) and min(min(r["slot_targets"][0]) for r in asked) < 0
+    torch.manual_seed(0)
+    model = build_model(model_args, data_args, computer_args, spec, tokenizer).train()  # trains where the mask says
+    batch = AnswerCollator(tokenizer.pad_token_id, True, False, with_slot_targets=True)(rows)
+    assert batch["slot_targets"].shape == (len(asked), 2) and batch["slot_known"].all()
+
+    def parse_nll() -> torch.Tensor:
+        with record_computer_runs() as runs:
+            model(**{key: value for key, value in batch.items() if not key.startswith("slot_")})
+        return model.computer.machine.values.nll(runs[-1].input_probs, batch["slot_targets"]).mean()
+
+    check_parse_loss(model, batch, list(model.computer.copy_parse.parameters()), parse_nll, tmp_path)
+
+
+def check_parse_loss(model, batch: dict, parameters: list, parse_nll, tmp_path) -> None:
+    """The parse loss adds its weight times `parse_nll()` to the loss, and 20 Adam steps on it over `parameters`
+    (the parse heads) halve it."""
+
     def trainer(weight: float):
         arguments = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
         return DCompTrainer(model=model, args=arguments, parse_loss_weight=weight)
 
-    def parse_cross_entropy() -> torch.Tensor:
-        with record_computer_runs() as runs:
-            model(**{key: value for key, value in batch.items() if key != "slot_targets"})
-        probs = runs[-1].input_probs  # (rows, slots, n)
-        return -probs.gather(2, targets[..., None]).log().mean()
-
     with torch.no_grad():
         without = trainer(0.0).compute_loss(model, dict(batch))
         with_loss = trainer(2.0).compute_loss(model, dict(batch))
-        before = parse_cross_entropy()
+        before = parse_nll()
     torch.testing.assert_close(with_loss - without, 2.0 * before, rtol=1e-4, atol=1e-4)
-    parse_heads = [*model.computer.parse.parameters(), *model.computer.copy_parse.parameters()]  # linear + copy
-    optimizer = torch.optim.Adam(parse_heads, lr=1e-2)
+    optimizer = torch.optim.Adam(parameters, lr=1e-2)
     for _ in range(20):
         optimizer.zero_grad()
         trainer(1.0).compute_loss(model, dict(batch)).backward()
         optimizer.step()
     with torch.no_grad():
-        assert parse_cross_entropy() < 0.5 * before
+        assert parse_nll() < 0.5 * before
 
 
 @pytest.mark.parametrize(

@@ -205,7 +205,9 @@ def build_datasets(args, spec: TaskSpec, tokenizer, seed: int):
     data = add_number_positions(data, tokenizer, spec) if spec.answer_per_number else data
     if args.text_fraction > 0:
         data["train"] = with_ordinary_text(data["train"], tokenizer, args.text_fraction, seed)
-    return add_slot_targets(data, spec, args.n) if args.encoding == "unit" else data  # the parse loss is unit-only
+    if args.encoding == "binary":  # values in [-2^(bits-1), 2^(bits-1)), signs read as the copy parse reads them
+        return add_slot_targets(data, spec, 2 ** (args.bits - 1), signed=True)
+    return add_slot_targets(data, spec, args.n)
 
 
 def with_ordinary_text(train, tokenizer, fraction: float, seed: int, max_tokens: int = 96):
@@ -273,16 +275,17 @@ def add_number_positions(data, tokenizer, spec: TaskSpec):
     return _mapped(data, positions, "Number positions", batched=True)
 
 
-def add_slot_targets(data, spec: TaskSpec, n: int):
-    """Adds `slot_targets` (the parse loss's targets) to every split: per position the computer runs at,
-    `slot_values` padded with -100 to every parse slot."""
+def add_slot_targets(data, spec: TaskSpec, n: int, signed: bool = False):
+    """Adds the parse loss's targets to every split: per position the computer runs at, `slot_targets` (the
+    `slot_values`, padded with -100 to every parse slot) and `slot_known` (1 where a slot has a target: in the
+    binary encoding -100 is also a value). `signed`: the binary encoding's numbers, in [-n, n)."""
     slots = len(spec.input_registers) + spec.memory_inputs
 
     def targets(row: dict) -> dict:
+        values = slot_values(spec, row["text"], n, signed) if computing_positions(row) else []  # text: none
         return {
-            "slot_targets": [
-                values + [IGNORE_INDEX] * (slots - len(values)) for values in slot_values(spec, row["text"], n)
-            ]
+            "slot_targets": [row + [IGNORE_INDEX] * (slots - len(row)) for row in values],
+            "slot_known": [[1] * len(row) + [0] * (slots - len(row)) for row in values],
         }
 
     return _mapped(data, targets, "Slot targets")
@@ -300,7 +303,7 @@ def slot_values(spec: TaskSpec, text: str, n: int, signed: bool = False) -> list
     alone, at each position the computer runs: the numbers in the order written (`Subtract 4 from 9` -> [4, 9],
     which `rsub` turns into 9 - 4: the order is the selection's job), or for list tasks the list's length (r1),
     for sort the index of the answer's number (r2: 0, 1, ...), then the list's elements (the cells)."""
-    numbers = [value for value in written_numbers(text, signed) if value < n]
+    numbers = [value for value in written_numbers(text, signed) if (-n if signed else 0) <= value < n]
     if spec.answer_per_number:
         return [[len(numbers), j, *numbers] for j in range(len(numbers))]
     return [[len(numbers), *numbers] if spec.memory_inputs else numbers]
@@ -324,7 +327,7 @@ class AnswerCollator:
     pad_token_id: int
     with_computer: bool
     with_targets: bool
-    with_slot_targets: bool = False  # the parse loss: `slot_targets` (computer positions, slots)
+    with_slot_targets: bool = False  # the parse loss: `slot_targets`, `slot_known` (computer positions, slots)
     # A list answer computed at once (issue 13): `computer_targets` (rows, longest) padded with 0 and
     # `computer_target_lengths` (rows,), one target list per answer position.
     list_answers: bool = False
@@ -366,4 +369,5 @@ class AnswerCollator:
                 batch["computer_targets"] = torch.tensor(list(itertools.chain(*answers)))
         if self.with_slot_targets:
             batch["slot_targets"] = torch.tensor(list(itertools.chain(*(row["slot_targets"] for row in rows))))
+            batch["slot_known"] = torch.tensor(list(itertools.chain(*(row["slot_known"] for row in rows)))).bool()
         return batch

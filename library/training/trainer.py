@@ -64,6 +64,7 @@ class DCompTrainer(Trainer):
         targets = inputs.pop("computer_targets", None)
         target_lengths = inputs.pop("computer_target_lengths", None)  # list answers (issue 13)
         slot_targets = inputs.pop("slot_targets", None)
+        slot_known = inputs.pop("slot_known", None)
         text_rows = inputs.pop("text_rows", None)  # ordinary text: the distillation loss's rows
         config = self.model.config
         writes_tokens = getattr(config, "computer_output", None) == "tokens"
@@ -87,8 +88,8 @@ class DCompTrainer(Trainer):
             register = runs[-1].state.registers[:, config.library_output_register]  # (batch, n)
             loss = loss + self.answer_loss_weight * distribution_cross_entropy(register, targets)
         if slot_targets is not None and self.parse_loss_weight:
-            parsed = torch.cat([runs[-1].input_probs, runs[-1].memory_probs], dim=1)  # (positions, slots, n)
-            loss = loss + self.parse_loss_weight * distribution_cross_entropy(parsed, slot_targets)
+            parsed = torch.cat([runs[-1].input_probs, runs[-1].memory_probs], dim=1)  # (positions, slots, width)
+            loss = loss + self.parse_loss_weight * parse_nll(parsed, slot_targets, slot_known, self.model)
         if model.training and self.text_distillation_weight and text_rows is not None and text_rows.any():
             distillation = self.text_distillation(model, inputs, outputs.logits, text_rows)
             loss = loss + self.text_distillation_weight * distillation
@@ -111,6 +112,15 @@ class DCompTrainer(Trainer):
     def create_model_card(self, **kwargs):
         if self.is_world_process_zero() and self.model_card:
             Path(self.args.output_dir, "README.md").write_text(self.model_card)
+
+
+def parse_nll(parsed: torch.Tensor, targets: torch.Tensor, known: torch.Tensor, model) -> torch.Tensor:
+    """The parse loss: −log P(slot = the number written for it) under the parsed values `parsed (positions, slots,
+    width)` in the machine's encoding (`values.nll`: one-hot, or bits read as independent), averaged over the
+    slots with a target (`known`); the targets (positions, slots) come from the prompt text alone."""
+    values = LlamaDCompPreTrainedModel.computers(model)[0].machine.values
+    known = known.to(parsed.device)
+    return values.nll(parsed[known], targets.to(parsed.device)[known]).mean()
 
 
 def selection_nll(run, targets: torch.Tensor, model) -> torch.Tensor:
