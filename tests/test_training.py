@@ -134,6 +134,12 @@ def test_resume_compares_the_model_data_and_seed_only():
         "--data_seed: 0 -> 2",
     ]
     assert set(RESUME_FIXED) >= {"model", "data", "computer", "seed"}
+    older = json.loads(json.dumps(base))  # a run saved before --text_distillation_weight existed: its default
+    del older["computer"]["text_distillation_weight"]
+    assert resume_mismatches(older, base) == []
+    assert resume_mismatches(older, settings(*arguments("--text_distillation_weight", "1"))) == [
+        "--text_distillation_weight: 0.0 -> 1.0"
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- data, recipes

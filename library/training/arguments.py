@@ -294,16 +294,17 @@ def settings(model_args, data_args, computer_args, training_args) -> dict:
 
 def resume_mismatches(saved: dict, current: dict) -> list[str]:
     """The `RESUME_FIXED` settings that differ between a saved run's `settings` and this one's, as
-    "name: saved -> now"."""
+    "name: saved -> now". An argument the saved run did not have yet counts as its default there."""
+    defaults = {f.name: f.default for group in ARGUMENTS[:3] for f in dataclasses.fields(group)}
     differences = []
     for key in RESUME_FIXED:
         before = saved.get(key) if key in ("model", "data", "computer") else saved["training"].get(key)
         now = current[key] if key in ("model", "data", "computer") else current["training"][key]
         if isinstance(now, dict):
             differences += [
-                f"--{name}: {before.get(name)!r} -> {value!r}"
+                f"--{name}: {before.get(name, defaults.get(name))!r} -> {value!r}"
                 for name, value in now.items()
-                if before.get(name) != value
+                if before.get(name, defaults.get(name)) != value
             ]
         elif before != now:
             differences.append(f"--{key}: {before!r} -> {now!r}")
