@@ -243,6 +243,12 @@ def test_the_binary_parse_loss_is_the_bits_likelihood_of_the_written_numbers(cac
         return model.computer.machine.values.nll(runs[-1].input_probs, batch["slot_targets"]).mean()
 
     check_parse_loss(model, batch, list(model.computer.copy_parse.parameters()), parse_nll, tmp_path)
+    model.eval()  # evaluation computes where the trigger fires: no parse loss, whatever the positions
+    with torch.no_grad():
+        for weight in (0.0, 1.0):
+            arguments = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+            trainer = DCompTrainer(model=model, args=arguments, parse_loss_weight=weight)
+            assert torch.isfinite(trainer.compute_loss(model, dict(batch)))
 
 
 def check_parse_loss(model, batch: dict, parameters: list, parse_nll, tmp_path) -> None:

@@ -87,7 +87,8 @@ class DCompTrainer(Trainer):
         elif targets is not None and self.answer_loss_weight:
             register = runs[-1].state.registers[:, config.library_output_register]  # (batch, n)
             loss = loss + self.answer_loss_weight * distribution_cross_entropy(register, targets)
-        if slot_targets is not None and self.parse_loss_weight:
+        # The token read-out's evaluation computes where the trigger fires, not at the targets' positions.
+        if slot_targets is not None and self.parse_loss_weight and (model.training or not writes_tokens):
             parsed = torch.cat([runs[-1].input_probs, runs[-1].memory_probs], dim=1)  # (positions, slots, width)
             loss = loss + self.parse_loss_weight * parse_nll(parsed, slot_targets, slot_known, self.model)
         if model.training and self.text_distillation_weight and text_rows is not None and text_rows.any():
