@@ -412,23 +412,25 @@ def test_the_output_lock_refuses_a_second_run_and_names_its_pid(tmp_path):
         assert (tmp_path / "_train.lock").read_text() == str(os.getpid())
 
 
-def test_text_distillation_is_the_kl_from_the_base_llama_on_the_text_rows_alone(tmp_path):
+@pytest.mark.parametrize("with_computer", [True, False])  # LoRA + computer, and the --no_computer arm
+def test_text_distillation_is_the_kl_from_the_base_llama_on_the_text_rows_alone(with_computer, tmp_path):
     """--text_distillation_weight: the collator keeps every logit of a row with no label (ordinary text) and marks
     it; the loss adds w · KL(base || model) there, the base being the PEFT model with its adapters off and the
-    computer nowhere — the original Llama. Zero while the adapters are the identity; gradients reach them."""
+    computer (if any) nowhere — the original Llama. Zero while the adapters are the identity; gradients reach them."""
     from model_fixtures import tiny_llama
     from peft import LoraConfig, get_peft_model
 
     ids = random_ids(2, 7).tolist()
     text = {"input_ids": ids[0], "attention_mask": [1] * 7, "labels": [-100] * 7, "answer_position": -1}
     answered = {"input_ids": ids[1][:5], "attention_mask": [1] * 5, "labels": [-100] * 4 + [ids[1][4]]}
-    batch = AnswerCollator(0, True, with_targets=False, text_logits=True)([text, answered | {"answer_position": 3}])
+    collate = AnswerCollator(0, with_computer, with_targets=False, text_logits=True)
+    batch = collate([text, answered | {"answer_position": 3}])
     assert batch["text_rows"].tolist() == [True, False]
     assert batch["logits_to_keep"].sum(1).tolist() == [7, 1] and (batch["shift_labels"][:7] == -100).all()
     assert AnswerCollator(0, True, with_targets=False)([text]).get("text_rows") is None
 
     lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"])
-    model = get_peft_model(tiny_model(), lora).train()
+    model = get_peft_model(tiny_model() if with_computer else tiny_llama(0), lora).train()
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
     trainer, plain = (DCompTrainer(model=model, args=args, text_distillation_weight=w) for w in (2.0, 0.0))
     assert float((trainer.compute_loss(model, dict(batch)) - plain.compute_loss(model, dict(batch))).detach()) == 0.0
@@ -437,8 +439,8 @@ def test_text_distillation_is_the_kl_from_the_base_llama_on_the_text_rows_alone(
             if "lora_B" in name:
                 parameter.normal_(0, 0.5)
     reference = tiny_llama(0)(torch.tensor([ids[0]])).logits[0]  # (7, vocab): the Llama the model was made from
-    nowhere = torch.zeros(1, 7, dtype=torch.bool)  # the text row's computer_mask: no computing position
-    ours = model(input_ids=torch.tensor([ids[0]]), computer_mask=nowhere).logits[0]
+    nowhere = {"computer_mask": torch.zeros(1, 7, dtype=torch.bool)} if with_computer else {}  # the text row's
+    ours = model(input_ids=torch.tensor([ids[0]]), **nowhere).logits[0]
     expected = distillation_kl(reference, ours)
     assert float(expected.detach()) > 1e-4
     loss = trainer.compute_loss(model, dict(batch))

@@ -101,13 +101,15 @@ class DCompTrainer(Trainer):
     def text_distillation(self, model, inputs: dict, logits: torch.Tensor, text_rows: torch.Tensor) -> torch.Tensor:
         """KL(base || model) at every position of the ordinary-text rows `text_rows (batch,)`, whose logits the
         collator kept (`AnswerCollator.text_logits`; `logits (kept, vocab)`): the base is the same PEFT model with
-        its adapters off and the computer told to run nowhere, i.e. the pretrained Llama, in no-grad."""
+        its adapters off and the computer (if any) told to run nowhere, i.e. the pretrained Llama, in no-grad."""
         keep = inputs["logits_to_keep"]  # (batch, seq)
         ours = logits[text_rows[:, None].expand_as(keep)[keep]]  # (text positions, vocab)
         peft_model = self.accelerator.unwrap_model(model)
         rows = {name: inputs[name][text_rows] for name in ("input_ids", "attention_mask", "logits_to_keep")}
+        if LlamaDCompPreTrainedModel.computers(peft_model):  # a plain Llama (--no_computer) has nothing to silence
+            rows["computer_mask"] = torch.zeros_like(rows["attention_mask"], dtype=torch.bool)
         with torch.no_grad(), peft_model.disable_adapter():
-            base = peft_model(**rows, computer_mask=torch.zeros_like(rows["attention_mask"], dtype=torch.bool)).logits
+            base = peft_model(**rows).logits
         return distillation_kl(base, ours)
 
     def create_model_card(self, **kwargs):
