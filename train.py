@@ -52,6 +52,8 @@ def train(model_args, data_args, computer_args, training_args) -> dict:
     if distill and not (model_args.lora and data_args.text_fraction > 0):
         raise ArgumentError("--text_distillation_weight: distils the base (adapters off) on ordinary text: it needs "
                             "--lora and --text_fraction > 0")  # fmt: skip
+    if computer_args.parse_loss_weight > 0 and model_args.no_computer:
+        raise ArgumentError("--parse_loss_weight: supervises the computer's parse, and --no_computer has none")
     output_dir = Path(training_args.output_dir)
     run_settings = settings(model_args, data_args, computer_args, training_args)
     command = shlex.join(["python", "train.py", *sys.argv[1:]])
@@ -68,7 +70,7 @@ def train(model_args, data_args, computer_args, training_args) -> dict:
     model = build_model(model_args, data_args, computer_args, spec, tokenizer)
     with_computer = not model_args.no_computer
     answer_loss = with_computer and spec.answer_in_register and computer_args.answer_loss_weight > 0
-    parse_loss = with_computer and computer_args.parse_loss_weight > 0
+    parse_loss = computer_args.parse_loss_weight > 0
     collator = AnswerCollator(
         tokenizer.pad_token_id,
         with_computer,

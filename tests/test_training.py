@@ -458,6 +458,13 @@ def test_text_distillation_needs_adapters_and_ordinary_text(argv, tmp_path):
         train.main(["--output_dir", str(tmp_path / "run"), "--text_distillation_weight", "1", *argv])
 
 
+def test_the_parse_loss_needs_the_computer(tmp_path):
+    import train
+
+    with pytest.raises(SystemExit, match="--parse_loss_weight: supervises the computer's parse, and --no_computer"):
+        train.main(["--output_dir", str(tmp_path / "run"), "--parse_loss_weight", "1", "--no_computer"])
+
+
 def test_distillation_kl_is_zero_only_where_the_distributions_agree():
     logits = torch.randn(5, 11)
     assert float(distillation_kl(logits, logits + 3.0)) == pytest.approx(0.0, abs=1e-6)  # a shift: same softmax

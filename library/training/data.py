@@ -284,8 +284,8 @@ def add_slot_targets(data, spec: TaskSpec, n: int, signed: bool = False):
     def targets(row: dict) -> dict:
         values = slot_values(spec, row["text"], n, signed) if computing_positions(row) else []  # text: none
         return {
-            "slot_targets": [row + [IGNORE_INDEX] * (slots - len(row)) for row in values],
-            "slot_known": [[1] * len(row) + [0] * (slots - len(row)) for row in values],
+            "slot_targets": [found + [IGNORE_INDEX] * (slots - len(found)) for found in values],
+            "slot_known": [[1] * len(found) + [0] * (slots - len(found)) for found in values],
         }
 
     return _mapped(data, targets, "Slot targets")
