@@ -54,6 +54,8 @@ def train(model_args, data_args, computer_args, training_args) -> dict:
                             "--lora and --text_fraction > 0")  # fmt: skip
     if computer_args.parse_loss_weight > 0 and model_args.no_computer:
         raise ArgumentError("--parse_loss_weight: supervises the computer's parse, and --no_computer has none")
+    if computer_args.trigger_positive_weight != 1 and model_args.no_computer:
+        raise ArgumentError("--trigger_positive_weight: weighs the computer's trigger, and --no_computer has none")
     output_dir = Path(training_args.output_dir)
     run_settings = settings(model_args, data_args, computer_args, training_args)
     command = shlex.join(["python", "train.py", *sys.argv[1:]])
@@ -116,6 +118,7 @@ def train(model_args, data_args, computer_args, training_args) -> dict:
         answer_loss_weight=computer_args.answer_loss_weight if answer_loss else 0.0,
         parse_loss_weight=computer_args.parse_loss_weight if parse_loss else 0.0,
         text_distillation_weight=computer_args.text_distillation_weight,
+        trigger_positive_weight=computer_args.trigger_positive_weight,
     )
     if resume:
         print(f"resuming from {resume}", flush=True)

@@ -458,11 +458,36 @@ def test_text_distillation_needs_adapters_and_ordinary_text(argv, tmp_path):
         train.main(["--output_dir", str(tmp_path / "run"), "--text_distillation_weight", "1", *argv])
 
 
-def test_the_parse_loss_needs_the_computer(tmp_path):
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--parse_loss_weight", "supervises the computer's parse"),
+        ("--trigger_positive_weight", "weighs the computer's"),
+    ],
+)
+def test_the_computer_losses_need_the_computer(tmp_path, flag, message):
     import train
 
-    with pytest.raises(SystemExit, match="--parse_loss_weight: supervises the computer's parse, and --no_computer"):
-        train.main(["--output_dir", str(tmp_path / "run"), "--parse_loss_weight", "1", "--no_computer"])
+    with pytest.raises(SystemExit, match=f"{flag}: {message}.*, and --no_computer has none"):
+        train.main(["--output_dir", str(tmp_path / "run"), flag, "2", "--no_computer"])
+
+
+def test_the_trigger_loss_weighs_its_positives():
+    """pos_weight w: −w·log σ(x) at an answer start, −log(1 − σ(x)) elsewhere, averaged over non-padding positions;
+    a miss then costs w times as much, and padding costs nothing."""
+    from library.training.trainer import trigger_loss
+
+    logits = torch.tensor([[-1.0, 2.0, 0.5, 3.0]], requires_grad=True)
+    starts = torch.tensor([[0, 0, 1, 0]])
+    attention = torch.tensor([[1, 1, 1, 0]])  # the last position is padding
+    log_sigmoid = torch.nn.functional.logsigmoid
+    expected = -(log_sigmoid(-logits[0, 0]) + log_sigmoid(-logits[0, 1]) + 4 * log_sigmoid(logits[0, 2])) / 3
+    loss = trigger_loss(logits, starts, attention, positive_weight=4.0)
+    assert torch.allclose(loss, expected)
+    (grad,) = torch.autograd.grad(loss, logits)
+    plain = torch.autograd.grad(trigger_loss(logits, starts, attention), logits)[0]
+    assert torch.allclose(grad[0, 2], 4 * plain[0, 2]) and torch.allclose(grad[0, :2], plain[0, :2])
+    assert grad[0, 3] == 0
 
 
 def test_distillation_kl_is_zero_only_where_the_distributions_agree():

@@ -170,6 +170,11 @@ class ComputerArguments:
         metadata={"help": "--lora: weight of KL(base || model) on the ordinary-text rows (--text_fraction), the base "
                   "being the same model with its adapters off and no computing position: text passes through"},
     )  # fmt: skip
+    trigger_positive_weight: float = field(
+        default=1.0,
+        metadata={"help": "the token read-out's trigger loss: weight of its positives (an answer starts here) against "
+                  "its negatives (every other position); > 1 trades a few false activations for fewer misses"},
+    )  # fmt: skip
     parse_init_scale: float = field(
         default=5.0, metadata={"help": "logit scale of the probe that initialises the parse heads (0: random)"}
     )
@@ -186,7 +191,7 @@ class ComputerArguments:
         _check_finite(self, "gate_init", "answer_loss_weight", "parse_loss_weight", "parse_init_scale")
         _check_finite(self, "text_distillation_weight")
         _check_finite(self, "probe_ridge", "number_row_norm")
-        _check_finite(self, "selection_temperature", positive=True)
+        _check_finite(self, "selection_temperature", "trigger_positive_weight", positive=True)
         _check(self.probe_examples >= 1, "probe_examples", f"must be >= 1, got {self.probe_examples}")
 
 

@@ -39,6 +39,7 @@ class DCompTrainer(Trainer):
         answer_loss_weight: float = 0.0,
         parse_loss_weight: float = 0.0,
         text_distillation_weight: float = 0.0,
+        trigger_positive_weight: float = 1.0,
         model_card: str = "",
         **kwargs,
     ):
@@ -46,6 +47,7 @@ class DCompTrainer(Trainer):
         self.answer_loss_weight = answer_loss_weight
         self.parse_loss_weight = parse_loss_weight
         self.text_distillation_weight = text_distillation_weight
+        self.trigger_positive_weight = trigger_positive_weight
         self.model_card = model_card
 
     def create_optimizer(self, model=None):
@@ -83,7 +85,9 @@ class DCompTrainer(Trainer):
                     loss = loss + self.answer_loss_weight * list_selection_nll(run, targets, target_lengths, self.model)
                 elif answered:
                     loss = loss + self.answer_loss_weight * selection_nll(run, targets, self.model)
-                loss = loss + trigger_loss(run.trigger_logits, answer_positions, inputs["attention_mask"])
+                loss = loss + trigger_loss(
+                    run.trigger_logits, answer_positions, inputs["attention_mask"], self.trigger_positive_weight
+                )
         elif targets is not None and self.answer_loss_weight:
             register = runs[-1].state.registers[:, config.library_output_register]  # (batch, n)
             loss = loss + self.answer_loss_weight * distribution_cross_entropy(register, targets)
@@ -152,13 +156,18 @@ def list_selection_nll(run, targets: torch.Tensor, lengths: torch.Tensor, model)
     return -likelihood.clamp_min(1e-6).log().mean()
 
 
-def trigger_loss(logits: torch.Tensor, answer_positions: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def trigger_loss(
+    logits: torch.Tensor, answer_positions: torch.Tensor, attention_mask: torch.Tensor, positive_weight: float = 1.0
+) -> torch.Tensor:
     """The "tokens" read-out's trigger: binary cross-entropy of σ(logits) `(batch, seq)` against "the computer's
     answer starts here" (the answer positions, from where the answer is in the data), over the non-padding
-    positions: an auxiliary loss whose target comes from the answer."""
+    positions: an auxiliary loss whose target comes from the answer. An answer starts at one position of a row's
+    dozens, so `positive_weight` (BCE's `pos_weight`) lets the few positives count for more: a miss leaves the
+    base to answer, a false activation rewrites text, and the weight says which costs more."""
     where = attention_mask.bool()
     targets = answer_positions.to(logits.dtype)
-    return torch.nn.functional.binary_cross_entropy_with_logits(logits[where], targets[where])
+    weight = torch.tensor(positive_weight, dtype=logits.dtype, device=logits.device)
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits[where], targets[where], pos_weight=weight)
 
 
 def non_finite(what: str, step: int, output_dir: str) -> TrainingError:
