@@ -92,6 +92,7 @@ def exact_match(model, tokenizer, rows, batch_size: int, max_new_tokens: int) ->
             groups = ["all", row["operation"], kind] + ([f"{row['digits']} digits"] if "digits" in row else [])
             groups += [f"length {row['length']}"] if "length" in row else []  # lists (issue 13)
             groups += [f"format {row['format']}"] if "format" in row else []
+            groups += [f"phrasing {row['phrasing']}"] if "phrasing" in row else []  # experiments.new_phrasings
             for group in groups:
                 right[group].append(correct)
     return {group: (sum(values) / len(values), len(values)) for group, values in sorted(right.items())}

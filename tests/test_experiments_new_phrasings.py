@@ -1,0 +1,30 @@
+"""experiments.new_phrasings: questions in phrasings no training split uses, with right answers."""
+
+import dcomp_isa
+from experiments.new_phrasings import FLOOR_DIVISIONS, NEW_PHRASINGS, questions
+from library.tasks import PHRASINGS
+from library.training.data import written_numbers
+
+
+def test_the_new_phrasings_are_in_no_split():
+    known = {template for templates in PHRASINGS["all"].values() for template in templates}
+    for operation, phrasings in NEW_PHRASINGS.items():
+        assert not known & set(phrasings), operation
+        assert all("{a}" in p and "{b}" in p for p in phrasings)
+
+
+def test_questions_hold_their_answers_and_read_back_their_operands():
+    rows = questions(per_phrasing=20, seed=3, max_digits=4)
+    assert len(rows) == 20 * sum(map(len, NEW_PHRASINGS.values()))
+    for row in rows:
+        a, b = row["operands"]
+        assert row["answer_text"] == str(dcomp_isa.alu_signed(row["operation"], a, b, 64))
+        in_order = [a, b] if row["phrasing"].index("{a}") < row["phrasing"].index("{b}") else [b, a]
+        assert written_numbers(row["text"], signed=True) == in_order, row["text"]  # "12*-7", "5--3" as written
+        assert row["digits"] == max(len(str(abs(a))), len(str(abs(b)))) <= 4
+        if row["operation"] == "div":
+            assert b != 0
+            if row["phrasing"] not in FLOOR_DIVISIONS:
+                assert a % b == 0, row["text"]  # no rounding asked: the division comes out even
+    assert any(value < 0 for row in rows for value in row["operands"])
+    assert questions(per_phrasing=20, seed=3, max_digits=4)["text"] == rows["text"]  # seeded
