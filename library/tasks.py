@@ -205,11 +205,37 @@ def compose(expressions: dict[str, tuple[str, ...]], frames: tuple[str, ...] = F
     return {op: tuple(frame(f, e) for e in options for f in frames) for op, options in expressions.items()}
 
 
+# The wide set (`phrasings="wide"`): more ways of asking and of writing numbers, around both kinds of expression.
+# experiments/new_phrasings measures phrasings outside every set here, so these avoid its frames and words.
+WIDE_FRAMES: tuple[str, ...] = (
+    "Calculate {expr}.",
+    "Give me {expr}.",
+    "Work out {expr}:",
+    "{Expr} is",
+    "Do you know {expr}?",
+    "Answer this: {expr} =",
+    "{Expr}?",
+    "Help me find {expr}.",
+)
+WIDE_QUESTIONS: dict[str, tuple[str, ...]] = {
+    "add": ("{a}+{b}", "{a} and {b} combined", "{a} more than {b}", "the result of adding {b} to {a}"),
+    "sub": ("{a}-{b}", "{a} reduced by {b}", "{b} fewer than {a}", "the result of taking {b} from {a}"),
+    "mul": ("{a}*{b}", "{a} × {b}", "{a} groups of {b}", "the result of multiplying {a} by {b}"),
+    "div": ("{a}//{b}", "{a} ÷ {b}, rounded down", "{a} split into groups of {b}", "the whole quotient of {a} by {b}"),
+    "mod": ("{a}%{b}",),
+}
+
 ARITHMETIC_TEMPLATES = compose(ARITHMETIC_EXPRESSIONS)
 QUESTION_TEMPLATES = compose(ARITHMETIC_QUESTIONS, QUESTION_FRAMES)
 PHRASINGS = {
     "commands": ARITHMETIC_TEMPLATES,
     "all": {op: ARITHMETIC_TEMPLATES[op] + QUESTION_TEMPLATES[op] for op in ARITHMETIC_TEMPLATES},
+}
+PHRASINGS["wide"] = {
+    op: templates
+    + compose(ARITHMETIC_QUESTIONS, WIDE_FRAMES)[op]
+    + compose(WIDE_QUESTIONS, QUESTION_FRAMES + WIDE_FRAMES).get(op, ())
+    for op, templates in PHRASINGS["all"].items()
 }
 FIBONACCI_TEMPLATES = compose(FIBONACCI_EXPRESSIONS)
 LIST_TEMPLATES = compose(LIST_EXPRESSIONS)
@@ -388,7 +414,8 @@ def arithmetic_task(
     floor division and modulo), never reduced mod n; the column `digits` holds the longer operand's digit count;
     a share `exact_division_fraction` of the divisions come out even (a is rounded towards zero to a multiple of
     b, after swapping magnitudes so that |a| ≥ |b|).
-    phrasings: "commands" ("Add 3 and 4", the paper's) or "all" (also the questions "What is 3 plus 4?").
+    phrasings: "commands" ("Add 3 and 4", the paper's), "all" (also the questions "What is 3 plus 4?") or "wide"
+    (also more frames and the symbols written without spaces, "Calculate 12*-7.").
     Splits train / validation / test (module docstring); `cache_dir=` sets the disk cache folder.
     """
     unknown = set(operations) - set(ARITHMETIC_TEMPLATES)

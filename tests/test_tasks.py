@@ -86,6 +86,10 @@ TASKS_AND_PHRASINGS = {
         lambda **kwargs: arithmetic_task(operations=tuple(ARITHMETIC_TEMPLATES), **kwargs),
         ARITHMETIC_TEMPLATES,
     ),
+    "arithmetic, wide": (
+        lambda **kwargs: arithmetic_task(max_digits=3, phrasings="wide", **kwargs),
+        {op: PHRASINGS["wide"][op] for op in ("add", "sub", "mul", "div")},
+    ),
     "fibonacci": (fibonacci_task, FIBONACCI_TEMPLATES),
     "sort": (lambda **kwargs: list_task("sort", **kwargs), {"sort": LIST_TEMPLATES["sort"]}),
     "max": (lambda **kwargs: list_task("max", **kwargs), {"max": LIST_TEMPLATES["max"]}),
@@ -309,6 +313,32 @@ def test_signed_arithmetic_asks_questions_too_and_divisions_come_out_even_in_the
     assert max(rows["digits"]) == 5  # rounding towards zero never adds a digit
     with pytest.raises(ValueError, match="phrasings must be one of"):
         arithmetic_task(max_digits=2, phrasings="poems", cache_dir=tmp_path)
+
+
+def test_wide_phrasings_add_frames_and_unspaced_symbols_whose_numbers_read_back(tmp_path):
+    """phrasings="wide": every "all" phrasing and more, numbers written as symbols without spaces included
+    ("12*-7", "5--3"); the numbers read back from each prompt, signed, are the operands in the phrasing's order,
+    and the answers are Python's."""
+    from library.training.data import written_numbers
+
+    for op, templates in PHRASINGS["wide"].items():
+        assert set(PHRASINGS["all"][op]) < set(templates) and len(set(templates)) == len(templates)
+    assert "Calculate {a}*{b}." in PHRASINGS["wide"]["mul"] and "{A}-{b} =" not in PHRASINGS["wide"]["sub"]
+    data = arithmetic_task(
+        train_size=1200, validation_size=10, test_size=100, max_digits=4, phrasings="wide", cache_dir=tmp_path
+    )
+    phrasings = [phrasing for op in ("add", "sub", "mul", "div") for phrasing in PHRASINGS["wide"][op]]
+    python = {"add": int.__add__, "sub": int.__sub__, "mul": int.__mul__, "div": int.__floordiv__}
+    unspaced = 0
+    for split in ("train", "test"):
+        for row in rows(data[split]):
+            a, b = row["operands"]
+            template = phrasings[row["template"]]
+            assert row["answer"] == python[row["operation"]](a, b)
+            in_order = [a, b] if template.index("{a}") < template.index("{b}") else [b, a]
+            assert written_numbers(row["text"], signed=True) == in_order, row["text"]
+            unspaced += any(f"}}{symbol}{{" in template for symbol in "+-*%") or "}//{" in template
+    assert unspaced > 0
 
 
 def test_the_answer_is_tokenized_as_generate_writes_it_after_the_prompt(tmp_path):

@@ -102,6 +102,8 @@ def test_one_json_or_yaml_file_holds_the_arguments(tmp_path, suffix):
         (["--parse_learning_rate", "inf"], "--parse_learning_rate: must be a finite number, got inf"),
         (["--gate_init", "nan"], "--gate_init: must be a finite number, got nan"),
         (["--selection_temperature", "0"], "--selection_temperature: must be > 0, got 0.0"),
+        (["--trigger_positive_weight", "0"], "--trigger_positive_weight: must be > 0, got 0.0"),
+        (["--phrasings", "wide"], "--phrasings: wide phrasings are for --task arithmetic --encoding binary"),
         (["--model", "/nonexistent/llama"], "--model: /nonexistent/llama does not exist"),
     ],
 )

@@ -66,6 +66,11 @@ class DataArguments:
                   "library.texts) where the computer must stay silent: the trigger's negatives"},
     )  # fmt: skip
     operations: str = field(default="add,sub,mul,div", metadata={"help": "arithmetic operations, comma-separated"})
+    phrasings: Literal["default", "wide"] = field(
+        default="default",
+        metadata={"help": "arithmetic: default = the paper's commands (unit) or commands and questions (binary); "
+                  "wide (binary) = also more frames and symbols written without spaces (library.tasks)"},
+    )  # fmt: skip
     train_size: int = field(default=20000, metadata={"help": "training examples"})
     validation_size: int = field(default=500, metadata={"help": "validation examples (learning curve)"})
     test_size: int = field(default=1000, metadata={"help": "test examples (also the size of test_pairs)"})
@@ -84,6 +89,11 @@ class DataArguments:
             "the binary machine is wired into train.py for --task arithmetic, sort, max and min",
         )
         _check(self.task != "min" or self.encoding == "binary", "task", "min of a list needs --encoding binary")
+        _check(
+            self.phrasings == "default" or (self.task == "arithmetic" and self.encoding == "binary"),
+            "phrasings",
+            "wide phrasings are for --task arithmetic --encoding binary",
+        )
         unknown = [op for op in self.operations.split(",") if op not in task_library.ARITHMETIC_TEMPLATES]
         _check(
             not unknown,
