@@ -67,17 +67,12 @@ def questions(per_phrasing: int, seed: int, max_digits: int = 5, negative_fracti
     """`per_phrasing` questions for every phrasing of `NEW_PHRASINGS`, with the columns of `arithmetic_task`'s
     binary rows (text, answer_text, operation, operands, digits) and the phrasing."""
     rng = random.Random(seed)
-
-    def operand(nonzero: bool) -> int:
-        digits = rng.randint(1, max_digits)
-        magnitude = rng.randrange(max(10 ** (digits - 1), int(nonzero)), 10**digits)
-        return -magnitude if rng.random() < negative_fraction else magnitude
-
     rows = []
     for operation, phrasings in NEW_PHRASINGS.items():
         for phrasing in phrasings:
             for _ in range(per_phrasing):
-                a, b = operand(False), operand(operation == "div")
+                a = task_library.signed_operand(rng, max_digits, negative_fraction)
+                b = task_library.signed_operand(rng, max_digits, negative_fraction, nonzero=operation == "div")
                 if operation == "div" and phrasing not in FLOOR_DIVISIONS:  # a multiple of b: comes out even
                     a = b * rng.randrange(10**max_digits // abs(b)) * (-1 if rng.random() < negative_fraction else 1)
                 answer = dcomp_isa.alu_signed(operation, a, b, 64)

@@ -390,6 +390,14 @@ def _features(answer: datasets.features.features.FeatureType, *extra: str) -> da
     )
 
 
+def signed_operand(rng: random.Random, max_digits: int, negative_fraction: float, nonzero: bool = False) -> int:
+    """An operand as people write them: a digit count uniform in 1..max_digits, a magnitude uniform among the
+    numbers of that many digits (1.. when `nonzero`), negative with probability `negative_fraction`."""
+    digits = rng.randint(1, max_digits)
+    magnitude = rng.randrange(max(10 ** (digits - 1), int(nonzero)), 10**digits)
+    return -magnitude if rng.random() < negative_fraction else magnitude
+
+
 @_disk_cached
 def arithmetic_task(
     n: int = 128,
@@ -424,19 +432,14 @@ def arithmetic_task(
     if phrasings not in PHRASINGS:
         raise ValueError(f"phrasings must be one of {sorted(PHRASINGS)}, not {phrasings!r}")
 
-    def signed(rng: random.Random, nonzero: bool) -> int:
-        assert max_digits is not None
-        digits = rng.randint(1, max_digits)
-        magnitude = rng.randrange(max(10 ** (digits - 1), int(nonzero)), 10**digits)
-        return -magnitude if rng.random() < negative_fraction else magnitude
-
     def draw(rng: random.Random, operation: str, variant: None) -> tuple[dict, dict]:
         nonzero = operation in NONZERO_SECOND_OPERAND
         if max_digits is None:
             a, b = rng.randrange(n), rng.randrange(int(nonzero), n)
             answer = dcomp_isa.alu_int(operation, a, b, n)
         else:
-            a, b = signed(rng, False), signed(rng, nonzero)
+            a = signed_operand(rng, max_digits, negative_fraction)
+            b = signed_operand(rng, max_digits, negative_fraction, nonzero)
             if operation == "div" and rng.random() < exact_division_fraction:
                 if abs(b) > abs(a) and a != 0:
                     a, b = (1 if a > 0 else -1) * abs(b), (1 if b > 0 else -1) * abs(a)
