@@ -187,6 +187,14 @@ class LlamaDCompConfig(LlamaConfig):
     tokens, the same however long the sequence is, where a hidden state drifts with the length (lists longer than
     in training, docs/RESULTS.md §8). 0: none."""
 
+    computer_selection_context: int = 0
+    """The program selection (§3.1) also adds a learned vote per token id for each of the last k tokens (the
+    position's own and the k − 1 before it; `selection_tokens (vocab, programs)`, zero at first), summed wherever
+    in the window a token stands: the word or symbol that names the operation ("minus", "//") then chooses the
+    program in a frame it was never trained in, where a hidden state mixes the frame in. Number tokens and a
+    number's sign vote nothing (the operands do not choose the operation). 0: none; needs
+    computer_output="tokens" (the read-out keeps the token ids under the cache)."""
+
     computer_readout_strength: float | int = 30.0
     """Initial value of the learned logit the "tokens" read-out adds to the token it writes (and subtracts from
     every number token at the end mark)."""
@@ -448,6 +456,12 @@ class LlamaDCompConfig(LlamaConfig):
             f"must be token ids in [0, vocab_size={self.vocab_size})",
         )
         require(self.computer_trigger_context >= 0, "computer_trigger_context", "must be >= 0")
+        require(self.computer_selection_context >= 0, "computer_selection_context", "must be >= 0")
+        require(
+            self.computer_selection_context == 0 or self.computer_output == "tokens",
+            "computer_selection_context",
+            'the selection\'s token votes need computer_output="tokens", which keeps the token ids',
+        )
         require(self.computer_copy_ordinals >= 1, "computer_copy_ordinals", "must be at least 1")
         require(self.computer_copy_dim >= 1, "computer_copy_dim", "must be at least 1")
         require(

@@ -97,7 +97,8 @@ class NumberTokens(nn.Module):
         value = torch.where(negative, -value, value)
         is_last = is_number & ~nn.functional.pad(is_number[:, 1:], (0, 1), value=False)
         readable = is_number & (value.abs() < self.cap)
-        return ReadNumbers(value, is_number, is_first, is_last, readable)
+        is_sign = nn.functional.pad(signed_start[:, 1:], (0, 1), value=False)  # the minus before a signed run
+        return ReadNumbers(value, is_number, is_first, is_last, readable, is_sign)
 
     # -------------------------------------------------------------------------------------------------- write
     def symbols(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -149,14 +150,15 @@ class NumberTokens(nn.Module):
 @dataclass
 class ReadNumbers:
     """What `NumberTokens.read` found, each `(batch, seq)`: at each number token the signed value of its run's
-    digits up to it (0 elsewhere); the number tokens; the first and last token of each run; and where the value
-    is readable (a number token whose magnitude is below the cap)."""
+    digits up to it (0 elsewhere); the number tokens; the first and last token of each run; where the value is
+    readable (a number token whose magnitude is below the cap); and the minus tokens read as a number's sign."""
 
     value: torch.Tensor
     is_number: torch.Tensor
     is_first: torch.Tensor
     is_last: torch.Tensor
     readable: torch.Tensor
+    is_sign: torch.Tensor
 
 
 @dataclass

@@ -138,10 +138,12 @@ ANSWER_FIELDS = (
     "computer_list_separator_ids",
     "computer_list_negative_separator_ids",
     "computer_trigger_context",
+    "computer_selection_context",
 )
-# The trigger's token-context logits are `TRIGGER_TOKEN_SCALE · trigger_tokens`: an Adam step moves an entry by about
-# the learning rate (3e-3 for the computer), so in these units a few hundred steps reach a logit of ±10.
-TRIGGER_TOKEN_SCALE = 32.0
+# The token-context logits of the trigger and the selection are `TOKEN_LOGIT_SCALE · trigger_tokens` (·
+# selection_tokens): an Adam step moves an entry by about the learning rate (3e-3 for the computer), so in these
+# units a few hundred steps reach a logit of ±10.
+TOKEN_LOGIT_SCALE = 32.0
 # Length (hex digits) of each field's hash in `convention_fingerprint`.
 FIELD_HEX = 8
 
@@ -473,7 +475,8 @@ class LlamaDCompComputer(nn.Module):
 
     For P selected positions with hidden states `h (P, hidden)`:
 
-    1. *select* (§3.1): `π = softmax(W_sel RMSNorm(h) / τ)` over the library programs; the machine's initial
+    1. *select* (§3.1): `π = softmax((W_sel RMSNorm(h) + v) / τ)` over the library programs, v the votes of the
+       last token ids (`selection_votes`, with `computer_selection_context`; else 0); the machine's initial
        program counter is the mixture of their entry lines, `c_0 = π · onehot(entry_points)` `(P, lines)`;
     2. *parse* (§3.1): a value for every input register and parsed memory cell from `W_parse RMSNorm(h)` — a
        softmax over the n values (unit encoding) or a sigmoid per bit (binary encoding) — mixed with a copy of a
@@ -522,6 +525,11 @@ class LlamaDCompComputer(nn.Module):
 
         self.norm = LlamaRMSNorm(hidden_size, eps=config.rms_norm_eps)
         self.select = selection_head(hidden_size, len(self.program_names))
+        self.selection_context = config.computer_selection_context
+        # learned selection votes of the last `selection_context` token ids (None: the hidden state alone selects)
+        self.selection_tokens = (
+            nn.Parameter(torch.empty(config.vocab_size, len(self.program_names))) if self.selection_context else None
+        )
         slots = len(self.input_registers) + self.memory_inputs
         self.parse = nn.Linear(hidden_size, slots * width, bias=False)
         self.copy_parse = CopyParse(config, slots) if config.computer_parse == "copy" else None
@@ -572,7 +580,7 @@ class LlamaDCompComputer(nn.Module):
         self, program: ProgramTensors, programs: Sequence[str], entry_points: Sequence[int], init_std: float
     ) -> None:
         """Replaces the library buffers (shapes may change) and resizes the selection head: rows of programs kept
-        (by name) are kept, rows of new programs are drawn from N(0, init_std²)."""
+        (by name) are kept, rows of new programs are drawn from N(0, init_std²) (their token votes start at 0)."""
         old_select, old_names = self.select, self.program_names
         select = selection_head(
             old_select.in_features, len(programs), device=old_select.weight.device, dtype=old_select.weight.dtype
@@ -583,6 +591,13 @@ class LlamaDCompComputer(nn.Module):
                 if name in old_names:
                     select.weight[row] = old_select.weight[old_names.index(name)]
         self.select = select
+        if self.selection_tokens is not None:  # the votes' columns follow the programs, new ones at 0
+            votes = self.selection_tokens.new_zeros(self.selection_tokens.shape[0], len(programs))
+            with torch.no_grad():
+                for column, name in enumerate(programs):
+                    if name in old_names:
+                        votes[:, column] = self.selection_tokens[:, old_names.index(name)]
+            self.selection_tokens = nn.Parameter(votes)
         self.program_names = list(programs)
         device = self.entry_points.device
         entry = torch.as_tensor(list(entry_points), dtype=torch.long, device=device)
@@ -674,7 +689,7 @@ class LlamaDCompComputer(nn.Module):
         return hidden_states
 
     def token_context_logits(self, history: ComputerCache, seq: int) -> torch.Tensor:
-        """s · Σ_j trigger_tokens[j, x_{t−j}] (s = `TRIGGER_TOKEN_SCALE`, j < k) for the call's `seq` positions t
+        """s · Σ_j trigger_tokens[j, x_{t−j}] (s = `TOKEN_LOGIT_SCALE`, j < k) for the call's `seq` positions t
         (the last of `history`): the trigger's logit from the ids of the last k tokens, padding and the sequence's
         start skipped. Every number token reads the row of the token "0": which digits a list ends with must not
         decide where to answer, and a rare chunk would otherwise keep the untrained row it started with."""
@@ -691,7 +706,7 @@ class LlamaDCompComputer(nn.Module):
             token = torch.where(self.numbers.token_value[token] >= 0, number_row, token)
             keep = valid[:, columns.clamp_min(0)] & inside
             logits = logits + torch.where(keep, self.trigger_tokens[j][token], 0.0)
-        return TRIGGER_TOKEN_SCALE * logits
+        return TOKEN_LOGIT_SCALE * logits
 
     @staticmethod
     def _write_plan(writes: torch.Tensor, plan: ReadoutPlan, absolute: torch.Tensor, row: int | None = None) -> None:
@@ -744,7 +759,12 @@ class LlamaDCompComputer(nn.Module):
         program = self.program
         dtype = program.op.dtype
         normed = self.norm(hidden_states[positions])  # (P, hidden)
-        selection_logits = self.select(normed).to(dtype) / self.temperature  # (P, programs)
+        selection_logits = self.select(normed).to(dtype)  # (P, programs)
+        if self.selection_tokens is not None:
+            assert history is not None  # the config requires the "tokens" read-out; the model input_ids
+            rows, columns = positions.nonzero(as_tuple=True)
+            selection_logits = selection_logits + self.selection_votes(history, rows, columns + past_length).to(dtype)
+        selection_logits = selection_logits / self.temperature
         program_probs = selection_logits.softmax(-1)
         logits = self.parse(normed).to(dtype).view(num_positions, self.num_slots, width)  # (P, slots, width)
         parsed = logits.sigmoid() if self.binary else logits.softmax(-1)  # bits, or a distribution over n values
@@ -786,6 +806,20 @@ class LlamaDCompComputer(nn.Module):
         if records is not None:
             records.append(run)
         return run
+
+    def selection_votes(self, history: ComputerCache, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        """s · Σ_{j<k} selection_tokens[x_{t−j}] `(P, programs)` (s = `TOKEN_LOGIT_SCALE`, k = `selection_context`)
+        at absolute position t = `columns (P,)` of row `rows (P,)`: each token id of the window votes for programs
+        wherever it stands in it; padding, number tokens and a number's sign vote nothing."""
+        assert self.selection_tokens is not None and self.numbers is not None
+        ids = history.input_ids[rows]  # (P, L)
+        read = self.numbers.read(ids)
+        valid = torch.ones_like(ids, dtype=torch.bool) if history.valid is None else history.valid[rows].bool()
+        steps = torch.arange(ids.shape[1], device=ids.device)
+        window = (steps <= columns[:, None]) & (steps > columns[:, None] - self.selection_context)  # (P, L)
+        voting = window & valid & ~read.is_number & ~read.is_sign
+        votes = self.selection_tokens[ids.clamp(0, self.selection_tokens.shape[0] - 1)]  # (P, L, programs)
+        return TOKEN_LOGIT_SCALE * (votes * voting[..., None].to(votes.dtype)).sum(1)
 
     def written_count(self, input_ids: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
         """How many numbers are written in `input_ids (batch, L)` up to (and at) absolute position `columns (P,)` of
@@ -950,6 +984,8 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
                 init.zeros_(module.end_logits)
                 if module.trigger_tokens is not None:
                     init.zeros_(module.trigger_tokens)
+            if module.selection_tokens is not None:
+                init.zeros_(module.selection_tokens)
             placeholder = halt_program(config)
             for name in PROGRAM_FIELDS:
                 init.copy_(getattr(module, f"program_{name}"), getattr(placeholder, name))
@@ -978,7 +1014,7 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
 
     def parameter_groups(self, learning_rates: Mapping[str, float]) -> list[dict]:
         """The optimizer's parameter groups, one learning rate each (as nanoGPT's `configure_optimizers`):
-        "parse" (the computer's parse heads, linear and copy), "computer" (its selection head, norm and gate),
+        "parse" (the computer's parse heads, linear and copy), "computer" (its selection head and votes, norm and gate),
         "embeddings" (embeddings, LM head, final norm, and W_out, which writes into the LM head's space) and
         "layers" (everything else: decoder layers, LoRA adapters); trainable parameters only, groups in name
         order. Parameters are grouped by name, so this also applies to a PEFT wrapper and, called as

@@ -23,7 +23,7 @@ import psutil
 import torch
 from transformers import set_seed
 
-from library.training.arguments import ArgumentError, parse_arguments, settings
+from library.training.arguments import ArgumentError, check_combinations, parse_arguments, settings
 from library.training.data import AnswerCollator, build_datasets, task_spec
 from library.training.metrics import ExactMatch, answer_predictions, evaluate_split
 from library.training.models import add_lora, build_model, build_tokenizer
@@ -48,14 +48,7 @@ PROCESS_START = psutil.Process().create_time()  # wall time counts from here: im
 def train(model_args, data_args, computer_args, training_args) -> dict:
     """Build data and model, train (resuming with `--resume`), evaluate every test split, write the Hub-ready
     output folder and run_summary.json; returns the summary."""
-    distill = computer_args.text_distillation_weight > 0
-    if distill and not (model_args.lora and data_args.text_fraction > 0):
-        raise ArgumentError("--text_distillation_weight: distils the base (adapters off) on ordinary text: it needs "
-                            "--lora and --text_fraction > 0")  # fmt: skip
-    if computer_args.parse_loss_weight > 0 and model_args.no_computer:
-        raise ArgumentError("--parse_loss_weight: supervises the computer's parse, and --no_computer has none")
-    if computer_args.trigger_positive_weight != 1 and model_args.no_computer:
-        raise ArgumentError("--trigger_positive_weight: weighs the computer's trigger, and --no_computer has none")
+    check_combinations(model_args, data_args, computer_args)
     output_dir = Path(training_args.output_dir)
     run_settings = settings(model_args, data_args, computer_args, training_args)
     command = shlex.join(["python", "train.py", *sys.argv[1:]])
@@ -79,7 +72,7 @@ def train(model_args, data_args, computer_args, training_args) -> dict:
         with_targets=answer_loss,
         with_slot_targets=parse_loss,
         list_answers=spec.count_register >= 0,
-        text_logits=distill,
+        text_logits=computer_args.text_distillation_weight > 0,
     )
     found = {}
     if with_computer and resume is None:  # a resumed run loads all of this from its checkpoint

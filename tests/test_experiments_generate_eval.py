@@ -9,7 +9,7 @@ from test_readout import calculator, smollm2_tokenizer
 from experiments.generate_eval import exact_match, raw_test_splits
 from library.training.arguments import DataArguments
 from library.training.data import build_datasets, task_spec
-from modeling_llama_dcomp import TRIGGER_TOKEN_SCALE
+from modeling_llama_dcomp import TOKEN_LOGIT_SCALE
 
 
 def rows(tokenizer, questions: list[tuple[str, str, list[int]]]) -> datasets.Dataset:
@@ -34,7 +34,7 @@ def test_the_parse_is_right_only_when_the_written_numbers_are_read_in_order():
     model = calculator(tokenizer, "add", computer_trigger_context=1)
     equals = tokenizer.encode(" =", add_special_tokens=False)[-1]
     with torch.no_grad():
-        model.computer.trigger_tokens[0, equals] = 20 / TRIGGER_TOKEN_SCALE  # compute after " =", the prompt's end
+        model.computer.trigger_tokens[0, equals] = 20 / TOKEN_LOGIT_SCALE  # compute after " =", the prompt's end
     questions = rows(tokenizer, [("Add 12 and 30 =", "42", [12, 30]), ("Add -5 and 7 =", "3", [-5, 7])])
     figures = exact_match(model, tokenizer, questions, batch_size=2, max_new_tokens=4)
     assert figures["all"] == (0.5, 2)  # -5 + 7 is 2, not the 3 this row expects

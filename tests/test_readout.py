@@ -15,6 +15,7 @@ from transformers import AutoTokenizer, pipeline
 import dcomp_isa
 from library.install import from_llama, number_vocabulary
 from library.tokenizer import llama3_tokenizer
+from modeling_llama_dcomp import TOKEN_LOGIT_SCALE
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -38,13 +39,14 @@ def tiny_llama_for(tokenizer, seed: int = 0):
     return tiny_llama(seed, vocab_size=len(tokenizer), **special)
 
 
-def calculator(tokenizer, program: str, seed: int = 0, **overrides):
-    """A tiny Llama with one binary program whose copy parse reads the first two numbers of the prompt."""
+def calculator(tokenizer, program: str | list[str], seed: int = 0, **overrides):
+    """A tiny Llama with one binary program (or several) whose copy parse reads the first two numbers of the
+    prompt."""
     llama = tiny_llama_for(tokenizer, seed)
     model = from_llama(
         llama,
         computer_layer=1,
-        library=[program],
+        library=[program] if isinstance(program, str) else program,
         tokenizer=tokenizer,
         **{
             "computer_encoding": "binary",
@@ -319,14 +321,14 @@ def test_a_trigger_from_the_last_token_ids_fires_alike_cached_uncached_and_left_
     """computer_trigger_context: the trigger adds learned logits of the last k token ids. Here it fires at a space
     that does not follow a comma: the final space of the prompt, and again in the answer's own text; the window
     crosses the cache boundary when decoding and skips the padding of a left-padded batch."""
-    from modeling_llama_dcomp import TRIGGER_TOKEN_SCALE
+    from modeling_llama_dcomp import TOKEN_LOGIT_SCALE
 
     tokenizer = TOKENIZERS[name]()
     model = list_computer(tokenizer, "sort")
     space, comma = tokenizer.encode(" ", add_special_tokens=False)[-1], tokenizer.encode(",", add_special_tokens=False)
     with torch.no_grad():
-        model.computer.trigger_tokens[0, space] = 10.0 / TRIGGER_TOKEN_SCALE  # +10 - 4 (the bias): fires
-        model.computer.trigger_tokens[1, comma[-1]] = -10.0 / TRIGGER_TOKEN_SCALE  # not after a comma
+        model.computer.trigger_tokens[0, space] = 10.0 / TOKEN_LOGIT_SCALE  # +10 - 4 (the bias): fires
+        model.computer.trigger_tokens[1, comma[-1]] = -10.0 / TOKEN_LOGIT_SCALE  # not after a comma
         model.computer.trigger_tokens[7, tokenizer.eos_token_id] = 3.0  # padding 7 back must not count
     inputs = tokenizer("Sort [12, -7, 3] ", return_tensors="pt")
     generated = model.generate(**inputs, max_new_tokens=10, do_sample=False)
@@ -339,14 +341,14 @@ def test_a_trigger_from_the_last_token_ids_fires_alike_cached_uncached_and_left_
 def test_every_number_token_reads_one_row_of_the_trigger_context(name):
     """Which digits a prompt ends with does not move the trigger: every number token reads the row of "0", so a
     rare chunk fires as a common one does, and the rows of other number tokens are never read."""
-    from modeling_llama_dcomp import TRIGGER_TOKEN_SCALE, record_computer_runs
+    from modeling_llama_dcomp import TOKEN_LOGIT_SCALE, record_computer_runs
 
     tokenizer = TOKENIZERS[name]()
     model = list_computer(tokenizer, "sort")
     zero, rare = (tokenizer.encode(text, add_special_tokens=False)[-1] for text in ("0", "356"))
     with torch.no_grad():
-        model.computer.trigger_tokens[0, zero] = 10.0 / TRIGGER_TOKEN_SCALE
-        model.computer.trigger_tokens[0, rare] = -50.0 / TRIGGER_TOKEN_SCALE  # not read: "356" reads the row of "0"
+        model.computer.trigger_tokens[0, zero] = 10.0 / TOKEN_LOGIT_SCALE
+        model.computer.trigger_tokens[0, rare] = -50.0 / TOKEN_LOGIT_SCALE  # not read: "356" reads the row of "0"
     last_logits = []
     for prompt in ("Sort 5, 30", "Sort 5, 356", "Sort 5, 7"):
         inputs = tokenizer(prompt, return_tensors="pt")
@@ -354,6 +356,78 @@ def test_every_number_token_reads_one_row_of_the_trigger_context(name):
             model(**inputs)
         last_logits.append(runs[0].trigger_logits[0, -1].item())
     assert last_logits[0] == last_logits[1] == last_logits[2] == pytest.approx(10.0 - 4.0)  # the bias is −4
+
+
+def voting_calculator(tokenizer, context: int):
+    """add and sub, selected by token votes alone: every minus token votes +10 for sub, so add (the first program)
+    wins a tie: where no minus votes."""
+    model = calculator(tokenizer, ["add", "sub"], computer_selection_context=context)
+    with torch.no_grad():
+        model.computer.select.weight.zero_()
+        model.computer.selection_tokens[model.config.computer_minus_token_ids, 1] = 10.0 / TOKEN_LOGIT_SCALE
+    return model
+
+
+@pytest.mark.parametrize("name", ["llama3", "smollm2"])
+def test_the_selection_votes_of_the_last_token_ids_choose_the_program(name):
+    """computer_selection_context: each of the last k token ids votes for programs wherever it stands in the
+    window; a minus further back, a number's sign and the digits themselves do not vote."""
+    from modeling_llama_dcomp import record_computer_runs
+
+    tokenizer = TOKENIZERS[name]()
+    model = voting_calculator(tokenizer, context=12)
+
+    def sub_margin(prompt: str) -> float:
+        """log π_sub − log π_add at the prompt's last token: the votes for sub."""
+        inputs = tokenizer(prompt, return_tensors="pt")
+        with record_computer_runs() as runs, torch.no_grad():
+            model(**inputs, computer_mask=last_token_mask(inputs.attention_mask))
+        log_probs = runs[0].program_probs[0].log()
+        return float(log_probs[1] - log_probs[0])
+
+    assert sub_margin("Then 12 - 7 = ") == pytest.approx(10.0, abs=1e-3)
+    assert sub_margin("Then 12 - 7 - 3 = ") == pytest.approx(20.0, abs=1e-3)  # two minus tokens: two votes
+    assert sub_margin("Then 12 and 7 = ") == 0.0
+    assert sub_margin("Then 12 plus -7 = ") == 0.0  # the minus is the sign of -7
+    far = "Then 12 - 7 and then a few more words that push it far out of the window = "
+    assert sub_margin(far) == 0.0
+
+
+@pytest.mark.parametrize("name", ["llama3", "smollm2"])
+def test_the_selection_votes_are_the_same_cached_uncached_batched_and_through_pipeline(name):
+    """The window crosses the cache boundary while decoding and skips the padding of a left-padded batch."""
+    tokenizer = TOKENIZERS[name]()
+    model = voting_calculator(tokenizer, context=6)
+    with torch.no_grad():
+        model.computer.trigger.bias.fill_(10.0)
+    assert_every_route_agrees(model, tokenizer, ["So 1234 - 7 = ", "What is 99 plus -100000, and 5 - 3? "], 12)
+
+
+def test_the_votes_round_trip_and_an_edited_window_fails_to_load_naming_it(tmp_path):
+    import json
+
+    from modeling_llama_dcomp import LibraryMismatchError, LlamaDCompForCausalLM
+
+    model = voting_calculator(smollm2_tokenizer(), context=6)
+    model.save_pretrained(tmp_path)
+    loaded = LlamaDCompForCausalLM.from_pretrained(tmp_path)
+    assert torch.equal(loaded.computer.selection_tokens, model.computer.selection_tokens)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "computer_selection_context": 7}))
+    with pytest.raises(LibraryMismatchError, match=r"config\.computer_selection_context="):
+        LlamaDCompForCausalLM.from_pretrained(tmp_path)
+
+
+def test_reinstalling_the_library_keeps_the_votes_of_programs_kept_by_name():
+    from library.install import install_library
+
+    tokenizer = smollm2_tokenizer()
+    model = voting_calculator(tokenizer, context=4)
+    votes = model.computer.selection_tokens.detach().clone()
+    install_library(model, ["mul", "sub"])
+    computer = model.computer
+    assert computer.selection_tokens.shape == votes.shape and computer.selection_tokens.requires_grad
+    assert torch.equal(computer.selection_tokens[:, 1], votes[:, 1]) and not computer.selection_tokens[:, 0].any()
 
 
 def test_the_count_register_gets_the_exact_number_of_written_numbers_whatever_the_linear_parse():
@@ -404,13 +478,13 @@ def test_a_prompt_that_goes_on_after_an_answered_number_is_answered_again_at_its
     """The trigger fires at every space: after "and" it answers the one number written so far (12345 + nothing),
     but the prompt goes on ("3", not that answer's first token), so the answer stops there and the final space
     computes anew from both numbers, instead of writing the rest of the stale answer ("345")."""
-    from modeling_llama_dcomp import TRIGGER_TOKEN_SCALE
+    from modeling_llama_dcomp import TOKEN_LOGIT_SCALE
 
     tokenizer = TOKENIZERS[name]()
     model = calculator(tokenizer, "add", computer_trigger_context=1)
     space = tokenizer.encode(" ", add_special_tokens=False)[-1]
     with torch.no_grad():
-        model.computer.trigger_tokens[0, space] = 20.0 / TRIGGER_TOKEN_SCALE
+        model.computer.trigger_tokens[0, space] = 20.0 / TOKEN_LOGIT_SCALE
     inputs = tokenizer("Add 12345 and 3 ", return_tensors="pt")
     generated = model.generate(**inputs, max_new_tokens=8, do_sample=False)
     assert tokenizer.decode(generated[0, inputs.input_ids.shape[1] :]).startswith("12348")

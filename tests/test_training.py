@@ -460,18 +460,29 @@ def test_text_distillation_needs_adapters_and_ordinary_text(argv, tmp_path):
         train.main(["--output_dir", str(tmp_path / "run"), "--text_distillation_weight", "1", *argv])
 
 
-@pytest.mark.parametrize(
-    "flag, message",
-    [
-        ("--parse_loss_weight", "supervises the computer's parse"),
-        ("--trigger_positive_weight", "weighs the computer's"),
-    ],
-)
-def test_the_computer_losses_need_the_computer(tmp_path, flag, message):
+COMPUTER_PARTS = [
+    ("--parse_loss_weight", "supervises the computer's parse"),
+    ("--trigger_positive_weight", "weighs the token read-out's trigger"),
+    ("--selection_context", "adds token votes to the selection of the token read-out's computer"),
+]
+
+
+@pytest.mark.parametrize("flag, message", COMPUTER_PARTS)
+def test_the_computer_settings_need_the_computer(tmp_path, flag, message):
     import train
 
-    with pytest.raises(SystemExit, match=f"{flag}: {message}.*, and --no_computer has none"):
+    with pytest.raises(SystemExit, match=f"{flag}: {message}, and --no_computer has none"):
         train.main(["--output_dir", str(tmp_path / "run"), flag, "2", "--no_computer"])
+
+
+@pytest.mark.parametrize("flag, message", COMPUTER_PARTS[1:])
+def test_the_token_read_out_settings_need_the_binary_machine(tmp_path, flag, message):
+    """The unit machine adds its output to the residual stream: it has no trigger and no token votes, so these
+    settings would be ignored there."""
+    import train
+
+    with pytest.raises(SystemExit, match=f"{flag}: {message}, and --encoding unit has none"):
+        train.main(["--output_dir", str(tmp_path / "run"), flag, "2", "--encoding", "unit"])
 
 
 def test_the_trigger_loss_weighs_its_positives():

@@ -185,6 +185,11 @@ class ComputerArguments:
         metadata={"help": "the token read-out's trigger loss: weight of its positives (an answer starts here) against "
                   "its negatives (every other position); > 1 trades a few false activations for fewer misses"},
     )  # fmt: skip
+    selection_context: int = field(
+        default=0,
+        metadata={"help": "--encoding binary: the program selection also adds learned votes of the last k token ids, "
+                  "wherever they stand in that window (computer_selection_context; 0: the hidden state alone)"},
+    )  # fmt: skip
     parse_init_scale: float = field(
         default=5.0, metadata={"help": "logit scale of the probe that initialises the parse heads (0: random)"}
     )
@@ -203,6 +208,7 @@ class ComputerArguments:
         _check_finite(self, "probe_ridge", "number_row_norm")
         _check_finite(self, "selection_temperature", "trigger_positive_weight", positive=True)
         _check(self.probe_examples >= 1, "probe_examples", f"must be >= 1, got {self.probe_examples}")
+        _check(self.selection_context >= 0, "selection_context", f"must be >= 0, got {self.selection_context}")
 
 
 @dataclass
@@ -295,6 +301,25 @@ def parse_arguments(
         return parser.parse_args_into_dataclasses(argv, look_for_args_file=False)
     except ValueError as error:
         parser.error(str(error))
+
+
+def check_combinations(model_args, data_args, computer_args) -> None:
+    """Arguments that are valid alone but not together: a computer setting without that part of the computer."""
+    distill = computer_args.text_distillation_weight > 0
+    if distill and not (model_args.lora and data_args.text_fraction > 0):
+        raise ArgumentError("--text_distillation_weight: distils the base (adapters off) on ordinary text: it needs "
+                            "--lora and --text_fraction > 0")  # fmt: skip
+    for argument, unset, needs in (
+        ("parse_loss_weight", 0.0, "supervises the computer's parse"),
+        ("trigger_positive_weight", 1.0, "weighs the token read-out's trigger"),
+        ("selection_context", 0, "adds token votes to the selection of the token read-out's computer"),
+    ):
+        if getattr(computer_args, argument) == unset:
+            continue
+        if model_args.no_computer:
+            raise ArgumentError(f"--{argument}: {needs}, and --no_computer has none")
+        if argument != "parse_loss_weight" and data_args.encoding != "binary":
+            raise ArgumentError(f"--{argument}: {needs}, and --encoding {data_args.encoding} has none (use binary)")
 
 
 def settings(model_args, data_args, computer_args, training_args) -> dict:

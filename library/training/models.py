@@ -91,6 +91,7 @@ def build_model(model_args, data_args, computer_args, spec: TaskSpec, tokenizer)
             computer_bits=data_args.bits,
             computer_output="tokens",
             computer_parse="linear" if computer_args.parse == "linear" else "copy",
+            computer_selection_context=computer_args.selection_context,
             **common,
             **(list_fields(spec, names) if spec.count_register >= 0 else {}),
         )
