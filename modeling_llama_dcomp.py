@@ -585,18 +585,16 @@ class LlamaDCompComputer(nn.Module):
         select = selection_head(
             old_select.in_features, len(programs), device=old_select.weight.device, dtype=old_select.weight.dtype
         )
+        kept = [(new, old_names.index(name)) for new, name in enumerate(programs) if name in old_names]
         with torch.no_grad():
             nn.init.normal_(select.weight, std=init_std)
-            for row, name in enumerate(programs):
-                if name in old_names:
-                    select.weight[row] = old_select.weight[old_names.index(name)]
+            for new, old in kept:
+                select.weight[new] = old_select.weight[old]
         self.select = select
         if self.selection_tokens is not None:  # the votes' columns follow the programs, new ones at 0
             votes = self.selection_tokens.new_zeros(self.selection_tokens.shape[0], len(programs))
-            with torch.no_grad():
-                for column, name in enumerate(programs):
-                    if name in old_names:
-                        votes[:, column] = self.selection_tokens[:, old_names.index(name)]
+            for new, old in kept:
+                votes[:, new] = self.selection_tokens[:, old].detach()
             self.selection_tokens = nn.Parameter(votes)
         self.program_names = list(programs)
         device = self.entry_points.device
