@@ -54,14 +54,14 @@ try:
     from .dcomp_circuits import BinaryALU, CircuitALU
     from .dcomp_isa import OP_INDEX, OP_NAMES
     from .dcomp_machine import MachineRun, MachineState, ProgramTensors, RegisterMachine, one_hot_values
-    from .dcomp_numbers import NumberTokens, ReadoutPlan
+    from .dcomp_numbers import NumberTokens, ReadNumbers, ReadoutPlan
 except ImportError:  # a checkout, where the run-time files are top-level modules
     from configuration_llama_dcomp import LlamaDCompConfig
     from dcomp_alu import TableALU
     from dcomp_circuits import BinaryALU, CircuitALU
     from dcomp_isa import OP_INDEX, OP_NAMES
     from dcomp_machine import MachineRun, MachineState, ProgramTensors, RegisterMachine, one_hot_values
-    from dcomp_numbers import NumberTokens, ReadoutPlan
+    from dcomp_numbers import NumberTokens, ReadNumbers, ReadoutPlan
 
 
 # Labels that the loss ignores (transformers' convention).
@@ -408,14 +408,13 @@ class CopyParse(nn.Module):
         rows: torch.Tensor,
         columns: torch.Tensor,
         sequence: CopyParseInputs,
-        numbers: NumberTokens,
+        read: ReadNumbers,
         values,
         linear: torch.Tensor,
     ) -> torch.Tensor:
         """`here (P, hidden)` normalised hidden states at the P positions `(rows, columns)` (absolute columns of
-        `sequence`), the value encoding `values` (`RegisterMachine.values`), `linear (P, slots, width)` → the
-        slots' values `(P, slots, width)`."""
-        read = numbers.read(sequence.input_ids)  # (batch, L) each
+        `sequence`), the numbers `read` in it (`NumberTokens.read`, `(batch, L)` each), the value encoding `values`
+        (`RegisterMachine.values`), `linear (P, slots, width)` → the slots' values `(P, slots, width)`."""
         ordinals = (read.is_first.long().cumsum(-1) - 1).clamp(0, self.ordinal.num_embeddings - 1)  # (batch, L)
         keys = sequence.keys[rows] + self.ordinal(ordinals[rows])  # (P, L, d)
         queries = self.query(here).view(len(rows), self.slots, self.dim)  # (P, slots, d)
@@ -757,26 +756,27 @@ class LlamaDCompComputer(nn.Module):
         program = self.program
         dtype = program.op.dtype
         normed = self.norm(hidden_states[positions])  # (P, hidden)
+        rows, columns = positions.nonzero(as_tuple=True)
+        columns = columns + past_length  # (P,) absolute: the columns of the history's tokens
+        read = None  # the numbers written so far, read once for the votes, the copy parse and the count
+        if history is not None and self.numbers is not None:
+            if self.selection_tokens is not None or self.copy_parse is not None or self.count_slot is not None:
+                read = self.numbers.read(history.input_ids)  # (batch, L) each
         selection_logits = self.select(normed).to(dtype)  # (P, programs)
         if self.selection_tokens is not None:
-            assert history is not None  # the config requires the "tokens" read-out; the model input_ids
-            rows, columns = positions.nonzero(as_tuple=True)
-            selection_logits = selection_logits + self.selection_votes(history, rows, columns + past_length).to(dtype)
+            assert history is not None and read is not None  # the config requires the "tokens" read-out
+            selection_logits = selection_logits + self.selection_votes(history, read, rows, columns).to(dtype)
         selection_logits = selection_logits / self.temperature
         program_probs = selection_logits.softmax(-1)
         logits = self.parse(normed).to(dtype).view(num_positions, self.num_slots, width)  # (P, slots, width)
         parsed = logits.sigmoid() if self.binary else logits.softmax(-1)  # bits, or a distribution over n values
         if self.copy_parse is not None:
-            assert history is not None and history.keys is not None and self.numbers is not None
-            rows, columns = positions.nonzero(as_tuple=True)
+            assert history is not None and history.keys is not None and read is not None
             sequence = CopyParseInputs(history.input_ids, history.keys)
-            parsed = self.copy_parse(
-                normed, rows, columns + past_length, sequence, self.numbers, self.machine.values, parsed
-            )
+            parsed = self.copy_parse(normed, rows, columns, sequence, read, self.machine.values, parsed)
         if self.count_slot is not None:  # the count of written numbers: exact, whatever the length
-            assert history is not None and self.numbers is not None
-            rows, columns = positions.nonzero(as_tuple=True)
-            counted = self.written_count(history.input_ids, rows, columns + past_length)  # (P,)
+            assert read is not None
+            counted = self.written_count(read, rows, columns)  # (P,)
             exact = self.machine.values.mixture(parsed.new_ones(num_positions, 1, 1), counted[:, None])
             slot = self.count_slot
             parsed = torch.cat([parsed[:, :slot], exact, parsed[:, slot + 1 :]], 1)
@@ -805,27 +805,29 @@ class LlamaDCompComputer(nn.Module):
             records.append(run)
         return run
 
-    def selection_votes(self, history: ComputerCache, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    def selection_votes(
+        self, history: ComputerCache, read: ReadNumbers, rows: torch.Tensor, columns: torch.Tensor
+    ) -> torch.Tensor:
         """s · Σ_{j<k} selection_tokens[x_{t−j}] `(P, programs)` (s = `TOKEN_LOGIT_SCALE`, k = `selection_context`)
-        at absolute position t = `columns (P,)` of row `rows (P,)`: each token id of the window votes for programs
-        wherever it stands in it; padding, number tokens and a number's sign vote nothing."""
-        assert self.selection_tokens is not None and self.numbers is not None
+        at absolute position t = `columns (P,)` of row `rows (P,)` of the history (its numbers `read`, `(batch, L)`
+        each): each token id of the window votes for programs wherever it stands in it; padding, number tokens and
+        a number's sign vote nothing."""
+        assert self.selection_tokens is not None
         ids = history.input_ids[rows]  # (P, L)
-        read = self.numbers.read(ids)
         valid = torch.ones_like(ids, dtype=torch.bool) if history.valid is None else history.valid[rows].bool()
         steps = torch.arange(ids.shape[1], device=ids.device)
         window = (steps <= columns[:, None]) & (steps > columns[:, None] - self.selection_context)  # (P, L)
-        voting = window & valid & ~read.is_number & ~read.is_sign
+        voting = window & valid & ~read.is_number[rows] & ~read.is_sign[rows]
         votes = self.selection_tokens[ids.clamp(0, self.selection_tokens.shape[0] - 1)]  # (P, L, programs)
         return TOKEN_LOGIT_SCALE * (votes * voting[..., None].to(votes.dtype)).sum(1)
 
-    def written_count(self, input_ids: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-        """How many numbers are written in `input_ids (batch, L)` up to (and at) absolute position `columns (P,)` of
-        row `rows (P,)`: the runs of number tokens `NumberTokens.read` finds, the numbers the copy parse's
-        ordinals 0, 1, … count. A list's length read this way needs no classifier (`library_count_register`)."""
-        assert self.numbers is not None
-        read = self.numbers.read(input_ids)
-        steps = torch.arange(input_ids.shape[1], device=input_ids.device)
+    @staticmethod
+    def written_count(read: ReadNumbers, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        """How many numbers are written up to (and at) absolute position `columns (P,)` of row `rows (P,)`, in a
+        sequence whose numbers are `read` (`NumberTokens.read`, `(batch, L)` each): the runs of number tokens, the
+        numbers the copy parse's ordinals 0, 1, … count. A list's length read this way needs no classifier
+        (`library_count_register`)."""
+        steps = torch.arange(read.is_first.shape[1], device=read.is_first.device)
         return (read.is_first[rows] & (steps <= columns[:, None])).sum(-1)
 
     @torch.no_grad()
