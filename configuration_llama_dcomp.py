@@ -195,6 +195,11 @@ class LlamaDCompConfig(LlamaConfig):
     number's sign vote nothing (the operands do not choose the operation). 0: none; needs
     computer_output="tokens" (the read-out keeps the token ids under the cache)."""
 
+    computer_selection_dropout: float = 0.0
+    """In training, each token vote of `computer_selection_context` is dropped with this probability (per token,
+    not rescaled): a phrasing with a word never trained on is a window with that word's vote missing, so the
+    other votes and the hidden state learn to choose without it. 0: keep every vote."""
+
     computer_readout_strength: float | int = 30.0
     """Initial value of the learned logit the "tokens" read-out adds to the token it writes (and subtracts from
     every number token at the end mark)."""
@@ -461,6 +466,12 @@ class LlamaDCompConfig(LlamaConfig):
             self.computer_selection_context == 0 or self.computer_output == "tokens",
             "computer_selection_context",
             'the selection\'s token votes need computer_output="tokens", which keeps the token ids',
+        )
+        require(0.0 <= self.computer_selection_dropout < 1.0, "computer_selection_dropout", "must be in [0, 1)")
+        require(
+            self.computer_selection_dropout == 0.0 or self.computer_selection_context > 0,
+            "computer_selection_dropout",
+            "drops token votes: it needs computer_selection_context > 0",
         )
         require(self.computer_copy_ordinals >= 1, "computer_copy_ordinals", "must be at least 1")
         require(self.computer_copy_dim >= 1, "computer_copy_dim", "must be at least 1")

@@ -525,6 +525,7 @@ class LlamaDCompComputer(nn.Module):
         self.norm = LlamaRMSNorm(hidden_size, eps=config.rms_norm_eps)
         self.select = selection_head(hidden_size, len(self.program_names))
         self.selection_context = config.computer_selection_context
+        self.selection_dropout = config.computer_selection_dropout
         # learned selection votes of the last `selection_context` token ids (None: the hidden state alone selects)
         self.selection_tokens = (
             nn.Parameter(torch.empty(config.vocab_size, len(self.program_names))) if self.selection_context else None
@@ -811,13 +812,15 @@ class LlamaDCompComputer(nn.Module):
         """s · Σ_{j<k} selection_tokens[x_{t−j}] `(P, programs)` (s = `TOKEN_LOGIT_SCALE`, k = `selection_context`)
         at absolute position t = `columns (P,)` of row `rows (P,)` of the history (its numbers `read`, `(batch, L)`
         each): each token id of the window votes for programs wherever it stands in it; padding, number tokens and
-        a number's sign vote nothing."""
+        a number's sign vote nothing; in training each vote is dropped with probability `selection_dropout`."""
         assert self.selection_tokens is not None
         ids = history.input_ids[rows]  # (P, L)
         valid = torch.ones_like(ids, dtype=torch.bool) if history.valid is None else history.valid[rows].bool()
         steps = torch.arange(ids.shape[1], device=ids.device)
         window = (steps <= columns[:, None]) & (steps > columns[:, None] - self.selection_context)  # (P, L)
         voting = window & valid & ~read.is_number[rows] & ~read.is_sign[rows]
+        if self.training and self.selection_dropout:
+            voting = voting & (torch.rand(voting.shape, device=voting.device) >= self.selection_dropout)
         votes = self.selection_tokens[ids.clamp(0, self.selection_tokens.shape[0] - 1)]  # (P, L, programs)
         return TOKEN_LOGIT_SCALE * (votes * voting[..., None].to(votes.dtype)).sum(1)
 

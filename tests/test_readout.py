@@ -358,39 +358,53 @@ def test_every_number_token_reads_one_row_of_the_trigger_context(name):
     assert last_logits[0] == last_logits[1] == last_logits[2] == pytest.approx(10.0 - 4.0)  # the bias is −4
 
 
-def voting_calculator(tokenizer, context: int):
+def voting_calculator(tokenizer, context: int, **overrides):
     """add and sub, selected by token votes alone: every minus token votes +10 for sub, so add (the first program)
     wins a tie: where no minus votes."""
-    model = calculator(tokenizer, ["add", "sub"], computer_selection_context=context)
+    model = calculator(tokenizer, ["add", "sub"], computer_selection_context=context, **overrides)
     with torch.no_grad():
         model.computer.select.weight.zero_()
         model.computer.selection_tokens[model.config.computer_minus_token_ids, 1] = 10.0 / TOKEN_LOGIT_SCALE
     return model
 
 
+def sub_margin(model, tokenizer, prompt: str) -> float:
+    """log π_sub − log π_add at the prompt's last token: the votes for sub (of `voting_calculator`)."""
+    from modeling_llama_dcomp import record_computer_runs
+
+    inputs = tokenizer(prompt, return_tensors="pt")
+    with record_computer_runs() as runs, torch.no_grad():
+        model(**inputs, computer_mask=last_token_mask(inputs.attention_mask))
+    log_probs = runs[0].program_probs[0].log()
+    return float(log_probs[1] - log_probs[0])
+
+
 @pytest.mark.parametrize("name", ["llama3", "smollm2"])
 def test_the_selection_votes_of_the_last_token_ids_choose_the_program(name):
     """computer_selection_context: each of the last k token ids votes for programs wherever it stands in the
     window; a minus further back, a number's sign and the digits themselves do not vote."""
-    from modeling_llama_dcomp import record_computer_runs
-
     tokenizer = TOKENIZERS[name]()
     model = voting_calculator(tokenizer, context=12)
-
-    def sub_margin(prompt: str) -> float:
-        """log π_sub − log π_add at the prompt's last token: the votes for sub."""
-        inputs = tokenizer(prompt, return_tensors="pt")
-        with record_computer_runs() as runs, torch.no_grad():
-            model(**inputs, computer_mask=last_token_mask(inputs.attention_mask))
-        log_probs = runs[0].program_probs[0].log()
-        return float(log_probs[1] - log_probs[0])
-
-    assert sub_margin("Then 12 - 7 = ") == pytest.approx(10.0, abs=1e-3)
-    assert sub_margin("Then 12 - 7 - 3 = ") == pytest.approx(20.0, abs=1e-3)  # two minus tokens: two votes
-    assert sub_margin("Then 12 and 7 = ") == 0.0
-    assert sub_margin("Then 12 plus -7 = ") == 0.0  # the minus is the sign of -7
+    assert sub_margin(model, tokenizer, "Then 12 - 7 = ") == pytest.approx(10.0, abs=1e-3)
+    assert sub_margin(model, tokenizer, "Then 12 - 7 - 3 = ") == pytest.approx(20.0, abs=1e-3)  # two votes
+    assert sub_margin(model, tokenizer, "Then 12 and 7 = ") == 0.0
+    assert sub_margin(model, tokenizer, "Then 12 plus -7 = ") == 0.0  # the minus is the sign of -7
     far = "Then 12 - 7 and then a few more words that push it far out of the window = "
-    assert sub_margin(far) == 0.0
+    assert sub_margin(model, tokenizer, far) == 0.0
+
+
+def test_the_selection_dropout_drops_single_votes_in_training_only():
+    """computer_selection_dropout: in training each vote is kept or dropped alone (the margin of three minus votes
+    is 0, 10, 20 or 30, and varies); in evaluation every vote counts."""
+    tokenizer = TOKENIZERS["smollm2"]()
+    model = voting_calculator(tokenizer, context=12, computer_selection_dropout=0.5)
+    prompt = "Then 12 - 7 - 3 - 1 = "
+    assert sub_margin(model, tokenizer, prompt) == pytest.approx(30.0, abs=1e-3)
+    model.train()
+    torch.manual_seed(0)
+    margins = {round(sub_margin(model, tokenizer, prompt)) for _ in range(24)}
+    assert margins <= {0, 10, 20, 30} and len(margins) >= 3, margins
+    assert sub_margin(model.eval(), tokenizer, prompt) == pytest.approx(30.0, abs=1e-3)
 
 
 @pytest.mark.parametrize("name", ["llama3", "smollm2"])

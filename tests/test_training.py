@@ -103,6 +103,8 @@ def test_one_json_or_yaml_file_holds_the_arguments(tmp_path, suffix):
         (["--gate_init", "nan"], "--gate_init: must be a finite number, got nan"),
         (["--selection_temperature", "0"], "--selection_temperature: must be > 0, got 0.0"),
         (["--trigger_positive_weight", "0"], "--trigger_positive_weight: must be > 0, got 0.0"),
+        (["--selection_context", "8", "--selection_dropout", "1"], "--selection_dropout: must be in [0, 1), got 1.0"),
+        (["--selection_dropout", "0.5"], "--selection_dropout: drops the token votes of --selection_context: give"),
         (["--phrasings", "wide"], "--phrasings: wide phrasings are for --task arithmetic --encoding binary"),
         (["--model", "/nonexistent/llama"], "--model: /nonexistent/llama does not exist"),
     ],

@@ -190,6 +190,11 @@ class ComputerArguments:
         metadata={"help": "--encoding binary: the program selection also adds learned votes of the last k token ids, "
                   "wherever they stand in that window (computer_selection_context; 0: the hidden state alone)"},
     )  # fmt: skip
+    selection_dropout: float = field(
+        default=0.0,
+        metadata={"help": "--selection_context: in training, drop each token vote with this probability, so a word "
+                  "never trained on (its vote missing) still selects (computer_selection_dropout)"},
+    )  # fmt: skip
     parse_init_scale: float = field(
         default=5.0, metadata={"help": "logit scale of the probe that initialises the parse heads (0: random)"}
     )
@@ -209,6 +214,12 @@ class ComputerArguments:
         _check_finite(self, "selection_temperature", "trigger_positive_weight", positive=True)
         _check(self.probe_examples >= 1, "probe_examples", f"must be >= 1, got {self.probe_examples}")
         _check(self.selection_context >= 0, "selection_context", f"must be >= 0, got {self.selection_context}")
+        _check(0 <= self.selection_dropout < 1, "selection_dropout", f"must be in [0, 1), got {self.selection_dropout}")
+        _check(
+            self.selection_dropout == 0 or self.selection_context > 0,
+            "selection_dropout",
+            "drops the token votes of --selection_context: give --selection_context > 0",
+        )
 
 
 @dataclass

@@ -92,6 +92,7 @@ def build_model(model_args, data_args, computer_args, spec: TaskSpec, tokenizer)
             computer_output="tokens",
             computer_parse="linear" if computer_args.parse == "linear" else "copy",
             computer_selection_context=computer_args.selection_context,
+            computer_selection_dropout=computer_args.selection_dropout,
             **common,
             **(list_fields(spec, names) if spec.count_register >= 0 else {}),
         )
