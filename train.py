@@ -8,7 +8,7 @@
     torchrun --nproc_per_node 2 train.py ...         # data parallel (gloo on CPU, NCCL + bf16 on CUDA)
     python train.py predict --model runs/default "Add 3 and 4"
 
-Every `TrainingArguments` flag works (`--bf16`, `--gradient_checkpointing`, `--report_to`, `--push_to_hub`, ...),
+Every `TrainingArguments` flag works (`--bf16`, `--activation_checkpointing`, `--report_to`, `--push_to_hub`, ...),
 spelled `--name` or `--name-with-dashes`. The output folder is Hub-ready (weights, code files, tokenizer, model
 card) and holds `run_summary.json`. The recipe, why it learns in minutes, and the run's guarantees (locked output
 folder, non-finite stop, checked resume): docs/TRAINING.md.

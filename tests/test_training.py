@@ -67,11 +67,11 @@ def test_defaults_are_the_papers_calculator_run():
 
 def test_every_trainer_flag_and_both_spellings_work():
     _, data_args, computer_args, training_args = arguments(
-        "--train-size", "7", "--no-reversed-programs", "--gradient_checkpointing", "--torch_compile", "false",
+        "--train-size", "7", "--no-reversed-programs", "--activation_checkpointing", "--torch_compile", "false",
         "--report_to", "none", "--learning-rate", "0.5", "--output-dir", "elsewhere", "--weight_decay", "0.1",
     )  # fmt: skip
     assert data_args.train_size == 7 and not computer_args.reversed_programs
-    assert training_args.gradient_checkpointing and not training_args.torch_compile
+    assert training_args.activation_checkpointing and not training_args.torch_compile
     assert training_args.learning_rate == 0.5 and training_args.output_dir == "elsewhere"
     assert training_args.report_to == [] and training_args.weight_decay == 0.1
 

@@ -1,5 +1,5 @@
 """train.py's arguments, on the `run_clm.py` convention: dataclasses for the task data, the model and the computer
-with its recipe, next to `TrainingArguments` (every Trainer flag: `--bf16`, `--gradient_checkpointing`,
+with its recipe, next to `TrainingArguments` (every Trainer flag: `--bf16`, `--activation_checkpointing`,
 `--report_to`, `--push_to_hub`, `--torch_compile`, ...), parsed by `HfArgumentParser` from the command line
 (`--name` or `--name-with-dashes`) or from one JSON/YAML file. Each dataclass checks its values in
 `__post_init__` and names the argument at fault."""
