@@ -63,6 +63,14 @@ def parsed_inputs(model, run, width: int) -> dict[int, list[int]]:
     }
 
 
+def left_padded(prompts: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists as one left-padded batch, as `generate()` wants it: input_ids and attention_mask `(batch, width)`."""
+    width = max(map(len, prompts))
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    return ids, mask
+
+
 @torch.no_grad()
 def exact_match(model, tokenizer, rows, batch_size: int, max_new_tokens: int) -> dict:
     right: dict[str, list[bool]] = defaultdict(list)
@@ -70,9 +78,8 @@ def exact_match(model, tokenizer, rows, batch_size: int, max_new_tokens: int) ->
     for start in range(0, len(rows), batch_size):
         batch = rows.select(range(start, min(start + batch_size, len(rows))))
         prompts = [row["input_ids"][: row["answer_position"] + 1] for row in batch]
-        width = max(map(len, prompts))
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        ids, mask = left_padded(prompts, pad)
+        width = ids.shape[1]
         with runs_of(model)() as runs:
             output = model.generate(
                 input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad

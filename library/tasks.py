@@ -41,7 +41,9 @@ EOS, so the model reads `BOS text ␣ answer_text EOS` (LLaMA-3: "Add 3 and 4" +
 [128000, 2261, 220, 18, 323, 220, 19, 220, 22, 128001]; the space before a number is a token of its own).
 Labels are -100 on the prompt (BOS and the space included) and padding, and the token ids on the answer and
 its EOS. `answer_position` is the index of the last prompt token (the space): the position whose next-token
-logits must give the first answer token, where the differentiable computer's result is needed.
+logits must give the first answer token, where the differentiable computer's result is needed. Training may also
+end plain prompts otherwise (`PLAIN_ENDINGS`: "Q: … A:", no final space, …); where no space ends the prompt, the
+model writes it, and the answer follows as after "text ".
 """
 
 from __future__ import annotations
@@ -186,6 +188,19 @@ LIST_EXPRESSIONS: dict[str, tuple[str, ...]] = {
         "pick the smallest of the numbers {values}",
     ),
 }
+# Other ways a plain prompt ends than train.py's "{text} " (`tokenize_for_causal_lm(ending_fraction=...)`): with no
+# space, on its own line, and question-and-answer frames. experiments/prompt_endings measures the GPT-3 arithmetic
+# benchmark's "Question: {text}\nAnswer:", a combination of these frames that none of them is.
+PLAIN_ENDINGS: tuple[str, ...] = (
+    "{text}",
+    "{text}\n",
+    "{text} Answer:",
+    "{text}\nAnswer:",
+    "Q: {text}\nA:",
+    "Question: {text}\nResult:",
+)
+ENDING_SEED = 1  # `_held_out`'s seed for the ending share (the chat share uses 0): the two are drawn apart
+
 # How a list is written in a prompt ({values} of a list phrasing), issue 13.
 LIST_FORMATS: dict[str, Callable[[list[str]], str]] = {
     "comma": lambda values: ", ".join(values),  # 3, 1, 2
@@ -599,12 +614,16 @@ def tokenize_for_causal_lm(
     tokenizer,
     max_length: int | None = None,
     chat_fraction: float = 0.0,
+    ending_fraction: float = 0.0,
 ) -> datasets.Dataset | datasets.DatasetDict:
     """Adds `input_ids`, `attention_mask`, `labels` and `answer_position` to a task Dataset or DatasetDict.
 
     Format (module docstring): prompt `text + " "` with BOS, then `answer_text` and EOS; labels -100 except on
     the answer tokens and EOS. A share `chat_fraction` of the prompts (chosen by a hash of the text) is instead
-    the tokenizer's chat template around `text` as the user's message, up to the assistant's turn.
+    the tokenizer's chat template around `text` as the user's message, up to the assistant's turn. A share
+    `ending_fraction` of the other (plain) prompts ends in one of `PLAIN_ENDINGS` instead (by another hash of the
+    text); after an ending without a final space or line break, the space is the answer's first token, written by
+    the model (labelled), and `answer_position` is at that space, as in a prompt that ends with it.
     max_length None leaves rows unpadded (pad batches with a collator that pads
     labels with -100 on the right, e.g. `DataCollatorForSeq2Seq`); an int pads every row to max_length with
     `tokenizer.pad_token_id` on `tokenizer.padding_side` (answer_position counts the padding) and raises
@@ -614,21 +633,28 @@ def tokenize_for_causal_lm(
     def chat(text: str) -> bool:
         return _held_out([text], 0, chat_fraction) if 0 < chat_fraction < 1 else chat_fraction == 1
 
-    def prompt_tokens(text: str) -> list[int]:
-        if not chat(text):
-            return tokenizer(text + " ")["input_ids"]
-        messages = [{"role": "user", "content": text}]
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        return list(ids["input_ids"] if isinstance(ids, Mapping) else ids)
+    space = tokenizer(" ", add_special_tokens=False)["input_ids"][-1:]
+
+    def prompt_tokens(text: str) -> tuple[list[int], list[int]]:
+        """The prompt's tokens, and the tokens the model writes before the answer's own (a space, or none)."""
+        if chat(text):
+            messages = [{"role": "user", "content": text}]
+            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            return list(ids["input_ids"] if isinstance(ids, Mapping) else ids), []
+        if not _held_out([text], ENDING_SEED, ending_fraction):
+            return tokenizer(text + " ")["input_ids"], []
+        digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+        prompt = PLAIN_ENDINGS[int.from_bytes(digest, "little") % len(PLAIN_ENDINGS)].format(text=text)
+        return tokenizer(prompt)["input_ids"], [] if prompt[-1].isspace() else space
 
     def encode(batch: dict) -> dict:
-        prompt_ids = [prompt_tokens(text) for text in batch["text"]]
+        prompts = [prompt_tokens(text) for text in batch["text"]]
         # The answer as generate() writes it: its own tokens after the prompt's (a tokenizer could otherwise
         # merge the prompt's final space with the answer's minus sign: LLaMA-3's " -").
         answer_ids = tokenizer(list(batch["answer_text"]), add_special_tokens=False)["input_ids"]
         out = {"input_ids": [], "attention_mask": [], "labels": [], "answer_position": []}
-        for prompt, answer in zip(prompt_ids, answer_ids):
-            ids = prompt + answer + [tokenizer.eos_token_id]
+        for (prompt, spoken), answer in zip(prompts, answer_ids):
+            ids = prompt + spoken + answer + [tokenizer.eos_token_id]
             labels = [-100] * len(prompt) + ids[len(prompt) :]
             padding = 0 if max_length is None else max_length - len(ids)
             if padding < 0:
@@ -637,11 +663,12 @@ def tokenize_for_causal_lm(
             out["input_ids"].append(_pad(ids, tokenizer.pad_token_id, padding, left))
             out["attention_mask"].append(_pad([1] * len(ids), 0, padding, left))
             out["labels"].append(_pad(labels, -100, padding, left))
-            out["answer_position"].append(left * padding + len(prompt) - 1)
+            out["answer_position"].append(left * padding + len(prompt) + len(spoken) - 1)
         return out
 
     # `map` would fingerprint its closure, tokenizer included, twice per split (~0.3 s each): hash it once.
-    key = fingerprint(datasets.fingerprint.Hasher.hash(tokenizer), f"{max_length}:{chat_fraction}", _SOURCE_KEY)
+    settings = f"{max_length}:{chat_fraction}:{ending_fraction}"
+    key = fingerprint(datasets.fingerprint.Hasher.hash(tokenizer), settings, _SOURCE_KEY)
 
     def apply(split: datasets.Dataset) -> datasets.Dataset:
         new_fingerprint = fingerprint(split._fingerprint, key)

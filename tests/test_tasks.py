@@ -1,5 +1,6 @@
 """Task datasets (library/tasks.py): determinism, held-out splits, answers, the causal-LM format."""
 
+import collections
 import hashlib
 
 import datasets
@@ -14,6 +15,7 @@ from library.tasks import (
     LIST_FORMATS,
     LIST_TEMPLATES,
     PHRASINGS,
+    PLAIN_ENDINGS,
     arithmetic_task,
     composable,
     compose,
@@ -410,3 +412,32 @@ def test_signed_lists_in_every_format_with_duplicates(kind, cache):
         list_task("min", cache_dir=cache)
     with pytest.raises(ValueError, match="unknown list formats"):
         list_task("sort", formats=("csv",), max_digits=2, cache_dir=cache)
+
+
+@pytest.mark.parametrize("name", ["llama3", "smollm2"])
+def test_an_ending_share_of_plain_prompts_ends_otherwise_and_the_model_writes_a_missing_space(name):
+    from test_readout import TOKENIZERS
+
+    tokenizer = TOKENIZERS[name]()
+    space = tokenizer(" ", add_special_tokens=False)["input_ids"][0]
+    texts = [f"What is {a} minus 50?" for a in range(80)]
+    data = datasets.Dataset.from_dict({"text": texts, "answer_text": [str(a - 50) for a in range(80)]})
+    used = collections.Counter()
+    for text, row in zip(texts, tokenize_for_causal_lm(data, tokenizer, ending_fraction=0.5)):
+        answer = tokenizer(str(int(text.split()[2]) - 50), add_special_tokens=False)["input_ids"]
+        answer += [tokenizer.eos_token_id]
+        position = row["answer_position"]  # after it, the answer's own tokens, minus sign included, as after "text "
+        assert row["input_ids"][position + 1 :] == row["labels"][position + 1 :] == answer
+        assert row["labels"][:position] == [-100] * position
+        written = row["labels"][position] != -100  # the model writes the space that the prompt does not end with
+        prompt = row["input_ids"][: position + (not written)]
+        endings = ("{text} ",) + PLAIN_ENDINGS
+        ending = next(e for e in endings if tokenizer(e.format(text=text))["input_ids"] == prompt)
+        assert written == (not ending[-1].isspace())
+        assert not written or row["input_ids"][position] == row["labels"][position] == space
+        used[ending] += 1
+    assert 20 <= used["{text} "] <= 60 and len(used) >= 5, used
+    assert tokenize_for_causal_lm(data, tokenizer)["input_ids"] == [
+        tokenizer(t + " ")["input_ids"] + tokenizer(a, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        for t, a in zip(texts, data["answer_text"])
+    ]

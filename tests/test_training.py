@@ -106,6 +106,8 @@ def test_one_json_or_yaml_file_holds_the_arguments(tmp_path, suffix):
         (["--selection_context", "8", "--selection_dropout", "1"], "--selection_dropout: must be in [0, 1), got 1.0"),
         (["--selection_dropout", "0.5"], "--selection_dropout: drops the token votes of --selection_context: give"),
         (["--phrasings", "wide"], "--phrasings: wide phrasings are for --task arithmetic --encoding binary"),
+        (["--ending_fraction", "0.3"], "--ending_fraction: other prompt endings are for --task arithmetic --encoding"),
+        (["--encoding", "binary", "--ending_fraction", "2"], "--ending_fraction: must be in [0, 1], got 2.0"),
         (["--model", "/nonexistent/llama"], "--model: /nonexistent/llama does not exist"),
     ],
 )
@@ -614,6 +616,22 @@ def test_ordinary_text_rows_train_only_the_trigger(cache):
 
     found = initialise(model, tokenizer, spec, train, None, computer_args, from_scratch=True)
     assert found["copying"] == {0: 0, 1: 1}  # not diluted by the numbers of the docstrings
+
+
+def test_other_prompt_endings_are_in_the_training_rows_alone(cache):
+    """--ending_fraction: some plain training prompts end otherwise (the model then writes the space before the
+    answer, a labelled token); every test split asks as train.py writes prompts, "text " or the chat template."""
+    *_, tokenizer, data = task(
+        "--encoding", "binary", "--ending_fraction", "0.5", "--train_size", "60", "--validation_size", "4",
+        "--test_size", "8",
+    )  # fmt: skip
+
+    def ends_with_the_space(row: dict) -> bool:
+        prompt = row["input_ids"][: row["answer_position"] + 1]
+        return prompt == tokenizer(row["text"] + " ")["input_ids"] and row["labels"][len(prompt) - 1] == -100
+
+    assert 10 <= sum(not ends_with_the_space(row) for row in data["train"]) <= 50
+    assert all(ends_with_the_space(row) for name in ("validation", "test", "test_pairs") for row in data[name])
 
 
 def test_ordinary_text_is_for_the_token_read_out(capsys):

@@ -65,6 +65,12 @@ class DataArguments:
         metadata={"help": "binary: share of training rows that are ordinary text (docstrings of installed packages, "
                   "library.texts) where the computer must stay silent: the trigger's negatives"},
     )  # fmt: skip
+    ending_fraction: float = field(
+        default=0.0,
+        metadata={"help": "binary arithmetic: share of the plain training prompts that end otherwise than with a "
+                  "space (no space, a line break, \"Answer:\" frames: library.tasks.PLAIN_ENDINGS); test splits "
+                  "keep train.py's own ending"},
+    )  # fmt: skip
     operations: str = field(default="add,sub,mul,div", metadata={"help": "arithmetic operations, comma-separated"})
     phrasings: Literal["default", "wide"] = field(
         default="default",
@@ -93,6 +99,12 @@ class DataArguments:
             self.phrasings == "default" or (self.task == "arithmetic" and self.encoding == "binary"),
             "phrasings",
             "wide phrasings are for --task arithmetic --encoding binary",
+        )
+        _check(0 <= self.ending_fraction <= 1, "ending_fraction", f"must be in [0, 1], got {self.ending_fraction}")
+        _check(
+            self.ending_fraction == 0 or (self.task == "arithmetic" and self.encoding == "binary"),
+            "ending_fraction",
+            "other prompt endings are for --task arithmetic --encoding binary",
         )
         unknown = [op for op in self.operations.split(",") if op not in task_library.ARITHMETIC_TEMPLATES]
         _check(

@@ -1,0 +1,85 @@
+"""Exact match of a binary-arithmetic train.py run when a plain question ends otherwise than train.py writes it
+(the question, then a space): with no space, with a line break, and in the format of the GPT-3 arithmetic
+benchmark (lm-eval's `arithmetic` tasks: "Question: What is 98 plus 45?\\nAnswer:"), through plain `generate()` in
+left-padded batches, greedy. The questions are the run's `test_pairs` split (training phrasings, held-out
+operands), all asked without the chat template. An answer is right when the generated text starts with it, after
+spaces at most, and no digit follows it: after an ending without a space the model has to write the space itself
+(or not), and the benchmark scores how a continuation starts, not what comes after the number.
+
+    python -m experiments.prompt_endings --model runs/smol_lora [--limit 200] [--report endings.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from experiments.common import markdown_table
+from experiments.generate_eval import left_padded, raw_test_splits, run_settings
+from library.loading import load_model, load_tokenizer
+
+# Ending name -> the plain prompt around a question's text; the first is train.py's own.
+ENDINGS: dict[str, str] = {
+    "space (as trained)": "{text} ",
+    "no space": "{text}",
+    "line break": "{text}\n",
+    "GPT-3 arithmetic format": "Question: {text}\nAnswer:",
+}
+LEADING_NUMBER = re.compile(r"[ \t]*(-?\d+)(?!\d)")
+
+
+@torch.no_grad()
+def leading_numbers(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int) -> list[str | None]:
+    """The number each prompt's greedy continuation starts with (special tokens dropped, spaces before it
+    allowed), or None where it starts otherwise."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    numbers: list[str | None] = []
+    for start in range(0, len(prompts), batch_size):
+        ids, mask = left_padded([tokenizer(p)["input_ids"] for p in prompts[start : start + batch_size]], pad)
+        output = model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad
+        )
+        texts = tokenizer.batch_decode(output[:, ids.shape[1] :], skip_special_tokens=True)
+        numbers += [match[1] if (match := LEADING_NUMBER.match(text)) else None for text in texts]
+    return numbers
+
+
+def exact_match_by_ending(model, tokenizer, rows, batch_size: int = 32, max_new_tokens: int = 24) -> dict:
+    """`{group: (share right, n)}` for every ending of `ENDINGS`, overall and per operation and digit count."""
+    right: dict[str, list[bool]] = defaultdict(list)
+    for ending, form in ENDINGS.items():
+        prompts = [form.format(text=text) for text in rows["text"]]
+        for row, number in zip(rows, leading_numbers(model, tokenizer, prompts, batch_size, max_new_tokens)):
+            for group in ("all", row["operation"], f"{row['digits']} digits"):
+                right[f"{ending}: {group}"].append(number == row["answer_text"])
+    return {group: (sum(values) / len(values), len(values)) for group, values in right.items()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--limit", type=int, default=None, help="first rows of test_pairs")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--report", type=Path, default=None, help="write the figures as JSON here")
+    args = parser.parse_args(argv)
+    settings = run_settings(args.model)
+    if settings["data"].get("task") != "arithmetic" or settings["data"].get("encoding") != "binary":
+        raise ValueError(f"{args.model}: not a binary-arithmetic run (--task arithmetic --encoding binary)")
+    model = load_model(args.model).eval()
+    tokenizer = load_tokenizer(args.model)
+    rows = raw_test_splits(settings, ["test_pairs"], args.limit)["test_pairs"]
+    figures = exact_match_by_ending(model, tokenizer, rows, args.batch_size)
+    table = [[group, f"{share:.1%}", count] for group, (share, count) in figures.items()]
+    print(markdown_table(["questions", "exact match", "n"], table))
+    if args.report:
+        args.report.write_text(json.dumps(figures, indent=2))
+    return figures
+
+
+if __name__ == "__main__":
+    main()
