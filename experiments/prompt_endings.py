@@ -4,7 +4,9 @@ benchmark (lm-eval's `arithmetic` tasks: "Question: What is 98 plus 45?\\nAnswer
 left-padded batches, greedy. The questions are the run's `test_pairs` split (training phrasings, held-out
 operands), all asked without the chat template. An answer is right when the generated text starts with it, after
 spaces at most, and no digit follows it: after an ending without a space the model has to write the space itself
-(or not), and the benchmark scores how a continuation starts, not what comes after the number.
+(or not), and the benchmark scores how a continuation starts, not what comes after the number. A run trained with
+`--ending_fraction` saw the no-space and line-break endings and the frames of `library.tasks.PLAIN_ENDINGS`; the
+benchmark's format is a combination of those frames that none of them is.
 
     python -m experiments.prompt_endings --model runs/smol_lora [--limit 200] [--report endings.json]
 """
