@@ -1,7 +1,6 @@
 """TableALU (eq. 7 / eq. 11 without the dense table) against the literal dense table and `dcomp_isa`."""
 
 import functools
-import time
 
 import pytest
 import torch
@@ -196,14 +195,12 @@ def test_chunked_equals_unchunked():
         torch.testing.assert_close(chunked, unchunked, atol=1e-13, rtol=0)
 
 
-def test_paths_and_table_bytes_and_build_time():
+def test_paths_and_table_bytes():
     assert TableALU(8, "table").table_ops == ALU_OPS and TableALU(8, "table").closed_form_ops == ()
     assert set(TableALU(8).table_ops) == {"add", "sub", "mul", "div", "mod"}  # no FFT below FFT_MIN_N
     assert TableALU(128).table_bytes() <= 1 << 20
     assert TableALU(128, "table").table_bytes() <= 1 << 20
-    start = time.perf_counter()
     alu = TableALU(1024)
-    assert time.perf_counter() - start < 2.0
     assert 0 < alu.table_bytes() <= 10 << 20
     assert alu.index_tables.dtype == torch.int16 and TableALU(256).index_tables.dtype == torch.uint8
 
