@@ -215,6 +215,11 @@ class LlamaDCompConfig(LlamaConfig):
     after another number, makes it negative ("-42", "x = -3"; "5-3" and "5 - 3" stay 5 and 3); the "tokens"
     read-out writes the first of them before a negative value."""
 
+    computer_joined_minus_token_ids: list[int] = field(default_factory=list)
+    """Those of `computer_minus_token_ids` that write a symbol and then the minus ("*-", "=-", "(-", "//-": how
+    LLaMA-3 and SmolLM2 write "12*-7", "x=-3"). The symbol stands between the minus and any number before it, so
+    the number after one is negative even directly after another number: "12*-7" is 12 and −7."""
+
     computer_gate_init: float | int = 0.0
     """Initial value of the learned output gate; 0.0 leaves the base Llama's outputs exactly unchanged."""
 
@@ -460,6 +465,8 @@ class LlamaDCompConfig(LlamaConfig):
             "computer_minus_token_ids",
             f"must be token ids in [0, vocab_size={self.vocab_size})",
         )
+        stray = sorted(set(self.computer_joined_minus_token_ids) - set(self.computer_minus_token_ids))
+        require(not stray, "computer_joined_minus_token_ids", f"token ids {stray} are not in computer_minus_token_ids")
         require(self.computer_trigger_context >= 0, "computer_trigger_context", "must be >= 0")
         require(self.computer_selection_context >= 0, "computer_selection_context", "must be >= 0")
         require(

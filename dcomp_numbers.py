@@ -6,7 +6,8 @@ Run-time code: it travels with a checkpoint and imports only torch.
 
 Reading (`NumberTokens.read`). A number is a maximal run of number tokens read as decimal digits ("1", "2", "7"
 is 127; LLaMA-3's "100", "07" is 10007). A minus token directly before the run, which does not itself follow a
-number token, makes it negative: "-42" and "x = -3" are negative, "5-3" is 5 then 3 (an operator, not a sign).
+number token, makes it negative: "-42" and "x = -3" are negative, "5-3" is 5 then 3 (an operator, not a sign). A
+token that joins a symbol to the minus ("*-", "=-") is a sign wherever it stands: "12*-7" is 12 and −7.
 Values are exact integers (int64) up to `cap` in magnitude; longer numbers are marked unreadable.
 
 Writing (`NumberTokens.spell`). A value becomes its decimal symbols — the sign, then the digits, most significant
@@ -37,6 +38,8 @@ class NumberTokens(nn.Module):
         digit_tokens: digit string → token id ("7" → 22, "007" → 8504). Every string of each length up to the
             longest is present (the config checks it), so any value can be written.
         minus_token_ids: tokens that write "-"; the first is the one `spell` writes.
+        joined_minus_token_ids: those of them that write a symbol before the "-" ("*-", "=-", "(-"): a sign even
+            directly after a number ("12*-7").
         vocab_size: the tokenizer's vocabulary size (the tables' length).
         cap: values of magnitude ≥ cap are unreadable (at most `MAX_READABLE`).
     """
@@ -44,9 +47,17 @@ class NumberTokens(nn.Module):
     token_value: torch.Tensor  # (vocab,) the digits' value, -1 for other tokens
     token_digits: torch.Tensor  # (vocab,) how many digits the token writes (0 for other tokens)
     is_minus: torch.Tensor  # (vocab,) bool
+    is_joined_minus: torch.Tensor  # (vocab,) bool: a symbol, then the minus
     chunk_tokens: torch.Tensor  # (Σ_L 10^L,) the token of each chunk: offset(L) + value, for L = 1 … chunk
 
-    def __init__(self, digit_tokens: Mapping[str, int], minus_token_ids: Sequence[int], vocab_size: int, cap: int):
+    def __init__(
+        self,
+        digit_tokens: Mapping[str, int],
+        minus_token_ids: Sequence[int],
+        vocab_size: int,
+        cap: int,
+        joined_minus_token_ids: Sequence[int] = (),
+    ):
         super().__init__()
         self.cap = min(cap, MAX_READABLE)
         self.chunk = max(map(len, digit_tokens), default=1)  # digits per written token
@@ -57,12 +68,15 @@ class NumberTokens(nn.Module):
             value[token], digits[token] = int(text), len(text)
         minus = torch.zeros(vocab_size, dtype=torch.bool)
         minus[list(minus_token_ids)] = True
+        joined = torch.zeros(vocab_size, dtype=torch.bool)
+        joined[list(joined_minus_token_ids)] = True
         chunks = torch.full((sum(10**length for length in range(1, self.chunk + 1)),), -1, dtype=torch.long)
         for text, token in digit_tokens.items():
             chunks[self.chunk_offset(len(text)) + int(text)] = token
         self.register_buffer("token_value", value, persistent=False)
         self.register_buffer("token_digits", digits, persistent=False)
         self.register_buffer("is_minus", minus, persistent=False)
+        self.register_buffer("is_joined_minus", joined, persistent=False)
         self.register_buffer("chunk_tokens", chunks, persistent=False)
 
     @staticmethod
@@ -90,14 +104,18 @@ class NumberTokens(nn.Module):
             earlier = nn.functional.pad(token_value[:, : token_value.shape[1] - k], (k, 0))  # token_value_{t-k}
             value = torch.where(is_number & (place >= k), value + earlier * scale, value).clamp(max=self.cap)
             scale = (scale * nn.functional.pad(shift[:, : shift.shape[1] - k], (k, 0), value=1)).clamp(max=self.cap)
-        # The sign: a minus token right before the run's first token, which does not itself follow a number token.
+        # The sign: a minus token right before the run's first token, which does not itself follow a number token
+        # unless a symbol is joined before its minus ("12*-7").
         minus = torch.where(input_ids == ids, self.is_minus[ids], False)
-        signed_start = nn.functional.pad(minus[:, :-1] & ~before[:, :-1], (1, 0), value=False) & is_first
+        joined = torch.where(input_ids == ids, self.is_joined_minus[ids], False)
+        bare_sign = minus & ~joined & ~before
+        signed_start = nn.functional.pad((bare_sign | joined)[:, :-1], (1, 0), value=False) & is_first
         negative = torch.gather(signed_start, 1, run_start) & is_number
         value = torch.where(negative, -value, value)
         is_last = is_number & ~nn.functional.pad(is_number[:, 1:], (0, 1), value=False)
         readable = is_number & (value.abs() < self.cap)
-        is_sign = nn.functional.pad(signed_start[:, 1:], (0, 1), value=False)  # the minus before a signed run
+        # the bare minus before a signed run (a joined one also writes its symbol, which may vote in the selection)
+        is_sign = nn.functional.pad(signed_start[:, 1:], (0, 1), value=False) & ~joined
         return ReadNumbers(value, is_number, is_first, is_last, readable, is_sign)
 
     # -------------------------------------------------------------------------------------------------- write
@@ -151,7 +169,7 @@ class NumberTokens(nn.Module):
 class ReadNumbers:
     """What `NumberTokens.read` found, each `(batch, seq)`: at each number token the signed value of its run's
     digits up to it (0 elsewhere); the number tokens; the first and last token of each run; where the value is
-    readable (a number token whose magnitude is below the cap); and the minus tokens read as a number's sign."""
+    readable (a number token whose magnitude is below the cap); and the bare minus tokens read as a number's sign."""
 
     value: torch.Tensor
     is_number: torch.Tensor

@@ -129,6 +129,7 @@ ANSWER_FIELDS = (
     "computer_parse",
     "computer_number_token_ids",
     "computer_digit_tokens",
+    "computer_joined_minus_token_ids",  # before the minus tokens: an edit of it adds its tokens there too
     "computer_minus_token_ids",
     "computer_copy_ordinals",
     "computer_copy_dim",
@@ -360,6 +361,7 @@ def number_tokens(config) -> NumberTokens | None:
             config.computer_minus_token_ids if binary else [],
             config.vocab_size,
             cap=2 ** (config.computer_bits - 1) if binary else config.computer_values,
+            joined_minus_token_ids=config.computer_joined_minus_token_ids if binary else [],
         )
     if config.computer_parse == "copy":
         ids = config.computer_number_token_ids

@@ -59,6 +59,13 @@ def install_library(model: LlamaDCompPreTrainedModel, library: LibrarySpec) -> L
     return compiled.linked
 
 
+# A minus after spaces ("-", " -"), and one joined to symbols that stand before a sign, not after an operand: an
+# operator, an opening bracket or quote, a separator ("*-", "//-", "=-", "(-", ",-"); not ")-" or "]-" (an operand
+# ends there: "(3)-2" is a subtraction) and not "+/-".
+BARE_MINUS = r" *-"
+JOINED_MINUS = r" *(?!\+/)[\[({*/+=,:;%^|~!\"']{1,2}-"
+
+
 def number_token_ids(tokenizer, n: int) -> list[list[int]]:
     """Token ids of the numbers "0" … "n-1" (no special tokens), one list per value: a single id where the
     tokenizer has the number as one token, several where it splits it (their embeddings are averaged)."""
@@ -69,26 +76,30 @@ def number_token_ids(tokenizer, n: int) -> list[list[int]]:
     return ids
 
 
-def number_vocabulary(tokenizer) -> tuple[dict[str, int], list[int]]:
-    """The tokenizer's number tokens, as `LlamaDCompConfig.computer_digit_tokens` and `computer_minus_token_ids`
-    want them: every token that decodes to a string of ASCII digits, of each length up to the longest length whose
-    10^L strings are all tokens (so any chunk can be written), and the tokens that decode to "-" after optional
-    spaces and an optional opening bracket (LLaMA-3 and SmolLM2 write "[-5" as "[-", "5"), the plain "-" first
-    (the one the read-out writes after a prompt that ends in a space)."""
+def number_vocabulary(tokenizer) -> tuple[dict[str, int], list[int], list[int]]:
+    """The tokenizer's number tokens, as `LlamaDCompConfig.computer_digit_tokens`, `computer_minus_token_ids` and
+    `computer_joined_minus_token_ids` want them: every token that decodes to a string of ASCII digits, of each length
+    up to the longest length whose 10^L strings are all tokens (so any chunk can be written); the tokens that
+    decode to "-" after optional spaces and at most two symbols that can stand before a sign, the plain "-" first
+    (the one the read-out writes after a prompt that ends in a space); and those of them with a symbol
+    (`JOINED_MINUS`: LLaMA-3 and SmolLM2 write "[-5" as "[-", "5" and "12*-7" as "12", "*-", "7")."""
     digits: dict[str, int] = {}
     minus: list[tuple[int, int]] = []
+    joined: list[int] = []
     for token in range(len(tokenizer)):
         text = tokenizer.decode([token])
         if text.isascii() and text.isdigit():
             digits.setdefault(text, token)
-        elif re.fullmatch(r" *[\[(]?-", text):  # "-", " -", and an opening bracket merged with it: "[-5, 3]"
+        elif re.fullmatch(BARE_MINUS, text) or re.fullmatch(JOINED_MINUS, text):
             minus.append((len(text), token))
+            joined += [token] if re.fullmatch(JOINED_MINUS, text) else []
     longest = 0
     while all(f"{value:0{longest + 1}d}" in digits for value in range(10 ** (longest + 1))):
         longest += 1
     if longest == 0:
         raise ValueError("the tokenizer has no single-token digits 0-9: it cannot read or write numbers token-wise")
-    return {text: token for text, token in digits.items() if len(text) <= longest}, [t for _, t in sorted(minus)]
+    chunks = {text: token for text, token in digits.items() if len(text) <= longest}
+    return chunks, [token for _, token in sorted(minus)], sorted(joined)
 
 
 def list_separators(tokenizer) -> tuple[list[int], list[int]]:
@@ -129,8 +140,13 @@ def from_llama(
         computer_kwargs.get("computer_encoding") == "binary" or computer_kwargs.get("computer_output") == "tokens"
     )
     if tokenizer is not None and numbers_needed and "computer_digit_tokens" not in computer_kwargs:
-        digits, minus = number_vocabulary(tokenizer)
-        computer_kwargs = {**computer_kwargs, "computer_digit_tokens": digits, "computer_minus_token_ids": minus}
+        digits, minus, joined = number_vocabulary(tokenizer)
+        computer_kwargs = {
+            **computer_kwargs,
+            "computer_digit_tokens": digits,
+            "computer_minus_token_ids": minus,
+            "computer_joined_minus_token_ids": joined,
+        }
     if tokenizer is not None and computer_kwargs.get("library_list_programs"):
         if "computer_list_separator_ids" not in computer_kwargs:
             separator, negative = list_separators(tokenizer)

@@ -55,7 +55,7 @@ def test_every_computer_field_is_documented():
         and following.value.value.strip()
     }
     fields = {name for name in LlamaDCompConfig.__dataclass_fields__ if name.startswith(("computer_", "library_"))}
-    assert len(fields) == 36 and "trained_sequence_length" in documented
+    assert len(fields) == 37 and "trained_sequence_length" in documented
     assert fields <= documented, fields - documented
 
 
@@ -119,6 +119,8 @@ INVALID = [
     ({"computer_parse": "copy", "computer_number_token_ids": [5, 6]}, "computer_number_token_ids"),
     ({"computer_number_token_ids": [-2]}, "computer_number_token_ids"),
     ({"computer_number_token_ids": [10**9]}, "computer_number_token_ids"),  # >= vocab_size
+    ({"computer_minus_token_ids": [10**9]}, "computer_minus_token_ids"),  # >= vocab_size
+    ({"computer_joined_minus_token_ids": [5]}, "computer_joined_minus_token_ids"),  # not a minus token
     ({"computer_copy_ordinals": 0}, "computer_copy_ordinals"),
     ({"computer_copy_dim": 0}, "computer_copy_dim"),
     ({"library_count_register": 4}, "library_count_register"),  # not an input register

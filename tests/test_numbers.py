@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from dcomp_numbers import MAX_READABLE, MAX_SYMBOLS, NumberTokens, ReadoutPlan
 
 VOCAB = 1300
-MINUS, SPACE_MINUS, SPACE, PLUS, WORD = 1, 2, 3, 4, 5
+MINUS, SPACE_MINUS, SPACE, PLUS, WORD, TIMES_MINUS, CLOSE_MINUS = 1, 2, 3, 4, 5, 6, 7
+SYMBOLS = {"-": MINUS, " -": SPACE_MINUS, " ": SPACE, "+": PLUS, "*-": TIMES_MINUS, ")-": CLOSE_MINUS}
 ONE_DIGIT = {str(digit): 100 + digit for digit in range(10)}
 CHUNKS = {
     f"{value:0{length}d}": 150 + i
@@ -20,18 +21,19 @@ CHUNKS = {
 
 
 def tokenizer(chunks: bool, cap: int = 2**63) -> NumberTokens:
-    return NumberTokens(CHUNKS if chunks else ONE_DIGIT, [MINUS, SPACE_MINUS], VOCAB, cap)
+    return NumberTokens(CHUNKS if chunks else ONE_DIGIT, [MINUS, SPACE_MINUS, TIMES_MINUS], VOCAB, cap, [TIMES_MINUS])
 
 
 def encode(text: str, table: dict[str, int]) -> list[int]:
-    """A toy pre-tokenizer: digit runs in chunks of the table's longest length from the left, "-", " -", " "."""
+    """A toy pre-tokenizer: digit runs in chunks of the table's longest length from the left, "-", " -", " ", "+",
+    "*-" and ")-" (a symbol joined to the minus, as LLaMA-3 and SmolLM2 write them; ")-" is no minus token), words."""
     longest = max(map(len, table))
     ids = []
-    for piece in re.findall(r"\d+| -|-| |\+|[a-z]+", text):
+    for piece in re.findall(r"\d+|\*-|\)-| -|-| |\+|[a-z]+", text):
         if piece.isdigit():
             ids += [table[piece[i : i + longest]] for i in range(0, len(piece), longest)]
         else:
-            ids.append({"-": MINUS, " -": SPACE_MINUS, " ": SPACE, "+": PLUS}.get(piece, WORD))
+            ids.append(SYMBOLS.get(piece, WORD))
     return ids
 
 
@@ -60,16 +62,17 @@ def test_spell_writes_the_decimal_text_with_the_tokenizers_own_chunks(chunks, va
 @given(
     a=st.integers(-(10**12), 10**12),
     b=st.integers(0, 10**12),
-    between=st.sampled_from(["-", " - ", " -", "+", " y -", " y  -", " y-"]),
+    between=st.sampled_from(["-", " - ", " -", "+", " y -", " y  -", " y-", "*-", " *-", ")-"]),
 )
 @settings(max_examples=80, deadline=None)
 def test_read_gives_each_number_its_sign_only_where_the_minus_is_a_sign(chunks, a, b, between):
-    """A minus directly after a number is an operator ("a-b", "a -b", "a - b" are a then b); after a word or a
-    space it is a sign ("y -b", "y-b"), as at the start of a text ("x -a")."""
+    """A bare minus directly after a number is an operator ("a-b", "a -b", "a - b" are a then b); after a word or
+    a space it is a sign ("y -b", "y-b"), as at the start of a text ("x -a"); joined to an operator it is a sign
+    even right after a number ("a*-b"), but not after a closing bracket ("a)-b")."""
     table = CHUNKS if chunks else ONE_DIGIT
     text = f"x {a}{between}{b}"
     read = tokenizer(chunks).read(torch.tensor([encode(text, table)]))
-    second = -b if between.startswith(" y") else b
+    second = -b if between.startswith(" y") or "*-" in between else b
     assert read.value[read.is_last].tolist() == [a, second]
     assert bool(read.readable[read.is_last].all())
 

@@ -13,6 +13,7 @@ from model_fixtures import tiny_llama
 from transformers import AutoTokenizer, pipeline
 
 import dcomp_isa
+from dcomp_numbers import NumberTokens
 from library.install import from_llama, number_vocabulary
 from library.tokenizer import llama3_tokenizer
 from modeling_llama_dcomp import TOKEN_LOGIT_SCALE
@@ -92,10 +93,25 @@ def test_generate_writes_the_exact_signed_answer_in_the_tokenizers_tokens(name, 
 
 
 def test_number_vocabulary_finds_chunks_and_signs():
-    digits, minus = number_vocabulary(llama3_tokenizer())
+    digits, minus, _ = number_vocabulary(llama3_tokenizer())
     assert len(digits) == 1110 and llama3_tokenizer().decode(minus[:1]) == "-"
-    digits, minus = number_vocabulary(smollm2_tokenizer())
+    digits, minus, _ = number_vocabulary(smollm2_tokenizer())
     assert sorted(digits) == [str(digit) for digit in range(10)] and smollm2_tokenizer().decode(minus[:1]) == "-"
+
+
+@pytest.mark.parametrize("name", ["llama3", "smollm2"])
+def test_the_tokenizers_own_minus_tokens_give_signs_where_a_reader_sees_them(name):
+    """Both tokenizers join symbols to a minus ("12*-7" is "12", "*-", "7"; "x=-3" is "x", "=-", "3"): those are
+    signs even after a number, while a bare minus after a number and ")-" are operators."""
+    tokenizer = TOKENIZERS[name]()
+    digits, minus, joined = number_vocabulary(tokenizer)
+    texts = {tokenizer.decode([token]) for token in joined}
+    assert {"*-", "=-", "(-", "[-", "+-", "/-"} <= texts and not texts & {"-", " -", ")-", "]-"}
+    assert set(joined) <= set(minus)
+    numbers = NumberTokens(digits, minus, len(tokenizer), 2**63, joined)
+    text = "12*-7, x=-3, (30)-2, 5-3, 5 - -3, [-4, 8], 6/-2, 9 -1"
+    read = numbers.read(torch.tensor([tokenizer.encode(text, add_special_tokens=False)]))
+    assert read.value[read.is_last].tolist() == [12, -7, -3, 30, 2, 5, 3, 5, -3, -4, 8, 6, -2, 9, 1]
 
 
 def greedy_uncached(model, ids, attention_mask, steps: int, **kwargs) -> torch.Tensor:
