@@ -108,8 +108,8 @@ class NumberTokens(nn.Module):
         # unless a symbol is joined before its minus ("12*-7").
         minus = torch.where(input_ids == ids, self.is_minus[ids], False)
         joined = torch.where(input_ids == ids, self.is_joined_minus[ids], False)
-        bare_sign = minus & ~joined & ~before
-        signed_start = nn.functional.pad((bare_sign | joined)[:, :-1], (1, 0), value=False) & is_first
+        sign = (minus & ~before) | joined  # (joined ⊆ minus: the config checks it)
+        signed_start = nn.functional.pad(sign[:, :-1], (1, 0), value=False) & is_first
         negative = torch.gather(signed_start, 1, run_start) & is_number
         value = torch.where(negative, -value, value)
         is_last = is_number & ~nn.functional.pad(is_number[:, 1:], (0, 1), value=False)

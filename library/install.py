@@ -90,9 +90,9 @@ def number_vocabulary(tokenizer) -> tuple[dict[str, int], list[int], list[int]]:
         text = tokenizer.decode([token])
         if text.isascii() and text.isdigit():
             digits.setdefault(text, token)
-        elif re.fullmatch(BARE_MINUS, text) or re.fullmatch(JOINED_MINUS, text):
+        elif (is_joined := bool(re.fullmatch(JOINED_MINUS, text))) or re.fullmatch(BARE_MINUS, text):
             minus.append((len(text), token))
-            joined += [token] if re.fullmatch(JOINED_MINUS, text) else []
+            joined += [token] if is_joined else []
     longest = 0
     while all(f"{value:0{longest + 1}d}" in digits for value in range(10 ** (longest + 1))):
         longest += 1

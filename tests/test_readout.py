@@ -110,8 +110,11 @@ def test_the_tokenizers_own_minus_tokens_give_signs_where_a_reader_sees_them(nam
     assert set(joined) <= set(minus)
     numbers = NumberTokens(digits, minus, len(tokenizer), 2**63, joined)
     text = "12*-7, x=-3, (30)-2, 5-3, 5 - -3, [-4, 8], 6/-2, 9 -1"
-    read = numbers.read(torch.tensor([tokenizer.encode(text, add_special_tokens=False)]))
+    ids = torch.tensor([tokenizer.encode(text, add_special_tokens=False)])
+    read = numbers.read(ids)
     assert read.value[read.is_last].tolist() == [12, -7, -3, 30, 2, 5, 3, 5, -3, -4, 8, 6, -2, 9, 1]
+    # only the bare sign (of "- -3") is no vote in the selection: a joined one also writes its operator
+    assert [tokenizer.decode([token]) for token in ids[read.is_sign].tolist()] == [" -"]
 
 
 def greedy_uncached(model, ids, attention_mask, steps: int, **kwargs) -> torch.Tensor:
