@@ -60,10 +60,10 @@ def install_library(model: LlamaDCompPreTrainedModel, library: LibrarySpec) -> L
 
 
 # A minus after spaces ("-", " -"), and one joined to symbols that stand before a sign, not after an operand: an
-# operator, an opening bracket or quote, a separator ("*-", "//-", "=-", "(-", ",-"); not ")-" or "]-" (an operand
-# ends there: "(3)-2" is a subtraction) and not "+/-".
+# operator, an opening bracket or quote, a separator, another minus ("*-", "//-", "=-", "(-", ",-", "--": "5--3" is
+# 5 - (-3)); not ")-" or "]-" (an operand ends there: "(3)-2" is a subtraction) and not "+/-".
 BARE_MINUS = r" *-"
-JOINED_MINUS = r" *(?!\+/)[\[({*/+=,:;%^|~!\"']{1,2}-"
+JOINED_MINUS = r" *(?!\+/)[\[({*/+=,:;%^|~!\"'-]{1,2}-"
 
 
 def number_token_ids(tokenizer, n: int) -> list[list[int]]:

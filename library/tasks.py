@@ -120,8 +120,9 @@ ARITHMETIC_EXPRESSIONS: dict[str, tuple[str, ...]] = {
         "find the smaller of {a} and {b}",
     ),
 }
-# Questions about a value ("What is 3 plus 4?"): question frames around noun phrases, per operation. The signed
-# (multi-digit) task asks both kinds (`phrasings="all"`): people write numbers in questions more than in commands.
+# Questions about a value ("What is 3 plus 4?"): question frames around noun phrases, per operation, the symbols
+# written with and without spaces ("3 + 4", "3+4", "3+-4"). The signed (multi-digit) task asks both kinds
+# (`phrasings="all"`): people write numbers in questions more than in commands.
 QUESTION_FRAMES: tuple[str, ...] = (
     "What is {expr}?",
     "What's {expr}?",
@@ -130,10 +131,18 @@ QUESTION_FRAMES: tuple[str, ...] = (
     "Find {expr}.",
 )
 ARITHMETIC_QUESTIONS: dict[str, tuple[str, ...]] = {
-    "add": ("{a} plus {b}", "{a} + {b}", "the sum of {a} and {b}", "the total of {a} and {b}", "{a} added to {b}"),
+    "add": (
+        "{a} plus {b}",
+        "{a} + {b}",
+        "{a}+{b}",
+        "the sum of {a} and {b}",
+        "the total of {a} and {b}",
+        "{a} added to {b}",
+    ),
     "sub": (
         "{a} minus {b}",
         "{a} - {b}",
+        "{a}-{b}",
         "the difference between {a} and {b}",
         "{b} subtracted from {a}",
         "{a} take away {b}",
@@ -141,6 +150,7 @@ ARITHMETIC_QUESTIONS: dict[str, tuple[str, ...]] = {
     "mul": (
         "{a} times {b}",
         "{a} * {b}",
+        "{a}*{b}",
         "the product of {a} and {b}",
         "{a} multiplied by {b}",
         "{a} x {b}",
@@ -148,6 +158,7 @@ ARITHMETIC_QUESTIONS: dict[str, tuple[str, ...]] = {
     "div": (
         "{a} divided by {b}",
         "{a} // {b}",
+        "{a}//{b}",
         "{a} / {b}, rounded down",
         "the quotient of {a} divided by {b}",
         "{a} divided by {b}, rounded down",
@@ -190,12 +201,13 @@ LIST_EXPRESSIONS: dict[str, tuple[str, ...]] = {
 }
 # Other ways a plain prompt ends than train.py's "{text} " (`tokenize_for_causal_lm(ending_fraction=...)`): with no
 # space, on its own line, and question-and-answer frames. experiments/prompt_endings measures the GPT-3 arithmetic
-# benchmark's "Question: {text}\nAnswer:", a combination of these frames that none of them is.
+# benchmark's "Question: {text}\nAnswer:", a combination of these frames that none of them is. No ending may go on
+# where another one is answered: the trigger's target at that token would be 1 in one row and 0 in the other
+# ("{text}\n" is answered after the line break, so "{text}\nAnswer:" is not an ending; tests/test_tasks.py checks).
 PLAIN_ENDINGS: tuple[str, ...] = (
     "{text}",
     "{text}\n",
     "{text} Answer:",
-    "{text}\nAnswer:",
     "Q: {text}\nA:",
     "Question: {text}\nResult:",
 )
@@ -233,10 +245,10 @@ WIDE_FRAMES: tuple[str, ...] = (
     "Help me find {expr}.",
 )
 WIDE_QUESTIONS: dict[str, tuple[str, ...]] = {
-    "add": ("{a}+{b}", "{a} and {b} combined", "{a} more than {b}", "the result of adding {b} to {a}"),
-    "sub": ("{a}-{b}", "{a} reduced by {b}", "{b} fewer than {a}", "the result of taking {b} from {a}"),
-    "mul": ("{a}*{b}", "{a} × {b}", "{a} groups of {b}", "the result of multiplying {a} by {b}"),
-    "div": ("{a}//{b}", "{a} ÷ {b}, rounded down", "{a} split into groups of {b}", "the whole quotient of {a} by {b}"),
+    "add": ("{a} and {b} combined", "{a} more than {b}", "the result of adding {b} to {a}"),
+    "sub": ("{a} reduced by {b}", "{b} fewer than {a}", "the result of taking {b} from {a}"),
+    "mul": ("{a} × {b}", "{a} groups of {b}", "the result of multiplying {a} by {b}"),
+    "div": ("{a} ÷ {b}, rounded down", "{a} split into groups of {b}", "the whole quotient of {a} by {b}"),
     "mod": ("{a}%{b}",),
 }
 
@@ -437,8 +449,8 @@ def arithmetic_task(
     floor division and modulo), never reduced mod n; the column `digits` holds the longer operand's digit count;
     a share `exact_division_fraction` of the divisions come out even (a is rounded towards zero to a multiple of
     b, after swapping magnitudes so that |a| ≥ |b|).
-    phrasings: "commands" ("Add 3 and 4", the paper's), "all" (also the questions "What is 3 plus 4?") or "wide"
-    (also more frames and the symbols written without spaces, "Calculate 12*-7.").
+    phrasings: "commands" ("Add 3 and 4", the paper's), "all" (also the questions "What is 3 plus 4?", "What is
+    12*-7?") or "wide" (also more frames and words, "Calculate 12 reduced by 7.").
     Splits train / validation / test (module docstring); `cache_dir=` sets the disk cache folder.
     """
     unknown = set(operations) - set(ARITHMETIC_TEMPLATES)

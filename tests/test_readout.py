@@ -101,18 +101,18 @@ def test_number_vocabulary_finds_chunks_and_signs():
 
 @pytest.mark.parametrize("name", ["llama3", "smollm2"])
 def test_the_tokenizers_own_minus_tokens_give_signs_where_a_reader_sees_them(name):
-    """Both tokenizers join symbols to a minus ("12*-7" is "12", "*-", "7"; "x=-3" is "x", "=-", "3"): those are
-    signs even after a number, while a bare minus after a number and ")-" are operators."""
+    """Both tokenizers join symbols to a minus ("12*-7" is "12", "*-", "7"; "x=-3" is "x", "=-", "3"; "5--3" is
+    "5", "--", "3"): those are signs even after a number, while a bare minus after a number and ")-" are operators."""
     tokenizer = TOKENIZERS[name]()
     digits, minus, joined = number_vocabulary(tokenizer)
     texts = {tokenizer.decode([token]) for token in joined}
-    assert {"*-", "=-", "(-", "[-", "+-", "/-"} <= texts and not texts & {"-", " -", ")-", "]-"}
+    assert {"*-", "=-", "(-", "[-", "+-", "/-", "--"} <= texts and not texts & {"-", " -", ")-", "]-"}
     assert set(joined) <= set(minus)
     numbers = NumberTokens(digits, minus, len(tokenizer), 2**63, joined)
-    text = "12*-7, x=-3, (30)-2, 5-3, 5 - -3, [-4, 8], 6/-2, 9 -1"
+    text = "12*-7, x=-3, (30)-2, 5-3, 5 - -3, [-4, 8], 6/-2, 9 -1, 4--6"
     ids = torch.tensor([tokenizer.encode(text, add_special_tokens=False)])
     read = numbers.read(ids)
-    assert read.value[read.is_last].tolist() == [12, -7, -3, 30, 2, 5, 3, 5, -3, -4, 8, 6, -2, 9, 1]
+    assert read.value[read.is_last].tolist() == [12, -7, -3, 30, 2, 5, 3, 5, -3, -4, 8, 6, -2, 9, 1, 4, -6]
     # only the bare sign (of "- -3") is no vote in the selection: a joined one also writes its operator
     assert [tokenizer.decode([token]) for token in ids[read.is_sign].tolist()] == [" -"]
 

@@ -441,3 +441,25 @@ def test_an_ending_share_of_plain_prompts_ends_otherwise_and_the_model_writes_a_
         tokenizer(t + " ")["input_ids"] + tokenizer(a, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         for t, a in zip(texts, data["answer_text"])
     ]
+
+
+@pytest.mark.parametrize("name", ["llama3", "smollm2"])
+def test_no_prompt_ending_goes_on_where_another_one_is_answered(name):
+    """The trigger learns "the answer starts here" at one token of a row and "not here" at every other: an ending
+    whose tokens up to its answer position begin another ending's prompt would teach both at the same prefix (as
+    "{text}\\n" and "{text}\\nAnswer:" did)."""
+    from test_readout import TOKENIZERS
+
+    tokenizer = TOKENIZERS[name]()
+    space = tokenizer(" ", add_special_tokens=False)["input_ids"][-1:]
+    endings = ("{text} ",) + PLAIN_ENDINGS
+    for text in ("What is 12 minus 5?", "Add 3 and 4", "Compute 12*-7."):
+        prompts = {ending: tokenizer(ending.format(text=text))["input_ids"] for ending in endings}
+        # up to the answer position: the prompt, and the space the model writes where the prompt has none
+        answered = {e: ids + ([] if e[-1].isspace() else space) for e, ids in prompts.items()}
+        for ending, prefix in answered.items():
+            for other, ids in prompts.items():
+                assert other == ending or ids[: len(prefix)] != prefix or len(ids) == len(prefix), (ending, other)
+    broken = ("{text}\n", "{text}\nAnswer:")
+    ids = [tokenizer(e.format(text="What is 1 plus 2?"))["input_ids"] for e in broken]
+    assert ids[1][: len(ids[0])] == ids[0]  # the check above would catch that pair
