@@ -10,7 +10,7 @@ import os
 
 import pytest
 import torch
-from model_fixtures import random_ids, tiny_model
+from model_fixtures import REPO, random_ids, tiny_model
 from transformers import TrainingArguments
 
 from library.interpreter import run_reference
@@ -22,6 +22,7 @@ from library.training.models import build_model, build_tokenizer, parse_kind
 from library.training.predict import number_starts
 from library.training.recipes import digit_classes, init_copy_parse
 from library.training.trainer import (
+    RUNNING_CODE,
     DCompTrainer,
     TrainingError,
     TrainingGuard,
@@ -361,6 +362,21 @@ def test_parameter_groups_split_the_model_by_part_with_one_rate_each():
     assert id(computer.gate) not in {id(p) for group in model.parameter_groups(rates) for p in group["params"]}
     plain = model.model.layers[0]  # any module: grouped by name, so the plain Llama baseline works too
     assert {group["name"] for group in LlamaDCompPreTrainedModel.parameter_groups(plain, rates)} == {"layers"}
+
+
+def test_a_saved_folder_holds_the_code_the_run_is_running_not_the_code_on_disk(tmp_path, monkeypatch):
+    """save_pretrained copies the code files from disk; a checkout edited during a run must not reach its folder."""
+    import library.training.trainer as trainer_module
+
+    saved = tiny_model().save_pretrained  # what save_pretrained copies: the snapshot covers exactly those files
+    saved(tmp_path / "plain")
+    assert set(RUNNING_CODE) == {path.name for path in (tmp_path / "plain").glob("*.py")}
+    assert RUNNING_CODE["dcomp_isa.py"] == (REPO / "dcomp_isa.py").read_bytes()  # the source as imported
+    running = dict(RUNNING_CODE, **{"dcomp_isa.py": RUNNING_CODE["dcomp_isa.py"] + b"# the running version\n"})
+    monkeypatch.setattr(trainer_module, "RUNNING_CODE", running)  # the disk's copy is now the edited "other" one
+    args = TrainingArguments(output_dir=str(tmp_path / "run"), use_cpu=True, report_to=[])
+    DCompTrainer(model=tiny_model(), args=args).save_model()
+    assert {name: (tmp_path / "run" / name).read_bytes() for name in running} == running
 
 
 def test_a_non_finite_loss_or_weight_stops_training(tmp_path):

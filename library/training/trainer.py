@@ -13,8 +13,10 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback
+from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+import modeling_llama_dcomp
 from library.training.arguments import resume_mismatches
 from library.training.losses import distillation_kl, distribution_cross_entropy
 from modeling_llama_dcomp import LlamaDCompPreTrainedModel, record_computer_runs
@@ -22,6 +24,17 @@ from modeling_llama_dcomp import LlamaDCompPreTrainedModel, record_computer_runs
 # Trainer.push_to_hub leaves out names starting with "_": the lock is no part of the published model.
 LOCK_FILE = "_train.lock"
 SETTINGS_FILE = "run_settings.json"
+
+
+def _read_running_code() -> dict[str, bytes]:
+    """`{file name: source}` of the run-time code (modeling_llama_dcomp.py and the files it imports relatively:
+    what save_pretrained copies into a model folder), read when this module is imported, next to the import of
+    the code itself."""
+    modeling = modeling_llama_dcomp.__file__
+    return {Path(path).name: Path(path).read_bytes() for path in [modeling, *get_relative_import_files(modeling)]}
+
+
+RUNNING_CODE = _read_running_code()
 
 
 class TrainingError(RuntimeError):
@@ -49,6 +62,15 @@ class DCompTrainer(Trainer):
         self.text_distillation_weight = text_distillation_weight
         self.trigger_positive_weight = trigger_positive_weight
         self.model_card = model_card
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        super()._save(output_dir, state_dict)
+        # save_pretrained copies the code files as they are on disk now: a checkout edited during an hour-long run
+        # would pair new code with this run's weights and config. The folder gets the code that trained them.
+        folder = Path(output_dir or self.args.output_dir)
+        for name, source in RUNNING_CODE.items():
+            if (folder / name).is_file():
+                (folder / name).write_bytes(source)
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
