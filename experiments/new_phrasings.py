@@ -1,5 +1,6 @@
 """Exact match of a binary-arithmetic train.py run on phrasings no split of `library.tasks` uses: new frames,
-new words, symbols without spaces ("12*7"), "= ?" and "equals" endings, through plain `generate()` as
+new words, symbols without spaces after a new frame ("Compute 12*7"; since commit be5c452 the default phrasings
+write them in their question frames, "What is 12*7?"), "= ?" and "equals" endings, through plain `generate()` as
 `generate_eval` asks (left-padded batches, greedy, the answer's tokens then EOS). The run's `test` split holds out
 one training combination of frame and expression per operation; these are out of every split, a proxy for the
 phrasings users write. Operands as in training (1–5 digits each, a quarter negative); a division is exact unless
