@@ -448,23 +448,30 @@ def test_an_ending_share_of_plain_prompts_ends_otherwise_and_the_model_writes_a_
     ]
 
 
+def clashing_endings(tokenizer, endings: tuple[str, ...], text: str) -> list[tuple[str, str]]:
+    """(ending, other) pairs where `other`'s prompt goes on past `ending`'s answer position with the same tokens:
+    the trigger would learn "the answer starts here" and "not here" at one prefix."""
+    space = tokenizer(" ", add_special_tokens=False)["input_ids"][-1:]
+    prompts = {ending: tokenizer(ending.format(text=text))["input_ids"] for ending in endings}
+    # up to the answer position: the prompt, and the space the model writes where the prompt has none
+    answered = {e: ids + ([] if e[-1].isspace() else space) for e, ids in prompts.items()}
+    return [
+        (ending, other)
+        for ending, prefix in answered.items()
+        for other, ids in prompts.items()
+        if other != ending and len(ids) > len(prefix) and ids[: len(prefix)] == prefix
+    ]
+
+
 @pytest.mark.parametrize("name", ["llama3", "smollm2"])
 def test_no_prompt_ending_goes_on_where_another_one_is_answered(name):
-    """The trigger learns "the answer starts here" at one token of a row and "not here" at every other: an ending
-    whose tokens up to its answer position begin another ending's prompt would teach both at the same prefix (as
-    "{text}\\n" and "{text}\\nAnswer:" did)."""
+    """The trigger learns "the answer starts here" at one token of a row and "not here" at every other, so no
+    ending may begin with another's tokens up to that one's answer position."""
     from test_readout import TOKENIZERS
 
     tokenizer = TOKENIZERS[name]()
-    space = tokenizer(" ", add_special_tokens=False)["input_ids"][-1:]
-    endings = ("{text} ",) + PLAIN_ENDINGS
     for text in ("What is 12 minus 5?", "Add 3 and 4", "Compute 12*-7."):
-        prompts = {ending: tokenizer(ending.format(text=text))["input_ids"] for ending in endings}
-        # up to the answer position: the prompt, and the space the model writes where the prompt has none
-        answered = {e: ids + ([] if e[-1].isspace() else space) for e, ids in prompts.items()}
-        for ending, prefix in answered.items():
-            for other, ids in prompts.items():
-                assert other == ending or ids[: len(prefix)] != prefix or len(ids) == len(prefix), (ending, other)
+        assert clashing_endings(tokenizer, ("{text} ",) + PLAIN_ENDINGS, text) == []
+    # the pair that lowered a final line break in seed 10 (RESULTS §7) is caught
     broken = ("{text}\n", "{text}\nAnswer:")
-    ids = [tokenizer(e.format(text="What is 1 plus 2?"))["input_ids"] for e in broken]
-    assert ids[1][: len(ids[0])] == ids[0]  # the check above would catch that pair
+    assert clashing_endings(tokenizer, broken, "What is 1 plus 2?") == [broken]
