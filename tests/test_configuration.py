@@ -55,7 +55,7 @@ def test_every_computer_field_is_documented():
         and following.value.value.strip()
     }
     fields = {name for name in LlamaDCompConfig.__dataclass_fields__ if name.startswith(("computer_", "library_"))}
-    assert len(fields) == 37 and "trained_sequence_length" in documented
+    assert len(fields) == 38 and "trained_sequence_length" in documented
     assert fields <= documented, fields - documented
 
 
@@ -133,6 +133,8 @@ INVALID = [
     ),
     ({"computer_list_separator_ids": [10**9]}, "computer_list_separator_ids"),
     ({"computer_trigger_context": -1}, "computer_trigger_context"),
+    ({"computer_trigger_threshold": 0.0}, "computer_trigger_threshold"),
+    ({"computer_trigger_threshold": 1.0}, "computer_trigger_threshold"),
     ({"computer_selection_context": -1}, "computer_selection_context"),
     ({"computer_selection_context": 8}, "computer_selection_context"),  # the votes need the "tokens" read-out
     ({"computer_selection_dropout": 0.5}, "computer_selection_dropout"),  # no votes to drop

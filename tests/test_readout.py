@@ -174,6 +174,19 @@ def test_a_silent_trigger_leaves_the_base_model_exactly_alone():
     )
 
 
+@pytest.mark.parametrize(("threshold", "computes"), [(0.5, True), (0.7, True), (0.75, False), (0.99, False)])
+def test_the_trigger_computes_where_its_probability_exceeds_the_threshold(threshold, computes):
+    """σ(1) = 0.731 at every position: a threshold below it computes everywhere, one above it leaves the base
+    model's logits exactly alone."""
+    tokenizer = llama3_tokenizer()
+    model = calculator(tokenizer, "add", computer_trigger_threshold=threshold)
+    with torch.no_grad():
+        model.computer.trigger.bias.fill_(1.0)
+        inputs = tokenizer("Add 3 and 4 ", return_tensors="pt")
+        same = torch.equal(model(**inputs).logits, tiny_llama_for(tokenizer)(**inputs).logits)
+    assert same != computes
+
+
 def test_the_answer_loss_and_the_trigger_are_recorded_for_training():
     """`record_computer_runs` gives the output bits (for `BinaryValues.nll` against the answer) and the trigger's
     logits at every position (for its loss), both with gradients."""

@@ -1,0 +1,130 @@
+"""Where should the trigger compute? A sweep of `computer_trigger_threshold` on data that neither trains the model
+nor reports on it, for a train.py run whose computer writes tokens.
+
+* Recall: the run's `validation` split, asked as in training (plain, and the chat share through the template): the
+  share of questions whose trigger fires at the answer position, i.e. σ(logit) there exceeds the threshold.
+* False activations: docstring paragraphs of `library.texts.CALIBRATION_PACKAGES` (neither the packages whose
+  docstrings train the trigger nor the standard library that `experiments.pass_through` reports on), the first
+  `--max-tokens` tokens of each: the share of positions, and of texts, where it fires.
+
+One forward pass per prompt records the trigger's logits; each threshold is then a comparison. The threshold chosen
+is the highest of the grid that computes every validation question the default 1/2 computes: the trigger trained
+with weighted positives (`--trigger_positive_weight`) is sure at the answers it learned and merely leaning at a
+space before a number in a list or a code example. `--write` records it in the folder's config.json, which keeps
+the checkpoint loadable (the threshold is a policy, not part of `library_fingerprint`).
+
+    python -m experiments.trigger_threshold --model runs/smol_frozen [--texts 300] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import torch
+
+from experiments.common import markdown_table, runs_of
+from experiments.generate_eval import run_settings, test_splits
+from library.loading import load_model, load_tokenizer, model_folder
+from library.texts import CALIBRATION_PACKAGES, docstring_paragraphs
+
+THRESHOLDS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999)
+
+
+@torch.no_grad()
+def trigger_logits(model, sequences: list[list[int]]) -> list[torch.Tensor]:
+    """The trigger's logit `(seq,)` at every position of each token list, one unpadded forward each."""
+    found = []
+    for ids in sequences:
+        batch = torch.tensor([ids])
+        with runs_of(model)() as runs:
+            model(batch, attention_mask=torch.ones_like(batch))
+        (logits,) = [run.trigger_logits for run in runs if run.trigger_logits is not None]
+        found.append(logits[0].float())
+    return found
+
+
+def logit(probability: float) -> float:
+    return math.log(probability) - math.log1p(-probability)
+
+
+def sweep(answer_logits: torch.Tensor, text_logits: list[torch.Tensor], thresholds=THRESHOLDS) -> list[dict]:
+    """Per threshold: recall at the answer positions `answer_logits (questions,)`, and the false activations on
+    `text_logits` (positions and texts)."""
+    positions = torch.cat(text_logits)
+    rows = []
+    for threshold in thresholds:
+        cut = logit(threshold)
+        rows.append(
+            {
+                "threshold": threshold,
+                "recall": int((answer_logits > cut).sum()) / answer_logits.numel(),
+                "false_activation_positions": int((positions > cut).sum()) / positions.numel(),
+                "texts_with_activation": sum(bool((text > cut).any()) for text in text_logits) / len(text_logits),
+            }
+        )
+    return rows
+
+
+def choose(rows: list[dict]) -> float:
+    """The highest threshold whose recall is that of the lowest (the default 1/2 when the grid starts there)."""
+    floor = rows[0]["recall"]
+    return max(row["threshold"] for row in rows if row["recall"] >= floor)
+
+
+def calibration_texts(count: int, seed: int = 0) -> list[str]:
+    """`count` docstring paragraphs of `CALIBRATION_PACKAGES`, drawn with `seed`."""
+    paragraphs = docstring_paragraphs(CALIBRATION_PACKAGES)
+    return random.Random(seed).sample(paragraphs, min(count, len(paragraphs)))
+
+
+def write_threshold(folder: Path, config, threshold: float) -> None:
+    """Sets `computer_trigger_threshold` in `folder`/config.json, checked by the config first and replaced
+    atomically (a kill leaves the old file or the new one)."""
+    config.computer_trigger_threshold = threshold  # raises, naming the field, on an invalid value
+    path = folder / "config.json"
+    fields = json.loads(path.read_text())
+    fields["computer_trigger_threshold"] = threshold
+    with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".json", delete=False) as file:
+        json.dump(fields, file, indent=2, sort_keys=True)
+        file.write("\n")
+    os.replace(file.name, path)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True, help="a train.py output folder (tokens read-out)")
+    parser.add_argument("--texts", type=int, default=300, help="calibration paragraphs")
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--limit", type=int, default=None, help="validation questions (default: all)")
+    parser.add_argument("--write", action="store_true", help="record the chosen threshold in config.json")
+    parser.add_argument("--report", type=Path, default=None, help="write the JSON figures here")
+    args = parser.parse_args(argv)
+    model = load_model(args.model).eval()
+    if getattr(model.config, "computer_output", None) != "tokens":
+        parser.error(f"--model {args.model}: its computer has no trigger (computer_output is not 'tokens')")
+    tokenizer = load_tokenizer(args.model)
+    validation = test_splits(run_settings(args.model), tokenizer, ["validation"], args.limit)["validation"]
+    prompts = [row["input_ids"][: row["answer_position"] + 1] for row in validation]
+    answers = torch.stack([logits[-1] for logits in trigger_logits(model, prompts)])
+    texts = [ids[: args.max_tokens] for ids in tokenizer(calibration_texts(args.texts))["input_ids"]]
+    rows = sweep(answers, trigger_logits(model, texts))
+    chosen = choose(rows)
+    print(markdown_table(list(rows[0]), [[f"{value:.4g}" for value in row.values()] for row in rows]))
+    print(f"chosen threshold: {chosen} (validation n = {len(prompts)}, texts n = {len(texts)})")
+    if args.write:
+        write_threshold(model_folder(args.model), model.config, chosen)
+        print(f"written to {model_folder(args.model) / 'config.json'}")
+    figures = {"chosen": chosen, "validation": len(prompts), "texts": len(texts), "sweep": rows}
+    if args.report:
+        args.report.write_text(json.dumps(figures, indent=2))
+    return figures
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""experiments.trigger_threshold: the sweep counts what it says, the choice keeps recall, and the written threshold
+is the one a reloaded checkpoint computes with."""
+
+import json
+
+import pytest
+import torch
+from test_readout import calculator, smollm2_tokenizer
+
+from experiments.pass_through import MODULES
+from experiments.trigger_threshold import calibration_texts, choose, logit, sweep, trigger_logits, write_threshold
+from library.texts import CALIBRATION_PACKAGES, TRAINING_PACKAGES
+from modeling_llama_dcomp import LlamaDCompForCausalLM
+
+
+def test_the_sweep_counts_recall_and_false_activations_per_threshold():
+    answers = torch.tensor([logit(0.999), logit(0.97), logit(0.6), logit(0.3)])
+    texts = [torch.tensor([logit(0.2), logit(0.96)]), torch.tensor([logit(0.1), logit(0.1), logit(0.85), -5.0])]
+    rows = sweep(answers, texts, thresholds=(0.5, 0.9, 0.95, 0.98))
+    assert [row["recall"] for row in rows] == [0.75, 0.5, 0.5, 0.25]
+    assert [row["false_activation_positions"] for row in rows] == [2 / 6, 1 / 6, 1 / 6, 0.0]
+    assert [row["texts_with_activation"] for row in rows] == [1.0, 0.5, 0.5, 0.0]
+    assert choose(rows) == 0.5  # 0.9 would lose the question at 0.6
+    assert choose(sweep(answers[:2], texts, thresholds=(0.5, 0.9, 0.95, 0.98))) == 0.95
+
+
+def test_the_trigger_logits_are_read_at_every_position():
+    tokenizer = smollm2_tokenizer()
+    model = calculator(tokenizer, "add")
+    with torch.no_grad():
+        model.computer.trigger.bias.fill_(-3.0)
+    ids = [tokenizer.encode(text, add_special_tokens=False) for text in ("Add 3 and 4 ", "Hello")]
+    found = trigger_logits(model, ids)
+    assert [len(logits) for logits in found] == [len(row) for row in ids]
+    assert all(torch.allclose(logits, torch.full_like(logits, -3.0)) for logits in found)  # the weight starts at 0
+
+
+def test_calibration_texts_come_from_their_own_packages():
+    assert not set(CALIBRATION_PACKAGES) & (set(TRAINING_PACKAGES) | {name.split(".")[0] for name in MODULES})
+    texts = calibration_texts(5)
+    assert len(texts) == 5 == len(set(texts)) and texts == calibration_texts(5)
+
+
+def test_the_written_threshold_is_the_one_the_reloaded_model_uses(tmp_path):
+    tokenizer = smollm2_tokenizer()
+    model = calculator(tokenizer, "add")
+    model.save_pretrained(tmp_path)
+    before = (tmp_path / "config.json").read_text()
+    with pytest.raises(ValueError, match="^computer_trigger_threshold="):
+        write_threshold(tmp_path, model.config, 1.0)
+    assert (tmp_path / "config.json").read_text() == before and list(tmp_path.glob("tmp*")) == []
+    write_threshold(tmp_path, model.config, 0.99)
+    assert json.loads((tmp_path / "config.json").read_text())["computer_trigger_threshold"] == 0.99
+    reloaded = LlamaDCompForCausalLM.from_pretrained(tmp_path)  # the library's fingerprint does not cover it
+    assert reloaded.computer.trigger_threshold == pytest.approx(logit(0.99))
