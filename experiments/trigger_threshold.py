@@ -8,12 +8,12 @@ nor reports on it, for a train.py run whose computer writes tokens.
   `--max-tokens` tokens of each: the share of positions, and of texts, where it fires.
 
 One forward pass per prompt records the trigger's logits; each threshold is then a comparison. The threshold chosen
-is the highest of the grid that computes every validation question the default 1/2 computes: the trigger trained
-with weighted positives (`--trigger_positive_weight`) is sure at the answers it learned and merely leaning at a
-space before a number in a list or a code example. `--write` records it in the folder's config.json, which keeps
-the checkpoint loadable (the threshold is a policy, not part of `library_fingerprint`).
+is the highest of the grid that computes every validation question the default 1/2 computes, or all but a share
+`--recall-loss` of them: a user's trade between answers missed and ordinary text rewritten. `--write` records it
+in the folder's config.json, which keeps the checkpoint loadable (the threshold is a policy, not part of
+`library_fingerprint`).
 
-    python -m experiments.trigger_threshold --model runs/smol_frozen [--texts 300] [--write]
+    python -m experiments.trigger_threshold --model runs/smol_frozen [--texts 300] [--recall-loss 0.01] [--write]
 """
 
 from __future__ import annotations
@@ -71,9 +71,10 @@ def sweep(answer_logits: torch.Tensor, text_logits: list[torch.Tensor], threshol
     return rows
 
 
-def choose(rows: list[dict]) -> float:
-    """The highest threshold whose recall is that of the lowest (the default 1/2 when the grid starts there)."""
-    floor = rows[0]["recall"]
+def choose(rows: list[dict], recall_loss: float = 0.0) -> float:
+    """The highest threshold whose recall is at most `recall_loss` below that of the lowest (the default 1/2 when
+    the grid starts there)."""
+    floor = rows[0]["recall"] - recall_loss
     return max(row["threshold"] for row in rows if row["recall"] >= floor)
 
 
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--texts", type=int, default=300, help="calibration paragraphs")
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--limit", type=int, default=None, help="validation questions (default: all)")
+    parser.add_argument("--recall-loss", type=float, default=0.0, help="share of validation questions it may lose")
     parser.add_argument("--write", action="store_true", help="record the chosen threshold in config.json")
     parser.add_argument("--report", type=Path, default=None, help="write the JSON figures here")
     args = parser.parse_args(argv)
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
     answers = torch.stack([logits[-1] for logits in trigger_logits(model, prompts)])
     texts = [ids[: args.max_tokens] for ids in tokenizer(calibration_texts(args.texts))["input_ids"]]
     rows = sweep(answers, trigger_logits(model, texts))
-    chosen = choose(rows)
+    chosen = choose(rows, args.recall_loss)
     print(markdown_table(list(rows[0]), [[f"{value:.4g}" for value in row.values()] for row in rows]))
     print(f"chosen threshold: {chosen} (validation n = {len(prompts)}, texts n = {len(texts)})")
     if args.write:

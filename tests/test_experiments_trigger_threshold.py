@@ -21,6 +21,7 @@ def test_the_sweep_counts_recall_and_false_activations_per_threshold():
     assert [row["false_activation_positions"] for row in rows] == [2 / 6, 1 / 6, 1 / 6, 0.0]
     assert [row["texts_with_activation"] for row in rows] == [1.0, 0.5, 0.5, 0.0]
     assert choose(rows) == 0.5  # 0.9 would lose the question at 0.6
+    assert choose(rows, recall_loss=0.25) == 0.95 and choose(rows, recall_loss=0.5) == 0.98
     assert choose(sweep(answers[:2], texts, thresholds=(0.5, 0.9, 0.95, 0.98))) == 0.95
 
 
