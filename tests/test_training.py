@@ -105,6 +105,7 @@ def test_one_json_or_yaml_file_holds_the_arguments(tmp_path, suffix):
         (["--selection_temperature", "0"], "--selection_temperature: must be > 0, got 0.0"),
         (["--trigger_positive_weight", "0"], "--trigger_positive_weight: must be > 0, got 0.0"),
         (["--selection_context", "8", "--selection_dropout", "1"], "--selection_dropout: must be in [0, 1), got 1.0"),
+        (["--trigger_context", "-1"], "--trigger_context: must be >= 0, got -1"),
         (["--selection_dropout", "0.5"], "--selection_dropout: drops the token votes of --selection_context: give"),
         (["--phrasings", "wide"], "--phrasings: wide phrasings are for --task arithmetic --encoding binary"),
         (["--ending_fraction", "0.3"], "--ending_fraction: other prompt endings are for --task arithmetic --encoding"),
@@ -484,7 +485,17 @@ COMPUTER_PARTS = [
     ("--parse_loss_weight", "supervises the computer's parse"),
     ("--trigger_positive_weight", "weighs the token read-out's trigger"),
     ("--selection_context", "adds token votes to the selection of the token read-out's computer"),
+    ("--trigger_context", "adds token logits to the trigger of the token read-out's computer"),
 ]
+
+
+@pytest.mark.parametrize(("argv", "context"), [((), 0), (("--trigger_context", "3"), 3)])
+def test_the_trigger_reads_the_token_context_it_is_given(argv, context):
+    model_args, data_args, computer_args, _ = arguments("--encoding", "binary", *argv)
+    spec = task_spec(data_args, computer_args.reversed_programs)
+    model = build_model(model_args, data_args, computer_args, spec, build_tokenizer(model_args))
+    assert model.config.computer_trigger_context == context
+    assert (model.computer.trigger_tokens is None) == (context == 0)
 
 
 @pytest.mark.parametrize("flag, message", COMPUTER_PARTS)

@@ -197,6 +197,11 @@ class ComputerArguments:
         metadata={"help": "the token read-out's trigger loss: weight of its positives (an answer starts here) against "
                   "its negatives (every other position); > 1 trades a few false activations for fewer misses"},
     )  # fmt: skip
+    trigger_context: int | None = field(
+        default=None,
+        metadata={"help": "--encoding binary: the trigger also adds learned logits of the last k token ids "
+                  "(computer_trigger_context; default: the task's, 8 for lists, 0 for arithmetic)"},
+    )  # fmt: skip
     selection_context: int = field(
         default=0,
         metadata={"help": "--encoding binary: the program selection also adds learned votes of the last k token ids, "
@@ -226,6 +231,8 @@ class ComputerArguments:
         _check_finite(self, "selection_temperature", "trigger_positive_weight", positive=True)
         _check(self.probe_examples >= 1, "probe_examples", f"must be >= 1, got {self.probe_examples}")
         _check(self.selection_context >= 0, "selection_context", f"must be >= 0, got {self.selection_context}")
+        if self.trigger_context is not None:
+            _check(self.trigger_context >= 0, "trigger_context", f"must be >= 0, got {self.trigger_context}")
         _check(0 <= self.selection_dropout < 1, "selection_dropout", f"must be in [0, 1), got {self.selection_dropout}")
         _check(
             self.selection_dropout == 0 or self.selection_context > 0,
@@ -336,6 +343,7 @@ def check_combinations(model_args, data_args, computer_args) -> None:
         ("parse_loss_weight", 0.0, "supervises the computer's parse"),
         ("trigger_positive_weight", 1.0, "weighs the token read-out's trigger"),
         ("selection_context", 0, "adds token votes to the selection of the token read-out's computer"),
+        ("trigger_context", None, "adds token logits to the trigger of the token read-out's computer"),
     ):
         if getattr(computer_args, argument) == unset:
             continue

@@ -84,6 +84,9 @@ def build_model(model_args, data_args, computer_args, spec: TaskSpec, tokenizer)
         library_memory_inputs=spec.memory_inputs,
     )
     if data_args.encoding == "binary":  # exact signed values, read from and written as the tokenizer's numbers
+        task_fields = list_fields(spec, names) if spec.count_register >= 0 else {}
+        if computer_args.trigger_context is not None:
+            task_fields["computer_trigger_context"] = computer_args.trigger_context
         return from_llama(
             llama,
             tokenizer=tokenizer,
@@ -94,7 +97,7 @@ def build_model(model_args, data_args, computer_args, spec: TaskSpec, tokenizer)
             computer_selection_context=computer_args.selection_context,
             computer_selection_dropout=computer_args.selection_dropout,
             **common,
-            **(list_fields(spec, names) if spec.count_register >= 0 else {}),
+            **task_fields,
         )
     tokens = number_token_ids(tokenizer, data_args.n)
     number_ids = [ids[0] if len(ids) == 1 else -1 for ids in tokens]
