@@ -9,7 +9,9 @@ nor reports on it, for a train.py run whose computer writes tokens.
 
 One forward pass per prompt records the trigger's logits; each threshold is then a comparison. The threshold chosen
 is the highest of the grid that computes every validation question the default 1/2 computes, or all but a share
-`--recall-loss` of them: a user's trade between answers missed and ordinary text rewritten. `--write` records it
+`--recall-loss` of them: a user's trade between answers missed and ordinary text rewritten. The validation split
+asks in trained phrasings, so a threshold chosen on it can miss questions asked otherwise (docs/RESULTS.md §7,
+seed 13: 0.95 kept every validation question and lost a quarter of the phrasings no split uses). `--write` records it
 in the folder's config.json, which keeps the checkpoint loadable (the threshold is a policy, not part of
 `library_fingerprint`).
 
