@@ -489,6 +489,16 @@ COMPUTER_PARTS = [
 ]
 
 
+def test_a_list_trigger_without_token_context_is_refused(tmp_path):
+    """The list task's trigger reads the token ids alone (its hidden-state weights stay 0): with k = 0 it would
+    never fire."""
+    import train
+
+    argv = ["--output_dir", str(tmp_path / "run"), "--encoding", "binary", "--task", "sort", "--trigger_context", "0"]
+    with pytest.raises(SystemExit, match="--trigger_context 0: a list task's trigger reads the token ids alone"):
+        train.main(argv)
+
+
 @pytest.mark.parametrize(("argv", "context"), [((), 0), (("--trigger_context", "3"), 3)])
 def test_the_trigger_reads_the_token_context_it_is_given(argv, context):
     model_args, data_args, computer_args, _ = arguments("--encoding", "binary", *argv)

@@ -351,6 +351,10 @@ def check_combinations(model_args, data_args, computer_args) -> None:
             raise ArgumentError(f"--{argument}: {needs}, and --no_computer has none")
         if argument != "parse_loss_weight" and data_args.encoding != "binary":
             raise ArgumentError(f"--{argument}: {needs}, and --encoding {data_args.encoding} has none (use binary)")
+    lists = data_args.encoding == "binary" and data_args.task in ("sort", "max", "min")
+    if lists and computer_args.trigger_context == 0:  # `init_list_copy_parse` keeps its hidden-state weights 0
+        raise ArgumentError("--trigger_context 0: a list task's trigger reads the token ids alone, so it could "
+                            "never fire: give k >= 1")  # fmt: skip
 
 
 def settings(model_args, data_args, computer_args, training_args) -> dict:
