@@ -88,7 +88,13 @@ def calibration_texts(count: int, seed: int = 0) -> list[str]:
 
 def write_threshold(folder: Path, config, threshold: float) -> None:
     """Sets `computer_trigger_threshold` in `folder`/config.json, checked by the config first and replaced
-    atomically (a kill leaves the old file or the new one)."""
+    atomically (a kill leaves the old file or the new one). A folder whose run-time code predates the field is
+    refused: its model would load the value and ignore it."""
+    if "computer_trigger_threshold" not in getattr(type(config), "__dataclass_fields__", {}):
+        raise ValueError(
+            f"{folder}: its run-time code has no computer_trigger_threshold, so the model would ignore it; copy this "
+            "checkout's configuration_llama_dcomp.py and modeling_llama_dcomp.py into the folder first"
+        )
     config.computer_trigger_threshold = threshold  # raises, naming the field, on an invalid value
     path = folder / "config.json"
     fields = json.loads(path.read_text())

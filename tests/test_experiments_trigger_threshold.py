@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 from test_readout import calculator, smollm2_tokenizer
+from transformers import LlamaConfig
 
 from experiments.pass_through import MODULES
 from experiments.trigger_threshold import calibration_texts, choose, logit, sweep, trigger_logits, write_threshold
@@ -50,6 +51,9 @@ def test_the_written_threshold_is_the_one_the_reloaded_model_uses(tmp_path):
     with pytest.raises(ValueError, match="^computer_trigger_threshold="):
         write_threshold(tmp_path, model.config, 1.0)
     assert (tmp_path / "config.json").read_text() == before and list(tmp_path.glob("tmp*")) == []
+    with pytest.raises(ValueError, match="its run-time code has no computer_trigger_threshold"):
+        write_threshold(tmp_path, LlamaConfig(), 0.99)  # a folder saved by older code: its config lacks the field
+    assert (tmp_path / "config.json").read_text() == before
     write_threshold(tmp_path, model.config, 0.99)
     assert json.loads((tmp_path / "config.json").read_text())["computer_trigger_threshold"] == 0.99
     reloaded = LlamaDCompForCausalLM.from_pretrained(tmp_path)  # the library's fingerprint does not cover it
