@@ -2,7 +2,7 @@
 
 import dcomp_isa
 from experiments.new_phrasings import FLOOR_DIVISIONS, NEW_PHRASINGS, questions
-from library.tasks import PHRASINGS
+from library.tasks import PHRASINGS, words
 from library.training.data import written_numbers
 
 
@@ -28,3 +28,13 @@ def test_questions_hold_their_answers_and_read_back_their_operands():
                 assert a % b == 0, row["text"]  # no rounding asked: the division comes out even
     assert any(value < 0 for row in rows for value in row["operands"])
     assert questions(per_phrasing=20, seed=3, max_digits=4)["text"] == rows["text"]  # seeded
+
+
+def test_widening_the_training_phrasings_keeps_the_new_words_new():
+    """A new phrasing with a word the default set lacks (" increased", " equals") still has one the wide set lacks:
+    otherwise the proxy would measure trained words."""
+    vocabulary = {kind: set().union(*(words(t) for ts in PHRASINGS[kind].values() for t in ts)) for kind in PHRASINGS}
+    for phrasings in NEW_PHRASINGS.values():
+        for phrasing in phrasings:
+            if words(phrasing) - vocabulary["all"]:
+                assert words(phrasing) - vocabulary["wide"], phrasing
