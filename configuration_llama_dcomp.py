@@ -188,6 +188,13 @@ class LlamaDCompConfig(LlamaConfig):
     tokens, the same however long the sequence is, where a hidden state drifts with the length (lists longer than
     in training, docs/RESULTS.md §8). 0: none."""
 
+    computer_lead_token_id: int | None = None
+    """The "tokens" read-out's lead: the token written before an answer where the prompt ends without it (SmolLM2's
+    " " after "Answer:"), which a frozen base does not write reliably (it may end the text instead). A second
+    learned head (`lead`, σ(w · RMSNorm(h)) > `computer_trigger_threshold`, silent at first) adds
+    `computer_readout_strength` to this token's logit; the trigger then computes at the token written. None: no
+    lead head, the base writes whatever comes before the answer."""
+
     computer_trigger_threshold: float | int = 0.5
     """The "tokens" read-out's trigger computes where σ(trigger logit) exceeds this probability; in (0, 1). Training
     fits the trigger at 1/2 (its loss is a likelihood); a higher threshold at inference trades recall on questions
@@ -476,6 +483,17 @@ class LlamaDCompConfig(LlamaConfig):
         stray = sorted(set(self.computer_joined_minus_token_ids) - set(self.computer_minus_token_ids))
         require(not stray, "computer_joined_minus_token_ids", f"token ids {stray} are not in computer_minus_token_ids")
         require(self.computer_trigger_context >= 0, "computer_trigger_context", "must be >= 0")
+        lead = self.computer_lead_token_id
+        require(
+            lead is None or self.computer_output == "tokens",
+            "computer_lead_token_id",
+            'a lead token is written by the token read-out: it needs computer_output="tokens"',
+        )
+        require(
+            lead is None or 0 <= lead < self.vocab_size,
+            "computer_lead_token_id",
+            f"must be a token id in [0, vocab_size={self.vocab_size}), got {lead}",
+        )
         require(
             0.0 < self.computer_trigger_threshold < 1.0, "computer_trigger_threshold", "must be a probability in (0, 1)"
         )

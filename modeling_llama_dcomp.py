@@ -140,6 +140,7 @@ ANSWER_FIELDS = (
     "computer_list_negative_separator_ids",
     "computer_trigger_context",
     "computer_selection_context",
+    "computer_lead_token_id",
 )
 # The token-context logits of the trigger and the selection are `TOKEN_LOGIT_SCALE · trigger_tokens` (·
 # selection_tokens): an Adam step moves an entry by about the learning rate (3e-3 for the computer), so in these
@@ -285,6 +286,8 @@ class ComputerRun:
     steps: int  # interpreter steps the run took (shared by the P rows: early exit waits for all)
     # (batch, seq) the "tokens" read-out's trigger logits at every position of the call (None for residual_add)
     trigger_logits: torch.Tensor | None = None
+    # (batch, seq) the lead head's logits (`computer_lead_token_id`; None without one)
+    lead_logits: torch.Tensor | None = None
 
 
 @contextlib.contextmanager
@@ -559,6 +562,9 @@ class LlamaDCompComputer(nn.Module):
             context = config.computer_trigger_context
             # learned trigger logits of the last `context` token ids (None: the hidden state alone decides)
             self.trigger_tokens = nn.Parameter(torch.empty(context, config.vocab_size)) if context else None
+            self.lead_token_id = config.computer_lead_token_id
+            # "the answer starts after one more token": where the prompt has not written the lead token itself
+            self.lead = nn.Linear(hidden_size, 1) if self.lead_token_id is not None else None
         placeholder = halt_program(config)
         self._register_library(placeholder, torch.as_tensor(config.library_entry_points, dtype=torch.long))
 
@@ -664,7 +670,9 @@ class LlamaDCompComputer(nn.Module):
         sharp value) and written one per position from the computing position on (`ReadoutPlan`), then the end
         mark. A position inside an
         earlier answer does not start another, unless the text has left that answer (`ReadoutPlan.followed`: a
-        prompt that goes on after a number the trigger answered). Fills `call.writes`; the residual stream is
+        prompt that goes on after a number the trigger answered). Where the lead head fires outside every answer
+        (`computer_lead_token_id`, the trigger's threshold), its token is written: the space a prompt ending in
+        "Answer:" leaves out, after which the trigger computes. Fills `call.writes`; the residual stream is
         returned unchanged."""
         assert self.numbers is not None and history is not None  # the config requires digit tokens; the model ids
         batch, seq = call.valid.shape
@@ -676,7 +684,8 @@ class LlamaDCompComputer(nn.Module):
         fire = call.positions if call.explicit else call.positions & (trigger_logits > self.trigger_threshold)
         if not call.explicit:
             fire = fire & ~plan.covers(absolute.expand(batch, -1))
-        run = self.run(hidden_states, fire, history, call.past_length, trigger_logits)
+        lead_logits = None if self.lead is None else self.lead(normed).squeeze(-1)  # (batch, seq)
+        run = self.run(hidden_states, fire, history, call.past_length, trigger_logits, lead_logits)
         tokens, lengths = self.spell_answers(run)  # (P, symbols), (P,)
         writes = torch.full((batch, seq, 2), -1, dtype=torch.long, device=hidden_states.device)
         writes[..., 1] = 0
@@ -687,6 +696,10 @@ class LlamaDCompComputer(nn.Module):
                 continue
             plan = plan.assign(b, start, tokens[row], int(lengths[row])).followed(call.input_ids, absolute)
             self._write_plan(writes, plan.select(torch.tensor([b], device=absolute.device)), absolute, row=b)
+        if lead_logits is not None and not call.explicit:  # the lead token where no answer is being written
+            outside = ~plan.covers(absolute.expand(batch, -1)) & ~fire
+            lead = call.positions & outside & (lead_logits > self.trigger_threshold)
+            writes[..., 0] = torch.where(lead, self.lead_token_id, writes[..., 0])
         history.plan = plan
         call.writes, call.writer = writes, self
         return hidden_states
@@ -745,6 +758,7 @@ class LlamaDCompComputer(nn.Module):
         history: ComputerCache | None = None,
         past_length: int = 0,
         trigger_logits: torch.Tensor | None = None,
+        lead_logits: torch.Tensor | None = None,
     ) -> ComputerRun:
         """Select, parse and run (steps 1–3 of the class docstring) at the P positions where `positions`
         `(batch, seq)` is True, from `hidden_states (batch, seq, hidden)` (the sequence's tokens, `past_length` of
@@ -804,7 +818,7 @@ class LlamaDCompComputer(nn.Module):
             max_steps=self.max_steps,
         )
         run = ComputerRun(
-            positions, program_probs, input_probs, memory_probs, result.state, result.steps, trigger_logits
+            positions, program_probs, input_probs, memory_probs, result.state, result.steps, trigger_logits, lead_logits
         )
         records = _TRACE_RECORDS.get()
         if records is not None:
@@ -992,6 +1006,9 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
                 init.zeros_(module.end_logits)
                 if module.trigger_tokens is not None:
                     init.zeros_(module.trigger_tokens)
+                if module.lead is not None:  # silent at first, as the trigger
+                    init.zeros_(module.lead.weight)
+                    init.constant_(module.lead.bias, -4.0)
             if module.selection_tokens is not None:
                 init.zeros_(module.selection_tokens)
             placeholder = halt_program(config)

@@ -675,6 +675,11 @@ def _pad(values: list[int], value: int, count: int, left: bool) -> list[int]:
     return [value] * count + values if left else values + [value] * count
 
 
+def space_token(tokenizer) -> int:
+    """The token a model writes between a prompt that ends without a space and the answer (`PLAIN_ENDINGS`)."""
+    return tokenizer(" ", add_special_tokens=False)["input_ids"][-1]
+
+
 def tokenize_for_causal_lm(
     dataset: datasets.Dataset | datasets.DatasetDict,
     tokenizer,
@@ -699,7 +704,7 @@ def tokenize_for_causal_lm(
     def chat(text: str) -> bool:
         return _held_out([text], 0, chat_fraction) if 0 < chat_fraction < 1 else chat_fraction == 1
 
-    space = tokenizer(" ", add_special_tokens=False)["input_ids"][-1:]
+    space = [space_token(tokenizer)]
 
     def prompt_tokens(text: str) -> tuple[list[int], list[int]]:
         """The prompt's tokens, and the tokens the model writes before the answer's own (a space, or none)."""

@@ -133,6 +133,7 @@ INVALID = [
     ),
     ({"computer_list_separator_ids": [10**9]}, "computer_list_separator_ids"),
     ({"computer_trigger_context": -1}, "computer_trigger_context"),
+    ({"computer_lead_token_id": 5}, "computer_lead_token_id"),  # the lead is written by the "tokens" read-out
     ({"computer_trigger_threshold": 0.0}, "computer_trigger_threshold"),
     ({"computer_trigger_threshold": 1.0}, "computer_trigger_threshold"),
     ({"computer_selection_context": -1}, "computer_selection_context"),

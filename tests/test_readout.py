@@ -370,6 +370,40 @@ def test_a_trigger_from_the_last_token_ids_fires_alike_cached_uncached_and_left_
 
 
 @pytest.mark.parametrize("name", ["llama3", "smollm2"])
+def test_a_lead_head_writes_the_space_a_prompt_left_out_and_the_trigger_answers_after_it(name):
+    """computer_lead_token_id: where the lead fires (here: everywhere no answer is written) the space gets the
+    read-out's strength; the trigger fires at a space after a colon, so "…\nAnswer:" is answered " 19" by a model
+    whose base would not write the space, alike through every route. Without the lead the base writes something
+    else."""
+    tokenizer = TOKENIZERS[name]()
+    space = tokenizer.encode(" ", add_special_tokens=False)[-1]
+    colon = tokenizer.encode("Answer:", add_special_tokens=False)[-1]
+    prompts = ["What is 12 plus 7?\nAnswer:", "Add 5 and -30.\nAnswer:"]
+
+    def answers(model) -> list[str]:
+        outputs = []
+        for prompt in prompts:
+            inputs = tokenizer(prompt, return_tensors="pt")
+            generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+            outputs.append(tokenizer.decode(generated[0, inputs.input_ids.shape[1] :], skip_special_tokens=True))
+        return outputs
+
+    model = calculator(tokenizer, "add", computer_trigger_context=2, computer_lead_token_id=space)
+    with torch.no_grad():  # -4 (the bias) + 3 + 3: fires at a space after a colon only
+        model.computer.trigger_tokens[0, space] = 3.0 / TOKEN_LOGIT_SCALE
+        model.computer.trigger_tokens[1, colon] = 3.0 / TOKEN_LOGIT_SCALE
+    assert not any(answer.startswith((" 19", " -25")) for answer in answers(model))  # the lead is silent at first
+    with pytest.raises(ValueError, match="^computer_lead_token_id=.*must be a token id in"):
+        model.config.computer_lead_token_id = model.config.vocab_size
+    with torch.no_grad():
+        model.computer.lead.bias.fill_(10.0)
+    first, second = answers(model)
+    assert first.startswith(" 19") and not first[3:4].isdigit(), first
+    assert second.startswith(" -25") and not second[4:5].isdigit(), second
+    assert_every_route_agrees(model, tokenizer, prompts, 6)
+
+
+@pytest.mark.parametrize("name", ["llama3", "smollm2"])
 def test_every_number_token_reads_one_row_of_the_trigger_context(name):
     """Which digits a prompt ends with does not move the trigger: every number token reads the row of "0", so a
     rare chunk fires as a common one does, and the rows of other number tokens are never read."""

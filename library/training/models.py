@@ -5,6 +5,7 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from library import tasks as task_library
 from library.install import from_llama, number_token_ids
 from library.loading import load_tokenizer
 from library.tokenizer import llama3_tokenizer
@@ -87,6 +88,8 @@ def build_model(model_args, data_args, computer_args, spec: TaskSpec, tokenizer)
         task_fields = list_fields(spec, names) if spec.count_register >= 0 else {}
         if computer_args.trigger_context is not None:
             task_fields["computer_trigger_context"] = computer_args.trigger_context
+        if computer_args.lead_token:  # the space `tokenize_for_causal_lm` labels after an ending without one
+            task_fields["computer_lead_token_id"] = task_library.space_token(tokenizer)
         return from_llama(
             llama,
             tokenizer=tokenizer,
