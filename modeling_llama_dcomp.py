@@ -235,6 +235,11 @@ def run_selected(
     return machine.run(program, state, max_steps)
 
 
+def logit(probability: float) -> float:
+    """The logit whose σ is `probability` in (0, 1): a threshold on σ(x) as one on x."""
+    return math.log(probability) - math.log1p(-probability)
+
+
 def straight_through(soft: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
     """`hard` in the forward pass, the gradient of `soft` in the backward pass (the straight-through estimator).
 
@@ -554,7 +559,7 @@ class LlamaDCompComputer(nn.Module):
         if self.writes_tokens:
             self.trigger = nn.Linear(hidden_size, 1)  # "compute here": the answer that follows is the computer's
             threshold = config.computer_trigger_threshold
-            self.trigger_threshold = math.log(threshold) - math.log1p(-threshold)  # as a logit
+            self.trigger_threshold = logit(threshold)
             self.readout_strength = nn.Parameter(torch.empty(1))
             # What the end mark writes besides "no more number tokens": learned logits (the data's end of an answer,
             # EOS say), so a frozen base need not learn where a computed answer ends.

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import tempfile
@@ -34,6 +33,7 @@ from experiments.common import markdown_table, runs_of
 from experiments.generate_eval import run_settings, test_splits
 from library.loading import load_model, load_tokenizer, model_folder
 from library.texts import CALIBRATION_PACKAGES, docstring_paragraphs
+from modeling_llama_dcomp import logit
 
 THRESHOLDS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999)
 
@@ -49,10 +49,6 @@ def trigger_logits(model, sequences: list[list[int]]) -> list[torch.Tensor]:
         (logits,) = [run.trigger_logits for run in runs if run.trigger_logits is not None]
         found.append(logits[0].float())
     return found
-
-
-def logit(probability: float) -> float:
-    return math.log(probability) - math.log1p(-probability)
 
 
 def sweep(answer_logits: torch.Tensor, text_logits: list[torch.Tensor], thresholds=THRESHOLDS) -> list[dict]:

@@ -9,9 +9,9 @@ from test_readout import calculator, smollm2_tokenizer
 from transformers import LlamaConfig
 
 from experiments.pass_through import MODULES
-from experiments.trigger_threshold import calibration_texts, choose, logit, sweep, trigger_logits, write_threshold
+from experiments.trigger_threshold import calibration_texts, choose, sweep, trigger_logits, write_threshold
 from library.texts import CALIBRATION_PACKAGES, TRAINING_PACKAGES
-from modeling_llama_dcomp import LlamaDCompForCausalLM
+from modeling_llama_dcomp import LlamaDCompForCausalLM, logit
 
 
 def test_the_sweep_counts_recall_and_false_activations_per_threshold():
