@@ -509,15 +509,16 @@ def test_the_trigger_reads_the_token_context_it_is_given(argv, context):
     assert (model.computer.trigger_tokens is None) == (context == 0)
 
 
-def test_the_lead_head_learns_where_the_model_writes_the_answers_first_token():
-    """Its targets: the position before an answer position whose token is labelled (a prompt that ended without
-    the space), none where the prompt wrote the space itself or in a row without an answer."""
-    answer_positions = torch.zeros(3, 6, dtype=torch.bool)
-    answer_positions[0, 3] = answer_positions[1, 3] = True
-    labels = torch.full((3, 6), -100)
-    labels[0, 3:] = 7  # the space at 3 is the answer's first token: the model writes it after position 2
-    labels[1, 4:] = 7  # the prompt ended with the space at 3
-    assert lead_positions(answer_positions, labels).nonzero().tolist() == [[0, 2]]
+def test_the_lead_head_learns_where_the_space_before_an_answer_comes_next():
+    """Its targets: the position before an answer position that holds the space, whether the model writes that
+    space (labelled) or the prompt does; none before an answer that starts after another token (chat, a line
+    break) or in a row without an answer."""
+    space = 7
+    answer_positions = torch.zeros(4, 6, dtype=torch.bool)
+    answer_positions[0, 3] = answer_positions[1, 3] = answer_positions[2, 3] = True
+    input_ids = torch.full((4, 6), 5)
+    input_ids[0, 3] = input_ids[1, 3] = space  # the model writes it (labelled) / the prompt ends with it
+    assert lead_positions(answer_positions, input_ids, space).nonzero().tolist() == [[0, 2], [1, 2]]
 
 
 def test_the_lead_token_is_the_space_and_needs_prompts_that_leave_it_out(tmp_path):
@@ -699,17 +700,17 @@ def test_other_prompt_endings_are_in_the_training_rows_alone(cache):
     assert all(ends_with_the_space(row) for name in ("validation", "test", "test_pairs") for row in data[name])
 
 
-def test_the_lead_loss_trains_the_lead_head_on_prompts_that_end_without_the_space(cache, tmp_path):
-    """--lead_token: the trainer adds the lead's binary cross-entropy (targets from `lead_positions`, some in a
-    batch whose prompts partly end without the space) to the loss, and its gradient reaches the lead head."""
+def test_the_lead_loss_trains_the_lead_head(cache, tmp_path):
+    """--lead_token: the trainer adds the lead's binary cross-entropy (targets from `lead_positions`) to the loss,
+    and its gradient reaches the lead head."""
     model_args, data_args, computer_args, _, spec, tokenizer, data = task(
         "--encoding", "binary", "--lead_token", "--ending_fraction", "0.5", "--train_size", "60",
         "--validation_size", "4", "--test_size", "4",
     )  # fmt: skip
     model = build_model(model_args, data_args, computer_args, spec, tokenizer).train()
     batch = AnswerCollator(tokenizer.pad_token_id, True, with_targets=True)(list(data["train"].select(range(16))))
-    leads = lead_positions(batch["computer_mask"], batch["labels"])
-    assert 0 < int(leads.sum()) < 16  # some prompts ended without the space
+    leads = lead_positions(batch["computer_mask"], batch["input_ids"], model.config.computer_lead_token_id)
+    assert int(leads.sum()) > 0
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
     DCompTrainer(model=model, args=args).compute_loss(model, dict(batch)).backward()
     assert model.computer.lead.weight.grad.abs().sum() > 0 and model.computer.lead.bias.grad.abs().sum() > 0

@@ -19,7 +19,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 import modeling_llama_dcomp
 from library.training.arguments import resume_mismatches
 from library.training.losses import distillation_kl, distribution_cross_entropy
-from modeling_llama_dcomp import IGNORE_INDEX, LlamaDCompPreTrainedModel, record_computer_runs
+from modeling_llama_dcomp import LlamaDCompPreTrainedModel, record_computer_runs
 
 # Trainer.push_to_hub leaves out names starting with "_": the lock is no part of the published model.
 LOCK_FILE = "_train.lock"
@@ -93,7 +93,6 @@ class DCompTrainer(Trainer):
         config = self.model.config
         writes_tokens = getattr(config, "computer_output", None) == "tokens"
         answer_positions = inputs.get("computer_mask")
-        labels = inputs.get("labels")  # the lead head's targets: the answers' labelled first tokens
         if writes_tokens and not model.training and answer_positions is not None:
             inputs.pop("computer_mask")  # evaluation: the trigger decides where to compute, as in generate()
         with record_computer_runs() as runs:
@@ -112,7 +111,7 @@ class DCompTrainer(Trainer):
                     run.trigger_logits, answer_positions, inputs["attention_mask"], self.trigger_positive_weight
                 )
                 if run.lead_logits is not None:
-                    leads = lead_positions(answer_positions, labels)
+                    leads = lead_positions(answer_positions, inputs["input_ids"], config.computer_lead_token_id)
                     loss = loss + trigger_loss(
                         run.lead_logits, leads, inputs["attention_mask"], self.trigger_positive_weight
                     )
@@ -198,12 +197,13 @@ def trigger_loss(
     return torch.nn.functional.binary_cross_entropy_with_logits(logits[where], targets[where], pos_weight=weight)
 
 
-def lead_positions(answer_positions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The lead head's targets `(batch, seq)`: the position before an answer position whose token is labelled,
-    i.e. the token the model writes after a prompt that ended without it ("Answer:" + " "; `tokenize_for_causal_lm`
-    labels it), from where the answer is in the data."""
-    written = answer_positions.bool() & (labels != IGNORE_INDEX)
-    return torch.nn.functional.pad(written[:, 1:], (0, 1), value=False)
+def lead_positions(answer_positions: torch.Tensor, input_ids: torch.Tensor, lead_token_id: int) -> torch.Tensor:
+    """The lead head's targets `(batch, seq)`: the position before an answer position that holds the lead token (the
+    space before the answer), from where the answer is in the data. The model writes that space after a prompt that
+    ended without it ("Answer:" + " ", labelled), and writing it where the prompt goes on with it ("?" + " ") is as
+    right, so both are positives: otherwise the same "?" would be a positive in one row and a negative in the other."""
+    before = answer_positions.bool() & (input_ids == lead_token_id)
+    return torch.nn.functional.pad(before[:, 1:], (0, 1), value=False)
 
 
 def non_finite(what: str, step: int, output_dir: str) -> TrainingError:
