@@ -403,6 +403,25 @@ def test_a_lead_head_writes_the_space_a_prompt_left_out_and_the_trigger_answers_
     assert_every_route_agrees(model, tokenizer, prompts, 6)
 
 
+def test_the_lead_round_trips_and_an_edited_lead_token_fails_to_load_naming_it(tmp_path):
+    import json
+
+    from modeling_llama_dcomp import LibraryMismatchError, LlamaDCompForCausalLM
+
+    tokenizer = smollm2_tokenizer()
+    space = tokenizer.encode(" ", add_special_tokens=False)[-1]
+    model = calculator(tokenizer, "add", computer_lead_token_id=space)
+    with torch.no_grad():
+        model.computer.lead.bias.fill_(2.5)
+    model.save_pretrained(tmp_path)
+    loaded = LlamaDCompForCausalLM.from_pretrained(tmp_path)
+    assert loaded.computer.lead.bias.item() == 2.5 and loaded.config.computer_lead_token_id == space
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "computer_lead_token_id": space + 1}))
+    with pytest.raises(LibraryMismatchError, match=r"config\.computer_lead_token_id="):
+        LlamaDCompForCausalLM.from_pretrained(tmp_path)
+
+
 @pytest.mark.parametrize("name", ["llama3", "smollm2"])
 def test_every_number_token_reads_one_row_of_the_trigger_context(name):
     """Which digits a prompt ends with does not move the trigger: every number token reads the row of "0", so a

@@ -75,6 +75,7 @@ EDITS = {
     "computer_list_negative_separator_ids": [6],
     "computer_trigger_context": 2,
     "computer_selection_context": 2,  # needs "tokens" too: checked in test_readout
+    "computer_lead_token_id": 5,  # needs "tokens" too: checked in test_readout
 }
 COPYING = {"computer_parse": "copy", "computer_number_token_ids": list(range(10, 26))}
 # Fields that cannot change alone: their edit also changes these (listed after them in ANSWER_FIELDS).
@@ -91,7 +92,12 @@ def test_every_answer_field_has_an_edit():
 
 
 @pytest.mark.parametrize(
-    "field", [name for name in ANSWER_FIELDS if name not in ("computer_output", "computer_selection_context")]
+    "field",
+    [
+        name
+        for name in ANSWER_FIELDS
+        if name not in ("computer_output", "computer_selection_context", "computer_lead_token_id")
+    ],
 )
 def test_editing_an_answer_field_in_config_json_fails_to_load_naming_it(folder, field):
     changes = {field: EDITS[field], **COMPANIONS.get(field, {})}
