@@ -205,8 +205,8 @@ class ComputerArguments:
     lead_token: bool = field(
         default=False,
         metadata={"help": "--encoding binary: a lead head writes the space before an answer where the prompt ends "
-                  "without one (\"Answer:\"), which a frozen base may not (computer_lead_token_id); trained on the "
-                  "prompts of --ending_fraction that end so"},
+                  "without one (\"Answer:\"), which a frozen base may not (computer_lead_token_id); trained before "
+                  "every answer that follows a space, the prompt's own or, with --ending_fraction, the model's"},
     )  # fmt: skip
     selection_context: int = field(
         default=0,
@@ -358,9 +358,6 @@ def check_combinations(model_args, data_args, computer_args) -> None:
             raise ArgumentError(f"--{argument}: {needs}, and --no_computer has none")
         if argument != "parse_loss_weight" and data_args.encoding != "binary":
             raise ArgumentError(f"--{argument}: {needs}, and --encoding {data_args.encoding} has none (use binary)")
-    if computer_args.lead_token and data_args.ending_fraction == 0:
-        raise ArgumentError("--lead_token: the lead head learns from prompts that end without a space, and "
-                            "--ending_fraction 0 has none: give --ending_fraction > 0")  # fmt: skip
     lists = data_args.encoding == "binary" and data_args.task in ("sort", "max", "min")
     if lists and computer_args.trigger_context == 0:  # `init_list_copy_parse` keeps its hidden-state weights 0
         raise ArgumentError("--trigger_context 0: a list task's trigger reads the token ids alone, so it could "
