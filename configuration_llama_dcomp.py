@@ -191,9 +191,10 @@ class LlamaDCompConfig(LlamaConfig):
     computer_lead_token_id: int | None = None
     """The "tokens" read-out's lead: the token written before an answer where the prompt ends without it (SmolLM2's
     " " after "Answer:"), which a frozen base does not write reliably (it may end the text instead). A second
-    learned head (`lead`, σ(w · RMSNorm(h)) > `computer_trigger_threshold`, silent at first) adds
-    `computer_readout_strength` to this token's logit; the trigger then computes at the token written. None: no
-    lead head, the base writes whatever comes before the answer."""
+    learned head (`lead`, σ(w · RMSNorm(h)) > `computer_trigger_threshold`, plus its own token-context logits,
+    `lead_tokens`, with `computer_trigger_context`; silent at first) adds `computer_readout_strength` to this
+    token's logit; the trigger then computes at the token written. None: no lead head, the base writes whatever
+    comes before the answer."""
 
     computer_trigger_threshold: float | int = 0.5
     """The "tokens" read-out's trigger computes where σ(trigger logit) exceeds this probability; in (0, 1). Training

@@ -570,6 +570,10 @@ class LlamaDCompComputer(nn.Module):
             self.lead_token_id = config.computer_lead_token_id
             # "the answer starts after one more token": where the prompt has not written the lead token itself
             self.lead = nn.Linear(hidden_size, 1) if self.lead_token_id is not None else None
+            # the lead's own logits of the last `context` token ids, as the trigger's
+            self.lead_tokens = (
+                nn.Parameter(torch.empty(context, config.vocab_size)) if context and self.lead is not None else None
+            )
         placeholder = halt_program(config)
         self._register_library(placeholder, torch.as_tensor(config.library_entry_points, dtype=torch.long))
 
@@ -684,12 +688,14 @@ class LlamaDCompComputer(nn.Module):
         absolute = call.past_length + torch.arange(seq, device=hidden_states.device)  # (seq,)
         trigger_logits = self.trigger(normed).squeeze(-1)  # (batch, seq)
         if self.trigger_tokens is not None:
-            trigger_logits = trigger_logits + self.token_context_logits(history, seq)
+            trigger_logits = trigger_logits + self.token_context_logits(self.trigger_tokens, history, seq)
         plan = history.plan.followed(call.input_ids, absolute)  # an earlier answer, up to where the text left it
         fire = call.positions if call.explicit else call.positions & (trigger_logits > self.trigger_threshold)
         if not call.explicit:
             fire = fire & ~plan.covers(absolute.expand(batch, -1))
         lead_logits = None if self.lead is None else self.lead(normed).squeeze(-1)  # (batch, seq)
+        if self.lead_tokens is not None:
+            lead_logits = lead_logits + self.token_context_logits(self.lead_tokens, history, seq)
         run = self.run(hidden_states, fire, history, call.past_length, trigger_logits, lead_logits)
         tokens, lengths = self.spell_answers(run)  # (P, symbols), (P,)
         writes = torch.full((batch, seq, 2), -1, dtype=torch.long, device=hidden_states.device)
@@ -709,24 +715,25 @@ class LlamaDCompComputer(nn.Module):
         call.writes, call.writer = writes, self
         return hidden_states
 
-    def token_context_logits(self, history: ComputerCache, seq: int) -> torch.Tensor:
-        """s · Σ_j trigger_tokens[j, x_{t−j}] (s = `TOKEN_LOGIT_SCALE`, j < k) for the call's `seq` positions t
-        (the last of `history`): the trigger's logit from the ids of the last k tokens, padding and the sequence's
-        start skipped. Every number token reads the row of the token "0": which digits a list ends with must not
-        decide where to answer, and a rare chunk would otherwise keep the untrained row it started with."""
-        assert self.trigger_tokens is not None and self.numbers is not None
+    def token_context_logits(self, table: torch.Tensor, history: ComputerCache, seq: int) -> torch.Tensor:
+        """s · Σ_j table[j, x_{t−j}] (s = `TOKEN_LOGIT_SCALE`, j < k, `table` `(k, vocab)`: `trigger_tokens` or
+        `lead_tokens`) for the call's `seq` positions t (the last of `history`): a head's logit from the ids of the
+        last k tokens, padding and the sequence's start skipped. Every number token reads the row of the token "0":
+        which digits a list ends with must not decide where to answer, and a rare chunk would otherwise keep the
+        untrained row it started with."""
+        assert self.numbers is not None
         number_row = self.numbers.chunk_tokens[0]  # the token that writes "0"
         ids = history.input_ids
         valid = torch.ones_like(ids, dtype=torch.bool) if history.valid is None else history.valid.bool()
         total = ids.shape[1]
-        logits = torch.zeros(ids.shape[0], seq, dtype=self.trigger_tokens.dtype, device=ids.device)
-        for j in range(self.trigger_tokens.shape[0]):
+        logits = torch.zeros(ids.shape[0], seq, dtype=table.dtype, device=ids.device)
+        for j in range(table.shape[0]):
             columns = torch.arange(total - seq, total, device=ids.device) - j  # (seq,) the token j back
             inside = columns >= 0
-            token = ids[:, columns.clamp_min(0)].clamp(0, self.trigger_tokens.shape[1] - 1)  # (batch, seq)
+            token = ids[:, columns.clamp_min(0)].clamp(0, table.shape[1] - 1)  # (batch, seq)
             token = torch.where(self.numbers.token_value[token] >= 0, number_row, token)
             keep = valid[:, columns.clamp_min(0)] & inside
-            logits = logits + torch.where(keep, self.trigger_tokens[j][token], 0.0)
+            logits = logits + torch.where(keep, table[j][token], 0.0)
         return TOKEN_LOGIT_SCALE * logits
 
     @staticmethod
@@ -1014,6 +1021,8 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
                 if module.lead is not None:  # silent at first, as the trigger
                     init.zeros_(module.lead.weight)
                     init.constant_(module.lead.bias, -4.0)
+                if module.lead_tokens is not None:
+                    init.zeros_(module.lead_tokens)
             if module.selection_tokens is not None:
                 init.zeros_(module.selection_tokens)
             placeholder = halt_program(config)

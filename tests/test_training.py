@@ -700,9 +700,10 @@ def test_other_prompt_endings_are_in_the_training_rows_alone(cache):
 
 def test_the_lead_loss_trains_the_lead_head(cache, tmp_path):
     """--lead_token: the trainer adds the lead's binary cross-entropy (targets from `lead_positions`) to the loss,
-    and its gradient reaches the lead head."""
+    and its gradient reaches the lead head and, with --trigger_context, the lead's token-context logits."""
     model_args, data_args, computer_args, _, spec, tokenizer, data = task(
-        "--encoding", "binary", "--lead_token", "--ending_fraction", "0.5", "--train_size", "60",
+        "--encoding", "binary", "--lead_token", "--ending_fraction", "0.5", "--trigger_context", "2",
+        "--train_size", "60",
         "--validation_size", "4", "--test_size", "4",
     )  # fmt: skip
     model = build_model(model_args, data_args, computer_args, spec, tokenizer).train()
@@ -712,6 +713,7 @@ def test_the_lead_loss_trains_the_lead_head(cache, tmp_path):
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
     DCompTrainer(model=model, args=args).compute_loss(model, dict(batch)).backward()
     assert model.computer.lead.weight.grad.abs().sum() > 0 and model.computer.lead.bias.grad.abs().sum() > 0
+    assert model.computer.lead_tokens.grad.abs().sum() > 0
 
 
 def test_ordinary_text_is_for_the_token_read_out(capsys):
