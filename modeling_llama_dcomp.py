@@ -694,7 +694,7 @@ class LlamaDCompComputer(nn.Module):
         if not call.explicit:
             fire = fire & ~plan.covers(absolute.expand(batch, -1))
         lead_logits = None if self.lead is None else self.lead(normed).squeeze(-1)  # (batch, seq)
-        if self.lead_tokens is not None:
+        if lead_logits is not None and self.lead_tokens is not None:
             lead_logits = lead_logits + self.token_context_logits(self.lead_tokens, history, seq)
         run = self.run(hidden_states, fire, history, call.past_length, trigger_logits, lead_logits)
         tokens, lengths = self.spell_answers(run)  # (P, symbols), (P,)
