@@ -236,6 +236,17 @@ class LlamaDCompConfig(LlamaConfig):
     LLaMA-3 and SmolLM2 write "12*-7", "x=-3"). The symbol stands between the minus and any number before it, so
     the number after one is negative even directly after another number: "12*-7" is 12 and −7."""
 
+    computer_group_separator_ids: list[int] = field(default_factory=list)
+    """Tokens that write the "," between digit groups. In the binary encoding one of them directly between a run
+    of 1–3 digits and a run of exactly 3 joins the two into one number: "12,345" is 12345, "-1,234,567" is
+    −1234567, while "1, 234" (a list) and "1234,567" stay two numbers. Answers are written without groups.
+    Empty: no grouping."""
+
+    computer_plus_token_ids: list[int] = field(default_factory=list)
+    """Tokens that write a plus sign. In the binary encoding one directly before a number, and not directly after
+    another number, is the number's sign ("times +3" is "times 3": the "+" casts no vote for addition in the
+    selection); "5+3" and "5 + 3" keep it as an operator."""
+
     computer_gate_init: float | int = 0.0
     """Initial value of the learned output gate; 0.0 leaves the base Llama's outputs exactly unchanged."""
 
@@ -481,6 +492,23 @@ class LlamaDCompConfig(LlamaConfig):
             "computer_minus_token_ids",
             f"must be token ids in [0, vocab_size={self.vocab_size})",
         )
+        group = set(self.computer_group_separator_ids)
+        require(
+            all(0 <= token < self.vocab_size for token in group),
+            "computer_group_separator_ids",
+            f"must be token ids in [0, vocab_size={self.vocab_size})",
+        )
+        number_symbols = {*self.computer_digit_tokens.values(), *self.computer_minus_token_ids}
+        overlap = sorted(group & number_symbols)
+        require(not overlap, "computer_group_separator_ids", f"token ids {overlap} write digits or a minus")
+        plus = set(self.computer_plus_token_ids)
+        require(
+            all(0 <= token < self.vocab_size for token in plus),
+            "computer_plus_token_ids",
+            f"must be token ids in [0, vocab_size={self.vocab_size})",
+        )
+        overlap = sorted(plus & (number_symbols | group))
+        require(not overlap, "computer_plus_token_ids", f"token ids {overlap} write digits, a minus or a separator")
         stray = sorted(set(self.computer_joined_minus_token_ids) - set(self.computer_minus_token_ids))
         require(not stray, "computer_joined_minus_token_ids", f"token ids {stray} are not in computer_minus_token_ids")
         require(self.computer_trigger_context >= 0, "computer_trigger_context", "must be >= 0")

@@ -8,7 +8,11 @@ Reading (`NumberTokens.read`). A number is a maximal run of number tokens read a
 is 127; LLaMA-3's "100", "07" is 10007). A minus token directly before the run, which does not itself follow a
 number token, makes it negative: "-42" and "x = -3" are negative, "5-3" is 5 then 3 (an operator, not a sign). A
 token that joins a symbol to the minus ("*-", "=-") is a sign wherever it stands: "12*-7" is 12 and −7.
-Values are exact integers (int64) up to `cap` in magnitude; longer numbers are marked unreadable.
+Values are exact integers (int64) up to `cap` in magnitude; longer numbers are marked unreadable. A group
+separator token (",") directly between a run of 1–3 digits and a run of exactly 3 digits joins them, so
+"12,345" and "-1,234,567" are one number each; "1, 234", "1234,567" and "1,2345" stay two numbers (the first is
+how a list is written). A plus token directly before a number, which does not itself follow a number token, is
+its sign: it changes nothing but is marked as a sign ("times +3"; "5+3" and "5 + 3" keep their operator).
 
 Writing (`NumberTokens.spell`). A value becomes its decimal symbols — the sign, then the digits, most significant
 first — and the symbols become the tokenizer's tokens: the minus token, then digit chunks of the longest length
@@ -42,12 +46,16 @@ class NumberTokens(nn.Module):
             directly after a number ("12*-7").
         vocab_size: the tokenizer's vocabulary size (the tables' length).
         cap: values of magnitude ≥ cap are unreadable (at most `MAX_READABLE`).
+        group_separator_ids: tokens that write the "," between digit groups ("12,345"; none: no grouping).
+        plus_token_ids: tokens that write "+": one is a sign where a minus would be ("+5"; none: never a sign).
     """
 
     token_value: torch.Tensor  # (vocab,) the digits' value, -1 for other tokens
     token_digits: torch.Tensor  # (vocab,) how many digits the token writes (0 for other tokens)
     is_minus: torch.Tensor  # (vocab,) bool
     is_joined_minus: torch.Tensor  # (vocab,) bool: a symbol, then the minus
+    is_group_separator: torch.Tensor  # (vocab,) bool: "," between digit groups
+    is_plus: torch.Tensor  # (vocab,) bool
     chunk_tokens: torch.Tensor  # (Σ_L 10^L,) the token of each chunk: offset(L) + value, for L = 1 … chunk
 
     def __init__(
@@ -57,6 +65,8 @@ class NumberTokens(nn.Module):
         vocab_size: int,
         cap: int,
         joined_minus_token_ids: Sequence[int] = (),
+        group_separator_ids: Sequence[int] = (),
+        plus_token_ids: Sequence[int] = (),
     ):
         super().__init__()
         self.cap = min(cap, MAX_READABLE)
@@ -70,6 +80,10 @@ class NumberTokens(nn.Module):
         minus[list(minus_token_ids)] = True
         joined = torch.zeros(vocab_size, dtype=torch.bool)
         joined[list(joined_minus_token_ids)] = True
+        group = torch.zeros(vocab_size, dtype=torch.bool)
+        group[list(group_separator_ids)] = True
+        plus = torch.zeros(vocab_size, dtype=torch.bool)
+        plus[list(plus_token_ids)] = True
         chunks = torch.full((sum(10**length for length in range(1, self.chunk + 1)),), -1, dtype=torch.long)
         for text, token in digit_tokens.items():
             chunks[self.chunk_offset(len(text)) + int(text)] = token
@@ -77,6 +91,8 @@ class NumberTokens(nn.Module):
         self.register_buffer("token_digits", digits, persistent=False)
         self.register_buffer("is_minus", minus, persistent=False)
         self.register_buffer("is_joined_minus", joined, persistent=False)
+        self.register_buffer("is_group_separator", group, persistent=False)
+        self.register_buffer("is_plus", plus, persistent=False)
         self.register_buffer("chunk_tokens", chunks, persistent=False)
 
     @staticmethod
@@ -89,10 +105,11 @@ class NumberTokens(nn.Module):
         """The numbers written in `input_ids (batch, seq)` (module docstring)."""
         ids = input_ids.clamp(0, self.token_value.shape[0] - 1)
         token_value = torch.where(input_ids == ids, self.token_value[ids], -1)  # (batch, seq)
-        is_number = token_value >= 0
+        steps = torch.arange(input_ids.shape[1], device=input_ids.device)
+        # a group separator joins its two runs into one: it is a number token that writes no digit (value 0, × 1)
+        is_number = (token_value >= 0) | self.group_separators(input_ids, token_value >= 0, steps)
         token_value = token_value.clamp_min(0)
         shift = torch.pow(torch.full_like(token_value, 10), self.token_digits[ids])  # 10 ** digits of the token
-        steps = torch.arange(input_ids.shape[1], device=input_ids.device)
         before = nn.functional.pad(is_number[:, :-1], (1, 0), value=False)
         is_first = is_number & ~before
         run_start = torch.where(is_first, steps, 0).cummax(-1).values  # (batch, seq): where the current run began
@@ -114,9 +131,32 @@ class NumberTokens(nn.Module):
         value = torch.where(negative, -value, value)
         is_last = is_number & ~nn.functional.pad(is_number[:, 1:], (0, 1), value=False)
         readable = is_number & (value.abs() < self.cap)
-        # the bare minus before a signed run (a joined one also writes its symbol, which may vote in the selection)
-        is_sign = nn.functional.pad(signed_start[:, 1:], (0, 1), value=False) & ~joined
+        # a plus sign: where a bare minus would be a sign, before a run; it writes nothing the value needs
+        plus = torch.where(input_ids == ids, self.is_plus[ids], False) & ~before
+        plus_start = nn.functional.pad(plus[:, :-1], (1, 0), value=False) & is_first
+        # the bare minus or plus before a signed run (a joined minus also writes its symbol, which may vote in the
+        # selection)
+        is_sign = nn.functional.pad((signed_start | plus_start)[:, 1:], (0, 1), value=False) & ~joined
         return ReadNumbers(value, is_number, is_first, is_last, readable, is_sign)
+
+    def group_separators(self, input_ids: torch.Tensor, is_digit: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """`(batch, seq)` bool: the group separator tokens that stand between a run of 1–3 digits and a run of
+        exactly 3 ("12,345"), given the digit tokens `is_digit (batch, seq)` and `steps = arange(seq)`."""
+        ids = input_ids.clamp(0, self.token_value.shape[0] - 1)
+        separator = torch.where(input_ids == ids, self.is_group_separator[ids], False)
+        if not bool(separator.any()):
+            return separator
+        digits = torch.where(is_digit, self.token_digits[ids], 0)  # (batch, seq) digits each token writes
+        before = nn.functional.pad(is_digit[:, :-1], (1, 0), value=False)
+        after = nn.functional.pad(is_digit[:, 1:], (0, 1), value=False)
+        start = torch.where(is_digit & ~before, steps, 0).cummax(-1).values  # where the digit run began
+        total = digits.cumsum(-1)
+        upto = total - torch.gather(total - digits, 1, start)  # digits of the run up to each token
+        last = torch.where(is_digit & ~after, steps, steps.shape[0] - 1).flip(-1).cummin(-1).values.flip(-1)
+        run_digits = torch.where(is_digit, torch.gather(upto, 1, last), 0)  # digits of each token's whole run
+        digits_before = nn.functional.pad(run_digits[:, :-1], (1, 0))  # the run that ends just before
+        digits_after = nn.functional.pad(run_digits[:, 1:], (0, 1))  # the run that starts just after
+        return separator & (digits_before >= 1) & (digits_before <= 3) & (digits_after == 3)
 
     # -------------------------------------------------------------------------------------------------- write
     def symbols(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -169,7 +209,8 @@ class NumberTokens(nn.Module):
 class ReadNumbers:
     """What `NumberTokens.read` found, each `(batch, seq)`: at each number token the signed value of its run's
     digits up to it (0 elsewhere); the number tokens; the first and last token of each run; where the value is
-    readable (a number token whose magnitude is below the cap); and the bare minus tokens read as a number's sign."""
+    readable (a number token whose magnitude is below the cap); and the bare minus and plus tokens read as a
+    number's sign."""
 
     value: torch.Tensor
     is_number: torch.Tensor

@@ -131,6 +131,8 @@ ANSWER_FIELDS = (
     "computer_digit_tokens",
     "computer_joined_minus_token_ids",  # before the minus tokens: an edit of it adds its tokens there too
     "computer_minus_token_ids",
+    "computer_group_separator_ids",
+    "computer_plus_token_ids",
     "computer_copy_ordinals",
     "computer_copy_dim",
     "library_input_registers",
@@ -360,8 +362,10 @@ def _top_k(probs: torch.Tensor, k: int) -> list[tuple[int, float]]:
 
 def number_tokens(config) -> NumberTokens | None:
     """The number tokens the copy parse reads and the "tokens" read-out writes: the binary encoding's
-    `computer_digit_tokens` and minus tokens (magnitudes below 2^(B−1)), or the unit encoding's one token per
-    value "0" … "n-1" (`computer_number_token_ids`, values below n, no sign). None when neither needs them."""
+    `computer_digit_tokens`, minus and plus tokens and group separators (magnitudes below 2^(B−1)), or the unit
+    encoding's
+    one token per value "0" … "n-1" (`computer_number_token_ids`, values below n, no sign). None when neither
+    needs them."""
     binary = config.computer_encoding == "binary"
     if binary or config.computer_output == "tokens":
         return NumberTokens(
@@ -370,6 +374,8 @@ def number_tokens(config) -> NumberTokens | None:
             config.vocab_size,
             cap=2 ** (config.computer_bits - 1) if binary else config.computer_values,
             joined_minus_token_ids=config.computer_joined_minus_token_ids if binary else [],
+            group_separator_ids=config.computer_group_separator_ids if binary else [],
+            plus_token_ids=config.computer_plus_token_ids if binary else [],
         )
     if config.computer_parse == "copy":
         ids = config.computer_number_token_ids

@@ -62,7 +62,8 @@ def install_library(model: LlamaDCompPreTrainedModel, library: LibrarySpec) -> L
 # A minus after spaces ("-", " -"), and one joined to symbols that stand before a sign, not after an operand: an
 # operator, an opening bracket or quote, a separator, another minus ("*-", "//-", "=-", "(-", ",-", "--": "5--3" is
 # 5 - (-3)); not ")-" or "]-" (an operand ends there: "(3)-2" is a subtraction) and not "+/-".
-BARE_MINUS = r" *-"
+BARE_MINUS = r" *[-\u2212]"  # "-" or the typographic minus "−"
+PLUS = r" *\+"
 JOINED_MINUS = r" *(?!\+/)[\[({*/+=,:;%^|~!\"'-]{1,2}-"
 
 
@@ -80,18 +81,19 @@ def number_vocabulary(tokenizer) -> tuple[dict[str, int], list[int], list[int]]:
     """The tokenizer's number tokens, as `LlamaDCompConfig.computer_digit_tokens`, `computer_minus_token_ids` and
     `computer_joined_minus_token_ids` want them: every token that decodes to a string of ASCII digits, of each length
     up to the longest length whose 10^L strings are all tokens (so any chunk can be written); the tokens that
-    decode to "-" after optional spaces and at most two symbols that can stand before a sign, the plain "-" first
-    (the one the read-out writes after a prompt that ends in a space); and those of them with a symbol
+    decode to "-" (or the typographic "−") after optional spaces and at most two symbols that can stand before a
+    sign, the plain "-" first (the one the read-out writes after a prompt that ends in a space); and those of them
+    with a symbol
     (`JOINED_MINUS`: LLaMA-3 and SmolLM2 write "[-5" as "[-", "5" and "12*-7" as "12", "*-", "7")."""
     digits: dict[str, int] = {}
-    minus: list[tuple[int, int]] = []
+    minus: list[tuple[int, bool, int]] = []
     joined: list[int] = []
     for token in range(len(tokenizer)):
         text = tokenizer.decode([token])
         if text.isascii() and text.isdigit():
             digits.setdefault(text, token)
         elif (is_joined := bool(re.fullmatch(JOINED_MINUS, text))) or re.fullmatch(BARE_MINUS, text):
-            minus.append((len(text), token))
+            minus.append((len(text), "\u2212" in text, token))  # the ASCII "-" before "−": the one written
             joined += [token] if is_joined else []
     longest = 0
     while all(f"{value:0{longest + 1}d}" in digits for value in range(10 ** (longest + 1))):
@@ -99,7 +101,23 @@ def number_vocabulary(tokenizer) -> tuple[dict[str, int], list[int], list[int]]:
     if longest == 0:
         raise ValueError("the tokenizer has no single-token digits 0-9: it cannot read or write numbers token-wise")
     chunks = {text: token for text, token in digits.items() if len(text) <= longest}
-    return chunks, [token for _, token in sorted(minus)], sorted(joined)
+    return chunks, [token for *_, token in sorted(minus)], sorted(joined)
+
+
+def plus_signs(tokenizer) -> list[int]:
+    """The tokens that decode to "+" after optional spaces (`computer_plus_token_ids`: LLaMA-3 and SmolLM2 write
+    "+5" and "times +5" with "+" and " +")."""
+    return [token for token in range(len(tokenizer)) if re.fullmatch(PLUS, tokenizer.decode([token]))]
+
+
+def group_separators(tokenizer) -> list[int]:
+    """The token the tokenizer writes between digit groups (`computer_group_separator_ids`; LLaMA-3 and SmolLM2:
+    ","), from how it tokenizes "1,000"; none when it does not write "," as a token of its own there."""
+    one, ids = tokenizer.encode("1", add_special_tokens=False), tokenizer.encode("1,000", add_special_tokens=False)
+    separator = ids[len(one) : len(one) + 1]
+    if ids[: len(one)] != one or not separator or tokenizer.decode(separator) != ",":
+        return []
+    return separator
 
 
 def list_separators(tokenizer) -> tuple[list[int], list[int]]:
@@ -131,7 +149,8 @@ def from_llama(
     `computer_kwargs` are further `LlamaDCompConfig` fields (`computer_encoding`, `computer_values`,
     `computer_registers`, `library_input_registers`, …). With a `tokenizer`, a unit computer's W_out starts from
     the embeddings of the number tokens "0" … "n-1" (`init_output_from_embeddings`), and a binary one or one with
-    `computer_output="tokens"` gets the tokenizer's number tokens (`number_vocabulary`) unless they are given.
+    `computer_output="tokens"` gets the tokenizer's number tokens (`number_vocabulary`), group separator
+    (`group_separators`) and plus signs (`plus_signs`) unless they are given.
     The gate starts at `computer_gate_init` (0.0: the logits equal
     the Llama's exactly). The model is built in the Llama's dtype and moved to its device; the program buffers
     stay float32."""
@@ -146,6 +165,10 @@ def from_llama(
             "computer_digit_tokens": digits,
             "computer_minus_token_ids": minus,
             "computer_joined_minus_token_ids": joined,
+            "computer_group_separator_ids": computer_kwargs.get(
+                "computer_group_separator_ids", group_separators(tokenizer)
+            ),
+            "computer_plus_token_ids": computer_kwargs.get("computer_plus_token_ids", plus_signs(tokenizer)),
         }
     if tokenizer is not None and computer_kwargs.get("library_list_programs"):
         if "computer_list_separator_ids" not in computer_kwargs:

@@ -55,7 +55,7 @@ def test_every_computer_field_is_documented():
         and following.value.value.strip()
     }
     fields = {name for name in LlamaDCompConfig.__dataclass_fields__ if name.startswith(("computer_", "library_"))}
-    assert len(fields) == 39 and "trained_sequence_length" in documented
+    assert len(fields) == 41 and "trained_sequence_length" in documented
     assert fields <= documented, fields - documented
 
 
@@ -121,6 +121,10 @@ INVALID = [
     ({"computer_number_token_ids": [10**9]}, "computer_number_token_ids"),  # >= vocab_size
     ({"computer_minus_token_ids": [10**9]}, "computer_minus_token_ids"),  # >= vocab_size
     ({"computer_joined_minus_token_ids": [5]}, "computer_joined_minus_token_ids"),  # not a minus token
+    ({"computer_group_separator_ids": [10**9]}, "computer_group_separator_ids"),  # >= vocab_size
+    ({"computer_group_separator_ids": [5], "computer_minus_token_ids": [5]}, "computer_group_separator_ids"),
+    ({"computer_plus_token_ids": [10**9]}, "computer_plus_token_ids"),  # >= vocab_size
+    ({"computer_plus_token_ids": [5], "computer_group_separator_ids": [5]}, "computer_plus_token_ids"),
     ({"computer_copy_ordinals": 0}, "computer_copy_ordinals"),
     ({"computer_copy_dim": 0}, "computer_copy_dim"),
     ({"library_count_register": 4}, "library_count_register"),  # not an input register

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from dcomp_numbers import MAX_READABLE, MAX_SYMBOLS, NumberTokens, ReadoutPlan
 
 VOCAB = 1300
-MINUS, SPACE_MINUS, SPACE, PLUS, WORD, TIMES_MINUS, CLOSE_MINUS = 1, 2, 3, 4, 5, 6, 7
-SYMBOLS = {"-": MINUS, " -": SPACE_MINUS, " ": SPACE, "+": PLUS, "*-": TIMES_MINUS, ")-": CLOSE_MINUS}
+MINUS, SPACE_MINUS, SPACE, PLUS, WORD, TIMES_MINUS, CLOSE_MINUS, COMMA = 1, 2, 3, 4, 5, 6, 7, 8
+SYMBOLS = {"-": MINUS, " -": SPACE_MINUS, " ": SPACE, "+": PLUS, "*-": TIMES_MINUS, ")-": CLOSE_MINUS, ",": COMMA}
 ONE_DIGIT = {str(digit): 100 + digit for digit in range(10)}
 CHUNKS = {
     f"{value:0{length}d}": 150 + i
@@ -21,15 +21,17 @@ CHUNKS = {
 
 
 def tokenizer(chunks: bool, cap: int = 2**63) -> NumberTokens:
-    return NumberTokens(CHUNKS if chunks else ONE_DIGIT, [MINUS, SPACE_MINUS, TIMES_MINUS], VOCAB, cap, [TIMES_MINUS])
+    table = CHUNKS if chunks else ONE_DIGIT
+    return NumberTokens(table, [MINUS, SPACE_MINUS, TIMES_MINUS], VOCAB, cap, [TIMES_MINUS], [COMMA], [PLUS])
 
 
 def encode(text: str, table: dict[str, int]) -> list[int]:
     """A toy pre-tokenizer: digit runs in chunks of the table's longest length from the left, "-", " -", " ", "+",
-    "*-" and ")-" (a symbol joined to the minus, as LLaMA-3 and SmolLM2 write them; ")-" is no minus token), words."""
+    ",", "*-" and ")-" (a symbol joined to the minus, as LLaMA-3 and SmolLM2 write them; ")-" is no minus token),
+    words."""
     longest = max(map(len, table))
     ids = []
-    for piece in re.findall(r"\d+|\*-|\)-| -|-| |\+|[a-z]+", text):
+    for piece in re.findall(r"\d+|\*-|\)-| -|-| |\+|,|[a-z]+", text):
         if piece.isdigit():
             ids += [table[piece[i : i + longest]] for i in range(0, len(piece), longest)]
         else:
@@ -75,6 +77,34 @@ def test_read_gives_each_number_its_sign_only_where_the_minus_is_a_sign(chunks, 
     second = -b if between.startswith(" y") or "*-" in between else b
     assert read.value[read.is_last].tolist() == [a, second]
     assert bool(read.readable[read.is_last].all())
+
+
+@pytest.mark.parametrize("chunks", [False, True])
+@given(a=st.integers(-(10**15) + 1, 10**15 - 1), b=st.integers(0, 10**12))
+@settings(max_examples=80, deadline=None)
+def test_read_joins_digit_groups_into_one_number(chunks, a, b):
+    """A "," between a run of 1–3 digits and a run of exactly 3 joins them ("12,345"; every group of a number
+    written with thousands separators), while a list's ", " and groups of other lengths keep the numbers apart."""
+    table = CHUNKS if chunks else ONE_DIGIT
+    read = tokenizer(chunks).read(torch.tensor([encode(f"x {a:,} y -{b:,}, {b}, {a}", table)]))
+    assert read.value[read.is_last].tolist() == [a, -b, b, a]
+    assert read.is_first.sum() == 4 and bool(read.readable[read.is_last].all())
+    apart = tokenizer(chunks).read(torch.tensor([encode("1234,567 y 1,2345 y 12,34 y 5,", table)]))
+    assert apart.value[apart.is_last].tolist() == [1234, 567, 1, 2345, 12, 34, 5]
+    ungrouped = NumberTokens(table, [MINUS], VOCAB, 2**63).read(torch.tensor([encode("12,345", table)]))
+    assert ungrouped.value[ungrouped.is_last].tolist() == [12, 345]  # no group separator given: no grouping
+
+
+@pytest.mark.parametrize("chunks", [False, True])
+@given(a=st.integers(0, 10**12), b=st.integers(0, 10**12))
+@settings(max_examples=40, deadline=None)
+def test_a_plus_before_a_number_is_its_sign_and_after_one_an_operator(chunks, a, b):
+    """ "+a" is a with a sign that casts no vote; "a+b" keeps its operator; in "+-b" the minus is the sign."""
+    table = CHUNKS if chunks else ONE_DIGIT
+    ids = torch.tensor([encode(f"x +{a} y {a}+{b} y +-{b}", table)])
+    read = tokenizer(chunks).read(ids)
+    assert read.value[read.is_last].tolist() == [a, a, b, -b]
+    assert ids[read.is_sign].tolist() == [PLUS, MINUS] and bool(read.is_sign[0, 2])  # the first "+" and the minus
 
 
 def test_read_caps_what_it_cannot_hold_and_marks_it_unreadable():

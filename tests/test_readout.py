@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from model_fixtures import tiny_llama
 from transformers import AutoTokenizer, pipeline
 
 import dcomp_isa
 from dcomp_numbers import NumberTokens
-from library.install import from_llama, number_vocabulary
+from library.install import from_llama, group_separators, number_vocabulary, plus_signs
 from library.tokenizer import llama3_tokenizer
 from modeling_llama_dcomp import TOKEN_LOGIT_SCALE
 
@@ -94,9 +96,26 @@ def test_generate_writes_the_exact_signed_answer_in_the_tokenizers_tokens(name, 
 
 def test_number_vocabulary_finds_chunks_and_signs():
     digits, minus, _ = number_vocabulary(llama3_tokenizer())
-    assert len(digits) == 1110 and llama3_tokenizer().decode(minus[:1]) == "-"
+    assert len(digits) == 1110 and llama3_tokenizer().decode(minus[:2]) == "-−"
     digits, minus, _ = number_vocabulary(smollm2_tokenizer())
-    assert sorted(digits) == [str(digit) for digit in range(10)] and smollm2_tokenizer().decode(minus[:1]) == "-"
+    assert sorted(digits) == [str(digit) for digit in range(10)] and smollm2_tokenizer().decode(minus[:2]) == "-−"
+
+
+@pytest.mark.parametrize("name", ["llama3", "smollm2"])
+def test_the_tokenizers_own_group_separator_joins_thousands(name):
+    """`group_separators` finds the "," of "1,000"; with it "12,345" and "−1,234,567" read as one number each
+    (the typographic minus is a sign too), a list's ", " does not join; `plus_signs` make "+3" a sign, not "4+5"."""
+    tokenizer = TOKENIZERS[name]()
+    separators = group_separators(tokenizer)
+    assert tokenizer.decode(separators) == ","
+    pluses = plus_signs(tokenizer)
+    assert {tokenizer.decode([token]) for token in pluses} >= {"+", " +"}
+    numbers = NumberTokens(*number_vocabulary(tokenizer)[:2], len(tokenizer), 2**63, [], separators, pluses)
+    text = "What is 12,345 plus −1,234,567? Sort 1, 234, 5,000 times +3, 4+5"
+    ids = torch.tensor([tokenizer.encode(text, add_special_tokens=False)])
+    read = numbers.read(ids)
+    assert read.value[read.is_last].tolist() == [12345, -1234567, 1, 234, 5000, 3, 4, 5]
+    assert [tokenizer.decode([token]) for token in ids[read.is_sign].tolist()] == [" −", " +"]
 
 
 @pytest.mark.parametrize("name", ["llama3", "smollm2"])
@@ -588,3 +607,30 @@ def test_a_prompt_that_goes_on_after_an_answered_number_is_answered_again_at_its
     generated = model.generate(**inputs, max_new_tokens=8, do_sample=False)
     assert tokenizer.decode(generated[0, inputs.input_ids.shape[1] :]).startswith("12348")
     assert_every_route_agrees(model, tokenizer, ["Add 12345 and 3 ", "Add -7 and 99999 please "], 8)
+
+
+@pytest.mark.parametrize("name", ["llama3", "smollm2"])
+@given(
+    values=st.lists(st.integers(-(10**9), 10**9), min_size=1, max_size=4),
+    formats=st.lists(st.sampled_from(["{:d}", "{:,}", "({:d})", "+{:d}"]), min_size=4, max_size=4),
+    joiners=st.lists(st.sampled_from([" plus ", " and ", ", ", "*", " - ", "-"]), min_size=4, max_size=4),
+    typographic=st.booleans(),
+)
+@settings(max_examples=40, deadline=None)
+def test_the_parse_targets_read_numbers_as_the_copy_parse_does(name, values, formats, joiners, typographic):
+    """The parse loss's targets (`written_numbers`, from the prompt text) are the numbers the copy parse reads from
+    the tokens: signs, digit groups, the typographic minus and plus signs as the config of `from_llama` sets them."""
+    from library.training.data import written_numbers
+
+    tokenizer = TOKENIZERS[name]()
+    pieces = [fmt.format(value) if value >= 0 or fmt != "+{:d}" else str(value) for value, fmt in zip(values, formats)]
+    text = "What is " + "".join(piece + joiner for piece, joiner in zip(pieces, joiners))[:-1] + "?"
+    text = text.replace("-", "\u2212") if typographic else text
+    read = number_reader(name).read(torch.tensor([tokenizer.encode(text, add_special_tokens=False)]))
+    assert read.value[read.is_last].tolist() == written_numbers(text, signed=True), text
+
+
+@functools.cache
+def number_reader(name: str):
+    """The copy parse's reader of a binary calculator that `from_llama` built for tokenizer `name`."""
+    return calculator(TOKENIZERS[name](), "add").computer.numbers

@@ -64,6 +64,8 @@ EDITS = {
     "computer_digit_tokens": {str(digit): 10 + digit for digit in range(10)},
     "computer_joined_minus_token_ids": [5],
     "computer_minus_token_ids": [5],
+    "computer_group_separator_ids": [6],
+    "computer_plus_token_ids": [7],
     "computer_copy_ordinals": 4,
     "computer_copy_dim": 8,
     "library_input_registers": [2, 1, 3],

@@ -21,7 +21,9 @@ from library.training.arguments import ArgumentError
 from modeling_llama_dcomp import IGNORE_INDEX, shift_labels
 
 NUMBER = re.compile(r"\d+")
-SIGNED_NUMBER = re.compile(r"(?<!\d)-?\d+")
+# A sign ("-" or "−") not directly after a digit, then digits, "," groups joined as the copy parse joins them
+# (dcomp_numbers: "12,345" is one number, "1234,567" and "1,2345" are two).
+SIGNED_NUMBER = re.compile(r"(?<!\d)[-\u2212]?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)")
 # Arithmetic operations whose inputs cannot be swapped: the default library also holds them reversed (`rsub`).
 NOT_COMMUTATIVE = ("sub", "div", "mod")
 
@@ -297,9 +299,11 @@ def add_slot_targets(data, spec: TaskSpec, n: int, signed: bool = False):
 
 def written_numbers(text: str, signed: bool = False) -> list[int]:
     """The numbers written in a prompt, in order (the copy parse's ordinals count the same numbers); `signed`: a
-    minus directly before the digits and not directly after a digit is their sign, as the binary copy parse reads
-    it ("5-3" is 5 and 3, "minus -3" is −3)."""
-    return [int(value) for value in (SIGNED_NUMBER if signed else NUMBER).findall(text)]
+    minus directly before the digits and not directly after a digit is their sign, and digit groups join, as the
+    binary copy parse reads them ("5-3" is 5 and 3, "minus -3" is −3, "−1,234" is −1234)."""
+    if not signed:
+        return [int(value) for value in NUMBER.findall(text)]
+    return [int(value.replace(",", "").replace("\u2212", "-")) for value in SIGNED_NUMBER.findall(text)]
 
 
 def slot_values(spec: TaskSpec, text: str, n: int, signed: bool = False) -> list[list[int]]:
