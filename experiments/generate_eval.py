@@ -105,6 +105,24 @@ def exact_match(model, tokenizer, rows, batch_size: int, max_new_tokens: int) ->
     return {group: (sum(values) / len(values), len(values)) for group, values in sorted(right.items())}
 
 
+def binary_arithmetic_run(folder: Path) -> tuple[dict, object, object]:
+    """The settings, model (in eval mode) and tokenizer of a binary-arithmetic train.py run; ValueError naming the
+    folder when it is another run."""
+    settings = run_settings(folder)
+    if settings["data"].get("task") != "arithmetic" or settings["data"].get("encoding") != "binary":
+        raise ValueError(f"{folder}: not a binary-arithmetic run (--task arithmetic --encoding binary)")
+    return settings, load_model(folder).eval(), load_tokenizer(folder)
+
+
+def print_exact_match(figures: dict, report: Path | None) -> dict:
+    """Prints `{group: (share right, n)}` as a table and writes it as JSON to `report` when given."""
+    table = [[group, f"{share:.1%}", count] for group, (share, count) in figures.items()]
+    print(markdown_table(["questions", "exact match", "n"], table))
+    if report:
+        report.write_text(json.dumps(figures, indent=2))
+    return figures
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True)

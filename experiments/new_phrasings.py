@@ -1,29 +1,33 @@
-"""Exact match of a binary-arithmetic train.py run on phrasings no split of `library.tasks` uses: new frames,
-new words, symbols without spaces after a new frame ("Compute 12*7"; since commit be5c452 the default phrasings
-write them in their question frames, "What is 12*7?"), "= ?" and "equals" endings, through plain `generate()` as
-`generate_eval` asks (left-padded batches, greedy, the answer's tokens then EOS). The run's `test` split holds out
-one training combination of frame and expression per operation; these are out of every split, a proxy for the
-phrasings users write. Operands as in training (1–5 digits each, a quarter negative); a division is exact unless
-its phrasing asks for rounding down; half the questions go through the chat template. Reported per operation,
-digit count, prompt kind and phrasing.
+"""Exact match of a binary-arithmetic train.py run on questions no split of `library.tasks` asks, through plain
+`generate()` as `generate_eval` asks (left-padded batches, greedy, the answer's tokens then EOS); half the
+questions go through the chat template; operands as in training (1–5 digits each). Two kinds:
 
-    python -m experiments.new_phrasings --model runs/smol_lora [--per-phrasing 12] [--seed 0]
+* phrasings (the default): new frames, new words, symbols without spaces after a new frame ("Compute 12*7";
+  since commit be5c452 the default phrasings write them in their question frames, "What is 12*7?"), "= ?" and
+  "equals" endings. The run's `test` split holds out one training combination of frame and expression per
+  operation; these are out of every split, a proxy for the phrasings users write. A quarter of the operands are
+  negative; a division is exact unless its phrasing asks for rounding down. Reported per operation, digit count,
+  prompt kind and phrasing.
+* `--number-formats`: the default set's phrasings (`library.tasks.PHRASINGS["all"]`) with the operands written as
+  people write numbers, not as training writes them: digit groups ("12,345"), the typographic minus ("−42"),
+  negatives in brackets ("(-42)") and explicit plus signs ("+42"), and the plain form as a control. 40 % of the
+  operands are negative; divisions come out even; answers are expected plain. Reported per format too.
+
+    python -m experiments.new_phrasings --model runs/smol_lora [--per-phrasing 12] [--seed 0] [--number-formats]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import datasets
 
 import dcomp_isa
-from experiments.common import markdown_table
-from experiments.generate_eval import exact_match, run_settings
+from experiments.generate_eval import binary_arithmetic_run, exact_match, print_exact_match
 from library import tasks as task_library
-from library.loading import load_model, load_tokenizer
 
 # Per operation, phrasings whose frame or wording no split of library.tasks uses ({a} op {b}, canonical order).
 NEW_PHRASINGS: dict[str, tuple[str, ...]] = {
@@ -64,55 +68,87 @@ NEW_PHRASINGS: dict[str, tuple[str, ...]] = {
 FLOOR_DIVISIONS = frozenset(("Compute {a}//{b}", NEW_PHRASINGS["div"][-1]))
 
 
+# Number format name -> how it writes an integer (`--number-formats`).
+NUMBER_FORMATS: dict[str, Callable[[int], str]] = {
+    "plain": str,
+    "digit groups": "{:,}".format,
+    "typographic minus": lambda value: str(value).replace("-", "\u2212"),
+    "negatives in brackets": lambda value: f"({value})" if value < 0 else str(value),
+    "plus signs": lambda value: f"+{value}" if value >= 0 else str(value),
+}
+
+
+def question(
+    rng: random.Random, operation: str, template: str, max_digits: int, negative_fraction: float, exact: bool, **extra
+) -> dict:
+    """One question in `template` with fresh operands, a row with the columns of `arithmetic_task`'s binary rows
+    (text, answer_text, operation, operands, digits) and `extra`; `exact`: a division comes out even; `extra`'s
+    "write" (if given) writes the operands (else `str`) and is not a column."""
+    write = extra.pop("write", str)
+    a = task_library.signed_operand(rng, max_digits, negative_fraction)
+    b = task_library.signed_operand(rng, max_digits, negative_fraction, nonzero=operation == "div")
+    if operation == "div" and exact:  # a multiple of b that keeps within max_digits
+        a = b * rng.randrange(10**max_digits // abs(b)) * (-1 if rng.random() < negative_fraction else 1)
+    return {
+        "text": template.format(a=write(a), b=write(b)),
+        "answer_text": str(dcomp_isa.alu_signed(operation, a, b, 64)),
+        "operation": operation,
+        "operands": [a, b],
+        "digits": max(len(str(abs(a))), len(str(abs(b)))),
+        **extra,
+    }
+
+
 def questions(per_phrasing: int, seed: int, max_digits: int = 5, negative_fraction: float = 0.25) -> datasets.Dataset:
-    """`per_phrasing` questions for every phrasing of `NEW_PHRASINGS`, with the columns of `arithmetic_task`'s
-    binary rows (text, answer_text, operation, operands, digits) and the phrasing."""
+    """`per_phrasing` questions for every phrasing of `NEW_PHRASINGS` (`question` rows with the phrasing)."""
     rng = random.Random(seed)
+    rows = [
+        question(
+            rng, operation, phrasing, max_digits, negative_fraction, phrasing not in FLOOR_DIVISIONS, phrasing=phrasing
+        )
+        for operation, phrasings in NEW_PHRASINGS.items()
+        for phrasing in phrasings
+        for _ in range(per_phrasing)
+    ]
+    return datasets.Dataset.from_list(rows)
+
+
+def format_questions(
+    per_format: int, seed: int, max_digits: int = 5, negative_fraction: float = 0.4
+) -> datasets.Dataset:
+    """`per_format` questions for every format of `NUMBER_FORMATS`, the operations in turn, each in a random
+    phrasing of the default set (`question` rows with the format); divisions come out even."""
+    rng = random.Random(seed)
+    operations = ("add", "sub", "mul", "div")
     rows = []
-    for operation, phrasings in NEW_PHRASINGS.items():
-        for phrasing in phrasings:
-            for _ in range(per_phrasing):
-                a = task_library.signed_operand(rng, max_digits, negative_fraction)
-                b = task_library.signed_operand(rng, max_digits, negative_fraction, nonzero=operation == "div")
-                if operation == "div" and phrasing not in FLOOR_DIVISIONS:  # a multiple of b: comes out even
-                    a = b * rng.randrange(10**max_digits // abs(b)) * (-1 if rng.random() < negative_fraction else 1)
-                answer = dcomp_isa.alu_signed(operation, a, b, 64)
-                rows.append(
-                    {
-                        "text": phrasing.format(a=a, b=b),
-                        "answer_text": str(answer),
-                        "operation": operation,
-                        "operands": [a, b],
-                        "digits": max(len(str(abs(a))), len(str(abs(b)))),
-                        "phrasing": phrasing,
-                    }
-                )
+    for name, write in NUMBER_FORMATS.items():
+        for index in range(per_format):
+            operation = operations[index % len(operations)]
+            phrasing = rng.choice(task_library.PHRASINGS["all"][operation])
+            rows.append(
+                question(rng, operation, phrasing, max_digits, negative_fraction, True, format=name, write=write)
+            )
     return datasets.Dataset.from_list(rows)
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--per-phrasing", type=int, default=12, help="questions per phrasing")
+    parser.add_argument("--per-phrasing", type=int, default=12, help="questions per phrasing (per format: 4×)")
+    parser.add_argument("--number-formats", action="store_true", help="ask with the operands in other formats")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--chat-fraction", type=float, default=0.5)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--report", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args(argv)
-    data = run_settings(args.model)["data"]
-    if data.get("task") != "arithmetic" or data.get("encoding") != "binary":
-        raise ValueError(f"{args.model}: not a binary-arithmetic run (--task arithmetic --encoding binary)")
-    model = load_model(args.model).eval()
-    tokenizer = load_tokenizer(args.model)
-    rows = task_library.tokenize_for_causal_lm(
-        questions(args.per_phrasing, args.seed, data["max_digits"]), tokenizer, chat_fraction=args.chat_fraction
-    )
-    figures = exact_match(model, tokenizer, rows, args.batch_size, max_new_tokens=24)
-    table = [[group, f"{share:.1%}", count] for group, (share, count) in figures.items()]
-    print(markdown_table(["questions", "exact match", "n"], table))
-    if args.report:
-        args.report.write_text(json.dumps(figures, indent=2))
-    return figures
+    settings, model, tokenizer = binary_arithmetic_run(args.model)
+    max_digits = settings["data"]["max_digits"]
+    if args.number_formats:
+        asked = format_questions(4 * args.per_phrasing, args.seed, max_digits)
+    else:
+        asked = questions(args.per_phrasing, args.seed, max_digits)
+    rows = task_library.tokenize_for_causal_lm(asked, tokenizer, chat_fraction=args.chat_fraction)
+    return print_exact_match(exact_match(model, tokenizer, rows, args.batch_size, max_new_tokens=24), args.report)
 
 
 if __name__ == "__main__":

@@ -14,16 +14,13 @@ benchmark's format is a combination of those frames that none of them is.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 
-from experiments.common import markdown_table
-from experiments.generate_eval import left_padded, raw_test_splits, run_settings
-from library.loading import load_model, load_tokenizer
+from experiments.generate_eval import binary_arithmetic_run, left_padded, print_exact_match, raw_test_splits
 
 # Ending name -> the plain prompt around a question's text; the first is train.py's own.
 ENDINGS: dict[str, str] = {
@@ -69,18 +66,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--report", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args(argv)
-    settings = run_settings(args.model)
-    if settings["data"].get("task") != "arithmetic" or settings["data"].get("encoding") != "binary":
-        raise ValueError(f"{args.model}: not a binary-arithmetic run (--task arithmetic --encoding binary)")
-    model = load_model(args.model).eval()
-    tokenizer = load_tokenizer(args.model)
+    settings, model, tokenizer = binary_arithmetic_run(args.model)
     rows = raw_test_splits(settings, ["test_pairs"], args.limit)["test_pairs"]
-    figures = exact_match_by_ending(model, tokenizer, rows, args.batch_size)
-    table = [[group, f"{share:.1%}", count] for group, (share, count) in figures.items()]
-    print(markdown_table(["questions", "exact match", "n"], table))
-    if args.report:
-        args.report.write_text(json.dumps(figures, indent=2))
-    return figures
+    return print_exact_match(exact_match_by_ending(model, tokenizer, rows, args.batch_size), args.report)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
-"""experiments.new_phrasings: questions in phrasings no training split uses, with right answers."""
+"""experiments.new_phrasings: questions in phrasings no training split uses, and with operands written in other
+formats, with right answers."""
+
+import re
 
 import dcomp_isa
-from experiments.new_phrasings import FLOOR_DIVISIONS, NEW_PHRASINGS, questions
+from experiments.new_phrasings import FLOOR_DIVISIONS, NEW_PHRASINGS, NUMBER_FORMATS, format_questions, questions
 from library.tasks import PHRASINGS, words
 from library.training.data import written_numbers
 
@@ -38,3 +41,22 @@ def test_widening_the_training_phrasings_keeps_the_new_words_new():
         for phrasing in phrasings:
             if words(phrasing) - vocabulary["all"]:
                 assert words(phrasing) - vocabulary["wide"], phrasing
+
+
+def test_questions_write_their_operands_in_each_format_and_read_back_as_written():
+    rows = format_questions(per_format=24, seed=5, max_digits=5)
+    assert len(rows) == 24 * len(NUMBER_FORMATS) and set(rows["format"]) == set(NUMBER_FORMATS)
+    for row in rows:
+        a, b = row["operands"]
+        assert row["answer_text"] == str(dcomp_isa.alu_signed(row["operation"], a, b, 64))
+        assert sorted(written_numbers(row["text"], signed=True)) == sorted([a, b]), row["text"]
+        if row["operation"] == "div":
+            assert a % b == 0, row["text"]
+    texts = {name: " ".join(row["text"] for row in rows if row["format"] == name) for name in NUMBER_FORMATS}
+    assert (
+        "," in texts["digit groups"]
+        and "\u2212" in texts["typographic minus"]
+        and not re.search(r"(?<!\d)-\d", texts["typographic minus"])
+    )
+    assert "(-" in texts["negatives in brackets"] and "+" in texts["plus signs"]
+    assert format_questions(per_format=24, seed=5)["text"] == rows["text"]  # seeded
