@@ -6,7 +6,9 @@ operands), all asked without the chat template. An answer is right when the gene
 spaces at most, and no digit follows it: after an ending without a space the model has to write the space itself
 (or not), and the benchmark scores how a continuation starts, not what comes after the number. A run trained with
 `--ending_fraction` saw the no-space and line-break endings and the frames of `library.tasks.PLAIN_ENDINGS`; the
-benchmark's format is a combination of those frames that none of them is.
+benchmark's format is a combination of those frames that none of them is. The GPT-3 format is also scored as
+lm-eval scores those tasks ("lm-eval acc"): " {answer}" after "…\nAnswer:" must be the greedy continuation,
+teacher-forced in one forward call, the space before the number included (our own questions, not the benchmark's).
 
     python -m experiments.prompt_endings --model runs/smol_lora [--limit 200] [--report endings.json]
 """
@@ -29,6 +31,7 @@ ENDINGS: dict[str, str] = {
     "line break": "{text}\n",
     "GPT-3 arithmetic format": "Question: {text}\nAnswer:",
 }
+LM_EVAL_ENDING = "GPT-3 arithmetic format"  # also scored teacher-forced, as lm-eval's `acc`
 LEADING_NUMBER = re.compile(r"[ \t]*(-?\d+)(?!\d)")
 
 
@@ -48,14 +51,41 @@ def leading_numbers(model, tokenizer, prompts: list[str], batch_size: int, max_n
     return numbers
 
 
+@torch.no_grad()
+def greedy_continuations(
+    model, tokenizer, contexts: list[str], continuations: list[str], batch_size: int
+) -> list[bool]:
+    """Whether each continuation is the model's greedy continuation of its context, teacher-forced in one forward
+    call: how lm-eval scores a loglikelihood task's `acc` (its `is_greedy`; the GPT-3 arithmetic tasks ask for
+    " 143" after "…\nAnswer:"). The continuation's tokens are those of context + continuation after the context's,
+    as lm-eval splits them."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    greedy: list[bool] = []
+    for start in range(0, len(contexts), batch_size):
+        pairs = list(zip(contexts[start : start + batch_size], continuations[start : start + batch_size]))
+        wholes = [tokenizer(context + continuation)["input_ids"] for context, continuation in pairs]
+        lengths = [len(whole) - len(tokenizer(context)["input_ids"]) for whole, (context, _) in zip(wholes, pairs)]
+        ids, mask = left_padded(wholes, pad)
+        choices = model(input_ids=ids, attention_mask=mask).logits.argmax(-1)  # (batch, width)
+        for row, length in enumerate(lengths):
+            greedy.append(bool(length > 0 and torch.equal(choices[row, -length - 1 : -1], ids[row, -length:])))
+    return greedy
+
+
 def exact_match_by_ending(model, tokenizer, rows, batch_size: int = 32, max_new_tokens: int = 24) -> dict:
-    """`{group: (share right, n)}` for every ending of `ENDINGS`, overall and per operation and digit count."""
+    """`{group: (share right, n)}` for every ending of `ENDINGS`, overall and per operation and digit count, and
+    for the GPT-3 format scored as lm-eval scores it (`greedy_continuations`, " {answer}" after "Answer:")."""
     right: dict[str, list[bool]] = defaultdict(list)
     for ending, form in ENDINGS.items():
         prompts = [form.format(text=text) for text in rows["text"]]
         for row, number in zip(rows, leading_numbers(model, tokenizer, prompts, batch_size, max_new_tokens)):
             for group in ("all", row["operation"], f"{row['digits']} digits"):
                 right[f"{ending}: {group}"].append(number == row["answer_text"])
+    contexts = [ENDINGS[LM_EVAL_ENDING].format(text=text) for text in rows["text"]]
+    answers = [f" {answer}" for answer in rows["answer_text"]]
+    for row, greedy in zip(rows, greedy_continuations(model, tokenizer, contexts, answers, batch_size)):
+        for group in ("all", row["operation"], f"{row['digits']} digits"):
+            right[f"{LM_EVAL_ENDING}, lm-eval acc: {group}"].append(greedy)
     return {group: (sum(values) / len(values), len(values)) for group, values in right.items()}
 
 

@@ -27,4 +27,23 @@ def test_each_ending_is_scored_on_its_own_and_only_where_the_computer_answers():
     assert figures["GPT-3 arithmetic format: all"] == (1.0, 2)
     assert figures["no space: all"] == (0.0, 2)  # after "30" the tiny Llama answers alone, and wrongly
     assert figures["space (as trained): 1 digits"] == (1.0, 1) and figures["no space: add"] == (0.0, 2)
-    assert {group.split(": ")[0] for group in figures} == set(ENDINGS)
+    assert {group.split(": ")[0] for group in figures} == set(ENDINGS) | {"GPT-3 arithmetic format, lm-eval acc"}
+    # teacher-forced, the tiny base does not write the space after "Answer:" itself: no lead head, no greedy answer
+    assert figures["GPT-3 arithmetic format, lm-eval acc: all"] == (0.0, 2)
+
+
+def test_the_lm_eval_score_is_the_greedy_continuation_teacher_forced():
+    """A model whose read-out writes the space after "Answer:" (the lead) and then the answer makes " 42" its
+    greedy continuation; a wrong continuation is not."""
+    from experiments.prompt_endings import greedy_continuations
+
+    tokenizer = smollm2_tokenizer()
+    space = tokenizer.encode(" ", add_special_tokens=False)[-1]
+    colon = tokenizer.encode("Answer:", add_special_tokens=False)[-1]
+    model = calculator(tokenizer, "add", computer_trigger_context=1, computer_lead_token_id=space)
+    with torch.no_grad():  # the lead after "Answer:", the trigger at the space after it
+        model.computer.trigger_tokens.zero_()
+        model.computer.trigger_tokens[0, space] = 20 / TOKEN_LOGIT_SCALE
+        model.computer.lead_tokens[0, colon] = 20 / TOKEN_LOGIT_SCALE
+    contexts = ["Question: Add 12 and 30\nAnswer:"] * 2 + ["Question: Add -5 and 7\nAnswer:"]
+    assert greedy_continuations(model, tokenizer, contexts, [" 42", " 43", " 2"], batch_size=2) == [True, False, True]
