@@ -192,9 +192,15 @@ class LlamaDCompConfig(LlamaConfig):
     """The "tokens" read-out's lead: the token written before an answer where the prompt ends without it (SmolLM2's
     " " after "Answer:"), which a frozen base does not write reliably (it may end the text instead). A second
     learned head (`lead`, σ(w · RMSNorm(h)) > `computer_trigger_threshold`, plus its own token-context logits,
-    `lead_tokens`, with `computer_trigger_context`; silent at first) adds `computer_readout_strength` to this
-    token's logit; the trigger then computes at the token written. None: no lead head, the base writes whatever
-    comes before the answer."""
+    `lead_tokens`, with `computer_trigger_context`; silent at first) runs the computer where it fires and the
+    trigger does not, and its answer starts with this token (one more position, with the read-out's strength).
+    None: no lead head, the base writes whatever comes before the answer."""
+
+    computer_lead_minus_token_id: int | None = None
+    """The token that writes the lead and a minus together, where the tokenizer has one (SmolLM2 and LLaMA-3
+    write " -304" as " -", "3", "0", "4"): before a negative answer the lead writes it instead of the lead token
+    and the minus, so the answer is the text's own tokens ("…\nAnswer: -304" as lm-eval scores it). One of
+    `computer_minus_token_ids`; needs `computer_lead_token_id`."""
 
     computer_trigger_threshold: float | int = 0.5
     """The "tokens" read-out's trigger computes where σ(trigger logit) exceeds this probability; in (0, 1). Training
@@ -517,6 +523,12 @@ class LlamaDCompConfig(LlamaConfig):
             lead is None or self.computer_output == "tokens",
             "computer_lead_token_id",
             'a lead token is written by the token read-out: it needs computer_output="tokens"',
+        )
+        lead_minus = self.computer_lead_minus_token_id
+        require(
+            lead_minus is None or (lead is not None and lead_minus in self.computer_minus_token_ids),
+            "computer_lead_minus_token_id",
+            "must be one of computer_minus_token_ids, with a computer_lead_token_id",
         )
         require(
             lead is None or 0 <= lead < self.vocab_size,

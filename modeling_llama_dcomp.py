@@ -143,6 +143,7 @@ ANSWER_FIELDS = (
     "computer_trigger_context",
     "computer_selection_context",
     "computer_lead_token_id",
+    "computer_lead_minus_token_id",
 )
 # The token-context logits of the trigger and the selection are `TOKEN_LOGIT_SCALE · trigger_tokens` (·
 # selection_tokens): an Adam step moves an entry by about the learning rate (3e-3 for the computer), so in these
@@ -575,6 +576,7 @@ class LlamaDCompComputer(nn.Module):
             self.trigger_tokens = nn.Parameter(torch.empty(context, config.vocab_size)) if context else None
             self.lead_token_id = config.computer_lead_token_id
             # "the answer starts after one more token": where the prompt has not written the lead token itself
+            self.lead_minus_token_id = config.computer_lead_minus_token_id
             self.lead = nn.Linear(hidden_size, 1) if self.lead_token_id is not None else None
             # the lead's own logits of the last `context` token ids, as the trigger's
             self.lead_tokens = (
@@ -686,9 +688,10 @@ class LlamaDCompComputer(nn.Module):
         mark. A position inside an
         earlier answer does not start another, unless the text has left that answer (`ReadoutPlan.followed`: a
         prompt that goes on after a number the trigger answered). Where the lead head fires outside every answer
-        (`computer_lead_token_id`, the trigger's threshold), its token is written: the space a prompt ending in
-        "Answer:" leaves out, after which the trigger computes. Fills `call.writes`; the residual stream is
-        returned unchanged."""
+        and the trigger does not (`computer_lead_token_id`, the trigger's threshold), the computer runs there too
+        and its answer starts with the lead token (`with_lead`): the space a prompt ending in "Answer:" leaves
+        out, or the space and minus in one token before a negative answer. Fills `call.writes`; the residual
+        stream is returned unchanged."""
         assert self.numbers is not None and history is not None  # the config requires digit tokens; the model ids
         batch, seq = call.valid.shape
         absolute = call.past_length + torch.arange(seq, device=hidden_states.device)  # (seq,)
@@ -702,24 +705,43 @@ class LlamaDCompComputer(nn.Module):
         lead_logits = None if self.lead is None else self.lead(normed).squeeze(-1)  # (batch, seq)
         if lead_logits is not None and self.lead_tokens is not None:
             lead_logits = lead_logits + self.token_context_logits(self.lead_tokens, history, seq)
-        run = self.run(hidden_states, fire, history, call.past_length, trigger_logits, lead_logits)
+        leading = torch.zeros_like(fire)  # where the lead fires: the answer starts one token early, with the lead
+        if lead_logits is not None and not call.explicit:
+            leading = call.positions & ~fire & ~plan.covers(absolute.expand(batch, -1))
+            leading = leading & (lead_logits > self.trigger_threshold)
+        computing = fire | leading
+        run = self.run(hidden_states, computing, history, call.past_length, trigger_logits, lead_logits)
         tokens, lengths = self.spell_answers(run)  # (P, symbols), (P,)
+        if bool(leading.any()):
+            tokens, lengths = self.with_lead(tokens, lengths, leading[computing])
         writes = torch.full((batch, seq, 2), -1, dtype=torch.long, device=hidden_states.device)
         writes[..., 1] = 0
         self._write_plan(writes, plan, absolute)  # an answer carried over from earlier calls
-        for row, (b, column) in enumerate(fire.nonzero().tolist()):  # in order: a later start follows its answer
+        for row, (b, column) in enumerate(computing.nonzero().tolist()):  # in order: a later start follows its answer
             start = int(absolute[column])
             if bool(plan.covers(torch.full((batch, 1), start, device=absolute.device))[b, 0]):
                 continue
             plan = plan.assign(b, start, tokens[row], int(lengths[row])).followed(call.input_ids, absolute)
             self._write_plan(writes, plan.select(torch.tensor([b], device=absolute.device)), absolute, row=b)
-        if lead_logits is not None and not call.explicit:  # the lead token where no answer is being written
-            outside = ~plan.covers(absolute.expand(batch, -1)) & ~fire
-            lead = call.positions & outside & (lead_logits > self.trigger_threshold)
-            writes[..., 0] = torch.where(lead, self.lead_token_id, writes[..., 0])
         history.plan = plan
         call.writes, call.writer = writes, self
         return hidden_states
+
+    def with_lead(
+        self, tokens: torch.Tensor, lengths: torch.Tensor, leading: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The answers `(P, width)`, `(P,)` with the rows `leading (P,)` written after the lead token `(P, width +
+        1)`: a negative answer's minus and the lead become `computer_lead_minus_token_id` where there is one
+        (SmolLM2 writes " -304" as " -", "3", "0", "4"), else the lead token goes first."""
+        assert self.numbers is not None and self.lead_token_id is not None
+        tokens = nn.functional.pad(tokens, (0, 1), value=-1)
+        joined = leading & (tokens[:, 0] == self.numbers.minus_token)
+        if self.lead_minus_token_id is None:
+            joined = torch.zeros_like(joined)
+        tokens[:, 0] = torch.where(joined, self.lead_minus_token_id or 0, tokens[:, 0])
+        prefixed = leading & ~joined
+        shifted = torch.cat([torch.full_like(tokens[:, :1], self.lead_token_id), tokens[:, :-1]], 1)
+        return torch.where(prefixed[:, None], shifted, tokens), lengths + prefixed.long()
 
     def token_context_logits(self, table: torch.Tensor, history: ComputerCache, seq: int) -> torch.Tensor:
         """s · Σ_j table[j, x_{t−j}] (s = `TOKEN_LOGIT_SCALE`, j < k, `table` `(k, vocab)`: `trigger_tokens` or

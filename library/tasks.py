@@ -680,6 +680,13 @@ def space_token(tokenizer) -> int:
     return tokenizer(" ", add_special_tokens=False)["input_ids"][-1]
 
 
+def space_minus_token(tokenizer) -> int | None:
+    """The token that writes the space and a minus together where the tokenizer writes " -5" with one (LLaMA-3,
+    SmolLM2: " -"), else None."""
+    first = tokenizer(" -5", add_special_tokens=False)["input_ids"][:1]
+    return first[0] if first and tokenizer.decode(first) == " -" else None
+
+
 def tokenize_for_causal_lm(
     dataset: datasets.Dataset | datasets.DatasetDict,
     tokenizer,

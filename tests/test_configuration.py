@@ -55,7 +55,7 @@ def test_every_computer_field_is_documented():
         and following.value.value.strip()
     }
     fields = {name for name in LlamaDCompConfig.__dataclass_fields__ if name.startswith(("computer_", "library_"))}
-    assert len(fields) == 41 and "trained_sequence_length" in documented
+    assert len(fields) == 42 and "trained_sequence_length" in documented
     assert fields <= documented, fields - documented
 
 
@@ -138,6 +138,7 @@ INVALID = [
     ({"computer_list_separator_ids": [10**9]}, "computer_list_separator_ids"),
     ({"computer_trigger_context": -1}, "computer_trigger_context"),
     ({"computer_lead_token_id": 5}, "computer_lead_token_id"),  # the lead is written by the "tokens" read-out
+    ({"computer_lead_minus_token_id": 5, "computer_minus_token_ids": [5]}, "computer_lead_minus_token_id"),  # no lead
     ({"computer_trigger_threshold": 0.0}, "computer_trigger_threshold"),
     ({"computer_trigger_threshold": 1.0}, "computer_trigger_threshold"),
     ({"computer_selection_context": -1}, "computer_selection_context"),

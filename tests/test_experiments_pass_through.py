@@ -42,7 +42,7 @@ def test_a_firing_lead_head_is_a_false_activation_too():
     with torch.no_grad():
         model.computer.lead.bias.fill_(10.0)
     firing = compare(model, tiny_llama_for(tokenizer), tokenizer, texts, prompt_tokens=8, new_tokens=6)
-    assert firing["lead_activation_positions"] > 0 and firing["false_activation_positions"] == 0.0
+    assert firing["lead_activation_positions"] > 0 and firing["false_activation_positions"] > 0  # it computes there
     assert firing["texts_with_activation"] == 1.0 and firing["greedy_token_agreement"] < 1.0
 
 

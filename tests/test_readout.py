@@ -17,6 +17,7 @@ from transformers import AutoTokenizer, pipeline
 import dcomp_isa
 from dcomp_numbers import NumberTokens
 from library.install import from_llama, group_separators, number_vocabulary, plus_signs
+from library.tasks import space_minus_token
 from library.tokenizer import llama3_tokenizer
 from modeling_llama_dcomp import TOKEN_LOGIT_SCALE
 
@@ -407,7 +408,14 @@ def test_a_lead_head_writes_the_space_a_prompt_left_out_and_the_trigger_answers_
             outputs.append(tokenizer.decode(generated[0, inputs.input_ids.shape[1] :], skip_special_tokens=True))
         return outputs
 
-    model = calculator(tokenizer, "add", computer_trigger_context=2, computer_lead_token_id=space)
+    space_minus = space_minus_token(tokenizer)
+    model = calculator(
+        tokenizer,
+        "add",
+        computer_trigger_context=2,
+        computer_lead_token_id=space,
+        computer_lead_minus_token_id=space_minus,
+    )
     with torch.no_grad():  # -4 (the bias) + 3 + 3: fires at a space after a colon only
         model.computer.trigger_tokens[0, space] = 3.0 / TOKEN_LOGIT_SCALE
         model.computer.trigger_tokens[1, colon] = 3.0 / TOKEN_LOGIT_SCALE
@@ -419,6 +427,10 @@ def test_a_lead_head_writes_the_space_a_prompt_left_out_and_the_trigger_answers_
     first, second = answers(model)
     assert first.startswith(" 19") and not first[3:4].isdigit(), first
     assert second.startswith(" -25") and not second[4:5].isdigit(), second
+    inputs = tokenizer(prompts[1], return_tensors="pt")
+    written = model.generate(**inputs, max_new_tokens=3, do_sample=False)[0, inputs.input_ids.shape[1] :].tolist()
+    expected = tokenizer.encode(" -25", add_special_tokens=False)  # the lead and the minus in one token
+    assert written[: len(expected)] == expected and expected[0] == space_minus
     assert_every_route_agrees(model, tokenizer, prompts, 6)
 
 
@@ -429,16 +441,19 @@ def test_the_lead_round_trips_and_an_edited_lead_token_fails_to_load_naming_it(t
 
     tokenizer = smollm2_tokenizer()
     space = tokenizer.encode(" ", add_special_tokens=False)[-1]
-    model = calculator(tokenizer, "add", computer_lead_token_id=space)
+    space_minus = space_minus_token(tokenizer)
+    model = calculator(tokenizer, "add", computer_lead_token_id=space, computer_lead_minus_token_id=space_minus)
     with torch.no_grad():
         model.computer.lead.bias.fill_(2.5)
     model.save_pretrained(tmp_path)
     loaded = LlamaDCompForCausalLM.from_pretrained(tmp_path)
     assert loaded.computer.lead.bias.item() == 2.5 and loaded.config.computer_lead_token_id == space
+    assert loaded.config.computer_lead_minus_token_id == space_minus
     config = json.loads((tmp_path / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps({**config, "computer_lead_token_id": space + 1}))
-    with pytest.raises(LibraryMismatchError, match=r"config\.computer_lead_token_id="):
-        LlamaDCompForCausalLM.from_pretrained(tmp_path)
+    for field, edit in (("computer_lead_token_id", space + 1), ("computer_lead_minus_token_id", None)):
+        (tmp_path / "config.json").write_text(json.dumps({**config, field: edit}))
+        with pytest.raises(LibraryMismatchError, match=rf"config\.{field}="):
+            LlamaDCompForCausalLM.from_pretrained(tmp_path)
 
 
 @pytest.mark.parametrize("name", ["llama3", "smollm2"])

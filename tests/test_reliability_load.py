@@ -78,6 +78,7 @@ EDITS = {
     "computer_trigger_context": 2,
     "computer_selection_context": 2,  # needs "tokens" too: checked in test_readout
     "computer_lead_token_id": 5,  # needs "tokens" too: checked in test_readout
+    "computer_lead_minus_token_id": 5,  # needs a lead token too: checked in test_readout
 }
 COPYING = {"computer_parse": "copy", "computer_number_token_ids": list(range(10, 26))}
 # Fields that cannot change alone: their edit also changes these (listed after them in ANSWER_FIELDS).
@@ -98,7 +99,13 @@ def test_every_answer_field_has_an_edit():
     [
         name
         for name in ANSWER_FIELDS
-        if name not in ("computer_output", "computer_selection_context", "computer_lead_token_id")
+        if name
+        not in (
+            "computer_output",
+            "computer_selection_context",
+            "computer_lead_token_id",
+            "computer_lead_minus_token_id",
+        )
     ],
 )
 def test_editing_an_answer_field_in_config_json_fails_to_load_naming_it(folder, field):

@@ -530,6 +530,7 @@ def test_the_lead_token_is_the_space_and_needs_the_token_read_out(tmp_path):
     tokenizer = build_tokenizer(model_args)
     model = build_model(model_args, data_args, computer_args, spec, tokenizer)
     assert model.config.computer_lead_token_id == tokenizer(" ", add_special_tokens=False)["input_ids"][-1]
+    assert tokenizer.decode([model.config.computer_lead_minus_token_id]) == " -"
     assert model.computer.lead is not None
     with pytest.raises(SystemExit, match="--lead_token: adds a lead head .*, and --encoding unit has none"):
         train.main(["--output_dir", str(tmp_path / "run"), "--lead_token"])
