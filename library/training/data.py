@@ -21,9 +21,10 @@ from library.training.arguments import ArgumentError
 from modeling_llama_dcomp import IGNORE_INDEX, shift_labels
 
 NUMBER = re.compile(r"\d+")
-# A sign ("-" or "−") not directly after a digit, then digits, "," groups joined as the copy parse joins them
+# A sign not directly after a digit ("-" nor after ")" or "]": both tokenizers write ")-" and "]-" as one token,
+# which is no minus; "−" is a token of its own), then digits, "," groups joined as the copy parse joins them
 # (dcomp_numbers: "12,345" is one number, "1234,567" and "1,2345" are two).
-SIGNED_NUMBER = re.compile(r"(?<!\d)[-\u2212]?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)")
+SIGNED_NUMBER = re.compile(r"(?:(?<![\d)\]])-|(?<!\d)\u2212|(?<!\d))(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)")
 # Arithmetic operations whose inputs cannot be swapped: the default library also holds them reversed (`rsub`).
 NOT_COMMUTATIVE = ("sub", "div", "mod")
 
