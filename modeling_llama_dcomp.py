@@ -364,9 +364,8 @@ def _top_k(probs: torch.Tensor, k: int) -> list[tuple[int, float]]:
 def number_tokens(config) -> NumberTokens | None:
     """The number tokens the copy parse reads and the "tokens" read-out writes: the binary encoding's
     `computer_digit_tokens`, minus and plus tokens and group separators (magnitudes below 2^(B−1)), or the unit
-    encoding's
-    one token per value "0" … "n-1" (`computer_number_token_ids`, values below n, no sign). None when neither
-    needs them."""
+    encoding's one token per value "0" … "n-1" (`computer_number_token_ids`, values below n, no sign). None when
+    neither needs them."""
     binary = config.computer_encoding == "binary"
     if binary or config.computer_output == "tokens":
         return NumberTokens(
