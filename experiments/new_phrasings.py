@@ -29,7 +29,9 @@ import dcomp_isa
 from experiments.generate_eval import binary_arithmetic_run, exact_match, print_exact_match
 from library import tasks as task_library
 
-# Per operation, phrasings whose frame or wording no split of library.tasks uses ({a} op {b}, canonical order).
+# Per operation, phrasings whose frame or wording no split of library.tasks uses ({a} op {b}, canonical order). Five
+# changed in session 13, when their words went into the default set ("increased by", "decreased by", "less",
+# "multiplied with", "over"); those with "altogether", "cut by", "remove", "multiply to" and "per" replace them.
 NEW_PHRASINGS: dict[str, tuple[str, ...]] = {
     "add": (
         "What do {a} and {b} add up to?",
@@ -37,18 +39,18 @@ NEW_PHRASINGS: dict[str, tuple[str, ...]] = {
         "Tell me the sum of {a} and {b}.",
         "Compute {a}+{b}",
         "{a} plus {b} equals",
-        "Quick question: what is {a} increased by {b}?",
+        "Quick question: what is {a} and {b} altogether?",
     ),
     "sub": (
-        "What is {a} less {b}?",
+        "What is {a} cut by {b}?",
         "{a} - {b} = ?",
         "Tell me the result of subtracting {b} from {a}.",
         "Compute {a}-{b}",
         "{a} minus {b} equals",
-        "Quick question: what is {a} decreased by {b}?",
+        "Quick question: what is left when you remove {b} from {a}?",
     ),
     "mul": (
-        "What is {a} multiplied with {b}?",
+        "What do {a} and {b} multiply to?",
         "{a} * {b} = ?",
         "Tell me the product of {a} and {b}.",
         "Compute {a}*{b}",
@@ -56,7 +58,7 @@ NEW_PHRASINGS: dict[str, tuple[str, ...]] = {
         "Quick question: what do you get if you multiply {a} by {b}?",
     ),
     "div": (
-        "What is {a} over {b}?",
+        "What is {a} per {b}?",
         "{a} / {b} = ?",
         "Tell me the quotient of {a} and {b}.",
         "Compute {a}//{b}",

@@ -122,7 +122,9 @@ ARITHMETIC_EXPRESSIONS: dict[str, tuple[str, ...]] = {
 }
 # Questions about a value ("What is 3 plus 4?"): question frames around noun phrases, per operation, the symbols
 # written with and without spaces ("3 + 4", "3+4", "3+-4"). The signed (multi-digit) task asks both kinds
-# (`phrasings="all"`): people write numbers in questions more than in commands.
+# (`phrasings="all"`): people write numbers in questions more than in commands. A token's selection vote is learned
+# per token id, so an operation word no phrasing has votes nothing: the common ones ("increased by", "less", "over")
+# are here, and experiments/new_phrasings measures words no set has.
 QUESTION_FRAMES: tuple[str, ...] = (
     "What is {expr}?",
     "What's {expr}?",
@@ -138,6 +140,9 @@ ARITHMETIC_QUESTIONS: dict[str, tuple[str, ...]] = {
         "the sum of {a} and {b}",
         "the total of {a} and {b}",
         "{a} added to {b}",
+        "{a} increased by {b}",
+        "{a} and {b} added together",
+        "{b} more than {a}",
     ),
     "sub": (
         "{a} minus {b}",
@@ -146,6 +151,9 @@ ARITHMETIC_QUESTIONS: dict[str, tuple[str, ...]] = {
         "the difference between {a} and {b}",
         "{b} subtracted from {a}",
         "{a} take away {b}",
+        "{a} decreased by {b}",
+        "{a} less {b}",
+        "{b} less than {a}",
     ),
     "mul": (
         "{a} times {b}",
@@ -154,6 +162,8 @@ ARITHMETIC_QUESTIONS: dict[str, tuple[str, ...]] = {
         "the product of {a} and {b}",
         "{a} multiplied by {b}",
         "{a} x {b}",
+        "{a} multiplied with {b}",
+        "{a} and {b} multiplied together",
     ),
     "div": (
         "{a} divided by {b}",
@@ -162,6 +172,8 @@ ARITHMETIC_QUESTIONS: dict[str, tuple[str, ...]] = {
         "{a} / {b}, rounded down",
         "the quotient of {a} divided by {b}",
         "{a} divided by {b}, rounded down",
+        "{a} over {b}",
+        "{a} shared equally among {b}",
     ),
     "mod": ("{a} mod {b}", "{a} modulo {b}", "the remainder of {a} divided by {b}", "{a} % {b}"),
     "max": ("the maximum of {a} and {b}", "max({a}, {b})", "the larger of {a} and {b}", "the bigger of {a} and {b}"),
