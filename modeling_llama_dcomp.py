@@ -265,6 +265,17 @@ class FiniteGradient(torch.autograd.Function):
         return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
 
 
+def end_mark_prior(config) -> torch.Tensor:
+    """The end mark's initial `end_logits` `(vocab,)`, in units of the read-out strength: 1 on the EOS token(s), as
+    strong as a written answer token, 0 elsewhere. A frozen base's own next token after an answer can beat a weaker
+    EOS ("= 0" goes on as "0.5", "0x0" or "0s"), and a prior that Adam moves by a few thousandths per step would not
+    get there in a short run; training still moves it where the data write something else after an answer."""
+    prior = torch.zeros(config.vocab_size)
+    eos = config.eos_token_id
+    prior[[] if eos is None else [eos] if isinstance(eos, int) else list(eos)] = 1.0
+    return prior
+
+
 def build_alu(config) -> nn.Module:
     """The ALU of eq. 7: the circuit ALU on bits for the binary encoding, else the one `config.computer_alu` names."""
     if config.computer_encoding == "binary":
@@ -1042,7 +1053,7 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
                 init.zeros_(module.trigger.weight)
                 init.constant_(module.trigger.bias, -4.0)
                 init.constant_(module.readout_strength, config.computer_readout_strength)
-                init.zeros_(module.end_logits)
+                init.copy_(module.end_logits, end_mark_prior(config))
                 if module.trigger_tokens is not None:
                     init.zeros_(module.trigger_tokens)
                 if module.lead is not None:  # silent at first, as the trigger

@@ -256,15 +256,24 @@ def test_straight_through_gives_the_hard_values_bit_for_bit_and_the_soft_gradien
     assert torch.equal(soft.grad, torch.arange(64.0).expand(64, -1))
 
 
-def test_the_end_mark_adds_the_learned_end_logits_in_units_of_the_strength():
+def test_the_end_mark_writes_eos_at_first_then_the_learned_end_logits_in_units_of_the_strength():
     tokenizer = llama3_tokenizer()
     model = calculator(tokenizer, "add")
     inputs = tokenizer("Add 12 and 30, please. ", return_tensors="pt")
     mask = last_token_mask(inputs.attention_mask)
-    with torch.no_grad():
-        model.computer.end_logits[tokenizer.eos_token_id] = 2.0
-    output = model.generate(**inputs, computer_mask=mask, max_new_tokens=4, do_sample=False)
-    assert tokenizer.decode(output[0, inputs.input_ids.shape[1] :]) == "42" + tokenizer.eos_token
+
+    def answer() -> str:
+        output = model.generate(**inputs, computer_mask=mask, max_new_tokens=3, do_sample=False)
+        return tokenizer.decode(output[0, inputs.input_ids.shape[1] :])
+
+    prior = model.computer.end_logits.detach()
+    assert prior[tokenizer.eos_token_id] == 1 and prior.abs().sum() == 1  # EOS, as strong as a written token
+    assert answer() == "42" + tokenizer.eos_token
+    period = tokenizer.convert_tokens_to_ids(".")
+    with torch.no_grad():  # what training would learn from data that go on with "." after an answer
+        model.computer.end_logits[tokenizer.eos_token_id] = 0.0
+        model.computer.end_logits[period] = 2.0
+    assert answer().startswith("42.")
 
 
 # ------------------------------------------------------------------------- lists of any length (issue 13)
