@@ -4,6 +4,7 @@ number tokens (LLaMA-3's 3-digit chunks, SmolLM2's single digits), the same thro
 
 import functools
 import importlib.util
+import math
 import random
 from pathlib import Path
 
@@ -138,10 +139,12 @@ def test_the_tokenizers_own_minus_tokens_give_signs_where_a_reader_sees_them(nam
 
 
 def greedy_uncached(model, ids, attention_mask, steps: int, **kwargs) -> torch.Tensor:
-    """Greedy decoding by re-running the whole sequence for every token (no cache)."""
+    """Greedy decoding by re-running the whole sequence for every token (no cache), EOS never chosen: the routes it is
+    compared with run `min_new_tokens=steps`, and the end mark writes EOS after every answer."""
     for _ in range(steps):
         with torch.no_grad():
             logits = model(ids, attention_mask=attention_mask, use_cache=False, **kwargs).logits[:, -1]
+        logits[:, model.config.eos_token_id] = -math.inf
         ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], 1)
         attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], 1)
     return ids
