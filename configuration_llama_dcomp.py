@@ -332,6 +332,13 @@ class LlamaDCompConfig(LlamaConfig):
         overrides = {key: kwargs.pop(key) for key in list(kwargs) if key.startswith(COMPUTER_PREFIXES)}
         return super().from_dict({**config_dict, **overrides}, **kwargs)
 
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """`eos_token_id` as a list (a Llama config holds one id, several, or None): what the read-out's end mark
+        writes at first (`end_mark_prior`)."""
+        eos = self.eos_token_id
+        return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+
     def check_computer(self) -> None:
         """Raises `ValueError` naming the first field that cannot work (also run after an install)."""
         n, registers = self.computer_values, self.computer_registers
@@ -529,6 +536,11 @@ class LlamaDCompConfig(LlamaConfig):
             lead_minus is None or (lead is not None and lead_minus in self.computer_minus_token_ids),
             "computer_lead_minus_token_id",
             "must be one of computer_minus_token_ids, with a computer_lead_token_id",
+        )
+        require(
+            self.computer_output != "tokens" or all(0 <= token < self.vocab_size for token in self.eos_token_ids),
+            "eos_token_id",
+            f"the read-out's end mark writes EOS: must be token ids in [0, vocab_size={self.vocab_size})",
         )
         require(
             lead is None or 0 <= lead < self.vocab_size,

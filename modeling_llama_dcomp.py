@@ -268,11 +268,10 @@ class FiniteGradient(torch.autograd.Function):
 def end_mark_prior(config) -> torch.Tensor:
     """The end mark's initial `end_logits` `(vocab,)`, in units of the read-out strength: 1 on the EOS token(s), as
     strong as a written answer token, 0 elsewhere. A frozen base's own next token after an answer can beat a weaker
-    EOS ("= 0" goes on as "0.5", "0x0" or "0s"), and a prior that Adam moves by a few thousandths per step would not
+    EOS ("= 0" goes on as "0.", "0x0" or "0s"), and a prior that Adam moves by a few thousandths per step would not
     get there in a short run; training still moves it where the data write something else after an answer."""
     prior = torch.zeros(config.vocab_size)
-    eos = config.eos_token_id
-    prior[[] if eos is None else [eos] if isinstance(eos, int) else list(eos)] = 1.0
+    prior[config.eos_token_ids] = 1.0
     return prior
 
 

@@ -31,6 +31,7 @@ VALID = dict(
 
 # The copy parse, for the list fields (one token per value 0..15)
 COPY = {"computer_parse": "copy", "computer_number_token_ids": list(range(10, 26))}
+READ_OUT = {**COPY, "computer_output": "tokens", "computer_digit_tokens": {str(d): 10 + d for d in range(10)}}
 
 
 def test_defaults_build_and_describe_an_empty_library():
@@ -136,6 +137,8 @@ INVALID = [
         "computer_list_separator_ids",
     ),
     ({"computer_list_separator_ids": [10**9]}, "computer_list_separator_ids"),
+    ({**READ_OUT, "eos_token_id": 10**9}, "eos_token_id"),  # the end mark writes it
+    ({**READ_OUT, "eos_token_id": [2, -1]}, "eos_token_id"),
     ({"computer_trigger_context": -1}, "computer_trigger_context"),
     ({"computer_lead_token_id": 5}, "computer_lead_token_id"),  # the lead is written by the "tokens" read-out
     ({"computer_lead_minus_token_id": 5, "computer_minus_token_ids": [5]}, "computer_lead_minus_token_id"),  # no lead

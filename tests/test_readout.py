@@ -144,7 +144,7 @@ def greedy_uncached(model, ids, attention_mask, steps: int, **kwargs) -> torch.T
     for _ in range(steps):
         with torch.no_grad():
             logits = model(ids, attention_mask=attention_mask, use_cache=False, **kwargs).logits[:, -1]
-        logits[:, model.config.eos_token_id] = -math.inf
+        logits[:, model.config.eos_token_ids] = -math.inf
         ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], 1)
         attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], 1)
     return ids
