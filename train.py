@@ -24,7 +24,7 @@ import torch
 from transformers import set_seed
 
 from library.training.arguments import ArgumentError, check_combinations, parse_arguments, settings
-from library.training.data import AnswerCollator, build_datasets, task_spec
+from library.training.data import AnswerCollator, build_datasets, continue_ordinary_text, task_spec
 from library.training.metrics import ExactMatch, answer_predictions, evaluate_split
 from library.training.models import add_lora, build_model, build_tokenizer
 from library.training.outputs import render_model_card, save_learning_curve, write_run_summary
@@ -63,6 +63,9 @@ def train(model_args, data_args, computer_args, training_args) -> dict:
     tokenizer = build_tokenizer(model_args)
     data = build_datasets(data_args, spec, tokenizer, training_args.seed)
     model = build_model(model_args, data_args, computer_args, spec, tokenizer)
+    if data_args.text_continuation_fraction > 0:  # the base's own text, generated before any training
+        fraction = data_args.text_continuation_fraction
+        data["train"] = continue_ordinary_text(data["train"], model, tokenizer, fraction, training_args.seed)
     with_computer = not model_args.no_computer
     answer_loss = with_computer and spec.answer_in_register and computer_args.answer_loss_weight > 0
     parse_loss = computer_args.parse_loss_weight > 0

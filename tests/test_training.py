@@ -683,6 +683,43 @@ def test_ordinary_text_rows_train_only_the_trigger(cache):
     assert found["copying"] == {0: 0, 1: 1}  # not diluted by the numbers of the docstrings
 
 
+def test_continued_text_rows_are_the_untrained_models_greedy_continuations(cache):
+    """--text_continuation_fraction: that share of the ordinary-text rows is a prefix of the docstring and the
+    untrained model's greedy continuation (the text generate() writes), still with no label and no computing
+    position; the other rows are untouched."""
+    from library.training.data import continue_ordinary_text
+
+    model_args, data_args, computer_args, _, spec, tokenizer, data = task(
+        "--encoding", "binary", "--text_fraction", "0.25", "--train_size", "60", "--validation_size", "4",
+        "--test_size", "4",
+    )  # fmt: skip
+    model = build_model(model_args, data_args, computer_args, spec, tokenizer).train()
+    train = data["train"]
+    continued = continue_ordinary_text(train, model, tokenizer, 0.5, seed=0, new_tokens=6, batch_size=4)
+    assert model.training  # its mode is given back
+    changed = [i for i in range(len(train)) if continued[i]["input_ids"] != train[i]["input_ids"]]
+    assert len(continued) == len(train) and len(changed) == 10  # half of the 20 text rows
+    assert all(train[i]["operation"] == "text" for i in changed)
+    for i in changed:
+        row, original = continued[i], train[i]["input_ids"]
+        prefix = next(k for k in range(len(row["input_ids"]) + 1) if row["input_ids"][:k] != original[:k]) - 1
+        assert 16 <= prefix <= 48 and len(row["input_ids"]) <= prefix + 6
+        assert set(row["labels"]) == {-100} and len(row["labels"]) == len(row["input_ids"])
+        assert row["answer_position"] == -1
+        assert row["text"] == tokenizer.decode(row["input_ids"], skip_special_tokens=True)
+    row = continued[changed[0]]["input_ids"]
+    for length in range(16, 49):  # the continuation of some prefix length is the model's own, row by row
+        prompt = torch.tensor([row[:length]])
+        with torch.no_grad():
+            alone = model.generate(input_ids=prompt, max_new_tokens=6, do_sample=False, pad_token_id=0)[0].tolist()
+        if alone[: len(row)] == row:
+            break
+    else:
+        pytest.fail("no prefix of the continued row continues greedily into it")
+    with pytest.raises(SystemExit):
+        arguments("--encoding", "binary", "--text_continuation_fraction", "0.5")
+
+
 def test_other_prompt_endings_are_in_the_training_rows_alone(cache):
     """--ending_fraction: some plain training prompts end otherwise (the model then writes the space before the
     answer, a labelled token); every test split asks as train.py writes prompts, "text " or the chat template."""

@@ -65,6 +65,12 @@ class DataArguments:
         metadata={"help": "binary: share of training rows that are ordinary text (docstrings of installed packages, "
                   "library.texts) where the computer must stay silent: the trigger's negatives"},
     )  # fmt: skip
+    text_continuation_fraction: float = field(
+        default=0.0,
+        metadata={"help": "binary: share of the ordinary-text rows (--text_fraction) cut to a prefix and continued by "
+                  "the untrained model's greedy generate() (its computer is silent: the base's text), so the trigger "
+                  "also learns silence on the text it meets in generation (code comments, numbered lists)"},
+    )  # fmt: skip
     ending_fraction: float = field(
         default=0.0,
         metadata={"help": "binary arithmetic: share of the plain training prompts that end otherwise than with a "
@@ -121,6 +127,16 @@ class DataArguments:
             self.text_fraction == 0 or self.encoding == "binary",
             "text_fraction",
             "ordinary text trains the trigger of the token read-out: use it with --encoding binary",
+        )
+        _check(
+            0 <= self.text_continuation_fraction <= 1,
+            "text_continuation_fraction",
+            f"must be in [0, 1], got {self.text_continuation_fraction}",
+        )
+        _check(
+            self.text_continuation_fraction == 0 or self.text_fraction > 0,
+            "text_continuation_fraction",
+            "continues ordinary-text rows: set --text_fraction too",
         )
 
 

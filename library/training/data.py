@@ -242,6 +242,65 @@ def with_ordinary_text(train, tokenizer, fraction: float, seed: int, max_tokens:
     return datasets.concatenate_datasets([train, ordinary]).shuffle(seed=seed)
 
 
+def continue_ordinary_text(
+    train,
+    model,
+    tokenizer,
+    fraction: float,
+    seed: int,
+    new_tokens: int = 32,
+    prefix_tokens: tuple[int, int] = (16, 48),
+    batch_size: int = 64,
+):
+    """`train` with a share `fraction` of its ordinary-text rows (`with_ordinary_text`'s) cut to a prefix and
+    continued by `model`'s greedy `generate()` for up to `new_tokens` tokens (to its EOS, which is left out).
+
+    This is the text the trigger meets when `generate()` writes after an ordinary prompt (the greedy agreement of
+    `experiments.pass_through`), and docstrings alone are not it: their whitespace is collapsed, while a
+    continuation runs across lines into code comments and numbered lists ("# 1. "), where a trigger taught on
+    docstrings alone fired. Call it with the untrained model: its trigger starts silent, so the continuation is
+    the base model's. A batch's prefixes share one length, drawn from `prefix_tokens` and no longer than the
+    batch's shortest row, so they need no padding; greedy decoding makes the rows the same on every run."""
+    text_rows = [index for index, operation in enumerate(train["operation"]) if operation == "text"]
+    rng = random.Random(seed)
+    chosen = sorted(rng.sample(text_rows, round(len(text_rows) * fraction)))
+    eos = set(tokenizer.convert_tokens_to_ids(tokenizer.all_special_tokens))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    continued: dict[int, list[int]] = {}
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(chosen), batch_size):
+        rows = chosen[start : start + batch_size]
+        ids = train.select(rows)["input_ids"]
+        length = min(rng.randint(*prefix_tokens), *map(len, ids))
+        prompt = torch.tensor([row[:length] for row in ids], device=model.device)
+        with torch.no_grad():
+            output = model.generate(
+                input_ids=prompt,
+                attention_mask=torch.ones_like(prompt),
+                max_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+            )
+        for index, row in zip(rows, output.tolist()):
+            written = list(itertools.takewhile(lambda token: token not in eos, row[length:]))
+            continued[index] = row[:length] + written
+    model.train(was_training)
+
+    def replace(row: dict, index: int) -> dict:
+        if index not in continued:
+            return {}
+        ids = continued[index]
+        return {
+            "text": tokenizer.decode(ids, skip_special_tokens=True),
+            "input_ids": ids,
+            "attention_mask": [1] * len(ids),
+            "labels": [IGNORE_INDEX] * len(ids),
+        }
+
+    return train.map(replace, with_indices=True, desc="continuing ordinary text")
+
+
 def _mapped(data, function, description: str, batched: bool = False):
     """`data.map(function)` per split, cached under the split's fingerprint (which covers the tokenizer, slow to
     hash) and this script's source."""
