@@ -1005,6 +1005,32 @@ class LlamaDCompComputer(nn.Module):
         self.output_proj.weight.copy_(columns.to(self.output_proj.weight.dtype))
 
     @torch.no_grad()
+    def complete_selection_votes(self, embeddings: torch.Tensor, ridge: float, min_margin: float) -> int:
+        """Lets a token whose selection votes training never moved (its `selection_tokens` row still all 0: no
+        training prompt had it in a selection window) vote as the trained tokens it resembles ("adding" as "add",
+        "dividing" as "divide"). A ridge regression (penalty `ridge`) from the input embeddings (rows of
+        `embeddings (vocab, hidden)`, centred, unit length) of the tokens that vote to their votes predicts the
+        votes of the others; a token takes its prediction only where the best program leads the next by at least
+        `min_margin` (in logits): a word the regression cannot place (a frame word, "per") keeps voting nothing.
+        Returns how many rows it filled."""
+        if self.selection_tokens is None:
+            raise ValueError("this computer has no token votes (computer_selection_context is 0)")
+        scale = TOKEN_LOGIT_SCALE
+        votes = self.selection_tokens  # (vocab, programs), in units of 1/scale
+        features = embeddings.float() - embeddings.float().mean(0)
+        features = features / features.norm(dim=1, keepdim=True).clamp_min(1e-6)  # (vocab, hidden)
+        trained = votes.abs().sum(1) > 0  # (vocab,)
+        if not bool(trained.any()):
+            raise ValueError("no token votes yet: complete the votes after training")
+        x, y = features[trained], scale * votes[trained].float()
+        gram = x.T @ x + ridge * torch.eye(x.shape[1], device=x.device)  # (hidden, hidden)
+        predicted = features @ torch.linalg.solve(gram, x.T @ y)  # (vocab, programs) logits
+        best = predicted.topk(2, dim=1).values  # (vocab, 2)
+        fill = ~trained & (best[:, 0] - best[:, 1] >= min_margin)
+        votes[fill] = (predicted[fill] / scale).to(votes.dtype)
+        return int(fill.sum())
+
+    @torch.no_grad()
     def init_parse_from_probe(self, slot: int, probe: torch.Tensor) -> None:
         """The linear parse of `slot` := `probe (hidden, n)`: the logit of value v is `RMSNorm(h) · probe[:, v]`
         (a linear probe fitted on the untrained model's hidden states, `library.training.recipes`)."""

@@ -119,6 +119,14 @@ def train(model_args, data_args, computer_args, training_args) -> dict:
     if resume:
         print(f"resuming from {resume}", flush=True)
     trained = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    completed = None
+    if computer_args.vote_completion_margin > 0:  # words no prompt voted with vote as the trained words they resemble
+        embeddings = trainer.model.get_input_embeddings().weight
+        ridge, margin = computer_args.vote_completion_ridge, computer_args.vote_completion_margin
+        completed = sum(
+            computer.complete_selection_votes(embeddings, ridge, margin) for computer in trainer.model.computers()
+        )
+        print(f"vote completion: {completed} tokens vote as the trained words they resemble", flush=True)
 
     # ---- evaluation and the output folder
     splits = [name for name in ("test", "test_pairs", "test_long") if name in data and len(data[name])]
@@ -142,6 +150,7 @@ def train(model_args, data_args, computer_args, training_args) -> dict:
         "settings": run_settings,
         "resumed_from": str(resume) if resume else None,
         "initialisation": found,
+        "completed_votes": completed,
         "steps": steps,
         "wall_seconds": seconds,
         "train_seconds": trained.metrics["train_runtime"],

@@ -8,12 +8,16 @@ questions go through the chat template; operands as in training (1–5 digits ea
   operation; these are out of every split, a proxy for the phrasings users write. A quarter of the operands are
   negative; a division is exact unless its phrasing asks for rounding down. Reported per operation, digit count,
   prompt kind and phrasing.
+* `--wide-words`: the wide set's expressions (`library.tasks.WIDE_QUESTIONS`, synonyms and inflections of the
+  default set's words: "combined", "multiplying", "split … ways") in the default set's question frames: words a run
+  on the default phrasings never saw, with the frames it did. Divisions come out even. Reported per phrasing too.
 * `--number-formats`: the default set's phrasings (`library.tasks.PHRASINGS["all"]`) with the operands written as
   people write numbers, not as training writes them: digit groups ("12,345"), the typographic minus ("−42"),
   negatives in brackets ("(-42)") and explicit plus signs ("+42"), and the plain form as a control. 40 % of the
   operands are negative; divisions come out even; answers are expected plain. Reported per format too.
 
-    python -m experiments.new_phrasings --model runs/smol_lora [--per-phrasing 12] [--seed 0] [--number-formats]
+    python -m experiments.new_phrasings --model runs/smol_lora [--per-phrasing 12] [--seed 0]
+        [--number-formats | --wide-words]
 """
 
 from __future__ import annotations
@@ -101,18 +105,33 @@ def question(
     }
 
 
-def questions(per_phrasing: int, seed: int, max_digits: int = 5, negative_fraction: float = 0.25) -> datasets.Dataset:
-    """`per_phrasing` questions for every phrasing of `NEW_PHRASINGS` (`question` rows with the phrasing)."""
+def questions(
+    per_phrasing: int,
+    seed: int,
+    max_digits: int = 5,
+    negative_fraction: float = 0.25,
+    phrasings: dict[str, tuple[str, ...]] = NEW_PHRASINGS,
+) -> datasets.Dataset:
+    """`per_phrasing` questions for every phrasing of `phrasings` (`question` rows with the phrasing); a division
+    comes out even unless its phrasing is one of `FLOOR_DIVISIONS`."""
     rng = random.Random(seed)
     rows = [
         question(
             rng, operation, phrasing, max_digits, negative_fraction, phrasing not in FLOOR_DIVISIONS, phrasing=phrasing
         )
-        for operation, phrasings in NEW_PHRASINGS.items()
-        for phrasing in phrasings
+        for operation, options in phrasings.items()
+        for phrasing in options
         for _ in range(per_phrasing)
     ]
     return datasets.Dataset.from_list(rows)
+
+
+def wide_words() -> dict[str, tuple[str, ...]]:
+    """The wide set's own expressions (`library.tasks.WIDE_QUESTIONS`: "{a} and {b} combined", "the result of
+    multiplying {a} by {b}", "{a} split {b} ways") in the default question frames, per operation: the synonyms
+    and inflections of the default set's words that a run on the default phrasings never saw (`--wide-words`)."""
+    expressions = {op: task_library.WIDE_QUESTIONS[op] for op in NEW_PHRASINGS}
+    return task_library.compose(expressions, task_library.QUESTION_FRAMES)
 
 
 def format_questions(
@@ -138,6 +157,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--per-phrasing", type=int, default=12, help="questions per phrasing (per format: 4×)")
     parser.add_argument("--number-formats", action="store_true", help="ask with the operands in other formats")
+    parser.add_argument(
+        "--wide-words", action="store_true", help="ask in the wide set's expressions, in the default frames"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--chat-fraction", type=float, default=0.5)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -147,6 +169,8 @@ def main(argv: list[str] | None = None) -> dict:
     max_digits = settings["data"]["max_digits"]
     if args.number_formats:
         asked = format_questions(4 * args.per_phrasing, args.seed, max_digits)
+    elif args.wide_words:
+        asked = questions(args.per_phrasing, args.seed, max_digits, phrasings=wide_words())
     else:
         asked = questions(args.per_phrasing, args.seed, max_digits)
     rows = task_library.tokenize_for_causal_lm(asked, tokenizer, chat_fraction=args.chat_fraction)

@@ -4,7 +4,14 @@ formats, with right answers."""
 import re
 
 import dcomp_isa
-from experiments.new_phrasings import FLOOR_DIVISIONS, NEW_PHRASINGS, NUMBER_FORMATS, format_questions, questions
+from experiments.new_phrasings import (
+    FLOOR_DIVISIONS,
+    NEW_PHRASINGS,
+    NUMBER_FORMATS,
+    format_questions,
+    questions,
+    wide_words,
+)
 from library.tasks import PHRASINGS, words
 from library.training.data import written_numbers
 
@@ -31,6 +38,22 @@ def test_questions_hold_their_answers_and_read_back_their_operands():
                 assert a % b == 0, row["text"]  # no rounding asked: the division comes out even
     assert any(value < 0 for row in rows for value in row["operands"])
     assert questions(per_phrasing=20, seed=3, max_digits=4)["text"] == rows["text"]  # seeded
+
+
+def test_the_wide_words_are_new_to_the_default_set_in_its_own_frames():
+    """--wide-words: phrasings of the wide set that the default set lacks, most with a word it lacks ("{a} more
+    than {b}" has none: the default set asks "{b} more than {a}"); divisions come out even."""
+    vocabulary = set().union(*(words(t) for ts in PHRASINGS["all"].values() for t in ts))
+    asked = wide_words()
+    assert set(asked) == set(NEW_PHRASINGS) and all(len(options) >= 40 for options in asked.values())
+    for operation, phrasings in asked.items():
+        assert all(p not in PHRASINGS["all"][operation] and p in PHRASINGS["wide"][operation] for p in phrasings)
+        assert sum(bool(words(p) - vocabulary) for p in phrasings) >= 0.7 * len(phrasings), operation
+    rows = questions(per_phrasing=1, seed=2, phrasings=asked)
+    for row in rows:
+        a, b = row["operands"]
+        assert row["answer_text"] == str(dcomp_isa.alu_signed(row["operation"], a, b, 64))
+        assert row["operation"] != "div" or a % b == 0, row["text"]
 
 
 def test_widening_the_training_phrasings_keeps_the_new_words_new():

@@ -538,6 +538,35 @@ def test_the_selection_dropout_drops_single_votes_in_training_only():
     assert sub_margin(model.eval(), tokenizer, prompt) == pytest.approx(30.0, abs=1e-3)
 
 
+def test_vote_completion_gives_an_unvoted_word_the_votes_of_the_trained_word_it_resembles():
+    """complete_selection_votes: one minus token votes for sub and 500 frame words for neither; " minus", which
+    never voted, has that minus token's embedding here, so it comes to vote for sub as the minus does (shrunk by
+    the ridge); " plus", like no voting token, keeps voting nothing (its best program would lead by less than the
+    margin), as does nearly every other token; the trained rows are kept bit for bit."""
+    tokenizer = smollm2_tokenizer()
+    model = voting_calculator(tokenizer, context=12)
+    minus = model.config.computer_minus_token_ids[0]
+    word = tokenizer(" minus", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        model.computer.selection_tokens.zero_()
+        model.computer.selection_tokens[minus, 1] = 10.0 / TOKEN_LOGIT_SCALE
+        model.computer.selection_tokens[range(1000, 1500)] = 0.1 / TOKEN_LOGIT_SCALE
+    assert len(word) == 1 and sub_margin(model, tokenizer, "Then 12 minus 7 = ") == 0.0
+    embeddings = torch.randn(model.config.vocab_size, 512, generator=torch.Generator().manual_seed(0))
+    embeddings[word[0]] = embeddings[minus]
+    before = model.computer.selection_tokens.detach().clone()
+    trained = before.abs().sum(1) > 0
+    filled = model.computer.complete_selection_votes(embeddings, ridge=0.1, min_margin=2.0)
+    after = model.computer.selection_tokens.detach()
+    assert torch.equal(after[trained], before[trained])
+    assert filled == int((after.abs().sum(1) > 0).sum() - trained.sum()) and 1 <= filled < 10  # of 49,152
+    assert 5.0 < sub_margin(model, tokenizer, "Then 12 minus 7 = ") <= 10.0
+    assert sub_margin(model, tokenizer, "Then 12 plus 7 = ") == 0.0
+    fresh = calculator(tokenizer, ["add", "sub"], computer_selection_context=4)
+    with pytest.raises(ValueError, match="no token votes yet"):
+        fresh.computer.complete_selection_votes(embeddings, ridge=0.1, min_margin=2.0)
+
+
 @pytest.mark.parametrize("name", ["llama3", "smollm2"])
 def test_the_selection_votes_are_the_same_cached_uncached_batched_and_through_pipeline(name):
     """The window crosses the cache boundary while decoding and skips the padding of a left-padded batch."""

@@ -521,6 +521,33 @@ def test_the_lead_head_learns_where_the_space_before_an_answer_comes_next():
     assert lead_positions(answer_positions, input_ids, space).nonzero().tolist() == [[0, 2], [1, 2]]
 
 
+def test_vote_completion_runs_after_training_and_is_in_the_saved_model(cache, tmp_path):
+    """--vote_completion_margin: after the last step, tokens that never voted take predicted votes (counted in
+    run_summary.json); the checkpoint written before it has them at 0, the saved model does not."""
+    import json
+
+    from safetensors.torch import load_file
+
+    import train
+
+    out = tmp_path / "run"
+    argv = [
+        "--output_dir", str(out), "--encoding", "binary", "--selection_context", "8",
+        "--vote_completion_margin", "0.01", "--train_size", "32", "--validation_size", "2", "--test_size", "2",
+        "--max_steps", "2", "--save_steps", "2", "--report_to", "none",
+    ]  # fmt: skip
+    train.main(argv)  # two steps move a vote by about 0.2 logits: hence the small margin
+    completed = json.loads((out / "run_summary.json").read_text())["completed_votes"]
+    key = next(name for name in load_file(out / "model.safetensors") if name.endswith("selection_tokens"))
+    voting = {
+        folder: int((load_file(folder / "model.safetensors")[key].abs().sum(1) > 0).sum())
+        for folder in (out / "checkpoint-2", out)
+    }
+    assert completed > 0 and voting[out] == voting[out / "checkpoint-2"] + completed
+    with pytest.raises(SystemExit):
+        arguments("--encoding", "binary", "--vote_completion_margin", "2")
+
+
 def test_the_lead_token_is_the_space_and_needs_the_token_read_out(tmp_path):
     import train
 

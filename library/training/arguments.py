@@ -234,6 +234,15 @@ class ComputerArguments:
         metadata={"help": "--selection_context: in training, drop each token vote with this probability, so a word "
                   "never trained on (its vote missing) still selects (computer_selection_dropout)"},
     )  # fmt: skip
+    vote_completion_margin: float = field(
+        default=0.0,
+        metadata={"help": "--selection_context: after training, a token no training prompt voted with takes the votes "
+                  "a ridge regression on the input embeddings predicts from the trained tokens', where its best "
+                  "program leads by at least this many logits (\"adding\" votes as \"add\"; 0: off)"},
+    )  # fmt: skip
+    vote_completion_ridge: float = field(
+        default=0.1, metadata={"help": "--vote_completion_margin: the regression's ridge penalty"}
+    )
     parse_init_scale: float = field(
         default=5.0, metadata={"help": "logit scale of the probe that initialises the parse heads (0: random)"}
     )
@@ -249,7 +258,7 @@ class ComputerArguments:
     def __post_init__(self):
         _check_finite(self, "gate_init", "answer_loss_weight", "parse_loss_weight", "parse_init_scale")
         _check_finite(self, "text_distillation_weight")
-        _check_finite(self, "probe_ridge", "number_row_norm")
+        _check_finite(self, "probe_ridge", "number_row_norm", "vote_completion_margin", "vote_completion_ridge")
         _check_finite(self, "selection_temperature", "trigger_positive_weight", positive=True)
         _check(self.probe_examples >= 1, "probe_examples", f"must be >= 1, got {self.probe_examples}")
         _check(self.selection_context >= 0, "selection_context", f"must be >= 0, got {self.selection_context}")
@@ -260,6 +269,13 @@ class ComputerArguments:
             self.selection_dropout == 0 or self.selection_context > 0,
             "selection_dropout",
             "drops the token votes of --selection_context: give --selection_context > 0",
+        )
+        _check(self.vote_completion_margin >= 0, "vote_completion_margin", "must be >= 0")
+        _check(self.vote_completion_ridge > 0, "vote_completion_ridge", "must be > 0")
+        _check(
+            self.vote_completion_margin == 0 or self.selection_context > 0,
+            "vote_completion_margin",
+            "completes the token votes of --selection_context: give --selection_context > 0",
         )
 
 
