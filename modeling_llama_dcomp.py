@@ -694,7 +694,7 @@ class LlamaDCompComputer(nn.Module):
         trigger fires (σ(w · RMSNorm(h)) > `computer_trigger_threshold`), but never inside an answer being written;
         its output's most likely value is spelled as tokens (`NumberTokens.spell`: sign, digit chunks, exact for a
         sharp value) and written one per position from the computing position on (`ReadoutPlan`), then the end
-        mark. A position inside an
+        mark. Neither runs it before the text has written a number (`number_written`). A position inside an
         earlier answer does not start another, unless the text has left that answer (`ReadoutPlan.followed`: a
         prompt that goes on after a number the trigger answered). Where the lead head fires outside every answer
         and the trigger does not (`computer_lead_token_id`, the trigger's threshold), the computer runs there too
@@ -718,6 +718,9 @@ class LlamaDCompComputer(nn.Module):
         if lead_logits is not None and not call.explicit:
             leading = call.positions & ~fire & ~plan.covers(absolute.expand(batch, -1))
             leading = leading & (lead_logits > self.trigger_threshold)
+        if not call.explicit:  # nothing to compute from before a number is written (a code comment, prose)
+            written = self.number_written(history, seq)
+            fire, leading = fire & written, leading & written
         computing = fire | leading
         run = self.run(hidden_states, computing, history, call.past_length, trigger_logits, lead_logits)
         tokens, lengths = self.spell_answers(run)  # (P, symbols), (P,)
@@ -751,6 +754,17 @@ class LlamaDCompComputer(nn.Module):
         prefixed = leading & ~joined
         shifted = torch.cat([torch.full_like(tokens[:, :1], self.lead_token_id), tokens[:, :-1]], 1)
         return torch.where(prefixed[:, None], shifted, tokens), lengths + prefixed.long()
+
+    def number_written(self, history: ComputerCache, seq: int) -> torch.Tensor:
+        """`(batch, seq)`: whether a number token stands at or before each of the call's `seq` positions (the last
+        of `history`), padding skipped. The library's programs compute from the numbers a prompt writes, so where
+        none is written yet the trigger and the lead do not run the computer."""
+        assert self.numbers is not None
+        ids = history.input_ids
+        written = self.numbers.token_value[ids.clamp(0, self.numbers.token_value.shape[0] - 1)] >= 0
+        if history.valid is not None:
+            written = written & history.valid.bool()
+        return (written.cumsum(1) > 0)[:, ids.shape[1] - seq :]
 
     def token_context_logits(self, table: torch.Tensor, history: ComputerCache, seq: int) -> torch.Tensor:
         """s · Σ_j table[j, x_{t−j}] (s = `TOKEN_LOGIT_SCALE`, j < k, `table` `(k, vocab)`: `trigger_tokens` or

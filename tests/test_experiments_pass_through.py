@@ -1,5 +1,7 @@
 """experiments.pass_through: the no-computation controls measure what they say."""
 
+import re
+
 import torch
 from test_readout import calculator, tiny_llama_for
 
@@ -12,11 +14,18 @@ def test_ordinary_texts_are_long_distinct_docstring_paragraphs():
     assert len(texts) == 20 == len(set(texts)) and min(map(len, texts)) >= 200
 
 
+def numbered_texts(count: int) -> list[str]:
+    """Ordinary texts that write a number early (within their prompt): the computer never runs before one."""
+    texts = [text for text in ordinary_texts(400, 200) if re.search(r"\d", text[:20])][:count]
+    assert len(texts) == count
+    return texts
+
+
 def test_a_silent_computer_passes_ordinary_text_through_and_a_firing_one_is_counted():
     tokenizer = llama3_tokenizer()
     model = calculator(tokenizer, "add")
     base = tiny_llama_for(tokenizer)
-    texts = ordinary_texts(3, 200)
+    texts = numbered_texts(3)
     silent = compare(model, base, tokenizer, texts, prompt_tokens=8, new_tokens=6)
     assert silent == {
         "texts": 3,
@@ -38,7 +47,7 @@ def test_a_firing_lead_head_is_a_false_activation_too():
     tokenizer = llama3_tokenizer()
     space = tokenizer.encode(" ", add_special_tokens=False)[-1]
     model = calculator(tokenizer, "add", computer_lead_token_id=space)
-    texts = ordinary_texts(2, 200)
+    texts = numbered_texts(2)
     with torch.no_grad():
         model.computer.lead.bias.fill_(10.0)
     firing = compare(model, tiny_llama_for(tokenizer), tokenizer, texts, prompt_tokens=8, new_tokens=6)

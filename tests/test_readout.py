@@ -197,6 +197,27 @@ def test_a_silent_trigger_leaves_the_base_model_exactly_alone():
     )
 
 
+@pytest.mark.parametrize("name", ["llama3", "smollm2"])
+def test_a_firing_trigger_waits_for_the_first_number_written(name):
+    """The trigger fires everywhere (bias +10), yet the computer runs nowhere before a number is written (a comment
+    with no number is left to the base, bit for bit); from the first number on it runs, alike on every route, the
+    number in the cached part of the sequence or in a left-padded row."""
+    tokenizer = TOKENIZERS[name]()
+    model = calculator(tokenizer, "sub")
+    llama = tiny_llama_for(tokenizer)
+    with torch.no_grad():
+        model.computer.trigger.bias.fill_(10.0)
+        inputs = tokenizer("# This is a bit of a hack. ", return_tensors="pt")
+        assert torch.equal(model(**inputs).logits, llama(**inputs).logits)
+        assert torch.equal(
+            model.generate(**inputs, max_new_tokens=4, do_sample=False, min_new_tokens=4),
+            llama.generate(**inputs, max_new_tokens=4, do_sample=False, min_new_tokens=4),
+        )
+        numbered = tokenizer("Then take 7 from 1234. ", return_tensors="pt")
+        assert not torch.equal(model(**numbered).logits, llama(**numbered).logits)
+    assert_every_route_agrees(model, tokenizer, ["# Nothing to count here. ", "Then take 7 from 1234. "], 8)
+
+
 @pytest.mark.parametrize(("threshold", "computes"), [(0.5, True), (0.7, True), (0.75, False), (0.99, False)])
 def test_the_trigger_computes_where_its_probability_exceeds_the_threshold(threshold, computes):
     """σ(1) = 0.731 at every position: a threshold below it computes everywhere, one above it leaves the base
