@@ -61,10 +61,11 @@ def install_library(model: LlamaDCompPreTrainedModel, library: LibrarySpec) -> L
 
 # A minus after spaces ("-", " -"), and one joined to symbols that stand before a sign, not after an operand: an
 # operator, an opening bracket or quote, a separator, another minus ("*-", "//-", "=-", "(-", ",-", "--": "5--3" is
-# 5 - (-3)); not ")-" or "]-" (an operand ends there: "(3)-2" is a subtraction) and not "+/-".
+# 5 - (-3)); not ")-" or "]-" (an operand ends there: "(3)-2" is a subtraction) and not "+/-"; but ")--" and "]--"
+# (LLaMA-3 writes "(3)--2" as "(", "3", ")--", "2": the operator, then the sign of -2).
 BARE_MINUS = r" *[-\u2212]"  # "-" or the typographic minus "−"
 PLUS = r" *\+"
-JOINED_MINUS = r" *(?!\+/)[\[({*/+=,:;%^|~!\"'-]{1,2}-"
+JOINED_MINUS = r" *(?:(?!\+/)[\[({*/+=,:;%^|~!\"'-]{1,2}|[)\]]-)-"
 
 
 def number_token_ids(tokenizer, n: int) -> list[list[int]]:
