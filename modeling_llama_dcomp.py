@@ -1029,6 +1029,13 @@ class LlamaDCompComputer(nn.Module):
         Returns how many rows it filled."""
         if self.selection_tokens is None:
             raise ValueError("this computer has no token votes (computer_selection_context is 0)")
+        if ridge <= 0 or min_margin < 0:
+            raise ValueError(f"complete_selection_votes: need ridge > 0 and min_margin >= 0, got {ridge}, {min_margin}")
+        if embeddings.shape[0] != self.selection_tokens.shape[0]:
+            raise ValueError(
+                f"complete_selection_votes: embeddings have {embeddings.shape[0]} rows, the votes "
+                f"{self.selection_tokens.shape[0]} (one per token id)"
+            )
         scale = TOKEN_LOGIT_SCALE
         votes = self.selection_tokens  # (vocab, programs), in units of 1/scale
         features = embeddings.float() - embeddings.float().mean(0)

@@ -14,6 +14,7 @@ import argparse
 import shutil
 from pathlib import Path
 
+from library.loading import model_folder
 from modeling_llama_dcomp import LlamaDCompForCausalLM
 
 
@@ -21,7 +22,7 @@ def complete_votes(model_dir: Path, output: Path, margin: float, ridge: float) -
     """Writes `model_dir` with completed votes to `output` (a new folder); returns how many rows were filled."""
     if output.exists():
         raise FileExistsError(f"{output}: already exists (the completed copy goes into a new folder)")
-    model = LlamaDCompForCausalLM.from_pretrained(model_dir)
+    model = LlamaDCompForCausalLM.from_pretrained(model_folder(model_dir))
     embeddings = model.get_input_embeddings().weight
     filled = sum(computer.complete_selection_votes(embeddings, ridge, margin) for computer in model.computers())
     shutil.copytree(model_dir, output, ignore=shutil.ignore_patterns("checkpoint-*", "_train.lock"))

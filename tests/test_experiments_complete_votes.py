@@ -7,6 +7,7 @@ import torch
 from test_readout import smollm2_tokenizer, voting_calculator
 
 from experiments.complete_votes import complete_votes
+from library.loading import LoadingError
 from modeling_llama_dcomp import TOKEN_LOGIT_SCALE, LlamaDCompForCausalLM
 
 
@@ -28,3 +29,5 @@ def test_the_completed_copy_has_the_votes_and_the_runs_files_and_the_original_is
     assert not (tmp_path / "completed" / "checkpoint-4").exists()
     with pytest.raises(FileExistsError, match="already exists"):
         complete_votes(run, tmp_path / "completed", margin=0.5, ridge=0.1)
+    with pytest.raises(LoadingError, match="no such folder"):
+        complete_votes(tmp_path / "missing", tmp_path / "other", margin=0.5, ridge=0.1)

@@ -583,6 +583,10 @@ def test_vote_completion_gives_an_unvoted_word_the_votes_of_the_trained_word_it_
     assert filled == int((after.abs().sum(1) > 0).sum() - trained.sum()) and 1 <= filled < 10  # of 49,152
     assert 5.0 < sub_margin(model, tokenizer, "Then 12 minus 7 = ") <= 10.0
     assert sub_margin(model, tokenizer, "Then 12 plus 7 = ") == 0.0
+    with pytest.raises(ValueError, match="need ridge > 0 and min_margin >= 0, got 0.0, 2.0"):
+        model.computer.complete_selection_votes(embeddings, ridge=0.0, min_margin=2.0)
+    with pytest.raises(ValueError, match="embeddings have 10 rows, the votes 49152"):
+        model.computer.complete_selection_votes(embeddings[:10], ridge=0.1, min_margin=2.0)
     fresh = calculator(tokenizer, ["add", "sub"], computer_selection_context=4)
     with pytest.raises(ValueError, match="no token votes yet"):
         fresh.computer.complete_selection_votes(embeddings, ridge=0.1, min_margin=2.0)
