@@ -115,6 +115,42 @@ class _IndexTableProduct(torch.autograd.Function):
         return grad_u_t.t(), grad_v_t.t(), None, None, None
 
 
+class _ClosedForms(torch.autograd.Function):
+    """``Σ_op w_op · ALU_op(u, v)`` over closed-form `ops`: w `(batch, k)` (one column per op, in `ops` order),
+    u, v and the result `(batch, n)`.
+
+    Every ALU_op is bilinear in (u, v), so with its adjoints ``D_op = ∂⟨g, ALU_op(u, v)⟩/∂u`` and ``E_op = ∂⟨g,
+    ALU_op(u, v)⟩/∂v`` (`closed_form_adjoints`): ``∂u = Σ w_op D_op``, ``∂v = Σ w_op E_op`` and ``∂w_op = ⟨u,
+    D_op⟩`` (linear in u). Autograd keeps u, v and w only: no result, FFT spectrum or cumulative sum, and
+    nothing is recomputed."""
+
+    @staticmethod
+    def forward(ctx, ops, weights, u, v):
+        ctx.ops = ops
+        ctx.save_for_backward(weights, u, v)
+        full, ones = closed_forms(u, v, ops)
+        columns = dict(zip(ops, weights.unbind(1)))
+        out = u.new_zeros(u.shape)
+        for op, result in full.items():
+            out.addcmul_(columns[op][:, None], result)
+        if ones:  # boolean ops: mass x on value 1 and Σu·Σv − x on value 0
+            on_one = sum(columns[op] * x for op, x in ones.items())
+            out[:, 0] += sum(columns[op] for op in ones) * u.sum(-1) * v.sum(-1) - on_one
+            out[:, 1] += on_one
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        weights, u, v = ctx.saved_tensors
+        adjoints = closed_form_adjoints(grad, u, v, ctx.ops)
+        columns = weights.unbind(1)
+        grad_weights = torch.stack([(u * adjoints[op][0]).sum(-1) for op in ctx.ops], 1)
+        grad_u = sum(w[:, None] * adjoints[op][0] for op, w in zip(ctx.ops, columns))
+        grad_v = sum(w[:, None] * adjoints[op][1] for op, w in zip(ctx.ops, columns))
+        return None, grad_weights, grad_u, grad_v
+
+
 class TableALU(torch.nn.Module):
     """The ALU of eq. 7 / eq. 11 over `dcomp_isa.ALU_OPS`, exact and without the dense |A|·n³ table.
 
@@ -198,23 +234,15 @@ class TableALU(torch.nn.Module):
         v_ = v.to(compute).expand(*batch_shape, n).reshape(-1, n)  # (batch, n)
 
         active = self._active_ops(f, op_probs.requires_grad) if ops is None else frozenset(ops)
-        full, ones = self._closed_forms(u_, v_, [op for op in self.closed_form_ops if op in active])
+        closed = tuple(op for op in self.closed_form_ops if op in active)
         table_ops = [op for op in self.table_ops if op in active]
-        # Σ_op f_op · ALU_op(u, v); a broadcast product and sum beats einsum's bmm of tiny (1, k) × (k, n) here.
         out = u_.new_zeros(u_.shape)  # (batch, n)
         if table_ops:
             rows = torch.tensor([self.table_ops.index(op) for op in table_ops], device=u_.device)
             results = _IndexTableProduct.apply(u_, v_, self.index_tables, rows, self.chunk_elements)  # (batch, k, n)
             out = out + (results * self._columns(f, table_ops)[..., None]).sum(1)
-        if full:
-            results = torch.stack(list(full.values()), 1)  # (batch, k, n)
-            out = out + (results * self._columns(f, full)[..., None]).sum(1)
-        if ones:
-            # Boolean ops: mass x1 on value 1 and Σu·Σv − x1 on value 0.
-            weights = self._columns(f, ones)  # (batch, k)
-            on_one = (weights * torch.stack(list(ones.values()), 1)).sum(1)  # (batch,)
-            on_zero = weights.sum(1) * u_.sum(1) * v_.sum(1) - on_one
-            out = out + F.pad(torch.stack((on_zero, on_one), 1), (0, n - 2))
+        if closed:
+            out = out + _ClosedForms.apply(closed, self._columns(f, closed), u_, v_)
         return out.reshape(*batch_shape, n).to(dtype)
 
     def _columns(self, f: torch.Tensor, ops) -> torch.Tensor:
@@ -229,43 +257,88 @@ class TableALU(torch.nn.Module):
         used = f.ne(0).any(0).tolist()
         return frozenset(op for op, on in zip(self.ops, used) if on)
 
-    @staticmethod
-    def _closed_forms(u: torch.Tensor, v: torch.Tensor, ops) -> tuple[dict, dict]:
-        """Exact closed forms of ALU_op(u, v) (see `dense_alu_table`). Returns ``full`` (op → (batch, n)
-        result) and ``ones`` (boolean op → (batch,) mass on value 1)."""
-        n = u.shape[-1]
-        sum_u, sum_v = u.sum(-1, keepdim=True), v.sum(-1, keepdim=True)  # (batch, 1)
-        full, ones = {}, {}
-        if "inc" in ops:  # (a + 1) mod n
-            full["inc"] = u.roll(1, -1) * sum_v
-        if "dec" in ops:
-            full["dec"] = u.roll(-1, -1) * sum_v
-        if "add" in ops or "sub" in ops:
-            # Circular convolution / correlation: Σ_a u_a v_{c−a} and Σ_b u_{c+b} v_b.
-            u_hat, v_hat = torch.fft.rfft(u), torch.fft.rfft(v)  # (batch, n // 2 + 1)
-            if "add" in ops:
-                full["add"] = torch.fft.irfft(u_hat * v_hat, n)
-            if "sub" in ops:
-                full["sub"] = torch.fft.irfft(u_hat * v_hat.conj(), n)
-        if {"max", "min", "lt"} & set(ops):
-            cdf_u, cdf_v = u.cumsum(-1), v.cumsum(-1)  # (batch, n): Σ_{a ≤ c} u_a
-            below_u = F.pad(cdf_u[:, :-1], (1, 0))  # Σ_{a < c} u_a
-        # Sums of products instead of differences of CDF products: no cancellation, error ~eps relative.
-        if "max" in ops:  # [a = c, b ≤ c] + [b = c, a < c]
-            full["max"] = u * cdf_v + v * below_u
-        if "min" in ops:  # [a = c, b ≥ c] + [b = c, a > c]
-            full["min"] = u * (sum_v - cdf_v + v) + v * (sum_u - cdf_u)
-        if "eq" in ops:
-            ones["eq"] = (u * v).sum(-1)
-        if "lt" in ops:  # Σ_b v_b Σ_{a < b} u_a
-            ones["lt"] = (v * below_u).sum(-1)
-        if "and" in ops:  # (a != 0) and (b != 0)
-            ones["and"] = u[:, 1:].sum(-1) * v[:, 1:].sum(-1)
-        if "or" in ops:  # everything but a = b = 0
-            ones["or"] = sum_u[:, 0] * sum_v[:, 0] - u[:, 0] * v[:, 0]
-        if "not" in ops:  # a == 0
-            ones["not"] = u[:, 0] * sum_v[:, 0]
-        return full, ones
+
+def closed_forms(u: torch.Tensor, v: torch.Tensor, ops) -> tuple[dict, dict]:
+    """Exact closed forms of ALU_op(u, v) (see `dense_alu_table`). Returns ``full`` (op → (batch, n)
+    result) and ``ones`` (boolean op → (batch,) mass on value 1)."""
+    n = u.shape[-1]
+    sum_u, sum_v = u.sum(-1, keepdim=True), v.sum(-1, keepdim=True)  # (batch, 1)
+    full, ones = {}, {}
+    if "inc" in ops:  # (a + 1) mod n
+        full["inc"] = u.roll(1, -1) * sum_v
+    if "dec" in ops:
+        full["dec"] = u.roll(-1, -1) * sum_v
+    if "add" in ops or "sub" in ops:
+        # Circular convolution / correlation: Σ_a u_a v_{c−a} and Σ_b u_{c+b} v_b.
+        u_hat, v_hat = torch.fft.rfft(u), torch.fft.rfft(v)  # (batch, n // 2 + 1)
+        if "add" in ops:
+            full["add"] = torch.fft.irfft(u_hat * v_hat, n)
+        if "sub" in ops:
+            full["sub"] = torch.fft.irfft(u_hat * v_hat.conj(), n)
+    if {"max", "min", "lt"} & set(ops):
+        cdf_u, cdf_v = u.cumsum(-1), v.cumsum(-1)  # (batch, n): Σ_{a ≤ c} u_a
+        below_u = F.pad(cdf_u[:, :-1], (1, 0))  # Σ_{a < c} u_a
+    # Sums of products instead of differences of CDF products: no cancellation, error ~eps relative.
+    if "max" in ops:  # [a = c, b ≤ c] + [b = c, a < c]
+        full["max"] = u * cdf_v + v * below_u
+    if "min" in ops:  # [a = c, b ≥ c] + [b = c, a > c]
+        full["min"] = u * (sum_v - cdf_v + v) + v * (sum_u - cdf_u)
+    if "eq" in ops:
+        ones["eq"] = (u * v).sum(-1)
+    if "lt" in ops:  # Σ_b v_b Σ_{a < b} u_a
+        ones["lt"] = (v * below_u).sum(-1)
+    if "and" in ops:  # (a != 0) and (b != 0)
+        ones["and"] = u[:, 1:].sum(-1) * v[:, 1:].sum(-1)
+    if "or" in ops:  # everything but a = b = 0
+        ones["or"] = sum_u[:, 0] * sum_v[:, 0] - u[:, 0] * v[:, 0]
+    if "not" in ops:  # a == 0
+        ones["not"] = u[:, 0] * sum_v[:, 0]
+    return full, ones
+
+
+def closed_form_adjoints(grad: torch.Tensor, u: torch.Tensor, v: torch.Tensor, ops) -> dict:
+    """op → (D, E), the adjoints of `closed_forms` against the gradient g of the mixture's result (all `(batch,
+    n)`): ``D = ∂⟨g, ALU_op(u, v)⟩/∂u``, ``E = ∂⟨g, ALU_op(u, v)⟩/∂v``; a boolean op's result is Σu·Σv − x on
+    value 0 and x on value 1."""
+    n = u.shape[-1]
+    sum_u, sum_v = u.sum(-1, keepdim=True), v.sum(-1, keepdim=True)  # (batch, 1)
+    adjoints = {}
+    if "inc" in ops:  # roll(u, 1) Σv
+        adjoints["inc"] = (grad.roll(-1, -1) * sum_v, (grad * u.roll(1, -1)).sum(-1, keepdim=True).expand_as(v))
+    if "dec" in ops:
+        adjoints["dec"] = (grad.roll(1, -1) * sum_v, (grad * u.roll(-1, -1)).sum(-1, keepdim=True).expand_as(v))
+    if "add" in ops or "sub" in ops:
+        g_hat, u_hat, v_hat = torch.fft.rfft(grad), torch.fft.rfft(u), torch.fft.rfft(v)
+        if "add" in ops:  # Σ_a u_a v_{c−a}: D_a = Σ_c g_c v_{c−a}, E_b = Σ_c g_c u_{c−b}
+            adjoints["add"] = (torch.fft.irfft(g_hat * v_hat.conj(), n), torch.fft.irfft(g_hat * u_hat.conj(), n))
+        if "sub" in ops:  # Σ_b u_{c+b} v_b: D_a = Σ_b g_{a−b} v_b, E_b = Σ_a u_a g_{a−b}
+            adjoints["sub"] = (torch.fft.irfft(g_hat * v_hat, n), torch.fft.irfft(u_hat * g_hat.conj(), n))
+    if {"max", "min", "lt"} & set(ops):
+        cdf_u, cdf_v = u.cumsum(-1), v.cumsum(-1)
+        below_u = cdf_u - u  # Σ_{a < c} u_a
+        g_v, g_u = grad * v, grad * u
+        cdf_gv, cdf_gu = g_v.cumsum(-1), g_u.cumsum(-1)
+    if "max" in ops:  # u cdf_v + v below_u
+        adjoints["max"] = (grad * cdf_v + cdf_gv[:, -1:] - cdf_gv, grad * below_u + cdf_gu[:, -1:] - cdf_gu + g_u)
+    if "min" in ops:  # u (Σv − cdf_v + v) + v (Σu − cdf_u)
+        adjoints["min"] = (grad * (sum_v - cdf_v + v) + cdf_gv - g_v, grad * (sum_u - cdf_u) + cdf_gu)
+    # Boolean ops: ⟨g, result⟩ = (g_1 − g_0) x + g_0 Σu Σv, so D = (g_1 − g_0) ∂x/∂u + g_0 Σv (E alike).
+    on_one, on_zero = grad[:, 1:2] - grad[:, :1], grad[:, :1]  # (batch, 1)
+    base_u, base_v = on_zero * sum_v, on_zero * sum_u
+    first = torch.zeros(n, dtype=u.dtype, device=u.device)
+    first[0] = 1  # [value = 0]
+    x_partials = {
+        "eq": lambda: (v, u),  # Σ u v
+        "lt": lambda: (sum_v - cdf_v, below_u),  # Σ_b v_b Σ_{a < b} u_a
+        "and": lambda: ((sum_v - v[:, :1]) * (1 - first), (sum_u - u[:, :1]) * (1 - first)),  # (Σu − u_0)(Σv − v_0)
+        "or": lambda: (sum_v - first * v[:, :1], sum_u - first * u[:, :1]),  # Σu Σv − u_0 v_0
+        "not": lambda: (first * sum_v, u[:, :1].expand_as(v)),  # u_0 Σv
+    }
+    for op, partials in x_partials.items():
+        if op in ops:
+            x_u, x_v = partials()
+            adjoints[op] = (on_one * x_u + base_u, on_one * x_v + base_v)
+    return adjoints
 
 
 def dense_alu_table(n: int, ops=ALU_OPS, dtype: torch.dtype = torch.float32) -> torch.Tensor:

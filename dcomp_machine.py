@@ -39,11 +39,14 @@ except ImportError:  # a checkout, where these files are top-level modules
 
 
 _ALU_INDEX = [OP_INDEX[name] for name in ALU_OPS]
-# `run` checkpoints its steps by default, CHECKPOINT_STEPS at a time, from this many values (memory + registers) in
-# a state on: below it the recomputation costs more than the memory it saves (benchmarks/bench_binary.py).
-CHECKPOINT_MIN_ELEMENTS = 1 << 20
+# `run` checkpoints its steps by default, CHECKPOINT_STEPS at a time, once a plain run could keep this many state
+# values (memory + registers, times max_steps): it keeps about 0.8 of them (fib, unit n = 1024, batch 64: 24 × 3 M
+# values, 231 MiB kept), and below it the recomputation (~1.5× the time) costs more than the memory it saves.
+CHECKPOINT_MIN_ELEMENTS = 1 << 27
 CHECKPOINT_STEPS = 3
 _WRITE_INDEX = [i for i, op in enumerate(OPS) if op.writes_register]
+# Elements of the memory-write backward's row dot products taken at once (2 MiB float32: cache-sized).
+DOT_CHUNK_ELEMENTS = 1 << 19
 
 
 @dataclass
@@ -117,7 +120,12 @@ class _Mix(torch.autograd.Function):
                 needed |= (p != 0)[:, None]
             dots = torch.zeros_like(address)
             if bool(needed.all()):
-                dots = torch.linalg.vecdot(grad, value[:, None, :] - rows)
+                # In batch chunks of ~DOT_CHUNK_ELEMENTS: the difference c − X_i then stays in cache instead of
+                # being a fresh state-sized tensor (measured ~2.5× faster).
+                step = max(1, DOT_CHUNK_ELEMENTS // rows[0].numel())
+                for start in range(0, rows.shape[0], step):
+                    part = slice(start, start + step)
+                    dots[part] = torch.linalg.vecdot(grad[part], value[part, None, :] - rows[part])
             elif bool(needed.any()):
                 batch, row = needed.nonzero(as_tuple=True)
                 dots[batch, row] = torch.linalg.vecdot(grad[batch, row], value[batch] - rows[batch, row])
@@ -129,9 +137,9 @@ class _Mix(torch.autograd.Function):
 
 
 class _Read(torch.autograd.Function):
-    """eq. 2's read, ``r = a M``: a `(batch, lanes, cells)`, M `(batch, cells, width)`. Its backward is skipped
-    when the read's gradient is exactly 0 (no line that may read is running): autograd's matrix product would
-    still write a memory-sized zero gradient every step."""
+    """eq. 2's read, ``r = a M``: a `(batch, lanes, cells)`, M `(batch, cells, width)`. The memory's gradient is
+    skipped when a is exactly 0 (no line that may read is running): autograd's matrix product would still write
+    a memory-sized zero gradient every step."""
 
     @staticmethod
     def forward(ctx, address, memory):
@@ -142,50 +150,61 @@ class _Read(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         address, memory = ctx.saved_tensors
-        if not bool(grad.any()):
-            return None, None
         grad_address = torch.bmm(grad, memory.transpose(1, 2)) if ctx.needs_input_grad[0] else None
-        grad_memory = torch.bmm(address.transpose(1, 2), grad) if ctx.needs_input_grad[1] else None
+        grad_memory = None
+        if ctx.needs_input_grad[1] and bool(address.any()):
+            # a^T g, lane by lane as outer products: with a few lanes, ~6× faster than bmm on CPU.
+            grad_memory = address[:, 0, :, None] * grad[:, 0, None, :]
+            for lane in range(1, address.shape[1]):
+                grad_memory.addcmul_(address[:, lane, :, None], grad[:, lane, None, :])
         return grad_address, grad_memory
 
 
-def _state_tensors(state) -> tuple[torch.Tensor, ...]:
-    return tuple(getattr(state, field.name) for field in fields(state))
-
-
-class _CheckpointedSteps(torch.autograd.Function):
-    """Activation checkpointing of a few machine steps: the forward runs them without recording anything and
-    keeps only their input state, program and the machine's parameters; the backward runs them again with
-    autograd and differentiates that. Unlike `torch.utils.checkpoint` (non-reentrant), whose first pass records
-    a graph and discards its tensors, the first pass is a plain no-grad forward (~1.5× cheaper here)."""
+class _Recomputed(torch.autograd.Function):
+    """Activation checkpointing of one function (see `recomputed`)."""
 
     @staticmethod
-    def forward(ctx, machine, count, threshold, taken, *tensors):
-        ctx.machine, ctx.count, ctx.threshold = machine, count, threshold
+    def forward(ctx, fn, *tensors):
+        ctx.fn = fn
         ctx.save_for_backward(*tensors)
-        state, program = MachineState(*tensors[:5]), ProgramTensors(*tensors[5:10])
-        state, done = machine._steps(program, state, count, threshold)
-        taken.append(done)  # the recomputation takes the same steps
-        return _state_tensors(state)
+        return fn(*tensors)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, *grads):
-        saved, needs = ctx.saved_tensors, ctx.needs_input_grad[4:]
-        inputs = [t.detach().requires_grad_(need) for t, need in zip(saved[:10], needs)]
-        inputs += saved[10:]  # the parameters, used as they are
+        needs = ctx.needs_input_grad[1:]
+        # Leaves (parameters that `fn` may reach without its arguments) are used as they are, the rest detached.
+        inputs = [
+            t if t.is_leaf and t.requires_grad else t.detach().requires_grad_(need)
+            for t, need in zip(ctx.saved_tensors, needs)
+        ]
         with torch.enable_grad():
-            state, _ = ctx.machine._steps(
-                ProgramTensors(*inputs[5:10]), MachineState(*inputs[:5]), ctx.count, ctx.threshold
-            )
-        pairs = [(out, g) for out, g in zip(_state_tensors(state), grads) if out.requires_grad and g is not None]
+            outputs = ctx.fn(*inputs)
+        outputs = (outputs,) if isinstance(outputs, torch.Tensor) else outputs
+        pairs = [(out, g) for out, g in zip(outputs, grads) if out.requires_grad and g is not None]
         wanted = [t for t, need in zip(inputs, needs) if need]
         found = iter(
             torch.autograd.grad([out for out, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True)
             if pairs and wanted
             else [None] * len(wanted)
         )
-        return (None, None, None, None, *(next(found) if need else None for need in needs))
+        return (None, *(next(found) if need else None for need in needs))
+
+
+def recomputed(fn, *tensors: torch.Tensor):
+    """``fn(*tensors)`` (a tensor or a tuple of tensors) with activation checkpointing: when a gradient is recorded, the
+    forward runs without recording anything and autograd keeps only `tensors`; the backward runs ``fn`` again
+    with autograd and differentiates that. Unlike `torch.utils.checkpoint` (non-reentrant), whose first pass
+    records a graph, the first pass is a plain no-grad forward. ``fn`` must compute the same values twice. Pass
+    compact tensors (a view keeps its whole base alive), and pass the parameters ``fn`` uses too (a module's),
+    so that they get their gradient."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return _Recomputed.apply(fn, *tensors)
+    return fn(*tensors)
+
+
+def _state_tensors(state) -> tuple[torch.Tensor, ...]:
+    return tuple(getattr(state, field.name) for field in fields(state))
 
 
 @dataclass
@@ -580,26 +599,29 @@ class RegisterMachine(nn.Module):
         stack_rows = torch.eye(self.num_registers, dtype=pc.dtype, device=pc.device)[[-1, -depth]]  # (2, registers)
         selectors = torch.cat([arg_a, arg_b, stack_rows.expand(pc.shape[0], 2, -1)], 1)  # (batch, 2 lanes + 2, R)
         reads = torch.bmm(selectors, registers)  # (batch, 2 lanes + 2, width)
-        u, v, return_target, bottom = reads[:, :lanes], reads[:, lanes:-2], reads[:, -2], reads[:, -1]
+        # One split (one gradient for `reads`), not four slices that would each write a zero-padded gradient.
+        u, v, return_target, bottom = reads.split([lanes, lanes, 1, 1], 1)
+        return_target, bottom = return_target.squeeze(1), bottom.squeeze(1)
         live = self._live_ops(program)
         values = self._values(shared, pc, op, u, v, memory, live)  # (batch, lanes, width), mass = write prob.
 
+        # The written value is the mixture normalised by its mass, c = values / m; eq. 5's a c is taken as
+        # (a / m) values, so that the division runs on the small weights and keeps no value-sized tensor.
         write_mass = self.values.written_mass(values, op[..., _WRITE_INDEX].sum(-1, keepdim=True))
-        written = values / torch.where(
-            write_mass > torch.finfo(values.dtype).eps, write_mass, torch.ones_like(write_mass)
-        )
+        per_mass = 1 / torch.where(write_mass > torch.finfo(values.dtype).eps, write_mass, torch.ones_like(write_mass))
         # A `call` overflows when the bottom of the return stack holds a caller: it would be dropped.
         stack_full = 1 - self.values.probability_of_empty(bottom)  # (batch,)
         # Every lane's register update is affine in R, R ← A R + B C (lanes write in order: a later lane wins):
         # composed here on (registers × registers) matrices, then applied to the register file in one product.
         update = _RegisterUpdate.identity(registers)
+        addresses, data = u.unbind(1), v.unbind(1)
         for lane in range(lanes):
-            update = update.then(*self._write_registers(write_to[:, lane], written[:, lane]))
+            update = update.then(*self._write_registers(write_to[:, lane], values[:, lane], per_mass[:, lane]))
             # A lane whose ops never include call/ret/write would leave the stack/memory as they are: skip it.
             if live[lane]["call"] or live[lane]["ret"]:
                 update = update.then(*self._return_stack(program, pc, lane, op[:, lane], stack_full))
             if live[lane]["write"]:
-                memory = self._write_memory(memory, op[:, lane, OP_INDEX["write"]], u[:, lane], v[:, lane])
+                memory = self._write_memory(memory, op[:, lane, OP_INDEX["write"]], addresses[lane], data[lane])
         registers = update.apply(registers)
 
         pc, halted, overflowed = self._next_pc(program, pc, state, u, return_target, stack_full)
@@ -627,11 +649,9 @@ class RegisterMachine(nn.Module):
         batched = program.op.dim() == 4
         # eq. 7, lane by lane: each lane evaluates only the ALU ops that some line holds in it (none: exactly 0).
         lanes = []
-        for k, lane in enumerate(live):
+        for k, (lane, u_k, v_k) in enumerate(zip(live, u.unbind(1), v.unbind(1))):
             ops = tuple(name for name in ALU_OPS if lane[name])
-            lanes.append(
-                self.alu(op[:, k, _ALU_INDEX], u[:, k], v[:, k], ops=ops) if ops else torch.zeros_like(u[:, k])
-            )
+            lanes.append(self.alu(op[:, k, _ALU_INDEX], u_k, v_k, ops=ops) if ops else torch.zeros_like(u_k))
         values = torch.stack(lanes, 1)  # (batch, lanes, width)
         if "set" in used:  # the immediate of each line, weighted by that line's probability of being a `set`
             values = values + _by_line(pc, program.imm * program.op[..., OP_INDEX["set"], None], batched)
@@ -641,19 +661,21 @@ class RegisterMachine(nn.Module):
             address, _ = self.values.addresses(u, self.memory_size)  # (batch, lanes, memory_size)
             unmapped = 1 - address.sum(-1, keepdim=True)  # (batch, lanes, 1)
             zero = self.encode(torch.zeros((), dtype=torch.long, device=u.device), u.dtype)
-            read = _Read.apply(address, memory) + unmapped * zero
-            values = values + op[..., OP_INDEX["read"], None] * read
+            # Weighted through the address (the read is linear in it): no read-sized tensor is kept.
+            p_read = op[..., OP_INDEX["read"], None]  # (batch, lanes, 1)
+            values = values + _Read.apply(p_read * address, memory) + (p_read * unmapped) * zero
         if "store" in used:  # the address of the line itself, as a value
             addresses = self.encode(torch.arange(program.lines, device=pc.device), pc.dtype)[:, None]  # (lines, 1, w)
             values = values + _by_line(pc, program.op[..., OP_INDEX["store"], None] * addresses, batched)
         return values
 
     @staticmethod
-    def _write_registers(write_to, value) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """eq. 5: R_i ← (1 − a_i) R_i + a_i c, with a the (write-weighted) output-register distribution, as the
-        affine map (A, B, C) = (I − diag(a), a, c) of `_RegisterUpdate`."""
+    def _write_registers(write_to, values, per_mass) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """eq. 5: R_i ← (1 − a_i) R_i + a_i c, with a the (write-weighted) output-register distribution and c the
+        written value, the op-weighted `values` times `per_mass` (1 / their mass), as the affine map (A, B, C) =
+        (I − diag(a), a · per_mass, values) of `_RegisterUpdate`."""
         keep = torch.diag_embed(1 - write_to)  # (batch, registers, registers)
-        return keep, write_to[..., None], value[:, None, :]
+        return keep, (write_to * per_mass)[..., None], values[:, None, :]
 
     def _write_memory(self, memory, p, address, value) -> torch.Tensor:
         """eq. 3–4: M ← (1 − p) M + p ((1 − a) ⊙ M + a ⊗ c) = (1 − p a) ⊙ M + p a ⊗ c."""
@@ -739,13 +761,14 @@ class RegisterMachine(nn.Module):
         `checkpoint` = k > 0 recomputes the steps in the backward pass, k at a time, instead of keeping their
         intermediate tensors (activation checkpointing of the recurrence): autograd holds one state per k steps
         and, during the backward, the intermediates of k steps, at the cost of one more forward pass; 0 keeps
-        everything. By default it is `CHECKPOINT_STEPS` when a gradient is being recorded and a state holds at
-        least `CHECKPOINT_MIN_ELEMENTS` values, else 0. A trace keeps every state, so it checkpoints step by step."""
+        everything. By default it is `CHECKPOINT_STEPS` when a gradient is being recorded and `max_steps` states
+        hold at least `CHECKPOINT_MIN_ELEMENTS` values, else 0. A trace keeps every state, so it checkpoints step
+        by step."""
         threshold = self.halt_threshold if halt_threshold is None else halt_threshold
         state = self.settle(program, state)
         trace = [state] if return_trace else None
         if checkpoint is None:
-            large = state.memory.numel() + state.registers.numel() >= CHECKPOINT_MIN_ELEMENTS
+            large = (state.memory.numel() + state.registers.numel()) * max_steps >= CHECKPOINT_MIN_ELEMENTS
             checkpoint = CHECKPOINT_STEPS if torch.is_grad_enabled() and large else 0
         if return_trace:
             checkpoint = min(checkpoint, 1)
@@ -774,10 +797,15 @@ class RegisterMachine(nn.Module):
     def _checkpointed_steps(
         self, program: ProgramTensors, state: MachineState, count: int, threshold: float
     ) -> tuple[MachineState, int]:
-        """`_steps`, recomputed in the backward pass (`_CheckpointedSteps`)."""
+        """`_steps`, recomputed in the backward pass (activation checkpointing, `recomputed`)."""
         taken: list[int] = []
-        tensors = (*_state_tensors(state), *program.fields().values(), *self.parameters())
-        after = _CheckpointedSteps.apply(self, count, threshold, taken, *tensors)
+
+        def steps(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            after, done = self._steps(ProgramTensors(*tensors[5:10]), MachineState(*tensors[:5]), count, threshold)
+            taken.append(done)  # the recomputation takes the same steps
+            return _state_tensors(after)
+
+        after = recomputed(steps, *_state_tensors(state), *program.fields().values(), *self.parameters())
         return MachineState(*after), taken[0]
 
     def extra_repr(self) -> str:

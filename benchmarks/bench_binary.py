@@ -10,7 +10,8 @@ unit machine, sigmoid bits for the binary one).
 
 Machines: the unit machine with the table ALU at n = 256 and n = 1024, the binary machine at the same range
 (8 and 10 bits) and at 32 and 64 bits, where no table fits. Workloads: `step` (the first line), `run` (the whole
-run; `run` checkpoints its steps by default for large states), `run, no checkpoint` (batch 64 only) and
+run; `run` checkpoints its steps by default for large runs), `run, no checkpoint` (batch 64 only), `run,
+checkpointed` (every `CHECKPOINT_STEPS` steps, whatever the size; bench_machine's backward table only) and
 `step, all ops` (batch 64, binary: a program being trained needs every op's result, so every circuit runs).
 Ratios, side by side in the same run: fwd+bwd / fwd per cell, unit / binary at equal range, 64 / 32 bits.
 
@@ -52,7 +53,7 @@ def run_cell(machine_name: str, batch: int, workload: str, args) -> dict:
     """One cell, in this (child) process: fwd and fwd+bwd times and the fwd+bwd peak."""
     import torch
 
-    from dcomp_machine import ProgramTensors, RegisterMachine
+    from dcomp_machine import CHECKPOINT_STEPS, ProgramTensors, RegisterMachine
     from library.compiler import compile_program
     from library.stdlib import load_program
 
@@ -68,7 +69,7 @@ def run_cell(machine_name: str, batch: int, workload: str, args) -> dict:
     depth = machine.encode(torch.full((batch,), FIB_DEPTH))
     to_value = torch.sigmoid if bits else (lambda x: torch.softmax(x, -1))
     steps = 1 if workload.startswith("step") else 8 * FIB_DEPTH
-    checkpoint = False if workload == "run, no checkpoint" else None
+    checkpoint = {"run, no checkpoint": 0, "run, checkpointed": CHECKPOINT_STEPS}.get(workload)
     op_logits = (tensors.op * 8).requires_grad_()
 
     def run():

@@ -12,7 +12,8 @@ Example: python -m benchmarks.bench_machine --quick
 
 `--backward` prints instead the recurrence's backward table (issue 11, item 5): the whole `fib` run at batch 64
 on the unit machine at n = 1024 and the binary machine at 64 bits, each plain (`checkpoint=0`: every step's
-tensors kept) and with `run`'s default (checkpointed steps where the state is large), side by side: fwd,
+tensors kept), checkpointed (`checkpoint=CHECKPOINT_STEPS`) and with `run`'s default (checkpointed steps where
+a run would keep many state values), side by side: fwd,
 fwd+bwd, their ratio (CPU time) and two peaks of the fwd+bwd, the harness's (rise of VmHWM, which includes
 memory that glibc keeps after frees) and the live one (the same with MALLOC_MMAP_THRESHOLD_ = 128 KiB, so that
 freed tensors go back to the OS at once). The cells are bench_binary's (`benchmarks.bench_binary --run`).
@@ -165,15 +166,15 @@ def markdown(rows: list[dict]) -> str:
 
 
 BACKWARD_MACHINES = ("unit 1024", "binary 64")
-BACKWARD_WORKLOADS = {"plain": "run, no checkpoint", "default": "run"}
+BACKWARD_WORKLOADS = {"plain": "run, no checkpoint", "checkpointed": "run, checkpointed", "default": "run"}
 BACKWARD_BATCH = 64
 # Big enough to hold small tensors in the heap, small enough that every state-sized tensor is its own mapping.
 LIVE_MMAP_THRESHOLD = 128 << 10
 
 
 def backward_rows(args) -> list[dict]:
-    """Every (machine, plain/default) cell of the backward table, each in fresh child processes: one timed, one
-    for the live peak."""
+    """Every (machine, plain/checkpointed/default) cell of the backward table, each in fresh child processes: one
+    timed, one for the live peak."""
     env = thread_environment(args.threads)
     live_env = {**env, "MALLOC_MMAP_THRESHOLD_": str(LIVE_MMAP_THRESHOLD)}
     timed = ["--repeats", str(args.repeats), "--max-seconds", str(args.max_seconds)]

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dcomp_alu import FFT_OPS, TableALU, dense_alu, dense_alu_table
+from dcomp_alu import FFT_MIN_N, FFT_OPS, TableALU, dense_alu, dense_alu_table
 from dcomp_isa import ALU_OPS, alu_int
 
 MODES = ("auto", "table")
@@ -125,6 +125,16 @@ def test_gradcheck(n, mode):
     u, v = dirichlet(3, n, generator=gen).requires_grad_(), dirichlet(3, n, generator=gen).requires_grad_()
     alu = TableALU(n, mode).double()
     assert torch.autograd.gradcheck(alu, (op_probs, u, v))
+
+
+def test_gradcheck_fft_closed_forms():
+    """add/sub through the FFT (n ≥ FFT_MIN_N), recomputed in the backward like every closed form."""
+    gen = torch.Generator().manual_seed(0)
+    n = FFT_MIN_N + 1
+    op_probs = dirichlet(2, len(ALU_OPS), generator=gen).requires_grad_()
+    u, v = dirichlet(2, n, generator=gen).requires_grad_(), dirichlet(2, n, generator=gen).requires_grad_()
+    alu = TableALU(n).double()
+    assert torch.autograd.gradcheck(functools.partial(alu, ops=tuple(FFT_OPS)), (op_probs, u, v), fast_mode=True)
 
 
 def test_closed_forms_match_table_mode_at_larger_n():

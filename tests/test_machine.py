@@ -426,7 +426,11 @@ def test_default_checkpointing_only_for_large_states_with_a_gradient(monkeypatch
     state = machine.initial_state(2, program.lines, inputs={1: value})
     machine.run(program, state, max_steps=4)
     assert chosen == []  # a small state: no checkpointing
-    monkeypatch.setattr("dcomp_machine.CHECKPOINT_MIN_ELEMENTS", state.memory.numel())
+    kept = (state.memory.numel() + state.registers.numel()) * 4  # what 4 steps could keep
+    monkeypatch.setattr("dcomp_machine.CHECKPOINT_MIN_ELEMENTS", kept + 1)
+    machine.run(program, state, max_steps=4)
+    assert chosen == []  # just below the budget
+    monkeypatch.setattr("dcomp_machine.CHECKPOINT_MIN_ELEMENTS", kept)
     machine.run(program, state, max_steps=4)
     assert chosen and chosen[0] == dcomp_machine.CHECKPOINT_STEPS
     chosen.clear()
@@ -435,11 +439,14 @@ def test_default_checkpointing_only_for_large_states_with_a_gradient(monkeypatch
     assert chosen == []  # nothing to recompute without a gradient
 
 
+@pytest.mark.parametrize("chunk", [dcomp_machine.DOT_CHUNK_ELEMENTS, 35])
 @pytest.mark.parametrize("needs", [(True, True, True, True), (False, True, False, True), (True, False, True, False)])
 @pytest.mark.parametrize("written", ["all", "some", "none"])
-def test_memory_write_backward_is_the_derivative(needs, written):
+def test_memory_write_backward_is_the_derivative(needs, written, chunk, monkeypatch):
     """`_Mix` (eq. 3–4) has a hand-written backward that skips exact zeros: gradcheck it with every row written,
-    some (sparse dot products), or none (the state passes through), each input with and without a gradient."""
+    some (sparse dot products), or none (the state passes through), each input with and without a gradient, its
+    row dot products in one piece and in batch chunks (35 elements: one element of the batch at a time)."""
+    monkeypatch.setattr(dcomp_machine, "DOT_CHUNK_ELEMENTS", chunk)
     generator = torch.Generator().manual_seed(0)
     rows, p, address, value = (
         torch.rand(s, dtype=torch.float64, generator=generator) for s in ((3, 5, 7), (3,), (3, 5), (3, 7))
@@ -453,6 +460,18 @@ def test_memory_write_backward_is_the_derivative(needs, written):
     rows, p, address, value = (t.detach() for t in tensors)
     w = (p[:, None] * address)[..., None]
     assert torch.allclose(dcomp_machine._Mix.apply(rows, p, address, value), (1 - w) * rows + w * value[:, None])
+
+
+@pytest.mark.parametrize("lanes", [1, 3])
+@pytest.mark.parametrize("reading", [True, False])
+def test_memory_read_backward_is_the_derivative(lanes, reading):
+    """`_Read` (eq. 2) has a hand-written backward (outer products per lane; no memory gradient where no lane
+    reads): gradcheck it with reading and with all-zero addresses."""
+    generator = torch.Generator().manual_seed(lanes)
+    address = torch.rand(2, lanes, 5, dtype=torch.float64, generator=generator) * reading
+    memory = torch.rand(2, 5, 7, dtype=torch.float64, generator=generator)
+    tensors = (address.requires_grad_(), memory.requires_grad_())
+    assert torch.autograd.gradcheck(dcomp_machine._Read.apply, tensors)
 
 
 def test_a_step_that_writes_no_memory_keeps_the_memory_tensor():
@@ -471,3 +490,31 @@ def test_a_step_that_writes_no_memory_keeps_the_memory_tensor():
     assert after_add.memory.data_ptr() == after_write.memory.data_ptr()
     (grad,) = torch.autograd.grad(after_add.memory.sum() + after_add.registers.square().sum(), value)
     assert grad.abs().sum() > 0
+
+
+def test_recomputed_keeps_only_its_inputs_and_differentiates_like_the_function():
+    """`recomputed`: the same values and gradients as calling the function, a leaf the function reaches without
+    its arguments (a parameter) gets its gradient too, and autograd keeps only the arguments."""
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(5, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    x, y = (torch.randn(3, 5, dtype=torch.float64, generator=gen, requires_grad=True) for _ in range(2))
+
+    def fn(a, b, w):
+        hidden = (a @ weight).tanh() * b.exp()  # intermediates that a plain call would keep
+        return hidden @ w, hidden.sum(-1)
+
+    kept = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+        out = dcomp_machine.recomputed(fn, x * 1, y * 1, weight)
+    assert all(any(t is k for k in (x, y, weight)) or t.shape in {x.shape, weight.shape} for t in kept)
+    assert len(kept) <= 3
+    expected = fn(x, y, weight)
+    for got, want in zip(out, expected):
+        torch.testing.assert_close(got, want)
+    grads = torch.autograd.grad(sum(o.square().sum() for o in out), (x, y, weight))
+    want = torch.autograd.grad(sum(o.square().sum() for o in expected), (x, y, weight))
+    for got, w in zip(grads, want):
+        torch.testing.assert_close(got, w)
+    assert torch.autograd.gradcheck(lambda a, b: dcomp_machine.recomputed(fn, a, b, weight), (x, y), fast_mode=True)
+    with torch.no_grad():  # nothing to record: the plain call
+        torch.testing.assert_close(dcomp_machine.recomputed(fn, x, y, weight)[0], expected[0].detach())
