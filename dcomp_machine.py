@@ -39,9 +39,9 @@ except ImportError:  # a checkout, where these files are top-level modules
 
 
 _ALU_INDEX = [OP_INDEX[name] for name in ALU_OPS]
-# `run` checkpoints its steps by default, CHECKPOINT_STEPS at a time, once a plain run could keep this many state
-# values (memory + registers, times max_steps): it keeps about 0.8 of them (fib, unit n = 1024, batch 64: 24 × 3 M
-# values, 231 MiB kept), and below it the recomputation (~1.5× the time) costs more than the memory it saves.
+# `run` checkpoints its steps by default, CHECKPOINT_STEPS at a time, once a plain run would keep about this many
+# values (512 MiB in float32; estimated as state values × max_steps × the encoding's `kept_per_state_value`): below
+# it the recomputation (~1.5× the time) costs more than the memory it saves.
 CHECKPOINT_MIN_ELEMENTS = 1 << 27
 CHECKPOINT_STEPS = 3
 _WRITE_INDEX = [i for i, op in enumerate(OPS) if op.writes_register]
@@ -352,6 +352,10 @@ class UnitValues:
     (the copy parse) and `nll` (the answer loss)."""
 
     name = "unit"
+    # What autograd keeps in a plain run, per state value and step (fib, n = 1024, batch 64: 231 MiB over 24
+    # steps of 3.1 M values): the register file, written memory, reads and written values. `run` uses it to
+    # decide whether to checkpoint.
+    kept_per_state_value = 0.8
 
     def __init__(self, n: int):
         self.n = self.width = n
@@ -409,6 +413,9 @@ class BinaryValues:
     range). "No caller" is −1 (every bit 1). Same interface as `UnitValues`."""
 
     name = "binary"
+    # As `UnitValues.kept_per_state_value`: the circuits keep several bit-sized tensors per op (fib, batch 64: 3.1
+    # at 64 bits, 3.7 at 32).
+    kept_per_state_value = 3.5
 
     def __init__(self, bits: int):
         if not MIN_BITS <= bits <= MAX_BITS:
@@ -761,14 +768,17 @@ class RegisterMachine(nn.Module):
         `checkpoint` = k > 0 recomputes the steps in the backward pass, k at a time, instead of keeping their
         intermediate tensors (activation checkpointing of the recurrence): autograd holds one state per k steps
         and, during the backward, the intermediates of k steps, at the cost of one more forward pass; 0 keeps
-        everything. By default it is `CHECKPOINT_STEPS` when a gradient is being recorded and `max_steps` states
-        hold at least `CHECKPOINT_MIN_ELEMENTS` values, else 0. A trace keeps every state, so it checkpoints step
+        everything. By default it is `CHECKPOINT_STEPS` when a gradient is being recorded and a plain run would
+        keep at least `CHECKPOINT_MIN_ELEMENTS` values (estimated from the state's size, `max_steps` and the
+        encoding's `kept_per_state_value`), else 0. A trace keeps every state, so it checkpoints step
         by step."""
         threshold = self.halt_threshold if halt_threshold is None else halt_threshold
         state = self.settle(program, state)
         trace = [state] if return_trace else None
         if checkpoint is None:
-            large = (state.memory.numel() + state.registers.numel()) * max_steps >= CHECKPOINT_MIN_ELEMENTS
+            state_values = state.memory.numel() + state.registers.numel()
+            kept = state_values * max_steps * self.values.kept_per_state_value
+            large = kept >= CHECKPOINT_MIN_ELEMENTS
             checkpoint = CHECKPOINT_STEPS if torch.is_grad_enabled() and large else 0
         if return_trace:
             checkpoint = min(checkpoint, 1)

@@ -426,8 +426,8 @@ def test_default_checkpointing_only_for_large_states_with_a_gradient(monkeypatch
     state = machine.initial_state(2, program.lines, inputs={1: value})
     machine.run(program, state, max_steps=4)
     assert chosen == []  # a small state: no checkpointing
-    kept = (state.memory.numel() + state.registers.numel()) * 4  # what 4 steps could keep
-    monkeypatch.setattr("dcomp_machine.CHECKPOINT_MIN_ELEMENTS", kept + 1)
+    kept = (state.memory.numel() + state.registers.numel()) * 4 * machine.values.kept_per_state_value  # 4 steps
+    monkeypatch.setattr("dcomp_machine.CHECKPOINT_MIN_ELEMENTS", kept * 1.01)
     machine.run(program, state, max_steps=4)
     assert chosen == []  # just below the budget
     monkeypatch.setattr("dcomp_machine.CHECKPOINT_MIN_ELEMENTS", kept)
