@@ -15,9 +15,10 @@ n = 1024), so `TableALU` computes the same sums in two exact ways instead:
   (mul, div, mod; every op in ``mode="table"``), contracted by a chunked scatter whose backward is the
   matching chunked gather.
 
-Both are the same bilinear map as the dense table, so values and gradients equal eq. 7 up to rounding;
-`dense_alu_table` and `dense_alu` are that literal baseline (for tests and benchmarks). Run-time code: imports
-only torch and the sibling `dcomp_isa`.
+Both keep only the operands for the backward: the closed forms' backward is written out from their adjoints
+(`_ClosedForms`), the index tables' is a gather. Both are the same bilinear map as the dense table, so values and
+gradients equal eq. 7 up to rounding; `dense_alu_table` and `dense_alu` are that literal baseline (for tests and
+benchmarks). Run-time code: imports only torch and the sibling `dcomp_isa`.
 """
 
 from __future__ import annotations
