@@ -115,6 +115,7 @@ def train(model_args, data_args, computer_args, training_args) -> dict:
         parse_loss_weight=computer_args.parse_loss_weight if parse_loss else 0.0,
         text_distillation_weight=computer_args.text_distillation_weight,
         trigger_positive_weight=computer_args.trigger_positive_weight,
+        trigger_text_weight=computer_args.trigger_text_weight,
     )
     if resume:
         print(f"resuming from {resume}", flush=True)

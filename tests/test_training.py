@@ -105,6 +105,7 @@ def test_one_json_or_yaml_file_holds_the_arguments(tmp_path, suffix):
         (["--gate_init", "nan"], "--gate_init: must be a finite number, got nan"),
         (["--selection_temperature", "0"], "--selection_temperature: must be > 0, got 0.0"),
         (["--trigger_positive_weight", "0"], "--trigger_positive_weight: must be > 0, got 0.0"),
+        (["--trigger_text_weight", "-1"], "--trigger_text_weight: must be > 0, got -1.0"),
         (["--selection_context", "8", "--selection_dropout", "1"], "--selection_dropout: must be in [0, 1), got 1.0"),
         (["--trigger_context", "-1"], "--trigger_context: must be >= 0, got -1"),
         (["--selection_dropout", "0.5"], "--selection_dropout: drops the token votes of --selection_context: give"),
@@ -485,6 +486,7 @@ def test_text_distillation_needs_adapters_and_ordinary_text(argv, tmp_path):
 COMPUTER_PARTS = [
     ("--parse_loss_weight", "supervises the computer's parse"),
     ("--trigger_positive_weight", "weighs the token read-out's trigger"),
+    ("--trigger_text_weight", "weighs the token read-out's trigger"),
     ("--selection_context", "adds token votes to the selection of the token read-out's computer"),
     ("--trigger_context", "adds token logits to the trigger of the token read-out's computer"),
 ]
@@ -597,6 +599,24 @@ def test_the_trigger_loss_weighs_its_positives():
     plain = torch.autograd.grad(trigger_loss(logits, starts, attention), logits)[0]
     assert torch.allclose(grad[0, 2], 4 * plain[0, 2]) and torch.allclose(grad[0, :2], plain[0, :2])
     assert grad[0, 3] == 0
+
+
+def test_the_trigger_loss_weighs_whole_rows():
+    """Row weights (the trainer's `--trigger_text_weight` on rows with no answer) scale every position of their row,
+    positives included, and the mean still runs over every non-padding position."""
+    from library.training.trainer import text_row_weights, trigger_loss
+
+    logits = torch.tensor([[-1.0, 2.0, 0.5], [0.3, -0.2, 1.0]], requires_grad=True)
+    starts = torch.tensor([[0, 0, 1], [0, 0, 0]])  # a question, then ordinary text
+    attention = torch.ones(2, 3)
+    per_row = torch.tensor([1.0, 3.0])
+    weighted = trigger_loss(logits, starts, attention, positive_weight=2.0, row_weights=per_row)
+    (grad,) = torch.autograd.grad(weighted, logits)
+    plain = torch.autograd.grad(trigger_loss(logits, starts, attention, positive_weight=2.0), logits)[0]
+    assert torch.allclose(grad[0], plain[0]) and torch.allclose(grad[1], 3 * plain[1])
+    ones = trigger_loss(logits, starts, attention, 2.0, torch.ones(2))
+    assert torch.allclose(ones, trigger_loss(logits, starts, attention, 2.0))
+    assert text_row_weights(starts, 3.0).tolist() == per_row.tolist()  # the row with no answer is text
 
 
 def test_distillation_kl_is_zero_only_where_the_distributions_agree():

@@ -213,6 +213,11 @@ class ComputerArguments:
         metadata={"help": "the token read-out's trigger loss: weight of its positives (an answer starts here) against "
                   "its negatives (every other position); > 1 trades a few false activations for fewer misses"},
     )  # fmt: skip
+    trigger_text_weight: float = field(
+        default=1.0,
+        metadata={"help": "the token read-out's trigger and lead losses: weight of the ordinary-text rows (no answer: "
+                  "every position a negative), where a false activation rewrites the base's text"},
+    )  # fmt: skip
     trigger_context: int | None = field(
         default=None,
         metadata={"help": "--encoding binary: the trigger also adds learned logits of the last k token ids "
@@ -259,7 +264,7 @@ class ComputerArguments:
         _check_finite(self, "gate_init", "answer_loss_weight", "parse_loss_weight", "parse_init_scale")
         _check_finite(self, "text_distillation_weight")
         _check_finite(self, "probe_ridge", "number_row_norm", "vote_completion_margin", "vote_completion_ridge")
-        _check_finite(self, "selection_temperature", "trigger_positive_weight", positive=True)
+        _check_finite(self, "selection_temperature", "trigger_positive_weight", "trigger_text_weight", positive=True)
         _check(self.probe_examples >= 1, "probe_examples", f"must be >= 1, got {self.probe_examples}")
         _check(self.selection_context >= 0, "selection_context", f"must be >= 0, got {self.selection_context}")
         if self.trigger_context is not None:
@@ -380,6 +385,7 @@ def check_combinations(model_args, data_args, computer_args) -> None:
     for argument, unset, needs in (
         ("parse_loss_weight", 0.0, "supervises the computer's parse"),
         ("trigger_positive_weight", 1.0, "weighs the token read-out's trigger"),
+        ("trigger_text_weight", 1.0, "weighs the token read-out's trigger"),
         ("selection_context", 0, "adds token votes to the selection of the token read-out's computer"),
         ("trigger_context", None, "adds token logits to the trigger of the token read-out's computer"),
         ("lead_token", False, "adds a lead head to the token read-out's computer"),

@@ -53,6 +53,7 @@ class DCompTrainer(Trainer):
         parse_loss_weight: float = 0.0,
         text_distillation_weight: float = 0.0,
         trigger_positive_weight: float = 1.0,
+        trigger_text_weight: float = 1.0,
         model_card: str = "",
         **kwargs,
     ):
@@ -61,6 +62,7 @@ class DCompTrainer(Trainer):
         self.parse_loss_weight = parse_loss_weight
         self.text_distillation_weight = text_distillation_weight
         self.trigger_positive_weight = trigger_positive_weight
+        self.trigger_text_weight = trigger_text_weight
         self.model_card = model_card
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
@@ -107,14 +109,11 @@ class DCompTrainer(Trainer):
                     loss = loss + self.answer_loss_weight * list_selection_nll(run, targets, target_lengths, self.model)
                 elif answered:
                     loss = loss + self.answer_loss_weight * selection_nll(run, targets, self.model)
-                loss = loss + trigger_loss(
-                    run.trigger_logits, answer_positions, inputs["attention_mask"], self.trigger_positive_weight
-                )
+                weights = (self.trigger_positive_weight, text_row_weights(answer_positions, self.trigger_text_weight))
+                loss = loss + trigger_loss(run.trigger_logits, answer_positions, inputs["attention_mask"], *weights)
                 if run.lead_logits is not None:
                     leads = lead_positions(answer_positions, inputs["input_ids"], config.computer_lead_token_id)
-                    loss = loss + trigger_loss(
-                        run.lead_logits, leads, inputs["attention_mask"], self.trigger_positive_weight
-                    )
+                    loss = loss + trigger_loss(run.lead_logits, leads, inputs["attention_mask"], *weights)
         elif targets is not None and self.answer_loss_weight:
             register = runs[-1].state.registers[:, config.library_output_register]  # (batch, n)
             loss = loss + self.answer_loss_weight * distribution_cross_entropy(register, targets)
@@ -184,17 +183,33 @@ def list_selection_nll(run, targets: torch.Tensor, lengths: torch.Tensor, model)
 
 
 def trigger_loss(
-    logits: torch.Tensor, answer_positions: torch.Tensor, attention_mask: torch.Tensor, positive_weight: float = 1.0
+    logits: torch.Tensor,
+    answer_positions: torch.Tensor,
+    attention_mask: torch.Tensor,
+    positive_weight: float = 1.0,
+    row_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The "tokens" read-out's trigger: binary cross-entropy of σ(logits) `(batch, seq)` against "the computer's
     answer starts here" (the answer positions, from where the answer is in the data), over the non-padding
     positions: an auxiliary loss whose target comes from the answer. An answer starts at one position of a row's
     dozens, so `positive_weight` (BCE's `pos_weight`) lets the few positives count for more: a miss leaves the
-    base to answer, a false activation rewrites text, and the weight says which costs more."""
+    base to answer, a false activation rewrites text, and the weight says which costs more. `row_weights
+    (batch,)` weigh whole rows (the trainer's `trigger_text_weight`: ordinary text, where every position is a
+    negative and a false activation rewrites the base's text, against the questions)."""
     where = attention_mask.bool()
     targets = answer_positions.to(logits.dtype)
     weight = torch.tensor(positive_weight, dtype=logits.dtype, device=logits.device)
-    return torch.nn.functional.binary_cross_entropy_with_logits(logits[where], targets[where], pos_weight=weight)
+    losses = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, pos_weight=weight, reduction="none")
+    if row_weights is not None:
+        losses = losses * row_weights[:, None]
+    return losses[where].mean()
+
+
+def text_row_weights(answer_positions: torch.Tensor, text_weight: float) -> torch.Tensor:
+    """`trigger_loss`'s row weights `(batch,)`: `text_weight` for the rows with no answer position (ordinary text),
+    1 for the others (the trigger's and the lead's alike: a question whose prompt writes its own space has no lead
+    positive, and is still a question)."""
+    return torch.where(answer_positions.bool().any(1), 1.0, text_weight)
 
 
 def lead_positions(answer_positions: torch.Tensor, input_ids: torch.Tensor, lead_token_id: int) -> torch.Tensor:
