@@ -117,7 +117,7 @@ class _IndexTableProduct(torch.autograd.Function):
 
 
 class _ClosedForms(torch.autograd.Function):
-    """``Σ_op w_op · ALU_op(u, v)`` over closed-form `ops`: w `(batch, k)` (one column per op, in `ops` order),
+    """Eq. 7's ``Σ_op w_op · ALU_op(u, v)`` over closed-form `ops`: w `(batch, k)` (one column per op, in `ops` order),
     u, v and the result `(batch, n)`.
 
     Every ALU_op is bilinear in (u, v), so with its adjoints ``D_op = ∂⟨g, ALU_op(u, v)⟩/∂u`` and ``E_op = ∂⟨g,

@@ -352,9 +352,8 @@ class UnitValues:
     (the copy parse) and `nll` (the answer loss)."""
 
     name = "unit"
-    # What autograd keeps in a plain run, per state value and step (fib, n = 1024, batch 64: 231 MiB over 24
-    # steps of 3.1 M values): the register file, written memory, reads and written values. `run` uses it to
-    # decide whether to checkpoint.
+    # What autograd keeps in a plain run, per state value and step (the register file, written memory, reads and
+    # written values; measured on fib, docs/RESULTS.md §6): `run` uses it to decide whether to checkpoint.
     kept_per_state_value = 0.8
 
     def __init__(self, n: int):
@@ -413,8 +412,7 @@ class BinaryValues:
     range). "No caller" is −1 (every bit 1). Same interface as `UnitValues`."""
 
     name = "binary"
-    # As `UnitValues.kept_per_state_value`: the circuits keep several bit-sized tensors per op (fib, batch 64: 3.1
-    # at 64 bits, 3.7 at 32).
+    # As `UnitValues.kept_per_state_value`: the circuits keep several bit-sized tensors per op.
     kept_per_state_value = 3.5
 
     def __init__(self, bits: int):
