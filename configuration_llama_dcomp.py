@@ -222,6 +222,13 @@ class LlamaDCompConfig(LlamaConfig):
     not rescaled): a phrasing with a word never trained on is a window with that word's vote missing, so the
     other votes and the hidden state learn to choose without it. 0: keep every vote."""
 
+    computer_selection_hidden_votes: bool = False
+    """Each token of the selection window also votes through its hidden state at the computer's layer: v gains
+    the mean of `W_vote RMSNorm(h_t)` over the window's voting tokens (`selection_hidden_votes (programs,
+    hidden)`, zero at first, never dropped). A token id votes only where training saw it; its hidden state
+    carries what the base knows of the word in context, so a synonym no phrasing had ("diminished by") votes as
+    the trained words it resembles. Needs computer_selection_context > 0."""
+
     computer_readout_strength: float | int = 30.0
     """Initial value of the learned logit the "tokens" read-out adds to the token it writes (and subtracts from
     every number token at the end mark)."""
@@ -557,6 +564,14 @@ class LlamaDCompConfig(LlamaConfig):
             'the selection\'s token votes need computer_output="tokens", which keeps the token ids',
         )
         require(0.0 <= self.computer_selection_dropout < 1.0, "computer_selection_dropout", "must be in [0, 1)")
+        require(
+            isinstance(self.computer_selection_hidden_votes, bool), "computer_selection_hidden_votes", "must be a bool"
+        )
+        require(
+            not self.computer_selection_hidden_votes or self.computer_selection_context > 0,
+            "computer_selection_hidden_votes",
+            "votes over the selection window: it needs computer_selection_context > 0",
+        )
         require(
             self.computer_selection_dropout == 0.0 or self.computer_selection_context > 0,
             "computer_selection_dropout",

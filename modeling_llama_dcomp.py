@@ -28,7 +28,7 @@ import math
 import re
 import reprlib
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -142,6 +142,7 @@ ANSWER_FIELDS = (
     "computer_list_negative_separator_ids",
     "computer_trigger_context",
     "computer_selection_context",
+    "computer_selection_hidden_votes",
     "computer_lead_token_id",
     "computer_lead_minus_token_id",
 )
@@ -493,6 +494,7 @@ class ComputerCache:
     keys: torch.Tensor | None  # (batch, L, d) copy-parse keys; None without the copy parse
     plan: ReadoutPlan
     valid: torch.Tensor | None = None  # (batch, L) bool: not padding (the trigger's token context skips padding)
+    votes: torch.Tensor | None = None  # (batch, L, programs) W_vote RMSNorm(h_t); None without hidden votes
 
 
 class LlamaDCompComputer(nn.Module):
@@ -501,7 +503,8 @@ class LlamaDCompComputer(nn.Module):
     For P selected positions with hidden states `h (P, hidden)`:
 
     1. *select* (§3.1): `π = softmax((W_sel RMSNorm(h) + v) / τ)` over the library programs, v the votes of the
-       last token ids (`selection_votes`, with `computer_selection_context`; else 0); the machine's initial
+       last token ids and, with `computer_selection_hidden_votes`, their hidden states (`selection_votes`, with
+       `computer_selection_context`; else 0); the machine's initial
        program counter is the mixture of their entry lines, `c_0 = π · onehot(entry_points)` `(P, lines)`;
     2. *parse* (§3.1): a value for every input register and parsed memory cell from `W_parse RMSNorm(h)` — a
        softmax over the n values (unit encoding) or a sigmoid per bit (binary encoding) — mixed with a copy of a
@@ -555,6 +558,10 @@ class LlamaDCompComputer(nn.Module):
         # learned selection votes of the last `selection_context` token ids (None: the hidden state alone selects)
         self.selection_tokens = (
             nn.Parameter(torch.empty(config.vocab_size, len(self.program_names))) if self.selection_context else None
+        )
+        # the window's hidden states vote too (None: the token ids alone)
+        self.selection_hidden_votes = (
+            selection_head(hidden_size, len(self.program_names)) if config.computer_selection_hidden_votes else None
         )
         slots = len(self.input_registers) + self.memory_inputs
         self.parse = nn.Linear(hidden_size, slots * width, bias=False)
@@ -616,17 +623,24 @@ class LlamaDCompComputer(nn.Module):
         self, program: ProgramTensors, programs: Sequence[str], entry_points: Sequence[int], init_std: float
     ) -> None:
         """Replaces the library buffers (shapes may change) and resizes the selection head: rows of programs kept
-        (by name) are kept, rows of new programs are drawn from N(0, init_std²) (their token votes start at 0)."""
-        old_select, old_names = self.select, self.program_names
-        select = selection_head(
-            old_select.in_features, len(programs), device=old_select.weight.device, dtype=old_select.weight.dtype
-        )
-        kept = [(new, old_names.index(name)) for new, name in enumerate(programs) if name in old_names]
-        with torch.no_grad():
-            nn.init.normal_(select.weight, std=init_std)
-            for new, old in kept:
-                select.weight[new] = old_select.weight[old]
-        self.select = select
+        (by name) are kept, rows of new programs are drawn from N(0, init_std²) (their token and hidden-state votes
+        start at 0)."""
+        names = self.program_names
+        kept = [(new, names.index(name)) for new, name in enumerate(programs) if name in names]
+
+        def resized(head: nn.Linear, fill: Callable[[torch.Tensor], object]) -> nn.Linear:
+            """`head` with a row per program of `programs`: a kept program's row, else `fill`'s."""
+            weight = head.weight
+            rows = selection_head(head.in_features, len(programs), device=weight.device, dtype=weight.dtype)
+            with torch.no_grad():
+                fill(rows.weight)
+                for new, old in kept:
+                    rows.weight[new] = weight[old]
+            return rows
+
+        self.select = resized(self.select, lambda weight: nn.init.normal_(weight, std=init_std))
+        if self.selection_hidden_votes is not None:  # new programs' votes start at 0, as their token votes
+            self.selection_hidden_votes = resized(self.selection_hidden_votes, nn.init.zeros_)
         if self.selection_tokens is not None:  # the votes' columns follow the programs, new ones at 0
             votes = self.selection_tokens.new_zeros(self.selection_tokens.shape[0], len(programs))
             for new, old in kept:
@@ -674,15 +688,17 @@ class LlamaDCompComputer(nn.Module):
             return None
         batch = hidden_states.shape[0]
         keys = None if self.copy_parse is None or normed is None else self.copy_parse.key(normed)  # (batch, seq, d)
+        votes = None if self.selection_hidden_votes is None or normed is None else self.selection_hidden_votes(normed)
         held = getattr(cache, "llama_dcomp", None) if call.past_length else None
         if held is not None and held.input_ids.shape[1] == call.past_length:
             ids = torch.cat([held.input_ids, call.input_ids], 1)
             keys = None if keys is None or held.keys is None else torch.cat([held.keys, keys], 1)
+            votes = None if votes is None or held.votes is None else torch.cat([held.votes, votes], 1)
             plan = held.plan
             valid = None if held.valid is None else torch.cat([held.valid, call.valid], 1)
         else:  # a fresh sequence (or a cache the computer did not see: only this call's tokens are known)
             ids, plan, valid = call.input_ids, ReadoutPlan.empty(batch, hidden_states.device), call.valid
-        history = ComputerCache(ids, keys, plan, valid)
+        history = ComputerCache(ids, keys, plan, valid, votes)
         if cache is not None:
             cache.llama_dcomp = history  # type: ignore[attr-defined]
         return history
@@ -894,17 +910,24 @@ class LlamaDCompComputer(nn.Module):
         """s · Σ_{j<k} selection_tokens[x_{t−j}] `(P, programs)` (s = `TOKEN_LOGIT_SCALE`, k = `selection_context`)
         at absolute position t = `columns (P,)` of row `rows (P,)` of the history (its numbers `read`, `(batch, L)`
         each): each token id of the window votes for programs wherever it stands in it; padding, number tokens and
-        a number's sign vote nothing; in training each vote is dropped with probability `selection_dropout`."""
+        a number's sign vote nothing; in training each vote is dropped with probability `selection_dropout`.
+        With `computer_selection_hidden_votes`, plus the mean of the voting tokens' `W_vote RMSNorm(h)` (never
+        dropped: the vote a word no training prompt had still casts)."""
         assert self.selection_tokens is not None
         ids = history.input_ids[rows]  # (P, L)
         valid = torch.ones_like(ids, dtype=torch.bool) if history.valid is None else history.valid[rows].bool()
         steps = torch.arange(ids.shape[1], device=ids.device)
         window = (steps <= columns[:, None]) & (steps > columns[:, None] - self.selection_context)  # (P, L)
         voting = window & valid & ~read.is_number[rows] & ~read.is_sign[rows]
+        hidden = None
+        if history.votes is not None:
+            counted = voting.to(history.votes.dtype)[..., None]  # (P, L, 1)
+            hidden = (history.votes[rows] * counted).sum(1) / counted.sum(1).clamp_min(1.0)  # (P, programs)
         if self.training and self.selection_dropout:
             voting = voting & (torch.rand(voting.shape, device=voting.device) >= self.selection_dropout)
         votes = self.selection_tokens[ids.clamp(0, self.selection_tokens.shape[0] - 1)]  # (P, L, programs)
-        return TOKEN_LOGIT_SCALE * (votes * voting[..., None].to(votes.dtype)).sum(1)
+        by_id = TOKEN_LOGIT_SCALE * (votes * voting[..., None].to(votes.dtype)).sum(1)
+        return by_id if hidden is None else by_id + hidden.to(by_id.dtype)
 
     @staticmethod
     def written_count(read: ReadNumbers, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
@@ -1109,6 +1132,8 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
                     init.zeros_(module.lead_tokens)
             if module.selection_tokens is not None:
                 init.zeros_(module.selection_tokens)
+            if module.selection_hidden_votes is not None:
+                init.zeros_(module.selection_hidden_votes.weight)
             placeholder = halt_program(config)
             for name in PROGRAM_FIELDS:
                 init.copy_(getattr(module, f"program_{name}"), getattr(placeholder, name))

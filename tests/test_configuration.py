@@ -56,7 +56,7 @@ def test_every_computer_field_is_documented():
         and following.value.value.strip()
     }
     fields = {name for name in LlamaDCompConfig.__dataclass_fields__ if name.startswith(("computer_", "library_"))}
-    assert len(fields) == 42 and "trained_sequence_length" in documented
+    assert len(fields) == 43 and "trained_sequence_length" in documented
     assert fields <= documented, fields - documented
 
 
@@ -148,6 +148,8 @@ INVALID = [
     ({"computer_selection_context": 8}, "computer_selection_context"),  # the votes need the "tokens" read-out
     ({"computer_selection_dropout": 0.5}, "computer_selection_dropout"),  # no votes to drop
     ({"computer_selection_dropout": 1.0}, "computer_selection_dropout"),
+    ({"computer_selection_hidden_votes": True}, "computer_selection_hidden_votes"),  # no window to vote over
+    ({"computer_selection_hidden_votes": 1}, "computer_selection_hidden_votes"),  # not a bool
 ]
 
 

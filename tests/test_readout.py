@@ -602,6 +602,51 @@ def test_the_selection_votes_are_the_same_cached_uncached_batched_and_through_pi
     assert_every_route_agrees(model, tokenizer, ["So 1234 - 7 = ", "What is 99 plus -100000, and 5 - 3? "], 12)
 
 
+def hidden_voting_calculator(tokenizer, context: int):
+    """`voting_calculator` with hidden-state votes: the token votes off, a random W_vote that votes for add and sub."""
+    model = voting_calculator(tokenizer, context=context, computer_selection_hidden_votes=True)
+    with torch.no_grad():
+        model.computer.selection_tokens.zero_()
+        model.computer.selection_hidden_votes.weight.normal_(std=3.0)
+    return model
+
+
+@pytest.mark.parametrize("name", ["llama3", "smollm2"])
+def test_the_hidden_votes_are_the_mean_of_the_window_tokens_projected_hidden_states(name):
+    """computer_selection_hidden_votes: the margin is the mean, over the window's tokens that are neither a number
+    nor its sign, of (W_vote RMSNorm(h_t))_sub − (·)_add, with h_t the residual stream entering the computer."""
+    tokenizer = TOKENIZERS[name]()
+    model = hidden_voting_calculator(tokenizer, context=5)
+    computer = model.computer
+    seen = []
+    handle = computer.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    try:
+        for prompt in ("So 12 - 7 = ", "What is 99 plus -100000 and more words? "):
+            ids = tokenizer(prompt, return_tensors="pt").input_ids
+            margin = sub_margin(model, tokenizer, prompt)
+            read = computer.numbers.read(ids)
+            voting = ~(read.is_number | read.is_sign)[0]
+            voting[: ids.shape[1] - 5] = False  # the window: the last 5 tokens
+            with torch.no_grad():
+                votes = computer.selection_hidden_votes(computer.norm(seen[-1][0]))[voting].mean(0)
+            assert 0 < int(voting.sum()) <= 5 and margin == pytest.approx(float(votes[1] - votes[0]), abs=1e-4)
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("name", ["llama3", "smollm2"])
+def test_the_hidden_votes_are_the_same_cached_uncached_batched_and_through_pipeline(name):
+    """The hidden states of the tokens before the cache boundary are kept in the cache as their votes."""
+    tokenizer = TOKENIZERS[name]()
+    model = hidden_voting_calculator(tokenizer, context=6)
+    with torch.no_grad():
+        model.computer.trigger.bias.fill_(10.0)
+    prompts = ["So 1234 - 7 = ", "What is 99 plus -100000, and 5 - 3? "]
+    margins = {round(sub_margin(model, tokenizer, prompt), 3) for prompt in prompts}
+    assert len(margins) == 2 and 0.0 not in margins  # the votes differ between the prompts
+    assert_every_route_agrees(model, tokenizer, prompts, 12)
+
+
 def test_the_votes_round_trip_and_an_edited_window_fails_to_load_naming_it(tmp_path):
     import json
 
@@ -617,6 +662,21 @@ def test_the_votes_round_trip_and_an_edited_window_fails_to_load_naming_it(tmp_p
         LlamaDCompForCausalLM.from_pretrained(tmp_path)
 
 
+def test_the_hidden_votes_round_trip_and_turning_them_off_fails_to_load_naming_it(tmp_path):
+    import json
+
+    from modeling_llama_dcomp import LibraryMismatchError, LlamaDCompForCausalLM
+
+    model = hidden_voting_calculator(smollm2_tokenizer(), context=6)
+    model.save_pretrained(tmp_path)
+    loaded = LlamaDCompForCausalLM.from_pretrained(tmp_path)
+    assert torch.equal(loaded.computer.selection_hidden_votes.weight, model.computer.selection_hidden_votes.weight)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "computer_selection_hidden_votes": False}))
+    with pytest.raises(LibraryMismatchError, match=r"config\.computer_selection_hidden_votes="):
+        LlamaDCompForCausalLM.from_pretrained(tmp_path)
+
+
 def test_reinstalling_the_library_keeps_the_votes_of_programs_kept_by_name():
     from library.install import install_library
 
@@ -627,6 +687,17 @@ def test_reinstalling_the_library_keeps_the_votes_of_programs_kept_by_name():
     computer = model.computer
     assert computer.selection_tokens.shape == votes.shape and computer.selection_tokens.requires_grad
     assert torch.equal(computer.selection_tokens[:, 1], votes[:, 1]) and not computer.selection_tokens[:, 0].any()
+
+
+def test_reinstalling_the_library_keeps_the_hidden_votes_of_programs_kept_by_name():
+    from library.install import install_library
+
+    model = hidden_voting_calculator(smollm2_tokenizer(), context=4)
+    weight = model.computer.selection_hidden_votes.weight.detach().clone()
+    install_library(model, ["mul", "sub"])
+    rows = model.computer.selection_hidden_votes.weight
+    assert rows.shape == weight.shape and rows.requires_grad
+    assert torch.equal(rows[1], weight[1]) and not rows[0].any()
 
 
 def test_the_count_register_gets_the_exact_number_of_written_numbers_whatever_the_linear_parse():

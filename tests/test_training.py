@@ -109,6 +109,7 @@ def test_one_json_or_yaml_file_holds_the_arguments(tmp_path, suffix):
         (["--selection_context", "8", "--selection_dropout", "1"], "--selection_dropout: must be in [0, 1), got 1.0"),
         (["--trigger_context", "-1"], "--trigger_context: must be >= 0, got -1"),
         (["--selection_dropout", "0.5"], "--selection_dropout: drops the token votes of --selection_context: give"),
+        (["--selection_hidden_votes"], "--selection_hidden_votes: votes over the window of --selection_context: give"),
         (["--phrasings", "wide"], "--phrasings: wide phrasings are for --task arithmetic --encoding binary"),
         (["--ending_fraction", "0.3"], "--ending_fraction: other prompt endings are for --task arithmetic --encoding"),
         (["--encoding", "binary", "--ending_fraction", "2"], "--ending_fraction: must be in [0, 1], got 2.0"),

@@ -239,6 +239,12 @@ class ComputerArguments:
         metadata={"help": "--selection_context: in training, drop each token vote with this probability, so a word "
                   "never trained on (its vote missing) still selects (computer_selection_dropout)"},
     )  # fmt: skip
+    selection_hidden_votes: bool = field(
+        default=False,
+        metadata={"help": "--selection_context: the window's tokens also vote through their hidden states at the "
+                  "computer's layer (mean of W_vote RMSNorm(h), never dropped), so a synonym no phrasing had votes "
+                  "as the words it resembles in context (computer_selection_hidden_votes)"},
+    )  # fmt: skip
     vote_completion_margin: float = field(
         default=0.0,
         metadata={"help": "--selection_context: after training, a token no training prompt voted with takes the votes "
@@ -277,6 +283,11 @@ class ComputerArguments:
         )
         _check(self.vote_completion_margin >= 0, "vote_completion_margin", "must be >= 0")
         _check(self.vote_completion_ridge > 0, "vote_completion_ridge", "must be > 0")
+        _check(
+            not self.selection_hidden_votes or self.selection_context > 0,
+            "selection_hidden_votes",
+            "votes over the window of --selection_context: give --selection_context > 0",
+        )
         _check(
             self.vote_completion_margin == 0 or self.selection_context > 0,
             "vote_completion_margin",

@@ -100,6 +100,7 @@ def build_model(model_args, data_args, computer_args, spec: TaskSpec, tokenizer)
             computer_parse="linear" if computer_args.parse == "linear" else "copy",
             computer_selection_context=computer_args.selection_context,
             computer_selection_dropout=computer_args.selection_dropout,
+            computer_selection_hidden_votes=computer_args.selection_hidden_votes,
             **common,
             **task_fields,
         )
