@@ -1,0 +1,107 @@
+"""Which hidden states name the operation in a phrasing never trained on: the evidence behind
+`computer_selection_hidden_votes` (docs/ARCHITECTURE.md).
+
+For every question, three features from the residual stream entering the computer (plain prompts, "text "):
+the last token's RMS-normed state (what W_sel reads), the mean of the normed states over the selection window's
+tokens that are neither a number nor its sign (what the hidden votes read), and the sum of the same tokens' input
+embeddings (what vote completion reads). A linear probe per feature (softmax regression on standardised features)
+learns the operation from the default phrasings (`library.tasks.PHRASINGS["all"]`) and is scored on phrasings no
+split has: the wide set's words in the default frames and `new_phrasings`.
+
+    python -m experiments.selection_probe --model runs/tw_s13 [--per-phrasing 2] [--window 32] [--report F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from experiments.common import markdown_table
+from experiments.generate_eval import binary_arithmetic_run
+from experiments.new_phrasings import NEW_PHRASINGS, questions, wide_words
+from library import tasks as task_library
+
+OPERATIONS = tuple(NEW_PHRASINGS)  # add, sub, mul, div
+FEATURES = ("last token", "window mean", "window embeddings")
+
+
+@torch.no_grad()
+def window_features(model, tokenizer, texts: list[str], window: int) -> dict[str, torch.Tensor]:
+    """`FEATURES` → `(len(texts), hidden)` for the prompts `text + " "`, read at the computer's input."""
+    computer = model.computer
+    entering: list[torch.Tensor] = []
+    handle = computer.register_forward_pre_hook(lambda module, args: entering.append(args[0][0]))
+    features: dict[str, list[torch.Tensor]] = {name: [] for name in FEATURES}
+    try:
+        for text in texts:
+            ids = tokenizer(text + " ", return_tensors="pt").input_ids
+            model(ids)
+            normed = computer.norm(entering.pop())  # (seq, hidden)
+            read = computer.numbers.read(ids)
+            voting = ~(read.is_number | read.is_sign)[0]
+            voting[: max(ids.shape[1] - window, 0)] = False
+            features["last token"].append(normed[-1])
+            features["window mean"].append(normed[voting].mean(0))
+            features["window embeddings"].append(model.get_input_embeddings()(ids[0])[voting].sum(0))
+    finally:
+        handle.remove()
+    return {name: torch.stack(rows).float() for name, rows in features.items()}
+
+
+def fit_probe(x: torch.Tensor, y: torch.Tensor, classes: int, steps: int = 500, decay: float = 1e-3):
+    """A softmax regression on standardised `x (N, d)` for labels `y (N,)`; returns the predictor."""
+    mean, std = x.mean(0), x.std(0) + 1e-4
+    weight = torch.zeros(x.shape[1], classes, requires_grad=True)
+    optimizer = torch.optim.Adam([weight], lr=1e-2)
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy((x - mean) / std @ weight, y) + decay * weight.pow(2).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    weight = weight.detach()
+    return lambda features: ((features - mean) / std @ weight).argmax(-1)
+
+
+def probe(model, tokenizer, per_phrasing: int, window: int, seed: int) -> dict[str, dict[str, float]]:
+    """{feature: {set: accuracy}} for the sets "trained" (the default phrasings), "wide words" and "new phrasings"."""
+    default = {op: task_library.PHRASINGS["all"][op] for op in OPERATIONS}
+    sets = {"trained": default, "wide words": wide_words(), "new phrasings": NEW_PHRASINGS}
+    data = {}
+    for offset, (name, phrasings) in enumerate(sets.items()):
+        rows = questions(per_phrasing, seed + offset, max_digits=5, phrasings=phrasings)
+        labels = torch.tensor([OPERATIONS.index(op) for op in rows["operation"]])
+        data[name] = (window_features(model, tokenizer, rows["text"], window), labels)
+    train_features, train_labels = data["trained"]
+    figures: dict[str, dict[str, float]] = {}
+    for feature in FEATURES:
+        predict = fit_probe(train_features[feature], train_labels, len(OPERATIONS))
+        figures[feature] = {
+            name: float((predict(features[feature]) == labels).float().mean())
+            for name, (features, labels) in data.items()
+        }
+    return figures
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True, help="a binary-arithmetic train.py run")
+    parser.add_argument("--per-phrasing", type=int, default=2, help="questions per phrasing")
+    parser.add_argument("--window", type=int, default=32, help="the selection window, in tokens")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--report", type=Path, default=None, help="write the figures as JSON here")
+    args = parser.parse_args(argv)
+    torch.manual_seed(args.seed)
+    _, model, tokenizer = binary_arithmetic_run(args.model)
+    figures = probe(model, tokenizer, args.per_phrasing, args.window, args.seed)
+    sets = list(next(iter(figures.values())))
+    print(markdown_table(["feature", *sets], [[f, *(f"{v:.1%}" for v in row.values())] for f, row in figures.items()]))
+    if args.report:
+        args.report.write_text(json.dumps(figures, indent=2))
+    return figures
+
+
+if __name__ == "__main__":
+    main()
