@@ -8,12 +8,18 @@ embeddings (what vote completion reads). A linear probe per feature (softmax reg
 learns the operation from the default phrasings (`library.tasks.PHRASINGS["all"]`) and is scored on phrasings no
 split has: the wide set's words in the default frames and `new_phrasings`.
 
-    python -m experiments.selection_probe --model runs/tw_s13 [--per-phrasing 2] [--window 32] [--report F]
+With `--parts` (a run trained with `--selection_hidden_votes`), it also scores the trained selection on the wide
+set's words, one question per phrasing, part by part: how often W_sel RMSNorm(h), the token-id votes, the
+hidden-state votes and their sum each pick the program the question asks for (rsub / rdiv where the second
+operand is written first).
+
+    python -m experiments.selection_probe --model runs/tw_s13 [--per-phrasing 2] [--window 32] [--parts] [--report F]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -85,11 +91,47 @@ def probe(model, tokenizer, per_phrasing: int, window: int, seed: int) -> dict[s
     return figures
 
 
+@torch.no_grad()
+def selection_parts(model, tokenizer, rows) -> dict[str, float]:
+    """{part: share of `rows` (`questions` rows) whose program that part of the selection alone picks}, the parts
+    "W_sel", "token votes", "hidden votes" and "sum", read at the prompt's last token ("text ")."""
+    computer = model.computer
+    if computer.selection_hidden_votes is None:
+        raise ValueError("--parts: this run has no hidden-state votes (train it with --selection_hidden_votes)")
+    names, votes = computer.program_names, computer.selection_votes
+    seen: list = []
+    entering: list[torch.Tensor] = []
+    computer.selection_votes = lambda *args: seen.append(args) or votes(*args)  # the call's arguments, kept
+    handle = computer.register_forward_pre_hook(lambda module, args: entering.append(args[0][0, -1]))
+    right = dict.fromkeys(("W_sel", "token votes", "hidden votes", "sum"), 0)
+    try:
+        for text, operation, phrasing in zip(rows["text"], rows["operation"], rows["phrasing"]):
+            reversed_name = f"r{operation}"
+            swapped = phrasing.index("{b}") < phrasing.index("{a}") and reversed_name in names
+            wanted = names.index(reversed_name if swapped else operation)
+            ids = tokenizer(text + " ", return_tensors="pt").input_ids
+            last = torch.zeros_like(ids, dtype=torch.bool)
+            last[:, -1] = True
+            model(ids, computer_mask=last)
+            history, *rest = seen.pop()
+            both = votes(history, *rest)[0]
+            by_id = votes(dataclasses.replace(history, votes=None), *rest)[0]
+            own = computer.select(computer.norm(entering.pop()))
+            parts = {"W_sel": own, "token votes": by_id, "hidden votes": both - by_id, "sum": own + both}
+            for part, logits in parts.items():
+                right[part] += int(int(logits.argmax()) == wanted)
+    finally:
+        del computer.selection_votes
+        handle.remove()
+    return {part: count / len(rows["text"]) for part, count in right.items()}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="a binary-arithmetic train.py run")
     parser.add_argument("--per-phrasing", type=int, default=2, help="questions per phrasing")
     parser.add_argument("--window", type=int, default=32, help="the selection window, in tokens")
+    parser.add_argument("--parts", action="store_true", help="also score the trained selection part by part")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args(argv)
@@ -98,6 +140,10 @@ def main(argv: list[str] | None = None) -> dict:
     figures = probe(model, tokenizer, args.per_phrasing, args.window, args.seed)
     sets = list(next(iter(figures.values())))
     print(markdown_table(["feature", *sets], [[f, *(f"{v:.1%}" for v in row.values())] for f, row in figures.items()]))
+    if args.parts:
+        parts = selection_parts(model, tokenizer, questions(1, args.seed, max_digits=5, phrasings=wide_words()))
+        print(markdown_table(["selection part", "wide words right"], [[p, f"{v:.1%}"] for p, v in parts.items()]))
+        figures["trained selection, wide words"] = parts
     if args.report:
         args.report.write_text(json.dumps(figures, indent=2))
     return figures

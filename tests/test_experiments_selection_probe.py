@@ -2,9 +2,10 @@
 
 import pytest
 import torch
-from test_readout import hidden_voting_calculator, smollm2_tokenizer, sub_margin
+from test_readout import hidden_voting_calculator, smollm2_tokenizer, sub_margin, voting_calculator
 
-from experiments.selection_probe import FEATURES, fit_probe, window_features
+from experiments.selection_probe import FEATURES, fit_probe, selection_parts, window_features
+from modeling_llama_dcomp import TOKEN_LOGIT_SCALE
 
 
 def test_the_window_mean_is_what_the_hidden_votes_project():
@@ -26,3 +27,22 @@ def test_the_probe_learns_a_linear_rule_that_holds_on_fresh_points():
     points = centres[labels] + torch.randn(400, 16, generator=generator)
     predict = fit_probe(points[:200], labels[:200], classes=4)
     assert float((predict(points[200:]) == labels[200:]).float().mean()) > 0.95
+
+
+def test_the_selection_is_scored_part_by_part():
+    """add vs sub: the minus votes for sub (token votes right on both), W_sel is 0 (add wins the tie: right on one),
+    the hidden votes are random and must pick what their window mean says."""
+    tokenizer = smollm2_tokenizer()
+    model = hidden_voting_calculator(tokenizer, context=6)
+    with torch.no_grad():
+        model.computer.selection_tokens[model.config.computer_minus_token_ids, 1] = 10.0 / TOKEN_LOGIT_SCALE
+    rows = {"text": ["So 12 - 7 =", "So 12 and 7 ="], "operation": ["sub", "add"]}
+    rows["phrasing"] = ["So {a} - {b} =", "So {a} and {b} ="]
+    parts = selection_parts(model, tokenizer, rows)
+    means = window_features(model, tokenizer, rows["text"], window=6)["window mean"]
+    hidden = (means @ model.computer.selection_hidden_votes.weight.detach().T).argmax(-1)
+    assert parts["token votes"] == 1.0 and parts["W_sel"] == 0.5
+    assert parts["hidden votes"] == float((hidden == torch.tensor([1, 0])).float().mean())
+    assert "selection_votes" not in vars(model.computer)  # the method is the class's again
+    with pytest.raises(ValueError, match="no hidden-state votes"):
+        selection_parts(voting_calculator(tokenizer, context=6), tokenizer, rows)
