@@ -504,8 +504,8 @@ class LlamaDCompComputer(nn.Module):
 
     1. *select* (§3.1): `π = softmax((W_sel RMSNorm(h) + v) / τ)` over the library programs, v the votes of the
        last token ids and, with `computer_selection_hidden_votes`, their hidden states (`selection_votes`, with
-       `computer_selection_context`; else 0); the machine's initial
-       program counter is the mixture of their entry lines, `c_0 = π · onehot(entry_points)` `(P, lines)`;
+       `computer_selection_context`; else 0); the machine's initial program counter is the mixture of their entry
+       lines, `c_0 = π · onehot(entry_points)` `(P, lines)`;
     2. *parse* (§3.1): a value for every input register and parsed memory cell from `W_parse RMSNorm(h)` — a
        softmax over the n values (unit encoding) or a sigmoid per bit (binary encoding) — mixed with a copy of a
        written number by `CopyParse` when `computer_parse` is "copy", written into the initial state
