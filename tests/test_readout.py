@@ -592,22 +592,13 @@ def test_vote_completion_gives_an_unvoted_word_the_votes_of_the_trained_word_it_
         fresh.computer.complete_selection_votes(embeddings, ridge=0.1, min_margin=2.0)
 
 
-@pytest.mark.parametrize("name", ["llama3", "smollm2"])
-def test_the_selection_votes_are_the_same_cached_uncached_batched_and_through_pipeline(name):
-    """The window crosses the cache boundary while decoding and skips the padding of a left-padded batch."""
-    tokenizer = TOKENIZERS[name]()
-    model = voting_calculator(tokenizer, context=6)
-    with torch.no_grad():
-        model.computer.trigger.bias.fill_(10.0)
-    assert_every_route_agrees(model, tokenizer, ["So 1234 - 7 = ", "What is 99 plus -100000, and 5 - 3? "], 12)
-
-
 def hidden_voting_calculator(tokenizer, context: int):
     """`voting_calculator` with hidden-state votes: the token votes off, a random W_vote that votes for add and sub."""
     model = voting_calculator(tokenizer, context=context, computer_selection_hidden_votes=True)
     with torch.no_grad():
         model.computer.selection_tokens.zero_()
-        model.computer.selection_hidden_votes.weight.normal_(std=3.0)
+        weight = model.computer.selection_hidden_votes.weight
+        weight.copy_(3.0 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)))
     return model
 
 
@@ -635,15 +626,17 @@ def test_the_hidden_votes_are_the_mean_of_the_window_tokens_projected_hidden_sta
 
 
 @pytest.mark.parametrize("name", ["llama3", "smollm2"])
-def test_the_hidden_votes_are_the_same_cached_uncached_batched_and_through_pipeline(name):
-    """The hidden states of the tokens before the cache boundary are kept in the cache as their votes."""
+@pytest.mark.parametrize("voters", ["token ids", "hidden states"])
+def test_the_selection_votes_are_the_same_cached_uncached_batched_and_through_pipeline(name, voters):
+    """The window crosses the cache boundary while decoding and skips the padding of a left-padded batch; the
+    hidden states of the tokens before the boundary are kept in the cache as their votes."""
     tokenizer = TOKENIZERS[name]()
-    model = hidden_voting_calculator(tokenizer, context=6)
+    build = voting_calculator if voters == "token ids" else hidden_voting_calculator
+    model = build(tokenizer, context=6)
     with torch.no_grad():
         model.computer.trigger.bias.fill_(10.0)
     prompts = ["So 1234 - 7 = ", "What is 99 plus -100000, and 5 - 3? "]
-    margins = {round(sub_margin(model, tokenizer, prompt), 3) for prompt in prompts}
-    assert len(margins) == 2 and 0.0 not in margins  # the votes differ between the prompts
+    assert all(abs(sub_margin(model, tokenizer, prompt)) > 0.5 for prompt in prompts)  # the votes act in both
     assert_every_route_agrees(model, tokenizer, prompts, 12)
 
 
