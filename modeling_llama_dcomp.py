@@ -307,6 +307,8 @@ class ComputerRun:
     trigger_logits: torch.Tensor | None = None
     # (batch, seq) the lead head's logits (`computer_lead_token_id`; None without one)
     lead_logits: torch.Tensor | None = None
+    # (P, programs) the hidden-state votes' share of the selection logits (None without them)
+    hidden_votes: torch.Tensor | None = None
 
 
 @contextlib.contextmanager
@@ -862,9 +864,13 @@ class LlamaDCompComputer(nn.Module):
             if self.selection_tokens is not None or self.copy_parse is not None or self.count_slot is not None:
                 read = self.numbers.read(history.input_ids)  # (batch, L) each
         selection_logits = self.select(normed).to(dtype)  # (P, programs)
+        hidden_votes = None
         if self.selection_tokens is not None:
             assert history is not None and read is not None  # the config requires the "tokens" read-out
-            selection_logits = selection_logits + self.selection_votes(history, read, rows, columns).to(dtype)
+            by_id, hidden_votes = self.selection_votes(history, read, rows, columns)
+            selection_logits = selection_logits + by_id.to(dtype)
+            if hidden_votes is not None:
+                selection_logits = selection_logits + hidden_votes.to(dtype)
         selection_logits = selection_logits / self.temperature
         program_probs = selection_logits.softmax(-1)
         logits = self.parse(normed).to(dtype).view(num_positions, self.num_slots, width)  # (P, slots, width)
@@ -897,7 +903,15 @@ class LlamaDCompComputer(nn.Module):
             max_steps=self.max_steps,
         )
         run = ComputerRun(
-            positions, program_probs, input_probs, memory_probs, result.state, result.steps, trigger_logits, lead_logits
+            positions,
+            program_probs,
+            input_probs,
+            memory_probs,
+            result.state,
+            result.steps,
+            trigger_logits,
+            lead_logits,
+            hidden_votes,
         )
         records = _TRACE_RECORDS.get()
         if records is not None:
@@ -906,13 +920,13 @@ class LlamaDCompComputer(nn.Module):
 
     def selection_votes(
         self, history: ComputerCache, read: ReadNumbers, rows: torch.Tensor, columns: torch.Tensor
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """s · Σ_{j<k} selection_tokens[x_{t−j}] `(P, programs)` (s = `TOKEN_LOGIT_SCALE`, k = `selection_context`)
         at absolute position t = `columns (P,)` of row `rows (P,)` of the history (its numbers `read`, `(batch, L)`
         each): each token id of the window votes for programs wherever it stands in it; padding, number tokens and
         a number's sign vote nothing; in training each vote is dropped with probability `selection_dropout`.
-        With `computer_selection_hidden_votes`, plus the mean of the voting tokens' `W_vote RMSNorm(h)` (never
-        dropped: the vote a word no training prompt had still casts)."""
+        Returned with, under `computer_selection_hidden_votes`, the mean of the voting tokens' `W_vote RMSNorm(h)`
+        `(P, programs)` (never dropped: the vote a word no training prompt had still casts; else None)."""
         assert self.selection_tokens is not None
         ids = history.input_ids[rows]  # (P, L)
         valid = torch.ones_like(ids, dtype=torch.bool) if history.valid is None else history.valid[rows].bool()
@@ -927,7 +941,7 @@ class LlamaDCompComputer(nn.Module):
             voting = voting & (torch.rand(voting.shape, device=voting.device) >= self.selection_dropout)
         votes = self.selection_tokens[ids.clamp(0, self.selection_tokens.shape[0] - 1)]  # (P, L, programs)
         by_id = TOKEN_LOGIT_SCALE * (votes * voting[..., None].to(votes.dtype)).sum(1)
-        return by_id if hidden is None else by_id + hidden.to(by_id.dtype)
+        return by_id, hidden
 
     @staticmethod
     def written_count(read: ReadNumbers, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:

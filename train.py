@@ -116,6 +116,7 @@ def train(model_args, data_args, computer_args, training_args) -> dict:
         text_distillation_weight=computer_args.text_distillation_weight,
         trigger_positive_weight=computer_args.trigger_positive_weight,
         trigger_text_weight=computer_args.trigger_text_weight,
+        hidden_vote_loss_weight=computer_args.hidden_vote_loss_weight,
     )
     if resume:
         print(f"resuming from {resume}", flush=True)

@@ -19,7 +19,6 @@ operand is written first).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
@@ -114,10 +113,9 @@ def selection_parts(model, tokenizer, rows) -> dict[str, float]:
             last[:, -1] = True
             model(ids, computer_mask=last)
             history, *rest = seen.pop()
-            both = votes(history, *rest)[0]
-            by_id = votes(dataclasses.replace(history, votes=None), *rest)[0]
+            by_id, hidden = (part[0] for part in votes(history, *rest))
             own = computer.select(computer.norm(entering.pop()))
-            parts = {"W_sel": own, "token votes": by_id, "hidden votes": both - by_id, "sum": own + both}
+            parts = {"W_sel": own, "token votes": by_id, "hidden votes": hidden, "sum": own + by_id + hidden}
             for part, logits in parts.items():
                 right[part] += int(int(logits.argmax()) == wanted)
     finally:

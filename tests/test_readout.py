@@ -20,7 +20,7 @@ from dcomp_numbers import NumberTokens
 from library.install import from_llama, group_separators, number_vocabulary, plus_signs
 from library.tasks import space_minus_token
 from library.tokenizer import llama3_tokenizer
-from modeling_llama_dcomp import TOKEN_LOGIT_SCALE
+from modeling_llama_dcomp import TOKEN_LOGIT_SCALE, record_computer_runs
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -234,7 +234,6 @@ def test_the_trigger_computes_where_its_probability_exceeds_the_threshold(thresh
 def test_the_answer_loss_and_the_trigger_are_recorded_for_training():
     """`record_computer_runs` gives the output bits (for `BinaryValues.nll` against the answer) and the trigger's
     logits at every position (for its loss), both with gradients."""
-    from modeling_llama_dcomp import record_computer_runs
 
     tokenizer = llama3_tokenizer()
     model = calculator(tokenizer, "add").train()
@@ -493,8 +492,6 @@ def test_the_lead_round_trips_and_an_edited_lead_token_fails_to_load_naming_it(t
 def test_every_number_token_reads_one_row_of_the_trigger_context(name):
     """Which digits a prompt ends with does not move the trigger: every number token reads the row of "0", so a
     rare chunk fires as a common one does, and the rows of other number tokens are never read."""
-    from modeling_llama_dcomp import TOKEN_LOGIT_SCALE, record_computer_runs
-
     tokenizer = TOKENIZERS[name]()
     model = list_computer(tokenizer, "sort")
     zero, rare = (tokenizer.encode(text, add_special_tokens=False)[-1] for text in ("0", "356"))
@@ -522,7 +519,6 @@ def voting_calculator(tokenizer, context: int, **overrides):
 
 def sub_margin(model, tokenizer, prompt: str) -> float:
     """log π_sub − log π_add at the prompt's last token: the votes for sub (of `voting_calculator`)."""
-    from modeling_llama_dcomp import record_computer_runs
 
     inputs = tokenizer(prompt, return_tensors="pt")
     with record_computer_runs() as runs, torch.no_grad():
@@ -621,6 +617,9 @@ def test_the_hidden_votes_are_the_mean_of_the_window_tokens_projected_hidden_sta
             with torch.no_grad():
                 votes = computer.selection_hidden_votes(computer.norm(seen[-1][0]))[voting].mean(0)
             assert 0 < int(voting.sum()) <= 5 and margin == pytest.approx(float(votes[1] - votes[0]), abs=1e-4)
+            with record_computer_runs() as runs, torch.no_grad():  # the run keeps them (the hidden-vote loss's)
+                model(ids, computer_mask=last_token_mask(torch.ones_like(ids)))
+            torch.testing.assert_close(runs[0].hidden_votes[0], votes, rtol=1e-4, atol=1e-4)
     finally:
         handle.remove()
 
@@ -696,7 +695,6 @@ def test_reinstalling_the_library_keeps_the_hidden_votes_of_programs_kept_by_nam
 def test_the_count_register_gets_the_exact_number_of_written_numbers_whatever_the_linear_parse():
     """r1 is counted from the number tokens up to the position (NumberTokens.read), never classified: 16 numbers
     give 16 though no training saw it; a sign, a bracket and digit chunks do not change the count."""
-    from modeling_llama_dcomp import record_computer_runs
 
     tokenizer = llama3_tokenizer()
     model = list_computer(tokenizer)
@@ -716,7 +714,6 @@ def test_the_list_answer_loss_is_the_selection_likelihood_of_the_whole_list():
     """list_selection_nll: a program is right only where its whole answer is the target list (values and length);
     the loss reaches the selection head and nothing else in the computer needs it."""
     from library.training.trainer import list_selection_nll
-    from modeling_llama_dcomp import record_computer_runs
 
     tokenizer = llama3_tokenizer()
     model = list_computer(tokenizer).train()

@@ -110,6 +110,8 @@ def test_one_json_or_yaml_file_holds_the_arguments(tmp_path, suffix):
         (["--trigger_context", "-1"], "--trigger_context: must be >= 0, got -1"),
         (["--selection_dropout", "0.5"], "--selection_dropout: drops the token votes of --selection_context: give"),
         (["--selection_hidden_votes"], "--selection_hidden_votes: votes over the window of --selection_context: give"),
+        (["--hidden_vote_loss_weight", "-1"], "--hidden_vote_loss_weight: must be >= 0, got -1.0"),
+        (["--hidden_vote_loss_weight", "1"], "--hidden_vote_loss_weight: trains the hidden-state votes: give --select"),
         (["--phrasings", "wide"], "--phrasings: wide phrasings are for --task arithmetic --encoding binary"),
         (["--ending_fraction", "0.3"], "--ending_fraction: other prompt endings are for --task arithmetic --encoding"),
         (["--encoding", "binary", "--ending_fraction", "2"], "--ending_fraction: must be in [0, 1], got 2.0"),
@@ -226,7 +228,7 @@ def test_parse_loss_is_the_parse_heads_cross_entropy_against_the_prompt_numbers(
         return -probs.gather(2, targets[..., None]).log().mean()
 
     parse_heads = [*model.computer.parse.parameters(), *model.computer.copy_parse.parameters()]  # linear + copy
-    check_parse_loss(model, batch, parse_heads, parse_cross_entropy, tmp_path)
+    check_auxiliary_loss(model, batch, parse_heads, parse_cross_entropy, tmp_path)
 
 
 def test_the_binary_parse_loss_is_the_bits_likelihood_of_the_written_numbers(cache, tmp_path):
@@ -253,7 +255,7 @@ def test_the_binary_parse_loss_is_the_bits_likelihood_of_the_written_numbers(cac
             model(**{key: value for key, value in batch.items() if not key.startswith("slot_")})
         return model.computer.machine.values.nll(runs[-1].input_probs, batch["slot_targets"]).mean()
 
-    check_parse_loss(model, batch, list(model.computer.copy_parse.parameters()), parse_nll, tmp_path)
+    check_auxiliary_loss(model, batch, list(model.computer.copy_parse.parameters()), parse_nll, tmp_path)
     model.eval()  # evaluation computes where the trigger fires: no parse loss, whatever the positions
     with torch.no_grad():
         for weight in (0.0, 1.0):
@@ -262,26 +264,54 @@ def test_the_binary_parse_loss_is_the_bits_likelihood_of_the_written_numbers(cac
             assert torch.isfinite(trainer.compute_loss(model, dict(batch)))
 
 
-def check_parse_loss(model, batch: dict, parameters: list, parse_nll, tmp_path) -> None:
-    """The parse loss adds its weight times `parse_nll()` to the loss, and 20 Adam steps on it over `parameters`
-    (the parse heads) halve it."""
+def test_the_hidden_vote_loss_is_the_answer_likelihood_of_the_hidden_votes_alone(cache, tmp_path):
+    """--hidden_vote_loss_weight: the selection's answer loss, −log Σ_k π_k [program k's output = answer], with π
+    the softmax of the hidden-state votes alone; W_vote learns from it."""
+    model_args, data_args, computer_args, _, spec, tokenizer, data = task(
+        "--encoding", "binary", "--selection_context", "8", "--selection_hidden_votes", "--hidden_vote_loss_weight",
+        "1", "--train_size", "24", "--validation_size", "2", "--test_size", "2", "--hidden_size", "32", "--heads", "2",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(model_args, data_args, computer_args, spec, tokenizer).train()
+    model.computer.copy_parse.init_ordinals({0: 0, 1: 1}, scale=30.0)  # the operands read right: a program is
+    batch = AnswerCollator(tokenizer.pad_token_id, True, with_targets=True)(list(data["train"]))
+    inputs = {key: value for key, value in batch.items() if key != "computer_targets"}
 
-    def trainer(weight: float):
+    def hidden_vote_nll() -> torch.Tensor:
+        with record_computer_runs() as runs:
+            model(**inputs)
+        run = runs[-1]
+        right = model.computer.program_outputs(run) == batch["computer_targets"][:, None]  # (rows, programs)
+        assert right.any(-1).all() and not right.all()
+        return -(run.hidden_votes.softmax(-1) * right).sum(-1).log().mean()
+
+    votes = model.computer.selection_hidden_votes
+    weight = "hidden_vote_loss_weight"  # beside the answer loss, as train.py gives it
+    check_auxiliary_loss(model, batch, [votes.weight], hidden_vote_nll, tmp_path, weight, 3e-2, answer_loss_weight=1)
+
+
+def check_auxiliary_loss(
+    model, batch: dict, parameters: list, nll, tmp_path, weight="parse_loss_weight", lr=1e-2, **fixed: float
+) -> None:
+    """The trainer's loss `weight` (an argument of DCompTrainer; the others `fixed`) adds its value times `nll()` to
+    the loss, and 20 Adam steps (`lr`) on the loss over `parameters` (the heads it trains) halve `nll()`."""
+
+    def trainer(value: float):
         arguments = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
-        return DCompTrainer(model=model, args=arguments, parse_loss_weight=weight)
+        return DCompTrainer(model=model, args=arguments, **fixed, **{weight: value})
 
     with torch.no_grad():
         without = trainer(0.0).compute_loss(model, dict(batch))
         with_loss = trainer(2.0).compute_loss(model, dict(batch))
-        before = parse_nll()
+        before = nll()
     torch.testing.assert_close(with_loss - without, 2.0 * before, rtol=1e-4, atol=1e-4)
-    optimizer = torch.optim.Adam(parameters, lr=1e-2)
+    optimizer = torch.optim.Adam(parameters, lr=lr)
     for _ in range(20):
         optimizer.zero_grad()
         trainer(1.0).compute_loss(model, dict(batch)).backward()
         optimizer.step()
     with torch.no_grad():
-        assert parse_nll() < 0.5 * before
+        assert nll() < 0.5 * before
 
 
 @pytest.mark.parametrize(
@@ -679,7 +709,7 @@ def test_selection_nll_is_the_exact_likelihood_of_the_answer_over_the_programs()
     from test_readout import calculator, last_token_mask
 
     from library.tokenizer import llama3_tokenizer
-    from library.training.trainer import selection_nll, trigger_loss
+    from library.training.trainer import right_programs, selection_nll, trigger_loss
 
     tokenizer = llama3_tokenizer()
     model = calculator(tokenizer, "add")
@@ -699,7 +729,9 @@ def test_selection_nll_is_the_exact_likelihood_of_the_answer_over_the_programs()
     assert outputs.tolist() == [[29996, 30004, -120000], [15, -1, 56]]
     targets = torch.tensor([30004, 56])  # sub, then mul
     expected = -(run.program_probs[0, 1].log() + run.program_probs[1, 2].log()) / 2
-    assert torch.allclose(selection_nll(run, targets, model), expected)
+    right = right_programs(run, targets, model)
+    assert right.tolist() == [[False, True, False], [False, False, True]]
+    assert torch.allclose(selection_nll(run.program_probs, right), expected)
     logits = torch.tensor([[10.0, -10.0], [-10.0, 10.0]])
     assert float(trigger_loss(logits, torch.tensor([[1, 0], [0, 1]]), torch.ones(2, 2))) < 1e-3
 

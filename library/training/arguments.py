@@ -245,6 +245,12 @@ class ComputerArguments:
                   "computer's layer (mean of W_vote RMSNorm(h), never dropped), so a synonym no phrasing had votes "
                   "as the words it resembles in context (computer_selection_hidden_votes)"},
     )  # fmt: skip
+    hidden_vote_loss_weight: float = field(
+        default=0.0,
+        metadata={"help": "--selection_hidden_votes: weight of the answer loss on the hidden-state votes' own "
+                  "selection (softmax of their mean alone), so that they can choose a program where no token id "
+                  "votes; its target comes from the answer, as the selection's (0: off)"},
+    )  # fmt: skip
     vote_completion_margin: float = field(
         default=0.0,
         metadata={"help": "--selection_context: after training, a token no training prompt voted with takes the votes "
@@ -268,7 +274,7 @@ class ComputerArguments:
 
     def __post_init__(self):
         _check_finite(self, "gate_init", "answer_loss_weight", "parse_loss_weight", "parse_init_scale")
-        _check_finite(self, "text_distillation_weight")
+        _check_finite(self, "text_distillation_weight", "hidden_vote_loss_weight")
         _check_finite(self, "probe_ridge", "number_row_norm", "vote_completion_margin", "vote_completion_ridge")
         _check_finite(self, "selection_temperature", "trigger_positive_weight", "trigger_text_weight", positive=True)
         _check(self.probe_examples >= 1, "probe_examples", f"must be >= 1, got {self.probe_examples}")
@@ -287,6 +293,11 @@ class ComputerArguments:
             not self.selection_hidden_votes or self.selection_context > 0,
             "selection_hidden_votes",
             "votes over the window of --selection_context: give --selection_context > 0",
+        )
+        _check(
+            self.hidden_vote_loss_weight == 0 or self.selection_hidden_votes,
+            "hidden_vote_loss_weight",
+            "trains the hidden-state votes: give --selection_hidden_votes",
         )
         _check(
             self.vote_completion_margin == 0 or self.selection_context > 0,

@@ -54,6 +54,7 @@ class DCompTrainer(Trainer):
         text_distillation_weight: float = 0.0,
         trigger_positive_weight: float = 1.0,
         trigger_text_weight: float = 1.0,
+        hidden_vote_loss_weight: float = 0.0,
         model_card: str = "",
         **kwargs,
     ):
@@ -63,6 +64,7 @@ class DCompTrainer(Trainer):
         self.text_distillation_weight = text_distillation_weight
         self.trigger_positive_weight = trigger_positive_weight
         self.trigger_text_weight = trigger_text_weight
+        self.hidden_vote_loss_weight = hidden_vote_loss_weight
         self.model_card = model_card
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
@@ -108,7 +110,11 @@ class DCompTrainer(Trainer):
                 if answered and target_lengths is not None:
                     loss = loss + self.answer_loss_weight * list_selection_nll(run, targets, target_lengths, self.model)
                 elif answered:
-                    loss = loss + self.answer_loss_weight * selection_nll(run, targets, self.model)
+                    right = right_programs(run, targets, self.model)
+                    loss = loss + self.answer_loss_weight * selection_nll(run.program_probs, right)
+                    if self.hidden_vote_loss_weight and run.hidden_votes is not None:  # they also select alone
+                        alone = run.hidden_votes.softmax(-1)
+                        loss = loss + self.hidden_vote_loss_weight * selection_nll(alone, right)
                 weights = (self.trigger_positive_weight, text_row_weights(answer_positions, self.trigger_text_weight))
                 loss = loss + trigger_loss(run.trigger_logits, answer_positions, inputs["attention_mask"], *weights)
                 if run.lead_logits is not None:
@@ -156,12 +162,18 @@ def parse_nll(parsed: torch.Tensor, targets: torch.Tensor, known: torch.Tensor, 
     return values.nll(parsed[known], targets.to(parsed.device)[known]).mean()
 
 
-def selection_nll(run, targets: torch.Tensor, model) -> torch.Tensor:
-    """−log p(answer) of the binary computer's selection: p(answer) = Σ_k π_k [program k's output = answer], every
-    program run on the run's inputs (`LlamaDCompComputer.program_outputs`), averaged over the run's positions."""
+def right_programs(run, targets: torch.Tensor, model) -> torch.Tensor:
+    """`(positions, programs)` bool: program k's output is the answer `targets (positions,)` at that position, every
+    program run on the run's inputs (`LlamaDCompComputer.program_outputs`)."""
     computer = LlamaDCompPreTrainedModel.computers(model)[0]
-    right = computer.program_outputs(run) == targets.to(run.program_probs.device)[:, None]  # (positions, programs)
-    likelihood = (run.program_probs * right).sum(-1)
+    return computer.program_outputs(run) == targets.to(run.program_probs.device)[:, None]
+
+
+def selection_nll(program_probs: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """−log p(answer) of a selection `program_probs (positions, programs)`: p(answer) = Σ_k π_k right_k, `right` the
+    programs whose output is the answer (`right_programs`, or whole lists), averaged over the positions: a loss
+    whose target comes from the answer."""
+    likelihood = (program_probs * right).sum(-1)
     return -likelihood.clamp_min(1e-6).log().mean()
 
 
@@ -178,8 +190,7 @@ def list_selection_nll(run, targets: torch.Tensor, lengths: torch.Tensor, model)
     targets = torch.nn.functional.pad(targets, (0, width - targets.shape[-1]))
     inside = torch.arange(width, device=device) < lengths[:, None]  # (positions, width)
     same = ((answers == targets[:, None]) | ~inside[:, None]).all(-1) & (answer_lengths == lengths[:, None])
-    likelihood = (run.program_probs * same).sum(-1)
-    return -likelihood.clamp_min(1e-6).log().mean()
+    return selection_nll(run.program_probs, same)
 
 
 def trigger_loss(
