@@ -234,7 +234,6 @@ def test_the_trigger_computes_where_its_probability_exceeds_the_threshold(thresh
 def test_the_answer_loss_and_the_trigger_are_recorded_for_training():
     """`record_computer_runs` gives the output bits (for `BinaryValues.nll` against the answer) and the trigger's
     logits at every position (for its loss), both with gradients."""
-
     tokenizer = llama3_tokenizer()
     model = calculator(tokenizer, "add").train()
     inputs = tokenizer(["Add 30000 and -4. "], return_tensors="pt")
@@ -519,7 +518,6 @@ def voting_calculator(tokenizer, context: int, **overrides):
 
 def sub_margin(model, tokenizer, prompt: str) -> float:
     """log π_sub − log π_add at the prompt's last token: the votes for sub (of `voting_calculator`)."""
-
     inputs = tokenizer(prompt, return_tensors="pt")
     with record_computer_runs() as runs, torch.no_grad():
         model(**inputs, computer_mask=last_token_mask(inputs.attention_mask))
