@@ -191,7 +191,7 @@ class LlamaDCompConfig(LlamaConfig):
     computer_lead_token_id: int | None = None
     """The "tokens" read-out's lead: the token written before an answer where the prompt ends without it (SmolLM2's
     " " after "Answer:"), which a frozen base does not write reliably (it may end the text instead). A second
-    learned head (`lead`, σ(w · RMSNorm(h)) > `computer_trigger_threshold`, plus its own token-context logits,
+    learned head (`lead`, σ(w · RMSNorm(h)) > `computer_lead_threshold`, plus its own token-context logits,
     `lead_tokens`, with `computer_trigger_context`; silent at first) runs the computer where it fires and the
     trigger does not, and its answer starts with this token (one more position, with the read-out's strength).
     None: no lead head, the base writes whatever comes before the answer."""
@@ -208,6 +208,13 @@ class LlamaDCompConfig(LlamaConfig):
     for fewer false activations on ordinary text, and `experiments.trigger_threshold` measures both on data that
     neither trains nor reports. A policy, not part of the library's convention: changing it keeps the checkpoint
     loadable (it is not in `library_fingerprint`)."""
+
+    computer_lead_threshold: float | int | None = None
+    """The lead head's own threshold (`computer_lead_token_id`): it runs the computer where σ(lead logit) exceeds this
+    probability; in (0, 1). None: `computer_trigger_threshold`. The lead fires only at the end of a question that
+    leaves out the space ("…\nAnswer:"), a frame a user may write in ways no training prompt did, where its logit
+    sits near 0 while ordinary text stays far below (docs/RESULTS.md §7); `experiments.trigger_threshold --head
+    lead` lowers it as far as ordinary text allows. A policy, as the trigger's: not in `library_fingerprint`."""
 
     computer_selection_context: int = 0
     """The program selection (§3.1) also adds a learned vote per token id for each of the last k tokens (the
@@ -556,6 +563,17 @@ class LlamaDCompConfig(LlamaConfig):
         )
         require(
             0.0 < self.computer_trigger_threshold < 1.0, "computer_trigger_threshold", "must be a probability in (0, 1)"
+        )
+        lead_threshold = self.computer_lead_threshold
+        require(
+            lead_threshold is None or (isinstance(lead_threshold, (int, float)) and 0.0 < lead_threshold < 1.0),
+            "computer_lead_threshold",
+            f"must be None or a probability in (0, 1), got {lead_threshold!r}",
+        )
+        require(
+            lead_threshold is None or lead is not None,
+            "computer_lead_threshold",
+            "is the lead head's threshold: it needs a computer_lead_token_id",
         )
         require(self.computer_selection_context >= 0, "computer_selection_context", "must be >= 0")
         require(

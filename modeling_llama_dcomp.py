@@ -596,6 +596,8 @@ class LlamaDCompComputer(nn.Module):
             # "the answer starts after one more token": where the prompt has not written the lead token itself
             self.lead_minus_token_id = config.computer_lead_minus_token_id
             self.lead = nn.Linear(hidden_size, 1) if self.lead_token_id is not None else None
+            lead_threshold = config.computer_lead_threshold
+            self.lead_threshold = self.trigger_threshold if lead_threshold is None else logit(lead_threshold)
             # the lead's own logits of the last `context` token ids, as the trigger's
             self.lead_tokens = (
                 nn.Parameter(torch.empty(context, config.vocab_size)) if context and self.lead is not None else None
@@ -715,7 +717,7 @@ class LlamaDCompComputer(nn.Module):
         mark. Neither runs it before the text has written a number (`number_written`). A position inside an
         earlier answer does not start another, unless the text has left that answer (`ReadoutPlan.followed`: a
         prompt that goes on after a number the trigger answered). Where the lead head fires outside every answer
-        and the trigger does not (`computer_lead_token_id`, the trigger's threshold), the computer runs there too
+        and the trigger does not (`computer_lead_token_id`, `computer_lead_threshold`), the computer runs there too
         and its answer starts with the lead token (`with_lead`): the space a prompt ending in "Answer:" leaves
         out, or the space and minus in one token before a negative answer. Fills `call.writes`; the residual
         stream is returned unchanged."""
@@ -735,7 +737,7 @@ class LlamaDCompComputer(nn.Module):
         leading = torch.zeros_like(fire)  # where the lead fires: the answer starts one token early, with the lead
         if lead_logits is not None and not call.explicit:
             leading = call.positions & ~fire & ~plan.covers(absolute.expand(batch, -1))
-            leading = leading & (lead_logits > self.trigger_threshold)
+            leading = leading & (lead_logits > self.lead_threshold)
         if not call.explicit:  # nothing to compute from before a number is written (a code comment, prose)
             written = self.number_written(history, seq)
             fire, leading = fire & written, leading & written

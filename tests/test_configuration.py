@@ -144,6 +144,9 @@ INVALID = [
     ({"computer_lead_minus_token_id": 5, "computer_minus_token_ids": [5]}, "computer_lead_minus_token_id"),  # no lead
     ({"computer_trigger_threshold": 0.0}, "computer_trigger_threshold"),
     ({"computer_trigger_threshold": 1.0}, "computer_trigger_threshold"),
+    ({"computer_lead_threshold": 0.3}, "computer_lead_threshold"),  # no lead head
+    ({**READ_OUT, "computer_lead_token_id": 5, "computer_lead_threshold": 1.0}, "computer_lead_threshold"),
+    ({**READ_OUT, "computer_lead_token_id": 5, "computer_lead_threshold": float("nan")}, "computer_lead_threshold"),
     ({"computer_selection_context": -1}, "computer_selection_context"),
     ({"computer_selection_context": 8}, "computer_selection_context"),  # the votes need the "tokens" read-out
     ({"computer_selection_dropout": 0.5}, "computer_selection_dropout"),  # no votes to drop

@@ -9,7 +9,7 @@ from test_readout import calculator, smollm2_tokenizer
 from transformers import LlamaConfig
 
 from experiments.pass_through import MODULES
-from experiments.trigger_threshold import calibration_texts, choose, sweep, trigger_logits, write_threshold
+from experiments.trigger_threshold import calibration_texts, choose, choose_lowest, head_logits, sweep, write_threshold
 from library.texts import CALIBRATION_PACKAGES, TRAINING_PACKAGES
 from modeling_llama_dcomp import LlamaDCompForCausalLM, logit
 
@@ -26,15 +26,26 @@ def test_the_sweep_counts_recall_and_false_activations_per_threshold():
     assert choose(sweep(answers[:2], texts, thresholds=(0.5, 0.9, 0.95, 0.98))) == 0.95
 
 
+def test_the_lead_threshold_is_the_lowest_that_fires_on_no_more_text_than_one_half():
+    answers = torch.tensor([logit(0.6), logit(0.25), logit(0.08)])
+    texts = [torch.tensor([logit(0.15), logit(0.01)]), torch.tensor([logit(0.03), logit(0.7)])]
+    rows = sweep(answers, texts, thresholds=(0.02, 0.05, 0.1, 0.2, 0.5))
+    assert [row["recall"] for row in rows] == [1.0, 1.0, 2 / 3, 2 / 3, 1 / 3]
+    assert choose_lowest(rows) == 0.2  # 0.1 also fires at the 0.15 position
+
+
 def test_the_trigger_logits_are_read_at_every_position():
     tokenizer = smollm2_tokenizer()
-    model = calculator(tokenizer, "add")
+    model = calculator(tokenizer, "add", computer_lead_token_id=tokenizer.encode(" ", add_special_tokens=False)[-1])
     with torch.no_grad():
         model.computer.trigger.bias.fill_(-3.0)
     ids = [tokenizer.encode(text, add_special_tokens=False) for text in ("Add 3 and 4 ", "Hello")]
-    found = trigger_logits(model, ids)
+    found = head_logits(model, ids)
     assert [len(logits) for logits in found] == [len(row) for row in ids]
     assert all(torch.allclose(logits, torch.full_like(logits, -3.0)) for logits in found)  # the weight starts at 0
+    with torch.no_grad():
+        model.computer.lead.bias.fill_(-2.0)
+    assert all(torch.allclose(logits, torch.full_like(logits, -2.0)) for logits in head_logits(model, ids, "lead"))
 
 
 def test_calibration_texts_come_from_their_own_packages():
@@ -45,7 +56,7 @@ def test_calibration_texts_come_from_their_own_packages():
 
 def test_the_written_threshold_is_the_one_the_reloaded_model_uses(tmp_path):
     tokenizer = smollm2_tokenizer()
-    model = calculator(tokenizer, "add")
+    model = calculator(tokenizer, "add", computer_lead_token_id=tokenizer.encode(" ", add_special_tokens=False)[-1])
     model.save_pretrained(tmp_path)
     before = (tmp_path / "config.json").read_text()
     with pytest.raises(ValueError, match="^computer_trigger_threshold="):
@@ -58,3 +69,5 @@ def test_the_written_threshold_is_the_one_the_reloaded_model_uses(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["computer_trigger_threshold"] == 0.99
     reloaded = LlamaDCompForCausalLM.from_pretrained(tmp_path)  # the library's fingerprint does not cover it
     assert reloaded.computer.trigger_threshold == pytest.approx(logit(0.99))
+    write_threshold(tmp_path, model.config, 0.2, "computer_lead_threshold")
+    assert LlamaDCompForCausalLM.from_pretrained(tmp_path).computer.lead_threshold == pytest.approx(logit(0.2))

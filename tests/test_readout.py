@@ -465,6 +465,28 @@ def test_a_lead_head_writes_the_space_a_prompt_left_out_and_the_trigger_answers_
     assert_every_route_agrees(model, tokenizer, prompts, 6)
 
 
+def test_the_lead_fires_above_its_own_threshold_and_the_trigger_keeps_its_own():
+    """computer_lead_threshold: the lead's logit −1 (σ 0.27) after a colon stays silent at the trigger's 1/2 and
+    answers " 19" at 0.2, while the trigger, whose logit there is also −1, stays silent at its own 1/2; each head
+    follows its own threshold ("19", the trigger's answer, with the trigger's at 0.2 and the lead's at 0.9)."""
+    tokenizer = smollm2_tokenizer()
+    space = tokenizer.encode(" ", add_special_tokens=False)[-1]
+    colon = tokenizer.encode("Answer:", add_special_tokens=False)[-1]
+    inputs = tokenizer("What is 12 plus 7?\nAnswer:", return_tensors="pt")
+
+    def answer(**overrides) -> str:
+        model = calculator(tokenizer, "add", computer_trigger_context=1, computer_lead_token_id=space, **overrides)
+        with torch.no_grad():  # -4 (the biases) + 3 after a colon: logit -1 for both heads
+            model.computer.lead_tokens[0, colon] = 3.0 / TOKEN_LOGIT_SCALE
+            model.computer.trigger_tokens[0, colon] = 3.0 / TOKEN_LOGIT_SCALE
+        generated = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        return tokenizer.decode(generated[0, inputs.input_ids.shape[1] :], skip_special_tokens=True)
+
+    assert not answer().startswith(" 19")
+    assert answer(computer_lead_threshold=0.2).startswith(" 19")
+    assert answer(computer_trigger_threshold=0.2, computer_lead_threshold=0.9).startswith("19")  # the trigger: no space
+
+
 def test_the_lead_round_trips_and_an_edited_lead_token_fails_to_load_naming_it(tmp_path):
     import json
 
