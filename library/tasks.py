@@ -223,6 +223,20 @@ PLAIN_ENDINGS: tuple[str, ...] = (
     "Q: {text}\nA:",
     "Question: {text}\nResult:",
 )
+# More frames for `--endings wide`: other cue words and roles, so the lead head learns "an answer is due here" rather
+# than a handful of frames. The GPT-3 format (its "\nAnswer:" cue) stays out, as do the frames experiments/
+# prompt_endings holds out to measure frames no training prompt uses.
+WIDE_ENDINGS: tuple[str, ...] = PLAIN_ENDINGS + (
+    "{text} =",
+    "{text} The answer is",
+    "Q: {text} A:",
+    "Input: {text}\nOutput:",
+    "Problem: {text}\nSolution:",
+    "User: {text}\nAssistant:",
+    "Task: {text}\nResponse:",
+    "Query: {text} Reply:",
+)
+ENDINGS = {"default": PLAIN_ENDINGS, "wide": WIDE_ENDINGS}  # train.py --endings
 ENDING_SEED = 1  # `_held_out`'s seed for the ending share (the chat share uses 0): the two are drawn apart
 
 # How a list is written in a prompt ({values} of a list phrasing), issue 13.
@@ -705,13 +719,14 @@ def tokenize_for_causal_lm(
     max_length: int | None = None,
     chat_fraction: float = 0.0,
     ending_fraction: float = 0.0,
+    endings: tuple[str, ...] = PLAIN_ENDINGS,
 ) -> datasets.Dataset | datasets.DatasetDict:
     """Adds `input_ids`, `attention_mask`, `labels` and `answer_position` to a task Dataset or DatasetDict.
 
     Format (module docstring): prompt `text + " "` with BOS, then `answer_text` and EOS; labels -100 except on
     the answer tokens and EOS. A share `chat_fraction` of the prompts (chosen by a hash of the text) is instead
     the tokenizer's chat template around `text` as the user's message, up to the assistant's turn. A share
-    `ending_fraction` of the other (plain) prompts ends in one of `PLAIN_ENDINGS` instead (by another hash of the
+    `ending_fraction` of the other (plain) prompts ends in one of `endings` instead (by another hash of the
     text); after an ending without a final space or line break, the space is the answer's first token, written by
     the model (labelled), and `answer_position` is at that space, as in a prompt that ends with it.
     max_length None leaves rows unpadded (pad batches with a collator that pads
@@ -734,7 +749,7 @@ def tokenize_for_causal_lm(
         if not _held_out([text], ENDING_SEED, ending_fraction):
             return tokenizer(text + " ")["input_ids"], []
         digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
-        prompt = PLAIN_ENDINGS[int.from_bytes(digest, "little") % len(PLAIN_ENDINGS)].format(text=text)
+        prompt = endings[int.from_bytes(digest, "little") % len(endings)].format(text=text)
         return tokenizer(prompt)["input_ids"], [] if prompt[-1].isspace() else space
 
     def encode(batch: dict) -> dict:
@@ -757,7 +772,7 @@ def tokenize_for_causal_lm(
         return out
 
     # `map` would fingerprint its closure, tokenizer included, twice per split (~0.3 s each): hash it once.
-    settings = f"{max_length}:{chat_fraction}:{ending_fraction}"
+    settings = f"{max_length}:{chat_fraction}:{ending_fraction}:{endings}"
     key = fingerprint(datasets.fingerprint.Hasher.hash(tokenizer), settings, _SOURCE_KEY)
 
     def apply(split: datasets.Dataset) -> datasets.Dataset:

@@ -16,6 +16,7 @@ from library.tasks import (
     LIST_TEMPLATES,
     PHRASINGS,
     PLAIN_ENDINGS,
+    WIDE_ENDINGS,
     arithmetic_task,
     composable,
     compose,
@@ -419,8 +420,10 @@ def test_signed_lists_in_every_format_with_duplicates(kind, cache):
         list_task("sort", formats=("csv",), max_digits=2, cache_dir=cache)
 
 
-@pytest.mark.parametrize("name", ["llama3", "smollm2"])
-def test_an_ending_share_of_plain_prompts_ends_otherwise_and_the_model_writes_a_missing_space(name):
+@pytest.mark.parametrize(
+    ("name", "endings"), [("llama3", PLAIN_ENDINGS), ("smollm2", PLAIN_ENDINGS), ("smollm2", WIDE_ENDINGS)]
+)
+def test_an_ending_share_of_plain_prompts_ends_otherwise_and_the_model_writes_a_missing_space(name, endings):
     from test_readout import TOKENIZERS
 
     tokenizer = TOKENIZERS[name]()
@@ -428,7 +431,7 @@ def test_an_ending_share_of_plain_prompts_ends_otherwise_and_the_model_writes_a_
     texts = [f"What is {a} minus 50?" for a in range(80)]
     data = datasets.Dataset.from_dict({"text": texts, "answer_text": [str(a - 50) for a in range(80)]})
     used = collections.Counter()
-    for text, row in zip(texts, tokenize_for_causal_lm(data, tokenizer, ending_fraction=0.5)):
+    for text, row in zip(texts, tokenize_for_causal_lm(data, tokenizer, ending_fraction=0.5, endings=endings)):
         answer = tokenizer(str(int(text.split()[2]) - 50), add_special_tokens=False)["input_ids"]
         answer += [tokenizer.eos_token_id]
         position = row["answer_position"]  # after it, the answer's own tokens, minus sign included, as after "text "
@@ -436,12 +439,11 @@ def test_an_ending_share_of_plain_prompts_ends_otherwise_and_the_model_writes_a_
         assert row["labels"][:position] == [-100] * position
         written = row["labels"][position] != -100  # the model writes the space that the prompt does not end with
         prompt = row["input_ids"][: position + (not written)]
-        endings = ("{text} ",) + PLAIN_ENDINGS
-        ending = next(e for e in endings if tokenizer(e.format(text=text))["input_ids"] == prompt)
+        ending = next(e for e in ("{text} ",) + endings if tokenizer(e.format(text=text))["input_ids"] == prompt)
         assert written == (not ending[-1].isspace())
         assert not written or row["input_ids"][position] == row["labels"][position] == space
         used[ending] += 1
-    assert 20 <= used["{text} "] <= 60 and len(used) >= 5, used
+    assert 20 <= used["{text} "] <= 60 and len(used) >= min(len(endings), 10), used
     assert tokenize_for_causal_lm(data, tokenizer)["input_ids"] == [
         tokenizer(t + " ")["input_ids"] + tokenizer(a, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         for t, a in zip(texts, data["answer_text"])
@@ -471,7 +473,7 @@ def test_no_prompt_ending_goes_on_where_another_one_is_answered(name):
 
     tokenizer = TOKENIZERS[name]()
     for text in ("What is 12 minus 5?", "Add 3 and 4", "Compute 12*-7."):
-        assert clashing_endings(tokenizer, ("{text} ",) + PLAIN_ENDINGS, text) == []
+        assert clashing_endings(tokenizer, ("{text} ",) + WIDE_ENDINGS, text) == []  # PLAIN_ENDINGS and more
     # the pair that lowered a final line break in seed 10 (RESULTS §7) is caught
     broken = ("{text}\n", "{text}\nAnswer:")
     assert clashing_endings(tokenizer, broken, "What is 1 plus 2?") == [broken]

@@ -15,6 +15,7 @@ from transformers import TrainingArguments
 
 from library.interpreter import run_reference
 from library.stdlib import link, load_program
+from library.tasks import PLAIN_ENDINGS, WIDE_ENDINGS
 from library.training.arguments import RESUME_FIXED, ArgumentError, parse_arguments, resume_mismatches, settings
 from library.training.data import AnswerCollator, build_datasets, library_sources, task_spec, written_numbers
 from library.training.losses import distillation_kl, distribution_cross_entropy, value_nll
@@ -115,6 +116,7 @@ def test_one_json_or_yaml_file_holds_the_arguments(tmp_path, suffix):
         (["--phrasings", "wide"], "--phrasings: wide phrasings are for --task arithmetic --encoding binary"),
         (["--ending_fraction", "0.3"], "--ending_fraction: other prompt endings are for --task arithmetic --encoding"),
         (["--encoding", "binary", "--ending_fraction", "2"], "--ending_fraction: must be in [0, 1], got 2.0"),
+        (["--encoding", "binary", "--endings", "wide"], "--endings: wide endings end a share --ending_fraction"),
         (["--model", "/nonexistent/llama"], "--model: /nonexistent/llama does not exist"),
     ],
 )
@@ -814,6 +816,16 @@ def test_other_prompt_endings_are_in_the_training_rows_alone(cache):
 
     assert 10 <= sum(not ends_with_the_space(row) for row in data["train"]) <= 50
     assert all(ends_with_the_space(row) for name in ("validation", "test", "test_pairs") for row in data[name])
+    *_, wide = task(
+        "--encoding", "binary", "--ending_fraction", "0.5", "--endings", "wide", "--train_size", "60",
+        "--validation_size", "4", "--test_size", "8",
+    )  # fmt: skip
+    frames = {ending.format(text=row["text"]) for row in wide["train"] for ending in WIDE_ENDINGS[len(PLAIN_ENDINGS) :]}
+    prompts = {
+        tokenizer.decode(row["input_ids"][: row["answer_position"]], skip_special_tokens=True) for row in wide["train"]
+    }
+    assert len(frames & prompts) >= 5  # the wide set's own frames, beside PLAIN_ENDINGS'
+    assert wide["test"]["input_ids"] == data["test"]["input_ids"]
 
 
 def test_the_lead_loss_trains_the_lead_head(cache, tmp_path):

@@ -77,6 +77,11 @@ class DataArguments:
                   "space (no space, a line break, \"Answer:\" frames: library.tasks.PLAIN_ENDINGS); test splits "
                   "keep train.py's own ending"},
     )  # fmt: skip
+    endings: Literal["default", "wide"] = field(
+        default="default",
+        metadata={"help": "--ending_fraction's endings: default = library.tasks.PLAIN_ENDINGS; wide = also more "
+                  "frames and cue words (\"=\", \"Input: … Output:\", …: library.tasks.WIDE_ENDINGS)"},
+    )  # fmt: skip
     operations: str = field(default="add,sub,mul,div", metadata={"help": "arithmetic operations, comma-separated"})
     phrasings: Literal["default", "wide"] = field(
         default="default",
@@ -111,6 +116,11 @@ class DataArguments:
             self.ending_fraction == 0 or (self.task == "arithmetic" and self.encoding == "binary"),
             "ending_fraction",
             "other prompt endings are for --task arithmetic --encoding binary",
+        )
+        _check(
+            self.endings == "default" or self.ending_fraction > 0,
+            "endings",
+            "wide endings end a share --ending_fraction of the prompts: set it above 0",
         )
         unknown = [op for op in self.operations.split(",") if op not in task_library.ARITHMETIC_TEMPLATES]
         _check(

@@ -207,8 +207,9 @@ def build_datasets(args, spec: TaskSpec, tokenizer, seed: int):
     raw["test_pairs"] = test_pairs_split(spec, raw["train"], raw["test"], seed)
     data = task_library.tokenize_for_causal_lm(raw, tokenizer, chat_fraction=args.chat_fraction)
     if args.ending_fraction > 0:  # training only: the test splits ask as train.py writes prompts
-        endings = {"chat_fraction": args.chat_fraction, "ending_fraction": args.ending_fraction}
-        data["train"] = task_library.tokenize_for_causal_lm(raw["train"], tokenizer, **endings)
+        endings = task_library.ENDINGS[getattr(args, "endings", "default")]  # older run_settings.json: none
+        shares = {"chat_fraction": args.chat_fraction, "ending_fraction": args.ending_fraction}
+        data["train"] = task_library.tokenize_for_causal_lm(raw["train"], tokenizer, endings=endings, **shares)
     data = add_number_positions(data, tokenizer, spec) if spec.answer_per_number else data
     if args.text_fraction > 0:
         data["train"] = with_ordinary_text(data["train"], tokenizer, args.text_fraction, seed)
