@@ -78,9 +78,7 @@ def compare(model, base, tokenizer, texts: list[str], prompt_tokens: int, new_to
         same_choice += int((choices == base_choices).sum())
         fired = sum(int(run.positions.sum()) for run in runs if run.trigger_logits is not None)  # where it computed
         leads = sum(
-            int((run.lead_logits > model.computer.lead_threshold).sum())
-            for run in runs
-            if run.lead_logits is not None
+            int((run.lead_logits > model.computer.lead_threshold).sum()) for run in runs if run.lead_logits is not None
         )
         fired_positions += fired
         lead_positions += leads

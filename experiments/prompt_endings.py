@@ -6,7 +6,8 @@ operands), all asked without the chat template. An answer is right when the gene
 spaces at most, and no digit follows it: after an ending without a space the model has to write the space itself
 (or not), and the benchmark scores how a continuation starts, not what comes after the number. A run trained with
 `--ending_fraction` saw the no-space and line-break endings and the frames of `library.tasks.PLAIN_ENDINGS`; the
-benchmark's format is a combination of those frames that none of them is. The GPT-3 format is also scored as
+benchmark's format is a combination of those frames that none of them is, and two more frames (`HELD_OUT_ENDINGS`)
+are in no training set, `--endings wide` included. The GPT-3 format is also scored as
 lm-eval scores those tasks ("lm-eval acc"): " {answer}" after "…\nAnswer:" must be the greedy continuation,
 teacher-forced in one forward call, the space before the number included (our own questions, not the benchmark's).
 
@@ -30,7 +31,12 @@ ENDINGS: dict[str, str] = {
     "no space": "{text}",
     "line break": "{text}\n",
     "GPT-3 arithmetic format": "Question: {text}\nAnswer:",
+    "held-out frame A": "Exercise: {text}\nFinal answer:",
+    "held-out frame B": "Prompt: {text}\nCompletion:",
 }
+# Frames no training ending uses (neither PLAIN_ENDINGS nor WIDE_ENDINGS; tests check): the GPT-3 format's and two
+# more, so a run trained on more frames (--endings wide) is measured on frames it has not seen either.
+HELD_OUT_ENDINGS = ("GPT-3 arithmetic format", "held-out frame A", "held-out frame B")
 LM_EVAL_ENDING = "GPT-3 arithmetic format"  # also scored teacher-forced, as lm-eval's `acc`
 LEADING_NUMBER = re.compile(r"[ \t]*(-?\d+)(?!\d)")
 

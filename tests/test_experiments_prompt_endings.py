@@ -4,7 +4,8 @@ import datasets
 import torch
 from test_readout import calculator, smollm2_tokenizer
 
-from experiments.prompt_endings import ENDINGS, exact_match_by_ending
+from experiments.prompt_endings import ENDINGS, HELD_OUT_ENDINGS, exact_match_by_ending
+from library.tasks import WIDE_ENDINGS
 from modeling_llama_dcomp import TOKEN_LOGIT_SCALE
 
 
@@ -25,6 +26,7 @@ def test_each_ending_is_scored_on_its_own_and_only_where_the_computer_answers():
     figures = exact_match_by_ending(model, tokenizer, rows, batch_size=2, max_new_tokens=4)
     assert figures["space (as trained): all"] == (1.0, 2)
     assert figures["GPT-3 arithmetic format: all"] == (1.0, 2)
+    assert figures["held-out frame B: all"] == (1.0, 2)  # "Completion:", a colon too
     assert figures["no space: all"] == (0.0, 2)  # after "30" the tiny Llama answers alone, and wrongly
     assert figures["space (as trained): 1 digits"] == (1.0, 1) and figures["no space: add"] == (0.0, 2)
     assert {group.split(": ")[0] for group in figures} == set(ENDINGS) | {"GPT-3 arithmetic format, lm-eval acc"}
@@ -47,3 +49,7 @@ def test_the_lm_eval_score_is_the_greedy_continuation_teacher_forced():
         model.computer.lead_tokens[0, colon] = 20 / TOKEN_LOGIT_SCALE
     contexts = ["Question: Add 12 and 30\nAnswer:"] * 2 + ["Question: Add -5 and 7\nAnswer:"]
     assert greedy_continuations(model, tokenizer, contexts, [" 42", " 43", " 2"], batch_size=2) == [True, False, True]
+
+
+def test_the_held_out_frames_are_in_no_training_ending_set():
+    assert not {ENDINGS[name] for name in HELD_OUT_ENDINGS} & set(WIDE_ENDINGS)  # WIDE_ENDINGS holds PLAIN_ENDINGS
