@@ -731,9 +731,9 @@ def test_the_count_register_gets_the_exact_number_of_written_numbers_whatever_th
 
 
 def test_the_list_answer_loss_is_the_selection_likelihood_of_the_whole_list():
-    """list_selection_nll: a program is right only where its whole answer is the target list (values and length);
+    """right_lists: a program is right only where its whole answer is the target list (values and length);
     the loss reaches the selection head and nothing else in the computer needs it."""
-    from library.training.trainer import list_selection_nll
+    from library.training.trainer import right_lists, selection_nll
 
     tokenizer = llama3_tokenizer()
     model = list_computer(tokenizer).train()
@@ -746,9 +746,9 @@ def test_the_list_answer_loss_is_the_selection_likelihood_of_the_whole_list():
     assert answers[0, 1:, 0].tolist() == [30, -4]  # max, min
     third = torch.tensor(1 / 3)
     for target, length, right in (([-4, 2, 30, 30], 4, True), ([-4, 2, 30], 3, False), ([30], 1, True)):
-        loss = list_selection_nll(run, torch.tensor([target]), torch.tensor([length]), model)
+        loss = selection_nll(run.program_probs, right_lists(run, torch.tensor([target]), torch.tensor([length]), model))
         assert torch.isclose(loss, -third.log() if right else -torch.tensor(1e-6).log()), (target, loss)
-    loss = list_selection_nll(run, torch.tensor([[-4, 2, 30, 30]]), torch.tensor([4]), model)
+    loss = selection_nll(run.program_probs, right_lists(run, torch.tensor([[-4, 2, 30, 30]]), torch.tensor([4]), model))
     loss.backward()
     assert model.computer.select.weight.grad is not None and model.computer.select.weight.grad.abs().sum() > 0
 

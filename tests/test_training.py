@@ -266,24 +266,37 @@ def test_the_binary_parse_loss_is_the_bits_likelihood_of_the_written_numbers(cac
             assert torch.isfinite(trainer.compute_loss(model, dict(batch)))
 
 
-def test_the_hidden_vote_loss_is_the_answer_likelihood_of_the_hidden_votes_alone(cache, tmp_path):
-    """--hidden_vote_loss_weight: the selection's answer loss, −log Σ_k π_k [program k's output = answer], with π
-    the softmax of the hidden-state votes alone; W_vote learns from it."""
+@pytest.mark.parametrize("task_name", ["arithmetic", "sort"])
+def test_the_hidden_vote_loss_is_the_answer_likelihood_of_the_hidden_votes_alone(cache, tmp_path, task_name):
+    """--hidden_vote_loss_weight: the selection's answer loss, −log Σ_k π_k [program k's answer = the answer], with π
+    the softmax of the hidden-state votes alone; W_vote learns from it, for a number and for a whole list."""
+    from library.training.recipes import initialise
+    from library.training.trainer import right_lists
+
     model_args, data_args, computer_args, _, spec, tokenizer, data = task(
-        "--encoding", "binary", "--selection_context", "8", "--selection_hidden_votes", "--hidden_vote_loss_weight",
-        "1", "--train_size", "24", "--validation_size", "2", "--test_size", "2", "--hidden_size", "32", "--heads", "2",
+        "--task", task_name, "--encoding", "binary", "--selection_context", "8", "--selection_hidden_votes",
+        "--hidden_vote_loss_weight", "1", "--train_size", "24", "--validation_size", "2", "--test_size", "2",
+        "--test_long_size", "2", "--hidden_size", "32", "--heads", "2",
     )  # fmt: skip
     torch.manual_seed(0)
     model = build_model(model_args, data_args, computer_args, spec, tokenizer).train()
-    model.computer.copy_parse.init_ordinals({0: 0, 1: 1}, scale=30.0)  # the operands read right: a program is
-    batch = AnswerCollator(tokenizer.pad_token_id, True, with_targets=True)(list(data["train"]))
-    inputs = {key: value for key, value in batch.items() if key != "computer_targets"}
+    lists = task_name == "sort"
+    collator = AnswerCollator(tokenizer.pad_token_id, True, with_targets=True, list_answers=lists)
+    if lists:  # the count and the cells read right: the sort is right, a fold only for a list of one
+        initialise(model, tokenizer, spec, data["train"], collator, computer_args, from_scratch=True)
+    else:  # the operands read right: a program is right where its operation is the row's
+        model.computer.copy_parse.init_ordinals({0: 0, 1: 1}, scale=30.0)
+    batch = collator(list(data["train"]))
+    inputs = {key: value for key, value in batch.items() if not key.startswith("computer_target")}
 
     def hidden_vote_nll() -> torch.Tensor:
         with record_computer_runs() as runs:
             model(**inputs)
-        run = runs[-1]
-        right = model.computer.program_outputs(run) == batch["computer_targets"][:, None]  # (rows, programs)
+        run, targets = runs[-1], batch["computer_targets"]
+        if lists:
+            right = right_lists(run, targets, batch["computer_target_lengths"], model)  # (rows, programs)
+        else:
+            right = model.computer.program_outputs(run) == targets[:, None]
         assert right.any(-1).all() and not right.all()
         return -(run.hidden_votes.softmax(-1) * right).sum(-1).log().mean()
 
@@ -677,7 +690,7 @@ def test_the_binary_list_task_computes_once_with_the_count_and_a_copy_of_every_c
     target; the model counts the numbers into r1, cell k copies the k-th number (all 16 cells, not only the
     training lengths'), and its answer loss is the likelihood of the whole list."""
     from library.training.recipes import initialise
-    from library.training.trainer import list_selection_nll
+    from library.training.trainer import right_lists, selection_nll
 
     model_args, data_args, computer_args, _, spec, tokenizer, data = task(
         "--task", "sort", "--encoding", "binary", "--train_size", "8", "--validation_size", "2", "--test_size", "2",
@@ -703,7 +716,10 @@ def test_the_binary_list_task_computes_once_with_the_count_and_a_copy_of_every_c
         assert answer[:length] == row["answer"]  # every length up to 16, read and sorted before any training
     targets, target_lengths = batch["computer_targets"], batch["computer_target_lengths"]
     probs = runs[-1].program_probs[:, 0]
-    assert torch.allclose(list_selection_nll(runs[-1], targets, target_lengths, model), -probs.log().mean())
+    assert torch.allclose(
+        selection_nll(runs[-1].program_probs, right_lists(runs[-1], targets, target_lengths, model)),
+        -probs.log().mean(),
+    )
 
 
 def test_selection_nll_is_the_exact_likelihood_of_the_answer_over_the_programs():

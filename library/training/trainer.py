@@ -106,12 +106,13 @@ class DCompTrainer(Trainer):
         if writes_tokens:
             if model.training:  # the answer loss on the output bits and the trigger's loss (docs/TRAINING.md)
                 run = runs[-1]
-                answered = targets is not None and len(targets) > 0 and self.answer_loss_weight  # text rows: none
-                if answered and target_lengths is not None:
-                    loss = loss + self.answer_loss_weight * list_selection_nll(run, targets, target_lengths, self.model)
-                elif answered:
-                    right = right_programs(run, targets, self.model)
-                    loss = loss + self.answer_loss_weight * selection_nll(run.program_probs, right)
+                if targets is not None and len(targets) > 0:  # text rows: none
+                    if target_lengths is not None:  # list answers (issue 13)
+                        right = right_lists(run, targets, target_lengths, self.model)
+                    else:
+                        right = right_programs(run, targets, self.model)
+                    if self.answer_loss_weight:
+                        loss = loss + self.answer_loss_weight * selection_nll(run.program_probs, right)
                     if self.hidden_vote_loss_weight and run.hidden_votes is not None:  # they also select alone
                         alone = run.hidden_votes.softmax(-1)
                         loss = loss + self.hidden_vote_loss_weight * selection_nll(alone, right)
@@ -177,10 +178,11 @@ def selection_nll(program_probs: torch.Tensor, right: torch.Tensor) -> torch.Ten
     return -likelihood.clamp_min(1e-6).log().mean()
 
 
-def list_selection_nll(run, targets: torch.Tensor, lengths: torch.Tensor, model) -> torch.Tensor:
-    """`selection_nll` for whole answers (issue 13): program k is right where its answer (a list for the programs of
-    `library_list_programs`, else its output register; `LlamaDCompComputer.program_answers`) is the target list
-    `targets (positions, K)`, of `lengths (positions,)` numbers, exactly."""
+def right_lists(run, targets: torch.Tensor, lengths: torch.Tensor, model) -> torch.Tensor:
+    """`right_programs` for whole answers (issue 13), `(positions, programs)` bool: program k is right where its
+    answer (a list for the programs of `library_list_programs`, else its output register;
+    `LlamaDCompComputer.program_answers`) is the target list `targets (positions, K)`, of `lengths (positions,)`
+    numbers, exactly."""
     computer = LlamaDCompPreTrainedModel.computers(model)[0]
     answers, answer_lengths = computer.program_answers(run)  # (positions, programs, cells), (positions, programs)
     device = run.program_probs.device
@@ -189,8 +191,7 @@ def list_selection_nll(run, targets: torch.Tensor, lengths: torch.Tensor, model)
     answers = torch.nn.functional.pad(answers, (0, width - answers.shape[-1]))
     targets = torch.nn.functional.pad(targets, (0, width - targets.shape[-1]))
     inside = torch.arange(width, device=device) < lengths[:, None]  # (positions, width)
-    same = ((answers == targets[:, None]) | ~inside[:, None]).all(-1) & (answer_lengths == lengths[:, None])
-    return selection_nll(run.program_probs, same)
+    return ((answers == targets[:, None]) | ~inside[:, None]).all(-1) & (answer_lengths == lengths[:, None])
 
 
 def trigger_loss(
