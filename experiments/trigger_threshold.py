@@ -6,7 +6,8 @@ computer writes tokens.
   share of questions whose trigger fires at the answer position, i.e. σ(logit) there exceeds the threshold.
 * False activations: docstring paragraphs of `library.texts.CALIBRATION_PACKAGES` (neither the packages whose
   docstrings train the trigger nor the standard library that `experiments.pass_through` reports on), the first
-  `--max-tokens` tokens of each: the share of positions, and of texts, where it fires.
+  `--max-tokens` tokens of each: the share of positions, and of texts, where it fires once a number is written
+  (before one, neither head runs the computer).
 
 One forward pass per prompt records the trigger's logits; each threshold is then a comparison. The threshold chosen
 is the highest of the grid that computes every validation question the default 1/2 computes, or all but a share
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import tempfile
@@ -49,14 +51,16 @@ FIELDS = {"trigger": "computer_trigger_threshold", "lead": "computer_lead_thresh
 @torch.no_grad()
 def head_logits(model, sequences: list[list[int]], head: str = "trigger") -> list[torch.Tensor]:
     """The trigger's (or the lead head's) logit `(seq,)` at every position of each token list, one unpadded forward
-    each."""
+    each; −inf before the first number token, where neither runs the computer (`number_written`)."""
+    token_value = model.computer.numbers.token_value  # (vocab,): a digit token's value, else −1
     found = []
     for ids in sequences:
         batch = torch.tensor([ids])
         with runs_of(model)() as runs:
             model(batch, attention_mask=torch.ones_like(batch))
         (logits,) = [getattr(run, f"{head}_logits") for run in runs if run.trigger_logits is not None]
-        found.append(logits[0].float())
+        written = (token_value[batch[0]] >= 0).cumsum(0) > 0
+        found.append(logits[0].float().masked_fill(~written, -math.inf))
     return found
 
 

@@ -42,10 +42,13 @@ def test_the_trigger_logits_are_read_at_every_position():
     ids = [tokenizer.encode(text, add_special_tokens=False) for text in ("Add 3 and 4 ", "Hello")]
     found = head_logits(model, ids)
     assert [len(logits) for logits in found] == [len(row) for row in ids]
-    assert all(torch.allclose(logits, torch.full_like(logits, -3.0)) for logits in found)  # the weight starts at 0
+    start = ids[0].index(tokenizer.convert_tokens_to_ids("3"))  # before the first number, no head computes
+    assert torch.isneginf(found[0][:start]).all() and torch.isneginf(found[1]).all()
+    assert torch.allclose(found[0][start:], torch.full_like(found[0][start:], -3.0))  # the weight starts at 0
     with torch.no_grad():
         model.computer.lead.bias.fill_(-2.0)
-    assert all(torch.allclose(logits, torch.full_like(logits, -2.0)) for logits in head_logits(model, ids, "lead"))
+    lead = head_logits(model, ids, "lead")[0]
+    assert torch.allclose(lead[start:], torch.full_like(lead[start:], -2.0)) and torch.isneginf(lead[:start]).all()
 
 
 def test_calibration_texts_come_from_their_own_packages():
