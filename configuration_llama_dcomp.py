@@ -213,8 +213,9 @@ class LlamaDCompConfig(LlamaConfig):
     """The lead head's own threshold (`computer_lead_token_id`): it runs the computer where σ(lead logit) exceeds this
     probability; in (0, 1). None: `computer_trigger_threshold`. The lead fires only at the end of a question that
     leaves out the space ("…\nAnswer:"), a frame a user may write in ways no training prompt did, where its logit
-    sits near 0 while ordinary text stays far below (docs/RESULTS.md §7); `experiments.trigger_threshold --head
-    lead` lowers it as far as ordinary text allows. A policy, as the trigger's: not in `library_fingerprint`."""
+    can sit near 0; a lower threshold answers more of those and fires on more ordinary text (docs/RESULTS.md §7).
+    `experiments.trigger_threshold --head lead` picks the lowest that fires on no more ordinary text than 1/2. A
+    policy, as the trigger's: not in `library_fingerprint`."""
 
     computer_selection_context: int = 0
     """The program selection (§3.1) also adds a learned vote per token id for each of the last k tokens (the

@@ -139,6 +139,14 @@ class NumberTokens(nn.Module):
         is_sign = nn.functional.pad((signed_start | plus_start)[:, 1:], (0, 1), value=False) & ~joined
         return ReadNumbers(value, is_number, is_first, is_last, readable, is_sign)
 
+    def written(self, input_ids: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """`(batch, seq)` bool: whether a digit token stands at or before each position (`valid` positions only, where
+        given): where the text has written a number that a program could compute from."""
+        digits = self.token_value[input_ids.clamp(0, self.token_value.shape[0] - 1)] >= 0
+        if valid is not None:
+            digits = digits & valid.bool()
+        return digits.cumsum(1) > 0
+
     def group_separators(self, input_ids: torch.Tensor, is_digit: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
         """`(batch, seq)` bool: the group separator tokens that stand between a run of 1–3 digits and a run of
         exactly 3 ("12,345"), given the digit tokens `is_digit (batch, seq)` and `steps = arange(seq)`."""

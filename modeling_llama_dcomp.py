@@ -780,11 +780,7 @@ class LlamaDCompComputer(nn.Module):
         of `history`), padding skipped. The library's programs compute from the numbers a prompt writes, so where
         none is written yet the trigger and the lead do not run the computer."""
         assert self.numbers is not None
-        ids = history.input_ids
-        written = self.numbers.token_value[ids.clamp(0, self.numbers.token_value.shape[0] - 1)] >= 0
-        if history.valid is not None:
-            written = written & history.valid.bool()
-        return (written.cumsum(1) > 0)[:, ids.shape[1] - seq :]
+        return self.numbers.written(history.input_ids, history.valid)[:, history.input_ids.shape[1] - seq :]
 
     def token_context_logits(self, table: torch.Tensor, history: ComputerCache, seq: int) -> torch.Tensor:
         """s · Σ_j table[j, x_{t−j}] (s = `TOKEN_LOGIT_SCALE`, j < k, `table` `(k, vocab)`: `trigger_tokens` or

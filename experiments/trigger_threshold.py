@@ -15,7 +15,7 @@ is the highest of the grid that computes every validation question the default 1
 other way: it fires where a question ends without the space ("…\nAnswer:"), a frame users write in ways no trained
 prompt does, where its logit sits near 0 (docs/RESULTS.md §7). Its recall is read at the last token of the plain
 validation prompts (before their space), and the threshold chosen is the lowest of `LEAD_THRESHOLDS` that fires on
-no more calibration positions than the trained 1/2. The validation split
+no more calibration positions, and no more texts, than the trained 1/2. The validation split
 asks in trained phrasings, so a threshold chosen on it can miss questions asked otherwise (docs/RESULTS.md §7,
 seed 13: 0.95 kept every validation question and lost a quarter of the phrasings no split uses). `--write` records it
 in the folder's config.json, which keeps the checkpoint loadable (the threshold is a policy, not part of
@@ -52,14 +52,13 @@ FIELDS = {"trigger": "computer_trigger_threshold", "lead": "computer_lead_thresh
 def head_logits(model, sequences: list[list[int]], head: str = "trigger") -> list[torch.Tensor]:
     """The trigger's (or the lead head's) logit `(seq,)` at every position of each token list, one unpadded forward
     each; −inf before the first number token, where neither runs the computer (`number_written`)."""
-    token_value = model.computer.numbers.token_value  # (vocab,): a digit token's value, else −1
     found = []
     for ids in sequences:
         batch = torch.tensor([ids])
         with runs_of(model)() as runs:
             model(batch, attention_mask=torch.ones_like(batch))
         (logits,) = [getattr(run, f"{head}_logits") for run in runs if run.trigger_logits is not None]
-        written = (token_value[batch[0]] >= 0).cumsum(0) > 0
+        written = model.computer.numbers.written(batch)[0]
         found.append(logits[0].float().masked_fill(~written, -math.inf))
     return found
 

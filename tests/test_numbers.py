@@ -121,6 +121,16 @@ def test_read_ignores_ids_outside_the_table_and_the_vocabulary():
     assert read.is_number.tolist() == [[False, True, False]] and read.value.tolist() == [[0, 7, 0]]
 
 
+def test_a_number_is_written_from_its_first_valid_digit_on():
+    numbers = tokenizer(False)
+    ids = torch.tensor([encode("a b 12 c", ONE_DIGIT), encode("a 7 b c d", ONE_DIGIT)[:8]])
+    first = [False] * 4 + [True] * 4  # from the "1" of 12 on
+    second = [False] * 2 + [True] * 6  # from the 7 on
+    assert numbers.written(ids).tolist() == [first, second]
+    valid = torch.ones_like(ids).index_fill_(1, torch.tensor([2]), 0)  # the 7 is padding: no number in row 2
+    assert numbers.written(ids, valid).tolist() == [first, [False] * 8]
+
+
 def test_a_plan_covers_its_answer_and_its_end_mark():
     plan = ReadoutPlan.empty(2, "cpu").assign(0, 3, torch.tensor([5, 6]), 2)
     positions = torch.arange(8).expand(2, -1)
