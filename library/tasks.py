@@ -48,9 +48,11 @@ model writes it, and the answer follows as after "text ".
 
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import inspect
+import itertools
 import json
 import os
 import random
@@ -236,7 +238,19 @@ WIDE_ENDINGS: tuple[str, ...] = PLAIN_ENDINGS + (
     "Task: {text}\nResponse:",
     "Query: {text} Reply:",
 )
-ENDINGS = {"default": PLAIN_ENDINGS, "wide": WIDE_ENDINGS}  # train.py --endings
+# `--endings wide_shares`: WIDE_ENDINGS drawn with PLAIN_ENDINGS' shares of the three kinds of ending (no space 1/5,
+# line break 1/5, a frame 3/5; the frames share theirs evenly). Drawn evenly, WIDE_ENDINGS gives the line break 1/13
+# against 7/13 for frames that go on after a line break, and the trigger learns to wait at every line break.
+WIDE_FRAMES = tuple(ending for ending in WIDE_ENDINGS if ending not in ("{text}", "{text}\n"))
+WIDE_SHARED_ENDINGS: dict[str, int] = {"{text}": len(WIDE_FRAMES), "{text}\n": len(WIDE_FRAMES)} | dict.fromkeys(
+    WIDE_FRAMES, 3
+)
+# train.py --endings: each ending with its weight (its share of the ending prompts is weight / total)
+ENDINGS: dict[str, Mapping[str, int]] = {
+    "default": dict.fromkeys(PLAIN_ENDINGS, 1),
+    "wide": dict.fromkeys(WIDE_ENDINGS, 1),
+    "wide_shares": WIDE_SHARED_ENDINGS,
+}
 ENDING_SEED = 1  # `_held_out`'s seed for the ending share (the chat share uses 0): the two are drawn apart
 
 # How a list is written in a prompt ({values} of a list phrasing), issue 13.
@@ -719,7 +733,7 @@ def tokenize_for_causal_lm(
     max_length: int | None = None,
     chat_fraction: float = 0.0,
     ending_fraction: float = 0.0,
-    endings: tuple[str, ...] = PLAIN_ENDINGS,
+    endings: Mapping[str, int] | tuple[str, ...] = PLAIN_ENDINGS,
 ) -> datasets.Dataset | datasets.DatasetDict:
     """Adds `input_ids`, `attention_mask`, `labels` and `answer_position` to a task Dataset or DatasetDict.
 
@@ -727,7 +741,7 @@ def tokenize_for_causal_lm(
     the answer tokens and EOS. A share `chat_fraction` of the prompts (chosen by a hash of the text) is instead
     the tokenizer's chat template around `text` as the user's message, up to the assistant's turn. A share
     `ending_fraction` of the other (plain) prompts ends in one of `endings` instead (by another hash of the
-    text); after an ending without a final space or line break, the space is the answer's first token, written by
+    text; a mapping gives each ending its integer weight, a tuple weighs them evenly); after an ending without a final space or line break, the space is the answer's first token, written by
     the model (labelled), and `answer_position` is at that space, as in a prompt that ends with it.
     max_length None leaves rows unpadded (pad batches with a collator that pads
     labels with -100 on the right, e.g. `DataCollatorForSeq2Seq`); an int pads every row to max_length with
@@ -739,6 +753,13 @@ def tokenize_for_causal_lm(
         return _held_out([text], 0, chat_fraction) if 0 < chat_fraction < 1 else chat_fraction == 1
 
     space = [space_token(tokenizer)]
+    weights = endings if isinstance(endings, Mapping) else dict.fromkeys(endings, 1)
+    total = sum(weights.values())
+    bounds = list(itertools.accumulate(weights.values()))
+
+    def ending_at(draw: int) -> str:
+        """The ending whose share of [0, total) holds `draw` (evenly weighted: `endings[draw]`)."""
+        return list(weights)[bisect.bisect_right(bounds, draw)]
 
     def prompt_tokens(text: str) -> tuple[list[int], list[int]]:
         """The prompt's tokens, and the tokens the model writes before the answer's own (a space, or none)."""
@@ -749,7 +770,7 @@ def tokenize_for_causal_lm(
         if not _held_out([text], ENDING_SEED, ending_fraction):
             return tokenizer(text + " ")["input_ids"], []
         digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
-        prompt = endings[int.from_bytes(digest, "little") % len(endings)].format(text=text)
+        prompt = ending_at(int.from_bytes(digest, "little") % total).format(text=text)
         return tokenizer(prompt)["input_ids"], [] if prompt[-1].isspace() else space
 
     def encode(batch: dict) -> dict:
@@ -772,7 +793,7 @@ def tokenize_for_causal_lm(
         return out
 
     # `map` would fingerprint its closure, tokenizer included, twice per split (~0.3 s each): hash it once.
-    settings = f"{max_length}:{chat_fraction}:{ending_fraction}:{endings}"
+    settings = f"{max_length}:{chat_fraction}:{ending_fraction}:{weights}"
     key = fingerprint(datasets.fingerprint.Hasher.hash(tokenizer), settings, _SOURCE_KEY)
 
     def apply(split: datasets.Dataset) -> datasets.Dataset:

@@ -17,6 +17,7 @@ from library.tasks import (
     PHRASINGS,
     PLAIN_ENDINGS,
     WIDE_ENDINGS,
+    WIDE_SHARED_ENDINGS,
     arithmetic_task,
     composable,
     compose,
@@ -448,6 +449,28 @@ def test_an_ending_share_of_plain_prompts_ends_otherwise_and_the_model_writes_a_
         tokenizer(t + " ")["input_ids"] + tokenizer(a, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         for t, a in zip(texts, data["answer_text"])
     ]
+
+
+def test_ending_weights_set_each_endings_share_and_even_weights_draw_as_a_tuple_does():
+    """`endings` as a mapping: an ending's share of the ending prompts is its weight over the total
+    (WIDE_SHARED_ENDINGS keeps PLAIN_ENDINGS' shares of no space, line break and frame); even weights draw the
+    same endings as the tuple, so the recorded `--endings default` / `wide` runs keep their rows."""
+    from test_readout import TOKENIZERS
+
+    tokenizer = TOKENIZERS["smollm2"]()
+    texts = [f"What is {a} plus {a % 7}?" for a in range(1500)]
+    data = datasets.Dataset.from_dict({"text": texts, "answer_text": [str(a + a % 7) for a in range(1500)]})
+
+    def prompts(endings) -> list[str]:
+        rows = tokenize_for_causal_lm(data, tokenizer, ending_fraction=1.0, endings=endings)
+        return [tokenizer.decode(row["input_ids"][: row["answer_position"] + 1]) for row in rows]
+
+    assert prompts(dict.fromkeys(WIDE_ENDINGS, 1)) == prompts(WIDE_ENDINGS)
+    shared = prompts(WIDE_SHARED_ENDINGS)
+    line_breaks = sum(prompt.endswith("?\n") for prompt in shared) / len(shared)
+    no_space = sum(prompt.endswith("? ") and not prompt.endswith("= ") for prompt in shared) / len(shared)
+    assert 0.16 < line_breaks < 0.24 and 0.16 < no_space < 0.24, (line_breaks, no_space)
+    assert sum(prompt.endswith("?\n") for prompt in prompts(WIDE_ENDINGS)) / len(shared) < 0.11  # 1 in 13
 
 
 def clashing_endings(tokenizer, endings: tuple[str, ...], text: str) -> list[tuple[str, str]]:

@@ -77,10 +77,12 @@ class DataArguments:
                   "space (no space, a line break, \"Answer:\" frames: library.tasks.PLAIN_ENDINGS); test splits "
                   "keep train.py's own ending"},
     )  # fmt: skip
-    endings: Literal["default", "wide"] = field(
+    endings: Literal["default", "wide", "wide_shares"] = field(
         default="default",
         metadata={"help": "--ending_fraction's endings: default = library.tasks.PLAIN_ENDINGS; wide = also more "
-                  "frames and cue words (\"=\", \"Input: … Output:\", …: library.tasks.WIDE_ENDINGS)"},
+                  "frames and cue words (\"=\", \"Input: … Output:\", …: library.tasks.WIDE_ENDINGS), drawn evenly; "
+                  "wide_shares = those frames with the default's shares of no space, line break and frame "
+                  "(library.tasks.WIDE_SHARED_ENDINGS)"},
     )  # fmt: skip
     operations: str = field(default="add,sub,mul,div", metadata={"help": "arithmetic operations, comma-separated"})
     phrasings: Literal["default", "wide"] = field(
