@@ -741,9 +741,10 @@ def tokenize_for_causal_lm(
     the answer tokens and EOS. A share `chat_fraction` of the prompts (chosen by a hash of the text) is instead
     the tokenizer's chat template around `text` as the user's message, up to the assistant's turn. A share
     `ending_fraction` of the other (plain) prompts ends in one of `endings` instead (by another hash of the
-    text; a mapping gives each ending its integer weight, a tuple weighs them evenly); after an ending without a final space or line break, the space is the answer's first token, written by
-    the model (labelled), and `answer_position` is at that space, as in a prompt that ends with it.
-    max_length None leaves rows unpadded (pad batches with a collator that pads
+    text; a mapping gives each ending its integer weight, a tuple weighs them evenly); after an ending without a
+    final space or line break, the space is the answer's first token, written by the model (labelled), and
+    `answer_position` is at that space, as in a prompt that ends with it. max_length None leaves rows unpadded (pad
+    batches with a collator that pads
     labels with -100 on the right, e.g. `DataCollatorForSeq2Seq`); an int pads every row to max_length with
     `tokenizer.pad_token_id` on `tokenizer.padding_side` (answer_position counts the padding) and raises
     ValueError for a longer row, since truncation would cut off the answer.
