@@ -270,12 +270,14 @@ def closed_forms(u: torch.Tensor, v: torch.Tensor, ops) -> tuple[dict, dict]:
     if "dec" in ops:
         full["dec"] = u.roll(-1, -1) * sum_v
     if "add" in ops or "sub" in ops:
-        # Circular convolution / correlation: Σ_a u_a v_{c−a} and Σ_b u_{c+b} v_b.
-        u_hat, v_hat = torch.fft.rfft(u), torch.fft.rfft(v)  # (batch, n // 2 + 1)
+        # Circular convolution / correlation: Σ_a u_a v_{c−a} and Σ_b u_{c+b} v_b. In float64: a float32 FFT
+        # leaves ~1e-8 on every value of a one-hot sum, which `lt`'s CDF piles up and a long run compounds (a
+        # 250-step program fell below the halting threshold); float64 leaves ~1e-17.
+        u_hat, v_hat = torch.fft.rfft(u.double()), torch.fft.rfft(v.double())  # (batch, n // 2 + 1)
         if "add" in ops:
-            full["add"] = torch.fft.irfft(u_hat * v_hat, n)
+            full["add"] = torch.fft.irfft(u_hat * v_hat, n).to(u.dtype)
         if "sub" in ops:
-            full["sub"] = torch.fft.irfft(u_hat * v_hat.conj(), n)
+            full["sub"] = torch.fft.irfft(u_hat * v_hat.conj(), n).to(u.dtype)
     if {"max", "min", "lt"} & set(ops):
         cdf_u, cdf_v = u.cumsum(-1), v.cumsum(-1)  # (batch, n): Σ_{a ≤ c} u_a
         below_u = F.pad(cdf_u[:, :-1], (1, 0))  # Σ_{a < c} u_a

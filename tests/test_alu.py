@@ -137,6 +137,21 @@ def test_gradcheck_fft_closed_forms():
     assert torch.autograd.gradcheck(functools.partial(alu, ops=tuple(FFT_OPS)), (op_probs, u, v), fast_mode=True)
 
 
+def test_fft_add_and_sub_of_one_hot_values_in_float32_are_one_hot():
+    """The float32 machine's add/sub (FFT, n ≥ FFT_MIN_N) put no more than 1e-12 anywhere but on the result:
+    a float32 FFT left ~1e-8 on every value, which a 250-step program compounded past its halting threshold
+    (tests/test_python_compiler.py's example)."""
+    n = 128
+    a, b = torch.arange(n).repeat_interleave(n), torch.arange(n).repeat(n)  # every pair
+    u, v = torch.nn.functional.one_hot(a, n).float(), torch.nn.functional.one_hot(b, n).float()
+    alu, columns = TableALU(n), {op: i for i, op in enumerate(ALU_OPS)}
+    for op, result in (("add", (a + b) % n), ("sub", (a - b) % n)):
+        op_probs = torch.nn.functional.one_hot(torch.tensor(columns[op]), len(ALU_OPS)).float().expand(n * n, -1)
+        out = alu(op_probs, u, v, ops=(op,))
+        expected = torch.nn.functional.one_hot(result, n).float()
+        assert (out - expected).abs().max() < 1e-12, op
+
+
 def test_closed_forms_match_table_mode_at_larger_n():
     """Every closed form (FFT add/sub included) against the general index-table path, odd n, float64."""
     n, gen = 129, torch.Generator().manual_seed(7)
