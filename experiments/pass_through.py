@@ -77,8 +77,11 @@ def compare(model, base, tokenizer, texts: list[str], prompt_tokens: int, new_to
         log_ratio += math.log(ppl / base_ppl)
         same_choice += int((choices == base_choices).sum())
         fired = sum(int(run.positions.sum()) for run in runs if run.trigger_logits is not None)  # where it computed
+        written = model.computer.numbers.written(ids)  # (1, seq): before a number, the lead cannot run the computer
         leads = sum(
-            int((run.lead_logits > model.computer.lead_threshold).sum()) for run in runs if run.lead_logits is not None
+            int(((run.lead_logits > model.computer.lead_threshold) & written).sum())
+            for run in runs
+            if run.lead_logits is not None
         )
         fired_positions += fired
         lead_positions += leads

@@ -53,6 +53,10 @@ def test_a_firing_lead_head_is_a_false_activation_too():
     firing = compare(model, tiny_llama_for(tokenizer), tokenizer, texts, prompt_tokens=8, new_tokens=6)
     assert firing["lead_activation_positions"] > 0 and firing["false_activation_positions"] > 0  # it computes there
     assert firing["texts_with_activation"] == 1.0 and firing["greedy_token_agreement"] < 1.0
+    # Before a number is written neither head can run the computer, so the lead's logit there counts for nothing.
+    numberless = [text for text in ordinary_texts(100, 200) if not re.search(r"\d", text)][:2]
+    quiet = compare(model, tiny_llama_for(tokenizer), tokenizer, numberless, prompt_tokens=8, new_tokens=6)
+    assert quiet["lead_activation_positions"] == 0.0 == quiet["texts_with_activation"]
 
 
 def test_zero_shot_reads_the_last_integer_as_written():
