@@ -257,6 +257,11 @@ class LlamaDCompConfig(LlamaConfig):
     LLaMA-3 and SmolLM2 write "12*-7", "x=-3"). The symbol stands between the minus and any number before it, so
     the number after one is negative even directly after another number: "12*-7" is 12 and −7."""
 
+    computer_joined_minus_symbol_ids: list[int] = field(default_factory=list)
+    """For each of `computer_joined_minus_token_ids`, in order, the token that writes its symbol alone ("*" for
+    "*-"), or -1 where none does; empty: none is known. In the program selection's token votes a joined minus votes
+    as its symbol: its minus belongs to the number, and "12*-7" is a product like "12*7"."""
+
     computer_group_separator_ids: list[int] = field(default_factory=list)
     """Tokens that write the "," between digit groups. In the binary encoding one of them directly between a run
     of 1–3 digits and a run of exactly 3 joins the two into one number: "12,345" is 12345, "-1,234,567" is
@@ -539,6 +544,17 @@ class LlamaDCompConfig(LlamaConfig):
         require(not overlap, "computer_plus_token_ids", f"token ids {overlap} write digits, a minus or a separator")
         stray = sorted(set(self.computer_joined_minus_token_ids) - set(self.computer_minus_token_ids))
         require(not stray, "computer_joined_minus_token_ids", f"token ids {stray} are not in computer_minus_token_ids")
+        symbols = self.computer_joined_minus_symbol_ids
+        require(
+            not symbols or len(symbols) == len(self.computer_joined_minus_token_ids),
+            "computer_joined_minus_symbol_ids",
+            f"has {len(symbols)} entries for {len(self.computer_joined_minus_token_ids)} joined minus tokens",
+        )
+        require(
+            all(-1 <= token < self.vocab_size for token in symbols),
+            "computer_joined_minus_symbol_ids",
+            f"must be token ids in [0, vocab_size={self.vocab_size}) or -1",
+        )
         require(self.computer_trigger_context >= 0, "computer_trigger_context", "must be >= 0")
         lead = self.computer_lead_token_id
         require(

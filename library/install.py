@@ -105,6 +105,17 @@ def number_vocabulary(tokenizer) -> tuple[dict[str, int], list[int], list[int]]:
     return chunks, [token for *_, token in sorted(minus)], sorted(joined)
 
 
+def joined_minus_symbols(tokenizer, joined: list[int]) -> list[int]:
+    """For each joined minus token (`number_vocabulary`'s third list), the token that writes its symbol alone ("*"
+    for "*-", " (" for " (-"), or -1 where the tokenizer writes that symbol with more than one token
+    (`computer_joined_minus_symbol_ids`)."""
+    symbols = []
+    for token in joined:
+        ids = tokenizer.encode(tokenizer.decode([token])[:-1], add_special_tokens=False)
+        symbols.append(ids[0] if len(ids) == 1 else -1)
+    return symbols
+
+
 def plus_signs(tokenizer) -> list[int]:
     """The tokens that decode to "+" after optional spaces (`computer_plus_token_ids`: LLaMA-3 and SmolLM2 write
     "+5" and "times +5" with "+" and " +")."""
@@ -150,8 +161,8 @@ def from_llama(
     `computer_kwargs` are further `LlamaDCompConfig` fields (`computer_encoding`, `computer_values`,
     `computer_registers`, `library_input_registers`, …). With a `tokenizer`, a unit computer's W_out starts from
     the embeddings of the number tokens "0" … "n-1" (`init_output_from_embeddings`), and a binary one or one with
-    `computer_output="tokens"` gets the tokenizer's number tokens (`number_vocabulary`), group separator
-    (`group_separators`) and plus signs (`plus_signs`) unless they are given.
+    `computer_output="tokens"` gets the tokenizer's number tokens (`number_vocabulary`, `joined_minus_symbols`),
+    group separator (`group_separators`) and plus signs (`plus_signs`) unless they are given.
     The gate starts at `computer_gate_init` (0.0: the logits equal
     the Llama's exactly). The model is built in the Llama's dtype and moved to its device; the program buffers
     stay float32."""
@@ -166,6 +177,7 @@ def from_llama(
             "computer_digit_tokens": digits,
             "computer_minus_token_ids": minus,
             "computer_joined_minus_token_ids": joined,
+            "computer_joined_minus_symbol_ids": joined_minus_symbols(tokenizer, joined),
             "computer_group_separator_ids": computer_kwargs.get(
                 "computer_group_separator_ids", group_separators(tokenizer)
             ),

@@ -32,6 +32,7 @@ VALID = dict(
 # The copy parse, for the list fields (one token per value 0..15)
 COPY = {"computer_parse": "copy", "computer_number_token_ids": list(range(10, 26))}
 READ_OUT = {**COPY, "computer_output": "tokens", "computer_digit_tokens": {str(d): 10 + d for d in range(10)}}
+JOINED = {"computer_minus_token_ids": [5], "computer_joined_minus_token_ids": [5]}  # one joined minus
 
 
 def test_defaults_build_and_describe_an_empty_library():
@@ -56,7 +57,7 @@ def test_every_computer_field_is_documented():
         and following.value.value.strip()
     }
     fields = {name for name in LlamaDCompConfig.__dataclass_fields__ if name.startswith(("computer_", "library_"))}
-    assert len(fields) == 44 and "trained_sequence_length" in documented
+    assert len(fields) == 45 and "trained_sequence_length" in documented
     assert fields <= documented, fields - documented
 
 
@@ -122,6 +123,8 @@ INVALID = [
     ({"computer_number_token_ids": [10**9]}, "computer_number_token_ids"),  # >= vocab_size
     ({"computer_minus_token_ids": [10**9]}, "computer_minus_token_ids"),  # >= vocab_size
     ({"computer_joined_minus_token_ids": [5]}, "computer_joined_minus_token_ids"),  # not a minus token
+    ({"computer_joined_minus_symbol_ids": [6]}, "computer_joined_minus_symbol_ids"),  # no joined minus to match
+    ({**JOINED, "computer_joined_minus_symbol_ids": [-2]}, "computer_joined_minus_symbol_ids"),  # no token id
     ({"computer_group_separator_ids": [10**9]}, "computer_group_separator_ids"),  # >= vocab_size
     ({"computer_group_separator_ids": [5], "computer_minus_token_ids": [5]}, "computer_group_separator_ids"),
     ({"computer_plus_token_ids": [10**9]}, "computer_plus_token_ids"),  # >= vocab_size

@@ -561,6 +561,32 @@ def test_the_selection_votes_of_the_last_token_ids_choose_the_program(name):
     assert sub_margin(model, tokenizer, far) == 0.0
 
 
+@pytest.mark.parametrize("name", ["llama3", "smollm2"])
+def test_a_joined_minus_votes_as_its_symbol_alone(name, tmp_path):
+    """computer_joined_minus_symbol_ids: "12*-7" is a product like "12*7", so its "*-" votes with the row of "*"
+    (`joined_minus_symbols` finds it), not with its own, and the row survives save and load (it is rebuilt from
+    the config, never stored)."""
+    from modeling_llama_dcomp import LlamaDCompForCausalLM
+
+    tokenizer = TOKENIZERS[name]()
+    model = voting_calculator(tokenizer, context=12)  # every minus token's own row votes +10 for sub
+    config = model.config
+    symbols = dict(zip(config.computer_joined_minus_token_ids, config.computer_joined_minus_symbol_ids))
+    (star,) = tokenizer.encode("*", add_special_tokens=False)
+    (star_minus,) = [token for token in tokenizer.encode("12*-7", add_special_tokens=False) if token in symbols]
+    assert tokenizer.decode([star_minus]) == "*-" and symbols[star_minus] == star
+    found = {token: symbol for token, symbol in symbols.items() if symbol >= 0}
+    assert all(tokenizer.decode([symbol]) + "-" == tokenizer.decode([token]) for token, symbol in found.items())
+    assert sub_margin(model, tokenizer, "Then 12*-7 = ") == 0.0  # "*" casts no vote
+    with torch.no_grad():
+        model.computer.selection_tokens[star] = torch.tensor([5.0, -5.0]) / TOKEN_LOGIT_SCALE  # "*" votes add
+    assert sub_margin(model, tokenizer, "Then 12*-7 = ") == pytest.approx(-10.0, abs=1e-3)
+    assert sub_margin(model, tokenizer, "Then 12*7 = ") == pytest.approx(-10.0, abs=1e-3)
+    model.save_pretrained(tmp_path)
+    loaded = LlamaDCompForCausalLM.from_pretrained(tmp_path)
+    assert sub_margin(loaded, tokenizer, "Then 12*-7 = ") == pytest.approx(-10.0, abs=1e-3)
+
+
 def test_the_selection_dropout_drops_single_votes_in_training_only():
     """computer_selection_dropout: in training each vote is kept or dropped alone (the margin of three minus votes
     is 0, 10, 20 or 30, and varies); in evaluation every vote counts."""

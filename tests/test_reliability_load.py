@@ -62,6 +62,7 @@ EDITS = {
     "computer_parse": "copy",
     "computer_number_token_ids": [-1] * 15 + [7],
     "computer_digit_tokens": {str(digit): 10 + digit for digit in range(10)},
+    "computer_joined_minus_symbol_ids": [6],
     "computer_joined_minus_token_ids": [5],
     "computer_minus_token_ids": [5],
     "computer_group_separator_ids": [6],
@@ -85,6 +86,7 @@ COPYING = {"computer_parse": "copy", "computer_number_token_ids": list(range(10,
 # Fields that cannot change alone: their edit also changes these (listed after them in ANSWER_FIELDS).
 COMPANIONS = {
     "computer_parse": {"computer_number_token_ids": list(range(10, 26))},
+    "computer_joined_minus_symbol_ids": {"computer_joined_minus_token_ids": [5], "computer_minus_token_ids": [5]},
     "computer_joined_minus_token_ids": {"computer_minus_token_ids": [5]},
     "library_count_register": COPYING,
     "library_list_programs": {"library_count_register": 1, **COPYING},
