@@ -500,15 +500,6 @@ class ComputerCache:
     votes: torch.Tensor | None = None  # (batch, L, programs) W_vote RMSNorm(h_t); None without hidden votes
 
 
-def vote_rows(config: LlamaDCompConfig) -> torch.Tensor:
-    """`(vocab,)` the row of `selection_tokens` each token id votes with: its own, but a joined minus votes with
-    its symbol's ("*-" as "*": `computer_joined_minus_symbol_ids`)."""
-    rows = torch.arange(config.vocab_size)
-    for joined, symbol in zip(config.computer_joined_minus_token_ids, config.computer_joined_minus_symbol_ids):
-        rows[joined] = joined if symbol < 0 else symbol
-    return rows
-
-
 class LlamaDCompComputer(nn.Module):
     """The computer block Δ with its library Λ (paper §3, Figure 1), run on the residual stream.
 
@@ -542,7 +533,6 @@ class LlamaDCompComputer(nn.Module):
     loss."""
 
     entry_points: torch.Tensor  # (programs,) start line of each program: a persistent buffer
-    vote_ids: torch.Tensor  # (vocab,) the selection_tokens row each token id votes with (`vote_rows`)
 
     def __init__(self, config: LlamaDCompConfig):
         super().__init__()
@@ -572,7 +562,9 @@ class LlamaDCompComputer(nn.Module):
         self.selection_tokens = (
             nn.Parameter(torch.empty(config.vocab_size, len(self.program_names))) if self.selection_context else None
         )
-        self.register_buffer("vote_ids", vote_rows(config), persistent=False)  # built from the config
+        # a joined minus votes with its symbol's row ("*-" as "*"): joined token id → symbol token id
+        pairs = zip(config.computer_joined_minus_token_ids, config.computer_joined_minus_symbol_ids)
+        self.joined_symbols = {joined: symbol for joined, symbol in pairs if symbol >= 0}
         # the window's hidden states vote too (None: the token ids alone)
         self.selection_hidden_votes = (
             selection_head(hidden_size, len(self.program_names)) if config.computer_selection_hidden_votes else None
@@ -934,7 +926,7 @@ class LlamaDCompComputer(nn.Module):
         """s · Σ_{j<k} selection_tokens[x_{t−j}] `(P, programs)` (s = `TOKEN_LOGIT_SCALE`, k = `selection_context`)
         at absolute position t = `columns (P,)` of row `rows (P,)` of the history (its numbers `read`, `(batch, L)`
         each): each token id of the window votes for programs wherever it stands in it (a joined minus with its
-        symbol's row, `vote_ids`); padding, number tokens and a number's sign vote nothing; in training each vote
+        symbol's row, `voting_rows`); padding, number tokens and a number's sign vote nothing; in training each vote
         is dropped with probability `selection_dropout`.
         Returned with, under `computer_selection_hidden_votes`, the mean of the voting tokens' `W_vote RMSNorm(h)`
         `(P, programs)` (never dropped: the vote a word no training prompt had still casts; else None)."""
@@ -950,10 +942,20 @@ class LlamaDCompComputer(nn.Module):
             hidden = (history.votes[rows] * counted).sum(1) / counted.sum(1).clamp_min(1.0)  # (P, programs)
         if self.training and self.selection_dropout:
             voting = voting & (torch.rand(voting.shape, device=voting.device) >= self.selection_dropout)
-        voters = self.vote_ids[ids.clamp(0, self.selection_tokens.shape[0] - 1)]  # (P, L): the rows they vote with
+        voters = self.voting_rows(ids.clamp(0, self.selection_tokens.shape[0] - 1))  # (P, L)
         votes = self.selection_tokens[voters]  # (P, L, programs)
         by_id = TOKEN_LOGIT_SCALE * (votes * voting[..., None].to(votes.dtype)).sum(1)
         return by_id, hidden
+
+    def voting_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """The row of `selection_tokens` each token id of `ids (P, L)` votes with: its own, but a joined minus's
+        symbol's (`computer_joined_minus_symbol_ids`: "12*-7" is chosen as "12*7" is)."""
+        if not self.joined_symbols:
+            return ids
+        joined = torch.tensor(list(self.joined_symbols), device=ids.device)  # (J,)
+        symbols = torch.tensor(list(self.joined_symbols.values()), device=ids.device)  # (J,)
+        match = ids[..., None] == joined  # (P, L, J)
+        return torch.where(match.any(-1), symbols[match.int().argmax(-1)], ids)
 
     @staticmethod
     def written_count(read: ReadNumbers, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
@@ -1158,8 +1160,6 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
                     init.zeros_(module.lead_tokens)
             if module.selection_tokens is not None:
                 init.zeros_(module.selection_tokens)
-            with torch.device("cpu"):  # non-persistent, so never loaded: built again from the config
-                init.copy_(module.vote_ids, vote_rows(config))
             if module.selection_hidden_votes is not None:
                 init.zeros_(module.selection_hidden_votes.weight)
             placeholder = halt_program(config)
