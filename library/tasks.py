@@ -241,9 +241,11 @@ WIDE_ENDINGS: tuple[str, ...] = PLAIN_ENDINGS + (
 # `--endings wide_shares`: WIDE_ENDINGS drawn with PLAIN_ENDINGS' shares of the three kinds of ending (no space 1/5,
 # line break 1/5, a frame 3/5; the frames share theirs evenly). Drawn evenly, WIDE_ENDINGS gives the line break 1/13
 # against 7/13 for frames that go on after a line break, and the trigger learns to wait at every line break.
-WIDE_FRAMES = tuple(ending for ending in WIDE_ENDINGS if ending not in ("{text}", "{text}\n"))
-WIDE_SHARED_ENDINGS: dict[str, int] = {"{text}": len(WIDE_FRAMES), "{text}\n": len(WIDE_FRAMES)} | dict.fromkeys(
-    WIDE_FRAMES, 3
+BARE_ENDINGS = ("{text}", "{text}\n")  # no space, a line break: the endings that are no frame
+WIDE_FRAMES = tuple(ending for ending in WIDE_ENDINGS if ending not in BARE_ENDINGS)
+# Each bare ending weighs as all wide frames together, each frame as the plain frames together: bare 1/5 each.
+WIDE_SHARED_ENDINGS: dict[str, int] = dict.fromkeys(BARE_ENDINGS, len(WIDE_FRAMES)) | dict.fromkeys(
+    WIDE_FRAMES, len(PLAIN_ENDINGS) - len(BARE_ENDINGS)
 )
 # train.py --endings: each ending with its weight (its share of the ending prompts is weight / total)
 ENDINGS: dict[str, Mapping[str, int]] = {
@@ -744,10 +746,9 @@ def tokenize_for_causal_lm(
     text; a mapping gives each ending its integer weight, a tuple weighs them evenly); after an ending without a
     final space or line break, the space is the answer's first token, written by the model (labelled), and
     `answer_position` is at that space, as in a prompt that ends with it. max_length None leaves rows unpadded (pad
-    batches with a collator that pads
-    labels with -100 on the right, e.g. `DataCollatorForSeq2Seq`); an int pads every row to max_length with
-    `tokenizer.pad_token_id` on `tokenizer.padding_side` (answer_position counts the padding) and raises
-    ValueError for a longer row, since truncation would cut off the answer.
+    batches with a collator that pads labels with -100 on the right, e.g. `DataCollatorForSeq2Seq`); an int pads
+    every row to max_length with `tokenizer.pad_token_id` on `tokenizer.padding_side` (answer_position counts the
+    padding) and raises ValueError for a longer row, since truncation would cut off the answer.
     """
 
     def chat(text: str) -> bool:
@@ -755,12 +756,12 @@ def tokenize_for_causal_lm(
 
     space = [space_token(tokenizer)]
     weights = endings if isinstance(endings, Mapping) else dict.fromkeys(endings, 1)
-    total = sum(weights.values())
+    names, total = list(weights), sum(weights.values())
     bounds = list(itertools.accumulate(weights.values()))
 
     def ending_at(draw: int) -> str:
         """The ending whose share of [0, total) holds `draw` (evenly weighted: `endings[draw]`)."""
-        return list(weights)[bisect.bisect_right(bounds, draw)]
+        return names[bisect.bisect_right(bounds, draw)]
 
     def prompt_tokens(text: str) -> tuple[list[int], list[int]]:
         """The prompt's tokens, and the tokens the model writes before the answer's own (a space, or none)."""

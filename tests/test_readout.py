@@ -564,8 +564,8 @@ def test_the_selection_votes_of_the_last_token_ids_choose_the_program(name):
 @pytest.mark.parametrize("name", ["llama3", "smollm2"])
 def test_a_joined_minus_votes_as_its_symbol_alone(name, tmp_path):
     """computer_joined_minus_symbol_ids: "12*-7" is a product like "12*7", so its "*-" votes with the row of "*"
-    (`joined_minus_symbols` finds it), not with its own, and the row survives save and load (it is rebuilt from
-    the config, never stored)."""
+    (`joined_minus_symbols` finds it), not with its own, and after save and load too (the pairs are config
+    fields)."""
     from modeling_llama_dcomp import LlamaDCompForCausalLM
 
     tokenizer = TOKENIZERS[name]()
