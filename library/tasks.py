@@ -348,6 +348,78 @@ WIDE_QUESTIONS: dict[str, tuple[str, ...]] = {
     "mod": ("{a}%{b}",),
 }
 
+# The wider set (`phrasings="wider"`): the wide set, more words per operation and more question frames, each
+# expression in every question frame. A selection that has seen many ways of naming each operation leans less on
+# any one word. Still nothing from experiments/new_phrasings' frames and words (tests/test_experiments_new_phrasings).
+WIDER_FRAMES: tuple[str, ...] = (
+    "Please figure out {expr}.",
+    "So what's {expr}?",
+    "Hey, what is {expr}?",
+    "I wonder what {expr} is.",
+    "Could you find {expr}?",
+    "What number is {expr}?",
+    "Show me {expr}.",
+    "Math: {expr} =",
+)
+WIDER_QUESTIONS: dict[str, tuple[str, ...]] = {
+    "add": (
+        "{a} with {b} added",
+        "the total when {b} is added to {a}",
+        "{a} plus another {b}",
+        "{a} enlarged by {b}",
+        "{a} boosted by {b}",
+        "the combined total of {a} and {b}",
+        "{a} grown by {b}",
+        "{b} on top of {a}",
+        "{a} and {b} in total",
+        "{a} gaining {b}",
+        "{a} and {b} together",
+        "{a} pluses {b}",
+    ),
+    "sub": (
+        "{a} with {b} taken away",
+        "{a} dropped by {b}",
+        "{a} shrunk by {b}",
+        "{a} after losing {b}",
+        "{a} fallen by {b}",
+        "{a} after taking away {b}",
+        "{a} once {b} is deducted",
+        "{a} lessened by {b}",
+        "{a} knocked down by {b}",
+        "{a} with {b} subtracted",
+        "{a} short of {b}",
+        "{a} declined by {b}",
+    ),
+    "mul": (
+        "{a} rows of {b}",
+        "{a} sets of {b}",
+        "{a} batches of {b}",
+        "{a} packs of {b}",
+        "{a} boxes of {b}",
+        "the area of a {a} by {b} rectangle",
+        "{a} repeated {b} times",
+        "{a} taken {b} times",
+        "the product when {a} is multiplied by {b}",
+        "{a} multiplies {b}",
+        "{a} bags of {b} each",
+        "{a} times as much as {b}",
+    ),
+    "div": (
+        "{a} dealt out among {b}",
+        "{a} split evenly into {b}",
+        "{a} in groups of {b}",
+        "{a} distributed over {b}",
+        "{a} shared between {b}",
+        "{a} broken into {b} equal groups",
+        "{a} parted into {b} shares",
+        "{a} portioned {b} ways",
+        "how many {b}s fit in {a}",
+        "{a} divided among {b} people",
+        "the share of each of {b} from {a}",
+        "{a} spread over {b}",
+    ),
+}
+
 ARITHMETIC_TEMPLATES = compose(ARITHMETIC_EXPRESSIONS)
 QUESTION_TEMPLATES = compose(ARITHMETIC_QUESTIONS, QUESTION_FRAMES)
 PHRASINGS = {
@@ -359,6 +431,13 @@ PHRASINGS["wide"] = {
     + compose(ARITHMETIC_QUESTIONS, WIDE_FRAMES)[op]
     + compose(WIDE_QUESTIONS, QUESTION_FRAMES + WIDE_FRAMES).get(op, ())
     for op, templates in PHRASINGS["all"].items()
+}
+PHRASINGS["wider"] = {
+    op: templates
+    + compose(ARITHMETIC_QUESTIONS, WIDER_FRAMES).get(op, ())
+    + compose(WIDE_QUESTIONS, WIDER_FRAMES).get(op, ())
+    + compose(WIDER_QUESTIONS, QUESTION_FRAMES + WIDE_FRAMES + WIDER_FRAMES).get(op, ())
+    for op, templates in PHRASINGS["wide"].items()
 }
 FIBONACCI_TEMPLATES = compose(FIBONACCI_EXPRESSIONS)
 LIST_TEMPLATES = compose(LIST_EXPRESSIONS)
@@ -546,7 +625,8 @@ def arithmetic_task(
     a share `exact_division_fraction` of the divisions come out even (a is rounded towards zero to a multiple of
     b, after swapping magnitudes so that |a| ≥ |b|).
     phrasings: "commands" ("Add 3 and 4", the paper's), "all" (also the questions "What is 3 plus 4?", "What is
-    12*-7?") or "wide" (also more frames and words, "Calculate 12 reduced by 7.").
+    12*-7?"), "wide" (also more frames and words, "Calculate 12 reduced by 7.") or "wider" (the wide set with more
+    words and frames, "So what's 12 shrunk by 7?").
     Splits train / validation / test (module docstring); `cache_dir=` sets the disk cache folder.
     """
     unknown = set(operations) - set(ARITHMETIC_TEMPLATES)

@@ -324,19 +324,23 @@ def test_signed_arithmetic_asks_questions_too_and_divisions_come_out_even_in_the
         arithmetic_task(max_digits=2, phrasings="poems", cache_dir=tmp_path)
 
 
-def test_wide_phrasings_add_frames_and_unspaced_symbols_whose_numbers_read_back(tmp_path):
-    """phrasings="wide": every "all" phrasing and more, numbers written as symbols without spaces included
-    ("12*-7", "5--3"); the numbers read back from each prompt, signed, are the operands in the phrasing's order,
-    and the answers are Python's."""
+@pytest.mark.parametrize(
+    ("kind", "narrower", "example"),
+    [("wide", "all", "Calculate {a}*{b}."), ("wider", "wide", "So what's {a} shrunk by {b}?")],
+)
+def test_wide_phrasings_add_frames_and_unspaced_symbols_whose_numbers_read_back(tmp_path, kind, narrower, example):
+    """phrasings="wide" ("wider"): every "all" ("wide") phrasing and more, numbers written as symbols without spaces
+    included ("12*-7", "5--3"); the numbers read back from each prompt, signed, are the operands in the phrasing's
+    order, and the answers are Python's."""
     from library.training.data import written_numbers
 
-    for op, templates in PHRASINGS["wide"].items():
-        assert set(PHRASINGS["all"][op]) < set(templates) and len(set(templates)) == len(templates)
-    assert "Calculate {a}*{b}." in PHRASINGS["wide"]["mul"] and "{A}-{b} =" not in PHRASINGS["wide"]["sub"]
+    for op, templates in PHRASINGS[kind].items():
+        assert set(PHRASINGS[narrower][op]) < set(templates) and len(set(templates)) == len(templates)
+    assert example in [t for ts in PHRASINGS[kind].values() for t in ts] and "{A}-{b} =" not in PHRASINGS[kind]["sub"]
     data = arithmetic_task(
-        train_size=1200, validation_size=10, test_size=100, max_digits=4, phrasings="wide", cache_dir=tmp_path
+        train_size=1200, validation_size=10, test_size=100, max_digits=4, phrasings=kind, cache_dir=tmp_path
     )
-    phrasings = [phrasing for op in ("add", "sub", "mul", "div") for phrasing in PHRASINGS["wide"][op]]
+    phrasings = [phrasing for op in ("add", "sub", "mul", "div") for phrasing in PHRASINGS[kind][op]]
     python = {"add": int.__add__, "sub": int.__sub__, "mul": int.__mul__, "div": int.__floordiv__}
     unspaced = 0
     for split in ("train", "test"):

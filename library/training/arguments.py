@@ -85,10 +85,11 @@ class DataArguments:
                   "(library.tasks.WIDE_SHARED_ENDINGS)"},
     )  # fmt: skip
     operations: str = field(default="add,sub,mul,div", metadata={"help": "arithmetic operations, comma-separated"})
-    phrasings: Literal["default", "wide"] = field(
+    phrasings: Literal["default", "wide", "wider"] = field(
         default="default",
         metadata={"help": "arithmetic: default = the paper's commands (unit) or commands and questions (binary); "
-                  "wide (binary) = also more frames and symbols written without spaces (library.tasks)"},
+                  "wide (binary) = also more frames and symbols written without spaces (library.tasks); wider "
+                  "(binary) = the wide set with more words per operation and more question frames"},
     )  # fmt: skip
     train_size: int = field(default=20000, metadata={"help": "training examples"})
     validation_size: int = field(default=500, metadata={"help": "validation examples (learning curve)"})

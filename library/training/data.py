@@ -99,8 +99,8 @@ def task_spec(args, reversed_programs: bool = True) -> TaskSpec:
     if args.task == "arithmetic":
         operations = tuple(args.operations.split(","))
         binary = args.encoding == "binary"  # numbers as people write them: questions too, even divisions
-        wide = getattr(args, "phrasings", "default") == "wide"  # run_settings.json of older runs has no phrasings
-        phrasings = "wide" if wide else "all" if binary else "commands"
+        chosen = getattr(args, "phrasings", "default")  # run_settings.json of older runs has no phrasings
+        phrasings = chosen if chosen != "default" else "all" if binary else "commands"
         templates = {op: task_library.PHRASINGS[phrasings][op] for op in operations}
         reversed_ops = tuple(f"r{op}" for op in operations if op in NOT_COMMUTATIVE) if reversed_programs else ()
         return TaskSpec(
