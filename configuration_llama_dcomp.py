@@ -10,7 +10,7 @@ differentiable computer Δ runs it, and its output is written back into the resi
 import difflib
 import math
 import warnings
-from dataclasses import field
+from dataclasses import MISSING, field, fields
 
 from huggingface_hub.dataclasses import strict
 from huggingface_hub.errors import StrictDataclassFieldValidationError
@@ -358,6 +358,12 @@ class LlamaDCompConfig(LlamaConfig):
         writes at first (`end_mark_prior`)."""
         eos = self.eos_token_id
         return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+
+    @classmethod
+    def field_default(cls, name: str):
+        """The value field `name` takes when config.json leaves it out (as a config saved before it existed)."""
+        spec = next(spec for spec in fields(cls) if spec.name == name)
+        return spec.default_factory() if spec.default is MISSING else spec.default
 
     def check_computer(self) -> None:
         """Raises `ValueError` naming the first field that cannot work (also run after an install)."""

@@ -178,7 +178,8 @@ def fingerprint_parts(fingerprint: str) -> dict[str, str]:
 
 def check_answer_fields(config) -> None:
     """Raises `LibraryMismatchError` naming the first field of `ANSWER_FIELDS` whose value is not the one the
-    library was installed with (per `config.library_fingerprint`; fields it records no hash of are not judged)."""
+    library was installed with (per `config.library_fingerprint`; a field it records no hash of is left to
+    `verify_library`, which accepts its default)."""
     if config.library_fingerprint is None:
         return
     recorded = fingerprint_parts(config.library_fingerprint)
@@ -1250,7 +1251,8 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
 
     def verify_library(self) -> None:
         """Raises `LibraryMismatchError` naming the mismatch when the library buffers, or a field of
-        `ANSWER_FIELDS`, do not match the config's fingerprint, or when no decoder layer holds the computer (run by
+        `ANSWER_FIELDS`, do not match the config's fingerprint (a field it has no hash of must hold its default:
+        a checkpoint saved before the field existed), or when no decoder layer holds the computer (run by
         `from_pretrained` after loading)."""
         config = self.config
         check_answer_fields(config)
@@ -1300,11 +1302,18 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
                     raise LibraryMismatchError(
                         f"the ALU table buffer machine.alu.{name} does not match its definition in dcomp_alu"
                     )
-        unrecorded = [name for name in convention if name not in expected_parts]
+        # A field the fingerprint has no hash of came after the install: its default is the behaviour the library
+        # was installed with, so an older checkpoint loads as long as nobody changed it.
+        unrecorded = [
+            name
+            for name in convention
+            if name not in expected_parts and getattr(config, name) != config.field_default(name)
+        ]
         if unrecorded:
             raise LibraryMismatchError(
-                f"config.library_fingerprint records no hash of {unrecorded} (written by an older installer, or "
-                "edited): reinstall the library (library.install.install_library) and save again"
+                f"config.library_fingerprint records no hash of {unrecorded}, and they differ from their defaults "
+                "(the fingerprint was written by an older installer, or edited): reinstall the library "
+                "(library.install.install_library) and save again"
             )
 
     def verify_finite_weights(self) -> None:

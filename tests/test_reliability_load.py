@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from model_fixtures import tiny_model
+from model_fixtures import random_ids, tiny_model
 from safetensors.torch import load_file, save_file
 from test_install import tiny_tokenizer
 from transformers import AutoModelForCausalLM
 
+from configuration_llama_dcomp import LlamaDCompConfig
 from library.install import save_model_with_tokenizer
 from library.loading import LoadingError, check_generation_arguments, load_model, load_tokenizer
 from modeling_llama_dcomp import ANSWER_FIELDS, LibraryMismatchError, LlamaDCompForCausalLM
@@ -149,6 +150,38 @@ def test_a_fingerprint_without_the_field_hashes_is_refused(folder):
     fingerprint = json.loads((folder / "config.json").read_text())["library_fingerprint"]
     edit_config(folder, library_fingerprint=";".join(fingerprint.split(";")[:2]))  # an older installer's
     with pytest.raises(LibraryMismatchError, match="records no hash of .*computer_layer"):
+        LlamaDCompForCausalLM.from_pretrained(folder)
+
+
+def without_hash(folder: Path, field: str) -> None:
+    """The folder's fingerprint as an installer from before `field` existed wrote it."""
+    fingerprint = json.loads((folder / "config.json").read_text())["library_fingerprint"]
+    parts = [part for part in fingerprint.split(";") if not part.startswith(f"{field}=")]
+    assert len(parts) == len(fingerprint.split(";")) - 1
+    edit_config(folder, library_fingerprint=";".join(parts))
+
+
+def test_a_checkpoint_from_before_a_field_loads_while_the_field_holds_its_default(saved, folder):
+    """A new answer field must not orphan older checkpoints: with no hash of it and its default value (what
+    config.json without it loads with), the checkpoint loads and answers as before."""
+    without_hash(folder, "computer_halt_threshold")
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    assert config.pop("computer_halt_threshold") == LlamaDCompConfig.field_default("computer_halt_threshold")
+    path.write_text(json.dumps(config))  # as config.json from before the field
+    model = LlamaDCompForCausalLM.from_pretrained(folder)
+    assert model.config.computer_halt_threshold == LlamaDCompConfig.field_default("computer_halt_threshold")
+    ids = random_ids(2, 6)
+    expected = LlamaDCompForCausalLM.from_pretrained(saved)(input_ids=ids).logits
+    torch.testing.assert_close(model(input_ids=ids).logits, expected, rtol=0, atol=0)
+
+
+def test_a_field_without_a_hash_and_off_its_default_is_refused(folder):
+    without_hash(folder, "computer_halt_threshold")
+    edit_config(folder, computer_halt_threshold=0.95)
+    with pytest.raises(
+        LibraryMismatchError, match=r"records no hash of \['computer_halt_threshold'\], and they differ"
+    ):
         LlamaDCompForCausalLM.from_pretrained(folder)
 
 
