@@ -363,7 +363,10 @@ class LlamaDCompConfig(LlamaConfig):
     def field_default(cls, name: str):
         """The value field `name` takes when config.json leaves it out (as a config saved before it existed)."""
         spec = next(spec for spec in fields(cls) if spec.name == name)
-        return spec.default_factory() if spec.default is MISSING else spec.default
+        if spec.default is MISSING:
+            assert spec.default_factory is not MISSING, name  # every field of this config has a default
+            return spec.default_factory()
+        return spec.default
 
     def check_computer(self) -> None:
         """Raises `ValueError` naming the first field that cannot work (also run after an install)."""
