@@ -362,7 +362,7 @@ class LlamaDCompConfig(LlamaConfig):
     @classmethod
     def field_default(cls, name: str):
         """The value field `name` takes when config.json leaves it out (as a config saved before it existed)."""
-        spec = next(spec for spec in fields(cls) if spec.name == name)
+        spec = {spec.name: spec for spec in fields(cls)}[name]
         if spec.default is MISSING:
             assert spec.default_factory is not MISSING, name  # every field of this config has a default
             return spec.default_factory()

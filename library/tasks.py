@@ -242,10 +242,10 @@ WIDE_ENDINGS: tuple[str, ...] = PLAIN_ENDINGS + (
 # line break 1/5, a frame 3/5; the frames share theirs evenly). Drawn evenly, WIDE_ENDINGS gives the line break 1/13
 # against 7/13 for frames that go on after a line break, and the trigger learns to wait at every line break.
 BARE_ENDINGS = ("{text}", "{text}\n")  # no space, a line break: the endings that are no frame
-WIDE_FRAMES = tuple(ending for ending in WIDE_ENDINGS if ending not in BARE_ENDINGS)
+WIDE_ENDING_FRAMES = tuple(ending for ending in WIDE_ENDINGS if ending not in BARE_ENDINGS)
 # Each bare ending weighs as all wide frames together, each frame as the plain frames together: bare 1/5 each.
-WIDE_SHARED_ENDINGS: dict[str, int] = dict.fromkeys(BARE_ENDINGS, len(WIDE_FRAMES)) | dict.fromkeys(
-    WIDE_FRAMES, len(PLAIN_ENDINGS) - len(BARE_ENDINGS)
+WIDE_SHARED_ENDINGS: dict[str, int] = dict.fromkeys(BARE_ENDINGS, len(WIDE_ENDING_FRAMES)) | dict.fromkeys(
+    WIDE_ENDING_FRAMES, len(PLAIN_ENDINGS) - len(BARE_ENDINGS)
 )
 # train.py --endings: each ending with its weight (its share of the ending prompts is weight / total)
 ENDINGS: dict[str, Mapping[str, int]] = {
