@@ -721,7 +721,8 @@ class LlamaDCompComputer(nn.Module):
         sharp value) and written one per position from the computing position on (`ReadoutPlan`), then the end
         mark. Neither runs it before the text has written a number (`number_written`). A position inside an
         earlier answer does not start another, unless the text has left that answer (`ReadoutPlan.followed`: a
-        prompt that goes on after a number the trigger answered). Where the lead head fires outside every answer
+        prompt that goes on after a number the trigger answered) or the trigger fires right after a lead
+        (`takes_over`). Where the lead head fires outside every answer
         and the trigger does not (`computer_lead_token_id`, `computer_lead_threshold`), the computer runs there too
         and its answer starts with the lead token (`with_lead`): the space a prompt ending in "Answer:" leaves
         out, or the space and minus in one token before a negative answer. Fills `call.writes`; the residual
@@ -735,7 +736,7 @@ class LlamaDCompComputer(nn.Module):
         plan = history.plan.followed(call.input_ids, absolute)  # an earlier answer, up to where the text left it
         fire = call.positions if call.explicit else call.positions & (trigger_logits > self.trigger_threshold)
         if not call.explicit:
-            fire = fire & ~plan.covers(absolute.expand(batch, -1))
+            fire = fire & (~plan.covers(absolute.expand(batch, -1)) | self.takes_over(plan, absolute))
         lead_logits = None if self.lead is None else self.lead(normed).squeeze(-1)  # (batch, seq)
         if lead_logits is not None and self.lead_tokens is not None:
             lead_logits = lead_logits + self.token_context_logits(self.lead_tokens, history, seq)
@@ -756,13 +757,27 @@ class LlamaDCompComputer(nn.Module):
         self._write_plan(writes, plan, absolute)  # an answer carried over from earlier calls
         for row, (b, column) in enumerate(computing.nonzero().tolist()):  # in order: a later start follows its answer
             start = int(absolute[column])
-            if bool(plan.covers(torch.full((batch, 1), start, device=absolute.device))[b, 0]):
-                continue
+            at = torch.full((batch, 1), start, device=absolute.device)
+            if bool(plan.covers(at)[b, 0]):
+                if not (bool(fire[b, column]) and bool(self.takes_over(plan, at)[b, 0])):
+                    continue
+                writes[b, column:] = torch.tensor([-1, 0], device=writes.device)  # the lead's answer, after its lead
             plan = plan.assign(b, start, tokens[row], int(lengths[row])).followed(call.input_ids, absolute)
             self._write_plan(writes, plan.select(torch.tensor([b], device=absolute.device)), absolute, row=b)
         history.plan = plan
         call.writes, call.writer = writes, self
         return hidden_states
+
+    def takes_over(self, plan: ReadoutPlan, positions: torch.Tensor) -> torch.Tensor:
+        """`positions (batch, seq)` or `(seq,)` absolute → bool `(batch, seq)`: the position right after a lead the
+        text wrote itself ("What is 3-4? " where the lead fired at "?"). The answer the lead computed has written
+        nothing but that lead, and the trigger, firing here, has read one token more, the ending train.py's prompts
+        have: its answer replaces the lead's. In one call or across a cache, so both decode alike."""
+        if self.lead_token_id is None:
+            return torch.zeros(plan.start.shape[0], positions.shape[-1], dtype=torch.bool, device=plan.start.device)
+        positions = positions.expand(plan.start.shape[0], -1)
+        after_lead = (positions == plan.start[:, None] + 1) & (plan.tokens[:, :1] == self.lead_token_id)
+        return after_lead & plan.covers(positions)
 
     def with_lead(
         self, tokens: torch.Tensor, lengths: torch.Tensor, leading: torch.Tensor

@@ -465,6 +465,42 @@ def test_a_lead_head_writes_the_space_a_prompt_left_out_and_the_trigger_answers_
     assert_every_route_agrees(model, tokenizer, prompts, 6)
 
 
+@pytest.mark.parametrize("name", ["llama3", "smollm2"])
+def test_the_trigger_after_a_lead_the_text_wrote_takes_the_answer_over(name):
+    """A lead fires at the colon of "…Answer:" and plans " 19" (add: no vote there); the text writes the space
+    itself, and the trigger fires there, where the space votes sub: its answer, 5, replaces the lead's, whether the
+    prompt wrote the space or generate() did, through every route. With the trigger silent the lead's answer
+    stands."""
+    tokenizer = TOKENIZERS[name]()
+    space = tokenizer.encode(" ", add_special_tokens=False)[-1]
+    colon = tokenizer.encode("Answer:", add_special_tokens=False)[-1]
+    model = voting_calculator(tokenizer, context=1, computer_trigger_context=2, computer_lead_token_id=space)
+    with torch.no_grad():  # the lead: -4 (its bias) + 10 after a colon; the space votes sub
+        model.computer.lead_tokens[0, colon] = 10.0 / TOKEN_LOGIT_SCALE
+        model.computer.selection_tokens[model.config.computer_minus_token_ids, 1] = 0.0
+        model.computer.selection_tokens[space, 1] = 10.0 / TOKEN_LOGIT_SCALE
+    prompts = ["What is 12 plus 7?\nAnswer:", "What is 12 plus 7?\nAnswer: "]
+
+    def answers() -> list[str]:
+        outputs = []
+        for prompt in prompts:
+            inputs = tokenizer(prompt, return_tensors="pt")
+            generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+            outputs.append(tokenizer.decode(generated[0, inputs.input_ids.shape[1] :], skip_special_tokens=True))
+        return outputs
+
+    without_space, with_space = answers()
+    assert without_space.startswith(" 19") and not without_space[3:4].isdigit(), without_space  # the lead's answer
+    assert with_space.startswith("19") and not with_space[2:3].isdigit(), with_space  # the text followed the lead
+    with torch.no_grad():  # the trigger: -4 (its bias) + 5 + 5 at a space after a colon
+        model.computer.trigger_tokens[0, space] = 5.0 / TOKEN_LOGIT_SCALE
+        model.computer.trigger_tokens[1, colon] = 5.0 / TOKEN_LOGIT_SCALE
+    without_space, with_space = answers()
+    assert without_space.startswith(" 5") and not without_space[2:3].isdigit(), without_space
+    assert with_space.startswith("5") and not with_space[1:2].isdigit(), with_space
+    assert_every_route_agrees(model, tokenizer, prompts, 6)
+
+
 def test_the_lead_fires_above_its_own_threshold_and_the_trigger_keeps_its_own():
     """computer_lead_threshold: the lead's logit −1 (σ 0.27) after a colon stays silent at the trigger's 1/2 and
     answers " 19" at 0.2, while the trigger, whose logit there is also −1, stays silent at its own 1/2; each head
