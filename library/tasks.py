@@ -126,17 +126,13 @@ ARITHMETIC_EXPRESSIONS: dict[str, tuple[str, ...]] = {
 # written with and without spaces ("3 + 4", "3+4", "3+-4"). The signed (multi-digit) task asks both kinds
 # (`phrasings="all"`): people write numbers in questions more than in commands. A token's selection vote is learned
 # per token id, so an operation word no phrasing has votes nothing: the common ones ("increased by", "less", "over")
-# are here, and experiments/new_phrasings measures words no set has. Two frames are commands that end on the
-# expression itself ("Evaluate 3+4"): without them no phrasing ended on a bare number after an unspaced symbol, and the
-# trigger read "Compute 22-645 " as ordinary text.
+# are here, and experiments/new_phrasings measures words no set has.
 QUESTION_FRAMES: tuple[str, ...] = (
     "What is {expr}?",
     "What's {expr}?",
     "How much is {expr}?",
     "{Expr} =",
     "Find {expr}.",
-    "Evaluate {expr}",
-    "Work out {expr}",
 )
 ARITHMETIC_QUESTIONS: dict[str, tuple[str, ...]] = {
     "add": (
@@ -428,8 +424,7 @@ ARITHMETIC_TEMPLATES = compose(ARITHMETIC_EXPRESSIONS)
 QUESTION_TEMPLATES = compose(ARITHMETIC_QUESTIONS, QUESTION_FRAMES)
 PHRASINGS = {
     "commands": ARITHMETIC_TEMPLATES,
-    # a command frame around a question expression can repeat a command ("Work out {a} plus {b}"): kept once
-    "all": {op: tuple(dict.fromkeys(ARITHMETIC_TEMPLATES[op] + QUESTION_TEMPLATES[op])) for op in ARITHMETIC_TEMPLATES},
+    "all": {op: ARITHMETIC_TEMPLATES[op] + QUESTION_TEMPLATES[op] for op in ARITHMETIC_TEMPLATES},
 }
 PHRASINGS["wide"] = {
     op: templates

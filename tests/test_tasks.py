@@ -315,10 +315,6 @@ def test_signed_arithmetic_asks_questions_too_and_divisions_come_out_even_in_the
     assert all(
         f"{{a}}{symbol}{{b}} =" in PHRASINGS["all"][op] for op, symbol in [("add", "+"), ("mul", "*"), ("div", "//")]
     )
-    # and commands that end on such a symbol's second number ("Evaluate 12-7 "), each phrasing once
-    for op, symbol in [("add", "+"), ("sub", "-"), ("mul", "*"), ("div", "//")]:
-        assert any(p.endswith(f"{{a}}{symbol}{{b}}") and p[0].isupper() for p in PHRASINGS["all"][op]), op
-        assert len(set(PHRASINGS["all"][op])) == len(PHRASINGS["all"][op]), op
     divisions = [row["operands"] for row in rows if row["operation"] == "div"]
     even = [(a, b) for a, b in divisions if a % b == 0]
     assert 0.4 < len(even) / len(divisions) < 0.75  # half by construction, plus the few that are even anyway
