@@ -772,7 +772,8 @@ class LlamaDCompComputer(nn.Module):
         """`positions (batch, seq)` or `(seq,)` absolute → bool `(batch, seq)`: the position right after a lead the
         text wrote itself ("What is 3-4? " where the lead fired at "?"). The answer the lead computed has written
         nothing but that lead, and the trigger, firing here, has read one token more, the ending train.py's prompts
-        have: its answer replaces the lead's. In one call or across a cache, so both decode alike."""
+        have: its answer replaces the lead's. In one call or across a cache, so both decode alike. Not after a lead
+        joined with a minus (" -"): that answer has written its sign already."""
         if self.lead_token_id is None:
             return torch.zeros(plan.start.shape[0], positions.shape[-1], dtype=torch.bool, device=plan.start.device)
         positions = positions.expand(plan.start.shape[0], -1)
