@@ -420,6 +420,16 @@ def test_a_trigger_from_the_last_token_ids_fires_alike_cached_uncached_and_left_
     assert_every_route_agrees(model, tokenizer, ["Sort [12, -7, 3] ", "Please sort [5, -100000, 42, 0] "], 14)
 
 
+def greedy_answers(model, tokenizer, prompts: list[str], steps: int = 4) -> list[str]:
+    """Each prompt's greedy `generate()` continuation, special tokens dropped."""
+    outputs = []
+    for prompt in prompts:
+        inputs = tokenizer(prompt, return_tensors="pt")
+        generated = model.generate(**inputs, max_new_tokens=steps, do_sample=False)
+        outputs.append(tokenizer.decode(generated[0, inputs.input_ids.shape[1] :], skip_special_tokens=True))
+    return outputs
+
+
 @pytest.mark.parametrize("name", ["llama3", "smollm2"])
 def test_a_lead_head_writes_the_space_a_prompt_left_out_and_the_trigger_answers_after_it(name):
     """computer_lead_token_id: where the lead fires (here: from its token context, after a colon, where no answer
@@ -430,14 +440,6 @@ def test_a_lead_head_writes_the_space_a_prompt_left_out_and_the_trigger_answers_
     space = tokenizer.encode(" ", add_special_tokens=False)[-1]
     colon = tokenizer.encode("Answer:", add_special_tokens=False)[-1]
     prompts = ["What is 12 plus 7?\nAnswer:", "Add 5 and -30.\nAnswer:"]
-
-    def answers(model) -> list[str]:
-        outputs = []
-        for prompt in prompts:
-            inputs = tokenizer(prompt, return_tensors="pt")
-            generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
-            outputs.append(tokenizer.decode(generated[0, inputs.input_ids.shape[1] :], skip_special_tokens=True))
-        return outputs
 
     space_minus = space_minus_token(tokenizer)
     model = calculator(
@@ -450,12 +452,13 @@ def test_a_lead_head_writes_the_space_a_prompt_left_out_and_the_trigger_answers_
     with torch.no_grad():  # -4 (the bias) + 3 + 3: fires at a space after a colon only
         model.computer.trigger_tokens[0, space] = 3.0 / TOKEN_LOGIT_SCALE
         model.computer.trigger_tokens[1, colon] = 3.0 / TOKEN_LOGIT_SCALE
-    assert not any(answer.startswith((" 19", " -25")) for answer in answers(model))  # the lead is silent at first
+    silent = greedy_answers(model, tokenizer, prompts)
+    assert not any(answer.startswith((" 19", " -25")) for answer in silent)  # the lead is silent at first
     with pytest.raises(ValueError, match="^computer_lead_token_id=.*must be a token id in"):
         model.config.computer_lead_token_id = model.config.vocab_size
     with torch.no_grad():  # -4 (the bias) + 10: fires after a colon only
         model.computer.lead_tokens[0, colon] = 10.0 / TOKEN_LOGIT_SCALE
-    first, second = answers(model)
+    first, second = greedy_answers(model, tokenizer, prompts)
     assert first.startswith(" 19") and not first[3:4].isdigit(), first
     assert second.startswith(" -25") and not second[4:5].isdigit(), second
     inputs = tokenizer(prompts[1], return_tensors="pt")
@@ -481,21 +484,13 @@ def test_the_trigger_after_a_lead_the_text_wrote_takes_the_answer_over(name):
         model.computer.selection_tokens[space, 1] = 10.0 / TOKEN_LOGIT_SCALE
     prompts = ["What is 12 plus 7?\nAnswer:", "What is 12 plus 7?\nAnswer: "]
 
-    def answers() -> list[str]:
-        outputs = []
-        for prompt in prompts:
-            inputs = tokenizer(prompt, return_tensors="pt")
-            generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
-            outputs.append(tokenizer.decode(generated[0, inputs.input_ids.shape[1] :], skip_special_tokens=True))
-        return outputs
-
-    without_space, with_space = answers()
+    without_space, with_space = greedy_answers(model, tokenizer, prompts)
     assert without_space.startswith(" 19") and not without_space[3:4].isdigit(), without_space  # the lead's answer
     assert with_space.startswith("19") and not with_space[2:3].isdigit(), with_space  # the text followed the lead
     with torch.no_grad():  # the trigger: -4 (its bias) + 5 + 5 at a space after a colon
         model.computer.trigger_tokens[0, space] = 5.0 / TOKEN_LOGIT_SCALE
         model.computer.trigger_tokens[1, colon] = 5.0 / TOKEN_LOGIT_SCALE
-    without_space, with_space = answers()
+    without_space, with_space = greedy_answers(model, tokenizer, prompts)
     assert without_space.startswith(" 5") and not without_space[2:3].isdigit(), without_space
     assert with_space.startswith("5") and not with_space[1:2].isdigit(), with_space
     assert_every_route_agrees(model, tokenizer, prompts, 6)
