@@ -725,8 +725,9 @@ class LlamaDCompComputer(nn.Module):
         (`takes_over`). Where the lead head fires outside every answer
         and the trigger does not (`computer_lead_token_id`, `computer_lead_threshold`), the computer runs there too
         and its answer starts with the lead token (`with_lead`): the space a prompt ending in "Answer:" leaves
-        out, or the space and minus in one token before a negative answer. Fills `call.writes`; the residual
-        stream is returned unchanged."""
+        out, or the space and minus in one token before a negative answer. In an explicit call a computing position
+        followed by a computing lead token is a lead (`explicit_leads`). Fills `call.writes`; the residual stream
+        is returned unchanged."""
         assert self.numbers is not None and history is not None  # the config requires digit tokens; the model ids
         batch, seq = call.valid.shape
         absolute = call.past_length + torch.arange(seq, device=hidden_states.device)  # (seq,)
@@ -744,6 +745,9 @@ class LlamaDCompComputer(nn.Module):
         if lead_logits is not None and not call.explicit:
             leading = call.positions & ~fire & ~plan.covers(absolute.expand(batch, -1))
             leading = leading & (lead_logits > self.lead_threshold)
+        elif call.explicit and self.lead_token_id is not None:
+            leading = self.explicit_leads(call)
+            fire = fire & ~leading
         if not call.explicit:  # nothing to compute from before a number is written (a code comment, prose)
             written = self.number_written(history, seq)
             fire, leading = fire & written, leading & written
@@ -751,7 +755,7 @@ class LlamaDCompComputer(nn.Module):
         run = self.run(hidden_states, computing, history, call.past_length, trigger_logits, lead_logits)
         tokens, lengths = self.spell_answers(run)  # (P, symbols), (P,)
         if bool(leading.any()):
-            tokens, lengths = self.with_lead(tokens, lengths, leading[computing])
+            tokens, lengths = self.with_lead(tokens, lengths, leading[computing], join_minus=not call.explicit)
         writes = torch.full((batch, seq, 2), -1, dtype=torch.long, device=hidden_states.device)
         writes[..., 1] = 0
         self._write_plan(writes, plan, absolute)  # an answer carried over from earlier calls
@@ -780,16 +784,28 @@ class LlamaDCompComputer(nn.Module):
         after_lead = (positions == plan.start[:, None] + 1) & (plan.tokens[:, :1] == self.lead_token_id)
         return after_lead & plan.covers(positions)
 
+    def explicit_leads(self, call: ComputerCall) -> torch.Tensor:
+        """`(batch, seq)` bool: the positions of an explicit call (`computer_mask`) that run the computer as a lead:
+        the next position computes too and holds the lead token. Training computes at both (`--lead_computes`),
+        as `generate()` does after a prompt that ends in "Answer:": the lead's answer writes the lead, and the
+        answer position's takes over (`takes_over`)."""
+        assert self.lead_token_id is not None
+        if call.input_ids is None:
+            return torch.zeros_like(call.positions)
+        next_leads = call.positions[:, 1:] & (call.input_ids[:, 1:] == self.lead_token_id)
+        return call.positions & nn.functional.pad(next_leads, (0, 1), value=False)
+
     def with_lead(
-        self, tokens: torch.Tensor, lengths: torch.Tensor, leading: torch.Tensor
+        self, tokens: torch.Tensor, lengths: torch.Tensor, leading: torch.Tensor, join_minus: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The answers `(P, width)`, `(P,)` with the rows `leading (P,)` written after the lead token `(P, width +
-        1)`: a negative answer's minus and the lead become `computer_lead_minus_token_id` where there is one
-        (SmolLM2 writes " -304" as " -", "3", "0", "4"), else the lead token goes first."""
+        1)`: a negative answer's minus and the lead become `computer_lead_minus_token_id` where there is one and
+        `join_minus` (SmolLM2 writes " -304" as " -", "3", "0", "4"), else the lead token goes first. Explicit
+        calls do not join: training's rows write the lead and the minus apart (`tokenize_for_causal_lm`)."""
         assert self.numbers is not None and self.lead_token_id is not None
         tokens = nn.functional.pad(tokens, (0, 1), value=-1)
         joined = leading & (tokens[:, 0] == self.numbers.minus_token)
-        if self.lead_minus_token_id is None:
+        if self.lead_minus_token_id is None or not join_minus:
             joined = torch.zeros_like(joined)
         tokens[:, 0] = torch.where(joined, self.lead_minus_token_id or 0, tokens[:, 0])
         prefixed = leading & ~joined

@@ -117,6 +117,7 @@ def train(model_args, data_args, computer_args, training_args) -> dict:
         trigger_positive_weight=computer_args.trigger_positive_weight,
         trigger_text_weight=computer_args.trigger_text_weight,
         hidden_vote_loss_weight=computer_args.hidden_vote_loss_weight,
+        lead_computes=computer_args.lead_computes,
     )
     if resume:
         print(f"resuming from {resume}", flush=True)

@@ -28,6 +28,7 @@ from library.training.trainer import (
     TrainingError,
     TrainingGuard,
     last_complete_checkpoint,
+    lead_and_answer_positions,
     lead_positions,
     output_lock,
 )
@@ -860,6 +861,54 @@ def test_the_lead_loss_trains_the_lead_head(cache, tmp_path):
     DCompTrainer(model=model, args=args).compute_loss(model, dict(batch)).backward()
     assert model.computer.lead.weight.grad.abs().sum() > 0 and model.computer.lead.bias.grad.abs().sum() > 0
     assert model.computer.lead_tokens.grad.abs().sum() > 0
+
+
+def test_lead_computes_adds_each_lead_to_where_the_computer_runs():
+    """--lead_computes: the leads of `lead_positions` compute too, and each answer's targets serve its lead first,
+    in the computer's row-major order; an answer without a lead (its prompt's last token no space) serves one."""
+    space = 7
+    answer_positions = torch.zeros(2, 6, dtype=torch.bool)
+    answer_positions[0, 3] = answer_positions[1, 2] = answer_positions[1, 5] = True
+    input_ids = torch.full((2, 6), 5)
+    input_ids[0, 3] = input_ids[1, 5] = space
+    computing, counts = lead_and_answer_positions(answer_positions, input_ids, space)
+    assert computing.nonzero().tolist() == [[0, 2], [0, 3], [1, 2], [1, 4], [1, 5]]
+    assert counts.tolist() == [2, 1, 2]
+
+
+def test_lead_computes_trains_the_computer_at_the_lead_as_generate_runs_it(cache, tmp_path):
+    """--lead_computes: the trainer runs the computer at every lead too, with its answer's selection and parse
+    targets (one row each); at a lead it writes the lead token alone (training's rows write the space and the minus
+    apart), and the answer position's answer takes over from the next position, as in `generate()`."""
+    with pytest.raises(SystemExit):
+        arguments("--encoding", "binary", "--lead_computes")
+    model_args, data_args, computer_args, _, spec, tokenizer, data = task(
+        "--encoding", "binary", "--lead_token", "--lead_computes", "--ending_fraction", "0.5", "--train_size", "60",
+        "--validation_size", "4", "--test_size", "4",
+    )  # fmt: skip
+    model = build_model(model_args, data_args, computer_args, spec, tokenizer).train()
+    batch = AnswerCollator(tokenizer.pad_token_id, True, with_targets=True)(list(data["train"].select(range(16))))
+    lead = model.config.computer_lead_token_id
+    computing, counts = lead_and_answer_positions(batch["computer_mask"], batch["input_ids"], lead)
+    assert int((counts == 2).sum()) > 0
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    trainer = DCompTrainer(model=model, args=args, parse_loss_weight=1.0, lead_computes=True)
+    masks = []  # the computer_mask the trainer's forward gets
+    hook = model.model.register_forward_pre_hook(lambda _, a, kw: masks.append(kw["computer_mask"]), with_kwargs=True)
+    loss = trainer.compute_loss(model, dict(batch))  # the targets, repeated, match the positions (else it raises)
+    hook.remove()
+    assert torch.equal(masks[0], computing) and int(computing.sum()) == int(counts.sum())
+    assert torch.isfinite(loss)
+    model.eval()
+    inputs = {name: batch[name] for name in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        alone = model(**inputs, computer_mask=batch["computer_mask"]).logits  # (batch, seq, vocab)
+        led = model(**inputs, computer_mask=computing).logits
+    leads = computing & ~batch["computer_mask"].bool()
+    strength = float(model.computer.readout_strength)
+    assert torch.allclose(led[leads][:, lead] - alone[leads][:, lead], torch.full((int(leads.sum()),), strength))
+    unchanged = ~leads  # the answers write the same from their own positions on
+    assert torch.allclose(led[unchanged], alone[unchanged], atol=1e-5)
 
 
 def test_ordinary_text_is_for_the_token_read_out(capsys):

@@ -242,6 +242,13 @@ class ComputerArguments:
                   "without one (\"Answer:\"), which a frozen base may not (computer_lead_token_id); trained before "
                   "every answer that follows a space, the prompt's own or, with --ending_fraction, the model's"},
     )  # fmt: skip
+    lead_computes: bool = field(
+        default=False,
+        metadata={"help": "--lead_token: in training the computer also runs at each lead position (the token before "
+                  "an answer's space), with that answer's selection and parse losses, as generate() runs it where "
+                  "the lead fires: the lead's answer is computed where it was trained (\"Answer:\" + \" -\" for "
+                  "a negative answer)"},
+    )  # fmt: skip
     selection_context: int = field(
         default=0,
         metadata={"help": "--encoding binary: the program selection also adds learned votes of the last k token ids, "
@@ -307,6 +314,7 @@ class ComputerArguments:
             "selection_hidden_votes",
             "votes over the window of --selection_context: give --selection_context > 0",
         )
+        _check(not self.lead_computes or self.lead_token, "lead_computes", "computes at the lead: give --lead_token")
         _check(
             self.hidden_vote_loss_weight == 0 or self.selection_hidden_votes,
             "hidden_vote_loss_weight",

@@ -55,6 +55,7 @@ class DCompTrainer(Trainer):
         trigger_positive_weight: float = 1.0,
         trigger_text_weight: float = 1.0,
         hidden_vote_loss_weight: float = 0.0,
+        lead_computes: bool = False,
         model_card: str = "",
         **kwargs,
     ):
@@ -65,6 +66,7 @@ class DCompTrainer(Trainer):
         self.trigger_positive_weight = trigger_positive_weight
         self.trigger_text_weight = trigger_text_weight
         self.hidden_vote_loss_weight = hidden_vote_loss_weight
+        self.lead_computes = lead_computes
         self.model_card = model_card
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
@@ -99,6 +101,13 @@ class DCompTrainer(Trainer):
         answer_positions = inputs.get("computer_mask")
         if writes_tokens and not model.training and answer_positions is not None:
             inputs.pop("computer_mask")  # evaluation: the trigger decides where to compute, as in generate()
+        lead_id = getattr(config, "computer_lead_token_id", None)
+        if model.training and self.lead_computes and answer_positions is not None and lead_id is not None:
+            inputs["computer_mask"], counts = lead_and_answer_positions(answer_positions, inputs["input_ids"], lead_id)
+            targets, target_lengths, slot_targets, slot_known = (
+                None if tensor is None else tensor.repeat_interleave(counts.to(tensor.device), 0)
+                for tensor in (targets, target_lengths, slot_targets, slot_known)
+            )
         with record_computer_runs() as runs:
             loss, outputs = super().compute_loss(
                 model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
@@ -231,6 +240,19 @@ def lead_positions(answer_positions: torch.Tensor, input_ids: torch.Tensor, lead
     right, so both are positives: otherwise the same "?" would be a positive in one row and a negative in the other."""
     before = answer_positions.bool() & (input_ids == lead_token_id)
     return torch.nn.functional.pad(before[:, 1:], (0, 1), value=False)
+
+
+def lead_and_answer_positions(
+    answer_positions: torch.Tensor, input_ids: torch.Tensor, lead_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`--lead_computes`: where the computer runs in training `(batch, seq)`, the answer positions and their leads
+    (`lead_positions`; the model's `explicit_leads` reads them back as leads), and how many computing positions
+    each answer position's targets serve `(answers,)`: 2 where a lead precedes it, in the computer's order (row
+    by row, the lead first)."""
+    answers = answer_positions.bool()
+    leads = lead_positions(answers, input_ids, lead_token_id) & ~answers
+    led = torch.nn.functional.pad(leads[:, :-1], (1, 0), value=False)  # (batch, seq): an answer after its lead
+    return answers | leads, 1 + led[answers].long()
 
 
 def non_finite(what: str, step: int, output_dir: str) -> TrainingError:
