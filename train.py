@@ -14,6 +14,7 @@ card) and holds `run_summary.json`. The recipe, why it learns in minutes, and th
 folder, non-finite stop, checked resume): docs/TRAINING.md.
 """
 
+import json
 import shlex
 import sys
 import time
@@ -24,13 +25,21 @@ import torch
 from transformers import set_seed
 
 from library.training.arguments import ArgumentError, check_combinations, parse_arguments, settings
-from library.training.data import AnswerCollator, build_datasets, continue_ordinary_text, task_spec
+from library.training.data import (
+    AnswerCollator,
+    build_datasets,
+    changed_splits,
+    continue_ordinary_text,
+    split_fingerprints,
+    task_spec,
+)
 from library.training.metrics import ExactMatch, answer_predictions, evaluate_split
 from library.training.models import add_lora, build_model, build_tokenizer
 from library.training.outputs import render_model_card, save_learning_curve, write_run_summary
 from library.training.predict import predict
 from library.training.recipes import initialise
 from library.training.trainer import (
+    SETTINGS_FILE,
     DCompTrainer,
     LearningCurve,
     TrainingError,
@@ -55,13 +64,20 @@ def train(model_args, data_args, computer_args, training_args) -> dict:
     torch.set_num_threads(training_args.threads)
     set_seed(training_args.seed)
     resume = resume_checkpoint(output_dir, run_settings) if training_args.resume else None
-    if training_args.process_index == 0:
-        save_settings(output_dir, run_settings)
+    held_out = json.loads((output_dir / SETTINGS_FILE).read_text()).get("splits", {}) if resume else {}
 
     # ---- data and model
     spec = task_spec(data_args, computer_args.reversed_programs)
     tokenizer = build_tokenizer(model_args)
     data = build_datasets(data_args, spec, tokenizer, training_args.seed)
+    run_settings["splits"] = split_fingerprints(data)  # what evaluations check they rebuild
+    if changed := changed_splits(held_out, run_settings["splits"]):
+        raise TrainingError(
+            f"--resume: library.tasks now draws other {', '.join(changed)} questions than {output_dir} was trained "
+            "with (the task code changed): resume at the commit that started the run, or choose another --output_dir"
+        )
+    if training_args.process_index == 0:
+        save_settings(output_dir, run_settings)
     model = build_model(model_args, data_args, computer_args, spec, tokenizer)
     if data_args.text_continuation_fraction > 0:  # the base's own text, generated before any training
         fraction = data_args.text_continuation_fraction

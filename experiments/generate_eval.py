@@ -22,7 +22,7 @@ import torch
 from experiments.common import markdown_table, runs_of
 from library import tasks as task_library
 from library.loading import load_model, load_tokenizer
-from library.training.data import task_spec, test_pairs_split, written_numbers
+from library.training.data import changed_splits, split_fingerprints, task_spec, test_pairs_split, written_numbers
 from library.training.trainer import SETTINGS_FILE
 
 
@@ -35,12 +35,21 @@ def run_settings(folder: Path) -> dict:
 
 
 def raw_test_splits(settings: dict, names: list[str], limit: int | None = None) -> dict:
-    """The run's test splits as text (`run_settings.json`'s task, sizes and seed), the first `limit` rows each."""
+    """The run's test splits as text (`run_settings.json`'s task, sizes and seed), the first `limit` rows each.
+    ValueError where the run saved its splits' fingerprints and `library.tasks` now draws others (the task code
+    changed since: a rebuilt test question may be one the run trained on); a run saved before fingerprints is
+    rebuilt unchecked."""
     data = SimpleNamespace(**settings["data"])
     seed = settings["training"]["seed"]
     spec = task_spec(data)
     raw = task_library.load_task(spec.builder, n=data.n, seed=seed, **spec.builder_kwargs)
     raw["test_pairs"] = test_pairs_split(spec, raw["train"], raw["test"], seed)
+    if changed := changed_splits(settings.get("splits", {}), split_fingerprints(raw)):
+        raise ValueError(
+            f"{SETTINGS_FILE}: the run held out other {', '.join(changed)} questions than library.tasks draws now "
+            "(its `splits` fingerprints differ: the task code changed since it trained); evaluate it at the commit "
+            "that trained it"
+        )
     return {name: raw[name] if limit is None else raw[name].select(range(min(limit, len(raw[name])))) for name in names}
 
 

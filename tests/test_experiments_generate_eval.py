@@ -3,12 +3,13 @@
 import dataclasses
 
 import datasets
+import pytest
 import torch
 from test_readout import calculator, smollm2_tokenizer
 
 from experiments.generate_eval import exact_match, raw_test_splits
 from library.training.arguments import DataArguments
-from library.training.data import build_datasets, task_spec
+from library.training.data import build_datasets, split_fingerprints, task_spec
 from modeling_llama_dcomp import TOKEN_LOGIT_SCALE
 
 
@@ -61,3 +62,8 @@ def test_a_runs_test_splits_are_rebuilt_from_its_settings_as_train_py_built_them
         assert rebuilt[name]["text"] == built[name]["text"] and rebuilt[name]["answer"] == built[name]["answer"]
     assert rebuilt["test"]["text"] != rebuilt["test_pairs"]["text"]  # held-out phrasings vs training phrasings
     assert len(raw_test_splits(settings, ["test"], limit=5)["test"]) == 5
+    settings["splits"] = split_fingerprints(built)  # as train.py saves them: the rebuilt splits match
+    assert raw_test_splits(settings, ["test"])["test"]["text"] == built["test"]["text"]
+    settings["splits"]["test_pairs"] = "0" * 64  # task code that draws other questions than the run held out
+    with pytest.raises(ValueError, match="held out other test_pairs questions than library.tasks draws now"):
+        raw_test_splits(settings, ["test"])

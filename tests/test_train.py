@@ -250,6 +250,19 @@ def test_resume_verifies_the_checkpoint_library(tiny_run, env, tmp_path):
     assert "train.py: error:" in output and "library" in output and "Traceback" not in output
 
 
+def test_resume_refuses_a_run_whose_held_out_questions_the_task_code_no_longer_draws(tiny_run, env, tmp_path):
+    """run_settings.json keeps a fingerprint of each held-out split; a resume that rebuilds other questions (the
+    task code changed since the run started) would train on another split, and is refused."""
+    out = tmp_path / "changed"
+    shutil.copytree(tiny_run[0], out)
+    settings = json.loads((out / "run_settings.json").read_text())
+    assert set(settings["splits"]) == {"test", "test_pairs"}
+    settings["splits"]["test"] = "0" * 64
+    (out / "run_settings.json").write_text(json.dumps(settings))
+    output = run_train(env, tmp_path, *TINY, "--max_steps", "6", "--output_dir", str(out), "--resume", status=1)
+    assert "library.tasks now draws other test questions" in output and "Traceback" not in output
+
+
 def test_a_non_finite_loss_stops_the_run_before_it_is_saved(env, tmp_path):
     out = tmp_path / "diverged"
     rates = ["--learning_rate", "1e10", "--embedding_learning_rate", "1e10"]  # finite, but the run diverges

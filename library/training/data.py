@@ -3,8 +3,10 @@ tokenized splits (with `test_pairs`, the parse targets and, for lists, where eac
 the collator that turns rows into the model's inputs."""
 
 import dataclasses
+import hashlib
 import inspect
 import itertools
+import json
 import random
 import re
 from pathlib import Path
@@ -216,6 +218,29 @@ def build_datasets(args, spec: TaskSpec, tokenizer, seed: int):
     if args.encoding == "binary":  # values in [-2^(bits-1), 2^(bits-1)), signs read as the copy parse reads them
         return add_slot_targets(data, spec, 2 ** (args.bits - 1), signed=True)
     return add_slot_targets(data, spec, args.n)
+
+
+HELD_OUT_SPLITS = ("test", "test_pairs", "test_long")  # the splits a run reports, and experiments rebuild
+
+
+def split_fingerprints(splits) -> dict[str, str]:
+    """`{split: SHA-256 of its questions and answers}` for the held-out splits of `splits` (raw or tokenized; the
+    `text` and `answer_text` columns, in order). train.py saves them in run_settings.json, so that what rebuilds a
+    run's splits from `library.tasks` later (`--resume`, the experiments) can tell whether the task code still
+    draws the same questions: otherwise a test question may be one the run trained on."""
+    fingerprints = {}
+    for name in HELD_OUT_SPLITS:
+        if name in splits:
+            digest = hashlib.sha256()
+            for text, answer in zip(splits[name]["text"], splits[name]["answer_text"]):
+                digest.update(json.dumps([text, answer]).encode())
+            fingerprints[name] = digest.hexdigest()
+    return fingerprints
+
+
+def changed_splits(saved: dict[str, str], now: dict[str, str]) -> list[str]:
+    """The splits whose fingerprint (`split_fingerprints`) `saved` has and `now` differs from."""
+    return [name for name, fingerprint in saved.items() if name in now and now[name] != fingerprint]
 
 
 def with_ordinary_text(train, tokenizer, fraction: float, seed: int, max_tokens: int = 96):
