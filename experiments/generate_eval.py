@@ -34,11 +34,13 @@ def run_settings(folder: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def raw_test_splits(settings: dict, names: list[str], limit: int | None = None) -> dict:
+def raw_test_splits(
+    settings: dict, names: list[str], limit: int | None = None, where: str | Path = SETTINGS_FILE
+) -> dict:
     """The run's test splits as text (`run_settings.json`'s task, sizes and seed), the first `limit` rows each.
-    ValueError where the run saved its splits' fingerprints and `library.tasks` now draws others (the task code
-    changed since: a rebuilt test question may be one the run trained on); a run saved before fingerprints is
-    rebuilt unchecked."""
+    ValueError naming `where` (the settings' file) where the run saved its splits' fingerprints and
+    `library.tasks` now draws others (the task code changed since: a rebuilt test question may be one the run
+    trained on); a run saved before fingerprints is rebuilt unchecked."""
     data = SimpleNamespace(**settings["data"])
     seed = settings["training"]["seed"]
     spec = task_spec(data)
@@ -46,19 +48,26 @@ def raw_test_splits(settings: dict, names: list[str], limit: int | None = None) 
     raw["test_pairs"] = test_pairs_split(spec, raw["train"], raw["test"], seed)
     if changed := changed_splits(settings.get("splits", {}), split_fingerprints(raw)):
         raise ValueError(
-            f"{SETTINGS_FILE}: the run held out other {', '.join(changed)} questions than library.tasks draws now "
+            f"{where}: the run held out other {', '.join(changed)} questions than library.tasks draws now "
             "(its `splits` fingerprints differ: the task code changed since it trained); evaluate it at the commit "
             "that trained it"
         )
     return {name: raw[name] if limit is None else raw[name].select(range(min(limit, len(raw[name])))) for name in names}
 
 
-def test_splits(settings: dict, tokenizer, names: list[str], limit: int | None):
-    """The run's test splits, tokenized as in training (prompt, answer, EOS)."""
+def with_max_digits(settings: dict, max_digits: int) -> dict:
+    """The run's settings asking other number sizes than in training (`--max-digits`): the same phrasings and seed,
+    so other questions than the run held out, and none of its split fingerprints applies."""
+    data = settings["data"] | {"max_digits": max_digits}
+    return {name: value for name, value in settings.items() if name != "splits"} | {"data": data}
+
+
+def test_splits(settings: dict, tokenizer, names: list[str], limit: int | None, where: str | Path = SETTINGS_FILE):
+    """The run's test splits, tokenized as in training (prompt, answer, EOS); `raw_test_splits`' check."""
     chat = settings["data"].get("chat_fraction", 0.0)
     return {
         name: task_library.tokenize_for_causal_lm(split, tokenizer, chat_fraction=chat)
-        for name, split in raw_test_splits(settings, names, limit).items()
+        for name, split in raw_test_splits(settings, names, limit, where).items()
     }
 
 
@@ -147,10 +156,10 @@ def main(argv: list[str] | None = None) -> dict:
     model = load_model(args.model).eval()
     tokenizer = load_tokenizer(args.model)
     settings = run_settings(args.model)
-    if args.max_digits is not None:  # other number sizes than in training: the same phrasings and seed
-        settings["data"]["max_digits"] = args.max_digits
+    if args.max_digits is not None:
+        settings = with_max_digits(settings, args.max_digits)
     figures = {}
-    for name, rows in test_splits(settings, tokenizer, args.splits, args.limit).items():
+    for name, rows in test_splits(settings, tokenizer, args.splits, args.limit, args.model / SETTINGS_FILE).items():
         figures[name] = exact_match(model, tokenizer, rows, args.batch_size, args.max_new_tokens)
         table = [[group, f"{share:.1%}", count] for group, (share, count) in figures[name].items()]
         print(f"{name}:\n" + markdown_table(["questions", "exact match", "n"], table))

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from experiments.generate_eval import binary_arithmetic_run, left_padded, print_exact_match, raw_test_splits
+from library.training.trainer import SETTINGS_FILE
 
 # Ending name -> the plain prompt around a question's text; the first is train.py's own.
 ENDINGS: dict[str, str] = {
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--report", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args(argv)
     settings, model, tokenizer = binary_arithmetic_run(args.model)
-    rows = raw_test_splits(settings, ["test_pairs"], args.limit)["test_pairs"]
+    rows = raw_test_splits(settings, ["test_pairs"], args.limit, args.model / SETTINGS_FILE)["test_pairs"]
     return print_exact_match(exact_match_by_ending(model, tokenizer, rows, args.batch_size), args.report)
 
 

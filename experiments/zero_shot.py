@@ -26,6 +26,7 @@ from experiments.common import markdown_table
 from experiments.generate_eval import raw_test_splits, run_settings
 from experiments.pretrained_base import default_gguf
 from library.tasks import arithmetic_task
+from library.training.trainer import SETTINGS_FILE
 
 INTEGER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?!\d)|-?\d+")
 
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f"--run {args.run}: a run of task {data['task']!r}, encoding {data['encoding']!r}; "
                 "zero_shot asks arithmetic questions (--task arithmetic --encoding binary)"
             )
-        splits = raw_test_splits(settings, args.splits, args.limit)
+        splits = raw_test_splits(settings, args.splits, args.limit, args.run / SETTINGS_FILE)
     else:
         if args.limit is not None or args.splits != parser.get_default("splits"):
             parser.error("--splits and --limit choose among a run's splits: give --run DIR")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_readout import calculator, smollm2_tokenizer
 
-from experiments.generate_eval import exact_match, raw_test_splits
+from experiments.generate_eval import exact_match, raw_test_splits, with_max_digits
 from library.training.arguments import DataArguments
 from library.training.data import build_datasets, split_fingerprints, task_spec
 from modeling_llama_dcomp import TOKEN_LOGIT_SCALE
@@ -65,5 +65,10 @@ def test_a_runs_test_splits_are_rebuilt_from_its_settings_as_train_py_built_them
     settings["splits"] = split_fingerprints(built)  # as train.py saves them: the rebuilt splits match
     assert raw_test_splits(settings, ["test"])["test"]["text"] == built["test"]["text"]
     settings["splits"]["test_pairs"] = "0" * 64  # task code that draws other questions than the run held out
-    with pytest.raises(ValueError, match="held out other test_pairs questions than library.tasks draws now"):
-        raw_test_splits(settings, ["test"])
+    with pytest.raises(
+        ValueError, match="^runs/x/run_settings.json: the run held out other test_pairs questions than "
+    ):
+        raw_test_splits(settings, ["test"], where="runs/x/run_settings.json")
+    shorter = raw_test_splits(with_max_digits(settings, 2), ["test"])["test"]  # other sizes: other questions
+    assert max(len(str(abs(value))) for row in shorter["operands"] for value in row) <= 2
+    assert settings["data"]["max_digits"] == data.max_digits and "splits" in settings  # the run's own, untouched
