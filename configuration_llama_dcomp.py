@@ -237,6 +237,13 @@ class LlamaDCompConfig(LlamaConfig):
     carries what the base knows of the word in context, so a synonym no phrasing had ("diminished by") votes as
     the trained words it resembles. Needs computer_selection_context > 0."""
 
+    computer_selection_vote_layers: list[int] = field(default_factory=list)
+    """The decoder layers whose outputs the hidden votes read (`computer_selection_hidden_votes`): per token, the mean
+    of their states normalised to unit RMS (no weight), in place of the computer's own input through its norm
+    (empty, the default). Probed on a frozen SmolLM2, the states from the middle layer up to the last name the
+    operation of a word no training phrasing has more often than the last layer's alone (docs/RESULTS.md §7).
+    Ascending layer indices in [0, computer_layer]; needs computer_selection_hidden_votes."""
+
     computer_readout_strength: float | int = 30.0
     """Initial value of the learned logit the "tokens" read-out adds to the token it writes (and subtracts from
     every number token at the end mark)."""
@@ -615,6 +622,22 @@ class LlamaDCompConfig(LlamaConfig):
             not self.computer_selection_hidden_votes or self.computer_selection_context > 0,
             "computer_selection_hidden_votes",
             "votes over the selection window: it needs computer_selection_context > 0",
+        )
+        layers = self.computer_selection_vote_layers
+        require(
+            isinstance(layers, list) and all(type(layer) is int for layer in layers),  # bool is an int subclass
+            "computer_selection_vote_layers",
+            f"must be a list of layer indices, got {layers!r}",
+        )
+        require(
+            list(layers) == sorted(set(layers)) and all(0 <= layer <= self.computer_layer for layer in layers),
+            "computer_selection_vote_layers",
+            f"must be ascending, distinct layers in [0, computer_layer={self.computer_layer}], got {layers}",
+        )
+        require(
+            not layers or self.computer_selection_hidden_votes,
+            "computer_selection_vote_layers",
+            "are the layers the hidden votes read: it needs computer_selection_hidden_votes",
         )
         require(
             self.computer_selection_dropout == 0.0 or self.computer_selection_context > 0,

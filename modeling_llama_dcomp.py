@@ -29,7 +29,7 @@ import re
 import reprlib
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 import torch
@@ -144,6 +144,7 @@ ANSWER_FIELDS = (
     "computer_trigger_context",
     "computer_selection_context",
     "computer_selection_hidden_votes",
+    "computer_selection_vote_layers",
     "computer_lead_token_id",
     "computer_lead_minus_token_id",
 )
@@ -487,6 +488,8 @@ class ComputerCall:
     past_length: int  # tokens in the KV cache before this call
     writes: torch.Tensor | None = None  # (batch, seq, 2) filled by the "tokens" read-out: (token or -1, end mark)
     writer: LlamaDCompComputer | None = None  # the computer that filled `writes` (it adds them to the logits)
+    # layer index -> its output (batch, seq, hidden), kept for the hidden votes (computer_selection_vote_layers)
+    vote_states: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -570,6 +573,8 @@ class LlamaDCompComputer(nn.Module):
         self.selection_hidden_votes = (
             selection_head(hidden_size, len(self.program_names)) if config.computer_selection_hidden_votes else None
         )
+        self.vote_layers = list(config.computer_selection_vote_layers)  # empty: the votes read the computer's input
+        self.vote_eps = config.rms_norm_eps
         slots = len(self.input_registers) + self.memory_inputs
         self.parse = nn.Linear(hidden_size, slots * width, bias=False)
         self.copy_parse = CopyParse(config, slots) if config.computer_parse == "copy" else None
@@ -697,7 +702,9 @@ class LlamaDCompComputer(nn.Module):
             return None
         batch = hidden_states.shape[0]
         keys = None if self.copy_parse is None or normed is None else self.copy_parse.key(normed)  # (batch, seq, d)
-        votes = None if self.selection_hidden_votes is None or normed is None else self.selection_hidden_votes(normed)
+        votes = None
+        if self.selection_hidden_votes is not None and normed is not None:
+            votes = self.selection_hidden_votes(self.voted_states(normed, call))  # (batch, seq, programs)
         held = getattr(cache, "llama_dcomp", None) if call.past_length else None
         if held is not None and held.input_ids.shape[1] == call.past_length:
             ids = torch.cat([held.input_ids, call.input_ids], 1)
@@ -711,6 +718,22 @@ class LlamaDCompComputer(nn.Module):
         if cache is not None:
             cache.llama_dcomp = history  # type: ignore[attr-defined]
         return history
+
+    def voted_states(self, normed: torch.Tensor, call: ComputerCall) -> torch.Tensor:
+        """What the hidden votes read, `(batch, seq, hidden)`: the computer's normalised input `normed`, or with
+        `computer_selection_vote_layers` the mean of those layers' outputs (`call.vote_states`), each normalised to
+        unit RMS."""
+        if not self.vote_layers:
+            return normed
+        missing = [layer for layer in self.vote_layers if layer not in call.vote_states]
+        if missing:
+            raise ValueError(
+                f"the hidden votes read layers {missing} (config.computer_selection_vote_layers), which this call "
+                "did not record: run the computer through LlamaDCompModel.forward"
+            )
+        states = torch.stack([call.vote_states[layer].float() for layer in self.vote_layers])  # (layers, b, s, h)
+        unit = states * torch.rsqrt(states.pow(2).mean(-1, keepdim=True) + self.vote_eps)
+        return unit.mean(0).to(normed.dtype)
 
     def write_tokens(
         self, hidden_states: torch.Tensor, normed: torch.Tensor, call: ComputerCall, history: ComputerCache | None
@@ -1149,11 +1172,14 @@ class LlamaDCompDecoderLayer(LlamaDecoderLayer):
     def __init__(self, config: LlamaDCompConfig, layer_idx: int):
         super().__init__(config, layer_idx)
         self.computer = LlamaDCompComputer(config) if layer_idx == config.computer_layer else None
+        self.votes_layer = layer_idx if layer_idx in config.computer_selection_vote_layers else None
 
     def forward(
         self, hidden_states: torch.Tensor, *args, computer_call: ComputerCall | None = None, **kwargs
     ) -> torch.Tensor:
         hidden_states = super().forward(hidden_states, *args, **kwargs)  # (batch, seq, hidden)
+        if self.votes_layer is not None and computer_call is not None:  # a recomputed forward overwrites its own
+            computer_call.vote_states[self.votes_layer] = hidden_states
         if self.computer is not None:
             hidden_states = self.computer(hidden_states, computer_call, kwargs.get("past_key_values"))
         return hidden_states

@@ -8,12 +8,17 @@ embeddings (what vote completion reads). A linear probe per feature (softmax reg
 learns the operation from the default phrasings (`library.tasks.PHRASINGS["all"]`) and is scored on phrasings no
 split has: the wide set's words in the default frames and `new_phrasings`.
 
+With `--layers`, the window mean is also read at every decoder layer's output, each state normalised to unit RMS
+(what `computer_selection_vote_layers` reads), and as the mean of those from the middle layer up to the computer's
+(what `--selection_vote_from_layer` with the middle layer reads).
+
 With `--parts` (a run trained with `--selection_hidden_votes`), it also scores the trained selection on the wide
 set's words, one question per phrasing, part by part: how often W_sel RMSNorm(h), the token-id votes, the
 hidden-state votes and their sum each pick the program the question asks for (rsub / rdiv where the second
 operand is written first).
 
-    python -m experiments.selection_probe --model runs/tw_s13 [--per-phrasing 2] [--window 32] [--parts] [--report F]
+    python -m experiments.selection_probe --model runs/tw_s13 [--per-phrasing 2] [--window 32] [--layers] [--parts]
+        [--report F]
 """
 
 from __future__ import annotations
@@ -33,6 +38,42 @@ OPERATIONS = tuple(NEW_PHRASINGS)  # add, sub, mul, div
 FEATURES = ("last token", "window mean", "window embeddings")
 
 
+def voting_window(computer, ids: torch.Tensor, window: int) -> torch.Tensor:
+    """`(seq,)` bool: the tokens of `ids (1, seq)`'s last `window` that vote (neither a number nor its sign)."""
+    read = computer.numbers.read(ids)
+    voting = ~(read.is_number | read.is_sign)[0]
+    voting[: max(ids.shape[1] - window, 0)] = False
+    return voting
+
+
+@torch.no_grad()
+def layer_features(model, tokenizer, texts: list[str], window: int) -> dict[str, torch.Tensor]:
+    """{"layer l": `(len(texts), hidden)`} for every decoder layer l: the window mean of its output, each token's state
+    normalised to unit RMS, for the prompts `text + " "`; and "layers m–c", the mean of those from the middle layer
+    m up to the computer's c."""
+    computer, eps = model.computer, model.config.rms_norm_eps
+    outputs: list[torch.Tensor] = []
+    layers = model.model.layers
+    hooks = [layer.register_forward_hook(lambda module, args, output: outputs.append(output[0])) for layer in layers]
+    means: list[torch.Tensor] = []
+    try:
+        for text in texts:
+            ids = tokenizer(text + " ", return_tensors="pt").input_ids
+            model(ids, computer_mask=torch.zeros_like(ids, dtype=torch.bool))
+            voting = voting_window(computer, ids, window)
+            states = torch.stack(outputs)[:, voting].float()  # (layers, voting, hidden)
+            outputs.clear()
+            means.append((states * torch.rsqrt(states.pow(2).mean(-1, keepdim=True) + eps)).mean(1))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    stacked = torch.stack(means, 1)  # (layers, texts, hidden)
+    middle, last = len(layers) // 2, model.config.computer_layer
+    features = {f"layer {layer}": stacked[layer] for layer in range(len(layers))}
+    features[f"layers {middle}–{last}"] = stacked[middle : last + 1].mean(0)
+    return features
+
+
 @torch.no_grad()
 def window_features(model, tokenizer, texts: list[str], window: int) -> dict[str, torch.Tensor]:
     """`FEATURES` → `(len(texts), hidden)` for the prompts `text + " "`, read at the computer's input."""
@@ -45,9 +86,7 @@ def window_features(model, tokenizer, texts: list[str], window: int) -> dict[str
             ids = tokenizer(text + " ", return_tensors="pt").input_ids
             model(ids)
             normed = computer.norm(entering.pop())  # (seq, hidden)
-            read = computer.numbers.read(ids)
-            voting = ~(read.is_number | read.is_sign)[0]
-            voting[: max(ids.shape[1] - window, 0)] = False
+            voting = voting_window(computer, ids, window)
             features["last token"].append(normed[-1])
             features["window mean"].append(normed[voting].mean(0))
             features["window embeddings"].append(model.get_input_embeddings()(ids[0])[voting].sum(0))
@@ -70,18 +109,24 @@ def fit_probe(x: torch.Tensor, y: torch.Tensor, classes: int, steps: int = 500, 
     return lambda features: ((features - mean) / std @ weight).argmax(-1)
 
 
-def probe(model, tokenizer, per_phrasing: int, window: int, seed: int) -> dict[str, dict[str, float]]:
-    """{feature: {set: accuracy}} for the sets "trained" (the default phrasings), "wide words" and "new phrasings"."""
+def probe(
+    model, tokenizer, per_phrasing: int, window: int, seed: int, layers: bool = False
+) -> dict[str, dict[str, float]]:
+    """{feature: {set: accuracy}} for the sets "trained" (the default phrasings), "wide words" and "new phrasings";
+    the features of `window_features`, and with `layers` those of `layer_features`."""
     default = {op: task_library.PHRASINGS["all"][op] for op in OPERATIONS}
     sets = {"trained": default, "wide words": wide_words(), "new phrasings": NEW_PHRASINGS}
     data = {}
     for offset, (name, phrasings) in enumerate(sets.items()):
         rows = questions(per_phrasing, seed + offset, max_digits=5, phrasings=phrasings)
         labels = torch.tensor([OPERATIONS.index(op) for op in rows["operation"]])
-        data[name] = (window_features(model, tokenizer, rows["text"], window), labels)
+        features = window_features(model, tokenizer, rows["text"], window)
+        if layers:
+            features |= layer_features(model, tokenizer, rows["text"], window)
+        data[name] = (features, labels)
     train_features, train_labels = data["trained"]
     figures: dict[str, dict[str, float]] = {}
-    for feature in FEATURES:
+    for feature in train_features:
         predict = fit_probe(train_features[feature], train_labels, len(OPERATIONS))
         figures[feature] = {
             name: float((predict(features[feature]) == labels).float().mean())
@@ -129,13 +174,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", type=Path, required=True, help="a binary-arithmetic train.py run")
     parser.add_argument("--per-phrasing", type=int, default=2, help="questions per phrasing")
     parser.add_argument("--window", type=int, default=32, help="the selection window, in tokens")
+    parser.add_argument("--layers", action="store_true", help="also probe every layer's window mean, and their mean")
     parser.add_argument("--parts", action="store_true", help="also score the trained selection part by part")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     _, model, tokenizer = binary_arithmetic_run(args.model)
-    figures = probe(model, tokenizer, args.per_phrasing, args.window, args.seed)
+    figures = probe(model, tokenizer, args.per_phrasing, args.window, args.seed, args.layers)
     sets = list(next(iter(figures.values())))
     print(markdown_table(["feature", *sets], [[f, *(f"{v:.1%}" for v in row.values())] for f, row in figures.items()]))
     if args.parts:

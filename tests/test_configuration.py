@@ -57,7 +57,7 @@ def test_every_computer_field_is_documented():
         and following.value.value.strip()
     }
     fields = {name for name in LlamaDCompConfig.__dataclass_fields__ if name.startswith(("computer_", "library_"))}
-    assert len(fields) == 45 and "trained_sequence_length" in documented
+    assert len(fields) == 46 and "trained_sequence_length" in documented
     assert fields <= documented, fields - documented
 
 
@@ -156,6 +156,12 @@ INVALID = [
     ({"computer_selection_dropout": 1.0}, "computer_selection_dropout"),
     ({"computer_selection_hidden_votes": True}, "computer_selection_hidden_votes"),  # no window to vote over
     ({"computer_selection_hidden_votes": 1}, "computer_selection_hidden_votes"),  # not a bool
+    ({"computer_selection_vote_layers": "0"}, "computer_selection_vote_layers"),  # not a list of layers
+    ({"computer_selection_vote_layers": [1, 0]}, "computer_selection_vote_layers"),  # not ascending
+    ({"computer_selection_vote_layers": [0, 0]}, "computer_selection_vote_layers"),  # not distinct
+    ({"computer_selection_vote_layers": [-1]}, "computer_selection_vote_layers"),
+    ({"computer_selection_vote_layers": [9]}, "computer_selection_vote_layers"),  # after the computer's layer
+    ({"computer_selection_vote_layers": [0]}, "computer_selection_vote_layers"),  # no hidden votes to read them
 ]
 
 

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from test_readout import hidden_voting_calculator, smollm2_tokenizer, sub_margin, voting_calculator
+from test_readout import hidden_voting_calculator, last_token_mask, smollm2_tokenizer, sub_margin, voting_calculator
 
-from experiments.selection_probe import FEATURES, fit_probe, selection_parts, window_features
-from modeling_llama_dcomp import TOKEN_LOGIT_SCALE
+from experiments.selection_probe import FEATURES, fit_probe, layer_features, selection_parts, window_features
+from modeling_llama_dcomp import TOKEN_LOGIT_SCALE, record_computer_runs
 
 
 def test_the_window_mean_is_what_the_hidden_votes_project():
@@ -18,6 +18,25 @@ def test_the_window_mean_is_what_the_hidden_votes_project():
     for text, mean in zip(texts, features["window mean"]):
         votes = weight @ mean
         assert sub_margin(model, tokenizer, text + " ") == pytest.approx(float(votes[1] - votes[0]), abs=1e-4)
+
+
+def test_the_layer_window_means_are_what_the_votes_of_those_layers_project():
+    """--layers: the window mean of each layer's unit-RMS output; their mean is what votes reading both layers see."""
+    tokenizer = smollm2_tokenizer()
+    model = hidden_voting_calculator(tokenizer, context=6, computer_selection_vote_layers=[0, 1])
+    texts = ["So 12 - 7 =", "What is 99 plus -100000?"]
+    features = layer_features(model, tokenizer, texts, window=6)
+    assert set(features) == {"layer 0", "layer 1", "layers 1–1"} and torch.equal(
+        features["layer 1"], features["layers 1–1"]
+    )
+    assert not torch.allclose(features["layer 0"], features["layer 1"])
+    weight = model.computer.selection_hidden_votes.weight.detach()
+    for index, text in enumerate(texts):
+        ids = tokenizer(text + " ", return_tensors="pt").input_ids
+        with record_computer_runs() as runs, torch.no_grad():
+            model(ids, computer_mask=last_token_mask(torch.ones_like(ids)))
+        expected = weight @ ((features["layer 0"][index] + features["layer 1"][index]) / 2)
+        torch.testing.assert_close(runs[0].hidden_votes[0], expected, rtol=1e-4, atol=1e-4)
 
 
 def test_the_probe_learns_a_linear_rule_that_holds_on_fresh_points():

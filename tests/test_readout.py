@@ -665,9 +665,9 @@ def test_vote_completion_gives_an_unvoted_word_the_votes_of_the_trained_word_it_
         fresh.computer.complete_selection_votes(embeddings, ridge=0.1, min_margin=2.0)
 
 
-def hidden_voting_calculator(tokenizer, context: int):
+def hidden_voting_calculator(tokenizer, context: int, **overrides):
     """`voting_calculator` with hidden-state votes: the token votes off, a random W_vote that votes for add and sub."""
-    model = voting_calculator(tokenizer, context=context, computer_selection_hidden_votes=True)
+    model = voting_calculator(tokenizer, context=context, computer_selection_hidden_votes=True, **overrides)
     with torch.no_grad():
         model.computer.selection_tokens.zero_()
         weight = model.computer.selection_hidden_votes.weight
@@ -701,14 +701,46 @@ def test_the_hidden_votes_are_the_mean_of_the_window_tokens_projected_hidden_sta
         handle.remove()
 
 
+def test_the_hidden_votes_read_the_mean_of_the_unit_rms_outputs_of_their_layers():
+    """computer_selection_vote_layers: the votes read, per token, the mean over those layers of their output h_l
+    normalised to unit RMS (h_l / sqrt(mean(h_l²) + eps), no weight), in place of the computer's input through its
+    norm."""
+    tokenizer = smollm2_tokenizer()
+    model = hidden_voting_calculator(tokenizer, context=5, computer_selection_vote_layers=[0, 1])
+    computer, outputs = model.computer, []
+    hooks = [model.model.layers[0].register_forward_hook(lambda module, args, output: outputs.append(output))]
+    hooks.append(computer.register_forward_pre_hook(lambda module, args: outputs.append(args[0])))
+    prompt = "What is 99 plus -100000 and more words? "
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    try:
+        with record_computer_runs() as runs, torch.no_grad():
+            model(ids, computer_mask=last_token_mask(torch.ones_like(ids)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    read = computer.numbers.read(ids)
+    voting = ~(read.is_number | read.is_sign)[0]
+    voting[: ids.shape[1] - 5] = False
+    eps = model.config.rms_norm_eps
+    units = [state[0] / (state[0].pow(2).mean(-1, keepdim=True) + eps).sqrt() for state in outputs]  # (seq, hidden)
+    with torch.no_grad():
+        expected = computer.selection_hidden_votes((units[0] + units[1]) / 2)[voting].mean(0)
+        own = computer.selection_hidden_votes(computer.norm(outputs[1][0]))[voting].mean(0)
+    torch.testing.assert_close(runs[0].hidden_votes[0], expected, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(expected, own, atol=1e-2)  # the layers' mean, not the computer's own input
+
+
 @pytest.mark.parametrize("name", ["llama3", "smollm2"])
-@pytest.mark.parametrize("voters", ["token ids", "hidden states"])
+@pytest.mark.parametrize("voters", ["token ids", "hidden states", "hidden states of two layers"])
 def test_the_selection_votes_are_the_same_cached_uncached_batched_and_through_pipeline(name, voters):
     """The window crosses the cache boundary while decoding and skips the padding of a left-padded batch; the
     hidden states of the tokens before the boundary are kept in the cache as their votes."""
     tokenizer = TOKENIZERS[name]()
-    build = voting_calculator if voters == "token ids" else hidden_voting_calculator
-    model = build(tokenizer, context=6)
+    if voters == "token ids":
+        model = voting_calculator(tokenizer, context=6)
+    else:
+        layers = [0, 1] if voters == "hidden states of two layers" else []
+        model = hidden_voting_calculator(tokenizer, context=6, computer_selection_vote_layers=layers)
     with torch.no_grad():
         model.computer.trigger.bias.fill_(10.0)
     prompts = ["So 1234 - 7 = ", "What is 99 plus -100000, and 5 - 3? "]
@@ -743,6 +775,9 @@ def test_the_hidden_votes_round_trip_and_turning_them_off_fails_to_load_naming_i
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "computer_selection_hidden_votes": False}))
     with pytest.raises(LibraryMismatchError, match=r"config\.computer_selection_hidden_votes="):
+        LlamaDCompForCausalLM.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "computer_selection_vote_layers": [0, 1]}))
+    with pytest.raises(LibraryMismatchError, match=r"config\.computer_selection_vote_layers="):
         LlamaDCompForCausalLM.from_pretrained(tmp_path)
 
 

@@ -80,6 +80,7 @@ EDITS = {
     "computer_trigger_context": 2,
     "computer_selection_context": 2,  # needs "tokens" too: checked in test_readout
     "computer_selection_hidden_votes": True,  # needs a selection context too: checked in test_readout
+    "computer_selection_vote_layers": [0],  # needs the hidden votes too: checked in test_readout
     "computer_lead_token_id": 5,  # needs "tokens" too: checked in test_readout
     "computer_lead_minus_token_id": 5,  # needs a lead token too: checked in test_readout
 }
@@ -108,6 +109,7 @@ def test_every_answer_field_has_an_edit():
             "computer_output",
             "computer_selection_context",
             "computer_selection_hidden_votes",
+            "computer_selection_vote_layers",
             "computer_lead_token_id",
             "computer_lead_minus_token_id",
         )

@@ -112,6 +112,7 @@ def test_one_json_or_yaml_file_holds_the_arguments(tmp_path, suffix):
         (["--trigger_context", "-1"], "--trigger_context: must be >= 0, got -1"),
         (["--selection_dropout", "0.5"], "--selection_dropout: drops the token votes of --selection_context: give"),
         (["--selection_hidden_votes"], "--selection_hidden_votes: votes over the window of --selection_context: give"),
+        (["--selection_vote_from_layer", "1"], "--selection_vote_from_layer: chooses the layers the hidden"),
         (["--hidden_vote_loss_weight", "-1"], "--hidden_vote_loss_weight: must be >= 0, got -1.0"),
         (["--hidden_vote_loss_weight", "1"], "--hidden_vote_loss_weight: trains the hidden-state votes: give --select"),
         (["--phrasings", "wide"], "--phrasings: wide phrasings are for --task arithmetic --encoding binary"),
@@ -138,6 +139,27 @@ def test_a_computer_layer_the_model_lacks_is_refused(cache):
         "32",
     )  # fmt: skip
     with pytest.raises(ValueError, match=r"--computer_layer: 5 is not a layer of this 2-layer model \(choose from -2"):
+        build_model(model_args, data_args, computer_args, spec, tokenizer)
+
+
+@pytest.mark.parametrize(("first", "layers"), [("-2", [0, 1]), ("1", [1]), ("0", [0, 1])])
+def test_the_hidden_votes_read_the_layers_from_the_one_given_up_to_the_computers(cache, first, layers):
+    model_args, data_args, computer_args, _, spec, tokenizer, _ = task(
+        "--encoding", "binary", "--selection_context", "4", "--selection_hidden_votes", "--selection_vote_from_layer",
+        first, "--train_size", "8", "--validation_size", "2", "--test_size", "2", "--hidden_size", "32",
+    )  # fmt: skip
+    model = build_model(model_args, data_args, computer_args, spec, tokenizer)
+    assert model.config.computer_selection_vote_layers == layers and model.computer.vote_layers == layers
+
+
+@pytest.mark.parametrize("first", ["2", "-3"])
+def test_a_vote_layer_the_model_lacks_is_refused(cache, first):
+    model_args, data_args, computer_args, _, spec, tokenizer, _ = task(
+        "--encoding", "binary", "--selection_context", "4", "--selection_hidden_votes", "--selection_vote_from_layer",
+        first, "--computer_layer", "-1", "--train_size", "8", "--validation_size", "2", "--test_size", "2",
+        "--hidden_size", "32",
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=rf"--selection_vote_from_layer: {first} is not a layer of this 2-layer model"):
         build_model(model_args, data_args, computer_args, spec, tokenizer)
 
 

@@ -265,6 +265,12 @@ class ComputerArguments:
                   "computer's layer (mean of W_vote RMSNorm(h), never dropped), so a synonym no phrasing had votes "
                   "as the words it resembles in context (computer_selection_hidden_votes)"},
     )  # fmt: skip
+    selection_vote_from_layer: int | None = field(
+        default=None,
+        metadata={"help": "--selection_hidden_votes: the votes read the mean of the outputs of the decoder layers "
+                  "from this one up to the computer's, each normalised to unit RMS (negative counts from the end, as "
+                  "--computer_layer; none: the computer's input alone; computer_selection_vote_layers)"},
+    )  # fmt: skip
     hidden_vote_loss_weight: float = field(
         default=0.0,
         metadata={"help": "--selection_hidden_votes: weight of the answer loss on the hidden-state votes' own "
@@ -313,6 +319,11 @@ class ComputerArguments:
             not self.selection_hidden_votes or self.selection_context > 0,
             "selection_hidden_votes",
             "votes over the window of --selection_context: give --selection_context > 0",
+        )
+        _check(
+            self.selection_vote_from_layer is None or self.selection_hidden_votes,
+            "selection_vote_from_layer",
+            "chooses the layers the hidden-state votes read: give --selection_hidden_votes",
         )
         _check(not self.lead_computes or self.lead_token, "lead_computes", "computes at the lead: give --lead_token")
         _check(

@@ -75,9 +75,17 @@ def build_model(model_args, data_args, computer_args, spec: TaskSpec, tokenizer)
             f"--computer_layer: {computer_args.computer_layer} is not a layer of this {layers}-layer model "
             f"(choose from {-layers} to {layers - 1}; -1 is the last)"
         )
+    computer_layer = computer_args.computer_layer % layers
+    vote_from = computer_args.selection_vote_from_layer
+    if vote_from is not None and not (-layers <= vote_from < layers and vote_from % layers <= computer_layer):
+        raise ArgumentError(
+            f"--selection_vote_from_layer: {vote_from} is not a layer of this {layers}-layer model at or before the "
+            f"computer's ({computer_layer})"
+        )
+    vote_layers = [] if vote_from is None else list(range(vote_from % layers, computer_layer + 1))
     names = computer_args.library.split(",") if computer_args.library else list(spec.library)
     common = dict(
-        computer_layer=computer_args.computer_layer % layers,
+        computer_layer=computer_layer,
         library=library_sources(names),
         computer_gate_init=computer_args.gate_init,
         computer_selection_temperature=computer_args.selection_temperature,
@@ -101,6 +109,7 @@ def build_model(model_args, data_args, computer_args, spec: TaskSpec, tokenizer)
             computer_selection_context=computer_args.selection_context,
             computer_selection_dropout=computer_args.selection_dropout,
             computer_selection_hidden_votes=computer_args.selection_hidden_votes,
+            computer_selection_vote_layers=vote_layers,
             **common,
             **task_fields,
         )
