@@ -510,9 +510,10 @@ class LlamaDCompComputer(nn.Module):
     For P selected positions with hidden states `h (P, hidden)`:
 
     1. *select* (§3.1): `π = softmax((W_sel RMSNorm(h) + v) / τ)` over the library programs, v the votes of the
-       last token ids and, with `computer_selection_hidden_votes`, their hidden states (`selection_votes`, with
-       `computer_selection_context`; else 0); the machine's initial program counter is the mixture of their entry
-       lines, `c_0 = π · onehot(entry_points)` `(P, lines)`;
+       last token ids and, with `computer_selection_hidden_votes`, their hidden states (here, or at the layers of
+       `computer_selection_vote_layers`: `voted_states`; `selection_votes`, with `computer_selection_context`; else
+       0); the machine's initial program counter is the mixture of their entry lines,
+       `c_0 = π · onehot(entry_points)` `(P, lines)`;
     2. *parse* (§3.1): a value for every input register and parsed memory cell from `W_parse RMSNorm(h)` — a
        softmax over the n values (unit encoding) or a sigmoid per bit (binary encoding) — mixed with a copy of a
        written number by `CopyParse` when `computer_parse` is "copy", written into the initial state
@@ -732,7 +733,7 @@ class LlamaDCompComputer(nn.Module):
                 "did not record: run the computer through LlamaDCompModel.forward"
             )
         states = torch.stack([call.vote_states[layer].float() for layer in self.vote_layers])  # (layers, b, s, h)
-        unit = states * torch.rsqrt(states.pow(2).mean(-1, keepdim=True) + self.vote_eps)
+        unit = nn.functional.rms_norm(states, states.shape[-1:], eps=self.vote_eps)  # h / sqrt(mean(h²) + ε)
         return unit.mean(0).to(normed.dtype)
 
     def write_tokens(
