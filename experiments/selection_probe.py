@@ -63,7 +63,7 @@ def layer_features(model, tokenizer, texts: list[str], window: int) -> dict[str,
             voting = voting_window(computer, ids, window)
             states = torch.stack(outputs)[:, voting].float()  # (layers, voting, hidden)
             outputs.clear()
-            means.append((states * torch.rsqrt(states.pow(2).mean(-1, keepdim=True) + eps)).mean(1))
+            means.append(torch.nn.functional.rms_norm(states, states.shape[-1:], eps=eps).mean(1))  # as voted_states
     finally:
         for hook in hooks:
             hook.remove()
