@@ -1,7 +1,8 @@
 """Issue 15, docs: every Python snippet of README.md and model_card.md runs as written in a non-interactive process
 (stdin closed) on a tiny saved model, with no prompt and no warning about remote code. A line marked
 `# needs the Hub` has its model id replaced by a local folder holding a model of the same kind; the model card's
-`$repo` (the repository it is published in) is a folder saved as train.py saves one."""
+`$repo` (the repository it is published in) is a folder saved as train.py saves one. Every `python train.py` command
+of README.md and docs/TRAINING.md parses, with train.py's checks of combinations."""
 
 from __future__ import annotations
 
@@ -75,3 +76,43 @@ def test_the_readme_snippets_run_non_interactively(tmp_path):
     tiny_llama(vocab_size=len(llama3_tokenizer()), num_hidden_layers=9).save_pretrained(llama_folder)
     for snippet in snippets("README.md"):
         assert_clean(run_snippet(localised(snippet, str(llama_folder)), tmp_path))
+
+
+BLOCK = re.compile(r"```\w*\n(.*?)```", re.DOTALL)
+INLINE_COMMAND = re.compile(r"`[^`]*?python train\.py([^`]*)`")
+
+
+def train_commands(name: str) -> list[str]:
+    """The arguments of every `python train.py` command of a doc: in its code blocks (a line, with its backslash
+    continuations) and in its inline code spans; up to a shell operator, without `predict`, `--help` and a config
+    file given alone (those parse otherwise)."""
+    text = (REPO / name).read_text()
+    found = [
+        line.split("python train.py", 1)[1]
+        for block in BLOCK.findall(text)
+        for line in block.replace("\\\n", " ").splitlines()
+        if "python train.py" in line
+    ]
+    found += INLINE_COMMAND.findall(BLOCK.sub("", text))
+    commands = [re.split(r"&&|\||;|>", command)[0].strip() for command in found]
+    return [c for c in commands if not re.fullmatch(r"(predict .*|--help|\S+\.(ya?ml|json))?", c)]
+
+
+@pytest.mark.parametrize("name", ["README.md", "docs/TRAINING.md"])
+def test_every_train_command_of_the_docs_parses(name, tmp_path):
+    """A flag renamed or dropped, or a combination train.py refuses, fails here rather than in a user's shell."""
+    import shlex
+
+    from library.training.arguments import check_combinations, parse_arguments
+
+    gguf = tmp_path / "base.gguf"  # `--gguf $GG` must name a file; nothing reads it here
+    gguf.touch()
+    commands = train_commands(name)
+    assert commands, f"{name} has no train.py command"
+    for command in commands:
+        argv = shlex.split(command.replace("$GG", str(gguf)))
+        try:
+            arguments = parse_arguments(argv)
+        except SystemExit as error:
+            raise AssertionError(f"{name}: `python train.py {command}` does not parse") from error
+        check_combinations(*arguments[:3])
