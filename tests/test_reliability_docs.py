@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ from model_fixtures import REPO, tiny_llama, tiny_model
 from test_install import tiny_tokenizer
 
 from library.install import save_model_with_tokenizer
+from library.training.arguments import check_combinations, parse_arguments
 
 SNIPPET = re.compile(r"```python\n(.*?)```", re.DOTALL)
 QUOTED = re.compile(r'"[^"]*"')
@@ -101,10 +103,6 @@ def train_commands(name: str) -> list[str]:
 @pytest.mark.parametrize("name", ["README.md", "docs/TRAINING.md"])
 def test_every_train_command_of_the_docs_parses(name, tmp_path):
     """A flag renamed or dropped, or a combination train.py refuses, fails here rather than in a user's shell."""
-    import shlex
-
-    from library.training.arguments import check_combinations, parse_arguments
-
     gguf = tmp_path / "base.gguf"  # `--gguf $GG` must name a file; nothing reads it here
     gguf.touch()
     commands = train_commands(name)
