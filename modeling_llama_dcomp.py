@@ -296,6 +296,13 @@ def selection_head(hidden_size: int, programs: int, **factory_kwargs) -> nn.Line
         return nn.Linear(hidden_size, programs, bias=False, **factory_kwargs)
 
 
+def window_mean(values: torch.Tensor, voting: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """`(P, d)`: per position, the mean of `values (batch, L, d)` over its voting tokens `voting (P, L)` of row
+    `rows (P,)` (0 where none votes): the hidden votes' share of v in the selection (§3.1), and their probe's input."""
+    counted = voting.to(values.dtype)[..., None]  # (P, L, 1)
+    return (values[rows] * counted).sum(1) / counted.sum(1).clamp_min(1.0)
+
+
 @dataclass
 class ComputerRun:
     """What one computer block run computed for its P selected positions (`trace_computer` collects these)."""
@@ -988,21 +995,31 @@ class LlamaDCompComputer(nn.Module):
         Returned with, under `computer_selection_hidden_votes`, the mean of the voting tokens' `W_vote RMSNorm(h)`
         `(P, programs)` (never dropped: the vote a word no training prompt had still casts; else None)."""
         assert self.selection_tokens is not None
-        ids = history.input_ids[rows]  # (P, L)
-        valid = torch.ones_like(ids, dtype=torch.bool) if history.valid is None else history.valid[rows].bool()
-        steps = torch.arange(ids.shape[1], device=ids.device)
-        window = (steps <= columns[:, None]) & (steps > columns[:, None] - self.selection_context)  # (P, L)
-        voting = window & valid & ~read.is_number[rows] & ~read.is_sign[rows]
-        hidden = None
-        if history.votes is not None:
-            counted = voting.to(history.votes.dtype)[..., None]  # (P, L, 1)
-            hidden = (history.votes[rows] * counted).sum(1) / counted.sum(1).clamp_min(1.0)  # (P, programs)
+        voting = self.voting_tokens(history.input_ids, history.valid, read, rows, columns)  # (P, L)
+        hidden = None if history.votes is None else window_mean(history.votes, voting, rows)  # (P, programs)
         if self.training and self.selection_dropout:
             voting = voting & (torch.rand(voting.shape, device=voting.device) >= self.selection_dropout)
+        ids = history.input_ids[rows]  # (P, L)
         voters = self.voting_rows(ids.clamp(0, self.selection_tokens.shape[0] - 1))  # (P, L)
         votes = self.selection_tokens[voters]  # (P, L, programs)
         by_id = TOKEN_LOGIT_SCALE * (votes * voting[..., None].to(votes.dtype)).sum(1)
         return by_id, hidden
+
+    def voting_tokens(
+        self,
+        input_ids: torch.Tensor,
+        valid: torch.Tensor | None,
+        read: ReadNumbers,
+        rows: torch.Tensor,
+        columns: torch.Tensor,
+    ) -> torch.Tensor:
+        """`(P, L)` bool: the tokens that vote for the selection at absolute position `columns (P,)` of row `rows
+        (P,)` of `input_ids (batch, L)` (`valid (batch, L)`, None: all real; its numbers `read`): the last
+        `selection_context` tokens up to it, neither padding, nor a number token, nor a number's sign."""
+        valid_rows = torch.ones_like(input_ids[rows], dtype=torch.bool) if valid is None else valid[rows].bool()
+        steps = torch.arange(input_ids.shape[1], device=input_ids.device)
+        window = (steps <= columns[:, None]) & (steps > columns[:, None] - self.selection_context)  # (P, L)
+        return window & valid_rows & ~read.is_number[rows] & ~read.is_sign[rows]
 
     def voting_rows(self, ids: torch.Tensor) -> torch.Tensor:
         """The row of `selection_tokens` each token id of `ids (P, L)` votes with: its own, but a joined minus's

@@ -49,7 +49,7 @@ from library.training.trainer import (
     resume_checkpoint,
     save_settings,
 )
-from modeling_llama_dcomp import LibraryMismatchError
+from modeling_llama_dcomp import LibraryMismatchError, LlamaDCompPreTrainedModel
 
 PROCESS_START = psutil.Process().create_time()  # wall time counts from here: imports, data and tokenizer included
 
@@ -103,6 +103,8 @@ def train(model_args, data_args, computer_args, training_args) -> dict:
             )
         if "copying" in found:
             print(f"copy parse: slot -> ordinal of the number it starts copying {found['copying']}", flush=True)
+        if "hidden_vote_accuracy" in found:
+            print(f"hidden votes: a probe, right on {found['hidden_vote_accuracy']:.2%} of its prompts", flush=True)
     if answer_loss:  # the LM loss trains the read-out, the answer loss the heads (docs/TRAINING.md)
         for computer in model.computers():
             computer.isolate_gradients = True
@@ -110,6 +112,9 @@ def train(model_args, data_args, computer_args, training_args) -> dict:
         model.freeze_base()
     if model_args.lora:
         model = add_lora(model, model_args.lora_rank)
+    if computer_args.fit_hidden_votes:  # the fitted probe stays as it is (a resumed run's too, adapters' copies too)
+        for computer in LlamaDCompPreTrainedModel.computers(model):
+            computer.selection_hidden_votes.requires_grad_(False)
     print(f"initial parameter digest: {parameter_digest(model)}", flush=True)
 
     # ---- training

@@ -825,7 +825,8 @@ def test_the_count_register_gets_the_exact_number_of_written_numbers_whatever_th
 def test_the_list_answer_loss_is_the_selection_likelihood_of_the_whole_list():
     """right_lists: a program is right only where its whole answer is the target list (values and length);
     the loss reaches the selection head and nothing else in the computer needs it."""
-    from library.training.trainer import right_lists, selection_nll
+    from library.training.losses import selection_nll
+    from library.training.trainer import right_lists
 
     tokenizer = llama3_tokenizer()
     model = list_computer(tokenizer).train()

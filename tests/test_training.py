@@ -712,8 +712,9 @@ def test_the_binary_list_task_computes_once_with_the_count_and_a_copy_of_every_c
     """--task sort --encoding binary (issue 13): one computation at the answer position, the whole list as its
     target; the model counts the numbers into r1, cell k copies the k-th number (all 16 cells, not only the
     training lengths'), and its answer loss is the likelihood of the whole list."""
+    from library.training.losses import selection_nll
     from library.training.recipes import initialise
-    from library.training.trainer import right_lists, selection_nll
+    from library.training.trainer import right_lists
 
     model_args, data_args, computer_args, _, spec, tokenizer, data = task(
         "--task", "sort", "--encoding", "binary", "--train_size", "8", "--validation_size", "2", "--test_size", "2",
@@ -750,7 +751,8 @@ def test_selection_nll_is_the_exact_likelihood_of_the_answer_over_the_programs()
     from test_readout import calculator, last_token_mask
 
     from library.tokenizer import llama3_tokenizer
-    from library.training.trainer import right_programs, selection_nll, trigger_loss
+    from library.training.losses import selection_nll
+    from library.training.trainer import right_programs, trigger_loss
 
     tokenizer = llama3_tokenizer()
     model = calculator(tokenizer, "add")

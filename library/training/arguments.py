@@ -277,6 +277,13 @@ class ComputerArguments:
                   "selection (softmax of their mean alone), so that they can choose a program where no token id "
                   "votes; its target comes from the answer, as the selection's (0: off)"},
     )  # fmt: skip
+    fit_hidden_votes: int = field(
+        default=0,
+        metadata={"help": "--selection_hidden_votes: before training, fit their head W_vote as a probe (softmax "
+                  "regression) on this many training prompts, from the window's hidden states to the programs whose "
+                  "output on the prompt's operands is the answer, and keep it fixed while the rest trains (arithmetic "
+                  "only; 0: the head trains from zero with the rest)"},
+    )  # fmt: skip
     vote_completion_margin: float = field(
         default=0.0,
         metadata={"help": "--selection_context: after training, a token no training prompt voted with takes the votes "
@@ -330,6 +337,17 @@ class ComputerArguments:
             self.hidden_vote_loss_weight == 0 or self.selection_hidden_votes,
             "hidden_vote_loss_weight",
             "trains the hidden-state votes: give --selection_hidden_votes",
+        )
+        _check(self.fit_hidden_votes >= 0, "fit_hidden_votes", f"must be >= 0, got {self.fit_hidden_votes}")
+        _check(
+            self.fit_hidden_votes == 0 or self.selection_hidden_votes,
+            "fit_hidden_votes",
+            "fits the hidden-state votes: give --selection_hidden_votes",
+        )
+        _check(
+            self.fit_hidden_votes == 0 or self.hidden_vote_loss_weight == 0,
+            "fit_hidden_votes",
+            "keeps the hidden-state votes fixed, so --hidden_vote_loss_weight would train nothing: give one of them",
         )
         _check(
             self.vote_completion_margin == 0 or self.selection_context > 0,
@@ -450,6 +468,8 @@ def check_combinations(model_args, data_args, computer_args) -> None:
             raise ArgumentError(f"--{argument}: {needs}, and --no_computer has none")
         if argument != "parse_loss_weight" and data_args.encoding != "binary":
             raise ArgumentError(f"--{argument}: {needs}, and --encoding {data_args.encoding} has none (use binary)")
+    if computer_args.fit_hidden_votes and data_args.task != "arithmetic":
+        raise ArgumentError(f"--fit_hidden_votes: fits the votes on arithmetic answers, and --task is {data_args.task}")
     lists = data_args.encoding == "binary" and data_args.task in ("sort", "max", "min")
     if lists and computer_args.trigger_context == 0:  # `init_list_copy_parse` keeps its hidden-state weights 0
         raise ArgumentError("--trigger_context 0: a list task's trigger reads the token ids alone, so it could "

@@ -1,7 +1,7 @@
 """−log p of a target under a value distribution the machine produced (already normalised, not logits): the
-answer loss on the computer's output register, the parse loss on its parse slots (train.py), and the answer loss
-of adaptive compilation (`library.adaptation`); and the distillation loss that keeps ordinary text as the base
-model writes it."""
+answer loss on the computer's output register, the parse loss on its parse slots (train.py), the answer loss of
+adaptive compilation (`library.adaptation`) and the selection's; and the distillation loss that keeps ordinary
+text as the base model writes it."""
 
 import torch
 
@@ -26,3 +26,11 @@ def distillation_kl(reference_logits: torch.Tensor, logits: torch.Tensor) -> tor
     return torch.nn.functional.kl_div(
         logits.float().log_softmax(-1), reference_logits.float().log_softmax(-1), log_target=True, reduction="batchmean"
     )
+
+
+def selection_nll(program_probs: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """−log p(answer) of a selection `program_probs (positions, programs)`: p(answer) = Σ_k π_k right_k, `right` the
+    programs whose output is the answer (`right_programs`, or whole lists), averaged over the positions: a loss
+    whose target comes from the answer."""
+    likelihood = (program_probs * right).sum(-1)
+    return -likelihood.clamp_min(1e-6).log().mean()

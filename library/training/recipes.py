@@ -1,12 +1,16 @@
 """How train.py initialises the computer block before training (docs/TRAINING.md explains why each helps): W_out
 at the LM-head rows of the number tokens, the linear parse heads as ridge probes of the prompt's numbers, and the
-copy parse pointing each slot at the number it reads in the prompt. Everything here is fitted on prompt text
-alone (never an answer); the fitted values are written through the modules' public `init_*` methods."""
+copy parse pointing each slot at the number it reads in the prompt, fitted on prompt text alone; and the hidden
+votes as a probe of the program that answers, the one fit that reads the answer (as the answer loss does)."""
+
+import dataclasses
 
 import torch
 
 from library.install import number_token_ids
 from library.training.data import TaskSpec, slot_values, written_numbers
+from library.training.losses import selection_nll
+from modeling_llama_dcomp import record_computer_runs, window_mean
 
 
 def initialise(model, tokenizer, spec: TaskSpec, rows, collator, args, from_scratch: bool) -> dict:
@@ -19,6 +23,9 @@ def initialise(model, tokenizer, spec: TaskSpec, rows, collator, args, from_scra
             found["copying"] = init_list_copy_parse(model, spec, args.parse_init_scale)
         elif model.config.computer_parse == "copy" and args.parse_init_scale > 0:
             found["copying"] = init_copy_parse(model, spec, rows[: args.probe_examples]["text"], args.parse_init_scale)
+        if args.fit_hidden_votes:
+            fitted = rows.select(range(min(args.fit_hidden_votes, len(rows))))
+            found["hidden_vote_accuracy"] = init_hidden_votes_from_probe(model, fitted, collator)
         return found
     init_read_out(model, tokenizer, args.number_row_norm if from_scratch else 0.0)
     if args.parse_init_scale > 0:
@@ -119,6 +126,65 @@ def init_parse_from_probe(
         if labelled.any():  # cells past the training lists are never labelled (their probe is zero: uniform)
             accuracies.append(float((targets[labelled].argmax(1) == (x[labelled] @ probe).argmax(1)).double().mean()))
     return sum(accuracies) / len(accuracies)
+
+
+def init_hidden_votes_from_probe(
+    model, rows, collator, batch_size: int = 64, steps: int = 500, decay: float = 1e-3, learning_rate: float = 1e-2
+) -> float:
+    """The hidden votes' head W_vote := a softmax-regression probe, fitted on the untrained model over `rows`: from
+    the window mean the hidden votes read at the answer position (`window_mean` of `voted_states`) to the programs
+    whose output on the prompt's operands (`slot_targets`, prompt text) is the answer (`computer_targets`), by the
+    selection's own likelihood (`selection_nll`) plus `decay`·|W|², `steps` full-batch Adam steps. Fitted alone, it
+    learns the words of the phrasings from the hidden states, where a head trained beside the token votes gets
+    little gradient and stays below such a probe (docs/RESULTS.md §7). Returns the share of `rows` it picks a right
+    program for."""
+    computer = model.computer
+    head = computer.selection_hidden_votes
+    if head is None:
+        raise ValueError("fitting the hidden votes needs a computer with computer_selection_hidden_votes")
+    collate = dataclasses.replace(collator, with_targets=True, with_slot_targets=True, text_logits=False)
+    states: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda module, args, output: states.append(args[0]))
+    features, right = [], []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(rows), batch_size):
+                batch = collate([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
+                ids = batch["input_ids"]
+                with record_computer_runs() as runs:
+                    model.model(
+                        input_ids=ids, attention_mask=batch["attention_mask"], computer_mask=batch["computer_mask"]
+                    )
+                run = runs[-1]
+                positions, columns = run.positions.nonzero(as_tuple=True)
+                voting = computer.voting_tokens(
+                    ids, batch["attention_mask"], computer.numbers.read(ids), positions, columns
+                )
+                features.append(window_mean(states.pop().float(), voting, positions))  # (P, hidden)
+                operands = computer.machine.values.encode(batch["slot_targets"], run.input_probs.dtype)  # (P, slots, w)
+                inputs = len(computer.input_registers)
+                exact = dataclasses.replace(run, input_probs=operands[:, :inputs], memory_probs=operands[:, inputs:])
+                answers = computer.program_outputs(exact) == batch["computer_targets"][:, None]  # (P, programs)
+                right.append(answers & batch["slot_known"].all(1, keepdim=True))
+    finally:
+        hook.remove()
+        model.train(was_training)
+    x, y = torch.cat(features), torch.cat(right)
+    x, y = x[y.any(1)], y[y.any(1)]  # a prompt no program answers (an operand out of range) teaches nothing
+    weight = torch.zeros_like(head.weight, dtype=x.dtype, requires_grad=True)  # (programs, hidden)
+    optimizer = torch.optim.Adam([weight], lr=learning_rate)
+    for _ in range(steps):
+        loss = selection_nll((x @ weight.T).softmax(-1), y) + decay * weight.pow(2).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        for module in model.computers():
+            module.selection_hidden_votes.weight.copy_(weight)
+        picked = (x @ weight.T).argmax(-1)
+        return float(y.gather(1, picked[:, None]).float().mean())
 
 
 def init_copy_parse(model, spec: TaskSpec, texts: list[str], scale: float, min_agreement: float = 0.9) -> dict:

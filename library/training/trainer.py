@@ -18,7 +18,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 import modeling_llama_dcomp
 from library.training.arguments import resume_mismatches
-from library.training.losses import distillation_kl, distribution_cross_entropy
+from library.training.losses import distillation_kl, distribution_cross_entropy, selection_nll
 from modeling_llama_dcomp import LlamaDCompPreTrainedModel, record_computer_runs
 
 # Trainer.push_to_hub leaves out names starting with "_": the lock is no part of the published model.
@@ -177,14 +177,6 @@ def right_programs(run, targets: torch.Tensor, model) -> torch.Tensor:
     program run on the run's inputs (`LlamaDCompComputer.program_outputs`)."""
     computer = LlamaDCompPreTrainedModel.computers(model)[0]
     return computer.program_outputs(run) == targets.to(run.program_probs.device)[:, None]
-
-
-def selection_nll(program_probs: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    """−log p(answer) of a selection `program_probs (positions, programs)`: p(answer) = Σ_k π_k right_k, `right` the
-    programs whose output is the answer (`right_programs`, or whole lists), averaged over the positions: a loss
-    whose target comes from the answer."""
-    likelihood = (program_probs * right).sum(-1)
-    return -likelihood.clamp_min(1e-6).log().mean()
 
 
 def right_lists(run, targets: torch.Tensor, lengths: torch.Tensor, model) -> torch.Tensor:
