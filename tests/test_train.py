@@ -1,7 +1,8 @@
 """train.py end to end on tiny configurations (CPU, one subprocess each): a Hub-ready output folder with
 run_summary.json that loads as remote code, predict, resuming after a kill (only from a complete checkpoint of the
 same run, with its library verified), the output-folder lock, the stop on a non-finite loss, the baseline without
-the computer, LoRA on a Llama checkpoint, and a 2-process data-parallel run that trains one and the same model.
+the computer, LoRA on a Llama checkpoint, the fitted hidden votes kept fixed, and a 2-process data-parallel run that
+trains one and the same model.
 The pieces of library/training are tested in-process in tests/test_training.py."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from model_fixtures import NOT_IMPORTABLE_PRELUDE, tiny_llama
 from safetensors.torch import load_file, save_file
 
@@ -299,6 +301,33 @@ def test_lora_on_a_llama_checkpoint(env, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "llama_dcomp" and config["hidden_size"] == 16
     assert not (out / "adapter_config.json").exists()  # the adapters are merged into the saved model
+
+
+def test_fitted_hidden_votes_stay_as_fitted_while_the_rest_trains_under_lora_and_after_a_resume(env, tmp_path):
+    """--fit_hidden_votes: W_vote is fitted before the first step and no step changes it, though LoRA keeps a
+    trainable copy of the computer and a resumed run skips the fit (its checkpoint holds the fitted head); the
+    selection head W_sel, beside it, trains."""
+    llama = tiny_llama(vocab_size=128256, hidden_size=16, intermediate_size=32, pad_token_id=None)
+    llama.save_pretrained(tmp_path / "llama")
+    out = tmp_path / "fitted"
+    args = [
+        *TINY, "--model", str(tmp_path / "llama"), "--lora", "--encoding", "binary", "--selection_context", "8",
+        "--selection_hidden_votes", "--fit_hidden_votes", "32", "--save_steps", "2", "--output_dir", str(out),
+    ]  # fmt: skip
+    output = run_train(env, tmp_path, *args, "--max_steps", "2")
+    assert re.search(r"^hidden votes: a probe, right on \d+\.\d+% of its prompts$", output, re.MULTILINE)
+    resumed = run_train(env, tmp_path, *args, "--max_steps", "4", "--resume")
+    assert "hidden votes: a probe" not in resumed and f"resuming from {out / 'checkpoint-2'}" in resumed
+
+    def head(weights: dict, name: str):
+        (key,) = [key for key in weights if key.endswith(f"computer.{name}.weight")]
+        return weights[key]
+
+    after_2 = load_file(out / "checkpoint-2" / "adapter_model.safetensors")
+    final = load_file(out / "model.safetensors")  # the adapters merged, after 4 steps
+    assert head(after_2, "selection_hidden_votes").abs().sum() > 0
+    assert torch.equal(head(after_2, "selection_hidden_votes"), head(final, "selection_hidden_votes"))
+    assert not torch.equal(head(after_2, "select"), head(final, "select"))
 
 
 def test_two_process_data_parallel_run_trains_one_model(env, tmp_path):

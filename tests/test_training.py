@@ -16,7 +16,14 @@ from transformers import TrainingArguments
 from library.interpreter import run_reference
 from library.stdlib import link, load_program
 from library.tasks import PLAIN_ENDINGS, WIDE_ENDINGS
-from library.training.arguments import RESUME_FIXED, ArgumentError, parse_arguments, resume_mismatches, settings
+from library.training.arguments import (
+    RESUME_FIXED,
+    ArgumentError,
+    check_combinations,
+    parse_arguments,
+    resume_mismatches,
+    settings,
+)
 from library.training.data import AnswerCollator, build_datasets, library_sources, task_spec, written_numbers
 from library.training.losses import distillation_kl, distribution_cross_entropy, value_nll
 from library.training.models import build_model, build_tokenizer, parse_kind
@@ -115,6 +122,20 @@ def test_one_json_or_yaml_file_holds_the_arguments(tmp_path, suffix):
         (["--selection_vote_from_layer", "1"], "--selection_vote_from_layer: chooses the layers the hidden"),
         (["--hidden_vote_loss_weight", "-1"], "--hidden_vote_loss_weight: must be >= 0, got -1.0"),
         (["--hidden_vote_loss_weight", "1"], "--hidden_vote_loss_weight: trains the hidden-state votes: give --select"),
+        (["--fit_hidden_votes", "-1"], "--fit_hidden_votes: must be >= 0, got -1"),
+        (["--fit_hidden_votes", "8"], "--fit_hidden_votes: fits the hidden-state votes: give --selection_hidden_votes"),
+        (
+            [
+                "--selection_context",
+                "4",
+                "--selection_hidden_votes",
+                "--fit_hidden_votes",
+                "8",
+                "--hidden_vote_loss_weight",
+                "1",
+            ],
+            "--fit_hidden_votes: keeps the hidden-state votes fixed, so --hidden_vote_loss_weight would train nothing",
+        ),
         (["--phrasings", "wide"], "--phrasings: wide phrasings are for --task arithmetic --encoding binary"),
         (["--ending_fraction", "0.3"], "--ending_fraction: other prompt endings are for --task arithmetic --encoding"),
         (["--encoding", "binary", "--ending_fraction", "2"], "--ending_fraction: must be in [0, 1], got 2.0"),
@@ -161,6 +182,15 @@ def test_a_vote_layer_the_model_lacks_is_refused(cache, first):
     )  # fmt: skip
     with pytest.raises(ValueError, match=rf"--selection_vote_from_layer: {first} is not a layer of this 2-layer model"):
         build_model(model_args, data_args, computer_args, spec, tokenizer)
+
+
+def test_fitting_the_hidden_votes_is_for_arithmetic():
+    model_args, data_args, computer_args, _ = arguments(
+        "--task", "sort", "--encoding", "binary", "--selection_context", "4", "--selection_hidden_votes",
+        "--fit_hidden_votes", "8",
+    )  # fmt: skip
+    with pytest.raises(ArgumentError, match="--fit_hidden_votes: fits the votes on arithmetic answers, and --task is"):
+        check_combinations(model_args, data_args, computer_args)
 
 
 def test_resume_compares_the_model_data_and_seed_only():
@@ -326,6 +356,39 @@ def test_the_hidden_vote_loss_is_the_answer_likelihood_of_the_hidden_votes_alone
     votes = model.computer.selection_hidden_votes
     weight = "hidden_vote_loss_weight"  # beside the answer loss, as train.py gives it
     check_auxiliary_loss(model, batch, [votes.weight], hidden_vote_nll, tmp_path, weight, 3e-2, answer_loss_weight=1)
+
+
+def test_the_fitted_hidden_votes_pick_a_program_that_answers_the_prompts_they_were_fitted_on(cache):
+    """--fit_hidden_votes: W_vote := a probe from the window's hidden states to the programs whose output on the
+    prompt's operands is the answer; the selection of the hidden votes alone, run through the model, is that probe's:
+    it picks a program that answers (the operation written, or its swapped twin where the operands come the other
+    way) for the prompts it was fitted on, where the head at zero picks one for a quarter of them."""
+    from library.training.recipes import init_hidden_votes_from_probe
+
+    model_args, data_args, computer_args, _, spec, tokenizer, data = task(
+        "--encoding", "binary", "--selection_context", "8", "--selection_hidden_votes", "--train_size", "48",
+        "--validation_size", "2", "--test_size", "2", "--hidden_size", "32", "--heads", "2",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(model_args, data_args, computer_args, spec, tokenizer)
+    model.computer.copy_parse.init_ordinals({0: 0, 1: 1}, scale=30.0)  # the operands read right, for the check
+    rows = data["train"].filter(lambda position: position >= 0, input_columns="answer_position")
+    collator = AnswerCollator(tokenizer.pad_token_id, True, with_targets=True, with_slot_targets=True)
+
+    def hidden_choice_answers() -> torch.Tensor:
+        batch = collator(list(rows))
+        with torch.no_grad(), record_computer_runs() as runs:
+            model(batch["input_ids"], attention_mask=batch["attention_mask"], computer_mask=batch["computer_mask"])
+        run = runs[-1]
+        outputs = model.computer.program_outputs(run)  # (rows, programs)
+        chosen = run.hidden_votes.argmax(-1, keepdim=True)
+        return (outputs.gather(1, chosen)[:, 0] == batch["computer_targets"]).float().mean()
+
+    assert hidden_choice_answers() < 0.5  # W_vote at 0: every program ties and the first one (add) is picked
+    mode = model.training
+    fitted = init_hidden_votes_from_probe(model, rows, collator)
+    assert fitted >= 0.95 and model.training == mode  # the fit leaves the model's mode as it found it
+    torch.testing.assert_close(hidden_choice_answers(), torch.tensor(fitted))
 
 
 def check_auxiliary_loss(
