@@ -13,9 +13,9 @@ With `--layers`, the window mean is also read at every decoder layer's output, e
 (what `--selection_vote_from_layer` with the middle layer reads).
 
 With `--parts` (a run trained with `--selection_hidden_votes`), it also scores the trained selection on the wide
-set's words, one question per phrasing, part by part: how often W_sel RMSNorm(h), the token-id votes, the
-hidden-state votes and their sum each pick the program the question asks for (rsub / rdiv where the second
-operand is written first).
+set's words (one question per phrasing) and on `new_phrasings` (`--per-phrasing` each), part by part: how often
+W_sel RMSNorm(h), the token-id votes, the hidden-state votes and their sum each pick the program the question asks
+for (rsub / rdiv where the second operand is written first).
 
     python -m experiments.selection_probe --model runs/tw_s13 [--per-phrasing 2] [--window 32] [--layers] [--parts]
         [--report F]
@@ -185,9 +185,14 @@ def main(argv: list[str] | None = None) -> dict:
     sets = list(next(iter(figures.values())))
     print(markdown_table(["feature", *sets], [[f, *(f"{v:.1%}" for v in row.values())] for f, row in figures.items()]))
     if args.parts:
-        parts = selection_parts(model, tokenizer, questions(1, args.seed, max_digits=5, phrasings=wide_words()))
-        print(markdown_table(["selection part", "wide words right"], [[p, f"{v:.1%}"] for p, v in parts.items()]))
-        figures["trained selection, wide words"] = parts
+        scored = {
+            "wide words": questions(1, args.seed, max_digits=5, phrasings=wide_words()),
+            "new phrasings": questions(args.per_phrasing, args.seed, max_digits=5),
+        }
+        parts = {name: selection_parts(model, tokenizer, rows) for name, rows in scored.items()}
+        rows = [[part, *(f"{parts[name][part]:.1%}" for name in scored)] for part in parts["wide words"]]
+        print(markdown_table(["selection part", *(f"{name} right" for name in scored)], rows))
+        figures |= {f"trained selection, {name}": figures_of_set for name, figures_of_set in parts.items()}
     if args.report:
         args.report.write_text(json.dumps(figures, indent=2))
     return figures
