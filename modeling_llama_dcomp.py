@@ -1016,8 +1016,8 @@ class LlamaDCompComputer(nn.Module):
         """`(P, L)` bool: the tokens that vote for the selection at absolute position `columns (P,)` of row `rows
         (P,)` of `input_ids (batch, L)` (`valid (batch, L)`, None: all real; its numbers `read`): the last
         `selection_context` tokens up to it, neither padding, nor a number token, nor a number's sign."""
-        valid_rows = torch.ones_like(input_ids[rows], dtype=torch.bool) if valid is None else valid[rows].bool()
         steps = torch.arange(input_ids.shape[1], device=input_ids.device)
+        valid_rows = steps[None, :] >= 0 if valid is None else valid[rows].bool()  # (1 or P, L)
         window = (steps <= columns[:, None]) & (steps > columns[:, None] - self.selection_context)  # (P, L)
         return window & valid_rows & ~read.is_number[rows] & ~read.is_sign[rows]
 

@@ -389,6 +389,9 @@ def test_the_fitted_hidden_votes_pick_a_program_that_answers_the_prompts_they_we
     fitted = init_hidden_votes_from_probe(model, rows, collator)
     assert fitted >= 0.95 and model.training == mode  # the fit leaves the model's mode as it found it
     torch.testing.assert_close(hidden_choice_answers(), torch.tensor(fitted))
+    unanswered = rows.map(lambda row: {"answer": row["answer"] + 10**6})  # no program gives these answers
+    with pytest.raises(ValueError, match=r"no program of the library answers any of the 48 prompts from their"):
+        init_hidden_votes_from_probe(model, unanswered, collator)
 
 
 def check_auxiliary_loss(

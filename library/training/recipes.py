@@ -10,6 +10,7 @@ import torch
 from library.install import number_token_ids
 from library.training.data import TaskSpec, slot_values, written_numbers
 from library.training.losses import selection_nll
+from library.training.trainer import right_programs
 from modeling_llama_dcomp import record_computer_runs, window_mean
 
 
@@ -166,13 +167,18 @@ def init_hidden_votes_from_probe(
                 operands = computer.machine.values.encode(batch["slot_targets"], run.input_probs.dtype)  # (P, slots, w)
                 inputs = len(computer.input_registers)
                 exact = dataclasses.replace(run, input_probs=operands[:, :inputs], memory_probs=operands[:, inputs:])
-                answers = computer.program_outputs(exact) == batch["computer_targets"][:, None]  # (P, programs)
+                answers = right_programs(exact, batch["computer_targets"], model)  # (P, programs)
                 right.append(answers & batch["slot_known"].all(1, keepdim=True))
     finally:
         hook.remove()
         model.train(was_training)
     x, y = torch.cat(features), torch.cat(right)
     x, y = x[y.any(1)], y[y.any(1)]  # a prompt no program answers (an operand out of range) teaches nothing
+    if not len(x):
+        raise ValueError(
+            f"fitting the hidden votes: no program of the library answers any of the {len(rows)} prompts from their "
+            "operands (are the answers and the operands in the library's range?)"
+        )
     weight = torch.zeros_like(head.weight, dtype=x.dtype, requires_grad=True)  # (programs, hidden)
     optimizer = torch.optim.Adam([weight], lr=learning_rate)
     for _ in range(steps):
