@@ -27,6 +27,7 @@ from transformers import set_seed
 from library.training.arguments import ArgumentError, check_combinations, parse_arguments, settings
 from library.training.data import (
     AnswerCollator,
+    beyond_phrasings,
     build_datasets,
     changed_splits,
     continue_ordinary_text,
@@ -96,7 +97,10 @@ def train(model_args, data_args, computer_args, training_args) -> dict:
     found = {}
     if with_computer and resume is None:  # a resumed run loads all of this from its checkpoint
         from_scratch = model_args.model is None and model_args.gguf is None
-        found = initialise(model, tokenizer, spec, data["train"], collator, computer_args, from_scratch)
+        beyond = None
+        if computer_args.fit_phrasings != "same":
+            beyond = beyond_phrasings(data_args, spec, tokenizer, training_args.seed, computer_args.fit_phrasings)
+        found = initialise(model, tokenizer, spec, data["train"], collator, computer_args, from_scratch, beyond)
         if "probe_accuracy" in found:
             print(
                 f"parse heads: probes of the prompt's numbers, {found['probe_accuracy']:.2f} of slots right at step 0"
@@ -104,7 +108,12 @@ def train(model_args, data_args, computer_args, training_args) -> dict:
         if "copying" in found:
             print(f"copy parse: slot -> ordinal of the number it starts copying {found['copying']}", flush=True)
         if "hidden_vote_accuracy" in found:
-            print(f"hidden votes: a probe, right on {found['hidden_vote_accuracy']:.2%} of its prompts", flush=True)
+            prompts, beyond_count = found["hidden_vote_prompts"]
+            print(
+                f"hidden votes: a probe fitted on {prompts} prompts ({beyond_count} in phrasings the run lacks), right "
+                f"on {found['hidden_vote_accuracy']:.2%} of them",
+                flush=True,
+            )
     if answer_loss:  # the LM loss trains the read-out, the answer loss the heads (docs/TRAINING.md)
         for computer in model.computers():
             computer.isolate_gradients = True

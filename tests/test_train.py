@@ -304,18 +304,20 @@ def test_lora_on_a_llama_checkpoint(env, tmp_path):
 
 
 def test_fitted_hidden_votes_stay_as_fitted_while_the_rest_trains_under_lora_and_after_a_resume(env, tmp_path):
-    """--fit_hidden_votes: W_vote is fitted before the first step and no step changes it, though LoRA keeps a
-    trainable copy of the computer and a resumed run skips the fit (its checkpoint holds the fitted head); the
-    selection head W_sel, beside it, trains."""
+    """--fit_hidden_votes (half of its prompts in the wide set's phrasings, --fit_phrasings): W_vote is fitted before
+    the first step and no step changes it, though LoRA keeps a trainable copy of the computer and a resumed run skips
+    the fit (its checkpoint holds the fitted head); the selection head W_sel, beside it, trains."""
     llama = tiny_llama(vocab_size=128256, hidden_size=16, intermediate_size=32, pad_token_id=None)
     llama.save_pretrained(tmp_path / "llama")
     out = tmp_path / "fitted"
     args = [
         *TINY, "--model", str(tmp_path / "llama"), "--lora", "--encoding", "binary", "--selection_context", "8",
-        "--selection_hidden_votes", "--fit_hidden_votes", "32", "--save_steps", "2", "--output_dir", str(out),
+        "--selection_hidden_votes", "--fit_hidden_votes", "32", "--fit_phrasings", "wide", "--save_steps", "2",
+        "--output_dir", str(out),
     ]  # fmt: skip
     output = run_train(env, tmp_path, *args, "--max_steps", "2")
-    assert re.search(r"^hidden votes: a probe, right on \d+\.\d+% of its prompts$", output, re.MULTILINE)
+    fit = r"^hidden votes: a probe fitted on 32 prompts \(16 in phrasings the run lacks\), right on \d+\.\d+% of them$"
+    assert re.search(fit, output, re.MULTILINE), output[-2000:]
     resumed = run_train(env, tmp_path, *args, "--max_steps", "4", "--resume")
     assert "hidden votes: a probe" not in resumed and f"resuming from {out / 'checkpoint-2'}" in resumed
 

@@ -3,6 +3,7 @@ naming the argument), the task data and collator, the initialisation recipes, th
 losses, the guards (non-finite stop, output-folder lock, last complete checkpoint, resume settings) and the
 positions predict runs the computer at. train.py end to end: tests/test_train.py."""
 
+import dataclasses
 import json
 import math
 import multiprocessing
@@ -24,7 +25,14 @@ from library.training.arguments import (
     resume_mismatches,
     settings,
 )
-from library.training.data import AnswerCollator, build_datasets, library_sources, task_spec, written_numbers
+from library.training.data import (
+    AnswerCollator,
+    beyond_phrasings,
+    build_datasets,
+    library_sources,
+    task_spec,
+    written_numbers,
+)
 from library.training.losses import distillation_kl, distribution_cross_entropy, value_nll
 from library.training.models import build_model, build_tokenizer, parse_kind
 from library.training.predict import number_starts
@@ -136,6 +144,7 @@ def test_one_json_or_yaml_file_holds_the_arguments(tmp_path, suffix):
             ],
             "--fit_hidden_votes: keeps the hidden-state votes fixed, so --hidden_vote_loss_weight would train nothing",
         ),
+        (["--fit_phrasings", "wide"], "--fit_phrasings: chooses the prompts of the hidden votes' fit: give --fit_hid"),
         (["--phrasings", "wide"], "--phrasings: wide phrasings are for --task arithmetic --encoding binary"),
         (["--ending_fraction", "0.3"], "--ending_fraction: other prompt endings are for --task arithmetic --encoding"),
         (["--encoding", "binary", "--ending_fraction", "2"], "--ending_fraction: must be in [0, 1], got 2.0"),
@@ -191,6 +200,27 @@ def test_fitting_the_hidden_votes_is_for_arithmetic():
     )  # fmt: skip
     with pytest.raises(ArgumentError, match="--fit_hidden_votes: fits the votes on arithmetic answers, and --task is"):
         check_combinations(model_args, data_args, computer_args)
+
+
+@pytest.mark.parametrize(("run", "fit"), [("default", "wide"), ("wide", "wider")])
+def test_the_hidden_votes_fit_on_the_phrasings_a_wider_set_adds_and_never_on_a_test_question(cache, run, fit):
+    """--fit_phrasings: the extra prompts are the wider set's, in phrasings the run's set lacks (none is a phrasing
+    the run holds out), on the run's training operands (none is a held-out operand pair of the test split); a set
+    no wider than the run's is refused."""
+    argv = ("--encoding", "binary", "--phrasings", run, "--train_size", "64", "--validation_size", "2")
+    _, data_args, _, training_args, spec, tokenizer, data = task(*argv, "--test_size", "32")
+    beyond = beyond_phrasings(data_args, spec, tokenizer, training_args.seed, fit)
+    wider = task_spec(dataclasses.replace(data_args, phrasings=fit)).templates
+    flat = [phrasing for options in wider.values() for phrasing in options]
+    phrasings = {flat[template] for template in beyond["template"]}
+    assert len(beyond) > 32 and len(phrasings) > 32  # most of a wider set's prompts are in its new phrasings
+    assert not phrasings & {phrasing for options in spec.templates.values() for phrasing in options}
+    assert not {tuple(pair) for pair in beyond["operands"]} & {tuple(pair) for pair in data["test"]["operands"]}
+    assert "input_ids" in beyond.column_names and min(beyond["answer_position"]) >= 0
+    fitting = ("--selection_context", "4", "--selection_hidden_votes", "--fit_hidden_votes", "8")
+    narrower = ("--encoding", "binary", "--phrasings", fit, *fitting, "--fit_phrasings", "wide")
+    with pytest.raises(ArgumentError, match=f"--fit_phrasings wide: holds no phrasing that --phrasings {fit} lacks"):
+        check_combinations(*arguments(*narrower)[:3])
 
 
 def test_resume_compares_the_model_data_and_seed_only():

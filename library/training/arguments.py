@@ -284,6 +284,13 @@ class ComputerArguments:
                   "output on the prompt's operands is the answer, and keep it fixed while the rest trains (arithmetic "
                   "only; 0: the head trains from zero with the rest)"},
     )  # fmt: skip
+    fit_phrasings: Literal["same", "wide", "wider"] = field(
+        default="same",
+        metadata={"help": "--fit_hidden_votes: half of the fit's prompts are this arithmetic phrasing set's, in the "
+                  "phrasings that --phrasings lacks (its training operands; the run still trains on --phrasings), so "
+                  "that the fixed head has seen more ways of naming each operation than the run (same: all of them "
+                  "the run's training prompts)"},
+    )  # fmt: skip
     vote_completion_margin: float = field(
         default=0.0,
         metadata={"help": "--selection_context: after training, a token no training prompt voted with takes the votes "
@@ -348,6 +355,11 @@ class ComputerArguments:
             self.fit_hidden_votes == 0 or self.hidden_vote_loss_weight == 0,
             "fit_hidden_votes",
             "keeps the hidden-state votes fixed, so --hidden_vote_loss_weight would train nothing: give one of them",
+        )
+        _check(
+            self.fit_phrasings == "same" or self.fit_hidden_votes > 0,
+            "fit_phrasings",
+            "chooses the prompts of the hidden votes' fit: give --fit_hidden_votes",
         )
         _check(
             self.vote_completion_margin == 0 or self.selection_context > 0,
@@ -470,6 +482,10 @@ def check_combinations(model_args, data_args, computer_args) -> None:
             raise ArgumentError(f"--{argument}: {needs}, and --encoding {data_args.encoding} has none (use binary)")
     if computer_args.fit_hidden_votes and data_args.task != "arithmetic":
         raise ArgumentError(f"--fit_hidden_votes: fits the votes on arithmetic answers, and --task is {data_args.task}")
+    sets = ("default", "wide", "wider")  # each holds the one before it
+    fit, run = computer_args.fit_phrasings, data_args.phrasings
+    if fit != "same" and sets.index(fit) <= sets.index(run):
+        raise ArgumentError(f"--fit_phrasings {fit}: holds no phrasing that --phrasings {run} lacks (give a wider set)")
     lists = data_args.encoding == "binary" and data_args.task in ("sort", "max", "min")
     if lists and computer_args.trigger_context == 0:  # `init_list_copy_parse` keeps its hidden-state weights 0
         raise ArgumentError("--trigger_context 0: a list task's trigger reads the token ids alone, so it could "

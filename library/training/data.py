@@ -220,6 +220,19 @@ def build_datasets(args, spec: TaskSpec, tokenizer, seed: int):
     return add_slot_targets(data, spec, args.n)
 
 
+def beyond_phrasings(args, spec: TaskSpec, tokenizer, seed: int, phrasings: str):
+    """The tokenized training prompts of the arithmetic phrasing set `phrasings`, drawn as `args` (`DataArguments`)
+    draws the run's but without ordinary text, in the phrasings the run's set (`spec.templates`) lacks. Nothing of
+    them is held out of the run: the run's held-out phrasings are in its own set, and the training operands are the
+    run's (`library.tasks` holds operands out by the seed alone)."""
+    other = dataclasses.replace(args, phrasings=phrasings, text_fraction=0.0)
+    other_spec = task_spec(other)
+    rows = build_datasets(other, other_spec, tokenizer, seed)["train"]
+    flat = [phrasing for options in other_spec.templates.values() for phrasing in options]  # `template` indexes it
+    known = {phrasing for options in spec.templates.values() for phrasing in options}
+    return rows.filter(lambda template: flat[template] not in known, input_columns="template", desc="new phrasings")
+
+
 HELD_OUT_SPLITS = ("test", "test_pairs", "test_long")  # the splits a run reports, and experiments rebuild
 
 

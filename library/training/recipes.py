@@ -14,9 +14,10 @@ from library.training.trainer import right_programs
 from modeling_llama_dcomp import record_computer_runs, window_mean
 
 
-def initialise(model, tokenizer, spec: TaskSpec, rows, collator, args, from_scratch: bool) -> dict:
+def initialise(model, tokenizer, spec: TaskSpec, rows, collator, args, from_scratch: bool, beyond_rows=None) -> dict:
     """The whole recipe of `args` (`ComputerArguments`) on a fresh LlamaDComp model, with `rows` the training
-    split: returns what it found, {"probe_accuracy": ..., "copying": {slot: ordinal}} (those it ran)."""
+    split and `beyond_rows` prompts in phrasings the run lacks (`--fit_phrasings`: half of the hidden votes' fit):
+    returns what it found, {"probe_accuracy": ..., "copying": {slot: ordinal}} (those it ran)."""
     found: dict = {}
     rows = rows.filter(lambda position: position >= 0, input_columns="answer_position")  # not ordinary text
     if model.config.computer_encoding == "binary":  # the token read-out has no W_out, the parse no value classes
@@ -25,8 +26,12 @@ def initialise(model, tokenizer, spec: TaskSpec, rows, collator, args, from_scra
         elif model.config.computer_parse == "copy" and args.parse_init_scale > 0:
             found["copying"] = init_copy_parse(model, spec, rows[: args.probe_examples]["text"], args.parse_init_scale)
         if args.fit_hidden_votes:
-            fitted = rows.select(range(min(args.fit_hidden_votes, len(rows))))
+            own = args.fit_hidden_votes if beyond_rows is None else args.fit_hidden_votes // 2
+            fitted = list(rows.select(range(min(own, len(rows)))))
+            if beyond_rows is not None:
+                fitted += list(beyond_rows.select(range(min(args.fit_hidden_votes - own, len(beyond_rows)))))
             found["hidden_vote_accuracy"] = init_hidden_votes_from_probe(model, fitted, collator)
+            found["hidden_vote_prompts"] = (len(fitted), len(fitted) - min(own, len(rows)))  # (all, new phrasings)
         return found
     init_read_out(model, tokenizer, args.number_row_norm if from_scratch else 0.0)
     if args.parse_init_scale > 0:
