@@ -17,7 +17,8 @@ from modeling_llama_dcomp import record_computer_runs, window_mean
 def initialise(model, tokenizer, spec: TaskSpec, rows, collator, args, from_scratch: bool, beyond_rows=None) -> dict:
     """The whole recipe of `args` (`ComputerArguments`) on a fresh LlamaDComp model, with `rows` the training
     split and `beyond_rows` prompts in phrasings the run lacks (`--fit_phrasings`: half of the hidden votes' fit):
-    returns what it found, {"probe_accuracy": ..., "copying": {slot: ordinal}} (those it ran)."""
+    returns what it found, {"probe_accuracy": ..., "copying": {slot: ordinal}, "hidden_vote_accuracy": ...,
+    "hidden_vote_prompts": (prompts, of them in new phrasings)} (those it ran)."""
     found: dict = {}
     rows = rows.filter(lambda position: position >= 0, input_columns="answer_position")  # not ordinary text
     if model.config.computer_encoding == "binary":  # the token read-out has no W_out, the parse no value classes
