@@ -36,7 +36,7 @@ from library.training.data import (
 from library.training.losses import distillation_kl, distribution_cross_entropy, value_nll
 from library.training.models import build_model, build_tokenizer, parse_kind
 from library.training.predict import number_starts
-from library.training.recipes import digit_classes, init_copy_parse
+from library.training.recipes import digit_classes, fit_selection_probe, init_copy_parse
 from library.training.trainer import (
     RUNNING_CODE,
     DCompTrainer,
@@ -423,6 +423,21 @@ def test_the_fitted_hidden_votes_pick_a_program_that_answers_the_prompts_they_we
     unanswered = rows.map(lambda row: {"answer": row["answer"] + 10**6})  # no program gives these answers
     with pytest.raises(ValueError, match=r"no program of the library answers any of the 48 prompts from their"):
         init_hidden_votes_from_probe(model, unanswered, collator)
+
+
+def test_the_selection_probe_reads_features_as_they_come_whatever_their_scale():
+    """fit_selection_probe fits on standardised features and folds the scale back: rescaling a feature by s
+    rescales its weight by 1/s, so every choice stays as it was (a fit on the raw features would let its penalty
+    fall on the narrow ones); it picks a right program, also where two programs answer a row."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (96,), generator=generator)
+    x = torch.randn(96, 5, generator=generator) + 4.0 * torch.nn.functional.one_hot(labels, 5).float()
+    right = torch.nn.functional.one_hot(labels, 3).bool()
+    right[:, 2] |= labels == 1  # program 2 also answers program 1's rows
+    scale = torch.tensor([0.01, 1.0, 100.0, 0.1, 10.0])
+    weight, rescaled = fit_selection_probe(x, right, steps=200), fit_selection_probe(x * scale, right, steps=200)
+    torch.testing.assert_close(rescaled, weight / scale, rtol=1e-4, atol=1e-6)
+    assert right.gather(1, (x @ weight.T).argmax(-1, keepdim=True)).float().mean() >= 0.95
 
 
 def check_auxiliary_loss(
