@@ -4,9 +4,9 @@
 For every question, three features from the residual stream entering the computer (plain prompts, "text "):
 the last token's RMS-normed state (what W_sel reads), the mean of the normed states over the selection window's
 tokens that are neither a number nor its sign (what the hidden votes read), and the sum of the same tokens' input
-embeddings (what vote completion reads). A linear probe per feature (softmax regression, fitted as
-`--fit_hidden_votes` fits) learns the operation from the default phrasings (`library.tasks.PHRASINGS["all"]`) and
-is scored on phrasings no split has: the wide set's words in the default frames and `new_phrasings`.
+embeddings (what vote completion reads). A linear probe per feature (softmax regression on standardised features)
+learns the operation from the default phrasings (`library.tasks.PHRASINGS["all"]`) and is scored on phrasings no
+split has: the wide set's words in the default frames and `new_phrasings`.
 
 With `--layers`, the window mean is also read at every decoder layer's output, each state normalised to unit RMS
 (what `computer_selection_vote_layers` reads), and as the mean of those from the middle layer up to the computer's
@@ -33,7 +33,6 @@ from experiments.common import markdown_table
 from experiments.generate_eval import binary_arithmetic_run
 from experiments.new_phrasings import NEW_PHRASINGS, questions, wide_words
 from library import tasks as task_library
-from library.training.recipes import fit_selection_probe
 
 OPERATIONS = tuple(NEW_PHRASINGS)  # add, sub, mul, div
 FEATURES = ("last token", "window mean", "window embeddings")
@@ -96,11 +95,18 @@ def window_features(model, tokenizer, texts: list[str], window: int) -> dict[str
     return {name: torch.stack(rows).float() for name, rows in features.items()}
 
 
-def fit_probe(x: torch.Tensor, y: torch.Tensor, classes: int):
-    """A softmax regression from `x (N, d)` to the labels `y (N,)`, fitted as train.py fits the hidden votes' head
-    (`fit_selection_probe`: features scaled to unit standard deviation); returns the predictor."""
-    weight = fit_selection_probe(x, torch.nn.functional.one_hot(y, classes).bool())  # (classes, d)
-    return lambda features: (features @ weight.T).argmax(-1)
+def fit_probe(x: torch.Tensor, y: torch.Tensor, classes: int, steps: int = 500, decay: float = 1e-3):
+    """A softmax regression on standardised `x (N, d)` for labels `y (N,)`; returns the predictor."""
+    mean, std = x.mean(0), x.std(0) + 1e-4
+    weight = torch.zeros(x.shape[1], classes, requires_grad=True)
+    optimizer = torch.optim.Adam([weight], lr=1e-2)
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy((x - mean) / std @ weight, y) + decay * weight.pow(2).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    weight = weight.detach()
+    return lambda features: ((features - mean) / std @ weight).argmax(-1)
 
 
 def probe(

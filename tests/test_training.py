@@ -145,6 +145,7 @@ def test_one_json_or_yaml_file_holds_the_arguments(tmp_path, suffix):
             "--fit_hidden_votes: keeps the hidden-state votes fixed, so --hidden_vote_loss_weight would train nothing",
         ),
         (["--fit_phrasings", "wide"], "--fit_phrasings: chooses the prompts of the hidden votes' fit: give --fit_hid"),
+        (["--fit_standardised"], "--fit_standardised: changes how the hidden votes' head is fitted: give --fit_hid"),
         (["--phrasings", "wide"], "--phrasings: wide phrasings are for --task arithmetic --encoding binary"),
         (["--ending_fraction", "0.3"], "--ending_fraction: other prompt endings are for --task arithmetic --encoding"),
         (["--encoding", "binary", "--ending_fraction", "2"], "--ending_fraction: must be in [0, 1], got 2.0"),
@@ -420,24 +421,32 @@ def test_the_fitted_hidden_votes_pick_a_program_that_answers_the_prompts_they_we
     fitted = init_hidden_votes_from_probe(model, rows, collator)
     assert fitted >= 0.95 and model.training == mode  # the fit leaves the model's mode as it found it
     torch.testing.assert_close(hidden_choice_answers(), torch.tensor(fitted))
+    raw = model.computer.selection_hidden_votes.weight.clone()
+    standardised = init_hidden_votes_from_probe(model, rows, collator, standardised=True)  # --fit_standardised
+    assert standardised >= 0.95 and not torch.allclose(model.computer.selection_hidden_votes.weight, raw)
+    torch.testing.assert_close(hidden_choice_answers(), torch.tensor(standardised))
     unanswered = rows.map(lambda row: {"answer": row["answer"] + 10**6})  # no program gives these answers
     with pytest.raises(ValueError, match=r"no program of the library answers any of the 48 prompts from their"):
         init_hidden_votes_from_probe(model, unanswered, collator)
 
 
-def test_the_selection_probe_reads_features_as_they_come_whatever_their_scale():
-    """fit_selection_probe fits on standardised features and folds the scale back: rescaling a feature by s
-    rescales its weight by 1/s, so every choice stays as it was (a fit on the raw features would let its penalty
-    fall on the narrow ones); it picks a right program, also where two programs answer a row."""
+def test_the_standardised_selection_probe_reads_features_whatever_their_scale():
+    """fit_selection_probe(standardised=True) fits on standardised features and folds the scale back: rescaling a
+    feature by s rescales its weight by 1/s, so every choice stays as it was; the default fit, on the raw
+    features, does not. Both pick a right program, also where two programs answer a row."""
     generator = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 3, (96,), generator=generator)
     x = torch.randn(96, 5, generator=generator) + 4.0 * torch.nn.functional.one_hot(labels, 5).float()
     right = torch.nn.functional.one_hot(labels, 3).bool()
     right[:, 2] |= labels == 1  # program 2 also answers program 1's rows
     scale = torch.tensor([0.01, 1.0, 100.0, 0.1, 10.0])
-    weight, rescaled = fit_selection_probe(x, right, steps=200), fit_selection_probe(x * scale, right, steps=200)
+    weight = fit_selection_probe(x, right, steps=200, standardised=True)
+    rescaled = fit_selection_probe(x * scale, right, steps=200, standardised=True)
     torch.testing.assert_close(rescaled, weight / scale, rtol=1e-4, atol=1e-6)
     assert right.gather(1, (x @ weight.T).argmax(-1, keepdim=True)).float().mean() >= 0.95
+    raw, raw_rescaled = fit_selection_probe(x, right, steps=200), fit_selection_probe(x * scale, right, steps=200)
+    assert not torch.allclose(raw_rescaled, raw / scale, rtol=1e-2)  # the default fits the features as they come
+    assert right.gather(1, (x @ raw.T).argmax(-1, keepdim=True)).float().mean() >= 0.95
 
 
 def check_auxiliary_loss(

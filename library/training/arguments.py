@@ -291,6 +291,12 @@ class ComputerArguments:
                   "that the fixed head has seen more ways of naming each operation than the run (same: all of them "
                   "the run's training prompts)"},
     )  # fmt: skip
+    fit_standardised: bool = field(
+        default=False,
+        metadata={"help": "--fit_hidden_votes: fit the head on the hidden states scaled to unit standard deviation "
+                  "per feature and fold the scale back into W_vote, so that its penalty weighs every feature alike "
+                  "(its votes then read new words better and outvote the token votes more often)"},
+    )  # fmt: skip
     vote_completion_margin: float = field(
         default=0.0,
         metadata={"help": "--selection_context: after training, a token no training prompt voted with takes the votes "
@@ -360,6 +366,11 @@ class ComputerArguments:
             self.fit_phrasings == "same" or self.fit_hidden_votes > 0,
             "fit_phrasings",
             "chooses the prompts of the hidden votes' fit: give --fit_hidden_votes",
+        )
+        _check(
+            not self.fit_standardised or self.fit_hidden_votes > 0,
+            "fit_standardised",
+            "changes how the hidden votes' head is fitted: give --fit_hidden_votes",
         )
         _check(
             self.vote_completion_margin == 0 or self.selection_context > 0,

@@ -31,7 +31,9 @@ def initialise(model, tokenizer, spec: TaskSpec, rows, collator, args, from_scra
             fitted = list(rows.select(range(min(own, len(rows)))))
             if beyond_rows is not None:
                 fitted += list(beyond_rows.select(range(min(args.fit_hidden_votes - own, len(beyond_rows)))))
-            found["hidden_vote_accuracy"] = init_hidden_votes_from_probe(model, fitted, collator)
+            found["hidden_vote_accuracy"] = init_hidden_votes_from_probe(
+                model, fitted, collator, standardised=args.fit_standardised
+            )
             found["hidden_vote_prompts"] = (len(fitted), len(fitted) - min(own, len(rows)))  # (all, new phrasings)
         return found
     init_read_out(model, tokenizer, args.number_row_norm if from_scratch else 0.0)
@@ -136,12 +138,19 @@ def init_parse_from_probe(
 
 
 def init_hidden_votes_from_probe(
-    model, rows, collator, batch_size: int = 64, steps: int = 500, decay: float = 1e-3, learning_rate: float = 1e-2
+    model,
+    rows,
+    collator,
+    batch_size: int = 64,
+    steps: int = 500,
+    decay: float = 1e-3,
+    learning_rate: float = 1e-2,
+    standardised: bool = False,
 ) -> float:
     """The hidden votes' head W_vote := a softmax-regression probe, fitted on the untrained model over `rows`: from
     the window mean the hidden votes read at the answer position (`window_mean` of `voted_states`) to the programs
     whose output on the prompt's operands (`slot_targets`, prompt text) is the answer (`computer_targets`)
-    (`fit_selection_probe`, with `steps`, `decay` and `learning_rate`). Fitted alone, it
+    (`fit_selection_probe`, with `steps`, `decay`, `learning_rate` and `standardised`). Fitted alone, it
     learns the words of the phrasings from the hidden states, where a head trained beside the token votes gets
     little gradient and stays below such a probe (docs/RESULTS.md §7). Returns the share of `rows` it picks a right
     program for."""
@@ -185,7 +194,7 @@ def init_hidden_votes_from_probe(
             f"fitting the hidden votes: no program of the library answers any of the {len(rows)} prompts from their "
             "operands (are the answers and the operands in the library's range?)"
         )
-    weight = fit_selection_probe(x, y, steps, decay, learning_rate)  # (programs, hidden)
+    weight = fit_selection_probe(x, y, steps, decay, learning_rate, standardised)  # (programs, hidden)
     with torch.no_grad():
         for module in model.computers():
             module.selection_hidden_votes.weight.copy_(weight)
@@ -194,20 +203,24 @@ def init_hidden_votes_from_probe(
 
 
 def fit_selection_probe(
-    x: torch.Tensor, right: torch.Tensor, steps: int = 500, decay: float = 1e-3, learning_rate: float = 1e-2
+    x: torch.Tensor,
+    right: torch.Tensor,
+    steps: int = 500,
+    decay: float = 1e-3,
+    learning_rate: float = 1e-2,
+    standardised: bool = False,
 ) -> torch.Tensor:
     """W `(programs, d)`: a softmax regression from the features `x (N, d)` to the programs `right (N, programs)`
     marks as right for each row, by the selection's own likelihood (`selection_nll`) plus `decay`·|W|², `steps`
-    full-batch Adam steps. It is fitted on the features divided by their standard deviation σ and returned as W/σ,
-    so it reads `x` as it comes: fit(x·s) = fit(x)/s for any per-feature scale s. A decoder's states span
-    features of very different widths, and the penalty on the raw states falls on the narrow ones, where a
-    word the fit never saw is often told apart (docs/RESULTS.md §7)."""
-    scale = x.std(0, correction=0).clamp_min(1e-6)  # (d,)
-    standardised = x / scale
+    full-batch Adam steps. `standardised`: fitted on the features divided by their standard deviation σ and
+    returned as W/σ, so that it reads `x` as it comes and fit(x·s) = fit(x)/s for any per-feature scale s; the
+    penalty then weighs every feature alike, where on the raw states it falls on the narrow ones
+    (`--fit_standardised`, docs/RESULTS.md §7)."""
+    scale = x.std(0, correction=0).clamp_min(1e-6) if standardised else x.new_ones(x.shape[1])  # (d,)
     weight = torch.zeros(right.shape[1], x.shape[1], dtype=x.dtype, requires_grad=True)
     optimizer = torch.optim.Adam([weight], lr=learning_rate)
     for _ in range(steps):
-        loss = selection_nll((standardised @ weight.T).softmax(-1), right) + decay * weight.pow(2).sum()
+        loss = selection_nll(((x / scale) @ weight.T).softmax(-1), right) + decay * weight.pow(2).sum()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
