@@ -146,6 +146,7 @@ def test_one_json_or_yaml_file_holds_the_arguments(tmp_path, suffix):
         ),
         (["--fit_phrasings", "wide"], "--fit_phrasings: chooses the prompts of the hidden votes' fit: give --fit_hid"),
         (["--fit_standardised"], "--fit_standardised: changes how the hidden votes' head is fitted: give --fit_hid"),
+        (["--fit_steps", "0"], "--fit_steps: must be > 0, got 0"),
         (["--phrasings", "wide"], "--phrasings: wide phrasings are for --task arithmetic --encoding binary"),
         (["--ending_fraction", "0.3"], "--ending_fraction: other prompt endings are for --task arithmetic --encoding"),
         (["--encoding", "binary", "--ending_fraction", "2"], "--ending_fraction: must be in [0, 1], got 2.0"),

@@ -297,6 +297,11 @@ class ComputerArguments:
                   "per feature and fold the scale back into W_vote, so that its penalty weighs every feature alike "
                   "(its votes then read new words better and outvote the token votes more often)"},
     )  # fmt: skip
+    fit_steps: int = field(
+        default=500,
+        metadata={"help": "--fit_hidden_votes: full-batch Adam steps of the head's fit (the standardised fit needs "
+                  "about 2000 to be right on a rare program such as rdiv)"},
+    )  # fmt: skip
     vote_completion_margin: float = field(
         default=0.0,
         metadata={"help": "--selection_context: after training, a token no training prompt voted with takes the votes "
@@ -367,6 +372,7 @@ class ComputerArguments:
             "fit_phrasings",
             "chooses the prompts of the hidden votes' fit: give --fit_hidden_votes",
         )
+        _check(self.fit_steps > 0, "fit_steps", f"must be > 0, got {self.fit_steps}")
         _check(
             not self.fit_standardised or self.fit_hidden_votes > 0,
             "fit_standardised",

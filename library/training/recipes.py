@@ -32,7 +32,7 @@ def initialise(model, tokenizer, spec: TaskSpec, rows, collator, args, from_scra
             if beyond_rows is not None:
                 fitted += list(beyond_rows.select(range(min(args.fit_hidden_votes - own, len(beyond_rows)))))
             found["hidden_vote_accuracy"] = init_hidden_votes_from_probe(
-                model, fitted, collator, standardised=args.fit_standardised
+                model, fitted, collator, steps=args.fit_steps, standardised=args.fit_standardised
             )
             found["hidden_vote_prompts"] = (len(fitted), len(fitted) - min(own, len(rows)))  # (all, new phrasings)
         return found
