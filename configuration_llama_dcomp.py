@@ -188,6 +188,12 @@ class LlamaDCompConfig(LlamaConfig):
     tokens, the same however long the sequence is, where a hidden state drifts with the length (lists longer than
     in training, docs/RESULTS.md §8). 0: none."""
 
+    computer_trigger_dropout: float = 0.0
+    """In training, each of those token logits (the trigger's and the lead's, per position and token) is dropped
+    with this probability p, so that the hidden state learns to fire where an answer is due without the words
+    around it (a prompt that ends on a word no training prompt ended on, "… equals"); in evaluation each counts
+    (1 − p) times, its average weight in training. 0: keep every logit."""
+
     computer_lead_token_id: int | None = None
     """The "tokens" read-out's lead: the token written before an answer where the prompt ends without it (SmolLM2's
     " " after "Answer:"), which a frozen base does not write reliably (it may end the text instead). A second
@@ -574,6 +580,12 @@ class LlamaDCompConfig(LlamaConfig):
             f"must be token ids in [0, vocab_size={self.vocab_size}) or -1",
         )
         require(self.computer_trigger_context >= 0, "computer_trigger_context", "must be >= 0")
+        require(0.0 <= self.computer_trigger_dropout < 1.0, "computer_trigger_dropout", "must be in [0, 1)")
+        require(
+            self.computer_trigger_dropout == 0.0 or self.computer_trigger_context > 0,
+            "computer_trigger_dropout",
+            "drops token-context logits: it needs computer_trigger_context > 0",
+        )
         lead = self.computer_lead_token_id
         require(
             lead is None or self.computer_output == "tokens",

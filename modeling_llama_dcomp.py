@@ -610,6 +610,7 @@ class LlamaDCompComputer(nn.Module):
             context = config.computer_trigger_context
             # learned trigger logits of the last `context` token ids (None: the hidden state alone decides)
             self.trigger_tokens = nn.Parameter(torch.empty(context, config.vocab_size)) if context else None
+            self.trigger_dropout = config.computer_trigger_dropout
             self.lead_token_id = config.computer_lead_token_id
             # "the answer starts after one more token": where the prompt has not written the lead token itself
             self.lead_minus_token_id = config.computer_lead_minus_token_id
@@ -855,7 +856,8 @@ class LlamaDCompComputer(nn.Module):
         `lead_tokens`) for the call's `seq` positions t (the last of `history`): a head's logit from the ids of the
         last k tokens, padding and the sequence's start skipped. Every number token reads the row of the token "0":
         which digits a list ends with must not decide where to answer, and a rare chunk would otherwise keep the
-        untrained row it started with."""
+        untrained row it started with. Under `computer_trigger_dropout` p each term is dropped with probability p
+        in training and weighs 1 − p in evaluation."""
         assert self.numbers is not None
         number_row = self.numbers.chunk_tokens[0]  # the token that writes "0"
         ids = history.input_ids
@@ -868,8 +870,11 @@ class LlamaDCompComputer(nn.Module):
             token = ids[:, columns.clamp_min(0)].clamp(0, table.shape[1] - 1)  # (batch, seq)
             token = torch.where(self.numbers.token_value[token] >= 0, number_row, token)
             keep = valid[:, columns.clamp_min(0)] & inside
+            if self.training and self.trigger_dropout:
+                keep = keep & (torch.rand(keep.shape, device=keep.device) >= self.trigger_dropout)
             logits = logits + torch.where(keep, table[j][token], 0.0)
-        return TOKEN_LOGIT_SCALE * logits
+        weight = 1.0 - self.trigger_dropout if not self.training else 1.0  # the kept share, on average
+        return TOKEN_LOGIT_SCALE * weight * logits
 
     @staticmethod
     def _write_plan(writes: torch.Tensor, plan: ReadoutPlan, absolute: torch.Tensor, row: int | None = None) -> None:

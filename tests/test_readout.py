@@ -634,6 +634,43 @@ def test_the_selection_dropout_drops_single_votes_in_training_only():
     assert sub_margin(model.eval(), tokenizer, prompt) == pytest.approx(15.0, abs=1e-3)
 
 
+def test_the_trigger_dropout_drops_its_token_logits_in_training_and_weighs_them_in_evaluation():
+    """computer_trigger_dropout: in training each token-context logit of the trigger and of the lead is kept or
+    dropped alone, per position (the final space's +10 from its own row and +6 from the colon before it come as
+    0, 6, 10 or 16); in evaluation each counts 1 − p times (8 at p = 0.5), in every route alike."""
+    tokenizer = TOKENIZERS["smollm2"]()
+    space = tokenizer.encode(" ", add_special_tokens=False)[-1]
+    colon = tokenizer.encode(":", add_special_tokens=False)[-1]
+    model = calculator(
+        tokenizer, "add", computer_trigger_context=2, computer_lead_token_id=space, computer_trigger_dropout=0.5
+    )
+    with torch.no_grad():
+        for head in (model.computer.trigger, model.computer.lead):
+            head.weight.zero_()
+            head.bias.zero_()
+        for table in (model.computer.trigger_tokens, model.computer.lead_tokens):
+            table.zero_()
+            table[0, space] = 10.0 / TOKEN_LOGIT_SCALE
+            table[1, colon] = 6.0 / TOKEN_LOGIT_SCALE
+    inputs = tokenizer("12 + 7 is: ", return_tensors="pt")
+
+    def final_logits() -> tuple[float, float]:
+        with record_computer_runs() as runs, torch.no_grad():
+            model(**inputs)
+        return float(runs[0].trigger_logits[0, -1]), float(runs[0].lead_logits[0, -1])
+
+    assert final_logits() == pytest.approx((8.0, 8.0), abs=1e-4)
+    model.train()
+    torch.manual_seed(0)
+    drawn = [final_logits() for _ in range(32)]
+    assert {round(trigger) for trigger, _ in drawn} == {0, 6, 10, 16}
+    assert [trigger for trigger, _ in drawn] != [lead for _, lead in drawn]  # drawn apart for the two heads
+    model.eval()
+    assert final_logits() == pytest.approx((8.0, 8.0), abs=1e-4)
+    assert greedy_answers(model, tokenizer, ["12 + 7 is: "], steps=3)[0].startswith("19")
+    assert_every_route_agrees(model, tokenizer, ["12 + 7 is: ", "Then 5 + 30 is: "], 4)
+
+
 def test_vote_completion_gives_an_unvoted_word_the_votes_of_the_trained_word_it_resembles():
     """complete_selection_votes: one minus token votes for sub and 500 frame words for neither; " minus", which
     never voted, has that minus token's embedding here, so it comes to vote for sub as the minus does (shrunk by

@@ -125,6 +125,7 @@ def test_one_json_or_yaml_file_holds_the_arguments(tmp_path, suffix):
         (["--trigger_text_weight", "-1"], "--trigger_text_weight: must be > 0, got -1.0"),
         (["--selection_context", "8", "--selection_dropout", "1"], "--selection_dropout: must be in [0, 1), got 1.0"),
         (["--trigger_context", "-1"], "--trigger_context: must be >= 0, got -1"),
+        (["--trigger_context", "4", "--trigger_dropout", "1"], "--trigger_dropout: must be in [0, 1), got 1.0"),
         (["--selection_dropout", "0.5"], "--selection_dropout: drops the token votes of --selection_context: give"),
         (["--selection_hidden_votes"], "--selection_hidden_votes: votes over the window of --selection_context: give"),
         (["--selection_vote_from_layer", "1"], "--selection_vote_from_layer: chooses the layers the hidden"),
@@ -193,6 +194,18 @@ def test_a_vote_layer_the_model_lacks_is_refused(cache, first):
     )  # fmt: skip
     with pytest.raises(ValueError, match=rf"--selection_vote_from_layer: {first} is not a layer of this 2-layer model"):
         build_model(model_args, data_args, computer_args, spec, tokenizer)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("--trigger_dropout", "0.5"), "--trigger_dropout: drops the trigger's token logits, and --encoding unit has"),
+        (("--encoding", "binary", "--trigger_dropout", "0.5"), "--trigger_dropout: drops the token logits of --trig"),
+    ],
+)
+def test_a_trigger_dropout_without_token_logits_is_refused(argv, message):
+    with pytest.raises(ArgumentError, match=message):
+        check_combinations(*arguments(*argv)[:3])
 
 
 def test_fitting_the_hidden_votes_is_for_arithmetic():
@@ -683,22 +696,37 @@ COMPUTER_PARTS = [
 ]
 
 
-def test_a_list_trigger_without_token_context_is_refused(tmp_path):
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--trigger_context", "0"], "--trigger_context 0: a list task's trigger reads the token ids alone"),
+        (["--trigger_dropout", "0.5"], "--trigger_dropout: a list task's trigger reads the token ids alone"),
+    ],
+)
+def test_a_list_trigger_without_its_token_context_is_refused(tmp_path, extra, message):
     """The list task's trigger reads the token ids alone (its hidden-state weights stay 0): with k = 0 it would
-    never fire."""
+    never fire, and with its token logits dropped it would fire at random."""
     import train
 
-    argv = ["--output_dir", str(tmp_path / "run"), "--encoding", "binary", "--task", "sort", "--trigger_context", "0"]
-    with pytest.raises(SystemExit, match="--trigger_context 0: a list task's trigger reads the token ids alone"):
+    argv = ["--output_dir", str(tmp_path / "run"), "--encoding", "binary", "--task", "sort", *extra]
+    with pytest.raises(SystemExit, match=message):
         train.main(argv)
 
 
-@pytest.mark.parametrize(("argv", "context"), [((), 0), (("--trigger_context", "3"), 3)])
-def test_the_trigger_reads_the_token_context_it_is_given(argv, context):
+@pytest.mark.parametrize(
+    ("argv", "context", "dropout"),
+    [
+        ((), 0, 0.0),
+        (("--trigger_context", "3"), 3, 0.0),
+        (("--trigger_context", "3", "--trigger_dropout", "0.25"), 3, 0.25),
+    ],
+)
+def test_the_trigger_reads_the_token_context_it_is_given(argv, context, dropout):
     model_args, data_args, computer_args, _ = arguments("--encoding", "binary", *argv)
     spec = task_spec(data_args, computer_args.reversed_programs)
     model = build_model(model_args, data_args, computer_args, spec, build_tokenizer(model_args))
     assert model.config.computer_trigger_context == context
+    assert model.config.computer_trigger_dropout == dropout
     assert (model.computer.trigger_tokens is None) == (context == 0)
 
 

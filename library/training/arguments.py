@@ -236,6 +236,12 @@ class ComputerArguments:
         metadata={"help": "--encoding binary: the trigger also adds learned logits of the last k token ids "
                   "(computer_trigger_context; default: the task's, 8 for lists, 0 for arithmetic)"},
     )  # fmt: skip
+    trigger_dropout: float = field(
+        default=0.0,
+        metadata={"help": "--trigger_context: in training, drop each token logit of the trigger and the lead with "
+                  "this probability, so that their hidden-state part learns to fire where an answer is due after a "
+                  "word never trained on (computer_trigger_dropout)"},
+    )  # fmt: skip
     lead_token: bool = field(
         default=False,
         metadata={"help": "--encoding binary: a lead head writes the space before an answer where the prompt ends "
@@ -332,6 +338,7 @@ class ComputerArguments:
         _check(self.selection_context >= 0, "selection_context", f"must be >= 0, got {self.selection_context}")
         if self.trigger_context is not None:
             _check(self.trigger_context >= 0, "trigger_context", f"must be >= 0, got {self.trigger_context}")
+        _check(0 <= self.trigger_dropout < 1, "trigger_dropout", f"must be in [0, 1), got {self.trigger_dropout}")
         _check(0 <= self.selection_dropout < 1, "selection_dropout", f"must be in [0, 1), got {self.selection_dropout}")
         _check(
             self.selection_dropout == 0 or self.selection_context > 0,
@@ -489,6 +496,7 @@ def check_combinations(model_args, data_args, computer_args) -> None:
         ("trigger_text_weight", 1.0, "weighs the token read-out's trigger"),
         ("selection_context", 0, "adds token votes to the selection of the token read-out's computer"),
         ("trigger_context", None, "adds token logits to the trigger of the token read-out's computer"),
+        ("trigger_dropout", 0.0, "drops the trigger's token logits"),
         ("lead_token", False, "adds a lead head to the token read-out's computer"),
     ):
         if getattr(computer_args, argument) == unset:
@@ -504,6 +512,12 @@ def check_combinations(model_args, data_args, computer_args) -> None:
     if fit != "same" and sets.index(fit) <= sets.index(run):
         raise ArgumentError(f"--fit_phrasings {fit}: holds no phrasing that --phrasings {run} lacks (give a wider set)")
     lists = data_args.encoding == "binary" and data_args.task in ("sort", "max", "min")
+    if lists and computer_args.trigger_dropout:
+        raise ArgumentError("--trigger_dropout: a list task's trigger reads the token ids alone (its hidden-state "
+                            "weights stay 0), so dropping them would silence it: give 0")  # fmt: skip
+    if computer_args.trigger_dropout and not lists and not computer_args.trigger_context:  # arithmetic's default: 0
+        raise ArgumentError("--trigger_dropout: drops the token logits of --trigger_context: give --trigger_context "
+                            "> 0")  # fmt: skip
     if lists and computer_args.trigger_context == 0:  # `init_list_copy_parse` keeps its hidden-state weights 0
         raise ArgumentError("--trigger_context 0: a list task's trigger reads the token ids alone, so it could "
                             "never fire: give k >= 1")  # fmt: skip
