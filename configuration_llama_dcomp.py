@@ -232,11 +232,9 @@ class LlamaDCompConfig(LlamaConfig):
     computer_output="tokens" (the read-out keeps the token ids under the cache)."""
 
     computer_selection_dropout: float = 0.0
-    """In training, each token vote of `computer_selection_context` is dropped with this probability p (per token,
+    """In training, each token vote of `computer_selection_context` is dropped with this probability (per token,
     not rescaled): a phrasing with a word never trained on is a window with that word's vote missing, so the
-    other votes and the hidden state learn to choose without it. In evaluation every token vote counts (1 − p)
-    times, its average weight in training, so the token votes weigh against the hidden votes and the selection head
-    as they did in training. 0: keep every vote."""
+    other votes and the hidden state learn to choose without it. 0: keep every vote."""
 
     computer_selection_hidden_votes: bool = False
     """Each token of the selection window also votes through its hidden state at the computer's layer: v gains

@@ -996,23 +996,18 @@ class LlamaDCompComputer(nn.Module):
         at absolute position t = `columns (P,)` of row `rows (P,)` of the history (its numbers `read`, `(batch, L)`
         each): each token id of the window votes for programs wherever it stands in it (a joined minus with its
         symbol's row, `voting_rows`); padding, number tokens and a number's sign vote nothing; in training each vote
-        is dropped with probability p = `selection_dropout`, and in evaluation every vote counts (1 − p) times, its
-        weight on average in training (dropout as Srivastava et al. 2014 state it): counted in full, the token votes
-        would weigh 1/(1 − p) times what they weighed beside the hidden votes and W_sel h in training.
+        is dropped with probability `selection_dropout`.
         Returned with, under `computer_selection_hidden_votes`, the mean of the voting tokens' `W_vote RMSNorm(h)`
         `(P, programs)` (never dropped: the vote a word no training prompt had still casts; else None)."""
         assert self.selection_tokens is not None
         voting = self.voting_tokens(history.input_ids, history.valid, read, rows, columns)  # (P, L)
         hidden = None if history.votes is None else window_mean(history.votes, voting, rows)  # (P, programs)
-        scale = TOKEN_LOGIT_SCALE
         if self.training and self.selection_dropout:
             voting = voting & (torch.rand(voting.shape, device=voting.device) >= self.selection_dropout)
-        elif self.selection_dropout:
-            scale = scale * (1.0 - self.selection_dropout)
         ids = history.input_ids[rows]  # (P, L)
         voters = self.voting_rows(ids.clamp(0, self.selection_tokens.shape[0] - 1))  # (P, L)
         votes = self.selection_tokens[voters]  # (P, L, programs)
-        by_id = scale * (votes * voting[..., None].to(votes.dtype)).sum(1)
+        by_id = TOKEN_LOGIT_SCALE * (votes * voting[..., None].to(votes.dtype)).sum(1)
         return by_id, hidden
 
     def voting_tokens(
