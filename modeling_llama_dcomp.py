@@ -296,6 +296,12 @@ def selection_head(hidden_size: int, programs: int, **factory_kwargs) -> nn.Line
         return nn.Linear(hidden_size, programs, bias=False, **factory_kwargs)
 
 
+def dropped_at_random(mask: torch.Tensor, p: float) -> torch.Tensor:
+    """`mask` with each True entry turned False alone with probability `p`: the token votes' and the trigger's
+    token-context dropout (`computer_selection_dropout`, `computer_trigger_dropout`)."""
+    return mask & (torch.rand(mask.shape, device=mask.device) >= p)
+
+
 def window_mean(values: torch.Tensor, voting: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """`(P, d)`: per position, the mean of `values (batch, L, d)` over its voting tokens `voting (P, L)` of row
     `rows (P,)` (0 where none votes): the hidden votes' share of v in the selection (§3.1), and their probe's input."""
@@ -871,7 +877,7 @@ class LlamaDCompComputer(nn.Module):
             token = torch.where(self.numbers.token_value[token] >= 0, number_row, token)
             keep = valid[:, columns.clamp_min(0)] & inside
             if self.training and self.trigger_dropout:
-                keep = keep & (torch.rand(keep.shape, device=keep.device) >= self.trigger_dropout)
+                keep = dropped_at_random(keep, self.trigger_dropout)
             logits = logits + torch.where(keep, table[j][token], 0.0)
         weight = 1.0 - self.trigger_dropout if not self.training else 1.0  # the kept share, on average
         return TOKEN_LOGIT_SCALE * weight * logits
@@ -1003,7 +1009,7 @@ class LlamaDCompComputer(nn.Module):
         voting = self.voting_tokens(history.input_ids, history.valid, read, rows, columns)  # (P, L)
         hidden = None if history.votes is None else window_mean(history.votes, voting, rows)  # (P, programs)
         if self.training and self.selection_dropout:
-            voting = voting & (torch.rand(voting.shape, device=voting.device) >= self.selection_dropout)
+            voting = dropped_at_random(voting, self.selection_dropout)
         ids = history.input_ids[rows]  # (P, L)
         voters = self.voting_rows(ids.clamp(0, self.selection_tokens.shape[0] - 1))  # (P, L)
         votes = self.selection_tokens[voters]  # (P, L, programs)

@@ -705,7 +705,7 @@ COMPUTER_PARTS = [
 )
 def test_a_list_trigger_without_its_token_context_is_refused(tmp_path, extra, message):
     """The list task's trigger reads the token ids alone (its hidden-state weights stay 0): with k = 0 it would
-    never fire, and with its token logits dropped it would fire at random."""
+    never fire, and with its token logits dropped and weighed 1 − p it would be silenced."""
     import train
 
     argv = ["--output_dir", str(tmp_path / "run"), "--encoding", "binary", "--task", "sort", *extra]
