@@ -194,6 +194,13 @@ class LlamaDCompConfig(LlamaConfig):
     around it (a prompt that ends on a word no training prompt ended on, "… equals"); in evaluation each counts
     (1 − p) times, its average weight in training. 0: keep every logit."""
 
+    computer_trigger_numbers: int = 0
+    """The "tokens" read-out's trigger and lead (if any) also add a learned logit for how many numbers start within
+    the last k tokens (0, 1, 2, 3, or more: `trigger_numbers`, `lead_numbers`, zero at first), k this window. An
+    answer is due once its operands are written, whatever word ends the prompt ("… equals"), and a frozen base's
+    hidden state there does not tell "the answer is due" from "an operand is due" (docs/RESULTS.md §7). 0: none.
+    Needs computer_output="tokens"."""
+
     computer_lead_token_id: int | None = None
     """The "tokens" read-out's lead: the token written before an answer where the prompt ends without it (SmolLM2's
     " " after "Answer:"), which a frozen base does not write reliably (it may end the text instead). A second
@@ -583,6 +590,12 @@ class LlamaDCompConfig(LlamaConfig):
             self.computer_trigger_dropout == 0.0 or self.computer_trigger_context > 0,
             "computer_trigger_dropout",
             "drops token-context logits: it needs computer_trigger_context > 0",
+        )
+        require(self.computer_trigger_numbers >= 0, "computer_trigger_numbers", "must be >= 0")
+        require(
+            self.computer_trigger_numbers == 0 or self.computer_output == "tokens",
+            "computer_trigger_numbers",
+            'counts numbers for the token read-out\'s trigger: it needs computer_output="tokens"',
         )
         lead = self.computer_lead_token_id
         require(

@@ -142,6 +142,7 @@ ANSWER_FIELDS = (
     "computer_list_separator_ids",
     "computer_list_negative_separator_ids",
     "computer_trigger_context",
+    "computer_trigger_numbers",
     "computer_selection_context",
     "computer_selection_hidden_votes",
     "computer_selection_vote_layers",
@@ -152,6 +153,9 @@ ANSWER_FIELDS = (
 # selection_tokens): an Adam step moves an entry by about the learning rate (3e-3 for the computer), so in these
 # units a few hundred steps reach a logit of ±10.
 TOKEN_LOGIT_SCALE = 32.0
+# The number counts of `computer_trigger_numbers` that get a logit each: 0, 1, 2, 3, and 4 or more (a binary
+# operation writes two numbers, Fibonacci three, a list more).
+NUMBER_COUNTS = 5
 # Length (hex digits) of each field's hash in `convention_fingerprint`.
 FIELD_HEX = 8
 
@@ -627,6 +631,12 @@ class LlamaDCompComputer(nn.Module):
             self.lead_tokens = (
                 nn.Parameter(torch.empty(context, config.vocab_size)) if context and self.lead is not None else None
             )
+            # learned logits of how many numbers start within the last `window` tokens (0, …, NUMBER_COUNTS − 1 or
+            # more), the trigger's and the lead's; None: not counted
+            self.number_window = config.computer_trigger_numbers
+            counted = self.number_window > 0
+            self.trigger_numbers = nn.Parameter(torch.empty(NUMBER_COUNTS)) if counted else None
+            self.lead_numbers = nn.Parameter(torch.empty(NUMBER_COUNTS)) if counted and self.lead is not None else None
         placeholder = halt_program(config)
         self._register_library(placeholder, torch.as_tensor(config.library_entry_points, dtype=torch.long))
 
@@ -772,6 +782,8 @@ class LlamaDCompComputer(nn.Module):
         trigger_logits = self.trigger(normed).squeeze(-1)  # (batch, seq)
         if self.trigger_tokens is not None:
             trigger_logits = trigger_logits + self.token_context_logits(self.trigger_tokens, history, seq)
+        if self.trigger_numbers is not None:
+            trigger_logits = trigger_logits + self.number_count_logits(self.trigger_numbers, history, seq)
         plan = history.plan.followed(call.input_ids, absolute)  # an earlier answer, up to where the text left it
         fire = call.positions if call.explicit else call.positions & (trigger_logits > self.trigger_threshold)
         if not call.explicit:
@@ -779,6 +791,8 @@ class LlamaDCompComputer(nn.Module):
         lead_logits = None if self.lead is None else self.lead(normed).squeeze(-1)  # (batch, seq)
         if lead_logits is not None and self.lead_tokens is not None:
             lead_logits = lead_logits + self.token_context_logits(self.lead_tokens, history, seq)
+        if lead_logits is not None and self.lead_numbers is not None:
+            lead_logits = lead_logits + self.number_count_logits(self.lead_numbers, history, seq)
         leading = torch.zeros_like(fire)  # where the lead fires: the answer starts one token early, with the lead
         if lead_logits is not None and not call.explicit:
             leading = call.positions & ~fire & ~plan.covers(absolute.expand(batch, -1))
@@ -881,6 +895,21 @@ class LlamaDCompComputer(nn.Module):
             logits = logits + torch.where(keep, table[j][token], 0.0)
         weight = 1.0 - self.trigger_dropout if not self.training else 1.0  # the kept share, on average
         return TOKEN_LOGIT_SCALE * weight * logits
+
+    def number_count_logits(self, table: torch.Tensor, history: ComputerCache, seq: int) -> torch.Tensor:
+        """s · table[min(c_t, NUMBER_COUNTS − 1)] (s = `TOKEN_LOGIT_SCALE`, `table` `(NUMBER_COUNTS,)`:
+        `trigger_numbers` or `lead_numbers`) for the call's `seq` positions t (the last of `history`), c_t the numbers
+        whose first token stands within the last `computer_trigger_numbers` tokens up to t ("12,345" is one number,
+        as the copy parse reads it), padding skipped. The count is a function of the token ids alone, so a cached
+        decode counts as an uncached forward."""
+        assert self.numbers is not None
+        first = self.numbers.read(history.input_ids).is_first  # (batch, L)
+        if history.valid is not None:
+            first = first & history.valid.bool()
+        started = first.long().cumsum(1)  # numbers started up to each position
+        before = nn.functional.pad(started, (self.number_window, 0))[:, : started.shape[1]]  # … up to t − window
+        count = (started - before)[:, started.shape[1] - seq :].clamp_max(NUMBER_COUNTS - 1)  # (batch, seq)
+        return TOKEN_LOGIT_SCALE * table[count]
 
     @staticmethod
     def _write_plan(writes: torch.Tensor, plan: ReadoutPlan, absolute: torch.Tensor, row: int | None = None) -> None:
@@ -1246,6 +1275,9 @@ class LlamaDCompPreTrainedModel(LlamaPreTrainedModel):
                     init.constant_(module.lead.bias, -4.0)
                 if module.lead_tokens is not None:
                     init.zeros_(module.lead_tokens)
+                for counts in (module.trigger_numbers, module.lead_numbers):
+                    if counts is not None:
+                        init.zeros_(counts)
             if module.selection_tokens is not None:
                 init.zeros_(module.selection_tokens)
             if module.selection_hidden_votes is not None:

@@ -541,6 +541,60 @@ def test_the_lead_round_trips_and_an_edited_lead_token_fails_to_load_naming_it(t
 
 
 @pytest.mark.parametrize("name", ["llama3", "smollm2"])
+def test_the_trigger_counts_the_numbers_of_its_window_alike_cached_uncached_and_left_padded(name):
+    """computer_trigger_numbers: the trigger adds a learned logit for how many numbers start within the last k
+    tokens. Here it fires at a space once two numbers stand within 12 tokens: after "12 plus 7 equals", a word no
+    rule knows, but not after one number, nor where the first of two left the window; "1,234" is one number, as
+    the copy parse reads it; every route agrees, the window crossing the cache and the left padding."""
+    tokenizer = TOKENIZERS[name]()
+    space = tokenizer.encode(" ", add_special_tokens=False)[-1]
+    model = calculator(tokenizer, "add", computer_trigger_context=1, computer_trigger_numbers=12)
+    with torch.no_grad():  # -4 (the bias) + 2 at a space + 3 with two numbers in the window: fires
+        model.computer.trigger_tokens[0, space] = 2.0 / TOKEN_LOGIT_SCALE
+        model.computer.trigger_numbers[2] = 3.0 / TOKEN_LOGIT_SCALE
+    far = "12 and then a great many words of ordinary text go by, one after the other, plus 7 equals "
+    prompts = ["12 plus 7 equals ", "It is 12 o'clock now ", far, "1,234 plus 7 equals "]
+    answers = greedy_answers(model, tokenizer, prompts, steps=5)
+    assert answers[0].startswith("19") and answers[3].startswith("1241"), answers
+    assert not answers[1].startswith("12") and not answers[2].startswith("19"), answers
+    with record_computer_runs() as runs, torch.no_grad():
+        model(**tokenizer(prompts[0], return_tensors="pt"))
+    assert float(runs[0].trigger_logits[0, -1]) == pytest.approx(-4.0 + 2.0 + 3.0, abs=1e-4)
+    assert_every_route_agrees(model, tokenizer, prompts[:2] + prompts[3:], 5)
+
+
+def test_the_lead_counts_numbers_with_its_own_logits_and_both_round_trip(tmp_path):
+    """The lead adds its own count logits (`lead_numbers`), apart from the trigger's; both are saved and loaded,
+    and an edited window fails to load, naming the field."""
+    import json
+
+    from modeling_llama_dcomp import LibraryMismatchError, LlamaDCompForCausalLM
+
+    tokenizer = smollm2_tokenizer()
+    space = tokenizer.encode(" ", add_special_tokens=False)[-1]
+    model = calculator(tokenizer, "add", computer_lead_token_id=space, computer_trigger_numbers=8)
+    with torch.no_grad():
+        model.computer.trigger_numbers.copy_(torch.arange(5.0) / TOKEN_LOGIT_SCALE)
+        model.computer.lead_numbers.copy_(-torch.arange(5.0) / TOKEN_LOGIT_SCALE)
+    model.save_pretrained(tmp_path)
+    loaded = LlamaDCompForCausalLM.from_pretrained(tmp_path)
+    with record_computer_runs() as runs, torch.no_grad():
+        loaded(**tokenizer("Add 3, 4 and 5:", return_tensors="pt"))
+    trigger, lead = float(runs[0].trigger_logits[0, -1]), float(runs[0].lead_logits[0, -1])
+    assert (trigger, lead) == (pytest.approx(-4.0 + 3.0, abs=1e-4), pytest.approx(-4.0 - 3.0, abs=1e-4))
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "computer_trigger_numbers": 9}))
+    with pytest.raises(LibraryMismatchError, match=r"config\.computer_trigger_numbers="):
+        LlamaDCompForCausalLM.from_pretrained(tmp_path)
+
+
+def test_counting_numbers_needs_the_token_read_out():
+    tokenizer = smollm2_tokenizer()
+    with pytest.raises(ValueError, match='^computer_trigger_numbers=8.*needs computer_output="tokens"'):
+        calculator(tokenizer, "add", computer_output="residual_add", computer_trigger_numbers=8)
+
+
+@pytest.mark.parametrize("name", ["llama3", "smollm2"])
 def test_every_number_token_reads_one_row_of_the_trigger_context(name):
     """Which digits a prompt ends with does not move the trigger: every number token reads the row of "0", so a
     rare chunk fires as a common one does, and the rows of other number tokens are never read."""

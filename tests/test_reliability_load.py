@@ -78,6 +78,7 @@ EDITS = {
     "computer_list_separator_ids": [5],
     "computer_list_negative_separator_ids": [6],
     "computer_trigger_context": 2,
+    "computer_trigger_numbers": 8,  # needs "tokens" too: checked in test_readout
     "computer_selection_context": 2,  # needs "tokens" too: checked in test_readout
     "computer_selection_hidden_votes": True,  # needs a selection context too: checked in test_readout
     "computer_selection_vote_layers": [0],  # needs the hidden votes too: checked in test_readout
@@ -107,6 +108,7 @@ def test_every_answer_field_has_an_edit():
         if name
         not in (
             "computer_output",
+            "computer_trigger_numbers",
             "computer_selection_context",
             "computer_selection_hidden_votes",
             "computer_selection_vote_layers",

@@ -126,6 +126,7 @@ def test_one_json_or_yaml_file_holds_the_arguments(tmp_path, suffix):
         (["--selection_context", "8", "--selection_dropout", "1"], "--selection_dropout: must be in [0, 1), got 1.0"),
         (["--trigger_context", "-1"], "--trigger_context: must be >= 0, got -1"),
         (["--trigger_context", "4", "--trigger_dropout", "1"], "--trigger_dropout: must be in [0, 1), got 1.0"),
+        (["--trigger_numbers", "-1"], "--trigger_numbers: must be >= 0, got -1"),
         (["--selection_dropout", "0.5"], "--selection_dropout: drops the token votes of --selection_context: give"),
         (["--selection_hidden_votes"], "--selection_hidden_votes: votes over the window of --selection_context: give"),
         (["--selection_vote_from_layer", "1"], "--selection_vote_from_layer: chooses the layers the hidden"),
@@ -693,6 +694,7 @@ COMPUTER_PARTS = [
     ("--trigger_text_weight", "weighs the token read-out's trigger"),
     ("--selection_context", "adds token votes to the selection of the token read-out's computer"),
     ("--trigger_context", "adds token logits to the trigger of the token read-out's computer"),
+    ("--trigger_numbers", "counts numbers for the trigger of the token read-out's computer"),
 ]
 
 
@@ -714,20 +716,23 @@ def test_a_list_trigger_without_its_token_context_is_refused(tmp_path, extra, me
 
 
 @pytest.mark.parametrize(
-    ("argv", "context", "dropout"),
+    ("argv", "context", "dropout", "numbers"),
     [
-        ((), 0, 0.0),
-        (("--trigger_context", "3"), 3, 0.0),
-        (("--trigger_context", "3", "--trigger_dropout", "0.25"), 3, 0.25),
+        ((), 0, 0.0, 0),
+        (("--trigger_context", "3"), 3, 0.0, 0),
+        (("--trigger_context", "3", "--trigger_dropout", "0.25"), 3, 0.25, 0),
+        (("--trigger_numbers", "24", "--lead_token"), 0, 0.0, 24),
     ],
 )
-def test_the_trigger_reads_the_token_context_it_is_given(argv, context, dropout):
+def test_the_trigger_reads_the_token_context_it_is_given(argv, context, dropout, numbers):
     model_args, data_args, computer_args, _ = arguments("--encoding", "binary", *argv)
     spec = task_spec(data_args, computer_args.reversed_programs)
     model = build_model(model_args, data_args, computer_args, spec, build_tokenizer(model_args))
     assert model.config.computer_trigger_context == context
     assert model.config.computer_trigger_dropout == dropout
+    assert model.config.computer_trigger_numbers == numbers
     assert (model.computer.trigger_tokens is None) == (context == 0)
+    assert (model.computer.trigger_numbers is None) == (model.computer.lead_numbers is None) == (numbers == 0)
 
 
 def test_the_lead_head_learns_where_the_space_before_an_answer_comes_next():

@@ -242,6 +242,12 @@ class ComputerArguments:
                   "this probability, so that their hidden-state part learns to fire where an answer is due after a "
                   "word never trained on (computer_trigger_dropout)"},
     )  # fmt: skip
+    trigger_numbers: int = field(
+        default=0,
+        metadata={"help": "--encoding binary: the trigger and the lead also add a learned logit for how many numbers "
+                  "start within the last k tokens (0, 1, 2, 3, more), so that they fire once the operands are "
+                  "written, whatever word ends the prompt (computer_trigger_numbers; 0: none)"},
+    )  # fmt: skip
     lead_token: bool = field(
         default=False,
         metadata={"help": "--encoding binary: a lead head writes the space before an answer where the prompt ends "
@@ -339,6 +345,7 @@ class ComputerArguments:
         if self.trigger_context is not None:
             _check(self.trigger_context >= 0, "trigger_context", f"must be >= 0, got {self.trigger_context}")
         _check(0 <= self.trigger_dropout < 1, "trigger_dropout", f"must be in [0, 1), got {self.trigger_dropout}")
+        _check(self.trigger_numbers >= 0, "trigger_numbers", f"must be >= 0, got {self.trigger_numbers}")
         _check(0 <= self.selection_dropout < 1, "selection_dropout", f"must be in [0, 1), got {self.selection_dropout}")
         _check(
             self.selection_dropout == 0 or self.selection_context > 0,
@@ -497,6 +504,7 @@ def check_combinations(model_args, data_args, computer_args) -> None:
         ("selection_context", 0, "adds token votes to the selection of the token read-out's computer"),
         ("trigger_context", None, "adds token logits to the trigger of the token read-out's computer"),
         ("trigger_dropout", 0.0, "drops the trigger's token logits"),
+        ("trigger_numbers", 0, "counts numbers for the trigger of the token read-out's computer"),
         ("lead_token", False, "adds a lead head to the token read-out's computer"),
     ):
         if getattr(computer_args, argument) == unset:
