@@ -33,6 +33,7 @@ from experiments.common import markdown_table
 from experiments.generate_eval import binary_arithmetic_run
 from experiments.new_phrasings import NEW_PHRASINGS, questions, wide_words
 from library import tasks as task_library
+from library.training.recipes import fit_selection_probe
 
 OPERATIONS = tuple(NEW_PHRASINGS)  # add, sub, mul, div
 FEATURES = ("last token", "window mean", "window embeddings")
@@ -95,18 +96,12 @@ def window_features(model, tokenizer, texts: list[str], window: int) -> dict[str
     return {name: torch.stack(rows).float() for name, rows in features.items()}
 
 
-def fit_probe(x: torch.Tensor, y: torch.Tensor, classes: int, steps: int = 500, decay: float = 1e-3):
-    """A softmax regression on standardised `x (N, d)` for labels `y (N,)`; returns the predictor."""
-    mean, std = x.mean(0), x.std(0) + 1e-4
-    weight = torch.zeros(x.shape[1], classes, requires_grad=True)
-    optimizer = torch.optim.Adam([weight], lr=1e-2)
-    for _ in range(steps):
-        loss = torch.nn.functional.cross_entropy((x - mean) / std @ weight, y) + decay * weight.pow(2).sum()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    weight = weight.detach()
-    return lambda features: ((features - mean) / std @ weight).argmax(-1)
+def fit_probe(x: torch.Tensor, y: torch.Tensor, classes: int):
+    """A softmax regression on the centred, standardised `x (N, d)` for labels `y (N,)` (train.py's
+    `fit_selection_probe`, standardised, with one right class per row); returns the predictor."""
+    mean = x.mean(0)
+    weight = fit_selection_probe(x - mean, torch.nn.functional.one_hot(y, classes).to(x.dtype), standardised=True)
+    return lambda features: ((features - mean) @ weight.T).argmax(-1)
 
 
 def probe(
