@@ -196,7 +196,7 @@ class LlamaDCompConfig(LlamaConfig):
 
     computer_trigger_numbers: int = 0
     """The "tokens" read-out's trigger and lead (if any) also add a learned logit for how many numbers start within
-    the last k tokens (0, 1, 2, 3, or more: `trigger_numbers`, `lead_numbers`, zero at first), k this window. An
+    the last k tokens (0, 1, or 2 and more: `trigger_numbers`, `lead_numbers`, zero at first), k this window. An
     answer is due once its operands are written, whatever word ends the prompt ("… equals"), and a frozen base's
     hidden state there does not tell "the answer is due" from "an operand is due" (docs/RESULTS.md §7). 0: none.
     Needs computer_output="tokens"."""
@@ -317,6 +317,12 @@ class LlamaDCompConfig(LlamaConfig):
     computer_copy_ordinals: int = 16
     """Ordinal embeddings of the copy parse: the k-th number token of a sequence gets embedding k (numbers past
     the last share it)."""
+
+    computer_copy_from_end: bool = False
+    """Count the copy parse's ordinals back from the position: the last number written before it gets embedding 0,
+    the one before that 1, …. The operands of a question are its last numbers, wherever they stand, so a number
+    written earlier ("Question 3: what is 345 plus 12?", a date in a chat template's system prompt) does not move
+    them. False: from the sequence's start (the first number gets 0), which a list's k-th element needs."""
 
     computer_copy_dim: int = 32
     """Width of the copy parse's queries and keys."""
@@ -671,6 +677,11 @@ class LlamaDCompConfig(LlamaConfig):
         )
         require(self.computer_copy_ordinals >= 1, "computer_copy_ordinals", "must be at least 1")
         require(self.computer_copy_dim >= 1, "computer_copy_dim", "must be at least 1")
+        require(
+            not self.computer_copy_from_end or self.computer_parse == "copy",
+            "computer_copy_from_end",
+            'orders the copy parse\'s ordinals: it needs computer_parse="copy"',
+        )
         require(
             list(self.computer_ops) == list(OP_NAMES),
             "computer_ops",

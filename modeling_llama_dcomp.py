@@ -135,6 +135,7 @@ ANSWER_FIELDS = (
     "computer_group_separator_ids",
     "computer_plus_token_ids",
     "computer_copy_ordinals",
+    "computer_copy_from_end",
     "computer_copy_dim",
     "library_input_registers",
     "library_memory_inputs",
@@ -153,9 +154,10 @@ ANSWER_FIELDS = (
 # selection_tokens): an Adam step moves an entry by about the learning rate (3e-3 for the computer), so in these
 # units a few hundred steps reach a logit of ±10.
 TOKEN_LOGIT_SCALE = 32.0
-# The number counts of `computer_trigger_numbers` that get a logit each: 0, 1, 2, 3, and 4 or more (a binary
-# operation writes two numbers, Fibonacci three, a list more).
-NUMBER_COUNTS = 5
+# The number counts of `computer_trigger_numbers` that get a logit each: 0, 1, and 2 or more. A binary operation's
+# operands are two numbers; more tell nothing more (a question may follow a number of its own: "Question 3: …"),
+# and an exact count of 2, measured (docs/RESULTS.md §7), learns to stay silent after a third number.
+NUMBER_COUNTS = 3
 # Length (hex digits) of each field's hash in `convention_fingerprint`.
 FIELD_HEX = 8
 
@@ -431,7 +433,8 @@ class CopyParse(nn.Module):
 
     For a position i with normalised hidden state h_i, the sequence's normalised hidden states h_t and the numbers
     written in it (`NumberTokens.read`: the number ending at token t has value v_t and ordinal o_t, 0 for the first
-    number, 1 for the second, …), per slot s:
+    number, 1 for the second, …; with `computer_copy_from_end` counted back from i, 0 for the last number read at or
+    before i), per slot s:
 
         α_{s,t} = softmax_t  q_s(h_i) · (W_k h_t + E_ord[o_t]) / √d     over numbers ending at t < i (or read so
                                                                        far at t = i: never a later token)
@@ -449,6 +452,7 @@ class CopyParse(nn.Module):
         self.query = nn.Linear(config.hidden_size, slots * self.dim)  # the bias is each slot's prior over ordinals
         self.key = nn.Linear(config.hidden_size, self.dim, bias=False)
         self.ordinal = nn.Embedding(config.computer_copy_ordinals, self.dim)
+        self.from_end = config.computer_copy_from_end
         self.mix = nn.Linear(config.hidden_size, slots)  # γ: copy vs linear, per slot
 
     def forward(
@@ -464,8 +468,12 @@ class CopyParse(nn.Module):
         """`here (P, hidden)` normalised hidden states at the P positions `(rows, columns)` (absolute columns of
         `sequence`), the numbers `read` in it (`NumberTokens.read`, `(batch, L)` each), the value encoding `values`
         (`RegisterMachine.values`), `linear (P, slots, width)` → the slots' values `(P, slots, width)`."""
-        ordinals = (read.is_first.long().cumsum(-1) - 1).clamp(0, self.ordinal.num_embeddings - 1)  # (batch, L)
-        keys = sequence.keys[rows] + self.ordinal(ordinals[rows])  # (P, L, d)
+        started = read.is_first.long().cumsum(-1)[rows]  # (P, L): numbers started up to each token
+        if self.from_end:  # 0 for the number the position reads or last read, 1 for the one before, …
+            ordinals = started.gather(1, columns[:, None]) - started
+        else:  # 0 for the sequence's first number, 1 for its second, …
+            ordinals = started - 1
+        keys = sequence.keys[rows] + self.ordinal(ordinals.clamp(0, self.ordinal.num_embeddings - 1))  # (P, L, d)
         queries = self.query(here).view(len(rows), self.slots, self.dim)  # (P, slots, d)
         scores = torch.einsum("psd,ptd->pst", queries, keys) / self.dim**0.5  # (P, slots, L)
         steps = torch.arange(sequence.input_ids.shape[1], device=here.device)
@@ -631,8 +639,8 @@ class LlamaDCompComputer(nn.Module):
             self.lead_tokens = (
                 nn.Parameter(torch.empty(context, config.vocab_size)) if context and self.lead is not None else None
             )
-            # learned logits of how many numbers start within the last `window` tokens (0, …, NUMBER_COUNTS − 1 or
-            # more), the trigger's and the lead's; None: not counted
+            # learned logits of how many numbers start within the last `window` tokens (0, 1, 2 or more:
+            # NUMBER_COUNTS), the trigger's and the lead's; None: not counted
             self.number_window = config.computer_trigger_numbers
             counted = self.number_window > 0
             self.trigger_numbers = nn.Parameter(torch.empty(NUMBER_COUNTS)) if counted else None

@@ -57,7 +57,7 @@ def test_every_computer_field_is_documented():
         and following.value.value.strip()
     }
     fields = {name for name in LlamaDCompConfig.__dataclass_fields__ if name.startswith(("computer_", "library_"))}
-    assert len(fields) == 48 and "trained_sequence_length" in documented
+    assert len(fields) == 49 and "trained_sequence_length" in documented
     assert fields <= documented, fields - documented
 
 
@@ -146,6 +146,7 @@ INVALID = [
     ({"computer_trigger_dropout": 0.5}, "computer_trigger_dropout"),  # no token logits to drop
     ({**READ_OUT, "computer_trigger_context": 2, "computer_trigger_dropout": 1.0}, "computer_trigger_dropout"),
     ({"computer_trigger_numbers": 8}, "computer_trigger_numbers"),  # counts for the "tokens" read-out's trigger
+    ({"computer_copy_from_end": True}, "computer_copy_from_end"),  # orders the copy parse's ordinals
     ({**READ_OUT, "computer_trigger_numbers": -1}, "computer_trigger_numbers"),
     ({"computer_lead_token_id": 5}, "computer_lead_token_id"),  # the lead is written by the "tokens" read-out
     ({"computer_lead_minus_token_id": 5, "computer_minus_token_ids": [5]}, "computer_lead_minus_token_id"),  # no lead

@@ -574,17 +574,46 @@ def test_the_lead_counts_numbers_with_its_own_logits_and_both_round_trip(tmp_pat
     space = tokenizer.encode(" ", add_special_tokens=False)[-1]
     model = calculator(tokenizer, "add", computer_lead_token_id=space, computer_trigger_numbers=8)
     with torch.no_grad():
-        model.computer.trigger_numbers.copy_(torch.arange(5.0) / TOKEN_LOGIT_SCALE)
-        model.computer.lead_numbers.copy_(-torch.arange(5.0) / TOKEN_LOGIT_SCALE)
+        model.computer.trigger_numbers.copy_(torch.arange(3.0) / TOKEN_LOGIT_SCALE)
+        model.computer.lead_numbers.copy_(-torch.arange(3.0) / TOKEN_LOGIT_SCALE)
     model.save_pretrained(tmp_path)
     loaded = LlamaDCompForCausalLM.from_pretrained(tmp_path)
     with record_computer_runs() as runs, torch.no_grad():
         loaded(**tokenizer("Add 3, 4 and 5:", return_tensors="pt"))
     trigger, lead = float(runs[0].trigger_logits[0, -1]), float(runs[0].lead_logits[0, -1])
-    assert (trigger, lead) == (pytest.approx(-4.0 + 3.0, abs=1e-4), pytest.approx(-4.0 - 3.0, abs=1e-4))
+    assert (trigger, lead) == (pytest.approx(-4.0 + 2.0, abs=1e-4), pytest.approx(-4.0 - 2.0, abs=1e-4))  # 2 or more
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "computer_trigger_numbers": 9}))
     with pytest.raises(LibraryMismatchError, match=r"config\.computer_trigger_numbers="):
+        LlamaDCompForCausalLM.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["llama3", "smollm2"])
+def test_ordinals_from_the_end_read_the_last_numbers_whatever_was_written_before(name, tmp_path):
+    """computer_copy_from_end: the copy parse's ordinal 0 is the last number before the position, 1 the one before;
+    a question after numbers of its own ("Question 3:", a year) is answered from its operands through every route,
+    where ordinals from the start read the first two numbers. The field round-trips and an edit fails to load."""
+    import json
+
+    from modeling_llama_dcomp import LibraryMismatchError, LlamaDCompForCausalLM
+
+    tokenizer = TOKENIZERS[name]()
+    prompts = ["Question 3: what is 345 minus 12? ", "In 2024 and 2025, what is -7 minus 30? "]
+    model = calculator(tokenizer, "sub", computer_copy_from_end=True)
+    model.computer.copy_parse.init_ordinals({0: 1, 1: 0}, scale=30.0)  # a: the second-to-last number, b: the last
+    with torch.no_grad():
+        model.computer.trigger.bias.fill_(10.0)
+    assert [answer[:4] for answer in greedy_answers(model, tokenizer, prompts, steps=5)] == ["333", "-37"]
+    from_start = calculator(tokenizer, "sub")  # ordinals 0, 1: the first two numbers
+    with torch.no_grad():
+        from_start.computer.trigger.bias.fill_(10.0)
+    assert greedy_answers(from_start, tokenizer, prompts[:1], steps=5)[0].startswith("-342")  # 3 − 345
+    assert_every_route_agrees(model, tokenizer, prompts, 6)
+    model.save_pretrained(tmp_path)
+    assert LlamaDCompForCausalLM.from_pretrained(tmp_path).config.computer_copy_from_end
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "computer_copy_from_end": False}))
+    with pytest.raises(LibraryMismatchError, match=r"config\.computer_copy_from_end="):
         LlamaDCompForCausalLM.from_pretrained(tmp_path)
 
 

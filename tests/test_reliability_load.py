@@ -69,6 +69,7 @@ EDITS = {
     "computer_group_separator_ids": [6],
     "computer_plus_token_ids": [7],
     "computer_copy_ordinals": 4,
+    "computer_copy_from_end": True,  # needs the copy parse too: checked in test_readout
     "computer_copy_dim": 8,
     "library_input_registers": [2, 1, 3],
     "library_memory_inputs": 2,
@@ -108,6 +109,7 @@ def test_every_answer_field_has_an_edit():
         if name
         not in (
             "computer_output",
+            "computer_copy_from_end",
             "computer_trigger_numbers",
             "computer_selection_context",
             "computer_selection_hidden_votes",

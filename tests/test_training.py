@@ -489,16 +489,17 @@ def check_auxiliary_loss(
 
 
 @pytest.mark.parametrize(
-    ("task_name", "copying"),
+    ("task_name", "copying", "extra"),
     [
-        ("fibonacci", {0: 0, 1: 1, 2: 2}),  # a, b, depth as written
-        ("sort", {2: 0, 3: 1, 4: 2, 5: 3}),  # cells; not length, index
+        ("fibonacci", {0: 0, 1: 1, 2: 2}, ()),  # a, b, depth as written
+        ("fibonacci", {0: 2, 1: 1, 2: 0}, ("--copy_from_end",)),  # the same, counted back from the answer
+        ("sort", {2: 0, 3: 1, 4: 2, 5: 3}, ()),  # cells; not length, index
     ],
 )
-def test_copy_parse_prior_points_each_slot_at_the_number_it_reads(cache, task_name, copying):
+def test_copy_parse_prior_points_each_slot_at_the_number_it_reads(cache, task_name, copying, extra):
     model_args, data_args, computer_args, _, spec, tokenizer, data = task(
         "--task", task_name, "--parse", "copy", "--train_size", "32", "--validation_size", "2", "--test_size", "2",
-        "--test_long_size", "2", "--hidden_size", "32", "--heads", "2",
+        "--test_long_size", "2", "--hidden_size", "32", "--heads", "2", *extra,
     )  # fmt: skip
     torch.manual_seed(0)
     model = build_model(model_args, data_args, computer_args, spec, tokenizer)
@@ -703,11 +704,14 @@ COMPUTER_PARTS = [
     [
         (["--trigger_context", "0"], "--trigger_context 0: a list task's trigger reads the token ids alone"),
         (["--trigger_dropout", "0.5"], "--trigger_dropout: a list task's trigger reads the token ids alone"),
+        (["--copy_from_end"], "--copy_from_end: a list's k-th element is the k-th number from the start"),
+        (["--copy_from_end", "--parse", "linear"], "--copy_from_end: orders the copy parse's ordinals, and --parse"),
     ],
 )
 def test_a_list_trigger_without_its_token_context_is_refused(tmp_path, extra, message):
     """The list task's trigger reads the token ids alone (its hidden-state weights stay 0): with k = 0 it would
-    never fire, and with its token logits dropped and weighed 1 − p it would be silenced."""
+    never fire, and with its token logits dropped and weighed 1 − p it would be silenced. Its copy prior points
+    cell k at the k-th number from the start, and a linear parse has no ordinals to order."""
     import train
 
     argv = ["--output_dir", str(tmp_path / "run"), "--encoding", "binary", "--task", "sort", *extra]
@@ -795,6 +799,13 @@ def test_the_computer_settings_need_the_computer(tmp_path, flag, message):
 
     with pytest.raises(SystemExit, match=f"{flag}: {message}, and --no_computer has none"):
         train.main(["--output_dir", str(tmp_path / "run"), flag, "2", "--no_computer"])
+
+
+def test_ordinals_from_the_end_need_the_computer(tmp_path):
+    import train
+
+    with pytest.raises(SystemExit, match="--copy_from_end: orders the copy parse's ordinals, and --no_computer has"):
+        train.main(["--output_dir", str(tmp_path / "run"), "--copy_from_end", "--no_computer"])
 
 
 @pytest.mark.parametrize("flag, message", COMPUTER_PARTS[1:])

@@ -245,8 +245,14 @@ class ComputerArguments:
     trigger_numbers: int = field(
         default=0,
         metadata={"help": "--encoding binary: the trigger and the lead also add a learned logit for how many numbers "
-                  "start within the last k tokens (0, 1, 2, 3, more), so that they fire once the operands are "
+                  "start within the last k tokens (0, 1, 2 or more), so that they fire once the operands are "
                   "written, whatever word ends the prompt (computer_trigger_numbers; 0: none)"},
+    )  # fmt: skip
+    copy_from_end: bool = field(
+        default=False,
+        metadata={"help": "the copy parse counts its ordinals back from the answer (computer_copy_from_end): the "
+                  "operands are the question's last numbers, so a number written before them (\"Question 3: …\", "
+                  "a date in a system prompt) is not read"},
     )  # fmt: skip
     lead_token: bool = field(
         default=False,
@@ -506,12 +512,13 @@ def check_combinations(model_args, data_args, computer_args) -> None:
         ("trigger_dropout", 0.0, "drops the trigger's token logits"),
         ("trigger_numbers", 0, "counts numbers for the trigger of the token read-out's computer"),
         ("lead_token", False, "adds a lead head to the token read-out's computer"),
+        ("copy_from_end", False, "orders the copy parse's ordinals"),
     ):
         if getattr(computer_args, argument) == unset:
             continue
         if model_args.no_computer:
             raise ArgumentError(f"--{argument}: {needs}, and --no_computer has none")
-        if argument != "parse_loss_weight" and data_args.encoding != "binary":
+        if argument not in ("parse_loss_weight", "copy_from_end") and data_args.encoding != "binary":
             raise ArgumentError(f"--{argument}: {needs}, and --encoding {data_args.encoding} has none (use binary)")
     if computer_args.fit_hidden_votes and data_args.task != "arithmetic":
         raise ArgumentError(f"--fit_hidden_votes: fits the votes on arithmetic answers, and --task is {data_args.task}")
@@ -526,6 +533,11 @@ def check_combinations(model_args, data_args, computer_args) -> None:
     if computer_args.trigger_dropout and not lists and not computer_args.trigger_context:  # arithmetic's default: 0
         raise ArgumentError("--trigger_dropout: drops the token logits of --trigger_context: give --trigger_context "
                             "> 0")  # fmt: skip
+    if computer_args.copy_from_end and computer_args.parse == "linear":
+        raise ArgumentError("--copy_from_end: orders the copy parse's ordinals, and --parse linear has no copy parse")
+    if lists and computer_args.copy_from_end:
+        raise ArgumentError("--copy_from_end: a list's k-th element is the k-th number from the start (its copy "
+                            "prior, `init_list_copy_parse`): give it for arithmetic and Fibonacci")  # fmt: skip
     if lists and computer_args.trigger_context == 0:  # `init_list_copy_parse` keeps its hidden-state weights 0
         raise ArgumentError("--trigger_context 0: a list task's trigger reads the token ids alone, so it could "
                             "never fire: give k >= 1")  # fmt: skip

@@ -91,6 +91,7 @@ def build_model(model_args, data_args, computer_args, spec: TaskSpec, tokenizer)
         computer_selection_temperature=computer_args.selection_temperature,
         library_input_registers=list(spec.input_registers),
         library_memory_inputs=spec.memory_inputs,
+        computer_copy_from_end=computer_args.copy_from_end,
     )
     if data_args.encoding == "binary":  # exact signed values, read from and written as the tokenizer's numbers
         task_fields = list_fields(spec, names) if spec.count_register >= 0 else {}

@@ -229,9 +229,9 @@ def fit_selection_probe(
 
 def init_copy_parse(model, spec: TaskSpec, texts: list[str], scale: float, min_agreement: float = 0.9) -> dict:
     """Copy parse prior, from the prompt text alone (like the probe): a slot whose `slot_values` target is the
-    k-th number of the prompt in at least `min_agreement` of `texts` starts attending to ordinal k and copying
-    (`CopyParse.init_ordinals`); any other slot (a list's length, say) starts on the linear parse. Returns
-    {slot: ordinal} of the copying slots."""
+    k-th number of the prompt (the k-th from its end with `computer_copy_from_end`) in at least `min_agreement` of
+    `texts` starts attending to ordinal k and copying (`CopyParse.init_ordinals`); any other slot (a list's length,
+    say) starts on the linear parse. Returns {slot: ordinal} of the copying slots."""
     binary = model.config.computer_encoding == "binary"
     n = 2 ** (model.config.computer_bits - 1) if binary else model.config.computer_values
     copy = model.computer.copy_parse
@@ -239,6 +239,8 @@ def init_copy_parse(model, spec: TaskSpec, texts: list[str], scale: float, min_a
     labelled = torch.zeros(copy.slots)
     for text in texts:
         numbers = written_numbers(text, signed=binary)  # ordinal k: the k-th of them, as in `CopyParse`
+        if model.config.computer_copy_from_end:
+            numbers = numbers[::-1]
         for values in slot_values(spec, text, n, signed=binary):
             for slot, value in enumerate(values[: copy.slots]):
                 labelled[slot] += 1
