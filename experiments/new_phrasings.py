@@ -15,9 +15,13 @@ questions go through the chat template; operands as in training (1–5 digits ea
   people write numbers, not as training writes them: digit groups ("12,345"), the typographic minus ("−42"),
   negatives in brackets ("(-42)") and explicit plus signs ("+42"), and the plain form as a control. 40 % of the
   operands are negative; divisions come out even; answers are expected plain. Reported per format too.
+* `--leading-numbers`: the default set's phrasings after a lead-in that writes numbers of its own before the
+  operands (`LEADING_NUMBERS`: "Question 3: …", "In 2024, …", "Step 1 of 4: …", a date), as numbered exercises and
+  chat templates with a date in their system prompt write them; no training prompt has them. Divisions come out
+  even. Reported per lead-in too.
 
     python -m experiments.new_phrasings --model runs/smol_lora [--per-phrasing 12] [--seed 0]
-        [--number-formats | --wide-words]
+        [--number-formats | --wide-words | --leading-numbers]
 """
 
 from __future__ import annotations
@@ -81,6 +85,16 @@ NUMBER_FORMATS: dict[str, Callable[[int], str]] = {
     "typographic minus": lambda value: str(value).replace("-", "\u2212"),
     "negatives in brackets": lambda value: f"({value})" if value < 0 else str(value),
     "plus signs": lambda value: f"+{value}" if value >= 0 else str(value),
+}
+
+# Lead-in name -> what it writes before a question (`--leading-numbers`): numbers of its own ahead of the operands.
+LEADING_NUMBERS: dict[str, Callable[[random.Random, str], str]] = {
+    "question number": lambda rng, text: f"Question {rng.randint(1, 20)}: {text}",
+    "numbered item": lambda rng, text: f"{rng.randint(1, 9)}. {text}",
+    "a year": lambda rng, text: f"In {rng.randint(1990, 2030)}, {text[:1].lower()}{text[1:]}",
+    "a count": lambda rng, text: f"I have {rng.randint(2, 5)} questions. {text}",
+    "step n of m": lambda rng, text: f"Step {rng.randint(1, 3)} of {rng.randint(4, 9)}: {text}",
+    "a date": lambda rng, text: f"Today is {rng.randint(1, 28)} March {rng.randint(2000, 2030)}. {text}",
 }
 
 
@@ -152,6 +166,24 @@ def format_questions(
     return datasets.Dataset.from_list(rows)
 
 
+def leading_questions(
+    per_lead: int, seed: int, max_digits: int = 5, negative_fraction: float = 0.25
+) -> datasets.Dataset:
+    """`per_lead` questions for every lead-in of `LEADING_NUMBERS`, the operations in turn, each in a random
+    phrasing of the default set after the lead-in's own numbers ("Question 3: What is 12 plus 7?"); `question` rows
+    with the lead-in; divisions come out even."""
+    rng = random.Random(seed)
+    operations = ("add", "sub", "mul", "div")
+    rows = []
+    for name, lead in LEADING_NUMBERS.items():
+        for index in range(per_lead):
+            operation = operations[index % len(operations)]
+            phrasing = rng.choice(task_library.PHRASINGS["all"][operation])
+            row = question(rng, operation, phrasing, max_digits, negative_fraction, True, lead=name)
+            rows.append(row | {"text": lead(rng, row["text"])})
+    return datasets.Dataset.from_list(rows)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True)
@@ -159,6 +191,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--number-formats", action="store_true", help="ask with the operands in other formats")
     parser.add_argument(
         "--wide-words", action="store_true", help="ask in the wide set's expressions, in the default frames"
+    )
+    parser.add_argument(
+        "--leading-numbers", action="store_true", help="ask after numbers of the prompt's own (\"Question 3: …\")"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--chat-fraction", type=float, default=0.5)
@@ -169,6 +204,8 @@ def main(argv: list[str] | None = None) -> dict:
     max_digits = settings["data"]["max_digits"]
     if args.number_formats:
         asked = format_questions(4 * args.per_phrasing, args.seed, max_digits)
+    elif args.leading_numbers:
+        asked = leading_questions(4 * args.per_phrasing, args.seed, max_digits)
     elif args.wide_words:
         asked = questions(args.per_phrasing, args.seed, max_digits, phrasings=wide_words())
     else:

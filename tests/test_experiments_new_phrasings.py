@@ -6,9 +6,11 @@ import re
 import dcomp_isa
 from experiments.new_phrasings import (
     FLOOR_DIVISIONS,
+    LEADING_NUMBERS,
     NEW_PHRASINGS,
     NUMBER_FORMATS,
     format_questions,
+    leading_questions,
     questions,
     wide_words,
 )
@@ -84,3 +86,17 @@ def test_questions_write_their_operands_in_each_format_and_read_back_as_written(
     )
     assert "(-" in texts["negatives in brackets"] and "+" in texts["plus signs"]
     assert format_questions(per_format=24, seed=5)["text"] == rows["text"]  # seeded
+
+
+def test_leading_questions_write_numbers_of_their_own_before_the_operands():
+    rows = leading_questions(per_lead=16, seed=2, max_digits=5)
+    assert len(rows) == 16 * len(LEADING_NUMBERS) and set(rows["lead"]) == set(LEADING_NUMBERS)
+    for row in rows:
+        a, b = row["operands"]
+        assert row["answer_text"] == str(dcomp_isa.alu_signed(row["operation"], a, b, 64))
+        numbers = written_numbers(row["text"], signed=True)
+        leading = 2 if row["lead"] in ("step n of m", "a date") else 1
+        assert len(numbers) == leading + 2 and sorted(numbers[leading:]) == sorted([a, b]), row["text"]
+        if row["operation"] == "div":
+            assert a % b == 0, row["text"]
+    assert leading_questions(per_lead=16, seed=2)["text"] == rows["text"]  # seeded
