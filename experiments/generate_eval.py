@@ -110,13 +110,14 @@ def exact_match(model, tokenizer, rows, batch_size: int, max_new_tokens: int) ->
                 written = written_numbers(tokenizer.decode(prompt), signed=True)
                 registers = parsed.get(index)
                 right["parse: computed at the answer"].append(registers is not None)
-                right["parse: operands read right"].append(
-                    registers is not None and registers[: len(written)] == written[: len(registers)]
+                right["parse: operands read right"].append(  # the operands: the last numbers the prompt writes
+                    registers is not None and registers == written[len(written) - len(registers) :]
                 )
             kind = "plain" if prompt[-1] == tokenizer(" ", add_special_tokens=False)["input_ids"][-1] else "chat"
             groups = ["all", row["operation"], kind] + ([f"{row['digits']} digits"] if "digits" in row else [])
             groups += [f"length {row['length']}"] if "length" in row else []  # lists (issue 13)
             groups += [f"format {row['format']}"] if "format" in row else []
+            groups += [f"lead-in {row['lead']}"] if "lead" in row else []
             groups += [f"phrasing {row['phrasing']}"] if "phrasing" in row else []  # experiments.new_phrasings
             for group in groups:
                 right[group].append(correct)
