@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--wide-words", action="store_true", help="ask in the wide set's expressions, in the default frames"
     )
     parser.add_argument(
-        "--leading-numbers", action="store_true", help="ask after numbers of the prompt's own (\"Question 3: …\")"
+        "--leading-numbers", action="store_true", help='ask after numbers of the prompt\'s own ("Question 3: …")'
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--chat-fraction", type=float, default=0.5)
