@@ -52,6 +52,23 @@ def test_the_parse_is_right_only_when_the_written_numbers_are_read_in_order():
     assert figures["parse: computed at the answer"] == (0.0, 2) and figures["parse: operands read right"] == (0.0, 2)
 
 
+def test_after_numbers_of_its_own_the_parse_is_right_on_the_last_numbers_and_each_lead_in_is_reported():
+    """The operands are the prompt's last numbers: ordinals counted from the end read them after "Question 3:",
+    ordinals from the start read the 3; the lead-in (`new_phrasings --leading-numbers`) is a group of its own."""
+    tokenizer = smollm2_tokenizer()
+    questions = rows(tokenizer, [("Question 3: Add 12 and 30 =", "42", [12, 30])]).add_column("lead", ["question"])
+    for from_end, right in ((True, 1.0), (False, 0.0)):
+        model = calculator(tokenizer, "add", computer_trigger_context=1, computer_copy_from_end=from_end)
+        if from_end:
+            model.computer.copy_parse.init_ordinals({0: 1, 1: 0}, scale=30.0)
+        equals = tokenizer.encode(" =", add_special_tokens=False)[-1]
+        with torch.no_grad():
+            model.computer.trigger_tokens[0, equals] = 20 / TOKEN_LOGIT_SCALE
+        figures = exact_match(model, tokenizer, questions, batch_size=1, max_new_tokens=4)
+        assert figures["parse: operands read right"] == (right, 1)
+        assert figures["lead-in question"] == figures["all"] == (right, 1)
+
+
 def test_a_runs_test_splits_are_rebuilt_from_its_settings_as_train_py_built_them():
     """generate_eval and zero_shot score the very questions train.py tested on (same phrasings, operands, seed)."""
     data = DataArguments(encoding="binary", train_size=300, validation_size=20, test_size=40, chat_fraction=0.5)
