@@ -322,7 +322,8 @@ class LlamaDCompConfig(LlamaConfig):
     """Count the copy parse's ordinals back from the position: the last number written before it gets embedding 0,
     the one before that 1, …. The operands of a question are its last numbers, wherever they stand, so a number
     written earlier ("Question 3: what is 345 plus 12?", a date in a chat template's system prompt) does not move
-    them. False: from the sequence's start (the first number gets 0), which a list's k-th element needs."""
+    them (train.py's prior then points by the ordinal alone: `recipes.point_by_ordinal_alone`). False: from the
+    sequence's start (the first number gets 0), which a list's k-th element needs."""
 
     computer_copy_dim: int = 32
     """Width of the copy parse's queries and keys."""

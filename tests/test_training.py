@@ -504,6 +504,9 @@ def test_copy_parse_prior_points_each_slot_at_the_number_it_reads(cache, task_na
     torch.manual_seed(0)
     model = build_model(model_args, data_args, computer_args, spec, tokenizer)
     assert init_copy_parse(model, spec, data["train"]["text"], scale=5.0) == copying
+    by_ordinal = model.config.computer_copy_from_end  # the pointer by ordinal alone: no hidden-state part, frozen
+    for weight in (model.computer.copy_parse.query.weight, model.computer.copy_parse.key.weight):
+        assert bool((weight == 0).all()) == by_ordinal and weight.requires_grad != by_ordinal
     rows = list(data["train"])
     batch = AnswerCollator(tokenizer.pad_token_id, True, False, with_slot_targets=True)(rows)
     with torch.no_grad(), record_computer_runs() as runs:

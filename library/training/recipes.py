@@ -250,7 +250,21 @@ def init_copy_parse(model, spec: TaskSpec, texts: list[str], scale: float, min_a
     copying = {slot: int(ordinal[slot]) for slot in range(copy.slots) if share[slot] >= min_agreement}
     for computer in model.computers():
         computer.copy_parse.init_ordinals(copying, scale)
+        if model.config.computer_copy_from_end:
+            point_by_ordinal_alone(computer.copy_parse)
     return copying
+
+
+@torch.no_grad()
+def point_by_ordinal_alone(copy) -> None:
+    """Zeroes and freezes the copy parse's query and key weights, so that each slot points by its ordinal (its
+    query bias) alone: what a number says or where it stands in the sequence cannot pull the pointer to another
+    number. Counted from the end, a question's operands always have the same ordinals; with the hidden states'
+    parts trained on prompts that write only their operands, an earlier number of the prompt's own ("Question 3:
+    …") was read in about a third of such questions (docs/RESULTS.md §7)."""
+    for weight in (copy.query.weight, copy.key.weight):
+        weight.zero_()
+        weight.requires_grad_(False)
 
 
 @torch.no_grad()
