@@ -804,6 +804,24 @@ def test_the_computer_settings_need_the_computer(tmp_path, flag, message):
         train.main(["--output_dir", str(tmp_path / "run"), flag, "2", "--no_computer"])
 
 
+def test_lora_keeps_the_weights_the_recipe_froze_frozen():
+    """PEFT trains a full copy of the computer (`modules_to_save`); the pointer's hidden-state weights that
+    `point_by_ordinal_alone` froze stay frozen in it, and the rest of the copy trains."""
+    from test_readout import calculator, smollm2_tokenizer
+
+    from library.training.models import add_lora
+    from library.training.recipes import point_by_ordinal_alone
+
+    model = calculator(smollm2_tokenizer(), "add", computer_copy_from_end=True)
+    point_by_ordinal_alone(model.computer.copy_parse)
+    trainable = {
+        name: p.requires_grad for name, p in add_lora(model, 4).named_parameters() if ".modules_to_save." in name
+    }
+    frozen = {name for name, grad in trainable.items() if not grad}
+    assert frozen and all(name.endswith(("copy_parse.query.weight", "copy_parse.key.weight")) for name in frozen)
+    assert any(name.endswith("copy_parse.query.bias") and grad for name, grad in trainable.items())
+
+
 def test_ordinals_from_the_end_need_the_computer(tmp_path):
     import train
 

@@ -167,4 +167,12 @@ def add_lora(model, rank: int):
     config = LoraConfig(
         r=rank, lora_alpha=2 * rank, target_modules=LORA_TARGETS, modules_to_save=modules_to_save, task_type="CAUSAL_LM"
     )
-    return get_peft_model(model, config)
+    frozen = {name for name, parameter in model.named_parameters() if not parameter.requires_grad}
+    wrapped = get_peft_model(model, config)
+    # PEFT's copy of a module to save trains every parameter; the ones the recipe froze stay frozen
+    # (`recipes.point_by_ordinal_alone`, the list trigger's hidden-state weights)
+    for name, parameter in wrapped.named_parameters():
+        copied = name.removeprefix("base_model.model.").replace(".modules_to_save.default.", ".")
+        if ".modules_to_save.default." in name and copied in frozen:
+            parameter.requires_grad_(False)
+    return wrapped
