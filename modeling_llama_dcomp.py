@@ -790,8 +790,11 @@ class LlamaDCompComputer(nn.Module):
         trigger_logits = self.trigger(normed).squeeze(-1)  # (batch, seq)
         if self.trigger_tokens is not None:
             trigger_logits = trigger_logits + self.token_context_logits(self.trigger_tokens, history, seq)
+        read = None  # the numbers written so far: read once for the counts and the run
         if self.trigger_numbers is not None:
-            trigger_logits = trigger_logits + self.number_count_logits(self.trigger_numbers, history, seq)
+            read = self.numbers.read(history.input_ids)
+            counts = self.number_counts(read, history, seq)  # (batch, seq)
+            trigger_logits = trigger_logits + TOKEN_LOGIT_SCALE * self.trigger_numbers[counts]
         plan = history.plan.followed(call.input_ids, absolute)  # an earlier answer, up to where the text left it
         fire = call.positions if call.explicit else call.positions & (trigger_logits > self.trigger_threshold)
         if not call.explicit:
@@ -799,8 +802,8 @@ class LlamaDCompComputer(nn.Module):
         lead_logits = None if self.lead is None else self.lead(normed).squeeze(-1)  # (batch, seq)
         if lead_logits is not None and self.lead_tokens is not None:
             lead_logits = lead_logits + self.token_context_logits(self.lead_tokens, history, seq)
-        if lead_logits is not None and self.lead_numbers is not None:
-            lead_logits = lead_logits + self.number_count_logits(self.lead_numbers, history, seq)
+        if lead_logits is not None and self.lead_numbers is not None:  # counted with the trigger's (same window)
+            lead_logits = lead_logits + TOKEN_LOGIT_SCALE * self.lead_numbers[counts]
         leading = torch.zeros_like(fire)  # where the lead fires: the answer starts one token early, with the lead
         if lead_logits is not None and not call.explicit:
             leading = call.positions & ~fire & ~plan.covers(absolute.expand(batch, -1))
@@ -812,7 +815,7 @@ class LlamaDCompComputer(nn.Module):
             written = self.number_written(history, seq)
             fire, leading = fire & written, leading & written
         computing = fire | leading
-        run = self.run(hidden_states, computing, history, call.past_length, trigger_logits, lead_logits)
+        run = self.run(hidden_states, computing, history, call.past_length, trigger_logits, lead_logits, read)
         tokens, lengths = self.spell_answers(run)  # (P, symbols), (P,)
         if bool(leading.any()):
             tokens, lengths = self.with_lead(tokens, lengths, leading[computing], join_minus=not call.explicit)
@@ -904,20 +907,18 @@ class LlamaDCompComputer(nn.Module):
         weight = 1.0 - self.trigger_dropout if not self.training else 1.0  # the kept share, on average
         return TOKEN_LOGIT_SCALE * weight * logits
 
-    def number_count_logits(self, table: torch.Tensor, history: ComputerCache, seq: int) -> torch.Tensor:
-        """s · table[min(c_t, NUMBER_COUNTS − 1)] (s = `TOKEN_LOGIT_SCALE`, `table` `(NUMBER_COUNTS,)`:
-        `trigger_numbers` or `lead_numbers`) for the call's `seq` positions t (the last of `history`), c_t the numbers
-        whose first token stands within the last `computer_trigger_numbers` tokens up to t ("12,345" is one number,
-        as the copy parse reads it), padding skipped. The count is a function of the token ids alone, so a cached
+    def number_counts(self, read: ReadNumbers, history: ComputerCache, seq: int) -> torch.Tensor:
+        """`(batch, seq)` long: min(c_t, NUMBER_COUNTS − 1) for the call's `seq` positions t (the last of `history`,
+        its numbers `read`), c_t the numbers whose first token stands within the last `computer_trigger_numbers`
+        tokens up to t ("12,345" is one number, as the copy parse reads it), padding skipped: the row of
+        `trigger_numbers` and `lead_numbers` each position reads. A function of the token ids alone, so a cached
         decode counts as an uncached forward."""
-        assert self.numbers is not None
-        first = self.numbers.read(history.input_ids).is_first  # (batch, L)
+        first = read.is_first  # (batch, L)
         if history.valid is not None:
             first = first & history.valid.bool()
         started = first.long().cumsum(1)  # numbers started up to each position
         before = nn.functional.pad(started, (self.number_window, 0))[:, : started.shape[1]]  # … up to t − window
-        count = (started - before)[:, started.shape[1] - seq :].clamp_max(NUMBER_COUNTS - 1)  # (batch, seq)
-        return TOKEN_LOGIT_SCALE * table[count]
+        return (started - before)[:, started.shape[1] - seq :].clamp_max(NUMBER_COUNTS - 1)
 
     @staticmethod
     def _write_plan(writes: torch.Tensor, plan: ReadoutPlan, absolute: torch.Tensor, row: int | None = None) -> None:
@@ -954,10 +955,12 @@ class LlamaDCompComputer(nn.Module):
         past_length: int = 0,
         trigger_logits: torch.Tensor | None = None,
         lead_logits: torch.Tensor | None = None,
+        read: ReadNumbers | None = None,
     ) -> ComputerRun:
         """Select, parse and run (steps 1–3 of the class docstring) at the P positions where `positions`
         `(batch, seq)` is True, from `hidden_states (batch, seq, hidden)` (the sequence's tokens, `past_length` of
-        them cached before, in `history`); recorded for `record_computer_runs`."""
+        them cached before, in `history`; `read`: its numbers, where the caller has read them); recorded for
+        `record_computer_runs`."""
         if not self.program_names:
             raise RuntimeError(
                 "no library is installed in this LlamaDComp model: install one with "
@@ -973,8 +976,8 @@ class LlamaDCompComputer(nn.Module):
         normed = self.norm(hidden_states[positions])  # (P, hidden)
         rows, columns = positions.nonzero(as_tuple=True)
         columns = columns + past_length  # (P,) absolute: the columns of the history's tokens
-        read = None  # the numbers written so far, read once for the votes, the copy parse and the count
-        if history is not None and self.numbers is not None:
+        # the numbers written so far, read once for the votes, the copy parse and the count
+        if read is None and history is not None and self.numbers is not None:
             if self.selection_tokens is not None or self.copy_parse is not None or self.count_slot is not None:
                 read = self.numbers.read(history.input_ids)  # (batch, L) each
         selection_logits = self.select(normed).to(dtype)  # (P, programs)

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import argparse
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import datasets
 
@@ -86,6 +87,8 @@ NUMBER_FORMATS: dict[str, Callable[[int], str]] = {
     "negatives in brackets": lambda value: f"({value})" if value < 0 else str(value),
     "plus signs": lambda value: f"+{value}" if value >= 0 else str(value),
 }
+
+T = TypeVar("T")
 
 # Lead-in name -> what it writes before a question (`--leading-numbers`): numbers of its own ahead of the operands.
 LEADING_NUMBERS: dict[str, Callable[[random.Random, str], str]] = {
@@ -148,21 +151,28 @@ def wide_words() -> dict[str, tuple[str, ...]]:
     return task_library.compose(expressions, task_library.QUESTION_FRAMES)
 
 
+def in_default_phrasings(
+    rng: random.Random, per_variant: int, variants: dict[str, T]
+) -> Iterator[tuple[str, T, str, str]]:
+    """(name, variant, operation, phrasing): `per_variant` draws for every variant, the operations in turn, each in
+    a random phrasing of the default set."""
+    operations = ("add", "sub", "mul", "div")
+    for name, variant in variants.items():
+        for index in range(per_variant):
+            operation = operations[index % len(operations)]
+            yield name, variant, operation, rng.choice(task_library.PHRASINGS["all"][operation])
+
+
 def format_questions(
     per_format: int, seed: int, max_digits: int = 5, negative_fraction: float = 0.4
 ) -> datasets.Dataset:
     """`per_format` questions for every format of `NUMBER_FORMATS`, the operations in turn, each in a random
     phrasing of the default set (`question` rows with the format); divisions come out even."""
     rng = random.Random(seed)
-    operations = ("add", "sub", "mul", "div")
-    rows = []
-    for name, write in NUMBER_FORMATS.items():
-        for index in range(per_format):
-            operation = operations[index % len(operations)]
-            phrasing = rng.choice(task_library.PHRASINGS["all"][operation])
-            rows.append(
-                question(rng, operation, phrasing, max_digits, negative_fraction, True, format=name, write=write)
-            )
+    rows = [
+        question(rng, operation, phrasing, max_digits, negative_fraction, True, format=name, write=write)
+        for name, write, operation, phrasing in in_default_phrasings(rng, per_format, NUMBER_FORMATS)
+    ]
     return datasets.Dataset.from_list(rows)
 
 
@@ -173,14 +183,10 @@ def leading_questions(
     phrasing of the default set after the lead-in's own numbers ("Question 3: What is 12 plus 7?"); `question` rows
     with the lead-in; divisions come out even."""
     rng = random.Random(seed)
-    operations = ("add", "sub", "mul", "div")
     rows = []
-    for name, lead in LEADING_NUMBERS.items():
-        for index in range(per_lead):
-            operation = operations[index % len(operations)]
-            phrasing = rng.choice(task_library.PHRASINGS["all"][operation])
-            row = question(rng, operation, phrasing, max_digits, negative_fraction, True, lead=name)
-            rows.append(row | {"text": lead(rng, row["text"])})
+    for name, lead, operation, phrasing in in_default_phrasings(rng, per_lead, LEADING_NUMBERS):
+        row = question(rng, operation, phrasing, max_digits, negative_fraction, True, lead=name)
+        rows.append(row | {"text": lead(rng, row["text"])})
     return datasets.Dataset.from_list(rows)
 
 
