@@ -152,6 +152,8 @@ def train(model_args, data_args, computer_args, training_args) -> dict:
     if resume:
         print(f"resuming from {resume}", flush=True)
     trained = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if model_args.lora:  # from here on one model, with one computer: the one evaluated, completed and saved
+        trainer.model = trainer.model.merge_and_unload()
     completed = None
     if computer_args.vote_completion_margin > 0:  # words no prompt voted with vote as the trained words they resemble
         embeddings = trainer.model.get_input_embeddings().weight
@@ -169,8 +171,6 @@ def train(model_args, data_args, computer_args, training_args) -> dict:
     # Every process prints the digest of its weights: after data-parallel training they must all agree.
     digest = parameter_digest(trainer.model)
     print(f"rank {training_args.process_index} parameter digest: {digest}", flush=True)
-    if model_args.lora:
-        trainer.model = trainer.model.merge_and_unload()
     if with_computer:  # the model warns on longer inputs (docs/RELIABILITY.md)
         trainer.model.config.trained_sequence_length = max(map(len, data["train"]["input_ids"]))
     trainer.save_model(str(output_dir))  # model.safetensors, config (auto_map), code files, tokenizer

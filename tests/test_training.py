@@ -8,6 +8,7 @@ import json
 import math
 import multiprocessing
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -754,9 +755,11 @@ def test_the_lead_head_learns_where_the_space_before_an_answer_comes_next():
     assert lead_positions(answer_positions, input_ids, space).nonzero().tolist() == [[0, 2], [1, 2]]
 
 
-def test_vote_completion_runs_after_training_and_is_in_the_saved_model(cache, tmp_path):
+@pytest.mark.parametrize("adapters", [[], ["--lora"]])
+def test_vote_completion_runs_after_training_and_is_in_the_saved_model(cache, tmp_path, adapters):
     """--vote_completion_margin: after the last step, tokens that never voted take predicted votes (counted in
-    run_summary.json); the checkpoint written before it has them at 0, the saved model does not."""
+    run_summary.json); the checkpoint written before it has them at 0, the saved model does not. With LoRA, the
+    trained copy of the computer is completed, not PEFT's untrained original (whose votes are all 0)."""
     import json
 
     from safetensors.torch import load_file
@@ -767,16 +770,17 @@ def test_vote_completion_runs_after_training_and_is_in_the_saved_model(cache, tm
     argv = [
         "--output_dir", str(out), "--encoding", "binary", "--selection_context", "8",
         "--vote_completion_margin", "0.01", "--train_size", "32", "--validation_size", "2", "--test_size", "2",
-        "--max_steps", "2", "--save_steps", "2", "--report_to", "none",
+        "--max_steps", "2", "--save_steps", "2", "--report_to", "none", *adapters,
     ]  # fmt: skip
     train.main(argv)  # two steps move a vote by about 0.2 logits: hence the small margin
     completed = json.loads((out / "run_summary.json").read_text())["completed_votes"]
-    key = next(name for name in load_file(out / "model.safetensors") if name.endswith("selection_tokens"))
-    voting = {
-        folder: int((load_file(folder / "model.safetensors")[key].abs().sum(1) > 0).sum())
-        for folder in (out / "checkpoint-2", out)
-    }
-    assert completed > 0 and voting[out] == voting[out / "checkpoint-2"] + completed
+
+    def voting(weights: Path) -> int:  # a LoRA checkpoint holds the adapters and the computer's trained copy
+        (votes,) = [tensor for name, tensor in load_file(weights).items() if name.endswith("selection_tokens")]
+        return int((votes.abs().sum(1) > 0).sum())
+
+    before = voting(out / "checkpoint-2" / ("adapter_model.safetensors" if adapters else "model.safetensors"))
+    assert completed > 0 and voting(out / "model.safetensors") == before + completed
     with pytest.raises(SystemExit):
         arguments("--encoding", "binary", "--vote_completion_margin", "2")
 
