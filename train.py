@@ -38,7 +38,7 @@ from library.training.metrics import ExactMatch, answer_predictions, evaluate_sp
 from library.training.models import add_lora, build_model, build_tokenizer
 from library.training.outputs import render_model_card, save_learning_curve, write_run_summary
 from library.training.predict import predict
-from library.training.recipes import initialise
+from library.training.recipes import fixed_by_the_recipe, initialise
 from library.training.trainer import (
     SETTINGS_FILE,
     DCompTrainer,
@@ -50,7 +50,7 @@ from library.training.trainer import (
     resume_checkpoint,
     save_settings,
 )
-from modeling_llama_dcomp import LibraryMismatchError, LlamaDCompPreTrainedModel
+from modeling_llama_dcomp import LibraryMismatchError
 
 PROCESS_START = psutil.Process().create_time()  # wall time counts from here: imports, data and tokenizer included
 
@@ -117,13 +117,13 @@ def train(model_args, data_args, computer_args, training_args) -> dict:
     if answer_loss:  # the LM loss trains the read-out, the answer loss the heads (docs/TRAINING.md)
         for computer in model.computers():
             computer.isolate_gradients = True
+    if with_computer:  # what the recipe fixed stays fixed: a resumed run's too, and LoRA's copies (`add_lora`)
+        for parameter in fixed_by_the_recipe(model, spec, computer_args):
+            parameter.requires_grad_(False)
     if model_args.freeze_base and with_computer:
         model.freeze_base()
     if model_args.lora:
         model = add_lora(model, model_args.lora_rank)
-    if computer_args.fit_hidden_votes:  # the fitted probe stays as it is (a resumed run's too, adapters' copies too)
-        for computer in LlamaDCompPreTrainedModel.computers(model):
-            computer.selection_hidden_votes.requires_grad_(False)
     print(f"initial parameter digest: {parameter_digest(model)}", flush=True)
 
     # ---- training

@@ -306,14 +306,16 @@ def test_lora_on_a_llama_checkpoint(env, tmp_path):
 def test_fitted_hidden_votes_stay_as_fitted_while_the_rest_trains_under_lora_and_after_a_resume(env, tmp_path):
     """--fit_hidden_votes (half of its prompts in the wide set's phrasings, --fit_phrasings): W_vote is fitted before
     the first step and no step changes it, though LoRA keeps a trainable copy of the computer and a resumed run skips
-    the fit (its checkpoint holds the fitted head); the selection head W_sel, beside it, trains."""
+    the fit (its checkpoint holds the fitted head); the selection head W_sel, beside it, trains. So with the copy
+    parse's pointer by the ordinal alone (--copy_from_end): its query weights stay 0, and the resumed run's
+    optimizer finds the parameter groups it saved."""
     llama = tiny_llama(vocab_size=128256, hidden_size=16, intermediate_size=32, pad_token_id=None)
     llama.save_pretrained(tmp_path / "llama")
     out = tmp_path / "fitted"
     args = [
         *TINY, "--model", str(tmp_path / "llama"), "--lora", "--encoding", "binary", "--selection_context", "8",
         "--selection_hidden_votes", "--fit_hidden_votes", "32", "--fit_phrasings", "wide", "--save_steps", "2",
-        "--output_dir", str(out),
+        "--copy_from_end", "--output_dir", str(out),
     ]  # fmt: skip
     output = run_train(env, tmp_path, *args, "--max_steps", "2")
     fit = r"^hidden votes: a probe fitted on 32 prompts \(16 in phrasings the run lacks\), right on \d+\.\d+% of them$"
@@ -330,6 +332,7 @@ def test_fitted_hidden_votes_stay_as_fitted_while_the_rest_trains_under_lora_and
     assert head(after_2, "selection_hidden_votes").abs().sum() > 0
     assert torch.equal(head(after_2, "selection_hidden_votes"), head(final, "selection_hidden_votes"))
     assert not torch.equal(head(after_2, "select"), head(final, "select"))
+    assert head(final, "copy_parse.query").abs().sum() == 0 and head(final, "copy_parse.key").abs().sum() == 0
 
 
 def test_two_process_data_parallel_run_trains_one_model(env, tmp_path):

@@ -52,6 +52,24 @@ def initialise(model, tokenizer, spec: TaskSpec, rows, collator, args, from_scra
     return found
 
 
+def fixed_by_the_recipe(model, spec: TaskSpec, args) -> list[torch.nn.Parameter]:
+    """The parameters `initialise` sets and then keeps as set: the hidden votes' fitted head (`--fit_hidden_votes`),
+    the copy parse's query and key weights where it points by the ordinal alone (`point_by_ordinal_alone`), a list
+    task's trigger weights (`init_list_copy_parse`). A resumed run loads them from its checkpoint instead and must
+    freeze the same ones, or its optimizer's parameter groups would not match the ones it saved."""
+    fixed = []
+    for computer in model.computers():
+        if args.fit_hidden_votes:
+            fixed.append(computer.selection_hidden_votes.weight)
+        if args.parse_init_scale <= 0:
+            continue
+        if model.config.computer_encoding == "binary" and spec.count_register >= 0:
+            fixed.append(computer.trigger.weight)
+        elif model.config.computer_parse == "copy" and model.config.computer_copy_from_end:
+            fixed += [computer.copy_parse.query.weight, computer.copy_parse.key.weight]
+    return fixed
+
+
 @torch.no_grad()
 def init_read_out(model, tokenizer, row_norm: float) -> None:
     """W_out column v := the LM-head row of the token of value v (the computer writes what the LM head reads);
