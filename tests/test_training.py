@@ -808,6 +808,36 @@ def test_the_computer_settings_need_the_computer(tmp_path, flag, message):
         train.main(["--output_dir", str(tmp_path / "run"), flag, "2", "--no_computer"])
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("--copy_from_end",),
+        ("--copy_from_end", "--parse_init_scale", "0"),
+        ("--task", "sort", "--test_long_size", "2"),
+        ("--selection_context", "8", "--selection_hidden_votes", "--fit_hidden_votes", "8"),
+    ],
+)
+def test_what_a_resumed_run_freezes_is_what_the_recipe_froze(cache, argv):
+    """`fixed_by_the_recipe` (what train.py freezes on the fresh and the resumed path alike) names exactly the
+    parameters `initialise` froze, and the fitted hidden-vote head that train.py keeps fixed: a recipe that freezes
+    something new fails here until the resumed path freezes it too."""
+    from library.training.recipes import fixed_by_the_recipe, initialise
+
+    model_args, data_args, computer_args, _, spec, tokenizer, data = task(
+        "--encoding", "binary", "--train_size", "16", "--validation_size", "2", "--test_size", "2",
+        "--hidden_size", "32", "--heads", "2", *argv,
+    )  # fmt: skip
+    model = build_model(model_args, data_args, computer_args, spec, tokenizer)
+    collator = AnswerCollator(tokenizer.pad_token_id, True, True, list_answers=spec.count_register >= 0)
+    initialise(model, tokenizer, spec, data["train"], collator, computer_args, from_scratch=True)
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    frozen = {name for name, parameter in model.named_parameters() if not parameter.requires_grad}
+    if computer_args.fit_hidden_votes:
+        frozen.add("model.layers.1.computer.selection_hidden_votes.weight")
+    fixed = {names[id(parameter)] for parameter in fixed_by_the_recipe(model, spec, computer_args)}
+    assert fixed == frozen and (fixed == set()) == ("--parse_init_scale" in argv)
+
+
 def test_lora_keeps_the_weights_the_recipe_froze_frozen():
     """PEFT trains a full copy of the computer (`modules_to_save`); the pointer's hidden-state weights that
     `point_by_ordinal_alone` froze stay frozen in it, and the rest of the copy trains."""
