@@ -3,7 +3,10 @@ head's `computer_lead_threshold`) on data that neither trains the model nor repo
 computer writes tokens.
 
 * Recall: the run's `validation` split, asked as in training (plain, and the chat share through the template): the
-  share of questions whose trigger fires at the answer position, i.e. σ(logit) there exceeds the threshold.
+  share of questions whose trigger fires at the answer position, i.e. σ(logit) there exceeds the threshold. A run
+  trained with `--ending_fraction` also asked its questions with other endings; those that end in white space
+  ("{text}\n") are answered by the trigger too, so their recall is read and kept apart: all validation questions,
+  plain, each with that ending (`ending_prompts`).
 * False activations: docstring paragraphs of `library.texts.CALIBRATION_PACKAGES` (neither the packages whose
   docstrings train the trigger nor the standard library that `experiments.pass_through` reports on), the first
   `--max-tokens` tokens of each: the share of positions, and of texts, where it fires once a number is written
@@ -11,7 +14,9 @@ computer writes tokens.
 
 One forward pass per prompt records the trigger's logits; each threshold is then a comparison. The threshold chosen
 is the highest of the grid that computes every validation question the default 1/2 computes, or all but a share
-`--recall-loss` of them: a user's trade between answers missed and ordinary text rewritten. The lead head goes the
+`--recall-loss` of them, for each way of asking alike: a user's trade between answers missed and ordinary text
+rewritten. Without the endings, seed 13's recipe kept every validation question at 0.9 and lost the line break's
+(docs/RESULTS.md §7). The lead head goes the
 other way: it fires where a question ends without the space ("…\nAnswer:"), a frame users write in ways no trained
 prompt does, where its logit sits near 0 (docs/RESULTS.md §7). Its recall is read at the last token of the plain
 validation prompts (before their space), and the threshold chosen is the lowest of `LEAD_THRESHOLDS` that fires on
@@ -38,12 +43,13 @@ from pathlib import Path
 import torch
 
 from experiments.common import markdown_table, runs_of
-from experiments.generate_eval import run_settings, test_splits
+from experiments.generate_eval import raw_test_splits, run_settings, test_splits
 from library.loading import load_model, load_tokenizer, model_folder
+from library.tasks import ENDINGS, tokenize_for_causal_lm
 from library.texts import CALIBRATION_PACKAGES, docstring_paragraphs
 from modeling_llama_dcomp import logit
 
-THRESHOLDS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999)
+THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999)
 LEAD_THRESHOLDS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
 FIELDS = {"trigger": "computer_trigger_threshold", "lead": "computer_lead_threshold"}  # --head: its config field
 
@@ -63,17 +69,22 @@ def head_logits(model, sequences: list[list[int]], head: str = "trigger") -> lis
     return found
 
 
-def sweep(answer_logits: torch.Tensor, text_logits: list[torch.Tensor], thresholds=THRESHOLDS) -> list[dict]:
-    """Per threshold: recall at the answer positions `answer_logits (questions,)`, and the false activations on
+def sweep(answer_logits: dict[str, torch.Tensor], text_logits: list[torch.Tensor], thresholds=THRESHOLDS) -> list[dict]:
+    """Per threshold: the recall of each way of asking, `answer_logits` (way → the logits at its answer positions,
+    `(questions,)`), as "recall" (the first way) and "recall: {way}" (the others), and the false activations on
     `text_logits` (positions and texts)."""
     positions = torch.cat(text_logits)
+    names = ["recall"] + [f"recall: {way}" for way in list(answer_logits)[1:]]
     rows = []
     for threshold in thresholds:
         cut = logit(threshold)
+        recalls = {
+            name: int((logits > cut).sum()) / logits.numel() for name, logits in zip(names, answer_logits.values())
+        }
         rows.append(
-            {
-                "threshold": threshold,
-                "recall": int((answer_logits > cut).sum()) / answer_logits.numel(),
+            {"threshold": threshold}
+            | recalls
+            | {
                 "false_activation_positions": int((positions > cut).sum()) / positions.numel(),
                 "texts_with_activation": sum(bool((text > cut).any()) for text in text_logits) / len(text_logits),
             }
@@ -82,10 +93,11 @@ def sweep(answer_logits: torch.Tensor, text_logits: list[torch.Tensor], threshol
 
 
 def choose(rows: list[dict], recall_loss: float = 0.0) -> float:
-    """The highest threshold whose recall is at most `recall_loss` below that of the lowest (the default 1/2 when
-    the grid starts there)."""
-    floor = rows[0]["recall"] - recall_loss
-    return max(row["threshold"] for row in rows if row["recall"] >= floor)
+    """The highest threshold whose recall, for every way of asking, is at most `recall_loss` below that of the
+    lowest (the default 1/2 when the grid starts there)."""
+    keys = [key for key in rows[0] if key.startswith("recall")]
+    floors = {key: rows[0][key] - recall_loss for key in keys}
+    return max(row["threshold"] for row in rows if all(row[key] >= floors[key] for key in keys))
 
 
 def choose_lowest(rows: list[dict]) -> float:
@@ -93,6 +105,23 @@ def choose_lowest(rows: list[dict]) -> float:
     (trained,) = [row for row in rows if row["threshold"] == 0.5]
     keys = ("false_activation_positions", "texts_with_activation")
     return min(row["threshold"] for row in rows if all(row[key] <= trained[key] for key in keys))
+
+
+def ending_prompts(settings: dict, tokenizer, limit: int | None = None) -> dict[str, list[list[int]]]:
+    """The run's validation questions asked plainly with each ending it trained on (`--endings`, when
+    `--ending_fraction` > 0) that ends in white space, up to and with its answer position: where the trigger, not
+    the lead head, answers. Keyed by the ending, "{text}" shown as "…"."""
+    data = settings["data"]
+    if not data.get("ending_fraction", 0.0):
+        return {}
+    (validation,) = raw_test_splits(settings, ["validation"], limit).values()
+    found = {}
+    for ending in ENDINGS[data.get("endings", "default")]:
+        if not ending.endswith(tuple(" \n\t")):
+            continue
+        rows = tokenize_for_causal_lm(validation, tokenizer, ending_fraction=1.0, endings=(ending,))
+        found[repr(ending.format(text="…"))] = [row["input_ids"][: row["answer_position"] + 1] for row in rows]
+    return found
 
 
 def calibration_texts(count: int, seed: int = 0) -> list[str]:
@@ -146,7 +175,12 @@ def main(argv: list[str] | None = None) -> dict:
         prompts = [row["input_ids"][: row["answer_position"]] for row in plain]
     else:
         prompts = [row["input_ids"][: row["answer_position"] + 1] for row in validation]
-    answers = torch.stack([logits[-1] for logits in head_logits(model, prompts, args.head)])
+    ways = {"as trained": prompts}
+    if args.head == "trigger":
+        ways |= ending_prompts(run_settings(args.model), tokenizer, args.limit)
+    answers = {
+        way: torch.stack([logits[-1] for logits in head_logits(model, asked, args.head)]) for way, asked in ways.items()
+    }
     texts = [ids[: args.max_tokens] for ids in tokenizer(calibration_texts(args.texts))["input_ids"]]
     text_logits = head_logits(model, texts, args.head)
     if args.head == "lead":
@@ -156,11 +190,18 @@ def main(argv: list[str] | None = None) -> dict:
         rows = sweep(answers, text_logits)
         chosen = choose(rows, args.recall_loss)
     print(markdown_table(list(rows[0]), [[f"{value:.4g}" for value in row.values()] for row in rows]))
-    print(f"chosen {FIELDS[args.head]}: {chosen} (validation n = {len(prompts)}, texts n = {len(texts)})")
+    counts = ", ".join(f"{way} {len(asked)}" for way, asked in ways.items())
+    print(f"chosen {FIELDS[args.head]}: {chosen} (validation questions: {counts}; texts n = {len(texts)})")
     if args.write:
         write_threshold(model_folder(args.model), model.config, chosen, FIELDS[args.head])
         print(f"written to {model_folder(args.model) / 'config.json'}")
-    figures = {"head": args.head, "chosen": chosen, "validation": len(prompts), "texts": len(texts), "sweep": rows}
+    figures = {
+        "head": args.head,
+        "chosen": chosen,
+        "validation": {way: len(asked) for way, asked in ways.items()},
+        "texts": len(texts),
+        "sweep": rows,
+    }
     if args.report:
         args.report.write_text(json.dumps(figures, indent=2))
     return figures

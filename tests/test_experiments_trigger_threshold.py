@@ -9,13 +9,21 @@ from test_readout import calculator, smollm2_tokenizer
 from transformers import LlamaConfig
 
 from experiments.pass_through import MODULES
-from experiments.trigger_threshold import calibration_texts, choose, choose_lowest, head_logits, sweep, write_threshold
+from experiments.trigger_threshold import (
+    calibration_texts,
+    choose,
+    choose_lowest,
+    ending_prompts,
+    head_logits,
+    sweep,
+    write_threshold,
+)
 from library.texts import CALIBRATION_PACKAGES, TRAINING_PACKAGES
 from modeling_llama_dcomp import LlamaDCompForCausalLM, logit
 
 
 def test_the_sweep_counts_recall_and_false_activations_per_threshold():
-    answers = torch.tensor([logit(0.999), logit(0.97), logit(0.6), logit(0.3)])
+    answers = {"as trained": torch.tensor([logit(0.999), logit(0.97), logit(0.6), logit(0.3)])}
     texts = [torch.tensor([logit(0.2), logit(0.96)]), torch.tensor([logit(0.1), logit(0.1), logit(0.85), -5.0])]
     rows = sweep(answers, texts, thresholds=(0.5, 0.9, 0.95, 0.98))
     assert [row["recall"] for row in rows] == [0.75, 0.5, 0.5, 0.25]
@@ -23,11 +31,37 @@ def test_the_sweep_counts_recall_and_false_activations_per_threshold():
     assert [row["texts_with_activation"] for row in rows] == [1.0, 0.5, 0.5, 0.0]
     assert choose(rows) == 0.5  # 0.9 would lose the question at 0.6
     assert choose(rows, recall_loss=0.25) == 0.95 and choose(rows, recall_loss=0.5) == 0.98
-    assert choose(sweep(answers[:2], texts, thresholds=(0.5, 0.9, 0.95, 0.98))) == 0.95
+    top_two = {"as trained": answers["as trained"][:2]}
+    assert choose(sweep(top_two, texts, thresholds=(0.5, 0.9, 0.95, 0.98))) == 0.95
+
+
+def test_the_choice_keeps_the_recall_of_every_way_of_asking():
+    """The line break's questions sit lower than the trained prompts' (seed 13's recipe lost them at 0.9): the
+    threshold is the highest that keeps both."""
+    answers = {"as trained": torch.tensor([logit(0.999), logit(0.97)]), "'…\\n'": torch.tensor([logit(0.85), 3.0])}
+    rows = sweep(answers, [torch.tensor([logit(0.6)])], thresholds=(0.5, 0.8, 0.9, 0.95))
+    assert [row["recall: '…\\n'"] for row in rows] == [1.0, 1.0, 0.5, 0.5]
+    assert [row["recall"] for row in rows] == [1.0] * 4
+    assert choose(rows) == 0.8 and choose(rows, recall_loss=0.5) == 0.95
+
+
+def test_the_endings_asked_are_those_the_run_trained_that_end_in_white_space():
+    tokenizer = smollm2_tokenizer()
+    settings = {
+        "data": {"task": "arithmetic", "n": 128, "encoding": "binary", "bits": 64, "max_digits": 2,
+                 "operations": "add,sub", "phrasings": "default", "train_size": 64, "validation_size": 8,
+                 "test_size": 8, "test_long_size": 8, "ending_fraction": 0.3, "endings": "wide"},
+        "training": {"seed": 3},
+    }  # fmt: skip
+    (asked,) = ending_prompts(settings, tokenizer, limit=5).items()
+    assert asked[0] == "'…\\n'" and len(asked[1]) == 5
+    newline = tokenizer.encode("\n", add_special_tokens=False)
+    assert all(prompt[-len(newline) :] == newline for prompt in asked[1])
+    assert ending_prompts(settings | {"data": settings["data"] | {"ending_fraction": 0.0}}, tokenizer) == {}
 
 
 def test_the_lead_threshold_is_the_lowest_that_fires_on_no_more_text_than_one_half():
-    answers = torch.tensor([logit(0.6), logit(0.25), logit(0.08)])
+    answers = {"plain": torch.tensor([logit(0.6), logit(0.25), logit(0.08)])}
     texts = [torch.tensor([logit(0.15), logit(0.01)]), torch.tensor([logit(0.03), logit(0.7)])]
     rows = sweep(answers, texts, thresholds=(0.02, 0.05, 0.1, 0.2, 0.5))
     assert [row["recall"] for row in rows] == [1.0, 1.0, 2 / 3, 2 / 3, 1 / 3]
