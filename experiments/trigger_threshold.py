@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> dict:
     lead = model.config.computer_lead_token_id
     if args.head == "lead" and lead is None:
         parser.error(f"--model {args.model}: it has no lead head (computer_lead_token_id is None)")
-    validation = test_splits(run_settings(args.model), tokenizer, ["validation"], args.limit)["validation"]
+    settings = run_settings(args.model)
+    validation = test_splits(settings, tokenizer, ["validation"], args.limit)["validation"]
     if args.head == "lead":  # the plain prompts, up to their last token before the space
         plain = [row for row in validation if row["input_ids"][row["answer_position"]] == lead]
         prompts = [row["input_ids"][: row["answer_position"]] for row in plain]
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
         prompts = [row["input_ids"][: row["answer_position"] + 1] for row in validation]
     ways = {"as trained": prompts}
     if args.head == "trigger":
-        ways |= ending_prompts(run_settings(args.model), tokenizer, args.limit)
+        ways |= ending_prompts(settings, tokenizer, args.limit)
     answers = {
         way: torch.stack([logits[-1] for logits in head_logits(model, asked, args.head)]) for way, asked in ways.items()
     }
