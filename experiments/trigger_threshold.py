@@ -117,7 +117,7 @@ def ending_prompts(settings: dict, tokenizer, limit: int | None = None) -> dict[
     (validation,) = raw_test_splits(settings, ["validation"], limit).values()
     found = {}
     for ending in ENDINGS[data.get("endings", "default")]:
-        if not ending.endswith(tuple(" \n\t")):
+        if not ending[-1].isspace():  # as `tokenize_for_causal_lm` tells where the model writes the space itself
             continue
         rows = tokenize_for_causal_lm(validation, tokenizer, ending_fraction=1.0, endings=(ending,))
         found[repr(ending.format(text="…"))] = [row["input_ids"][: row["answer_position"] + 1] for row in rows]
