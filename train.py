@@ -25,6 +25,7 @@ import torch
 from transformers import set_seed
 
 from library.training.arguments import ArgumentError, check_combinations, parse_arguments, settings
+from library.training.calibration import calibrate_hidden_votes, calibration_rows
 from library.training.data import (
     AnswerCollator,
     beyond_phrasings,
@@ -95,11 +96,11 @@ def train(model_args, data_args, computer_args, training_args) -> dict:
         text_logits=computer_args.text_distillation_weight > 0,
     )
     found = {}
+    beyond = None  # prompts in the phrasings --fit_phrasings adds: the hidden votes' fit, then their calibration
+    if with_computer and computer_args.fit_phrasings != "same":
+        beyond = beyond_phrasings(data_args, spec, tokenizer, training_args.seed, computer_args.fit_phrasings)
     if with_computer and resume is None:  # a resumed run loads all of this from its checkpoint
         from_scratch = model_args.model is None and model_args.gguf is None
-        beyond = None
-        if computer_args.fit_phrasings != "same":
-            beyond = beyond_phrasings(data_args, spec, tokenizer, training_args.seed, computer_args.fit_phrasings)
         found = initialise(model, tokenizer, spec, data["train"], collator, computer_args, from_scratch, beyond)
         if "probe_accuracy" in found:
             print(
@@ -162,6 +163,14 @@ def train(model_args, data_args, computer_args, training_args) -> dict:
             computer.complete_selection_votes(embeddings, ridge, margin) for computer in trainer.model.computers()
         )
         print(f"vote completion: {completed} tokens vote as the trained words they resemble", flush=True)
+    vote_scale = None
+    if computer_args.calibrate_hidden_votes:  # the token votes outvote the hidden votes on words no prompt had
+        fit = computer_args.fit_hidden_votes
+        rows = calibration_rows(data["validation"], beyond, fit - fit // 2, computer_args.calibration_prompts)
+        scale, shares = calibrate_hidden_votes(trainer.model, rows, collator)
+        vote_scale = {"scale": scale, "prompts": len(rows), "right": {str(k): v for k, v in shares.items()}}
+        figures = ", ".join(f"×{factor:g} {share:.1%}" for factor, share in shares.items())
+        print(f"hidden votes: scaled ×{scale:g}, selection right on {len(rows)} prompts: {figures}", flush=True)
 
     # ---- evaluation and the output folder
     splits = [name for name in ("test", "test_pairs", "test_long") if name in data and len(data[name])]
@@ -184,6 +193,7 @@ def train(model_args, data_args, computer_args, training_args) -> dict:
         "resumed_from": str(resume) if resume else None,
         "initialisation": found,
         "completed_votes": completed,
+        "hidden_vote_scale": vote_scale,
         "steps": steps,
         "wall_seconds": seconds,
         "train_seconds": trained.metrics["train_runtime"],

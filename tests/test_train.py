@@ -22,6 +22,9 @@ import torch
 from model_fixtures import NOT_IMPORTABLE_PRELUDE, tiny_llama
 from safetensors.torch import load_file, save_file
 
+from experiments.calibrate_votes import calibrate_votes
+from library.training.calibration import SCALES
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -308,20 +311,25 @@ def test_fitted_hidden_votes_stay_as_fitted_while_the_rest_trains_under_lora_and
     the first step and no step changes it, though LoRA keeps a trainable copy of the computer and a resumed run skips
     the fit (its checkpoint holds the fitted head); the selection head W_sel, beside it, trains. So with the copy
     parse's pointer by the ordinal alone (--copy_from_end): its query weights stay 0, and the resumed run's
-    optimizer finds the parameter groups it saved."""
+    optimizer finds the parameter groups it saved. After the last step --calibrate_hidden_votes scales the head (the
+    resumed run rebuilds the prompts it calibrates on), and so does experiments.calibrate_votes on the saved run."""
     llama = tiny_llama(vocab_size=128256, hidden_size=16, intermediate_size=32, pad_token_id=None)
     llama.save_pretrained(tmp_path / "llama")
     out = tmp_path / "fitted"
     args = [
         *TINY, "--model", str(tmp_path / "llama"), "--lora", "--encoding", "binary", "--selection_context", "8",
         "--selection_hidden_votes", "--fit_hidden_votes", "32", "--fit_phrasings", "wide", "--save_steps", "2",
-        "--copy_from_end", "--output_dir", str(out),
+        "--copy_from_end", "--calibrate_hidden_votes", "--calibration_prompts", "16", "--output_dir", str(out),
     ]  # fmt: skip
     output = run_train(env, tmp_path, *args, "--max_steps", "2")
     fit = r"^hidden votes: a probe fitted on 32 prompts \(16 in phrasings the run lacks\), right on \d+\.\d+% of them$"
     assert re.search(fit, output, re.MULTILINE), output[-2000:]
     resumed = run_train(env, tmp_path, *args, "--max_steps", "4", "--resume")
     assert "hidden votes: a probe" not in resumed and f"resuming from {out / 'checkpoint-2'}" in resumed
+    calibrated = r"^hidden votes: scaled ×(\S+), selection right on 32 prompts: ×1 \d+\.\d+%, ×1\.5 .*, ×8 \d+\.\d+%$"
+    (scale,) = re.findall(calibrated, resumed, re.MULTILINE)  # the validation split (16) and 16 more
+    summary = json.loads((out / "run_summary.json").read_text())["hidden_vote_scale"]
+    assert summary["scale"] == float(scale) and summary["prompts"] == 32 and len(summary["right"]) == 7
 
     def head(weights: dict, name: str):
         (key,) = [key for key in weights if key.endswith(f"computer.{name}.weight")]
@@ -329,8 +337,13 @@ def test_fitted_hidden_votes_stay_as_fitted_while_the_rest_trains_under_lora_and
 
     after_2 = load_file(out / "checkpoint-2" / "adapter_model.safetensors")
     final = load_file(out / "model.safetensors")  # the adapters merged, after 4 steps
-    assert head(after_2, "selection_hidden_votes").abs().sum() > 0
-    assert torch.equal(head(after_2, "selection_hidden_votes"), head(final, "selection_hidden_votes"))
+    fitted, calibrated_head = head(after_2, "selection_hidden_votes"), head(final, "selection_hidden_votes")
+    assert fitted.abs().sum() > 0
+    torch.testing.assert_close(fitted * float(scale), calibrated_head)
+    again, shares = calibrate_votes(out, tmp_path / "again", prompts=16)
+    recalibrated = load_file(tmp_path / "again" / "model.safetensors")
+    torch.testing.assert_close(calibrated_head * again, head(recalibrated, "selection_hidden_votes"))
+    assert set(shares) == set(SCALES) and (tmp_path / "again" / "run_settings.json").is_file()
     assert not torch.equal(head(after_2, "select"), head(final, "select"))
     assert head(final, "copy_parse.query").abs().sum() == 0 and head(final, "copy_parse.key").abs().sum() == 0
 

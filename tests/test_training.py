@@ -446,6 +446,50 @@ def test_the_fitted_hidden_votes_pick_a_program_that_answers_the_prompts_they_we
         init_hidden_votes_from_probe(model, unanswered, collator)
 
 
+def test_the_calibration_scales_the_hidden_votes_by_the_factor_that_selects_right_most_often(cache):
+    """calibrate_hidden_votes: where the token votes all vote for one program, the fitted hidden votes at ×1 are
+    outvoted and the selection is right only where that program is; the factor that lets them speak is chosen, and
+    W_vote is the fit times it. Where nothing else votes every factor selects alike, and the smallest (×1) is kept.
+    Prompts with no answer (ordinary text) are skipped; a computer without hidden votes is refused."""
+    from library.training.calibration import calibrate_hidden_votes
+    from library.training.recipes import init_hidden_votes_from_probe
+
+    model_args, data_args, computer_args, _, spec, tokenizer, data = task(
+        "--encoding", "binary", "--selection_context", "8", "--selection_hidden_votes", "--train_size", "48",
+        "--validation_size", "2", "--test_size", "2", "--hidden_size", "32", "--heads", "2", "--text_fraction", "0.2",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(model_args, data_args, computer_args, spec, tokenizer)
+    model.computer.copy_parse.init_ordinals({0: 0, 1: 1}, scale=30.0)  # the operands read right
+    rows = list(data["train"])
+    assert any(row["answer_position"] < 0 for row in rows)  # ordinary text among them: skipped
+    collator = AnswerCollator(tokenizer.pad_token_id, True, with_targets=True, with_slot_targets=True)
+    asked = [row for row in rows if row["answer_position"] >= 0]
+    fitted_share = init_hidden_votes_from_probe(model, asked, collator)
+    computer = model.computer
+    with torch.no_grad():
+        computer.select.weight.zero_()
+        computer.selection_tokens.zero_()
+    fitted = computer.selection_hidden_votes.weight.clone()
+    scale, shares = calibrate_hidden_votes(model, rows, collator, scales=(1.0, 2.0))
+    assert scale == 1.0 and shares[1.0] == shares[2.0] == pytest.approx(fitted_share)
+    torch.testing.assert_close(computer.selection_hidden_votes.weight, fitted)
+
+    with torch.no_grad():
+        computer.selection_tokens[:, computer.program_names.index("mul")] = 1.0  # every window votes mul, loudly
+    mode = model.training
+    scale, shares = calibrate_hidden_votes(model, rows, collator, scales=(1.0, 1e3))
+    assert shares[1.0] < 0.5 and shares[1e3] == pytest.approx(fitted_share) and scale == 1e3
+    torch.testing.assert_close(computer.selection_hidden_votes.weight, fitted * 1e3)
+    assert model.training == mode
+    with pytest.raises(ValueError, match="no prompt with an answer to calibrate on"):
+        calibrate_hidden_votes(model, [row for row in rows if row["answer_position"] < 0], collator)
+    plain = arguments("--encoding", "binary", "--hidden_size", "32", "--heads", "2")[:3]
+    unvoted = build_model(*plain, spec, tokenizer)
+    with pytest.raises(ValueError, match="needs a computer with computer_selection_hidden_votes"):
+        calibrate_hidden_votes(unvoted, asked, collator)
+
+
 def test_the_standardised_selection_probe_reads_features_whatever_their_scale():
     """fit_selection_probe(standardised=True) fits on standardised features and folds the scale back: rescaling a
     feature by s rescales its weight by 1/s, so every choice stays as it was; the default fit, on the raw

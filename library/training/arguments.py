@@ -329,6 +329,16 @@ class ComputerArguments:
     vote_completion_ridge: float = field(
         default=0.1, metadata={"help": "--vote_completion_margin: the regression's ridge penalty"}
     )
+    calibrate_hidden_votes: bool = field(
+        default=False,
+        metadata={"help": "--selection_hidden_votes: after training, multiply W_vote by the factor of 1 ... 8 whose "
+                  "selection is right on the most of the validation split and --calibration_prompts prompts in the "
+                  "phrasings --fit_phrasings adds that the fit did not read (the smallest on a tie): the token votes, "
+                  "trained on the run's phrasings alone, otherwise outvote them on words no training prompt had"},
+    )  # fmt: skip
+    calibration_prompts: int = field(
+        default=512, metadata={"help": "--calibrate_hidden_votes: prompts in the added phrasings (beside validation)"}
+    )
     parse_init_scale: float = field(
         default=5.0, metadata={"help": "logit scale of the probe that initialises the parse heads (0: random)"}
     )
@@ -347,6 +357,7 @@ class ComputerArguments:
         _check_finite(self, "probe_ridge", "number_row_norm", "vote_completion_margin", "vote_completion_ridge")
         _check_finite(self, "selection_temperature", "trigger_positive_weight", "trigger_text_weight", positive=True)
         _check(self.probe_examples >= 1, "probe_examples", f"must be >= 1, got {self.probe_examples}")
+        _check(self.calibration_prompts >= 0, "calibration_prompts", f"must be >= 0, got {self.calibration_prompts}")
         _check(self.selection_context >= 0, "selection_context", f"must be >= 0, got {self.selection_context}")
         if self.trigger_context is not None:
             _check(self.trigger_context >= 0, "trigger_context", f"must be >= 0, got {self.trigger_context}")
@@ -520,6 +531,9 @@ def check_combinations(model_args, data_args, computer_args) -> None:
             raise ArgumentError(f"--{argument}: {needs}, and --no_computer has none")
         if argument not in ("parse_loss_weight", "copy_from_end") and data_args.encoding != "binary":
             raise ArgumentError(f"--{argument}: {needs}, and --encoding {data_args.encoding} has none (use binary)")
+    if computer_args.calibrate_hidden_votes and not computer_args.selection_hidden_votes:
+        raise ArgumentError("--calibrate_hidden_votes: scales the hidden votes, and there are none without "
+                            "--selection_hidden_votes")  # fmt: skip
     if computer_args.fit_hidden_votes and data_args.task != "arithmetic":
         raise ArgumentError(f"--fit_hidden_votes: fits the votes on arithmetic answers, and --task is {data_args.task}")
     sets = ("default", "wide", "wider")  # each holds the one before it
@@ -527,6 +541,9 @@ def check_combinations(model_args, data_args, computer_args) -> None:
     if fit != "same" and sets.index(fit) <= sets.index(run):
         raise ArgumentError(f"--fit_phrasings {fit}: holds no phrasing that --phrasings {run} lacks (give a wider set)")
     lists = data_args.encoding == "binary" and data_args.task in ("sort", "max", "min")
+    if lists and computer_args.calibrate_hidden_votes:
+        raise ArgumentError("--calibrate_hidden_votes: scores a program by its one output, and a list task answers "
+                            "with a whole list")  # fmt: skip
     if lists and computer_args.trigger_dropout:
         raise ArgumentError("--trigger_dropout: a list task's trigger reads the token ids alone (its hidden-state "
                             "weights stay 0), so dropping them would silence it: give 0")  # fmt: skip

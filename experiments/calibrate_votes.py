@@ -1,0 +1,69 @@
+"""Hidden-vote calibration on a trained folder: what `train.py --calibrate_hidden_votes` does after the last step
+(`library.training.calibration`), for a run trained without it.
+
+The run's validation split and the prompts in the phrasings its `--fit_phrasings` adds are rebuilt from its
+run_settings.json (its seed, sizes and tokenizer). The folder is copied to `--output` (never written over;
+checkpoints left out), loaded with this checkout's classes, every computer's W_vote scaled by the chosen factor,
+and the weights, config and code saved there, so that the copy is evaluated like any run (`generate_eval`,
+`new_phrasings` and `pass_through` read its run_settings.json as they read the original's).
+
+    python -m experiments.calibrate_votes --model runs/to_s13 --output runs/to_s13_cv [--prompts 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from experiments.generate_eval import run_settings
+from library.loading import load_tokenizer, model_folder
+from library.training.arguments import DataArguments
+from library.training.calibration import calibrate_hidden_votes, calibration_rows
+from library.training.data import AnswerCollator, beyond_phrasings, build_datasets, task_spec
+from modeling_llama_dcomp import LlamaDCompForCausalLM
+
+
+def calibration_data(settings: dict, tokenizer, prompts: int) -> list[dict]:
+    """The rows train.py calibrates on for the run of `settings` (its run_settings.json): its validation split,
+    then `prompts` prompts in the phrasings its fit added, after those the fit read."""
+    data = DataArguments(**settings["data"])
+    computer, seed = settings["computer"], settings["training"]["seed"]
+    spec = task_spec(data, computer.get("reversed_programs", True))
+    validation = build_datasets(data, spec, tokenizer, seed)["validation"]
+    fit_phrasings = computer.get("fit_phrasings", "same")
+    beyond = None if fit_phrasings == "same" else beyond_phrasings(data, spec, tokenizer, seed, fit_phrasings)
+    fit = computer.get("fit_hidden_votes", 0)
+    return calibration_rows(validation, beyond, fit - fit // 2, prompts)
+
+
+def calibrate_votes(model_dir: Path, output: Path, prompts: int) -> tuple[float, dict[float, float]]:
+    """Writes `model_dir` with its hidden votes calibrated to `output` (a new folder); returns the factor and the
+    share of calibration prompts selected right at each factor of the grid."""
+    if output.exists():
+        raise FileExistsError(f"{output}: already exists (the calibrated copy goes into a new folder)")
+    settings = run_settings(model_dir)
+    model = LlamaDCompForCausalLM.from_pretrained(model_folder(model_dir))
+    tokenizer = load_tokenizer(model_dir)
+    rows = calibration_data(settings, tokenizer, prompts)
+    collator = AnswerCollator(tokenizer.pad_token_id, with_computer=True, with_targets=True)
+    scale, shares = calibrate_hidden_votes(model, rows, collator)
+    shutil.copytree(model_dir, output, ignore=shutil.ignore_patterns("checkpoint-*", "_train.lock"))
+    model.save_pretrained(output)
+    return scale, shares
+
+
+def main(argv: list[str] | None = None) -> float:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True, help="a trained LlamaDComp folder (train.py's)")
+    parser.add_argument("--output", type=Path, required=True, help="the new folder for the calibrated copy")
+    parser.add_argument("--prompts", type=int, default=512, help="prompts in the phrasings the fit added")
+    args = parser.parse_args(argv)
+    scale, shares = calibrate_votes(args.model, args.output, args.prompts)
+    figures = ", ".join(f"×{factor:g} {share:.1%}" for factor, share in shares.items())
+    print(f"{args.output}: hidden votes scaled ×{scale:g} (selection right: {figures})")
+    return scale
+
+
+if __name__ == "__main__":
+    main()
