@@ -331,6 +331,8 @@ class ComputerRun:
     lead_logits: torch.Tensor | None = None
     # (P, programs) the hidden-state votes' share of the selection logits (None without them)
     hidden_votes: torch.Tensor | None = None
+    # (P, programs) the selection logits before the temperature (program_probs = softmax(selection_logits / T))
+    selection_logits: torch.Tensor | None = None
 
 
 @contextlib.contextmanager
@@ -988,8 +990,7 @@ class LlamaDCompComputer(nn.Module):
             selection_logits = selection_logits + by_id.to(dtype)
             if hidden_votes is not None:
                 selection_logits = selection_logits + hidden_votes.to(dtype)
-        selection_logits = selection_logits / self.temperature
-        program_probs = selection_logits.softmax(-1)
+        program_probs = (selection_logits / self.temperature).softmax(-1)
         logits = self.parse(normed).to(dtype).view(num_positions, self.num_slots, width)  # (P, slots, width)
         parsed = logits.sigmoid() if self.binary else logits.softmax(-1)  # bits, or a distribution over n values
         if self.copy_parse is not None:
@@ -1029,6 +1030,7 @@ class LlamaDCompComputer(nn.Module):
             trigger_logits,
             lead_logits,
             hidden_votes,
+            selection_logits,
         )
         records = _TRACE_RECORDS.get()
         if records is not None:

@@ -817,6 +817,13 @@ def test_the_hidden_votes_are_the_mean_of_the_window_tokens_projected_hidden_sta
             with record_computer_runs() as runs, torch.no_grad():  # the run keeps them (the hidden-vote loss's)
                 model(ids, computer_mask=last_token_mask(torch.ones_like(ids)))
             torch.testing.assert_close(runs[0].hidden_votes[0], votes, rtol=1e-4, atol=1e-4)
+            # and the selection's logits, whose softmax at the temperature is the selection (the calibration's)
+            temperature = model.config.computer_selection_temperature
+            selected = (runs[0].selection_logits / temperature).softmax(-1)
+            torch.testing.assert_close(runs[0].program_probs, selected)
+            assert float(runs[0].selection_logits[0, 1] - runs[0].selection_logits[0, 0]) == pytest.approx(
+                margin * temperature, abs=1e-4
+            )
     finally:
         handle.remove()
 

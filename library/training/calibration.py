@@ -5,7 +5,7 @@ the token votes train beside it. On the training phrasings the token votes alone
 outvote the hidden votes, also where a word no training prompt had votes wrong or not at all and only the hidden
 votes know the operation (docs/RESULTS.md §7). `calibrate_hidden_votes` multiplies W_vote by the factor of a grid
 that selects a right program for the most calibration prompts, the smallest such factor on a tie: the run's
-validation split, and prompts in the phrasings that `--fit_phrasings` adds which the fit did not use. The votes are
+validation split, and prompts in phrasings that `--fit_phrasings` adds and that the fit did not read. The votes are
 linear in W_vote (it has no bias), so this scales them exactly; like vote completion it is a weight edit, and the
 saved model needs no new code or field.
 """
@@ -23,28 +23,34 @@ SCALES = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 
 
 @torch.no_grad()
-def selection_hits(model, batches: list[dict]) -> tuple[int, int]:
-    """(prompts whose selected program answers them, prompts): the computer run where each batch's `computer_mask`
-    says (its answer position), a program right where its output on the operands the model read is the answer."""
-    hits = total = 0
+def selections(model, batches: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The computer run where each batch's `computer_mask` says (its answer position), once: the selection logits
+    `(N, programs)`, the hidden votes' share of them `(N, programs)`, and which programs answer `(N, programs)`
+    (their output on the operands the model read is the answer), over every prompt of `batches`."""
+    logits, votes, right = [], [], []
     for batch in batches:
         with record_computer_runs() as runs:
             ids, mask = batch["input_ids"], batch["attention_mask"]
             model.model(input_ids=ids, attention_mask=mask, computer_mask=batch["computer_mask"])
         run = runs[-1]
-        right = right_programs(run, batch["computer_targets"], model)  # (P, programs)
-        hits += int(right.gather(1, run.program_probs.argmax(-1, keepdim=True)).sum())
-        total += right.shape[0]
-    return hits, total
+        logits.append(run.selection_logits.float())
+        votes.append(run.hidden_votes.float())
+        right.append(right_programs(run, batch["computer_targets"], model))
+    return torch.cat(logits), torch.cat(votes), torch.cat(right)
 
 
 def calibration_rows(validation, beyond, skip: int, count: int) -> list[dict]:
     """What `calibrate_hidden_votes` reads: the rows of the `validation` split, then up to `count` rows of `beyond`
     (prompts in the phrasings the run lacks, `beyond_phrasings`; None: none) after its first `skip`, the ones the
-    hidden votes' fit read."""
+    hidden votes' fit read, in phrasings none of those has: a phrasing the fit read its votes are sure of, so it
+    would ask for louder votes than a phrasing nobody read."""
     rows = list(validation)
     if beyond is not None:
-        rows += list(beyond.select(range(min(skip, len(beyond)), min(skip + count, len(beyond)))))
+        fitted = set(beyond.select(range(min(skip, len(beyond))))["template"])
+        unread = [
+            row for row in beyond.select(range(min(skip, len(beyond)), len(beyond))) if row["template"] not in fitted
+        ]
+        rows += unread[:count]
     return rows
 
 
@@ -64,27 +70,19 @@ def calibrate_hidden_votes(
         raise ValueError("calibrate_hidden_votes: no prompt with an answer to calibrate on")
     collate = dataclasses.replace(collator, with_targets=True, with_slot_targets=False, text_logits=False)
     batches = [collate(rows[start : start + batch_size]) for start in range(0, len(rows), batch_size)]
-    heads = [computer.selection_hidden_votes.weight for computer in model.computers()]
-    fitted = [head.detach().clone() for head in heads]
-    shares: dict[float, float] = {}
     was_training = model.training
     model.eval()
     try:
-        for scale in scales:
-            rescale(heads, fitted, scale)
-            hits, total = selection_hits(model, batches)
-            shares[scale] = hits / total
+        logits, votes, right = selections(model, batches)
     finally:
-        rescale(heads, fitted, 1.0)
         model.train(was_training)
+    shares: dict[float, float] = {}
+    for scale in scales:  # the votes are linear in W_vote: scaled by s, they add (s - 1) times themselves
+        picked = (logits + (scale - 1.0) * votes).argmax(-1, keepdim=True)
+        shares[scale] = float(right.gather(1, picked).float().mean())
     best = max(shares.values())
     chosen = min(scale for scale, share in shares.items() if share == best)
-    rescale(heads, fitted, chosen)
+    with torch.no_grad():
+        for computer in model.computers():
+            computer.selection_hidden_votes.weight.mul_(chosen)
     return chosen, shares
-
-
-@torch.no_grad()
-def rescale(heads: list[torch.Tensor], fitted: list[torch.Tensor], scale: float) -> None:
-    """Each W_vote in `heads` := its `fitted` weight times `scale`."""
-    for head, weight in zip(heads, fitted):
-        head.copy_(weight * scale)
