@@ -97,7 +97,8 @@ def train(model_args, data_args, computer_args, training_args) -> dict:
     )
     found = {}
     beyond = None  # prompts in the phrasings --fit_phrasings adds: the hidden votes' fit, then their calibration
-    if with_computer and computer_args.fit_phrasings != "same":
+    read_beyond = resume is None or computer_args.calibrate_hidden_votes  # a resumed run skips the fit
+    if with_computer and computer_args.fit_phrasings != "same" and read_beyond:
         beyond = beyond_phrasings(data_args, spec, tokenizer, training_args.seed, computer_args.fit_phrasings)
     if with_computer and resume is None:  # a resumed run loads all of this from its checkpoint
         from_scratch = model_args.model is None and model_args.gguf is None

@@ -490,6 +490,23 @@ def test_the_calibration_scales_the_hidden_votes_by_the_factor_that_selects_righ
         calibrate_hidden_votes(unvoted, asked, collator)
 
 
+def test_the_calibration_reads_the_validation_split_and_phrasings_the_fit_did_not(cache):
+    """calibration_rows: the validation split, then up to `count` prompts of the wider set after the `skip` the
+    hidden votes' fit read, none in a phrasing those have; without a wider set, the validation split alone."""
+    from library.training.calibration import calibration_rows
+
+    argv = ("--encoding", "binary", "--train_size", "96", "--validation_size", "4", "--test_size", "8")
+    _, data_args, _, training_args, spec, tokenizer, data = task(*argv)
+    beyond = beyond_phrasings(data_args, spec, tokenizer, training_args.seed, "wide")
+    rows = calibration_rows(data["validation"], beyond, skip=16, count=20)
+    assert [row["text"] for row in rows[:4]] == data["validation"]["text"]
+    read = set(beyond["template"][:16])
+    extra = rows[4:]
+    assert 0 < len(extra) <= 20 and not {row["template"] for row in extra} & read
+    assert {row["text"] for row in extra} <= set(beyond["text"][16:])
+    assert calibration_rows(data["validation"], None, skip=16, count=20) == list(data["validation"])
+
+
 def test_the_standardised_selection_probe_reads_features_whatever_their_scale():
     """fit_selection_probe(standardised=True) fits on standardised features and folds the scale back: rescaling a
     feature by s rescales its weight by 1/s, so every choice stays as it was; the default fit, on the raw
