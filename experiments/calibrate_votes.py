@@ -18,7 +18,7 @@ from pathlib import Path
 
 from experiments.generate_eval import run_settings
 from library.loading import load_tokenizer, model_folder
-from library.training.arguments import DataArguments
+from library.training.arguments import LIST_TASKS, DataArguments
 from library.training.calibration import calibrate_hidden_votes, calibration_rows
 from library.training.data import AnswerCollator, beyond_phrasings, build_datasets, task_spec
 from modeling_llama_dcomp import LlamaDCompForCausalLM
@@ -43,6 +43,11 @@ def calibrate_votes(model_dir: Path, output: Path, prompts: int) -> tuple[float,
     if output.exists():
         raise FileExistsError(f"{output}: already exists (the calibrated copy goes into a new folder)")
     settings = run_settings(model_dir)
+    if settings["data"].get("task", "arithmetic") in LIST_TASKS:
+        raise ValueError(
+            f"{model_dir}: a {settings['data']['task']} run answers with whole lists, and the calibration scores a "
+            "program by its one output (train.py refuses --calibrate_hidden_votes for list tasks too)"
+        )
     model = LlamaDCompForCausalLM.from_pretrained(model_folder(model_dir))
     tokenizer = load_tokenizer(model_dir)
     rows = calibration_data(settings, tokenizer, prompts)

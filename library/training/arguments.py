@@ -19,6 +19,7 @@ from transformers.trainer_utils import IntervalStrategy
 from library import tasks as task_library
 
 TASKS = ("arithmetic", "fibonacci", "sort", "max", "min")
+LIST_TASKS = ("sort", "max", "min")  # with --encoding binary: the answer is a list, written number by number
 # The arguments a resumed run must share with the run it continues (the model, its data and their order);
 # how long to train, how often to evaluate and save, and where to report may change.
 RESUME_FIXED = ("model", "data", "computer", "seed", "data_seed", "per_device_train_batch_size")
@@ -540,7 +541,7 @@ def check_combinations(model_args, data_args, computer_args) -> None:
     fit, run = computer_args.fit_phrasings, data_args.phrasings
     if fit != "same" and sets.index(fit) <= sets.index(run):
         raise ArgumentError(f"--fit_phrasings {fit}: holds no phrasing that --phrasings {run} lacks (give a wider set)")
-    lists = data_args.encoding == "binary" and data_args.task in ("sort", "max", "min")
+    lists = data_args.encoding == "binary" and data_args.task in LIST_TASKS
     if lists and computer_args.calibrate_hidden_votes:
         raise ArgumentError("--calibrate_hidden_votes: scores a program by its one output, and a list task answers "
                             "with a whole list")  # fmt: skip

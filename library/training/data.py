@@ -19,7 +19,7 @@ from library import tasks as task_library
 from library import texts
 from library.stdlib import STANDARD_PROGRAMS, WIDE_WRITTEN, standard_source
 from library.tokenizer import fingerprint
-from library.training.arguments import ArgumentError
+from library.training.arguments import LIST_TASKS, ArgumentError
 from modeling_llama_dcomp import IGNORE_INDEX, shift_labels
 
 NUMBER = re.compile(r"\d+")
@@ -125,7 +125,7 @@ def task_spec(args, reversed_programs: bool = True) -> TaskSpec:
             extra_groups=("digits",) if binary else (),
         )
     sizes["test_long_size"] = args.test_long_size
-    if args.encoding == "binary" and args.task in ("sort", "max", "min"):
+    if args.encoding == "binary" and args.task in LIST_TASKS:
         return binary_list_spec(args, sizes)
     if args.task == "fibonacci":
         return TaskSpec("fibonacci", sizes, ("fib",), (1, 2, 3), 0, task_library.FIBONACCI_TEMPLATES, "depth", True)
