@@ -25,7 +25,7 @@ import torch
 from transformers import set_seed
 
 from library.training.arguments import ArgumentError, check_combinations, parse_arguments, settings
-from library.training.calibration import calibrate_hidden_votes, calibration_rows
+from library.training.calibration import calibrate_hidden_votes, calibration_rows, described
 from library.training.data import (
     AnswerCollator,
     beyond_phrasings,
@@ -39,7 +39,7 @@ from library.training.metrics import ExactMatch, answer_predictions, evaluate_sp
 from library.training.models import add_lora, build_model, build_tokenizer
 from library.training.outputs import render_model_card, save_learning_curve, write_run_summary
 from library.training.predict import predict
-from library.training.recipes import fixed_by_the_recipe, initialise
+from library.training.recipes import fit_shares, fixed_by_the_recipe, initialise
 from library.training.trainer import (
     SETTINGS_FILE,
     DCompTrainer,
@@ -166,12 +166,13 @@ def train(model_args, data_args, computer_args, training_args) -> dict:
         print(f"vote completion: {completed} tokens vote as the trained words they resemble", flush=True)
     vote_scale = None
     if computer_args.calibrate_hidden_votes:  # the token votes outvote the hidden votes on words no prompt had
-        fit = computer_args.fit_hidden_votes
-        rows = calibration_rows(data["validation"], beyond, fit - fit // 2, computer_args.calibration_prompts)
+        _, fitted = fit_shares(computer_args.fit_hidden_votes)
+        rows = calibration_rows(data["validation"], beyond, fitted, computer_args.calibration_prompts)
         scale, shares = calibrate_hidden_votes(trainer.model, rows, collator)
         vote_scale = {"scale": scale, "prompts": len(rows), "right": {str(k): v for k, v in shares.items()}}
-        figures = ", ".join(f"×{factor:g} {share:.1%}" for factor, share in shares.items())
-        print(f"hidden votes: scaled ×{scale:g}, selection right on {len(rows)} prompts: {figures}", flush=True)
+        print(
+            f"hidden votes: scaled ×{scale:g}, selection right on {len(rows)} prompts: {described(shares)}", flush=True
+        )
 
     # ---- evaluation and the output folder
     splits = [name for name in ("test", "test_pairs", "test_long") if name in data and len(data[name])]

@@ -19,8 +19,9 @@ from pathlib import Path
 from experiments.generate_eval import run_settings
 from library.loading import load_tokenizer, model_folder
 from library.training.arguments import LIST_TASKS, DataArguments
-from library.training.calibration import calibrate_hidden_votes, calibration_rows
+from library.training.calibration import calibrate_hidden_votes, calibration_rows, described
 from library.training.data import AnswerCollator, beyond_phrasings, build_datasets, task_spec
+from library.training.recipes import fit_shares
 from modeling_llama_dcomp import LlamaDCompForCausalLM
 
 
@@ -33,8 +34,8 @@ def calibration_data(settings: dict, tokenizer, prompts: int) -> list[dict]:
     validation = build_datasets(data, spec, tokenizer, seed)["validation"]
     fit_phrasings = computer.get("fit_phrasings", "same")
     beyond = None if fit_phrasings == "same" else beyond_phrasings(data, spec, tokenizer, seed, fit_phrasings)
-    fit = computer.get("fit_hidden_votes", 0)
-    return calibration_rows(validation, beyond, fit - fit // 2, prompts)
+    _, fitted = fit_shares(computer.get("fit_hidden_votes", 0))
+    return calibration_rows(validation, beyond, fitted, prompts)
 
 
 def calibrate_votes(model_dir: Path, output: Path, prompts: int) -> tuple[float, dict[float, float]]:
@@ -65,8 +66,7 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--prompts", type=int, default=512, help="prompts in the phrasings the fit added")
     args = parser.parse_args(argv)
     scale, shares = calibrate_votes(args.model, args.output, args.prompts)
-    figures = ", ".join(f"×{factor:g} {share:.1%}" for factor, share in shares.items())
-    print(f"{args.output}: hidden votes scaled ×{scale:g} (selection right: {figures})")
+    print(f"{args.output}: hidden votes scaled ×{scale:g} (selection right: {described(shares)})")
     return scale
 
 

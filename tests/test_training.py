@@ -505,6 +505,8 @@ def test_the_calibration_reads_the_validation_split_and_phrasings_the_fit_did_no
     assert 0 < len(extra) <= 20 and not {row["template"] for row in extra} & read
     assert {row["text"] for row in extra} <= set(beyond["text"][16:])
     assert calibration_rows(data["validation"], None, skip=16, count=20) == list(data["validation"])
+    with pytest.raises(ValueError, match="the prompts skipped and asked must be >= 0, got 16 and -1"):
+        calibration_rows(data["validation"], beyond, skip=16, count=-1)
 
 
 def test_the_standardised_selection_probe_reads_features_whatever_their_scale():

@@ -13,6 +13,7 @@ saved model needs no new code or field.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import torch
 
@@ -42,16 +43,21 @@ def selections(model, batches: list[dict]) -> tuple[torch.Tensor, torch.Tensor, 
 def calibration_rows(validation, beyond, skip: int, count: int) -> list[dict]:
     """What `calibrate_hidden_votes` reads: the rows of the `validation` split, then up to `count` rows of `beyond`
     (prompts in the phrasings the run lacks, `beyond_phrasings`; None: none) after its first `skip`, the ones the
-    hidden votes' fit read, in phrasings none of those has: a phrasing the fit read its votes are sure of, so it
-    would ask for louder votes than a phrasing nobody read."""
+    hidden votes' fit read (`fit_shares`), in phrasings none of those has: a phrasing the fit read its votes are sure
+    of, so it would ask for louder votes than a phrasing nobody read."""
+    if skip < 0 or count < 0:
+        raise ValueError(f"calibration_rows: the prompts skipped and asked must be >= 0, got {skip} and {count}")
     rows = list(validation)
     if beyond is not None:
         fitted = set(beyond.select(range(min(skip, len(beyond))))["template"])
-        unread = [
-            row for row in beyond.select(range(min(skip, len(beyond)), len(beyond))) if row["template"] not in fitted
-        ]
-        rows += unread[:count]
+        after = beyond.select(range(min(skip, len(beyond)), len(beyond)))
+        rows += itertools.islice((row for row in after if row["template"] not in fitted), count)
     return rows
+
+
+def described(shares: dict[float, float]) -> str:
+    """The share selected right at each factor, as train.py and `experiments.calibrate_votes` print it."""
+    return ", ".join(f"×{factor:g} {share:.1%}" for factor, share in shares.items())
 
 
 def calibrate_hidden_votes(

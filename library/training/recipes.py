@@ -27,10 +27,10 @@ def initialise(model, tokenizer, spec: TaskSpec, rows, collator, args, from_scra
         elif model.config.computer_parse == "copy" and args.parse_init_scale > 0:
             found["copying"] = init_copy_parse(model, spec, rows[: args.probe_examples]["text"], args.parse_init_scale)
         if args.fit_hidden_votes:
-            own = args.fit_hidden_votes if beyond_rows is None else args.fit_hidden_votes // 2
+            own, wider = (args.fit_hidden_votes, 0) if beyond_rows is None else fit_shares(args.fit_hidden_votes)
             fitted = list(rows.select(range(min(own, len(rows)))))
             if beyond_rows is not None:
-                fitted += list(beyond_rows.select(range(min(args.fit_hidden_votes - own, len(beyond_rows)))))
+                fitted += list(beyond_rows.select(range(min(wider, len(beyond_rows)))))
             found["hidden_vote_accuracy"] = init_hidden_votes_from_probe(
                 model, fitted, collator, steps=args.fit_steps, standardised=args.fit_standardised
             )
@@ -50,6 +50,13 @@ def initialise(model, tokenizer, spec: TaskSpec, rows, collator, args, from_scra
         if model.config.computer_parse == "copy":
             found["copying"] = init_copy_parse(model, spec, rows[: args.probe_examples]["text"], args.parse_init_scale)
     return found
+
+
+def fit_shares(prompts: int) -> tuple[int, int]:
+    """(the run's own prompts, prompts in the phrasings `--fit_phrasings` adds) of a hidden-vote fit on `prompts`
+    prompts with a wider set: half each, the odd one to the wider set. The calibration reads that set's prompts after
+    these (`library.training.calibration`)."""
+    return prompts // 2, prompts - prompts // 2
 
 
 def fixed_by_the_recipe(model, spec: TaskSpec, args) -> list[torch.nn.Parameter]:
