@@ -312,9 +312,10 @@ def test_signed_arithmetic_asks_questions_too_and_divisions_come_out_even_in_the
     assert "What is {a} plus {b}?" in PHRASINGS["all"]["add"] and "{A} plus {b} =" not in PHRASINGS["all"]["add"]
     # the symbols also without spaces, as people type them ("12-7", "12*-7")
     assert {"What is {a}-{b}?", "What is {a} - {b}?"} <= set(PHRASINGS["all"]["sub"])
-    assert all(
-        f"{{a}}{symbol}{{b}} =" in PHRASINGS["all"][op] for op, symbol in [("add", "+"), ("mul", "*"), ("div", "//")]
-    )
+    symbols = [("add", "+"), ("sub", "-"), ("mul", "*"), ("div", "//"), ("div", "/")]
+    assert all(f"{{a}}{symbol}{{b}} =" in PHRASINGS["all"][op] for op, symbol in symbols)
+    # spaced too: "12/4" and "12 / 4" are different tokens ("/" had no vote when only "//" and " /, rounded down" were)
+    assert all(f"{{a}} {symbol} {{b}} =" in PHRASINGS["all"][op] for op, symbol in symbols)
     divisions = [row["operands"] for row in rows if row["operation"] == "div"]
     even = [(a, b) for a, b in divisions if a % b == 0]
     assert 0.4 < len(even) / len(divisions) < 0.75  # half by construction, plus the few that are even anyway
