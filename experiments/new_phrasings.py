@@ -15,13 +15,17 @@ questions go through the chat template; operands as in training (1–5 digits ea
   people write numbers, not as training writes them: digit groups ("12,345"), the typographic minus ("−42"),
   negatives in brackets ("(-42)") and explicit plus signs ("+42"), and the plain form as a control. 40 % of the
   operands are negative; divisions come out even; answers are expected plain. Reported per format too.
+* `--symbols`: every symbol people write an operation with ("+", "-", "*", "×", "x", "/", "÷"), joined to its
+  operands and spaced ("12/4", "12 / 4"), in the frames of the new phrasings (`SYMBOL_FRAMES`), which no set asks a
+  symbol in: a symbol whose token no training prompt writes votes nothing, whatever the frame.
+  Divisions come out even. Reported per phrasing too.
 * `--leading-numbers`: the default set's phrasings after a lead-in that writes numbers of its own before the
   operands (`LEADING_NUMBERS`: "Question 3: …", "In 2024, …", "Step 1 of 4: …", a date), as numbered exercises and
   chat templates with a date in their system prompt write them; no training prompt has them. Divisions come out
   even. Reported per lead-in too.
 
     python -m experiments.new_phrasings --model runs/smol_lora [--per-phrasing 12] [--seed 0]
-        [--number-formats | --wide-words | --leading-numbers]
+        [--number-formats | --wide-words | --symbols | --leading-numbers]
 """
 
 from __future__ import annotations
@@ -88,6 +92,10 @@ NUMBER_FORMATS: dict[str, Callable[[int], str]] = {
     "plus signs": lambda value: f"+{value}" if value >= 0 else str(value),
 }
 
+# Per operation, the symbols people write it with, and the new phrasings' frames to ask them in.
+SYMBOLS: dict[str, tuple[str, ...]] = {"add": ("+",), "sub": ("-",), "mul": ("*", "×", "x"), "div": ("/", "÷")}
+SYMBOL_FRAMES: tuple[str, ...] = ("Compute {expr}", "{expr} = ?", "Tell me {expr}.", "Quick question: what is {expr}?")
+
 T = TypeVar("T")
 
 # Lead-in name -> what it writes before a question (`--leading-numbers`): numbers of its own ahead of the operands.
@@ -151,6 +159,16 @@ def wide_words() -> dict[str, tuple[str, ...]]:
     return task_library.compose(expressions, task_library.QUESTION_FRAMES)
 
 
+def symbol_phrasings() -> dict[str, tuple[str, ...]]:
+    """Every symbol of `SYMBOLS` joined to its operands and spaced ("{a}/{b}", "{a} / {b}") in every frame of
+    `SYMBOL_FRAMES`, per operation (`--symbols`)."""
+    expressions = {
+        op: tuple(expression for symbol in symbols for expression in (f"{{a}}{symbol}{{b}}", f"{{a}} {symbol} {{b}}"))
+        for op, symbols in SYMBOLS.items()
+    }
+    return task_library.compose(expressions, SYMBOL_FRAMES)
+
+
 def in_default_phrasings(
     rng: random.Random, per_variant: int, variants: dict[str, T]
 ) -> Iterator[tuple[str, T, str, str]]:
@@ -198,6 +216,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--wide-words", action="store_true", help="ask in the wide set's expressions, in the default frames"
     )
+    parser.add_argument("--symbols", action="store_true", help="ask with every operation symbol, joined and spaced")
     parser.add_argument(
         "--leading-numbers", action="store_true", help='ask after numbers of the prompt\'s own ("Question 3: …")'
     )
@@ -212,6 +231,8 @@ def main(argv: list[str] | None = None) -> dict:
         asked = format_questions(4 * args.per_phrasing, args.seed, max_digits)
     elif args.leading_numbers:
         asked = leading_questions(4 * args.per_phrasing, args.seed, max_digits)
+    elif args.symbols:
+        asked = questions(args.per_phrasing, args.seed, max_digits, phrasings=symbol_phrasings())
     elif args.wide_words:
         asked = questions(args.per_phrasing, args.seed, max_digits, phrasings=wide_words())
     else:

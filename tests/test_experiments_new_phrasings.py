@@ -9,9 +9,11 @@ from experiments.new_phrasings import (
     LEADING_NUMBERS,
     NEW_PHRASINGS,
     NUMBER_FORMATS,
+    SYMBOLS,
     format_questions,
     leading_questions,
     questions,
+    symbol_phrasings,
     wide_words,
 )
 from library.tasks import PHRASINGS, words
@@ -56,6 +58,24 @@ def test_the_wide_words_are_new_to_the_default_set_in_its_own_frames():
         a, b = row["operands"]
         assert row["answer_text"] == str(dcomp_isa.alu_signed(row["operation"], a, b, 64))
         assert row["operation"] != "div" or a % b == 0, row["text"]
+
+
+def test_symbols_are_asked_joined_and_spaced_in_frames_no_set_asks_them_in():
+    """--symbols: every operation symbol, "12/4" and "12 / 4", in the new phrasings' frames; no set has any of these
+    phrasings, so a symbol's token is read as it is, not a trained frame; divisions come out even."""
+    asked = symbol_phrasings()
+    assert set(asked) == set(SYMBOLS)
+    trained = {op: {t for kind in PHRASINGS for t in PHRASINGS[kind][op]} for op in asked}
+    for operation, phrasings in asked.items():
+        assert not set(phrasings) & trained[operation], operation
+        for symbol in SYMBOLS[operation]:
+            assert any(f"{{a}}{symbol}{{b}}" in p for p in phrasings) and any(f" {symbol} " in p for p in phrasings)
+    rows = questions(per_phrasing=2, seed=4, phrasings=asked)
+    for row in rows:
+        a, b = row["operands"]
+        assert row["answer_text"] == str(dcomp_isa.alu_signed(row["operation"], a, b, 64))
+        assert row["operation"] != "div" or a % b == 0, row["text"]
+        assert sorted(written_numbers(row["text"], signed=True)) == sorted([a, b]), row["text"]
 
 
 def test_widening_the_training_phrasings_keeps_the_new_words_new():
