@@ -238,6 +238,14 @@ class LlamaDCompConfig(LlamaConfig):
     number's sign vote nothing (the operands do not choose the operation). 0: none; needs
     computer_output="tokens" (the read-out keeps the token ids under the cache)."""
 
+    computer_selection_boundary_ids: list[int] = field(default_factory=list)
+    """Tokens that open a turn of a chat template ("<|im_start|>", LLaMA-3's "<|start_header_id|>"): the selection
+    window of `computer_selection_context` starts after the last of them that stands before the last number written,
+    so the question's own turn votes and a system prompt's words do not ("You are a calculator. Reply with the
+    number only." would vote " with" as in "multiplied with"). A prompt without one is read as before. Empty: the
+    window is the last k tokens, whatever they are. `library.install.turn_boundaries` gives a tokenizer's special
+    tokens."""
+
     computer_selection_dropout: float = 0.0
     """In training, each token vote of `computer_selection_context` is dropped with this probability (per token,
     not rescaled): a phrasing with a word never trained on is a window with that word's vote missing, so the
@@ -645,6 +653,17 @@ class LlamaDCompConfig(LlamaConfig):
             self.computer_selection_context == 0 or self.computer_output == "tokens",
             "computer_selection_context",
             'the selection\'s token votes need computer_output="tokens", which keeps the token ids',
+        )
+        boundaries = self.computer_selection_boundary_ids
+        require(
+            not boundaries or self.computer_selection_context > 0,
+            "computer_selection_boundary_ids",
+            "bound the selection window: they need computer_selection_context > 0",
+        )
+        require(
+            all(type(token) is int and 0 <= token < self.vocab_size for token in boundaries),
+            "computer_selection_boundary_ids",
+            f"must be token ids in [0, vocab_size={self.vocab_size})",
         )
         require(0.0 <= self.computer_selection_dropout < 1.0, "computer_selection_dropout", "must be in [0, 1)")
         require(

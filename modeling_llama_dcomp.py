@@ -145,6 +145,7 @@ ANSWER_FIELDS = (
     "computer_trigger_context",
     "computer_trigger_numbers",
     "computer_selection_context",
+    "computer_selection_boundary_ids",
     "computer_selection_hidden_votes",
     "computer_selection_vote_layers",
     "computer_lead_token_id",
@@ -597,6 +598,7 @@ class LlamaDCompComputer(nn.Module):
         # a joined minus votes with its symbol's row ("*-" as "*"): joined token id → symbol token id
         pairs = zip(config.computer_joined_minus_token_ids, config.computer_joined_minus_symbol_ids)
         self.joined_symbols = {joined: symbol for joined, symbol in pairs if symbol >= 0}
+        self.selection_boundaries = list(config.computer_selection_boundary_ids)  # turn openers: the window's start
         # the window's hidden states vote too (None: the token ids alone)
         self.selection_hidden_votes = (
             selection_head(hidden_size, len(self.program_names)) if config.computer_selection_hidden_votes else None
@@ -1068,11 +1070,20 @@ class LlamaDCompComputer(nn.Module):
     ) -> torch.Tensor:
         """`(P, L)` bool: the tokens that vote for the selection at absolute position `columns (P,)` of row `rows
         (P,)` of `input_ids (batch, L)` (`valid (batch, L)`, None: all real; its numbers `read`): the last
-        `selection_context` tokens up to it, neither padding, nor a number token, nor a number's sign."""
+        `selection_context` tokens up to it, neither padding, nor a number token, nor a number's sign; with
+        `selection_boundaries`, only those after the last boundary token before the last number written (the
+        question's own turn of a chat template)."""
         steps = torch.arange(input_ids.shape[1], device=input_ids.device)
         valid_rows = steps[None, :] >= 0 if valid is None else valid[rows].bool()  # (1 or P, L)
         window = (steps <= columns[:, None]) & (steps > columns[:, None] - self.selection_context)  # (P, L)
-        return window & valid_rows & ~read.is_number[rows] & ~read.is_sign[rows]
+        numbers = read.is_number[rows]  # (P, L)
+        if self.selection_boundaries:
+            before = steps[None, :] <= columns[:, None]  # (P, L)
+            last_number = torch.where(numbers & before, steps, -1).max(-1, keepdim=True).values  # (P, 1); -1: none
+            boundaries = torch.tensor(self.selection_boundaries, device=input_ids.device)
+            opens = torch.isin(input_ids[rows], boundaries) & (steps < last_number)  # (P, L)
+            window = window & (steps > torch.where(opens, steps, -1).max(-1, keepdim=True).values)
+        return window & valid_rows & ~numbers & ~read.is_sign[rows]
 
     def voting_rows(self, ids: torch.Tensor) -> torch.Tensor:
         """The row of `selection_tokens` each token id of `ids (P, L)` votes with: its own, but a joined minus's

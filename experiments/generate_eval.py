@@ -118,6 +118,7 @@ def exact_match(model, tokenizer, rows, batch_size: int, max_new_tokens: int) ->
             groups += [f"length {row['length']}"] if "length" in row else []  # lists (issue 13)
             groups += [f"format {row['format']}"] if "format" in row else []
             groups += [f"lead-in {row['lead']}"] if "lead" in row else []
+            groups += [f"system {row['system']}"] if "system" in row else []  # new_phrasings --system-prompts
             groups += [f"phrasing {row['phrasing']}"] if "phrasing" in row else []  # experiments.new_phrasings
             for group in groups:
                 right[group].append(correct)

@@ -19,13 +19,17 @@ questions go through the chat template; operands as in training (1–5 digits ea
   operands and spaced ("12/4", "12 / 4"), in the frames of the new phrasings (`SYMBOL_FRAMES`), which no set asks a
   symbol in: a symbol whose token no training prompt writes votes nothing, whatever the frame.
   Divisions come out even. Reported per phrasing too.
+* `--system-prompts`: the default set's phrasings through the chat template with a system message of the user's
+  own (`SYSTEM_PROMPTS`) in place of the template's default, which every chat prompt of training has: its words
+  stand in the selection window unless the window is bounded at the turn (`computer_selection_boundary_ids`).
+  Divisions come out even. Reported per system message too.
 * `--leading-numbers`: the default set's phrasings after a lead-in that writes numbers of its own before the
   operands (`LEADING_NUMBERS`: "Question 3: …", "In 2024, …", "Step 1 of 4: …", a date), as numbered exercises and
   chat templates with a date in their system prompt write them; no training prompt has them. Divisions come out
   even. Reported per lead-in too.
 
     python -m experiments.new_phrasings --model runs/smol_lora [--per-phrasing 12] [--seed 0]
-        [--number-formats | --wide-words | --symbols | --leading-numbers]
+        [--number-formats | --wide-words | --symbols | --system-prompts | --leading-numbers]
 """
 
 from __future__ import annotations
@@ -95,6 +99,15 @@ NUMBER_FORMATS: dict[str, Callable[[int], str]] = {
 # Per operation, the symbols people write it with, and the new phrasings' frames to ask them in.
 SYMBOLS: dict[str, tuple[str, ...]] = {"add": ("+",), "sub": ("-",), "mul": ("*", "×", "x"), "div": ("/", "÷")}
 SYMBOL_FRAMES: tuple[str, ...] = ("Compute {expr}", "{expr} = ?", "Tell me {expr}.", "Quick question: what is {expr}?")
+
+# System message name -> its text (`--system-prompts`): what users put there, none of it in a training prompt.
+SYSTEM_PROMPTS: dict[str, str] = {
+    "assistant": "You are a helpful assistant.",
+    "calculator": "You are a calculator. Reply with the number only.",
+    "tutor": "You are a patient math tutor who explains things simply.",
+    "brief": "Answer every question as briefly as you can, with no extra words.",
+    "Italian": "Sei un assistente utile.",
+}
 
 T = TypeVar("T")
 
@@ -194,6 +207,28 @@ def format_questions(
     return datasets.Dataset.from_list(rows)
 
 
+def system_prompt_rows(per_prompt: int, seed: int, tokenizer, max_digits: int = 5) -> datasets.Dataset:
+    """`per_prompt` questions for every system message of `SYSTEM_PROMPTS`, the operations in turn, each in a
+    random phrasing of the default set, tokenized through the chat template with that system message (`question`
+    rows with the message's name as "system"); divisions come out even."""
+    rng = random.Random(seed)
+    asked = [
+        datasets.Dataset.from_list(
+            [
+                question(rng, operation, phrasing, max_digits, 0.25, True, system=name)
+                for _, _, operation, phrasing in in_default_phrasings(rng, per_prompt, {name: None})
+            ]
+        )
+        for name in SYSTEM_PROMPTS
+    ]
+    return datasets.concatenate_datasets(
+        [
+            task_library.tokenize_for_causal_lm(rows, tokenizer, chat_fraction=1.0, system=SYSTEM_PROMPTS[name])
+            for name, rows in zip(SYSTEM_PROMPTS, asked)
+        ]
+    )
+
+
 def leading_questions(
     per_lead: int, seed: int, max_digits: int = 5, negative_fraction: float = 0.25
 ) -> datasets.Dataset:
@@ -217,6 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--wide-words", action="store_true", help="ask in the wide set's expressions, in the default frames"
     )
     parser.add_argument("--symbols", action="store_true", help="ask with every operation symbol, joined and spaced")
+    parser.add_argument("--system-prompts", action="store_true", help="ask through the chat template, own system")
     parser.add_argument(
         "--leading-numbers", action="store_true", help='ask after numbers of the prompt\'s own ("Question 3: …")'
     )
@@ -237,6 +273,9 @@ def main(argv: list[str] | None = None) -> dict:
         asked = questions(args.per_phrasing, args.seed, max_digits, phrasings=wide_words())
     else:
         asked = questions(args.per_phrasing, args.seed, max_digits)
+    if args.system_prompts:
+        rows = system_prompt_rows(4 * args.per_phrasing, args.seed, tokenizer, max_digits)
+        return print_exact_match(exact_match(model, tokenizer, rows, args.batch_size, max_new_tokens=24), args.report)
     rows = task_library.tokenize_for_causal_lm(asked, tokenizer, chat_fraction=args.chat_fraction)
     return print_exact_match(exact_match(model, tokenizer, rows, args.batch_size, max_new_tokens=24), args.report)
 

@@ -122,6 +122,13 @@ def plus_signs(tokenizer) -> list[int]:
     return [token for token in range(len(tokenizer)) if re.fullmatch(PLUS, tokenizer.decode([token]))]
 
 
+def turn_boundaries(tokenizer) -> list[int]:
+    """The tokenizer's special added tokens (`computer_selection_boundary_ids`): a chat template opens each turn with
+    one ("<|im_start|>", "<|start_header_id|>"), so the last before a question's numbers starts the question's turn.
+    (`all_special_ids` holds only the named ones: BOS, EOS, padding.)"""
+    return sorted(token for token, added in tokenizer.added_tokens_decoder.items() if added.special)
+
+
 def group_separators(tokenizer) -> list[int]:
     """The token the tokenizer writes between digit groups (`computer_group_separator_ids`; LLaMA-3 and SmolLM2:
     ","), from how it tokenizes "1,000"; none when it does not write "," as a token of its own there."""

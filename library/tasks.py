@@ -817,6 +817,7 @@ def tokenize_for_causal_lm(
     chat_fraction: float = 0.0,
     ending_fraction: float = 0.0,
     endings: Mapping[str, int] | tuple[str, ...] = PLAIN_ENDINGS,
+    system: str | None = None,
 ) -> datasets.Dataset | datasets.DatasetDict:
     """Adds `input_ids`, `attention_mask`, `labels` and `answer_position` to a task Dataset or DatasetDict.
 
@@ -829,7 +830,8 @@ def tokenize_for_causal_lm(
     `answer_position` is at that space, as in a prompt that ends with it. max_length None leaves rows unpadded (pad
     batches with a collator that pads labels with -100 on the right, e.g. `DataCollatorForSeq2Seq`); an int pads
     every row to max_length with `tokenizer.pad_token_id` on `tokenizer.padding_side` (answer_position counts the
-    padding) and raises ValueError for a longer row, since truncation would cut off the answer.
+    padding) and raises ValueError for a longer row, since truncation would cut off the answer. `system`: the chat
+    prompts' system message (None: the template's own, SmolLM2's "You are a helpful AI assistant named SmolLM…").
     """
 
     def chat(text: str) -> bool:
@@ -848,6 +850,8 @@ def tokenize_for_causal_lm(
         """The prompt's tokens, and the tokens the model writes before the answer's own (a space, or none)."""
         if chat(text):
             messages = [{"role": "user", "content": text}]
+            if system is not None:
+                messages.insert(0, {"role": "system", "content": system})
             ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
             return list(ids["input_ids"] if isinstance(ids, Mapping) else ids), []
         if not _held_out([text], ENDING_SEED, ending_fraction):
@@ -876,7 +880,7 @@ def tokenize_for_causal_lm(
         return out
 
     # `map` would fingerprint its closure, tokenizer included, twice per split (~0.3 s each): hash it once.
-    settings = f"{max_length}:{chat_fraction}:{ending_fraction}:{weights}"
+    settings = f"{max_length}:{chat_fraction}:{ending_fraction}:{weights}:{system}"
     key = fingerprint(datasets.fingerprint.Hasher.hash(tokenizer), settings, _SOURCE_KEY)
 
     def apply(split: datasets.Dataset) -> datasets.Dataset:

@@ -157,6 +157,11 @@ INVALID = [
     ({**READ_OUT, "computer_lead_token_id": 5, "computer_lead_threshold": float("nan")}, "computer_lead_threshold"),
     ({"computer_selection_context": -1}, "computer_selection_context"),
     ({"computer_selection_context": 8}, "computer_selection_context"),  # the votes need the "tokens" read-out
+    ({"computer_selection_boundary_ids": [5]}, "computer_selection_boundary_ids"),  # no window to bound
+    (
+        {**READ_OUT, "computer_selection_context": 8, "computer_selection_boundary_ids": [10**9]},
+        "computer_selection_boundary_ids",
+    ),
     ({"computer_selection_dropout": 0.5}, "computer_selection_dropout"),  # no votes to drop
     ({"computer_selection_dropout": 1.0}, "computer_selection_dropout"),
     ({"computer_selection_hidden_votes": True}, "computer_selection_hidden_votes"),  # no window to vote over

@@ -10,10 +10,12 @@ from experiments.new_phrasings import (
     NEW_PHRASINGS,
     NUMBER_FORMATS,
     SYMBOLS,
+    SYSTEM_PROMPTS,
     format_questions,
     leading_questions,
     questions,
     symbol_phrasings,
+    system_prompt_rows,
     wide_words,
 )
 from library.tasks import PHRASINGS, words
@@ -120,3 +122,18 @@ def test_leading_questions_write_numbers_of_their_own_before_the_operands():
         if row["operation"] == "div":
             assert a % b == 0, row["text"]
     assert leading_questions(per_lead=16, seed=2)["text"] == rows["text"]  # seeded
+
+
+def test_system_prompt_questions_go_through_the_chat_template_with_each_system_message():
+    from test_readout import smollm2_tokenizer
+
+    tokenizer = smollm2_tokenizer()
+    rows = system_prompt_rows(per_prompt=4, seed=1, tokenizer=tokenizer)
+    assert len(rows) == 4 * len(SYSTEM_PROMPTS) and set(rows["system"]) == set(SYSTEM_PROMPTS)
+    for row in rows:
+        prompt = tokenizer.decode(row["input_ids"][: row["answer_position"] + 1])
+        assert SYSTEM_PROMPTS[row["system"]] in prompt and "named SmolLM" not in prompt, prompt
+        assert prompt.endswith("assistant\n") and row["text"] in prompt
+        assert tokenizer.decode(row["input_ids"][row["answer_position"] + 1 :]).startswith(row["answer_text"])
+        a, b = row["operands"]
+        assert row["operation"] != "div" or a % b == 0, row["text"]

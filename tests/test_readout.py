@@ -675,6 +675,45 @@ def test_the_selection_votes_of_the_last_token_ids_choose_the_program(name):
     assert sub_margin(model, tokenizer, far) == 0.0
 
 
+# A chat prompt whose system message writes a minus ("brief - very brief"), in each tokenizer's template
+TURNS = {
+    "llama3": "<|start_header_id|>system<|end_header_id|>\n\nBe brief - very brief.<|eot_id|><|start_header_id|>user"
+    "<|end_header_id|>\n\n{question}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+    "smollm2": "<|im_start|>system\nBe brief - very brief.<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n"
+    "<|im_start|>assistant\n",
+}
+
+
+@pytest.mark.parametrize("name", ["llama3", "smollm2"])
+def test_within_its_turn_the_window_leaves_the_system_prompts_words_out(name, tmp_path):
+    """computer_selection_boundary_ids: the window starts after the last turn opener before the question's numbers,
+    so the system message's minus does not vote while the question's own still does; a prompt without a turn is
+    read as before; cached, batched and pipeline decoding agree, and the ids are part of the library's fingerprint."""
+    import json
+
+    from library.install import turn_boundaries
+    from modeling_llama_dcomp import LibraryMismatchError, LlamaDCompForCausalLM
+
+    tokenizer = TOKENIZERS[name]()
+    boundaries = turn_boundaries(tokenizer)
+    everywhere = voting_calculator(tokenizer, context=64)
+    within = voting_calculator(tokenizer, context=64, computer_selection_boundary_ids=boundaries)
+    plus, minus = (TURNS[name].format(question=f"What is 12 {word} 7?") for word in ("plus", "-"))
+    assert sub_margin(everywhere, tokenizer, plus) == pytest.approx(10.0, abs=1e-3)  # the system's minus votes
+    assert sub_margin(within, tokenizer, plus) == 0.0
+    assert sub_margin(within, tokenizer, minus) == pytest.approx(10.0, abs=1e-3)
+    assert sub_margin(within, tokenizer, "Be brief - very brief. What is 12 plus 7? ") == pytest.approx(10.0, abs=1e-3)
+    with torch.no_grad():
+        within.computer.trigger.bias.fill_(10.0)
+    assert_every_route_agrees(within, tokenizer, [plus, minus], 12)
+    within.save_pretrained(tmp_path)
+    assert sub_margin(LlamaDCompForCausalLM.from_pretrained(tmp_path), tokenizer, plus) == 0.0
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "computer_selection_boundary_ids": []}))
+    with pytest.raises(LibraryMismatchError, match=r"config\.computer_selection_boundary_ids="):
+        LlamaDCompForCausalLM.from_pretrained(tmp_path)
+
+
 @pytest.mark.parametrize("name", ["llama3", "smollm2"])
 def test_a_joined_minus_votes_as_its_symbol_alone(name, tmp_path):
     """computer_joined_minus_symbol_ids: "12*-7" is a product like "12*7", so its "*-" votes with the row of "*"

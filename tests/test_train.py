@@ -312,14 +312,16 @@ def test_fitted_hidden_votes_stay_as_fitted_while_the_rest_trains_under_lora_and
     the fit (its checkpoint holds the fitted head); the selection head W_sel, beside it, trains. So with the copy
     parse's pointer by the ordinal alone (--copy_from_end): its query weights stay 0, and the resumed run's
     optimizer finds the parameter groups it saved. After the last step --calibrate_hidden_votes scales the head (the
-    resumed run rebuilds the prompts it calibrates on), and so does experiments.calibrate_votes on the saved run."""
+    resumed run rebuilds the prompts it calibrates on), and so does experiments.calibrate_votes on the saved run.
+    --selection_within_turn bounds the window at the tokenizer's turn openers."""
     llama = tiny_llama(vocab_size=128256, hidden_size=16, intermediate_size=32, pad_token_id=None)
     llama.save_pretrained(tmp_path / "llama")
     out = tmp_path / "fitted"
     args = [
         *TINY, "--model", str(tmp_path / "llama"), "--lora", "--encoding", "binary", "--selection_context", "8",
         "--selection_hidden_votes", "--fit_hidden_votes", "32", "--fit_phrasings", "wide", "--save_steps", "2",
-        "--copy_from_end", "--calibrate_hidden_votes", "--calibration_prompts", "16", "--output_dir", str(out),
+        "--copy_from_end", "--calibrate_hidden_votes", "--calibration_prompts", "16", "--selection_within_turn",
+        "--output_dir", str(out),
     ]  # fmt: skip
     output = run_train(env, tmp_path, *args, "--max_steps", "2")
     fit = r"^hidden votes: a probe fitted on 32 prompts \(16 in phrasings the run lacks\), right on \d+\.\d+% of them$"
@@ -330,6 +332,8 @@ def test_fitted_hidden_votes_stay_as_fitted_while_the_rest_trains_under_lora_and
     (scale,) = re.findall(calibrated, resumed, re.MULTILINE)  # the validation split (16) and 16 more
     summary = json.loads((out / "run_summary.json").read_text())["hidden_vote_scale"]
     assert summary["scale"] == float(scale) and summary["prompts"] == 32 and len(summary["right"]) == 7
+    boundaries = json.loads((out / "config.json").read_text())["computer_selection_boundary_ids"]
+    assert 128006 in boundaries  # --selection_within_turn: LLaMA-3's "<|start_header_id|>" opens a turn
 
     def head(weights: dict, name: str):
         (key,) = [key for key in weights if key.endswith(f"computer.{name}.weight")]

@@ -130,6 +130,7 @@ def test_one_json_or_yaml_file_holds_the_arguments(tmp_path, suffix):
         (["--trigger_numbers", "-1"], "--trigger_numbers: must be >= 0, got -1"),
         (["--selection_dropout", "0.5"], "--selection_dropout: drops the token votes of --selection_context: give"),
         (["--selection_hidden_votes"], "--selection_hidden_votes: votes over the window of --selection_context: give"),
+        (["--selection_within_turn"], "--selection_within_turn: bounds the window of --selection_context: give"),
         (["--selection_vote_from_layer", "1"], "--selection_vote_from_layer: chooses the layers the hidden"),
         (["--hidden_vote_loss_weight", "-1"], "--hidden_vote_loss_weight: must be >= 0, got -1.0"),
         (["--hidden_vote_loss_weight", "1"], "--hidden_vote_loss_weight: trains the hidden-state votes: give --select"),

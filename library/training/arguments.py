@@ -278,6 +278,12 @@ class ComputerArguments:
         metadata={"help": "--selection_context: in training, drop each token vote with this probability, so a word "
                   "never trained on (its vote missing) still selects (computer_selection_dropout)"},
     )  # fmt: skip
+    selection_within_turn: bool = field(
+        default=False,
+        metadata={"help": "--selection_context: the window starts after the last special token (a chat template's "
+                  "turn opener) before the question's numbers, so a system prompt's words do not vote "
+                  "(computer_selection_boundary_ids)"},
+    )  # fmt: skip
     selection_hidden_votes: bool = field(
         default=False,
         metadata={"help": "--selection_context: the window's tokens also vote through their hidden states at the "
@@ -372,6 +378,11 @@ class ComputerArguments:
         )
         _check(self.vote_completion_margin >= 0, "vote_completion_margin", "must be >= 0")
         _check(self.vote_completion_ridge > 0, "vote_completion_ridge", "must be > 0")
+        _check(
+            not self.selection_within_turn or self.selection_context > 0,
+            "selection_within_turn",
+            "bounds the window of --selection_context: give --selection_context > 0",
+        )
         _check(
             not self.selection_hidden_votes or self.selection_context > 0,
             "selection_hidden_votes",

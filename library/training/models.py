@@ -6,7 +6,7 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from library import tasks as task_library
-from library.install import from_llama, number_token_ids
+from library.install import from_llama, number_token_ids, turn_boundaries
 from library.loading import load_tokenizer
 from library.tokenizer import llama3_tokenizer
 from library.training.arguments import ArgumentError
@@ -112,6 +112,7 @@ def build_model(model_args, data_args, computer_args, spec: TaskSpec, tokenizer)
             computer_output="tokens",
             computer_parse="linear" if computer_args.parse == "linear" else "copy",
             computer_selection_context=computer_args.selection_context,
+            computer_selection_boundary_ids=turn_boundaries(tokenizer) if computer_args.selection_within_turn else [],
             computer_selection_dropout=computer_args.selection_dropout,
             computer_selection_hidden_votes=computer_args.selection_hidden_votes,
             computer_selection_vote_layers=vote_layers,
