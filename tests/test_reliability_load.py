@@ -81,6 +81,7 @@ EDITS = {
     "computer_trigger_context": 2,
     "computer_trigger_numbers": 8,  # needs "tokens" too: checked in test_readout
     "computer_selection_context": 2,  # needs "tokens" too: checked in test_readout
+    "computer_selection_boundary_ids": [5],  # needs a selection context too: checked in test_readout
     "computer_selection_hidden_votes": True,  # needs a selection context too: checked in test_readout
     "computer_selection_vote_layers": [0],  # needs the hidden votes too: checked in test_readout
     "computer_lead_token_id": 5,  # needs "tokens" too: checked in test_readout
@@ -112,6 +113,7 @@ def test_every_answer_field_has_an_edit():
             "computer_copy_from_end",
             "computer_trigger_numbers",
             "computer_selection_context",
+            "computer_selection_boundary_ids",
             "computer_selection_hidden_votes",
             "computer_selection_vote_layers",
             "computer_lead_token_id",
