@@ -13,9 +13,9 @@ and the weights, config and code saved there, so that the copy is evaluated like
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
+from experiments.common import refuse_existing, save_run_copy
 from experiments.generate_eval import run_settings
 from library.loading import load_tokenizer, model_folder
 from library.training.arguments import LIST_TASKS, DataArguments
@@ -41,8 +41,7 @@ def calibration_data(settings: dict, tokenizer, prompts: int) -> list[dict]:
 def calibrate_votes(model_dir: Path, output: Path, prompts: int) -> tuple[float, dict[float, float]]:
     """Writes `model_dir` with its hidden votes calibrated to `output` (a new folder); returns the factor and the
     share of calibration prompts selected right at each factor of the grid."""
-    if output.exists():
-        raise FileExistsError(f"{output}: already exists (the calibrated copy goes into a new folder)")
+    refuse_existing(output, "calibrated")
     settings = run_settings(model_dir)
     if settings["data"].get("task", "arithmetic") in LIST_TASKS:
         raise ValueError(
@@ -54,8 +53,7 @@ def calibrate_votes(model_dir: Path, output: Path, prompts: int) -> tuple[float,
     rows = calibration_data(settings, tokenizer, prompts)
     collator = AnswerCollator(tokenizer.pad_token_id, with_computer=True, with_targets=True)
     scale, shares = calibrate_hidden_votes(model, rows, collator)
-    shutil.copytree(model_dir, output, ignore=shutil.ignore_patterns("checkpoint-*", "_train.lock"))
-    model.save_pretrained(output)
+    save_run_copy(model, model_dir, output)
     return scale, shares
 
 

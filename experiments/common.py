@@ -11,10 +11,12 @@ trained network can swap one for another (the paper's bootstrapping, §4.1).
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -162,3 +164,16 @@ def runs_of(model):
     """`record_computer_runs` of the module that defined `model`: a model loaded with trust_remote_code runs its
     folder's copy of the modeling file, whose records this checkout's function would never see."""
     return getattr(sys.modules[type(model).__module__], "record_computer_runs", record_computer_runs)
+
+
+def refuse_existing(output: Path, copy: str) -> None:
+    """An edited copy of a run goes into a new folder: raises FileExistsError naming `output` when it exists."""
+    if output.exists():
+        raise FileExistsError(f"{output}: already exists (the {copy} copy goes into a new folder)")
+
+
+def save_run_copy(model, model_dir: Path, output: Path) -> None:
+    """`model_dir` copied to `output` (checkpoints and the training lock left out) with `model`'s weights, config and
+    code saved over it: the copy reads its run_settings.json and evaluates like the run."""
+    shutil.copytree(model_dir, output, ignore=shutil.ignore_patterns("checkpoint-*", "_train.lock"))
+    model.save_pretrained(output)

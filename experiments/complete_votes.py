@@ -11,22 +11,20 @@ run (`generate_eval`, `new_phrasings`, `pass_through` read its run_summary.json 
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
+from experiments.common import refuse_existing, save_run_copy
 from library.loading import model_folder
 from modeling_llama_dcomp import LlamaDCompForCausalLM
 
 
 def complete_votes(model_dir: Path, output: Path, margin: float, ridge: float) -> int:
     """Writes `model_dir` with completed votes to `output` (a new folder); returns how many rows were filled."""
-    if output.exists():
-        raise FileExistsError(f"{output}: already exists (the completed copy goes into a new folder)")
+    refuse_existing(output, "completed")
     model = LlamaDCompForCausalLM.from_pretrained(model_folder(model_dir))
     embeddings = model.get_input_embeddings().weight
     filled = sum(computer.complete_selection_votes(embeddings, ridge, margin) for computer in model.computers())
-    shutil.copytree(model_dir, output, ignore=shutil.ignore_patterns("checkpoint-*", "_train.lock"))
-    model.save_pretrained(output)
+    save_run_copy(model, model_dir, output)
     return filled
 
 

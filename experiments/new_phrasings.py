@@ -247,13 +247,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--per-phrasing", type=int, default=12, help="questions per phrasing (per format: 4×)")
-    parser.add_argument("--number-formats", action="store_true", help="ask with the operands in other formats")
-    parser.add_argument(
+    kinds = parser.add_mutually_exclusive_group()  # one set of questions per call; none: the new phrasings
+    kinds.add_argument("--number-formats", action="store_true", help="ask with the operands in other formats")
+    kinds.add_argument(
         "--wide-words", action="store_true", help="ask in the wide set's expressions, in the default frames"
     )
-    parser.add_argument("--symbols", action="store_true", help="ask with every operation symbol, joined and spaced")
-    parser.add_argument("--system-prompts", action="store_true", help="ask through the chat template, own system")
-    parser.add_argument(
+    kinds.add_argument("--symbols", action="store_true", help="ask with every operation symbol, joined and spaced")
+    kinds.add_argument("--system-prompts", action="store_true", help="ask through the chat template, own system")
+    kinds.add_argument(
         "--leading-numbers", action="store_true", help='ask after numbers of the prompt\'s own ("Question 3: …")'
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -263,20 +264,20 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     settings, model, tokenizer = binary_arithmetic_run(args.model)
     max_digits = settings["data"]["max_digits"]
-    if args.number_formats:
-        asked = format_questions(4 * args.per_phrasing, args.seed, max_digits)
-    elif args.leading_numbers:
-        asked = leading_questions(4 * args.per_phrasing, args.seed, max_digits)
-    elif args.symbols:
-        asked = questions(args.per_phrasing, args.seed, max_digits, phrasings=symbol_phrasings())
-    elif args.wide_words:
-        asked = questions(args.per_phrasing, args.seed, max_digits, phrasings=wide_words())
-    else:
-        asked = questions(args.per_phrasing, args.seed, max_digits)
-    if args.system_prompts:
+    if args.system_prompts:  # every question through the template, with each system message
         rows = system_prompt_rows(4 * args.per_phrasing, args.seed, tokenizer, max_digits)
-        return print_exact_match(exact_match(model, tokenizer, rows, args.batch_size, max_new_tokens=24), args.report)
-    rows = task_library.tokenize_for_causal_lm(asked, tokenizer, chat_fraction=args.chat_fraction)
+    else:
+        if args.number_formats:
+            asked = format_questions(4 * args.per_phrasing, args.seed, max_digits)
+        elif args.leading_numbers:
+            asked = leading_questions(4 * args.per_phrasing, args.seed, max_digits)
+        elif args.symbols:
+            asked = questions(args.per_phrasing, args.seed, max_digits, phrasings=symbol_phrasings())
+        elif args.wide_words:
+            asked = questions(args.per_phrasing, args.seed, max_digits, phrasings=wide_words())
+        else:
+            asked = questions(args.per_phrasing, args.seed, max_digits)
+        rows = task_library.tokenize_for_causal_lm(asked, tokenizer, chat_fraction=args.chat_fraction)
     return print_exact_match(exact_match(model, tokenizer, rows, args.batch_size, max_new_tokens=24), args.report)
 
 

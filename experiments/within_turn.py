@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import shutil
 from pathlib import Path
 
+from experiments.common import refuse_existing, save_run_copy
 from library.install import turn_boundaries
 from library.loading import load_tokenizer, model_folder
 from modeling_llama_dcomp import LlamaDCompForCausalLM
@@ -25,8 +25,7 @@ from modeling_llama_dcomp import LlamaDCompForCausalLM
 def within_turn(model_dir: Path, output: Path) -> list[int]:
     """Writes `model_dir` with its selection window bounded at its tokenizer's turn openers to `output` (a new
     folder); returns the boundary token ids."""
-    if output.exists():
-        raise FileExistsError(f"{output}: already exists (the bounded copy goes into a new folder)")
+    refuse_existing(output, "bounded")
     model = LlamaDCompForCausalLM.from_pretrained(model_folder(model_dir))
     if not model.config.computer_selection_context:
         raise ValueError(f"{model_dir}: its computer has no selection window to bound (computer_selection_context 0)")
@@ -38,8 +37,7 @@ def within_turn(model_dir: Path, output: Path) -> list[int]:
     bounded.load_state_dict(model.state_dict())
     bounded.set_library(*model.get_library())
     bounded.generation_config = model.generation_config
-    shutil.copytree(model_dir, output, ignore=shutil.ignore_patterns("checkpoint-*", "_train.lock"))
-    bounded.save_pretrained(output)
+    save_run_copy(bounded, model_dir, output)
     return boundaries
 
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from test_readout import TURNS, smollm2_tokenizer, sub_margin, voting_calculator
+from test_readout import TURNS, calculator, smollm2_tokenizer, sub_margin, voting_calculator
 
 from experiments.within_turn import within_turn
 from library.install import turn_boundaries
@@ -34,3 +34,13 @@ def test_the_bounded_copy_leaves_the_system_prompt_out_with_the_same_weights(tmp
     assert not (tmp_path / "bounded" / "checkpoint-4").exists()
     with pytest.raises(FileExistsError, match="already exists"):
         within_turn(run, tmp_path / "bounded")
+
+
+def test_a_computer_without_a_selection_window_is_refused_and_nothing_is_written(tmp_path):
+    tokenizer = smollm2_tokenizer()
+    run = tmp_path / "run"
+    calculator(tokenizer, ["add", "sub"]).save_pretrained(run)
+    tokenizer.save_pretrained(run)
+    with pytest.raises(ValueError, match="no selection window to bound"):
+        within_turn(run, tmp_path / "bounded")
+    assert not (tmp_path / "bounded").exists()
