@@ -31,9 +31,11 @@ def module_files(name: str) -> list[Path]:
 
 
 @functools.cache
-def docstring_paragraphs(modules: tuple[str, ...], min_chars: int = 200) -> tuple[str, ...]:
-    """The distinct paragraphs of at least `min_chars` characters (whitespace collapsed) of the module, class and
-    function docstrings of `modules`, in file and source order."""
+def docstring_paragraphs(modules: tuple[str, ...], min_chars: int = 200, keep_lines: bool = False) -> tuple[str, ...]:
+    """The distinct paragraphs of at least `min_chars` characters of the module, class and function docstrings of
+    `modules`, in file and source order: whitespace collapsed, or with `keep_lines` as written (lines and their
+    indentation kept, trailing spaces cut), so that a code example, a doctest's "# 5" comment or a numbered list
+    stands on its own lines as in the text a user writes."""
     paragraphs: dict[str, None] = {}
     for name in modules:
         for path in module_files(name):
@@ -44,7 +46,10 @@ def docstring_paragraphs(modules: tuple[str, ...], min_chars: int = 200) -> tupl
             for node in ast.walk(tree):
                 if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
                     for paragraph in (ast.get_docstring(node) or "").split("\n\n"):
-                        paragraph = " ".join(paragraph.split())
+                        if keep_lines:
+                            paragraph = "\n".join(line.rstrip() for line in paragraph.strip("\n").splitlines())
+                        else:
+                            paragraph = " ".join(paragraph.split())
                         if len(paragraph) >= min_chars:
                             paragraphs.setdefault(paragraph)
     return tuple(paragraphs)

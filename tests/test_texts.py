@@ -13,6 +13,17 @@ def test_paragraphs_are_long_distinct_docstrings_read_from_source_without_import
     assert any("JSON" in paragraph for paragraph in paragraphs)
 
 
+def test_paragraphs_in_their_lines_hold_the_same_words_as_written():
+    """keep_lines: each paragraph as the docstring writes it (lines, indentation); collapsed, it is a paragraph of
+    the default layout wherever it is long enough."""
+    kept = docstring_paragraphs(("json",), min_chars=120, keep_lines=True)
+    collapsed = docstring_paragraphs(("json",), min_chars=120)
+    assert len(kept) == len(set(kept)) and min(map(len, kept)) >= 120
+    assert any("\n    " in paragraph for paragraph in kept)  # an indented example line
+    assert all(not line.endswith(" ") for paragraph in kept for line in paragraph.splitlines())
+    assert set(collapsed) <= {" ".join(paragraph.split()) for paragraph in kept}
+
+
 def test_module_files_of_a_package_a_module_and_a_built_in():
     assert len(module_files("json")) > 1 and all(path.suffix == ".py" for path in module_files("json"))
     assert [path.name for path in module_files("textwrap")] == ["textwrap.py"]

@@ -155,6 +155,11 @@ def test_one_json_or_yaml_file_holds_the_arguments(tmp_path, suffix):
         (["--ending_fraction", "0.3"], "--ending_fraction: other prompt endings are for --task arithmetic --encoding"),
         (["--encoding", "binary", "--ending_fraction", "2"], "--ending_fraction: must be in [0, 1], got 2.0"),
         (["--encoding", "binary", "--endings", "wide"], "--endings: wide endings end a share --ending_fraction"),
+        (["--encoding", "binary", "--text_layout", "lines"], "--text_layout: lays out the ordinary-text rows: set"),
+        (
+            ["--encoding", "binary", "--text_fraction", "0.2", "--text_layout", "pages"],
+            "--text-layout: invalid choice: 'pages'",
+        ),
         (["--model", "/nonexistent/llama"], "--model: /nonexistent/llama does not exist"),
     ],
 )
@@ -1089,6 +1094,24 @@ def test_ordinary_text_rows_train_only_the_trigger(cache):
 
     found = initialise(model, tokenizer, spec, train, None, computer_args, from_scratch=True)
     assert found["copying"] == {0: 0, 1: 1}  # not diluted by the numbers of the docstrings
+
+
+def test_ordinary_text_rows_in_their_lines(cache):
+    """--text_layout lines: the ordinary-text rows are docstring paragraphs laid out in their lines as written (a
+    code example's lines, a numbered list's items), where the collapsed rows are one line each; the questions are
+    the same."""
+    arguments = ("--encoding", "binary", "--text_fraction", "0.25", "--train_size", "60", "--validation_size", "4")
+    *_, tokenizer, collapsed = task(*arguments, "--test_size", "4")
+    *_, lined = task(*arguments, "--test_size", "4", "--text_layout", "lines")
+    texts = {name: [row["text"] for row in data["train"] if row["operation"] == "text"]
+             for name, data in (("collapsed", collapsed), ("lines", lined))}  # fmt: skip
+    assert len(texts["lines"]) == len(texts["collapsed"]) == 20
+    assert not any("\n" in text for text in texts["collapsed"]) and all("\n" in text for text in texts["lines"])
+    assert [row for row in lined["train"] if row["operation"] != "text"] == [
+        row for row in collapsed["train"] if row["operation"] != "text"
+    ]
+    newline = tokenizer("a\nb", add_special_tokens=False)["input_ids"][1]
+    assert any(newline in row["input_ids"] for row in lined["train"] if row["operation"] == "text")
 
 
 def test_continued_text_rows_are_the_untrained_models_greedy_continuations(cache):

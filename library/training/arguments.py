@@ -72,6 +72,12 @@ class DataArguments:
                   "the untrained model's greedy generate() (its computer is silent: the base's text), so the trigger "
                   "also learns silence on the text it meets in generation (code comments, numbered lists)"},
     )  # fmt: skip
+    text_layout: Literal["collapsed", "lines"] = field(
+        default="collapsed",
+        metadata={"help": "binary: the ordinary-text rows' docstring paragraphs with their whitespace collapsed into "
+                  "one line, or with their lines as written (code examples, doctest comments, numbered lists on "
+                  "lines of their own: library.texts.docstring_paragraphs)"},
+    )  # fmt: skip
     ending_fraction: float = field(
         default=0.0,
         metadata={"help": "binary arithmetic: share of the plain training prompts that end otherwise than with a "
@@ -151,6 +157,11 @@ class DataArguments:
             self.text_continuation_fraction == 0 or self.text_fraction > 0,
             "text_continuation_fraction",
             "continues ordinary-text rows: set --text_fraction too",
+        )
+        _check(
+            self.text_layout == "collapsed" or self.text_fraction > 0,
+            "text_layout",
+            "lays out the ordinary-text rows: set --text_fraction too",
         )
 
 

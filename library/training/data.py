@@ -214,7 +214,8 @@ def build_datasets(args, spec: TaskSpec, tokenizer, seed: int):
         data["train"] = task_library.tokenize_for_causal_lm(raw["train"], tokenizer, endings=endings, **shares)
     data = add_number_positions(data, tokenizer, spec) if spec.answer_per_number else data
     if args.text_fraction > 0:
-        data["train"] = with_ordinary_text(data["train"], tokenizer, args.text_fraction, seed)
+        lines = getattr(args, "text_layout", "collapsed") == "lines"  # older run_settings.json: none
+        data["train"] = with_ordinary_text(data["train"], tokenizer, args.text_fraction, seed, keep_lines=lines)
     if args.encoding == "binary":  # values in [-2^(bits-1), 2^(bits-1)), signs read as the copy parse reads them
         return add_slot_targets(data, spec, 2 ** (args.bits - 1), signed=True)
     return add_slot_targets(data, spec, args.n)
@@ -256,13 +257,14 @@ def changed_splits(saved: dict[str, str], now: dict[str, str]) -> list[str]:
     return [name for name, fingerprint in saved.items() if name in now and now[name] != fingerprint]
 
 
-def with_ordinary_text(train, tokenizer, fraction: float, seed: int, max_tokens: int = 96):
+def with_ordinary_text(train, tokenizer, fraction: float, seed: int, max_tokens: int = 96, keep_lines: bool = False):
     """`train` with ordinary text mixed in as a share `fraction` of its rows: docstring paragraphs of
-    `library.texts.TRAINING_PACKAGES` (never the standard library's, which measure pass-through), `max_tokens`
-    tokens each, with no label and no computing position (`answer_position` -1), so they teach the trigger where
-    not to fire and nothing else. Their other columns are empty; the rows are shuffled with `seed`."""
+    `library.texts.TRAINING_PACKAGES` (never the standard library's, which measure pass-through; with `keep_lines`
+    laid out in their lines as written), `max_tokens` tokens each, with no label and no computing position
+    (`answer_position` -1), so they teach the trigger where not to fire and nothing else. Their other columns are
+    empty; the rows are shuffled with `seed`."""
     count = round(len(train) * fraction / (1 - fraction))
-    paragraphs = texts.docstring_paragraphs(texts.TRAINING_PACKAGES)
+    paragraphs = texts.docstring_paragraphs(texts.TRAINING_PACKAGES, keep_lines=keep_lines)
     if len(paragraphs) < count:
         raise ArgumentError(f"--text_fraction {fraction}: {count} ordinary texts needed, {len(paragraphs)} found")
     chosen = random.Random(seed).sample(paragraphs, count)
