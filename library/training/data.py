@@ -226,7 +226,8 @@ def beyond_phrasings(args, spec: TaskSpec, tokenizer, seed: int, phrasings: str)
     draws the run's but without ordinary text, in the phrasings the run's set (`spec.templates`) lacks. Nothing of
     them is held out of the run: the run's held-out phrasings are in its own set, and the training operands are the
     run's (`library.tasks` holds operands out by the seed alone)."""
-    other = dataclasses.replace(args, phrasings=phrasings, text_fraction=0.0, text_continuation_fraction=0.0)
+    no_text = {"text_fraction": 0.0, "text_continuation_fraction": 0.0, "text_layout": "collapsed"}
+    other = dataclasses.replace(args, phrasings=phrasings, **no_text)
     other_spec = task_spec(other)
     rows = build_datasets(other, other_spec, tokenizer, seed)["train"]
     flat = [phrasing for options in other_spec.templates.values() for phrasing in options]  # `template` indexes it
