@@ -231,14 +231,8 @@ def test_the_hidden_votes_fit_on_the_phrasings_a_wider_set_adds_and_never_on_a_t
     the run holds out), on the run's training operands (none is a held-out operand pair of the test split); a set
     no wider than the run's is refused."""
     argv = ("--encoding", "binary", "--phrasings", run, "--train_size", "64", "--validation_size", "2")
-    argv += (
-        "--text_fraction",
-        "0.2",
-        "--text_continuation_fraction",
-        "0.5",
-        "--text_layout",
-        "lines",
-    )  # none in the fit
+    # the run's text, in its lines: none of it in the fit's prompts
+    argv += ("--text_fraction", "0.2", "--text_continuation_fraction", "0.5", "--text_layout", "lines")
     _, data_args, _, training_args, spec, tokenizer, data = task(*argv, "--test_size", "32")
     beyond = beyond_phrasings(data_args, spec, tokenizer, training_args.seed, fit)
     wider = task_spec(dataclasses.replace(data_args, phrasings=fit)).templates
