@@ -230,6 +230,15 @@ class LlamaDCompConfig(LlamaConfig):
     `experiments.trigger_threshold --head lead` picks the lowest that fires on no more ordinary text than 1/2. A
     policy, as the trigger's: not in `library_fingerprint`."""
 
+    computer_answers_own_text: bool = True
+    """Whether the "tokens" read-out's trigger and lead may start an answer in text the model writes itself: the
+    tokens fed one at a time after the generation cache, as `generate()`'s decoding steps feed them. True: wherever
+    they fire, so a cached decode equals an uncached re-decode of the whole text. False: only in text the model is
+    given (a prompt, or a later turn fed in one call with the cache), never in its own continuation, where a base
+    that repeats itself can end a line on a number as a question ends ("# 5 " in a code comment, docs/RESULTS.md
+    §7); an answer a lead started is still taken over by the trigger one token later. An uncached forward is all
+    given text, so there the two agree. A policy, as the thresholds: not in `library_fingerprint`."""
+
     computer_selection_context: int = 0
     """The program selection (§3.1) also adds a learned vote per token id for each of the last k tokens (the
     position's own and the k − 1 before it; `selection_tokens (vocab, programs)`, zero at first), summed wherever
@@ -647,6 +656,11 @@ class LlamaDCompConfig(LlamaConfig):
             lead_threshold is None or lead is not None,
             "computer_lead_threshold",
             "is the lead head's threshold: it needs a computer_lead_token_id",
+        )
+        require(
+            self.computer_answers_own_text or self.computer_output == "tokens",
+            "computer_answers_own_text",
+            'is where the token read-out\'s trigger answers: it needs computer_output="tokens"',
         )
         require(self.computer_selection_context >= 0, "computer_selection_context", "must be >= 0")
         require(

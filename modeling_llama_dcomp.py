@@ -530,6 +530,7 @@ class ComputerCache:
     plan: ReadoutPlan
     valid: torch.Tensor | None = None  # (batch, L) bool: not padding (the trigger's token context skips padding)
     votes: torch.Tensor | None = None  # (batch, L, programs) W_vote RMSNorm(h_t); None without hidden votes
+    given: int = 0  # positions before this one were given to the model (`computer_answers_own_text`); the rest it wrote
 
 
 class LlamaDCompComputer(nn.Module):
@@ -639,6 +640,7 @@ class LlamaDCompComputer(nn.Module):
             self.lead = nn.Linear(hidden_size, 1) if self.lead_token_id is not None else None
             lead_threshold = config.computer_lead_threshold
             self.lead_threshold = self.trigger_threshold if lead_threshold is None else logit(lead_threshold)
+            self.answers_own_text = config.computer_answers_own_text
             # the lead's own logits of the last `context` token ids, as the trigger's
             self.lead_tokens = (
                 nn.Parameter(torch.empty(context, config.vocab_size)) if context and self.lead is not None else None
@@ -749,9 +751,12 @@ class LlamaDCompComputer(nn.Module):
             votes = None if votes is None or held.votes is None else torch.cat([held.votes, votes], 1)
             plan = held.plan
             valid = None if held.valid is None else torch.cat([held.valid, call.valid], 1)
+            # one token after the cache is a decoding step: the model's own token; more are a prompt or a turn
+            given = held.given if call.input_ids.shape[1] == 1 else ids.shape[1]
         else:  # a fresh sequence (or a cache the computer did not see: only this call's tokens are known)
             ids, plan, valid = call.input_ids, ReadoutPlan.empty(batch, hidden_states.device), call.valid
-        history = ComputerCache(ids, keys, plan, valid, votes)
+            given = call.past_length + ids.shape[1]
+        history = ComputerCache(ids, keys, plan, valid, votes, given)
         if cache is not None:
             cache.llama_dcomp = history  # type: ignore[attr-defined]
         return history
@@ -818,6 +823,9 @@ class LlamaDCompComputer(nn.Module):
         if not call.explicit:  # nothing to compute from before a number is written (a code comment, prose)
             written = self.number_written(history, seq)
             fire, leading = fire & written, leading & written
+        if not call.explicit and not self.answers_own_text:  # no answer starts in the model's own continuation
+            own = (absolute >= history.given).expand(batch, -1)
+            fire, leading = fire & (~own | self.takes_over(plan, absolute)), leading & ~own
         computing = fire | leading
         run = self.run(hidden_states, computing, history, call.past_length, trigger_logits, lead_logits, read)
         tokens, lengths = self.spell_answers(run)  # (P, symbols), (P,)

@@ -161,14 +161,15 @@ def test_a_firing_trigger_gives_the_same_text_cached_uncached_batched_and_throug
     assert_every_route_agrees(model, tokenizer, ["Take 7 from 1234. ", "What is 99 minus -100000, and 5 - 3? "], 12)
 
 
-def assert_every_route_agrees(model, tokenizer, prompts: list[str], steps: int) -> None:
-    """generate() (cache), an uncached greedy decode, pipeline and a left-padded batch write the same tokens."""
+def assert_every_route_agrees(model, tokenizer, prompts: list[str], steps: int, uncached: bool = True) -> None:
+    """generate() (cache), an uncached greedy decode (unless not `uncached`), pipeline and a left-padded batch write
+    the same tokens."""
     single = []
     for prompt in prompts:
         inputs = tokenizer(prompt, return_tensors="pt")
         cached = model.generate(**inputs, max_new_tokens=steps, do_sample=False, min_new_tokens=steps)
-        uncached = greedy_uncached(model, inputs.input_ids, inputs.attention_mask, steps)
-        assert cached.tolist() == uncached.tolist()
+        if uncached:
+            assert cached.tolist() == greedy_uncached(model, inputs.input_ids, inputs.attention_mask, steps).tolist()
         single.append(cached[0, inputs.input_ids.shape[1] :].tolist())
         piped = pipeline("text-generation", model=model, tokenizer=tokenizer)(
             prompt, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, return_full_text=False
@@ -181,6 +182,46 @@ def assert_every_route_agrees(model, tokenizer, prompts: list[str], steps: int) 
         tokenizer.padding_side = "right"
     batched = model.generate(**batch, max_new_tokens=steps, min_new_tokens=steps, do_sample=False)
     assert batched[:, batch.input_ids.shape[1] :].tolist() == single
+
+
+@pytest.mark.parametrize("name", ["llama3", "smollm2"])
+def test_without_answering_its_own_text_an_answer_starts_only_in_the_text_given(name):
+    """computer_answers_own_text=False: a trigger that fires everywhere (bias +10) answers at the prompt's end as
+    before, but starts no answer in what generate() writes after it (with True it starts one again once the first
+    has ended); a later turn fed with the cache in one call is given text, answered at its end (the copy parse
+    reads the first two numbers: 7 − 1234 again). generate(),
+    pipeline and a left-padded batch agree; an uncached forward is all given text, as with True."""
+    tokenizer = TOKENIZERS[name]()
+    prompts = ["Take 7 from 1234. ", "What is 99 minus -100000, and 5 - 3? "]
+    inputs = tokenizer(prompts[0], return_tensors="pt")
+    decoded = {}
+    for own in (True, False):
+        model = calculator_with_bias(tokenizer, 10.0, computer_answers_own_text=own)
+        with record_computer_runs() as runs:
+            generated = model.generate(**inputs, max_new_tokens=12, min_new_tokens=12, do_sample=False)
+        decoded[own] = tokenizer.decode(generated[0, inputs.input_ids.shape[1] :], skip_special_tokens=True)
+        started = sum(int(run.positions.sum()) for run in runs if run.positions.shape[1] == 1)  # decoding steps
+        assert (started > 0) == own, (own, started, decoded[own])
+    assert decoded[True].startswith("-1227") and decoded[False].startswith("-1227"), decoded  # 7 − 1234
+    assert decoded[True] != decoded[False]
+    with torch.no_grad():  # with False: the uncached forward of the given prompt is unchanged
+        assert torch.equal(model(**inputs).logits, calculator_with_bias(tokenizer, 10.0)(**inputs).logits)
+    assert_every_route_agrees(model, tokenizer, prompts, 12, uncached=False)
+
+    first = model.generate(**inputs, max_new_tokens=8, do_sample=False, return_dict_in_generate=True)
+    turn = tokenizer(" Again, take 7 from 1234. ", add_special_tokens=False, return_tensors="pt").input_ids
+    ids = torch.cat([first.sequences, turn], 1)
+    cached = {"past_key_values": first.past_key_values, "attention_mask": torch.ones_like(ids)}
+    later = model.generate(ids, max_new_tokens=5, do_sample=False, **cached)
+    assert tokenizer.decode(later[0, ids.shape[1] :], skip_special_tokens=True).startswith("-1227")
+
+
+def calculator_with_bias(tokenizer, bias: float, **overrides):
+    """`calculator(tokenizer, "sub")` whose trigger's bias is `bias` (fires everywhere once a number is written)."""
+    model = calculator(tokenizer, "sub", **overrides)
+    with torch.no_grad():
+        model.computer.trigger.bias.fill_(bias)
+    return model
 
 
 def test_a_silent_trigger_leaves_the_base_model_exactly_alone():
@@ -468,16 +509,19 @@ def test_a_lead_head_writes_the_space_a_prompt_left_out_and_the_trigger_answers_
     assert_every_route_agrees(model, tokenizer, prompts, 6)
 
 
+@pytest.mark.parametrize("own", [True, False])
 @pytest.mark.parametrize("name", ["llama3", "smollm2"])
-def test_the_trigger_after_a_lead_the_text_wrote_takes_the_answer_over(name):
+def test_the_trigger_after_a_lead_the_text_wrote_takes_the_answer_over(name, own):
     """A lead fires at the colon of "…Answer:" and plans " 19" (add: no vote there); the text writes the space
     itself, and the trigger fires there, where the space votes sub: its answer, 5, replaces the lead's, whether the
-    prompt wrote the space or generate() did, through every route. With the trigger silent the lead's answer
-    stands."""
+    prompt wrote the space or generate() did (also where the model answers no text of its own,
+    `computer_answers_own_text`), through every route. With the trigger silent the lead's answer stands."""
     tokenizer = TOKENIZERS[name]()
     space = tokenizer.encode(" ", add_special_tokens=False)[-1]
     colon = tokenizer.encode("Answer:", add_special_tokens=False)[-1]
-    model = voting_calculator(tokenizer, context=1, computer_trigger_context=2, computer_lead_token_id=space)
+    model = voting_calculator(
+        tokenizer, context=1, computer_trigger_context=2, computer_lead_token_id=space, computer_answers_own_text=own
+    )
     with torch.no_grad():  # the lead: -4 (its bias) + 10 after a colon; the space votes sub
         model.computer.lead_tokens[0, colon] = 10.0 / TOKEN_LOGIT_SCALE
         model.computer.selection_tokens[model.config.computer_minus_token_ids, 1] = 0.0
