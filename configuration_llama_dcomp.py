@@ -230,14 +230,15 @@ class LlamaDCompConfig(LlamaConfig):
     `experiments.trigger_threshold --head lead` picks the lowest that fires on no more ordinary text than 1/2. A
     policy, as the trigger's: not in `library_fingerprint`."""
 
-    computer_answers_own_text: bool = True
-    """Whether the "tokens" read-out's trigger and lead may start an answer in text the model writes itself: the
-    tokens fed one at a time after the generation cache, as `generate()`'s decoding steps feed them. True: wherever
-    they fire, so a cached decode equals an uncached re-decode of the whole text. False: only in text the model is
-    given (a prompt, or a later turn fed in one call with the cache), never in its own continuation, where a base
-    that repeats itself can end a line on a number as a question ends ("# 5 " in a code comment, docs/RESULTS.md
-    §7); an answer a lead started is still taken over by the trigger one token later. An uncached forward is all
-    given text, so there the two agree. A policy, as the thresholds: not in `library_fingerprint`."""
+    computer_own_text_window: int | None = None
+    """How far into text the model writes itself the "tokens" read-out's trigger and lead may start an answer: the
+    tokens fed one at a time after the generation cache, as `generate()`'s decoding steps feed them. None: anywhere,
+    so a cached decode equals an uncached re-decode of the whole text. k: only within the first k tokens written
+    after the text the model is given (a prompt, or a later turn fed in one call with the cache): where a base writes
+    a space or "\n" before the answer to a frame no training prompt had ("…\nFinal answer:"), but not a line deep in
+    its own continuation that ends on a number as a question ends ("# 5 " in a code comment, docs/RESULTS.md §7). An
+    answer a lead started is still taken over by the trigger one token later; an uncached forward is all given text.
+    A policy, as the thresholds: not in `library_fingerprint`."""
 
     computer_selection_context: int = 0
     """The program selection (§3.1) also adds a learned vote per token id for each of the last k tokens (the
@@ -657,9 +658,11 @@ class LlamaDCompConfig(LlamaConfig):
             "computer_lead_threshold",
             "is the lead head's threshold: it needs a computer_lead_token_id",
         )
+        window = self.computer_own_text_window
+        require(window is None or window >= 0, "computer_own_text_window", f"must be None or >= 0, got {window}")
         require(
-            self.computer_answers_own_text or self.computer_output == "tokens",
-            "computer_answers_own_text",
+            window is None or self.computer_output == "tokens",
+            "computer_own_text_window",
             'is where the token read-out\'s trigger answers: it needs computer_output="tokens"',
         )
         require(self.computer_selection_context >= 0, "computer_selection_context", "must be >= 0")

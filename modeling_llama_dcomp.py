@@ -530,7 +530,7 @@ class ComputerCache:
     plan: ReadoutPlan
     valid: torch.Tensor | None = None  # (batch, L) bool: not padding (the trigger's token context skips padding)
     votes: torch.Tensor | None = None  # (batch, L, programs) W_vote RMSNorm(h_t); None without hidden votes
-    given: int = 0  # positions before this one were given to the model (`computer_answers_own_text`); the rest it wrote
+    given: int = 0  # positions before this were given to the model (`computer_own_text_window`); the rest it wrote
 
 
 class LlamaDCompComputer(nn.Module):
@@ -640,7 +640,7 @@ class LlamaDCompComputer(nn.Module):
             self.lead = nn.Linear(hidden_size, 1) if self.lead_token_id is not None else None
             lead_threshold = config.computer_lead_threshold
             self.lead_threshold = self.trigger_threshold if lead_threshold is None else logit(lead_threshold)
-            self.answers_own_text = config.computer_answers_own_text
+            self.own_text_window = config.computer_own_text_window
             # the lead's own logits of the last `context` token ids, as the trigger's
             self.lead_tokens = (
                 nn.Parameter(torch.empty(context, config.vocab_size)) if context and self.lead is not None else None
@@ -823,8 +823,8 @@ class LlamaDCompComputer(nn.Module):
         if not call.explicit:  # nothing to compute from before a number is written (a code comment, prose)
             written = self.number_written(history, seq)
             fire, leading = fire & written, leading & written
-        if not call.explicit and not self.answers_own_text:  # no answer starts in the model's own continuation
-            own = (absolute >= history.given).expand(batch, -1)
+        if not call.explicit and self.own_text_window is not None:  # deep in its own text the model starts none
+            own = (absolute >= history.given + self.own_text_window).expand(batch, -1)
             fire, leading = fire & (~own | self.takes_over(plan, absolute)), leading & ~own
         computing = fire | leading
         run = self.run(hidden_states, computing, history, call.past_length, trigger_logits, lead_logits, read)

@@ -57,7 +57,7 @@ def test_every_computer_field_is_documented():
         and following.value.value.strip()
     }
     fields = {name for name in LlamaDCompConfig.__dataclass_fields__ if name.startswith(("computer_", "library_"))}
-    assert len(fields) == 50 and "trained_sequence_length" in documented
+    assert len(fields) == 51 and "trained_sequence_length" in documented
     assert fields <= documented, fields - documented
 
 
@@ -152,6 +152,8 @@ INVALID = [
     ({"computer_lead_minus_token_id": 5, "computer_minus_token_ids": [5]}, "computer_lead_minus_token_id"),  # no lead
     ({"computer_trigger_threshold": 0.0}, "computer_trigger_threshold"),
     ({"computer_trigger_threshold": 1.0}, "computer_trigger_threshold"),
+    ({"computer_own_text_window": 2}, "computer_own_text_window"),  # no token read-out
+    ({**READ_OUT, "computer_own_text_window": -1}, "computer_own_text_window"),
     ({"computer_lead_threshold": 0.3}, "computer_lead_threshold"),  # no lead head
     ({**READ_OUT, "computer_lead_token_id": 5, "computer_lead_threshold": 1.0}, "computer_lead_threshold"),
     ({**READ_OUT, "computer_lead_token_id": 5, "computer_lead_threshold": float("nan")}, "computer_lead_threshold"),

@@ -185,35 +185,44 @@ def assert_every_route_agrees(model, tokenizer, prompts: list[str], steps: int, 
 
 
 @pytest.mark.parametrize("name", ["llama3", "smollm2"])
-def test_without_answering_its_own_text_an_answer_starts_only_in_the_text_given(name):
-    """computer_answers_own_text=False: a trigger that fires everywhere (bias +10) answers at the prompt's end as
-    before, but starts no answer in what generate() writes after it (with True it starts one again once the first
-    has ended); a later turn fed with the cache in one call is given text, answered at its end (the copy parse
-    reads the first two numbers: 7 − 1234 again). generate(),
-    pipeline and a left-padded batch agree; an uncached forward is all given text, as with True."""
+def test_an_answer_starts_in_the_models_own_text_only_within_its_window(name, tmp_path):
+    """computer_own_text_window: a trigger that fires everywhere (bias +10) answers at the prompt's end whatever the
+    window, and again in what generate() writes once each answer has ended (None: at every such offset); with a
+    window k only at offsets below k (0: never). A later turn fed with the cache in one call is given text, answered
+    at its end (the copy parse reads the first two numbers: 7 − 1234 again). generate(), pipeline and a left-padded
+    batch agree; an uncached forward is all given text, so it agrees where no answer starts in generated text."""
+    from modeling_llama_dcomp import LlamaDCompForCausalLM
+
     tokenizer = TOKENIZERS[name]()
     prompts = ["Take 7 from 1234. ", "What is 99 minus -100000, and 5 - 3? "]
     inputs = tokenizer(prompts[0], return_tensors="pt")
-    decoded = {}
-    for own in (True, False):
-        model = calculator_with_bias(tokenizer, 10.0, computer_answers_own_text=own)
+    settings = {"max_new_tokens": 16, "min_new_tokens": 16, "do_sample": False}
+    starts, generated = {}, {}
+    for window in (None, 0, 6):
+        model = calculator_with_bias(tokenizer, 10.0, computer_own_text_window=window)
         with record_computer_runs() as runs:
-            generated = model.generate(**inputs, max_new_tokens=12, min_new_tokens=12, do_sample=False)
-        decoded[own] = tokenizer.decode(generated[0, inputs.input_ids.shape[1] :], skip_special_tokens=True)
-        started = sum(int(run.positions.sum()) for run in runs if run.positions.shape[1] == 1)  # decoding steps
-        assert (started > 0) == own, (own, started, decoded[own])
-    assert decoded[True].startswith("-1227") and decoded[False].startswith("-1227"), decoded  # 7 − 1234
-    assert decoded[True] != decoded[False]
-    with torch.no_grad():  # with False: the uncached forward of the given prompt is unchanged
-        assert torch.equal(model(**inputs).logits, calculator_with_bias(tokenizer, 10.0)(**inputs).logits)
-    assert_every_route_agrees(model, tokenizer, prompts, 12, uncached=False)
+            generated[window] = model.generate(**inputs, **settings)
+        decoding = [run for run in runs if run.positions.shape[1] == 1]  # offset k: the k-th token generate() wrote
+        starts[window] = [offset for offset, run in enumerate(decoding) if run.positions.any()]
+        answer = tokenizer.decode(generated[window][0, inputs.input_ids.shape[1] :], skip_special_tokens=True)
+        assert answer.startswith("-1227"), (window, answer)
+        assert_every_route_agrees(model, tokenizer, prompts, 16, uncached=window is None)
+    assert len(starts[None]) >= 2 and starts[0] == []
+    assert starts[6] == [offset for offset in starts[None] if offset < 6] != []
+    assert not torch.equal(generated[None], generated[0])
 
+    model = calculator_with_bias(tokenizer, 10.0, computer_own_text_window=0)
     first = model.generate(**inputs, max_new_tokens=8, do_sample=False, return_dict_in_generate=True)
     turn = tokenizer(" Again, take 7 from 1234. ", add_special_tokens=False, return_tensors="pt").input_ids
     ids = torch.cat([first.sequences, turn], 1)
     cached = {"past_key_values": first.past_key_values, "attention_mask": torch.ones_like(ids)}
     later = model.generate(ids, max_new_tokens=5, do_sample=False, **cached)
     assert tokenizer.decode(later[0, ids.shape[1] :], skip_special_tokens=True).startswith("-1227")
+
+    # a policy, outside the library's fingerprint: set when loading a model saved with the default
+    calculator_with_bias(tokenizer, 10.0).save_pretrained(tmp_path)
+    loaded = LlamaDCompForCausalLM.from_pretrained(tmp_path, computer_own_text_window=0)
+    assert torch.equal(loaded.generate(**inputs, **settings), generated[0])
 
 
 def calculator_with_bias(tokenizer, bias: float, **overrides):
@@ -509,18 +518,18 @@ def test_a_lead_head_writes_the_space_a_prompt_left_out_and_the_trigger_answers_
     assert_every_route_agrees(model, tokenizer, prompts, 6)
 
 
-@pytest.mark.parametrize("own", [True, False])
+@pytest.mark.parametrize("window", [None, 0])
 @pytest.mark.parametrize("name", ["llama3", "smollm2"])
-def test_the_trigger_after_a_lead_the_text_wrote_takes_the_answer_over(name, own):
+def test_the_trigger_after_a_lead_the_text_wrote_takes_the_answer_over(name, window):
     """A lead fires at the colon of "…Answer:" and plans " 19" (add: no vote there); the text writes the space
     itself, and the trigger fires there, where the space votes sub: its answer, 5, replaces the lead's, whether the
-    prompt wrote the space or generate() did (also where the model answers no text of its own,
-    `computer_answers_own_text`), through every route. With the trigger silent the lead's answer stands."""
+    prompt wrote the space or generate() did (also where no answer starts in the model's own text,
+    `computer_own_text_window` 0), through every route. With the trigger silent the lead's answer stands."""
     tokenizer = TOKENIZERS[name]()
     space = tokenizer.encode(" ", add_special_tokens=False)[-1]
     colon = tokenizer.encode("Answer:", add_special_tokens=False)[-1]
     model = voting_calculator(
-        tokenizer, context=1, computer_trigger_context=2, computer_lead_token_id=space, computer_answers_own_text=own
+        tokenizer, context=1, computer_trigger_context=2, computer_lead_token_id=space, computer_own_text_window=window
     )
     with torch.no_grad():  # the lead: -4 (its bias) + 10 after a colon; the space votes sub
         model.computer.lead_tokens[0, colon] = 10.0 / TOKEN_LOGIT_SCALE

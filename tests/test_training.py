@@ -870,6 +870,22 @@ def test_the_lead_token_is_the_space_and_needs_the_token_read_out(tmp_path):
         train.main(["--output_dir", str(tmp_path / "run"), "--lead_token"])
 
 
+@pytest.mark.parametrize(("flag", "window"), [((), None), (("--own_text_window", "2"), 2)])
+def test_the_own_text_window_is_the_saved_policy_and_needs_the_token_read_out(tmp_path, capsys, flag, window):
+    import train
+
+    model_args, data_args, computer_args, _ = arguments("--encoding", "binary", *flag)
+    spec = task_spec(data_args, computer_args.reversed_programs)
+    model = build_model(model_args, data_args, computer_args, spec, build_tokenizer(model_args))
+    assert model.config.computer_own_text_window == model.computer.own_text_window == window
+    if flag:
+        with pytest.raises(SystemExit, match="--own_text_window: is where .*, and --encoding unit has none"):
+            train.main(["--output_dir", str(tmp_path / "run"), *flag])
+        with pytest.raises(SystemExit):
+            arguments("--encoding", "binary", "--own_text_window", "-1")
+        assert "--own_text_window: must be >= 0, got -1" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flag, message", COMPUTER_PARTS)
 def test_the_computer_settings_need_the_computer(tmp_path, flag, message):
     import train

@@ -279,6 +279,13 @@ class ComputerArguments:
                   "the lead fires: the lead's answer is computed where it was trained (\"Answer:\" + \" -\" for "
                   "a negative answer)"},
     )  # fmt: skip
+    own_text_window: int | None = field(
+        default=None,
+        metadata={"help": "--encoding binary: the saved model starts an answer in text generate() writes itself only "
+                  "within its first k tokens after the prompt (computer_own_text_window, a policy: training is the "
+                  "same), so a base that repeats itself is left alone where a line of its own ends on a number; "
+                  "default: anywhere"},
+    )  # fmt: skip
     selection_context: int = field(
         default=0,
         metadata={"help": "--encoding binary: the program selection also adds learned votes of the last k token ids, "
@@ -380,6 +387,8 @@ class ComputerArguments:
         if self.trigger_context is not None:
             _check(self.trigger_context >= 0, "trigger_context", f"must be >= 0, got {self.trigger_context}")
         _check(0 <= self.trigger_dropout < 1, "trigger_dropout", f"must be in [0, 1), got {self.trigger_dropout}")
+        if self.own_text_window is not None:
+            _check(self.own_text_window >= 0, "own_text_window", f"must be >= 0, got {self.own_text_window}")
         _check(self.trigger_numbers >= 0, "trigger_numbers", f"must be >= 0, got {self.trigger_numbers}")
         _check(0 <= self.selection_dropout < 1, "selection_dropout", f"must be in [0, 1), got {self.selection_dropout}")
         _check(
@@ -546,6 +555,7 @@ def check_combinations(model_args, data_args, computer_args) -> None:
         ("trigger_dropout", 0.0, "drops the trigger's token logits"),
         ("trigger_numbers", 0, "counts numbers for the trigger of the token read-out's computer"),
         ("lead_token", False, "adds a lead head to the token read-out's computer"),
+        ("own_text_window", None, "is where the token read-out's trigger answers"),
         ("copy_from_end", False, "orders the copy parse's ordinals"),
     ):
         if getattr(computer_args, argument) == unset:

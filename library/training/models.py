@@ -101,6 +101,8 @@ def build_model(model_args, data_args, computer_args, spec: TaskSpec, tokenizer)
             task_fields["computer_trigger_dropout"] = computer_args.trigger_dropout
         if computer_args.trigger_numbers:
             task_fields["computer_trigger_numbers"] = computer_args.trigger_numbers
+        if computer_args.own_text_window is not None:
+            task_fields["computer_own_text_window"] = computer_args.own_text_window
         if computer_args.lead_token:  # the space `tokenize_for_causal_lm` labels after an ending without one
             task_fields["computer_lead_token_id"] = task_library.space_token(tokenizer)
             task_fields["computer_lead_minus_token_id"] = task_library.space_minus_token(tokenizer)
