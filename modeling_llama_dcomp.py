@@ -791,8 +791,9 @@ class LlamaDCompComputer(nn.Module):
         and the trigger does not (`computer_lead_token_id`, `computer_lead_threshold`), the computer runs there too
         and its answer starts with the lead token (`with_lead`): the space a prompt ending in "Answer:" leaves
         out, or the space and minus in one token before a negative answer. In an explicit call a computing position
-        followed by a computing lead token is a lead (`explicit_leads`). Fills `call.writes`; the residual stream
-        is returned unchanged."""
+        followed by a computing lead token is a lead (`explicit_leads`). With `computer_own_text_window` k, neither
+        starts an answer past the first k tokens the model wrote after its given text (`ComputerCache.given`), but
+        for a takeover after a lead. Fills `call.writes`; the residual stream is returned unchanged."""
         assert self.numbers is not None and history is not None  # the config requires digit tokens; the model ids
         batch, seq = call.valid.shape
         absolute = call.past_length + torch.arange(seq, device=hidden_states.device)  # (seq,)
@@ -824,8 +825,8 @@ class LlamaDCompComputer(nn.Module):
             written = self.number_written(history, seq)
             fire, leading = fire & written, leading & written
         if not call.explicit and self.own_text_window is not None:  # deep in its own text the model starts none
-            own = (absolute >= history.given + self.own_text_window).expand(batch, -1)
-            fire, leading = fire & (~own | self.takes_over(plan, absolute)), leading & ~own
+            beyond = (absolute >= history.given + self.own_text_window).expand(batch, -1)
+            fire, leading = fire & (~beyond | self.takes_over(plan, absolute)), leading & ~beyond
         computing = fire | leading
         run = self.run(hidden_states, computing, history, call.past_length, trigger_logits, lead_logits, read)
         tokens, lengths = self.spell_answers(run)  # (P, symbols), (P,)
