@@ -806,9 +806,10 @@ class LlamaDCompComputer(nn.Module):
             counts = self.number_counts(read, history, seq)  # (batch, seq)
             trigger_logits = trigger_logits + TOKEN_LOGIT_SCALE * self.trigger_numbers[counts]
         plan = history.plan.followed(call.input_ids, absolute)  # an earlier answer, up to where the text left it
+        taking_over = self.takes_over(plan, absolute)  # (batch, seq)
         fire = call.positions if call.explicit else call.positions & (trigger_logits > self.trigger_threshold)
         if not call.explicit:
-            fire = fire & (~plan.covers(absolute.expand(batch, -1)) | self.takes_over(plan, absolute))
+            fire = fire & (~plan.covers(absolute.expand(batch, -1)) | taking_over)
         lead_logits = None if self.lead is None else self.lead(normed).squeeze(-1)  # (batch, seq)
         if lead_logits is not None and self.lead_tokens is not None:
             lead_logits = lead_logits + self.token_context_logits(self.lead_tokens, history, seq)
@@ -824,9 +825,9 @@ class LlamaDCompComputer(nn.Module):
         if not call.explicit:  # nothing to compute from before a number is written (a code comment, prose)
             written = self.number_written(history, seq)
             fire, leading = fire & written, leading & written
-        if not call.explicit and self.own_text_window is not None:  # deep in its own text the model starts none
-            beyond = (absolute >= history.given + self.own_text_window).expand(batch, -1)
-            fire, leading = fire & (~beyond | self.takes_over(plan, absolute)), leading & ~beyond
+            if self.own_text_window is not None:  # deep in its own text the model starts none
+                beyond = (absolute >= history.given + self.own_text_window).expand(batch, -1)
+                fire, leading = fire & (~beyond | taking_over), leading & ~beyond
         computing = fire | leading
         run = self.run(hidden_states, computing, history, call.past_length, trigger_logits, lead_logits, read)
         tokens, lengths = self.spell_answers(run)  # (P, symbols), (P,)
